@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything ModelPool's demo and tests need on a fresh Debian machine:
+# Debian packages, a Python virtual environment (cached outside the repo and keyed
+# by pyproject.toml), and the local control plane's binaries built from Go modules.
+# Safe to run again: every step is skipped when its result is already there.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${MODELPOOL_CACHE:-$HOME/.cache/modelpool}"
+mkdir -p "$cache"
+log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+# 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts).
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v ip >/dev/null || need_apt+=(iproute2)
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian starts these as services on install; the project runs its own instances.
+  (systemctl stop prometheus nginx 2>/dev/null || service prometheus stop 2>/dev/null || true) >/dev/null
+  pkill -x prometheus 2>/dev/null || true
+  pkill -x nginx 2>/dev/null || true
+fi
+
+# 2. Python environment, keyed by the dependency lists in pyproject.toml.
+py="${MODELPOOL_PYTHON:-python3}"
+key="$("$py" - "$here/pyproject.toml" <<'PY'
+import hashlib, json, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+deps = json.dumps([project["dependencies"], project.get("optional-dependencies", {})], sort_keys=True)
+print(f"py{sys.version_info[0]}{sys.version_info[1]}-" + hashlib.sha256(deps.encode()).hexdigest()[:12])
+PY
+)"
+venv="$cache/venv/$key"
+if [[ ! -f "$venv/.complete" ]]; then
+  log "creating $venv (torch is large: the first time takes several minutes)"
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  # torch first and pinned, so nothing later resolves a second one.
+  torch_pin="$(grep -oE '"torch==[^"]+"' "$here/pyproject.toml" | tr -d '"')"
+  "$venv/bin/pip" install -q "$torch_pin"
+  "$venv/bin/pip" install -q "$here[models,triton,dev]"
+  "$venv/bin/pip" uninstall -q -y modelpool
+  touch "$venv/.complete"
+fi
+# The project itself, editable, from this checkout (fast: no dependencies).
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >/dev/null
+ln -sfn "$venv" "$here/.venv"
+
+# 3. Control plane binaries (kube-apiserver, controller-manager, scheduler, kubectl,
+#    etcd, kwok, kwokctl, helm), built once from Go modules into $cache/bin.
+log "building the local control plane (cached; a cold build takes 30-40 minutes on 2 cores)"
+"$venv/bin/modelpool" devcluster build
+log "setup done"
