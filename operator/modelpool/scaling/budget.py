@@ -1,0 +1,135 @@
+"""Share a GPU budget between variants (of one or several pools) by value served per GPU.
+
+Every variant first gets its floor (``minReplicas``, or what a hold keeps). The GPUs left are handed
+out one replica at a time to the replica that adds the most value per GPU, where value is
+``priority x (extra req/s served within the queue-time target)`` and the price is
+``gpusPerReplica x cost``. Replicas that only add headroom (demand is already served) come last.
+Ties are broken by (pool, variant) name, so the same input always gives the same allocation.
+When even the floors exceed the budget every variant keeps its floor and the report says by how
+many GPUs the budget is short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+HEADROOM_VALUE = 1e-6
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One variant's request for GPUs."""
+
+    key: tuple[str, str]
+    floor: int
+    wish: int
+    gpus_per_replica: int
+    priority: float
+    cost: float
+    demand_rps: float
+    servable_rps: Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Replicas granted to one claim and, when fewer than wished, why."""
+
+    replicas: int
+    cut_reason: str
+    shortfall_rps: float
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The grants of one GPU pool and a one-line report."""
+
+    grants: dict[tuple[str, str], Grant]
+    report: str
+
+
+def _marginal_density(claim: Claim, replicas: int) -> float:
+    """Value per GPU-cost of adding the ``replicas``-th replica."""
+    served_now = min(claim.demand_rps, claim.servable_rps(replicas - 1))
+    served_next = min(claim.demand_rps, claim.servable_rps(replicas))
+    gained = max(0.0, served_next - served_now)
+    value = claim.priority * (gained if gained > 0 else HEADROOM_VALUE)
+    price = max(claim.gpus_per_replica, 1e-9) * claim.cost
+    return value / price
+
+
+def _shortfall(claim: Claim, replicas: int) -> float:
+    return max(0.0, claim.demand_rps - claim.servable_rps(replicas))
+
+
+def _name(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def allocate(claims: Sequence[Claim], budget: int | None, gpu_pool: str = "default") -> Allocation:
+    """Grant replicas to ``claims`` within ``budget`` GPUs (``None`` = unlimited)."""
+    ordered = sorted(claims, key=lambda c: c.key)
+    granted = {c.key: max(c.floor, 0) for c in ordered}
+    if budget is None:
+        unlimited = {c.key: Grant(c.wish, "", _shortfall(c, c.wish)) for c in ordered}
+        return Allocation(unlimited, f"GPU pool {gpu_pool!r}: no budget set")
+    floor_gpus = sum(c.floor * c.gpus_per_replica for c in ordered)
+    if floor_gpus > budget:
+        short = {
+            c.key: Grant(
+                c.floor,
+                (
+                    f"budget short: minimums need {floor_gpus} GPUs > budget {budget} in GPU pool "
+                    f"{gpu_pool!r}; raise the budget or lower minReplicas"
+                )
+                if c.wish > c.floor
+                else "",
+                _shortfall(c, c.floor),
+            )
+            for c in ordered
+        }
+        report = (
+            f"GPU pool {gpu_pool!r}: minimums need {floor_gpus} GPUs but the budget is {budget} "
+            f"({floor_gpus - budget} short); every variant held at its minimum"
+        )
+        return Allocation(short, report)
+    left = budget - floor_gpus
+    blocked: set[tuple[str, str]] = set()
+    winners: dict[tuple[str, str], float] = {}
+    while True:
+        candidates = [c for c in ordered if c.key not in blocked and granted[c.key] < max(c.wish, c.floor)]
+        if not candidates:
+            break
+        best = max(
+            candidates,
+            key=lambda c: (_marginal_density(c, granted[c.key] + 1), c.priority, -c.cost, _neg(c.key)),
+        )
+        if best.gpus_per_replica > left:
+            blocked.add(best.key)
+            continue
+        winners[best.key] = _marginal_density(best, granted[best.key] + 1)
+        granted[best.key] += 1
+        left -= best.gpus_per_replica
+    grants: dict[tuple[str, str], Grant] = {}
+    cut_names: list[str] = []
+    for c in ordered:
+        n = granted[c.key]
+        reason = ""
+        if n < c.wish:
+            cut_names.append(f"{_name(c.key)} -{c.wish - n}")
+            reason = (
+                f"budget: {n} of {c.wish} wished replicas granted; GPU pool {gpu_pool!r} "
+                f"({budget} GPUs) went to higher value per GPU (this variant: priority {c.priority:g}, "
+                f"cost {c.cost:g}, {c.gpus_per_replica} GPU/replica)"
+            )
+        grants[c.key] = Grant(n, reason, _shortfall(c, n))
+    used = budget - left
+    report = f"GPU pool {gpu_pool!r}: {used}/{budget} GPUs allocated"
+    if cut_names:
+        report += "; cut " + ", ".join(cut_names)
+    return Allocation(grants, report)
+
+
+def _neg(key: tuple[str, str]) -> tuple[int, ...]:
+    """Sort key making lexicographically *smaller* names win ties under ``max``."""
+    return (*(-ord(ch) for ch in "/".join(key)), 1)

@@ -1,0 +1,115 @@
+"""The one public entry point: :func:`decide` turns metric samples into replica counts."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from modelpool.scaling.budget import Allocation, Claim, allocate
+from modelpool.scaling.types import (
+    PoolDecision,
+    PoolInput,
+    ScalingDecision,
+    ScalingInput,
+    VariantDecision,
+    VariantState,
+)
+from modelpool.scaling.variant import VariantWish, wish_for
+
+
+def _pool_wishes(pool: PoolInput, now: float) -> list[VariantWish]:
+    """Wishes of a pool's variants; the last tier keeps one replica when every tier would be at zero."""
+    for vi in pool.variants:
+        vi.settings.validate()
+    names = [vi.settings.name for vi in pool.variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pool {pool.name!r}: variant names must be unique, got {names}")
+    wishes = [wish_for(vi, now) for vi in pool.variants]
+    if wishes and all(w.wish == 0 for w in wishes):
+        last = wishes[-1]
+        wishes[-1] = replace(
+            last,
+            floor=1,
+            wish=1,
+            reason=last.reason + "; kept at 1 as the last tier serving",
+        )
+    return wishes
+
+
+def _claim(pool: PoolInput, wish: VariantWish) -> Claim:
+    s = wish.settings
+    return Claim(
+        key=(pool.name, s.name),
+        floor=wish.floor,
+        wish=wish.wish,
+        gpus_per_replica=s.gpus_per_replica,
+        priority=s.priority,
+        cost=s.cost,
+        demand_rps=wish.demand_rps,
+        servable_rps=wish.servable_rps,
+    )
+
+
+def _decision(pool: PoolInput, wish: VariantWish, allocation: Allocation, now: float) -> VariantDecision:
+    grant = allocation.grants[(pool.name, wish.settings.name)]
+    desired = grant.replicas
+    verb = "scale up" if desired > wish.current else "scale down" if desired < wish.current else "keep"
+    reason = f"{verb} {wish.current}->{desired}: {wish.reason}" if not wish.held else wish.reason
+    if grant.cut_reason:
+        reason += f"; {grant.cut_reason}"
+    state = VariantState(
+        replicas=desired,
+        decided_at=now,
+        recommendations=wish.history,
+        last_demand_rps=wish.demand_rps,
+    )
+    return VariantDecision(
+        name=wish.settings.name,
+        desired_replicas=desired,
+        current_replicas=wish.current,
+        wished_replicas=wish.wish,
+        demand_rps=wish.demand_rps,
+        capacity_per_replica_rps=wish.capacity_rps,
+        reason=reason,
+        held=wish.held,
+        cut_replicas=max(0, wish.wish - desired),
+        cut_reason=grant.cut_reason,
+        shortfall_rps=grant.shortfall_rps,
+        state=state,
+    )
+
+
+def decide(inp: ScalingInput, now: float) -> ScalingDecision:
+    """Decide desired replicas for every variant of every pool at time ``now``.
+
+    Pure: no I/O, no clock. Per variant: metric health check (missing/stale/absurd metrics hold the
+    last decision, never scaling down) -> demand (rate + rising trend x look-ahead + backlog + load
+    routing is moving here) -> fewest replicas meeting the queue-time target (M/M/c) -> tolerance ->
+    stabilisation windows -> min/max and scale-to-zero. Then each GPU pool's budget is shared by
+    value per GPU (:mod:`modelpool.scaling.budget`). Store each ``VariantDecision.state`` and pass it
+    back as ``VariantInput.previous`` next time.
+    """
+    pool_names = [p.name for p in inp.pools]
+    if len(set(pool_names)) != len(pool_names):
+        raise ValueError(f"pool names must be unique, got {pool_names}")
+    wishes = {p.name: _pool_wishes(p, now) for p in inp.pools}
+    claims_by_gpu_pool: dict[str, list[Claim]] = defaultdict(list)
+    for pool in inp.pools:
+        claims_by_gpu_pool[pool.gpu_pool].extend(_claim(pool, w) for w in wishes[pool.name])
+    allocations = {
+        gpu_pool: allocate(claims, inp.gpu_budgets.get(gpu_pool), gpu_pool)
+        for gpu_pool, claims in sorted(claims_by_gpu_pool.items())
+    }
+    pools: dict[str, PoolDecision] = {}
+    for pool in inp.pools:
+        allocation = allocations[pool.gpu_pool]
+        variants = tuple(_decision(pool, w, allocation, now) for w in wishes[pool.name])
+        held = [v for v in variants if v.held]
+        pools[pool.name] = PoolDecision(
+            name=pool.name,
+            variants=variants,
+            metrics_held=bool(held),
+            held_reason="; ".join(f"{v.name}: {v.reason}" for v in held),
+            budget_message=allocation.report,
+        )
+    return ScalingDecision(pools=pools, budget_reports={k: a.report for k, a in allocations.items()})

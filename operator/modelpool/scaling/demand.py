@@ -1,0 +1,107 @@
+"""Metric health checks and the demand estimate of one variant (pure functions)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from modelpool.scaling.types import RatePoint, VariantMetrics, VariantSettings
+
+
+def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
+    """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable."""
+    if not metrics.rate_series and metrics.router_rps is None:
+        return "metrics missing: no request-rate samples from Triton or the router"
+    if metrics.newest_sample_t is None:
+        return "metrics missing: no sample timestamp"
+    age = now - metrics.newest_sample_t
+    if age > settings.stale_after_s:
+        return f"metrics stale: newest sample {age:.0f}s old (> staleAfter {settings.stale_after_s:.0f}s)"
+    values: dict[str, list[float | None]] = {
+        "request rate": [p.rps for p in metrics.rate_series],
+        "router rate": [metrics.router_rps],
+        "queue time": [metrics.queue_time_s],
+        "compute time": [metrics.compute_time_s],
+        "pending requests": [metrics.pending_requests],
+    }
+    for label, series in values.items():
+        for value in series:
+            if value is None:
+                continue
+            if not math.isfinite(value) or value < 0:
+                return f"metrics absurd: {label} = {value}"
+    rates = [p.rps for p in metrics.rate_series] + [metrics.router_rps or 0.0]
+    if max(rates) > settings.max_plausible_rps:
+        return (
+            f"metrics absurd: request rate {max(rates):.0f} req/s > maxPlausibleRps "
+            f"{settings.max_plausible_rps:.0f}"
+        )
+    return None
+
+
+def capacity_per_replica(metrics: VariantMetrics, settings: VariantSettings) -> float | None:
+    """Requests/s one replica serves at full load: the setting, else instances / compute time."""
+    if settings.capacity_per_replica_rps is not None:
+        return settings.capacity_per_replica_rps
+    if metrics.compute_time_s is not None and metrics.compute_time_s > 0:
+        return settings.instances_per_replica / metrics.compute_time_s
+    return None
+
+
+def trend_slope(series: tuple[RatePoint, ...], window_s: float) -> float:
+    """Least-squares slope (req/s per second) of the points within ``window_s`` of the newest one."""
+    if len(series) < 3:
+        return 0.0
+    newest = series[-1].t
+    points = [p for p in series if p.t >= newest - window_s]
+    if len(points) < 3:
+        return 0.0
+    mean_t = sum(p.t for p in points) / len(points)
+    mean_r = sum(p.rps for p in points) / len(points)
+    var = sum((p.t - mean_t) ** 2 for p in points)
+    if var <= 0:
+        return 0.0
+    return sum((p.t - mean_t) * (p.rps - mean_r) for p in points) / var
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The demand estimate and its parts (for the reason line)."""
+
+    total_rps: float
+    observed_rps: float
+    trend_rps_per_s: float
+    backlog_rps: float
+    expected_extra_rps: float
+
+    def describe(self) -> str:
+        """Short human-readable breakdown, e.g. ``demand 23.4 req/s (rate 18.0, trend +0.6/s)``."""
+        parts = [f"rate {self.observed_rps:.1f}"]
+        if self.trend_rps_per_s > 0:
+            parts.append(f"trend +{self.trend_rps_per_s:.2f}/s")
+        if self.backlog_rps > 0:
+            parts.append(f"backlog {self.backlog_rps:.1f}")
+        if self.expected_extra_rps:
+            parts.append(f"routing {self.expected_extra_rps:+.1f}")
+        return f"demand {self.total_rps:.1f} req/s ({', '.join(parts)})"
+
+
+def estimate_demand(metrics: VariantMetrics, settings: VariantSettings, expected_extra_rps: float) -> Demand:
+    """Arrival rate to plan for: observed rate, plus the rising trend over the look-ahead, plus the
+    backlog to drain within ``backlog_drain_s``, plus load routing is about to move here.
+
+    The observed rate is the larger of Triton's served rate and the router's arrival rate, since the
+    served rate stops growing when replicas saturate. A falling trend is ignored (scale-down is the
+    stabilisation window's job), so bursts are met early and never under-provisioned by a dip.
+    """
+    observed = max(metrics.latest_rps or 0.0, metrics.router_rps or 0.0)
+    slope = max(0.0, trend_slope(metrics.rate_series, settings.trend_window_s))
+    backlog = (metrics.pending_requests or 0.0) / settings.backlog_drain_s
+    total = max(0.0, observed + slope * settings.lookahead_s + backlog + expected_extra_rps)
+    return Demand(
+        total_rps=total,
+        observed_rps=observed,
+        trend_rps_per_s=slope,
+        backlog_rps=backlog,
+        expected_extra_rps=expected_extra_rps,
+    )

@@ -1,0 +1,223 @@
+"""Plain data types of the scaling decision: what goes in, what comes out.
+
+Everything here is immutable and free of I/O, so the operator and the simulator build the same
+inputs and get the same decisions. Times are seconds (``float``, any monotonic or epoch clock, as long
+as one caller uses one clock); rates are requests per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """A variant or pool setting is invalid; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """How one variant (tier) of a pool may be scaled. The lead maps the CRD fields onto this.
+
+    ``capacity_per_replica_rps`` is the measured throughput of one replica at full load (from a
+    profile or the CRD); when ``None`` it is estimated from the observed compute time and
+    ``instances_per_replica`` (one replica serves ``instances_per_replica / compute_time`` req/s).
+    """
+
+    name: str
+    min_replicas: int = 1
+    max_replicas: int = 10
+    gpus_per_replica: int = 1
+    capacity_per_replica_rps: float | None = None
+    instances_per_replica: int = 1
+    target_queue_time_s: float = 0.5
+    slo_attainment: float = 0.99
+    scale_up_stabilization_s: float = 0.0
+    scale_down_stabilization_s: float = 120.0
+    tolerance: float = 0.1
+    scale_to_zero: bool = False
+    priority: float = 1.0
+    cost: float = 1.0
+    trend_window_s: float = 20.0
+    lookahead_s: float = 10.0
+    backlog_drain_s: float = 5.0
+    stale_after_s: float = 30.0
+    max_plausible_rps: float = 1e6
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming the first invalid field and how to fix it."""
+        prefix = f"variant {self.name!r}:"
+        if not self.name:
+            raise SettingsError("variant name: must be a non-empty string")
+        if self.min_replicas < 0:
+            raise SettingsError(f"{prefix} minReplicas={self.min_replicas} must be >= 0")
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise SettingsError(
+                f"{prefix} maxReplicas={self.max_replicas} must be >= max(minReplicas, 1)="
+                f"{max(self.min_replicas, 1)}; raise maxReplicas or lower minReplicas"
+            )
+        if self.gpus_per_replica < 0:
+            raise SettingsError(f"{prefix} gpusPerReplica={self.gpus_per_replica} must be >= 0")
+        if self.capacity_per_replica_rps is not None and not self.capacity_per_replica_rps > 0:
+            raise SettingsError(
+                f"{prefix} capacityPerReplicaRps={self.capacity_per_replica_rps} must be > 0 "
+                "(or leave it unset to estimate it from the measured compute time)"
+            )
+        if self.instances_per_replica < 1:
+            raise SettingsError(f"{prefix} instancesPerReplica={self.instances_per_replica} must be >= 1")
+        if not self.target_queue_time_s > 0:
+            raise SettingsError(f"{prefix} targetQueueTimeSeconds={self.target_queue_time_s} must be > 0")
+        if not 0.5 <= self.slo_attainment < 1.0:
+            raise SettingsError(
+                f"{prefix} sloAttainment={self.slo_attainment} must be in [0.5, 1), e.g. 0.99"
+            )
+        if not 0.0 <= self.tolerance < 1.0:
+            raise SettingsError(f"{prefix} tolerance={self.tolerance} must be in [0, 1), e.g. 0.1")
+        for fname in (
+            "scale_up_stabilization_s",
+            "scale_down_stabilization_s",
+            "trend_window_s",
+            "lookahead_s",
+        ):
+            if getattr(self, fname) < 0:
+                raise SettingsError(f"{prefix} {fname}={getattr(self, fname)} must be >= 0")
+        for fname in ("backlog_drain_s", "stale_after_s", "max_plausible_rps", "priority", "cost"):
+            if not getattr(self, fname) > 0:
+                raise SettingsError(f"{prefix} {fname}={getattr(self, fname)} must be > 0")
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One point of a request-rate series (req/s at ``t``)."""
+
+    t: float
+    rps: float
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """What Prometheus says about one variant right now.
+
+    ``rate_series`` is the recent served-request rate (Triton ``nv_inference_request_success``),
+    oldest first. ``router_rps`` is the rate the router sends to this variant (arrivals, which keep
+    counting when the replicas are saturated or at zero). Averages are per request over the rate
+    window. ``None`` means the series is absent.
+    """
+
+    rate_series: tuple[RatePoint, ...] = ()
+    router_rps: float | None = None
+    queue_time_s: float | None = None
+    compute_time_s: float | None = None
+    pending_requests: float | None = None
+    newest_sample_t: float | None = None
+
+    @property
+    def latest_rps(self) -> float | None:
+        """The newest served rate, or ``None`` without a series."""
+        return self.rate_series[-1].rps if self.rate_series else None
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """What the previous decision left behind (store it and pass it back next time).
+
+    ``recommendations`` holds ``(t, replicas)`` of recent raw recommendations, used for the
+    stabilisation windows (the same scheme as the Kubernetes HPA behaviour API).
+    """
+
+    replicas: int
+    decided_at: float
+    recommendations: tuple[tuple[float, int], ...] = ()
+    last_demand_rps: float = 0.0
+
+
+@dataclass(frozen=True)
+class VariantInput:
+    """One variant's settings, live metrics, current replica count and previous state.
+
+    ``expected_extra_rps`` is load the routing controller is about to move onto this tier (it may be
+    negative when load is moved away); the scaler sizes for it before it shows up in the metrics.
+    """
+
+    settings: VariantSettings
+    metrics: VariantMetrics
+    current_replicas: int
+    previous: VariantState | None = None
+    expected_extra_rps: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolInput:
+    """All variants of one ModelPool, in routing order (cheapest first, last = final fallback tier)."""
+
+    name: str
+    variants: tuple[VariantInput, ...]
+    gpu_pool: str = "default"
+
+
+@dataclass(frozen=True)
+class ScalingInput:
+    """Every pool sharing GPU pools, and the GPU budget of each GPU pool (absent = unlimited)."""
+
+    pools: tuple[PoolInput, ...]
+    gpu_budgets: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def single(cls, pool: PoolInput, gpu_budget: int | None = None) -> ScalingInput:
+        """Input for one pool, with an optional budget for its GPU pool."""
+        budgets = {} if gpu_budget is None else {pool.gpu_pool: gpu_budget}
+        return cls(pools=(pool,), gpu_budgets=budgets)
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    """Desired replicas of one variant, with the one-line reason shown in the pool's status.
+
+    ``wished_replicas`` is what the variant needs before the budget; ``shortfall_rps`` is the demand
+    its granted replicas cannot serve within the target (what routing should move elsewhere);
+    ``held`` is true when metrics were unusable and the last decision was kept.
+    """
+
+    name: str
+    desired_replicas: int
+    current_replicas: int
+    wished_replicas: int
+    demand_rps: float
+    capacity_per_replica_rps: float | None
+    reason: str
+    held: bool = False
+    cut_replicas: int = 0
+    cut_reason: str = ""
+    shortfall_rps: float = 0.0
+    state: VariantState | None = None
+
+    @property
+    def changed(self) -> bool:
+        """True when this decision scales the variant (emit a Kubernetes Event)."""
+        return self.desired_replicas != self.current_replicas
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    """The decision for one pool: per-variant results plus pool-level conditions."""
+
+    name: str
+    variants: tuple[VariantDecision, ...]
+    metrics_held: bool
+    held_reason: str
+    budget_message: str
+
+    def variant(self, name: str) -> VariantDecision:
+        """The decision of the variant called ``name`` (KeyError if absent)."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ScalingDecision:
+    """Decisions for every pool, keyed by pool name, and per GPU-pool budget reports."""
+
+    pools: Mapping[str, PoolDecision]
+    budget_reports: Mapping[str, str]

@@ -1,0 +1,253 @@
+"""Every decision rule of modelpool.scaling.decide, one test each."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from modelpool.scaling import (
+    PoolInput,
+    RatePoint,
+    ScalingInput,
+    SettingsError,
+    VariantDecision,
+    VariantInput,
+    VariantMetrics,
+    VariantState,
+    decide,
+)
+from unit.scaling.helpers import NOW, one, ramp, settings, steady
+
+
+def only(inp: ScalingInput, now: float = NOW) -> VariantDecision:
+    decision = decide(inp, now)
+    (pool,) = decision.pools.values()
+    (variant,) = pool.variants
+    return variant
+
+
+def test_sizes_for_demand_with_headroom() -> None:
+    d = only(one(steady(20.0)))
+    # 20 req/s at 10 req/s per replica needs more than 2 replicas to keep the queue tail short.
+    assert d.desired_replicas == 3
+    assert d.changed
+    assert d.reason.startswith("scale up 1->3: demand 20.0 req/s")
+
+
+def test_fast_scale_up_jumps_straight_to_need() -> None:
+    d = only(one(steady(80.0), current=1))
+    assert d.desired_replicas >= 9
+    assert d.desired_replicas == d.wished_replicas
+
+
+def test_rising_trend_is_met_early() -> None:
+    flat = only(one(steady(30.0)))
+    rising = only(one(ramp(10.0, 30.0)))
+    assert rising.desired_replicas > flat.desired_replicas
+    assert "trend +" in rising.reason
+
+
+def test_falling_trend_is_ignored() -> None:
+    flat = only(one(steady(30.0), current=4))
+    falling = only(one(ramp(60.0, 30.0), current=4))
+    assert falling.desired_replicas == flat.desired_replicas
+
+
+def test_backlog_of_pending_requests_adds_demand() -> None:
+    base = only(one(steady(10.0)))
+    backlog = only(one(steady(10.0, pending_requests=100.0)))
+    assert backlog.desired_replicas > base.desired_replicas
+    assert "backlog 20.0" in backlog.reason
+
+
+def test_router_rate_counts_when_triton_saturated() -> None:
+    saturated = replace(steady(10.0), router_rps=40.0)
+    d = only(one(saturated))
+    assert d.demand_rps == pytest.approx(40.0)
+    assert d.desired_replicas >= 5
+
+
+def test_expected_load_from_routing_sizes_ahead() -> None:
+    d = only(one(steady(5.0), extra=30.0))
+    assert d.demand_rps == pytest.approx(35.0)
+    assert "routing +30.0" in d.reason
+    assert d.desired_replicas > only(one(steady(5.0))).desired_replicas
+
+
+def test_queue_time_over_target_adds_a_replica() -> None:
+    m = replace(steady(5.0), queue_time_s=2.0)
+    d = only(one(m, current=2))
+    assert d.desired_replicas == 3
+    assert "queue time 2.00s > target" in d.reason
+
+
+def test_tolerance_keeps_current_near_capacity() -> None:
+    from modelpool.scaling.queueing import max_rate_for_replicas
+
+    servable = max_rate_for_replicas(4, 10.0, 1, 0.5, 0.99)
+    near = only(one(steady(servable * 1.05), current=4, tolerance=0.1))
+    assert near.desired_replicas == 4
+    assert "within tolerance" in near.reason
+    strict = only(one(steady(servable * 1.05), current=4, tolerance=0.0))
+    assert strict.desired_replicas == 5
+
+
+def test_scale_down_is_stabilised_by_window() -> None:
+    first = only(one(steady(60.0), current=1, scale_down_stabilization_s=60.0), NOW)
+    high = first.desired_replicas
+    later = one(
+        steady(5.0, now=NOW + 30), current=high, previous=first.state, scale_down_stabilization_s=60.0
+    )
+    held = only(later, NOW + 30)
+    assert held.desired_replicas == high
+    assert "scale-down stabilised" in held.reason
+    after = one(steady(5.0, now=NOW + 70), current=high, previous=held.state, scale_down_stabilization_s=60.0)
+    down = only(after, NOW + 70)
+    assert down.desired_replicas < high
+    assert down.reason.startswith(f"scale down {high}->")
+
+
+def test_scale_up_stabilisation_window_takes_lowest() -> None:
+    first = only(one(steady(5.0), current=1, scale_up_stabilization_s=30.0), NOW)
+    burst = one(
+        steady(80.0, now=NOW + 10),
+        current=first.desired_replicas,
+        previous=first.state,
+        scale_up_stabilization_s=30.0,
+    )
+    d = only(burst, NOW + 10)
+    assert d.desired_replicas == first.desired_replicas
+    assert "scale-up stabilised" in d.reason
+
+
+def test_min_and_max_replicas() -> None:
+    assert (
+        only(one(steady(0.0), current=3, min_replicas=2, scale_down_stabilization_s=0)).desired_replicas == 2
+    )
+    capped = only(one(steady(1000.0), max_replicas=6))
+    assert capped.desired_replicas == 6
+    assert "capped at maxReplicas 6" in capped.reason
+
+
+def test_scale_to_zero_only_when_idle() -> None:
+    def small_of(rps: float, **kw: object) -> int:
+        small = VariantInput(settings("small", scale_down_stabilization_s=0.0, **kw), steady(rps), 1)
+        large = VariantInput(settings("large"), steady(1.0), 1)
+        pool = decide(ScalingInput.single(PoolInput("pool", (small, large))), NOW).pools["pool"]
+        return pool.variant("small").desired_replicas
+
+    assert small_of(0.0, scale_to_zero=True) == 0
+    assert small_of(0.5, scale_to_zero=True) == 1
+    assert small_of(0.0) == 1
+
+
+def _pool(*variants: VariantInput) -> ScalingInput:
+    return ScalingInput.single(PoolInput("pool", variants))
+
+
+def test_last_tier_kept_when_all_would_scale_to_zero() -> None:
+    kw = {"scale_to_zero": True, "scale_down_stabilization_s": 0.0}
+    small = VariantInput(settings("small", **kw), steady(0.0), 1)
+    large = VariantInput(settings("large", **kw), steady(0.0), 1)
+    pool = decide(_pool(small, large), NOW).pools["pool"]
+    assert pool.variant("small").desired_replicas == 0
+    assert pool.variant("large").desired_replicas == 1
+    assert "last tier serving" in pool.variant("large").reason
+
+
+def test_scale_from_zero_on_router_traffic() -> None:
+    m = VariantMetrics(rate_series=(), router_rps=12.0, newest_sample_t=NOW)
+    d = only(one(m, current=0, scale_to_zero=True))
+    assert d.desired_replicas >= 2
+
+
+@pytest.mark.parametrize(
+    ("metrics", "why"),
+    [
+        (VariantMetrics(), "metrics missing"),
+        (steady(1.0, now=NOW - 100), "metrics stale"),
+        (steady(float("nan")), "metrics absurd"),
+        (steady(-3.0), "metrics absurd"),
+        (replace(steady(1.0), queue_time_s=-1.0), "metrics absurd: queue time"),
+        (steady(5e7), "metrics absurd: request rate"),
+    ],
+)
+def test_bad_metrics_hold_and_never_scale_down(metrics: VariantMetrics, why: str) -> None:
+    previous = VariantState(replicas=7, decided_at=NOW - 10)
+    d = only(one(metrics, current=5, previous=previous))
+    assert d.held
+    assert d.desired_replicas == 7
+    assert why in d.reason
+    assert d.reason.startswith("holding 7 replicas")
+    pool = decide(one(metrics, current=5, previous=previous), NOW).pools["pool"]
+    assert pool.metrics_held
+    assert why in pool.held_reason
+
+
+def test_hold_without_previous_keeps_current() -> None:
+    d = only(one(VariantMetrics(), current=4))
+    assert d.held
+    assert d.desired_replicas == 4
+
+
+def test_unknown_capacity_with_demand_holds() -> None:
+    m = steady(5.0)
+    d = only(one(m, current=2, capacity_per_replica_rps=None))
+    assert d.held
+    assert "capacity unknown" in d.reason
+
+
+def test_capacity_from_compute_time() -> None:
+    m = replace(steady(20.0), compute_time_s=0.05)  # 20 req/s per instance
+    d = only(one(m, capacity_per_replica_rps=None, instances_per_replica=2))
+    assert d.capacity_per_replica_rps == pytest.approx(40.0)
+    assert d.desired_replicas == 1
+
+
+def test_deterministic() -> None:
+    inp = one(ramp(3.0, 47.0), current=2)
+    results = {repr(decide(inp, NOW)) for _ in range(5)}
+    assert len(results) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_replicas", 0, "maxReplicas=0"),
+        ("min_replicas", -1, "minReplicas=-1"),
+        ("capacity_per_replica_rps", 0.0, "capacityPerReplicaRps=0.0"),
+        ("slo_attainment", 1.0, "sloAttainment=1.0"),
+        ("tolerance", 1.5, "tolerance=1.5"),
+        ("target_queue_time_s", 0.0, "targetQueueTimeSeconds=0.0"),
+    ],
+)
+def test_bad_settings_name_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        decide(one(steady(1.0), **{field: value}), NOW)
+
+
+def test_duplicate_names_rejected() -> None:
+    v = VariantInput(settings("a"), steady(1.0), 1)
+    with pytest.raises(ValueError, match="variant names must be unique"):
+        decide(_pool(v, v), NOW)
+
+
+def test_state_round_trip_keeps_history_bounded() -> None:
+    state = None
+    for i in range(50):
+        t = NOW + 5 * i
+        d = only(
+            one(steady(10.0 + (i % 7), now=t), current=2, previous=state, scale_down_stabilization_s=30.0), t
+        )
+        state = d.state
+    assert state is not None
+    assert len(state.recommendations) <= 7
+    assert all(t > NOW + 5 * 49 - 30 for t, _ in state.recommendations)
+    assert not math.isnan(state.last_demand_rps)
+
+
+def test_rate_point_series_order_used_for_latest() -> None:
+    m = VariantMetrics(rate_series=(RatePoint(NOW - 5, 1.0), RatePoint(NOW, 9.0)), newest_sample_t=NOW)
+    assert m.latest_rps == 9.0
