@@ -58,9 +58,7 @@ def go_env() -> dict[str, str]:
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     logger.info("$ %s", " ".join(cmd))
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env or go_env(), capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(cmd, cwd=cwd, env=env or go_env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(
             f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}"
@@ -180,19 +178,39 @@ def build_etcd(out: Path, work: Path) -> None:
     )
     (wrapper / "go.mod").write_text(gomod)
     _run(["go", "get", f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}"], cwd=wrapper)
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"], cwd=wrapper)
+    _run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        cwd=wrapper,
+    )
 
 
 def build_kwok(out: Path, work: Path) -> None:
     env = go_env() | {"GOBIN": str(out)}
     for cmd in ("kwok", "kwokctl"):
-        _run(["go", "install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/{cmd}@{KWOK_VERSION}"], cwd=work, env=env)
+        _run(
+            ["go", "install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/{cmd}@{KWOK_VERSION}"],
+            cwd=work,
+            env=env,
+        )
 
 
 def build_helm(out: Path, work: Path) -> None:
     env = go_env() | {"GOBIN": str(out)}
     ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    _run(["go", "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], cwd=work, env=env)
+    _run(
+        ["go", "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+        cwd=work,
+        env=env,
+    )
 
 
 _BUILDERS = (

@@ -1,0 +1,5 @@
+import sys
+
+from modelpool.cli import main
+
+sys.exit(main())

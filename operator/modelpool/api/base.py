@@ -1,0 +1,86 @@
+"""Shared building blocks of the API models: camelCase wire names, conditions, refs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelpool.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# DNS-1123 label: what Kubernetes accepts as a Service/Deployment name segment.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, snake_case in Python, strict about extras."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it (camelCase, no unset optionals)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Type of condition in CamelCase, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        max_length=1024,
+        description="A programmatic identifier in CamelCase for the condition's last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="A human readable message.")
+    last_transition_time: str = Field(
+        description="When the condition last changed status (RFC 3339).",
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="The .metadata.generation the condition was set from."
+    )
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        default_factory=list,
+        max_length=16,
+        description="Latest observations of the object's state.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+class LocalObjectReference(ApiModel):
+    """Names an object in the same namespace."""
+
+    name: DnsLabel = Field(description="Name of the referent in the same namespace.")
+
+
+class SecretKeyReference(ApiModel):
+    """Selects a key of a Secret in the same namespace."""
+
+    name: DnsLabel = Field(description="Name of the Secret.")
+    key: str = Field(
+        default="token", min_length=1, max_length=253, description="Key within the Secret's data."
+    )
+
+
+class ConfigMapKeyReference(ApiModel):
+    """Selects a key of a ConfigMap in the same namespace."""
+
+    name: DnsLabel = Field(description="Name of the ConfigMap.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the ConfigMap's data.")

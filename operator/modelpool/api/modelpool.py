@@ -1,0 +1,266 @@
+"""The ModelPool kind: variants of one model sized on a shared GPU pool."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from modelpool.api.base import ApiModel, Conditions, ConfigMapKeyReference, DnsLabel
+
+Tier = Literal["small", "quantized", "large"]
+TIER_ORDER: dict[str, int] = {"small": 0, "quantized": 1, "large": 2}
+
+Quantity = Annotated[
+    str,
+    Field(
+        max_length=64,
+        pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$",
+        description="A Kubernetes quantity, e.g. 500m, 2, 4Gi.",
+    ),
+]
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the Triton container."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field(default="", max_length=4096)
+
+
+class TritonSpec(ApiModel):
+    """How to run Triton Inference Server for a variant."""
+
+    image: str = Field(
+        default="nvcr.io/nvidia/tritonserver:24.08-py3",
+        min_length=1,
+        max_length=512,
+        description="Triton server image.",
+    )
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra tritonserver arguments, appended after the ones ModelPool sets.",
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=32, description="Extra environment.")
+
+
+class ModelSource(ApiModel):
+    """The Triton model a variant serves."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Triton model name, loaded with --model-control-mode=explicit --load-model.",
+    )
+    repository: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Model repository given to --model-repository: a path in the image or a mounted "
+        "volume, or an s3://, gs:// or as:// location Triton reads.",
+    )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model version to serve; unset serves what the model's version policy says.",
+    )
+
+
+class ResourceRequests(ApiModel):
+    """CPU and memory for one replica (GPUs come from gpusPerReplica)."""
+
+    cpu: Quantity = Field(default="1", description="CPU request and limit of the Triton container.")
+    memory: Quantity = Field(default="2Gi", description="Memory request and limit of the Triton container.")
+
+
+class VariantScaling(ApiModel):
+    """Targets and pacing for the autoscaler; see docs/scaling.md."""
+
+    target_queue_time_ms: int = Field(
+        default=50, ge=1, le=600_000, description="Queue time per request the scaler keeps under."
+    )
+    target_latency_ms: int | None = Field(
+        default=None, ge=1, le=600_000, description="End-to-end latency target; unset uses the policy SLO."
+    )
+    capacity_per_replica_rps: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Requests per second one replica serves within target; unset takes the measured "
+        "capacity from the variant's profile.",
+    )
+    scale_up_stabilization_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Window over which scale-up takes the lowest wish."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="Window over which scale-down takes the highest wish."
+    )
+    tolerance_percent: int = Field(
+        default=10, ge=0, le=100, description="Changes in need smaller than this are ignored."
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        description="Allow zero replicas when idle; never applies to the last tier serving traffic.",
+    )
+
+
+class ProfileReference(ApiModel):
+    """Where the variant's measured capability profile lives (see docs/models.md)."""
+
+    config_map_key_ref: ConfigMapKeyReference = Field(
+        description="ConfigMap key holding the profile as JSON or YAML."
+    )
+
+
+class Variant(ApiModel):
+    """One variant (tier) of the model, run as its own Triton Deployment."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must be less than or equal to maxReplicas",
+                    "fieldPath": ".minReplicas",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    name: DnsLabel = Field(description="Variant name, unique in the pool; part of child object names.")
+    tier: Tier = Field(description="small, quantized or large: the order requests escalate in.")
+    model: ModelSource
+    triton: TritonSpec = Field(default_factory=TritonSpec)
+    gpus_per_replica: int = Field(
+        default=1, ge=0, le=16, description="GPUs each replica requests; 0 runs on CPU."
+    )
+    resources: ResourceRequests = Field(default_factory=ResourceRequests)
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas kept.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas allowed.")
+    cost: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Relative cost of one request on this variant, in a unit shared by the pool's "
+        "variants (e.g. small 1, large 20). Used for routing economics and budget value.",
+    )
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Higher priority variants keep GPUs first when wishes exceed the budget.",
+    )
+    scaling: VariantScaling = Field(default_factory=VariantScaling)
+    profile: ProfileReference | None = Field(
+        default=None, description="Measured capability profile of this variant."
+    )
+
+
+class Toleration(ApiModel):
+    """A pod toleration for the GPU pool's taints."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class GpuPool(ApiModel):
+    """The shared pool of GPU nodes and the share of it this ModelPool may use."""
+
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Extended resource name of the GPUs.",
+    )
+    gpu_budget: int = Field(
+        ge=0, le=100_000, description="Most GPUs all variants of this pool may hold together."
+    )
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=16, description="Node labels the GPU nodes carry."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=16, description="Tolerations for the GPU nodes' taints."
+    )
+
+
+class PoolScaling(ApiModel):
+    """How the operator reads metrics and paces decisions for the pool."""
+
+    enabled: bool = Field(
+        default=True, description="Scale from live metrics; when false replicas stay at minReplicas."
+    )
+    interval_seconds: int = Field(default=15, ge=1, le=3600, description="Seconds between decisions.")
+    prometheus_url: str | None = Field(
+        default=None,
+        alias="prometheusURL",
+        max_length=1024,
+        pattern=r"^https?://",
+        description="Prometheus HTTP API base URL; unset uses the operator's --prometheus-url.",
+    )
+
+
+class ModelPoolSpec(ApiModel):
+    """Desired state of a ModelPool."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !v.scaling.scaleToZero)",
+                    "message": "at least one variant must keep a replica: set minReplicas > 0 or "
+                    "scaling.scaleToZero=false on one variant",
+                    "fieldPath": ".variants",
+                    "reason": "FieldValueInvalid",
+                },
+            ]
+        }
+    }
+
+    gpu_pool: GpuPool
+    variants: list[Variant] = Field(
+        min_length=1,
+        max_length=8,
+        description="The model's variants; names are unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    scaling: PoolScaling = Field(default_factory=PoolScaling)
+
+
+class VariantStatus(ApiModel):
+    """Observed state of one variant."""
+
+    name: str
+    tier: Tier
+    desired_replicas: int = 0
+    ready_replicas: int = 0
+    gpus: int = Field(default=0, description="GPUs held by the variant's scheduled replicas.")
+    reason: str = Field(default="", max_length=1024, description="Why desiredReplicas is what it is.")
+    capacity_shortfall_rps: int = Field(
+        default=0, description="Requests per second the variant lacks under the GPU budget."
+    )
+
+
+class ModelPoolStatus(ApiModel):
+    """Observed state of a ModelPool."""
+
+    observed_generation: int = 0
+    gpu_budget: int = 0
+    gpus_requested: int = Field(default=0, description="GPUs the desired replicas need.")
+    gpus_in_use: int = Field(default=0, description="GPUs held by scheduled replicas.")
+    variants: list[VariantStatus] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    conditions: Conditions
+
+
+class ModelPool(ApiModel):
+    """A model's small, quantized and large variants served by Triton on a shared GPU pool."""
+
+    spec: ModelPoolSpec
+    status: ModelPoolStatus | None = None

@@ -1,0 +1,230 @@
+"""The RoutingPolicy kind: how the sidecar routers split a pool's traffic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from modelpool.api.base import ApiModel, Conditions, DnsLabel, LocalObjectReference, SecretKeyReference
+
+Mode = Literal["weighted", "tiered", "cascade"]
+CASCADE_TARGET = "cascade"
+
+
+class VariantWeight(ApiModel):
+    """A static share of traffic for one variant."""
+
+    variant: DnsLabel = Field(description="Name of a variant of the referenced pool.")
+    weight: int = Field(ge=0, le=1_000_000, description="Relative share; 0 sends nothing.")
+
+
+class TierRoute(ApiModel):
+    """Requests up to a complexity go to one variant, or through the cascade."""
+
+    max_complexity_percent: int = Field(
+        ge=0, le=100, description="Requests whose complexity score (0-100) is at most this use target."
+    )
+    target: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="A variant name, or `cascade` to run the cascade for this band.",
+    )
+
+
+class ComplexityScorer(ApiModel):
+    """Which complexity scorer the router runs."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.kind != 'torch' || has(self.path)",
+                    "message": "a torch scorer needs path: the scorer file inside the router container",
+                    "fieldPath": ".path",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    }
+
+    kind: Literal["heuristic", "torch"] = Field(
+        default="heuristic", description="heuristic (fast, built in) or torch (a trained scorer file)."
+    )
+    path: str | None = Field(default=None, max_length=1024, description="Scorer file for kind torch.")
+
+
+class TieredRouting(ApiModel):
+    """Complexity bands, in ascending order, the last one ending at 100."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.tiers.map(t, t.maxComplexityPercent).isSorted() && "
+                    "self.tiers.all(a, self.tiers.exists_one(b, "
+                    "b.maxComplexityPercent == a.maxComplexityPercent))",
+                    "message": "tiers must be in strictly ascending order of maxComplexityPercent",
+                    "fieldPath": ".tiers",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "self.tiers[size(self.tiers) - 1].maxComplexityPercent == 100",
+                    "message": "the last tier must have maxComplexityPercent 100 so every request has "
+                    "a target",
+                    "fieldPath": ".tiers",
+                    "reason": "FieldValueInvalid",
+                },
+            ]
+        }
+    }
+
+    scorer: ComplexityScorer = Field(default_factory=ComplexityScorer)
+    tiers: list[TierRoute] = Field(min_length=1, max_length=8)
+
+
+class CascadeRouting(ApiModel):
+    """The draft answers; below the confidence threshold the verifier answers."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.draft != self.verifier",
+                    "message": "draft and verifier must be different variants",
+                    "fieldPath": ".verifier",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    draft: DnsLabel = Field(description="Variant that answers first (usually the small one).")
+    verifier: DnsLabel = Field(description="Variant that answers when the draft is unsure.")
+    accept_threshold_percent: int = Field(
+        default=70,
+        ge=1,
+        le=100,
+        description="The draft's answer is kept when its top class probability, in percent, "
+        "is at least this.",
+    )
+
+
+class Objectives(ApiModel):
+    """What the policy should achieve; the controller adjusts weights towards it."""
+
+    latency_slo_ms: int | None = Field(
+        default=None, alias="latencySLOMs", ge=1, le=600_000, description="p95 latency target."
+    )
+    max_large_share_percent: int | None = Field(
+        default=None, ge=0, le=100, description="Cap on the share of requests the large tier answers."
+    )
+    quality_floor_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Least profiled accuracy (percent) a variant needs to take overflow from another.",
+    )
+
+
+class LabelSelector(ApiModel):
+    """Selects router pods by labels."""
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        min_length=1, max_length=16, description="Labels the router pods carry."
+    )
+
+
+class RoutingPolicySpec(ApiModel):
+    """Desired routing for a pool."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.mode != 'weighted' || (has(self.weights) && "
+                    "self.weights.exists(w, w.weight > 0))",
+                    "message": "mode weighted needs spec.weights with at least one weight above 0",
+                    "fieldPath": ".weights",
+                    "reason": "FieldValueRequired",
+                },
+                {
+                    "rule": "self.mode != 'tiered' || has(self.tiered)",
+                    "message": "mode tiered needs spec.tiered (scorer and tiers)",
+                    "fieldPath": ".tiered",
+                    "reason": "FieldValueRequired",
+                },
+                {
+                    "rule": "self.mode != 'cascade' || has(self.cascade)",
+                    "message": "mode cascade needs spec.cascade (draft, verifier, acceptThresholdPercent)",
+                    "fieldPath": ".cascade",
+                    "reason": "FieldValueRequired",
+                },
+                {
+                    "rule": "!has(self.tiered) || !self.tiered.tiers.exists(t, t.target == 'cascade') "
+                    "|| has(self.cascade)",
+                    "message": "a tier with target cascade needs spec.cascade",
+                    "fieldPath": ".cascade",
+                    "reason": "FieldValueRequired",
+                },
+            ]
+        }
+    }
+
+    pool_ref: LocalObjectReference = Field(description="The ModelPool whose variants this policy routes to.")
+    mode: Mode = Field(description="weighted, tiered (by input complexity) or cascade.")
+    model_name: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Model name the routers expose to clients; defaults to the pool's name.",
+    )
+    weights: list[VariantWeight] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Static weights (mode weighted).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["variant"]},
+    )
+    tiered: TieredRouting | None = None
+    cascade: CascadeRouting | None = None
+    objectives: Objectives = Field(default_factory=Objectives)
+    router_selector: LabelSelector = Field(description="Router pods this policy programs.")
+    router_port: int = Field(default=8080, ge=1, le=65535, description="Router pods' HTTP port.")
+    admin_token_secret_ref: SecretKeyReference | None = Field(
+        default=None, description="Secret with the routers' admin token; unset uses <policy>-router-token."
+    )
+
+
+class EffectiveWeight(ApiModel):
+    """A weight as programmed, with why it differs from the spec."""
+
+    variant: str
+    weight: int
+    reason: str = ""
+
+
+class RouterStatus(ApiModel):
+    """What one router pod runs."""
+
+    pod: str
+    generation: int = 0
+    programmed: bool = False
+    message: str = ""
+
+
+class RoutingPolicyStatus(ApiModel):
+    """Observed state of a RoutingPolicy."""
+
+    observed_generation: int = 0
+    weights_generation: int = Field(default=0, description="Generation of the config pushed to routers.")
+    effective_weights: list[EffectiveWeight] = Field(default_factory=list)
+    routers: list[RouterStatus] = Field(default_factory=list)
+    conditions: Conditions
+
+
+class RoutingPolicy(ApiModel):
+    """Routes a pool's requests to the cheapest variant that answers well."""
+
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None

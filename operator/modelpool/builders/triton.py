@@ -1,0 +1,227 @@
+"""Pure builders for a variant's Triton Deployment and Service.
+
+Nothing here talks to the API server: the controllers call these with a parsed
+spec and get plain manifests back, which makes them trivial to test and to diff
+against the live objects.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from modelpool.api.base import API_VERSION
+from modelpool.api.modelpool import GpuPool, ModelPoolSpec, Variant
+
+Manifest = dict[str, Any]
+
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+MANAGED_BY = "modelpool"
+LABEL_POOL = "modelpool.dev/pool"
+LABEL_VARIANT = "modelpool.dev/variant"
+LABEL_TIER = "modelpool.dev/tier"
+ANNOTATION_MODEL_VERSION = "modelpool.dev/model-version"
+
+
+def child_name(pool: str, variant: str) -> str:
+    """Name of the Deployment and Service of ``variant`` in ``pool``."""
+    return f"{pool}-{variant}"
+
+
+def selector_labels(pool: str, variant: str) -> dict[str, str]:
+    return {LABEL_POOL: pool, LABEL_VARIANT: variant}
+
+
+def child_labels(pool: str, variant: Variant) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "triton",
+        "app.kubernetes.io/instance": child_name(pool, variant.name),
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/part-of": "modelpool",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_TIER: variant.tier,
+        **selector_labels(pool, variant.name),
+    }
+
+
+def owner_reference(pool: str, uid: str) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelPool",
+        "name": pool,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def triton_args(variant: Variant) -> list[str]:
+    """tritonserver command line: explicit model control with the variant's model loaded."""
+    return [
+        "tritonserver",
+        f"--model-repository={variant.model.repository}",
+        "--model-control-mode=explicit",
+        f"--load-model={variant.model.name}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--allow-metrics=true",
+        "--strict-readiness=true",
+        *variant.triton.args,
+    ]
+
+
+def container_resources(gpu_pool: GpuPool, variant: Variant) -> Manifest:
+    amounts: dict[str, str] = {"cpu": variant.resources.cpu, "memory": variant.resources.memory}
+    if variant.gpus_per_replica > 0:
+        amounts[gpu_pool.resource_name] = str(variant.gpus_per_replica)
+    # Requests equal limits: extended resources demand it, and it gives the Guaranteed QoS class.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _probe(path: str, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Manifest:
+    labels = child_labels(pool, variant)
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    if variant.model.version is not None:
+        annotations[ANNOTATION_MODEL_VERSION] = str(variant.model.version)
+    container: Manifest = {
+        "name": "triton",
+        "image": variant.triton.image,
+        "args": triton_args(variant),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": container_resources(spec.gpu_pool, variant),
+        # Model loads can be slow: the startup probe allows up to 10 minutes before liveness applies.
+        "startupProbe": _probe("/v2/health/ready", period=10, failures=60),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+    }
+    if variant.triton.env:
+        container["env"] = [{"name": e.name, "value": e.value} for e in variant.triton.env]
+    pod_spec: Manifest = {"containers": [container]}
+    if spec.gpu_pool.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
+    if spec.gpu_pool.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.gpu_pool.tolerations]
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def build_deployment(
+    pool: str, namespace: str, uid: str, spec: ModelPoolSpec, variant: Variant, replicas: int
+) -> Manifest:
+    """The Deployment that runs ``replicas`` Triton servers of ``variant``."""
+    name = child_name(pool, variant.name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": child_labels(pool, variant),
+            "ownerReferences": [owner_reference(pool, uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(pool, variant.name)},
+            # Surge one at a time and never drop below the desired count while rolling.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": build_pod_template(pool, spec, variant),
+        },
+    }
+
+
+def build_service(pool: str, namespace: str, uid: str, variant: Variant) -> Manifest:
+    """The ClusterIP Service in front of a variant's replicas."""
+    name = child_name(pool, variant.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": child_labels(pool, variant),
+            "ownerReferences": [owner_reference(pool, uid)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(pool, variant.name),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field ``desired`` sets has the same value in ``live``.
+
+    Fields the API server defaults (imagePullPolicy, terminationMessagePath, ...) are
+    ignored, so an unchanged child never looks drifted; lists must match item by item.
+    """
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
+        )
+    if desired == live:
+        return True
+    if isinstance(desired, str) and isinstance(live, str):
+        want, have = parse_quantity(desired), parse_quantity(live)
+        return want is not None and want == have
+    return False
+
+
+_QUANTITY_SUFFIX = {
+    "m": Decimal("0.001"),
+    "": Decimal(1),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """Value of a Kubernetes quantity such as ``500m`` or ``4Gi``; None when ``text`` is not one.
+
+    The API server stores quantities in canonical form (``1000m`` becomes ``1``), so drift
+    checks compare values, not spellings.
+    """
+    match = _QUANTITY.match(text)
+    if match is None:
+        return None
+    return Decimal(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""]

@@ -1,0 +1,130 @@
+"""The ``modelpool`` command: one entry point with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Subcommand groups contributed by the feature packages (each exposes register(subparsers)).
+PLUGIN_MODULES = ("modelpool.routing.cli", "modelpool.models.cli", "modelpool.scaling.cli")
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from modelpool.api import crdgen
+
+    out = Path(args.out)
+    if args.check:
+        stale = crdgen.stale(out)
+        for path in stale:
+            print(f"{path} differs from the models; run `modelpool crds generate`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in crdgen.generate(out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _devcluster(args: argparse.Namespace) -> int:
+    from modelpool.devcluster import toolchain
+    from modelpool.devcluster.cluster import DevCluster
+
+    if args.action == "build":
+        for report in toolchain.build_all():
+            state = "cached" if report.cached else f"built in {report.seconds:.0f} s"
+            print(f"{report.tool:<24} {state}")
+        print(f"binaries in {toolchain.bin_dir()}")
+        return 0
+    cluster = DevCluster(name=args.name)
+    if args.action == "up":
+        cluster.create(nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+        print(f"cluster {args.name} is up; KUBECONFIG={cluster.kubeconfig}")
+    elif args.action == "down":
+        cluster.delete()
+        print(f"cluster {args.name} deleted")
+    else:
+        print("up" if cluster.is_up() else "down")
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    importlib.import_module("modelpool.controllers.handlers")
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=True,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from modelpool.demo import run_demo
+
+    return int(run_demo(hold_seconds=args.hold))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelpool", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="generate or check crds/ from the API models")
+    crds.add_argument("action", choices=["generate"])
+    crds.add_argument("--out", default=str(REPO_ROOT / "crds"))
+    crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    crds.set_defaults(func=_crds)
+
+    dev = sub.add_parser("devcluster", help="build and run the local kwok control plane")
+    dev.add_argument("action", choices=["build", "up", "down", "status"])
+    dev.add_argument("--name", default="modelpool")
+    dev.add_argument("--nodes", type=int, default=2)
+    dev.add_argument("--gpus-per-node", type=int, default=8)
+    dev.set_defaults(func=_devcluster)
+
+    op = sub.add_parser("operator", help="run the operator (kopf)")
+    op.add_argument("action", choices=["run"])
+    op.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
+    op.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8081/healthz")
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(func=_operator)
+
+    demo = sub.add_parser("demo", help="local demo on the embedded default cluster")
+    demo.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        help="seconds to keep the operator running after the demo "
+        "(default: until Ctrl-C on a terminal, else 0)",
+    )
+    demo.set_defaults(func=_demo)
+
+    for module_name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Pure computation of a ModelPool's status from its spec and its live children."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpool.api import conditions as c
+from modelpool.api.base import Condition
+from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
+from modelpool.builders.triton import LABEL_VARIANT
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """How many replicas a variant should run, and why."""
+
+    replicas: int
+    reason: str
+    shortfall_rps: int = 0
+
+
+@dataclass(frozen=True)
+class ChildIssues:
+    """Problems met while converging children, reported in conditions."""
+
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _pod_active(pod: Obj) -> bool:
+    return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") and not pod.get(
+        "metadata", {}
+    ).get("deletionTimestamp")
+
+
+def unschedulable_message(pod: Obj) -> str | None:
+    """The scheduler's message when a pod cannot be placed, else None."""
+    for cond in pod.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("message") or cond.get("reason") or "Unschedulable")
+    return None
+
+
+def _variant_pods(pods: Sequence[Obj], variant: str) -> list[Obj]:
+    return [p for p in pods if p.get("metadata", {}).get("labels", {}).get(LABEL_VARIANT) == variant]
+
+
+def compute_status(
+    spec: ModelPoolSpec,
+    generation: int,
+    plans: Mapping[str, ReplicaPlan],
+    deployments: Mapping[str, Obj | None],
+    pods: Sequence[Obj],
+    previous: Sequence[Condition],
+    issues: ChildIssues,
+    now: str,
+) -> ModelPoolStatus:
+    """Status for ``spec`` given the live Deployments (by variant) and the pool's pods."""
+    variants: list[VariantStatus] = []
+    gpus_in_use = 0
+    not_ready: list[str] = []
+    rolling: list[str] = []
+    unschedulable: list[str] = []
+    for variant in spec.variants:
+        plan = plans[variant.name]
+        dep = deployments.get(variant.name) or {}
+        dep_status = dep.get("status", {}) or {}
+        ready = int(dep_status.get("readyReplicas", 0) or 0)
+        updated = int(dep_status.get("updatedReplicas", 0) or 0)
+        observed = int(dep_status.get("observedGeneration", 0) or 0)
+        dep_generation = int(dep.get("metadata", {}).get("generation", 0) or 0)
+        active = [p for p in _variant_pods(pods, variant.name) if _pod_active(p)]
+        scheduled = [p for p in active if p.get("spec", {}).get("nodeName")]
+        gpus = len(scheduled) * variant.gpus_per_replica
+        gpus_in_use += gpus
+        for pod in active:
+            msg = unschedulable_message(pod)
+            if msg is not None:
+                unschedulable.append(f"{pod['metadata']['name']}: {msg}")
+        if ready < plan.replicas:
+            not_ready.append(f"{variant.name} {ready}/{plan.replicas}")
+        if not dep or observed < dep_generation or updated < plan.replicas or len(active) != plan.replicas:
+            rolling.append(variant.name)
+        variants.append(
+            VariantStatus(
+                name=variant.name,
+                tier=variant.tier,
+                desired_replicas=plan.replicas,
+                ready_replicas=ready,
+                gpus=gpus,
+                reason=plan.reason,
+                capacity_shortfall_rps=plan.shortfall_rps,
+            )
+        )
+
+    conds = list(previous)
+
+    def put(type_: str, status: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = c.set_condition(conds, type_, "True" if status else "False", reason, message, generation, now)
+
+    put(c.ACCEPTED, True, "Valid", "spec is valid")
+    budget = spec.gpu_pool.gpu_budget
+    min_gpus = sum(v.min_replicas * v.gpus_per_replica for v in spec.variants)
+    requested = sum(plans[v.name].replicas * v.gpus_per_replica for v in spec.variants)
+    gpu_unschedulable = [m for m in unschedulable if spec.gpu_pool.resource_name in m]
+    if min_gpus > budget:
+        put(
+            c.GPU_BUDGET_FITS,
+            False,
+            "MinReplicasExceedBudget",
+            f"minReplicas of all variants need {min_gpus} GPUs but spec.gpuPool.gpuBudget is {budget}; "
+            "raise gpuBudget or lower minReplicas (minimums are kept regardless)",
+        )
+    elif gpu_unschedulable:
+        put(
+            c.GPU_BUDGET_FITS,
+            False,
+            "InsufficientNodeGPUs",
+            f"{len(gpu_unschedulable)} replica(s) cannot be scheduled for lack of "
+            f"{spec.gpu_pool.resource_name} on the pool's nodes: {gpu_unschedulable[0]}; add GPU nodes "
+            "or lower gpuBudget/maxReplicas",
+        )
+    else:
+        put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs requested")
+
+    if issues.conflicts:
+        put(c.DEGRADED, True, "ChildConflict", "; ".join(issues.conflicts))
+    elif unschedulable:
+        put(c.DEGRADED, True, "PodsUnschedulable", f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}")
+    else:
+        put(c.DEGRADED, False, "AsExpected", "no problems observed")
+
+    if rolling:
+        put(c.PROGRESSING, True, "RollingOut", f"converging variants {', '.join(rolling)}")
+    else:
+        put(c.PROGRESSING, False, "Stable", "every variant runs its desired replicas")
+
+    if not_ready or issues.conflicts:
+        detail = ", ".join(not_ready) if not_ready else "child conflicts"
+        put(c.READY, False, "ReplicasNotReady", f"ready/desired: {detail}")
+    else:
+        put(c.READY, True, "AllReplicasReady", "all variants have their desired replicas ready")
+
+    return ModelPoolStatus(
+        observed_generation=generation,
+        gpu_budget=budget,
+        gpus_requested=requested,
+        gpus_in_use=gpus_in_use,
+        variants=variants,
+        conditions=conds,
+    )
+
+
+def rejected_status(
+    generation: int,
+    previous: Sequence[Condition],
+    reason: str,
+    message: str,
+    now: str,
+    old: ModelPoolStatus | None,
+) -> ModelPoolStatus:
+    """Status for a spec the operator will not act on: children are left exactly as they are."""
+    conds = c.set_condition(previous, c.ACCEPTED, "False", reason, message, generation, now)
+    conds = c.set_condition(conds, c.READY, "False", reason, message, generation, now)
+    base = old or ModelPoolStatus()
+    return base.model_copy(update={"observed_generation": generation, "conditions": conds})

@@ -1,0 +1,110 @@
+"""`modelpool demo`: the product end to end on the embedded default cluster.
+
+Starts (or reuses) the local kwok control plane with two fake 8-GPU nodes,
+installs the CRDs, runs the operator as kopf runs it, applies every sample in
+``manifests/samples`` and shows the pool converge, then deletes a child
+Deployment by hand and shows the operator bring it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from modelpool.devcluster.cluster import DevCluster
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def _wait_ready(cluster: DevCluster, pool: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        proc = cluster.kubectl("get", "modelpool", pool, "-o", "json", check=False)
+        if proc.returncode == 0:
+            last = json.loads(proc.stdout)
+            conds = last.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                return last
+        time.sleep(1)
+    raise TimeoutError(f"modelpool {pool} not Ready after {timeout:.0f} s: {json.dumps(last.get('status'))}")
+
+
+def start_operator(cluster: DevCluster, log_path: Path) -> subprocess.Popen[bytes]:
+    env = cluster.env() | {"MODELPOOL_RESYNC_SECONDS": "10", "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelpool", "operator", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def run_demo(hold_seconds: float | None = None) -> int:
+    cluster = DevCluster()
+    _say("starting the local control plane (kwokctl --runtime binary, 2 fake nodes x 8 nvidia.com/gpu)")
+    started = time.monotonic()
+    cluster.create(nodes=2, gpus_per_node=8)
+    print(f"control plane up in {time.monotonic() - started:.1f} s; KUBECONFIG={cluster.kubeconfig}")
+    print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product").stdout)
+
+    _say("installing the CRDs")
+    print(cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds")).stdout)
+
+    log_path = Path(os.environ.get("MODELPOOL_DEMO_LOG", "/tmp/modelpool-operator.log"))
+    _say(f"running the operator (log: {log_path})")
+    operator = start_operator(cluster, log_path)
+    try:
+        _say("applying manifests/samples")
+        print(cluster.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "samples")).stdout)
+        pool = "banking77"
+        t0 = time.monotonic()
+        _wait_ready(cluster, pool, timeout=120)
+        print(f"pool {pool} Ready {time.monotonic() - t0:.1f} s after apply")
+        print(cluster.kubectl("get", "modelpools,routingpolicies").stdout)
+        print(
+            cluster.kubectl(
+                "get", "deployments,services,pods", "-l", f"modelpool.dev/pool={pool}", "-o", "wide"
+            ).stdout
+        )
+
+        _say(f"deleting deployment {pool}-large by hand: the operator recreates it")
+        cluster.kubectl("delete", "deployment", f"{pool}-large", "--wait=false")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            proc = cluster.kubectl("get", "deployment", f"{pool}-large", "-o", "json", check=False)
+            if proc.returncode == 0 and not json.loads(proc.stdout)["metadata"].get("deletionTimestamp"):
+                break
+            time.sleep(0.5)
+        print(f"recreated after {time.monotonic() - t0:.1f} s")
+        _wait_ready(cluster, pool, timeout=120)
+        print(cluster.kubectl("get", "modelpool", pool, "-o", "wide").stdout)
+        print(cluster.kubectl("get", "events", "--field-selector", f"involvedObject.name={pool}").stdout)
+
+        hold = hold_seconds if hold_seconds is not None else (float("inf") if sys.stdin.isatty() else 0.0)
+        if hold > 0:
+            _say("the operator keeps running; try `kubectl edit modelpool banking77` (Ctrl-C to stop)")
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+            end = time.monotonic() + hold
+            while time.monotonic() < end and operator.poll() is None:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+    _say(
+        "done; the cluster keeps running (`modelpool devcluster down` removes it). "
+        f"KUBECONFIG={cluster.kubeconfig}"
+    )
+    return 0

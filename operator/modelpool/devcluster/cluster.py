@@ -1,0 +1,172 @@
+"""The embedded default cluster: a real control plane with kwok's fake GPU nodes.
+
+``kwokctl --runtime binary`` runs etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok-controller as local processes from the binaries that
+:mod:`modelpool.devcluster.toolchain` built. Nodes are Node objects that kwok
+keeps Ready and advertise ``nvidia.com/gpu``; pods scheduled on them are marked
+Running by kwok (no container runs, nothing listens on their IPs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelpool.devcluster import toolchain
+
+DEFAULT_NAME = "modelpool"
+
+
+def fake_gpu_node(
+    name: str, gpus: int, resource: str = "nvidia.com/gpu", zone: str = "zone-a"
+) -> dict[str, Any]:
+    """A Node object kwok manages, advertising ``gpus`` of ``resource``."""
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", resource: str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "topology.kubernetes.io/zone": zone,
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+            },
+        },
+        "spec": {},
+        "status": {
+            "allocatable": dict(capacity),
+            "capacity": dict(capacity),
+            "nodeInfo": {
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+            "phase": "Running",
+        },
+    }
+
+
+@dataclass
+class DevCluster:
+    """A kwok cluster with the binary runtime, isolated in its own kwok workdir."""
+
+    name: str = DEFAULT_NAME
+    workdir: Path = field(default_factory=lambda: toolchain.cache_dir() / "kwok")
+    kubeconfig_out: Path | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.kubeconfig_out or self.workdir / "clusters" / self.name / "kubeconfig.yaml"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KWOK_WORKDIR"] = str(self.workdir)
+        env["PATH"] = f"{toolchain.bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def _kwokctl(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        cmd = [str(toolchain.binary("kwokctl")), "--name", self.name, *args]
+        proc = subprocess.run(
+            cmd, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def kubectl(
+        self, *args: str, input_text: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(toolchain.binary("kubectl")), "--kubeconfig", str(self.kubeconfig), *args]
+        proc = subprocess.run(
+            cmd,
+            env=self.env(),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def exists(self) -> bool:
+        return (self.workdir / "clusters" / self.name / "kwok.yaml").is_file()
+
+    def is_up(self) -> bool:
+        if not self.exists():
+            return False
+        proc = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+        return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+    def create(self, nodes: int = 2, gpus_per_node: int = 8, wait_seconds: int = 180) -> None:
+        """Start the control plane (or reuse a running one) and register the fake GPU nodes."""
+        if not self.is_up():
+            if self.exists():
+                self.delete()
+            bins = toolchain.bin_dir()
+            args = [
+                "create",
+                "cluster",
+                "--runtime",
+                "binary",
+                "--kube-apiserver-binary",
+                str(bins / "kube-apiserver"),
+                "--kube-controller-manager-binary",
+                str(bins / "kube-controller-manager"),
+                "--kube-scheduler-binary",
+                str(bins / "kube-scheduler"),
+                "--kwok-controller-binary",
+                str(bins / "kwok"),
+                "--etcd-binary",
+                str(bins / "etcd"),
+                "--wait",
+                f"{wait_seconds}s",
+            ]
+            if self.kubeconfig_out is not None:
+                args += ["--kubeconfig", str(self.kubeconfig_out)]
+            self._kwokctl(*args, timeout=wait_seconds + 120)
+        self.ensure_nodes(nodes, gpus_per_node)
+
+    def ensure_nodes(self, nodes: int, gpus_per_node: int) -> None:
+        manifests = [fake_gpu_node(f"gpu-node-{i}", gpus_per_node) for i in range(nodes)]
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = self.kubectl("get", "nodes", "-o", "json").stdout
+            ready = [
+                n
+                for n in json.loads(out)["items"]
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+            ]
+            if len(ready) >= nodes:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"kwok did not mark {nodes} fake nodes Ready within 60 s")
+
+    def delete(self) -> None:
+        if self.exists():
+            self._kwokctl("delete", "cluster", timeout=120)

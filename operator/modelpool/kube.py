@@ -1,0 +1,202 @@
+"""A small typed async client for the Kubernetes API (httpx).
+
+kopf watches and dispatches; this client does the few reads and writes the
+controllers make: get, list, create, server-side apply, merge-patch, delete.
+It logs in the way kubectl does: in-cluster service account, else the
+kubeconfig named by ``KUBECONFIG`` (first file) or ``~/.kube/config``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import yaml
+
+Obj = dict[str, Any]
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+FIELD_MANAGER = "modelpool-operator"
+
+
+class KubeError(Exception):
+    """A non-success answer from the API server."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    verify: ssl.SSLContext | bool
+    token: str | None = None
+
+
+def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
+    if data_b64:
+        target = tmp / name
+        target.write_bytes(base64.b64decode(data_b64))
+        target.chmod(0o600)
+        return str(target)
+    if path:
+        p = Path(path)
+        return str(p if p.is_absolute() else base / p)
+    return None
+
+
+def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Credentials:
+    config = yaml.safe_load(path.read_text())
+    ctx_name = context or config.get("current-context")
+    ctx = next(c["context"] for c in config["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == ctx["cluster"])
+    user: dict[str, Any] = (
+        next((u["user"] for u in config.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
+    )
+    base = path.parent
+    tmp = Path(tempfile.mkdtemp(prefix="modelpool-kube-"))
+    server = cluster["server"].rstrip("/")
+    verify: ssl.SSLContext | bool = True
+    if server.startswith("https://"):
+        if cluster.get("insecure-skip-tls-verify"):
+            ctx_ssl = ssl.create_default_context()
+            ctx_ssl.check_hostname = False
+            ctx_ssl.verify_mode = ssl.CERT_NONE
+        else:
+            ca = _materialise(
+                cluster.get("certificate-authority-data"),
+                cluster.get("certificate-authority"),
+                base,
+                tmp,
+                "ca.crt",
+            )
+            ctx_ssl = ssl.create_default_context(cafile=ca)
+        cert = _materialise(
+            user.get("client-certificate-data"), user.get("client-certificate"), base, tmp, "client.crt"
+        )
+        key = _materialise(user.get("client-key-data"), user.get("client-key"), base, tmp, "client.key")
+        if cert and key:
+            ctx_ssl.load_cert_chain(cert, key)
+        verify = ctx_ssl
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).read_text().strip()
+    return Credentials(server=server, verify=verify, token=token)
+
+
+def credentials_in_cluster() -> Credentials:
+    host = os.environ["KUBERNETES_SERVICE_HOST"]
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if ":" in host:
+        host = f"[{host}]"
+    return Credentials(
+        server=f"https://{host}:{port}",
+        verify=ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")),
+        token=(SA_DIR / "token").read_text().strip(),
+    )
+
+
+def load_credentials() -> Credentials:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").is_file():
+        return credentials_in_cluster()
+    env = os.environ.get("KUBECONFIG")
+    path = Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
+    return credentials_from_kubeconfig(path)
+
+
+def resource_path(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    """REST path of a collection or object: core ``v1`` under /api, groups under /apis."""
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = prefix
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{plural}"
+    if name is not None:
+        path += f"/{quote(name)}"
+    return path
+
+
+class KubeClient:
+    """The operator's reads and writes; one pooled HTTP/1.1 client."""
+
+    def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "modelpool-operator"}
+        if credentials.token:
+            headers["Authorization"] = f"Bearer {credentials.token}"
+        self._http = httpx.AsyncClient(
+            base_url=credentials.server, verify=credentials.verify, headers=headers, timeout=timeout
+        )
+
+    @classmethod
+    def from_environment(cls) -> KubeClient:
+        return cls(load_credentials())
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> Obj:
+        headers = {"Content-Type": content_type} if content_type else None
+        response = await self._http.request(method, path, json=json, params=params, headers=headers)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                reason, message = str(body.get("reason", "")), str(body.get("message", response.text))
+            except ValueError:
+                reason, message = response.reason_phrase, response.text
+            raise KubeError(response.status_code, reason, message)
+        result: Obj = response.json()
+        return result
+
+    async def get(self, path: str) -> Obj | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self._request("GET", path)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def list(self, path: str, label_selector: str | None = None) -> list[Obj]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        items: list[Obj] = (await self._request("GET", path, params=params)).get("items", [])
+        return items
+
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self._request("POST", path, json=body)
+
+    async def apply(self, path: str, body: Obj, *, force: bool = True) -> Obj:
+        """Server-side apply as the operator's field manager (takes over conflicting fields)."""
+        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        return await self._request(
+            "PATCH", path, json=body, params=params, content_type="application/apply-patch+yaml"
+        )
+
+    async def merge_patch(self, path: str, body: Obj) -> Obj:
+        return await self._request("PATCH", path, json=body, content_type="application/merge-patch+json")
+
+    async def delete(self, path: str) -> None:
+        try:
+            await self._request("DELETE", path)
+        except KubeError as err:
+            if err.status != 404:
+                raise

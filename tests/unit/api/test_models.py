@@ -1,0 +1,60 @@
+"""The API models: wire names, defaults and the checks pydantic itself makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.api.routingpolicy import RoutingPolicySpec
+
+SAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "samples"
+
+
+def _pool(**variant: object) -> dict[str, object]:
+    base = {"name": "small", "tier": "small", "model": {"name": "m", "repository": "/models"}}
+    base.update(variant)
+    return {"gpuPool": {"gpuBudget": 4}, "variants": [base]}
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sample_parses(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    model = ModelPoolSpec if doc["kind"] == "ModelPool" else RoutingPolicySpec
+    parsed = model.model_validate(doc["spec"])
+    # Round trip: what we write back is what we read.
+    assert model.model_validate(parsed.to_wire()) == parsed
+
+
+def test_defaults_fill_in() -> None:
+    spec = ModelPoolSpec.model_validate(_pool())
+    variant = spec.variants[0]
+    assert variant.gpus_per_replica == 1
+    assert (variant.min_replicas, variant.max_replicas) == (1, 4)
+    assert variant.scaling.scale_down_stabilization_seconds == 300
+    assert spec.gpu_pool.resource_name == "nvidia.com/gpu"
+
+
+def test_wire_names_are_camel_case() -> None:
+    wire = ModelPoolSpec.model_validate(_pool(gpusPerReplica=2)).to_wire()
+    assert wire["gpuPool"]["gpuBudget"] == 4
+    assert wire["variants"][0]["gpusPerReplica"] == 2
+    assert "gpus_per_replica" not in wire["variants"][0]
+
+
+@pytest.mark.parametrize(
+    ("variant", "field"),
+    [
+        ({"tier": "huge"}, "tier"),
+        ({"gpusPerReplica": -1}, "gpusPerReplica"),
+        ({"name": "Bad_Name"}, "name"),
+        ({"unknownField": 1}, "unknownField"),
+    ],
+)
+def test_invalid_variant_names_the_field(variant: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ModelPoolSpec.model_validate(_pool(**variant))
+    assert field in str(info.value)

@@ -1,0 +1,148 @@
+"""Status computation from live children: conditions, GPUs, budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelpool.api import conditions as c
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.api.routingpolicy import RoutingPolicySpec
+from modelpool.api.semantics import child_name_problems, routing_reference_problems
+from modelpool.controllers.pool_reconciler import hold_or_minimum
+from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+def _spec(budget: int = 8, small_min: int = 1) -> ModelPoolSpec:
+    return ModelPoolSpec.model_validate(
+        {
+            "gpuPool": {"gpuBudget": budget},
+            "variants": [
+                {
+                    "name": "small",
+                    "tier": "small",
+                    "model": {"name": "s", "repository": "/m"},
+                    "minReplicas": small_min,
+                },
+                {
+                    "name": "large",
+                    "tier": "large",
+                    "model": {"name": "l", "repository": "/m"},
+                    "gpusPerReplica": 2,
+                },
+            ],
+        }
+    )
+
+
+def _pod(variant: str, name: str, node: str | None, unschedulable: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Running" if node else "Pending"}
+    if unschedulable:
+        status["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        ]
+    return {
+        "metadata": {"name": name, "labels": {"modelpool.dev/variant": variant}},
+        "spec": {"nodeName": node} if node else {},
+        "status": status,
+    }
+
+
+def _dep(ready: int, replicas: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "status": {"readyReplicas": ready, "updatedReplicas": replicas, "observedGeneration": 1},
+    }
+
+
+def _plans(small: int = 1, large: int = 1) -> dict[str, ReplicaPlan]:
+    return {"small": ReplicaPlan(small, "min"), "large": ReplicaPlan(large, "min")}
+
+
+def test_all_ready() -> None:
+    pods = [_pod("small", "s-1", "n1"), _pod("large", "l-1", "n2")]
+    status = compute_status(
+        _spec(), 3, _plans(), {"small": _dep(1, 1), "large": _dep(1, 1)}, pods, [], ChildIssues(), NOW
+    )
+    assert status.observed_generation == 3
+    assert status.gpus_in_use == 3
+    assert status.gpus_requested == 3
+    assert c.is_true(status.conditions, c.READY)
+    assert c.is_true(status.conditions, c.GPU_BUDGET_FITS)
+    assert not c.is_true(status.conditions, c.PROGRESSING)
+    assert not c.is_true(status.conditions, c.DEGRADED)
+    assert all(cond.observed_generation == 3 for cond in status.conditions)
+
+
+def test_unschedulable_gpu_pods_flag_the_budget_condition() -> None:
+    msg = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pods = [_pod("small", "s-1", "n1"), _pod("large", "l-1", None, unschedulable=msg)]
+    status = compute_status(
+        _spec(), 1, _plans(), {"small": _dep(1, 1), "large": _dep(0, 1)}, pods, [], ChildIssues(), NOW
+    )
+    budget = c.find(status.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.status == "False" and budget.reason == "InsufficientNodeGPUs"
+    assert "Insufficient nvidia.com/gpu" in budget.message
+    assert c.find(status.conditions, c.DEGRADED).reason == "PodsUnschedulable"  # type: ignore[union-attr]
+    assert not c.is_true(status.conditions, c.READY)
+    assert status.gpus_in_use == 1
+
+
+def test_minimums_over_budget() -> None:
+    status = compute_status(_spec(budget=2, small_min=1), 1, _plans(), {}, [], [], ChildIssues(), NOW)
+    budget = c.find(status.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.reason == "MinReplicasExceedBudget"
+    assert "need 3 GPUs" in budget.message and "gpuBudget is 2" in budget.message
+
+
+def test_conflict_is_degraded_and_not_ready() -> None:
+    issues = ChildIssues(conflicts=["Deployment x exists and is not owned by this pool"])
+    status = compute_status(
+        _spec(), 1, _plans(), {"small": _dep(1, 1), "large": _dep(1, 1)}, [], [], issues, NOW
+    )
+    assert c.find(status.conditions, c.DEGRADED).reason == "ChildConflict"  # type: ignore[union-attr]
+    assert not c.is_true(status.conditions, c.READY)
+
+
+def test_planner_holds_last_decision_within_bounds() -> None:
+    spec = _spec()
+    first = hold_or_minimum(spec, None)
+    assert first["small"].replicas == 1
+    status = compute_status(
+        spec,
+        1,
+        {"small": ReplicaPlan(3, "scaled up"), "large": ReplicaPlan(9, "x")},
+        {},
+        [],
+        [],
+        ChildIssues(),
+        NOW,
+    )
+    held = hold_or_minimum(spec, status)
+    assert held["small"] == ReplicaPlan(3, "scaled up")
+    assert held["large"].replicas == 4  # maxReplicas
+    assert "clamped" in held["large"].reason
+
+
+def test_child_name_problems() -> None:
+    spec = _spec()
+    assert child_name_problems("bank", spec) == []
+    long = child_name_problems("p" * 60, spec)
+    assert long and long[0].reason == "ChildNameTooLong" and long[0].field == "spec.variants[0].name"
+    digit = child_name_problems("9pool", spec)
+    assert digit and digit[0].reason == "InvalidChildName"
+
+
+def test_routing_reference_problems() -> None:
+    spec = RoutingPolicySpec.model_validate(
+        {
+            "poolRef": {"name": "bank"},
+            "mode": "cascade",
+            "cascade": {"draft": "small", "verifier": "huge"},
+            "routerSelector": {"matchLabels": {"a": "b"}},
+        }
+    )
+    problems = routing_reference_problems(spec, ["small", "large"])
+    assert [p.field for p in problems] == ["spec.cascade.verifier"]
+    assert "huge" in problems[0].message and "large" in problems[0].message
