@@ -1,0 +1,7 @@
+"""``python -m modelpool.routing serve --config FILE ...``"""
+
+import sys
+
+from modelpool.routing.cli import main
+
+sys.exit(main())

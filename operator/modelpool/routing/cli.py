@@ -1,0 +1,70 @@
+"""``modelpool router ...`` commands (wired into the ``modelpool`` CLI by ``register``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from modelpool.routing.config import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``router serve`` and ``router check-config`` to the ``modelpool`` CLI."""
+    router = subparsers.add_parser("router", help="the sidecar router (KServe v2 front for a pool)")
+    commands = router.add_subparsers(dest="router_command", required=True)
+    serve = commands.add_parser("serve", help="serve a pool's variants behind one model name")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="RouterConfig file (JSON or YAML), e.g. a mounted ConfigMap",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks one)")
+    serve.add_argument(
+        "--admin-token-file", type=Path, default=None,
+        help="file with the admin API bearer token (else $MODELPOOL_ROUTER_ADMIN_TOKEN; none: admin off)",
+    )  # fmt: skip
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(func=_serve)
+    check = commands.add_parser("check-config", help="validate a RouterConfig file and print the problems")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=_check)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelpool.routing.server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        serve(args.config, args.host, args.port, args.admin_token_file)
+    except ConfigError as err:
+        print(f"error: config {args.config} is not usable: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from modelpool.routing.config import load_config_file
+
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"{problem['field'] or '<config>'}: {problem['message']}", file=sys.stderr)
+        return 2
+    print(f"ok: pool {config.pool}, generation {config.generation}, mode {config.mode}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m modelpool.routing serve --config ...``."""
+    parser = argparse.ArgumentParser(prog="python -m modelpool.routing")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["router", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))

@@ -1,0 +1,201 @@
+"""A small HTTP/1.1 server on asyncio protocols and ``httptools``.
+
+It parses requests with keep-alive and pipelining (answered in order), refuses bodies over a
+size limit with 413 as soon as the headers or the body show it, and hands each complete
+request to an async handler.  No framework sits between the socket and the router, which
+keeps the added latency low (see docs/router.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+logger = logging.getLogger(__name__)
+
+_MAX_PIPELINED = 32
+
+
+@dataclass(slots=True)
+class Request:
+    method: bytes
+    path: bytes  # without the query string
+    query: bytes
+    headers: dict[bytes, bytes]  # lower-case names; the last value wins
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return self.headers.get(name)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = b"application/json"
+
+
+def json_response(status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    """A JSON response."""
+    return Response(status, json.dumps(payload, separators=(",", ":")).encode(), headers or [])
+
+
+def error_response(status: int, message: str) -> Response:
+    """``{"error": message}``, the shape Triton and tritonclient use."""
+    return json_response(status, {"error": message})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def encode_response(resp: Response, keep_alive: bool) -> bytes:
+    """Serialize a response."""
+    parts = [
+        b"HTTP/1.1 ",
+        str(resp.status).encode(),
+        b" ",
+        _REASONS.get(resp.status, b"Unknown"),
+        b"\r\ncontent-type: ",
+        resp.content_type,
+        b"\r\ncontent-length: ",
+        str(len(resp.body)).encode(),
+        b"\r\n" if keep_alive else b"\r\nconnection: close\r\n",
+    ]
+    for name, value in resp.headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"\r\n")
+    parts.append(resp.body)
+    return b"".join(parts)
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, handler: Handler, max_body: Callable[[], int]) -> None:
+        self._handler = handler
+        self._max_body = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._refused = False
+        self._paused = False
+        self._closing = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as err:
+            if not self._refused:
+                self._refuse(400, f"malformed HTTP request: {err}")
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body():
+            self._refuse(
+                413, f"request body of {int(length)} bytes is over the limit of {self._max_body()} bytes"
+            )
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._body_size += len(body)
+        if self._body_size > self._max_body():
+            self._refuse(413, f"request body is over the limit of {self._max_body()} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        path, _, query = self._url.partition(b"?")
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = Request(self._parser.get_method(), path, query, self._headers, body)
+        self._queue.append((request, self._parser.should_keep_alive()))
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        if len(self._queue) > _MAX_PIPELINED and self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    # own
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer at once and close: the rest of the stream cannot be trusted."""
+        self._refused = True
+        self._queue.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode_response(error_response(status, message), keep_alive=False))
+            self._transport.close()
+
+    async def _work(self) -> None:
+        try:
+            while self._queue and not self._closing:
+                request, keep_alive = self._queue.popleft()
+                try:
+                    response = await self._handler(request)
+                except Exception:
+                    logger.exception("handler failed for %s %s", request.method, request.path)
+                    response = error_response(500, "internal router error; see the router log")
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    return
+                transport.write(encode_response(response, keep_alive))
+                if not keep_alive:
+                    transport.close()
+                    return
+                if self._paused and len(self._queue) <= _MAX_PIPELINED // 2:
+                    self._paused = False
+                    transport.resume_reading()
+        finally:
+            self._worker = None
+
+
+async def start_server(
+    handler: Handler, host: str, port: int, max_body: Callable[[], int], backlog: int = 1024
+) -> asyncio.Server:
+    """Listen on ``host:port`` (port 0 picks one) and serve ``handler``."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _HttpProtocol(handler, max_body), host, port, backlog=backlog, reuse_address=True
+    )

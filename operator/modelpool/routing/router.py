@@ -1,0 +1,540 @@
+"""The routing core: picks variants, forwards, retries, runs the cascade, keeps the config.
+
+Failure rule (docs/router.md, "Failure semantics"): inference on these models is idempotent,
+so a request may be resent when an attempt *failed* - connect error, reset, timeout, HTTP
+502/503/504, or Triton saying the model is not loaded/ready there.  It is resent to another
+endpoint of the same variant first, then (``retry.crossVariant``) to other variants: higher
+tiers first (never worse quality), then lower ones; at most ``retry.maxAttempts`` attempts.
+An answer, including a 4xx or a model's own 500, is never resent.  When nothing can answer
+the client gets 503 (nothing reachable) or 504 (last attempts timed out) with a JSON error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
+from modelpool.routing.cache import TTLCache
+from modelpool.routing.config import CASCADE_TARGET, TIER_ORDER, ConfigError, RouterConfig, VariantConfig
+from modelpool.routing.endpoints import Endpoint, EndpointSliceSource, EndpointSource, StaticSource
+from modelpool.routing.httpserver import Response, error_response
+from modelpool.routing.metrics import RouterMetrics
+from modelpool.routing.scoring import ComplexityScorer, is_blocking, load_scorer
+from modelpool.routing.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from modelpool.routing.v2 import (
+    PROBABILITIES_OUTPUT,
+    BadRequest,
+    InferBody,
+    annotate,
+    confidence,
+    drop_output,
+    ensure_output,
+    parse_header_length,
+    parse_request,
+    parse_response,
+    request_texts,
+)
+
+logger = logging.getLogger(__name__)
+
+VARIANT_HEADER = b"x-modelpool-variant"
+_HL = b"inference-header-content-length"
+_RETRYABLE_STATUS = frozenset({502, 503, 504})
+_NOT_SERVED_MARKERS = (b"unknown model", b"is not ready", b"no available versions", b"is not found")
+
+
+class ConfigRejected(Exception):
+    """A push that is valid on its own but cannot replace the active config (HTTP 409)."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """An upstream answer and who gave it."""
+
+    variant: VariantRuntime
+    response: UpstreamResponse
+
+
+@dataclass(slots=True)
+class NoAnswer(Exception):
+    """Nothing could answer: 503, or 504 when the last attempts timed out."""
+
+    status: int
+    reasons: list[str] = field(default_factory=list)
+
+
+class VariantRuntime:
+    """A variant of the active config with its endpoint source."""
+
+    def __init__(self, config: VariantConfig, source: EndpointSource, router: Router) -> None:
+        self.config = config
+        self.name = config.name
+        self.tier = config.tier
+        self.cost = config.cost
+        self.timeout = config.timeout_ms / 1000.0
+        self.path = f"/v2/models/{config.triton_model}/infer".encode()
+        self.name_bytes = config.name.encode()
+        self.source = source
+        self._router = router
+        self._urls: list[str] = []
+        self._endpoints: list[Endpoint] = []
+        self._rr = 0
+
+    def endpoints(self) -> list[Endpoint]:
+        """Current endpoints (re-resolved when the source's URLs change)."""
+        urls = self.source.urls()
+        if urls is not self._urls:
+            self._urls = urls
+            self._endpoints = [self._router.endpoint(self.config.triton_model, u) for u in urls]
+        return self._endpoints
+
+    def available(self) -> list[Endpoint]:
+        return [e for e in self.endpoints() if e.breaker.allows()]
+
+    def attempt_order(self) -> list[Endpoint]:
+        """Available endpoints, the least busy first (round-robin among equals)."""
+        candidates = self.available()
+        if len(candidates) <= 1:
+            return candidates
+        self._rr += 1
+        first = pick_least_outstanding(candidates, self._rr)
+        return [first, *(c for c in candidates if c is not first)]
+
+
+class RoutingTable:
+    """Everything derived from one config generation."""
+
+    def __init__(self, config: RouterConfig, router: Router, sources: dict[str, EndpointSource]) -> None:
+        self.config = config
+        self.variants = {v.name: VariantRuntime(v, sources[v.name], router) for v in config.variants}
+        self.baseline_cost = config.baseline_variant().cost
+        self.swrr = (
+            SmoothWeightedRoundRobin([(v.name, v.weight) for v in config.variants])
+            if config.mode == "weighted"
+            else None
+        )
+        self.scorer: ComplexityScorer | None = load_scorer(config.scorer) if config.mode == "tiered" else None
+        self.scorer_blocking = self.scorer is not None and is_blocking(self.scorer)
+        self.cache: TTLCache[Response] | None = (
+            TTLCache(config.cache.max_entries, config.cache.ttl_seconds) if config.cache.enabled else None
+        )
+        self.fallbacks = {name: self._fallback_order(v) for name, v in self.variants.items()}
+
+    def _fallback_order(self, first: VariantRuntime) -> list[VariantRuntime]:
+        if not self.config.retry.cross_variant:
+            return [first]
+        mine = TIER_ORDER[first.tier]
+        others = [v for v in self.variants.values() if v is not first]
+        upward = sorted((v for v in others if TIER_ORDER[v.tier] >= mine), key=lambda v: (v.cost, v.name))
+        downward = sorted(
+            (v for v in others if TIER_ORDER[v.tier] < mine), key=lambda v: (-TIER_ORDER[v.tier], v.name)
+        )
+        return [first, *upward, *downward]
+
+
+def _upstream_headers(
+    request_headers: dict[bytes, bytes], header_length: int | None
+) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", request_headers.get(b"content-type", b"application/json"))]
+    if header_length is not None:
+        headers.append((_HL, str(header_length).encode()))
+    return headers
+
+
+def _client_response(answer: Answer, body: bytes | None = None, header_length: int | None = None) -> Response:
+    """The response the client gets (upstream's, or a re-encoded body)."""
+    up = answer.response
+    headers = [(VARIANT_HEADER, answer.variant.name_bytes)]
+    if body is None:
+        body = up.body
+        hl = up.headers.get(_HL)
+        if hl is not None:
+            headers.append((_HL, hl))
+    elif header_length is not None:
+        headers.append((_HL, str(header_length).encode()))
+    return Response(up.status, body, headers, up.headers.get(b"content-type", b"application/json"))
+
+
+def _is_not_served(resp: UpstreamResponse) -> bool:
+    if resp.status in _RETRYABLE_STATUS:
+        return True
+    if resp.status not in (400, 404):
+        return False
+    lowered = resp.body[:512].lower()
+    return any(m in lowered for m in _NOT_SERVED_MARKERS)
+
+
+class Router:
+    """Routes inference requests for one pool according to the active :class:`RouterConfig`."""
+
+    def __init__(self, config: RouterConfig, metrics_registry: Any = None) -> None:
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._slice_sources: dict[tuple[str, str, str], EndpointSliceSource] = {}
+        self._probing: set[tuple[str, str]] = set()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._started = False
+        self.table = self._build(config)
+        self.metrics = RouterMetrics(
+            config.pool, lambda: self.table.config.generation, self._endpoint_states, metrics_registry
+        )
+
+    # ---------------------------------------------------------------- config
+    @property
+    def config(self) -> RouterConfig:
+        return self.table.config
+
+    def endpoint(self, triton_model: str, url: str) -> Endpoint:
+        """The shared state of ``url`` serving ``triton_model`` (kept across config changes)."""
+        key = (triton_model, url)
+        ep = self._endpoints.get(key)
+        if ep is None:
+            ep = Endpoint(url, self._breaker_config)
+            self._endpoints[key] = ep
+        return ep
+
+    def _build(self, config: RouterConfig) -> RoutingTable:
+        self._breaker_config = config.breaker
+        sources: dict[str, EndpointSource] = {}
+        for v in config.variants:
+            if v.endpoint_slice is not None:
+                s = v.endpoint_slice
+                key = (s.namespace, s.service, str(s.port))
+                source = self._slice_sources.get(key) or EndpointSliceSource(s)
+                self._slice_sources[key] = source
+                sources[v.name] = source
+            else:
+                sources[v.name] = StaticSource(v.endpoints)
+        try:
+            return RoutingTable(config, self, sources)
+        except ValueError as err:  # e.g. the scorer cannot be loaded
+            raise ConfigError([{"field": "scorer", "message": str(err)}]) from None
+
+    def apply(self, config: RouterConfig) -> bool:
+        """Replace the active config; False when it is the same generation and content (no-op).
+
+        Raises :class:`ConfigRejected` for another pool or an older generation, and
+        :class:`ConfigError` when the config cannot be built (the old one stays).
+        """
+        active = self.table.config
+        if config.pool != active.pool:
+            raise ConfigRejected(
+                f"pool: this router serves pool {active.pool!r}, the push is for {config.pool!r}"
+            )
+        if config.generation < active.generation:
+            raise ConfigRejected(
+                f"generation: {config.generation} is older than the active generation {active.generation}"
+            )
+        if config == active:
+            return False
+        table = self._build(config)
+        self.table = table
+        self._forget_unused()
+        if self._started:
+            for variant in table.variants.values():
+                asyncio.get_running_loop().create_task(variant.source.start())
+        logger.info("config generation %d active (%s mode)", config.generation, config.mode)
+        return True
+
+    def _forget_unused(self) -> None:
+        used_models = {v.config.triton_model for v in self.table.variants.values()}
+        for ep_key, ep in list(self._endpoints.items()):
+            if ep_key[0] not in used_models:
+                ep.client.close()
+                del self._endpoints[ep_key]
+        used_slices = {
+            (s.namespace, s.service, str(s.port))
+            for v in self.table.config.variants
+            if (s := v.endpoint_slice) is not None
+        }
+        for key, source in list(self._slice_sources.items()):
+            if key not in used_slices:
+                del self._slice_sources[key]
+                if self._started:
+                    asyncio.get_running_loop().create_task(source.stop())
+
+    def _endpoint_states(self) -> list[tuple[str, str, bool]]:
+        return [
+            (v.name, e.url, e.breaker.allows()) for v in self.table.variants.values() for e in v.endpoints()
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """Active generation and the variants' endpoints with breaker states."""
+        return {
+            "generation": self.config.generation,
+            "pool": self.config.pool,
+            "mode": self.config.mode,
+            "modelName": self.config.model_name,
+            "variants": {
+                v.name: [{"url": e.url, "breaker": e.breaker.state.value} for e in v.endpoints()]
+                for v in self.table.variants.values()
+            },
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Start endpoint watches and the breaker probe loop."""
+        self._started = True
+        for variant in self.table.variants.values():
+            await variant.source.start()
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def stop(self) -> None:
+        self._started = False
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        for source in self._slice_sources.values():
+            await source.stop()
+        for ep in self._endpoints.values():
+            ep.client.close()
+
+    async def _probe_loop(self, interval: float = 0.1) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for key, ep in list(self._endpoints.items()):
+                if key not in self._probing and ep.breaker.probe_due():
+                    self._probing.add(key)
+                    asyncio.get_running_loop().create_task(self._probe(key, ep))
+
+    async def _probe(self, key: tuple[str, str], ep: Endpoint) -> None:
+        """Active health check of an open endpoint: is its model ready there?"""
+        try:
+            resp = await ep.client.request(b"GET", f"/v2/models/{key[0]}/ready".encode(), [], b"", 1.0)
+            ok = resp.status == 200
+        except UpstreamError:
+            ok = False
+        finally:
+            self._probing.discard(key)
+        ep.breaker.on_probe(ok)
+
+    # ---------------------------------------------------------------- forwarding
+    async def _attempt(
+        self, variant: VariantRuntime, ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[UpstreamResponse | None, str]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ep.outstanding += 1
+        ep.breaker.on_send()
+        resp: UpstreamResponse | None = None
+        kind = ""
+        try:
+            resp = await ep.client.request(b"POST", variant.path, headers, body, variant.timeout)
+            if _is_not_served(resp):
+                kind = "http_5xx" if resp.status >= 500 else "not_served"
+        except UpstreamTimeout as err:
+            kind, resp = "timeout", None
+            detail = str(err)
+        except UpstreamError as err:
+            kind, resp = "connect", None
+            detail = str(err)
+        finally:
+            ep.outstanding -= 1
+        self.metrics.attempt(variant.name, loop.time() - started, kind or None)
+        if kind:
+            ep.breaker.on_failure()
+            if resp is not None:
+                detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
+            return None, f"{variant.name} at {ep.url}: {kind} ({detail})"
+        ep.breaker.on_success()
+        return resp, ""
+
+    async def _first_answer(
+        self, order: Sequence[VariantRuntime], headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Answer:
+        """Try the variants in order (each one's endpoints, least busy first) until one answers."""
+        attempts_left = self.table.config.retry.max_attempts
+        reasons: list[str] = []
+        timed_out = False
+        for variant in order:
+            endpoints = variant.attempt_order()
+            if not endpoints:
+                known = variant.endpoints()
+                reasons.append(
+                    f"{variant.name}: no ready endpoint"
+                    if not known
+                    else f"{variant.name}: every endpoint's circuit is open"
+                )
+                continue
+            for ep in endpoints:
+                if attempts_left <= 0:
+                    break
+                attempts_left -= 1
+                resp, reason = await self._attempt(variant, ep, headers, body)
+                if resp is not None:
+                    return Answer(variant, resp)
+                reasons.append(reason)
+                timed_out = ": timeout" in reason
+        raise NoAnswer(504 if timed_out else 503, reasons)
+
+    # ---------------------------------------------------------------- modes
+    async def _weighted(
+        self, table: RoutingTable, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Response:
+        assert table.swrr is not None
+        ready = [v.name for v in table.variants.values() if v.available()]
+        name = table.swrr.pick(ready) or table.swrr.pick()
+        assert name is not None
+        answer = await self._first_answer(table.fallbacks[name], headers, body)
+        self._account(table, answer.variant, answer.variant.cost)
+        return _client_response(answer)
+
+    async def _direct(
+        self, table: RoutingTable, name: str, raw: bytes, headers: list[tuple[bytes, bytes]], **params: Any
+    ) -> Response:
+        answer = await self._first_answer(table.fallbacks[name], headers, raw)
+        self._account(table, answer.variant, answer.variant.cost)
+        return self._annotated(table, answer, variant=answer.variant.name, **params)
+
+    def _annotated(self, table: RoutingTable, answer: Answer, drop: bool = False, **params: Any) -> Response:
+        if answer.response.status != 200:
+            return _client_response(answer)
+        try:
+            body = parse_response(answer.response.body, parse_header_length(answer.response.headers.get(_HL)))
+        except BadRequest:
+            return _client_response(answer)
+        if drop:
+            drop_output(body, PROBABILITIES_OUTPUT)
+        annotate(body, table.config.model_name, **{f"modelpool_{k}": v for k, v in params.items()})
+        data, hl = body.encode()
+        return _client_response(answer, data, hl)
+
+    async def _cascade(
+        self, table: RoutingTable, request: InferBody, raw: bytes, headers: list[tuple[bytes, bytes]],
+        **params: Any,
+    ) -> Response:  # fmt: skip
+        cascade = table.config.cascade
+        assert cascade is not None
+        draft, verifier = table.variants[cascade.draft], table.variants[cascade.verifier]
+        added = ensure_output(request, PROBABILITIES_OUTPUT)
+        draft_body, draft_headers = raw, headers
+        if added:
+            draft_body, hl = request.encode()
+            draft_headers = _upstream_headers({b"content-type": headers[0][1]}, hl)
+        order = [draft, verifier] if table.config.retry.cross_variant else [draft]
+        first = await self._first_answer(order, draft_headers, draft_body)
+        if first.variant is not draft or first.response.status != 200:
+            # the draft could not answer; whoever did is the answer (no cascade decision)
+            self._account(table, first.variant, first.variant.cost)
+            return self._annotated(
+                table, first, drop=added, variant=first.variant.name, escalated=False, **params
+            )
+        try:
+            parsed = parse_response(first.response.body, parse_header_length(first.response.headers.get(_HL)))
+            conf = confidence(parsed)
+        except BadRequest:
+            conf = None
+        if conf is None or conf >= cascade.accept_threshold:
+            self.metrics.cascade("accepted")
+            self._account(table, draft, draft.cost)
+            return self._annotated(
+                table, first, drop=added, variant=draft.name, escalated=False, confidence=conf, **params
+            )
+        try:
+            second = await self._first_answer(table.fallbacks[verifier.name][:1] + [
+                v for v in table.fallbacks[verifier.name][1:] if v is not draft
+            ], headers, raw)  # fmt: skip
+        except NoAnswer as err:
+            logger.warning(
+                "cascade escalation failed, keeping the draft's answer: %s", "; ".join(err.reasons)
+            )
+            self.metrics.cascade("escalation_failed")
+            self._account(table, draft, draft.cost)
+            return self._annotated(
+                table, first, drop=added, variant=draft.name, escalated=False, escalation_failed=True,
+                confidence=conf, **params,
+            )  # fmt: skip
+        self.metrics.cascade("escalated")
+        self._account(table, second.variant, draft.cost + second.variant.cost)
+        return self._annotated(
+            table, second, variant=second.variant.name, escalated=True, draft_confidence=conf, **params
+        )
+
+    async def _tiered(
+        self, table: RoutingTable, request: InferBody, raw: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Response:
+        assert table.scorer is not None
+        texts = request_texts(request)
+        if table.scorer_blocking:
+            scores = await asyncio.to_thread(table.scorer.score, texts)
+        else:
+            scores = table.scorer.score(texts)
+        for s in scores:
+            self.metrics.score(s)
+        score = max(scores) if scores else 0.0
+        target = next(t.target for t in table.config.tiers if score <= t.max_complexity)
+        if target == CASCADE_TARGET:
+            return await self._cascade(table, request, raw, headers, complexity=round(score, 4))
+        return await self._direct(table, target, raw, headers, complexity=round(score, 4))
+
+    def _account(self, table: RoutingTable, variant: VariantRuntime, cost: float) -> None:
+        self.metrics.answered(variant.name, variant.tier, cost, table.baseline_cost)
+
+    # ---------------------------------------------------------------- entry point
+    async def infer(self, body: bytes, request_headers: dict[bytes, bytes]) -> Response:
+        """Route one inference request (body as received) and return the client's response."""
+        table = self.table
+        started = asyncio.get_running_loop().time()
+        try:
+            header_length = parse_header_length(request_headers.get(_HL))
+            request = parse_request(body, header_length)
+            cache_key = None
+            if table.cache is not None:
+                cache_key = hashlib.blake2b(
+                    str(header_length).encode() + b"|" + body, digest_size=16
+                ).digest()
+                cached = table.cache.get(cache_key)
+                self.metrics.cache(cached is not None)
+                if cached is not None:
+                    hit_headers = [*cached.headers, (b"x-modelpool-cache", b"hit")]
+                    return Response(cached.status, cached.body, hit_headers, cached.content_type)
+            headers = _upstream_headers(request_headers, header_length)
+            mode = table.config.mode
+            if mode == "weighted":
+                response = await self._weighted(table, headers, body)
+            elif mode == "cascade":
+                response = await self._cascade(table, request, body, headers)
+            else:
+                response = await self._tiered(table, request, body, headers)
+        except BadRequest as err:
+            response = error_response(err.status, str(err))
+        except NoAnswer as err:
+            what = "timed out" if err.status == 504 else "is unavailable"
+            response = error_response(
+                err.status,
+                f"no variant of pool {table.config.pool!r} could answer: every route {what} "
+                f"[{'; '.join(err.reasons) or 'no variant has endpoints'}]",
+            )
+        else:
+            if cache_key is not None and table.cache is not None and response.status == 200:
+                table.cache.put(cache_key, response)
+        self.metrics.response(response.status, asyncio.get_running_loop().time() - started)
+        return response
+
+    async def forward_get(self, suffix: str) -> Response:
+        """GET ``/v2/models/<model><suffix>`` on the first variant that answers (metadata, config, ready)."""
+        table = self.table
+        reasons: list[str] = []
+        for variant in table.fallbacks[table.config.baseline_variant().name]:
+            for ep in variant.attempt_order():
+                path = f"/v2/models/{variant.config.triton_model}{suffix}".encode()
+                try:
+                    resp = await ep.client.request(b"GET", path, [], b"", variant.timeout)
+                except UpstreamError as err:
+                    reasons.append(f"{variant.name} at {ep.url}: {err}")
+                    continue
+                if resp.status in _RETRYABLE_STATUS:
+                    reasons.append(f"{variant.name} at {ep.url}: HTTP {resp.status}")
+                    continue
+                return _client_response(Answer(variant, resp))
+        return error_response(503, f"no variant of pool {table.config.pool!r} answered: {'; '.join(reasons)}")
+
+    def model_ready(self) -> bool:
+        """Can any variant take a request now (some endpoint with a closed or half-open breaker)?"""
+        return any(v.available() for v in self.table.variants.values())

@@ -1,0 +1,232 @@
+"""The router's HTTP front: KServe v2 routes, ``/metrics`` and the admin API.
+
+Routes:
+
+* ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready once a config is active),
+  ``GET /v2`` (server metadata);
+* ``GET /v2/models/{name}`` (and ``/config``, ``/stats`` ...: forwarded to a variant),
+  ``GET /v2/models/{name}/ready`` (some variant can answer),
+  ``POST /v2/models/{name}[/versions/{v}]/infer`` (routed);
+* ``GET /metrics`` (Prometheus text);
+* ``PUT /admin/config`` (a new :class:`~modelpool.routing.config.RouterConfig`, JSON or YAML)
+  and ``GET /admin/config`` (active generation and endpoints), both with
+  ``Authorization: Bearer <token>``, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
+from modelpool.routing.httpserver import Request, Response, error_response, json_response, start_server
+from modelpool.routing.router import ConfigRejected, Router
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "MODELPOOL_ROUTER_ADMIN_TOKEN"
+_MODELS = b"/v2/models/"
+_SERVER_METADATA = {"name": "modelpool-router", "version": "1", "extensions": ["binary_tensor_data"]}
+_METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def read_admin_token(token_file: Path | None) -> str | None:
+    """The admin token from a file (a mounted Secret) or ``$MODELPOOL_ROUTER_ADMIN_TOKEN``."""
+    if token_file is not None:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"admin token file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+class RouterApp:
+    """Dispatches HTTP requests to the router; owns the admin API and the config file watch."""
+
+    def __init__(self, router: Router, admin_token: str | None, config_path: Path | None = None) -> None:
+        self.router = router
+        self._token = admin_token.encode() if admin_token else None
+        self._config_path = config_path
+        self._config_mtime = config_path.stat().st_mtime_ns if config_path is not None else 0
+        self._model_prefix = b""
+        self._refresh_prefix()
+
+    def _refresh_prefix(self) -> None:
+        self._model_prefix = _MODELS + self.router.config.model_name.encode()
+
+    def max_body(self) -> int:
+        return self.router.config.max_body_bytes
+
+    async def handle(self, req: Request) -> Response:
+        path = req.path
+        if path.startswith(self._model_prefix):
+            rest = path[len(self._model_prefix) :]
+            if rest == b"/infer" or (rest.startswith(b"/versions/") and rest.endswith(b"/infer")):
+                if req.method != b"POST":
+                    return error_response(405, "use POST for /infer")
+                return await self.router.infer(req.body, req.headers)
+            if req.method == b"GET":
+                if rest == b"/ready":
+                    ready = self.router.model_ready()
+                    return Response(200 if ready else 503)
+                if rest == b"" or rest.startswith(b"/"):
+                    return await self._model_get(rest)
+        if path.startswith(_MODELS):
+            name = path[len(_MODELS) :].split(b"/", 1)[0].decode("utf-8", "replace")
+            return error_response(
+                404, f"unknown model {name!r}: this router serves {self.router.config.model_name!r}"
+            )
+        if req.method == b"GET":
+            if path == b"/v2/health/live":
+                return Response(200)
+            if path == b"/v2/health/ready":
+                return Response(200)
+            if path == b"/v2":
+                return json_response(
+                    200, {"name": "modelpool-router", "version": "1", "extensions": ["binary_tensor_data"]}
+                )
+            if path == b"/metrics":
+                return Response(
+                    200, generate_latest(self.router.metrics.registry), content_type=_METRICS_TYPE
+                )
+        if path == b"/admin/config":
+            return self._admin(req)
+        return error_response(404, f"no route for {req.method.decode()} {path.decode('utf-8', 'replace')}")
+
+    async def _model_get(self, rest: bytes) -> Response:
+        response = await self.router.forward_get(rest.decode())
+        if rest == b"" and response.status == 200:  # metadata: name the pool's model
+            import json
+
+            with contextlib.suppress(ValueError):
+                meta = json.loads(response.body)
+                if isinstance(meta, dict):
+                    meta["name"] = self.router.config.model_name
+                    response = json_response(200, meta, response.headers)
+        return response
+
+    # ------------------------------------------------------------------ admin
+    def _authorized(self, req: Request) -> Response | None:
+        if self._token is None:
+            return error_response(403, "the admin API is disabled: start the router with --admin-token-file")
+        auth = req.headers.get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
+            return error_response(401, "admin API: missing or wrong 'Authorization: Bearer <token>'")
+        return None
+
+    def _admin(self, req: Request) -> Response:
+        denied = self._authorized(req)
+        if denied is not None:
+            return denied
+        if req.method == b"GET":
+            return json_response(200, {**self.router.status(), "config": self.router.config.to_json()})
+        if req.method != b"PUT":
+            return error_response(405, "use GET or PUT on /admin/config")
+        try:
+            config = parse_config_bytes(req.body)
+            changed = self.apply(config)
+        except ConfigError as err:
+            return json_response(
+                422, {"error": f"config rejected, the active one stays: {err}", "problems": err.problems}
+            )
+        except ConfigRejected as err:
+            return json_response(409, {"error": f"config rejected, the active one stays: {err}"})
+        return json_response(200, {"generation": config.generation, "changed": changed})
+
+    def apply(self, config: RouterConfig) -> bool:
+        """Activate ``config`` (see :meth:`Router.apply`)."""
+        changed = self.router.apply(config)
+        self._refresh_prefix()
+        return changed
+
+    async def watch_config_file(self, interval: float = 2.0) -> None:
+        """Re-read the mounted config file when it changes (ConfigMap updates); log bad or older ones."""
+        if self._config_path is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                mtime = self._config_path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if mtime == self._config_mtime:
+                continue
+            self._config_mtime = mtime
+            try:
+                config = load_config_file(self._config_path)
+                if config.generation > self.router.config.generation:
+                    self.apply(config)
+            except (ConfigError, ConfigRejected) as err:
+                logger.warning("ignoring config file %s: %s", self._config_path, err)
+
+
+@dataclass
+class RunningRouter:
+    """A router serving on a port (for tests and embedding)."""
+
+    app: RouterApp
+    server: asyncio.Server
+    port: int
+    _watch: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
+        self.server.close()
+        await self.app.router.stop()
+
+
+async def start_router(
+    config: RouterConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_token: str | None = None,
+    config_path: Path | None = None,
+) -> RunningRouter:
+    """Build a router for ``config`` and serve it on ``host:port`` (0 picks a free port)."""
+    router = Router(config)
+    await router.start()
+    app = RouterApp(router, admin_token, config_path)
+    server = await start_server(app.handle, host, port, app.max_body)
+    bound = server.sockets[0].getsockname()[1]
+    watch = asyncio.get_running_loop().create_task(app.watch_config_file())
+    logger.info("router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, bound)
+    return RunningRouter(app, server, int(bound), watch)
+
+
+def serve(config_path: Path, host: str, port: int, admin_token_file: Path | None) -> None:
+    """Run the router until SIGINT/SIGTERM (uses uvloop when installed)."""
+    import signal
+
+    config = load_config_file(config_path)  # never start empty: a bad file is an error
+    token = read_admin_token(admin_token_file)
+
+    async def main() -> None:
+        running = await start_router(config, host, port, token, config_path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"modelpool router listening on http://{host}:{running.port}", flush=True)
+        await stop.wait()
+        await running.close()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(main())

@@ -1,0 +1,270 @@
+"""KServe v2 inference bodies: parse, validate, read texts and confidences, annotate.
+
+A body is a JSON header, optionally followed by binary tensor data (the binary tensor
+extension: the HTTP header ``Inference-Header-Content-Length`` gives the JSON part's size).
+Everything here is pure: bytes in, values or :class:`BadRequest` out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TEXT_INPUT = "TEXT"
+PROBABILITIES_OUTPUT = "PROBABILITIES"
+
+_ELEMENT_SIZE = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
+    "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2,
+}  # fmt: skip
+DATATYPES = frozenset([*_ELEMENT_SIZE, "BYTES"])
+_NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
+
+
+class BadRequest(ValueError):
+    """A request the router refuses with a 4xx; the message names the field and the fix."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class InferBody:
+    """A parsed inference request or response body."""
+
+    header: dict[str, Any]
+    binary: bytes  # the bytes after the JSON header (empty without binary data)
+    binary_header: bool  # did the body come with Inference-Header-Content-Length
+
+    def encode(self) -> tuple[bytes, int | None]:
+        """Body bytes and the header length to send (None when the body is plain JSON)."""
+        head = json.dumps(self.header, separators=(",", ":")).encode()
+        if self.binary_header:
+            return head + self.binary, len(head)
+        return head, None
+
+
+def split_body(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
+    """JSON part and binary part of a body."""
+    if header_length is None:
+        return body, b""
+    if header_length < 0 or header_length > len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length: {header_length} is outside the body's {len(body)} bytes"
+        )
+    return body[:header_length], body[header_length:]
+
+
+def parse_header_length(value: bytes | None) -> int | None:
+    """Value of ``Inference-Header-Content-Length`` (None when absent)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length: {value!r} is not an integer") from None
+
+
+def _load_json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"malformed JSON in {what}: {err}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _count_elements(data: Any, datatype: str, where: str) -> int:
+    """Number of scalars in (possibly nested) ``data``; checks each scalar's JSON type."""
+    if isinstance(data, list):
+        return sum(_count_elements(item, datatype, where) for item in data)
+    if datatype == "BYTES":
+        ok = isinstance(data, str)
+    elif datatype == "BOOL":
+        ok = isinstance(data, bool)
+    elif datatype.startswith(("INT", "UINT")):
+        ok = isinstance(data, int) and not isinstance(data, bool)
+    else:
+        ok = isinstance(data, int | float) and not isinstance(data, bool)
+    if not ok:
+        raise BadRequest(f"{where}.data: element {data!r} does not match datatype {datatype}")
+    return 1
+
+
+def _check_tensor(tensor: Any, where: str) -> int:
+    """Validate one input tensor; return its binary data size (0 when inline)."""
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"{where}: must be an object with name, datatype, shape and data")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"{where}.name: missing or not a string")
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(
+            f"{where}.datatype: {datatype!r} is not a v2 datatype ({', '.join(sorted(DATATYPES))})"
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise BadRequest(f"{where}.shape: must be a list of integers, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise BadRequest(f"{where}.shape: dimensions must be >= 0, got {shape}")
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}.parameters: must be an object")
+    size = params.get("binary_data_size")
+    expected = math.prod(shape)
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"{where}.parameters.binary_data_size: must be a non-negative integer")
+        if "data" in tensor:
+            raise BadRequest(f"{where}: give either data or parameters.binary_data_size, not both")
+        if datatype != "BYTES" and size != expected * _ELEMENT_SIZE[datatype]:
+            raise BadRequest(
+                f"{where}.parameters.binary_data_size: {size} bytes, but shape {shape} of {datatype} "
+                f"needs {expected * _ELEMENT_SIZE[datatype]}"
+            )
+        return int(size)
+    if "data" not in tensor:
+        raise BadRequest(f"{where}.data: missing (or give parameters.binary_data_size with binary data)")
+    count = _count_elements(tensor["data"], datatype, where)
+    if count != expected:
+        raise BadRequest(f"{where}.data: shape {shape} needs {expected} elements, data has {count}")
+    return 0
+
+
+def parse_request(body: bytes, header_length: int | None) -> InferBody:
+    """Parse and validate an inference request body (structure only; the model checks names)."""
+    head, binary = split_body(body, header_length)
+    header = _load_json(head, "the inference request")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("inputs: must be a non-empty list of tensors")
+    binary_total = sum(_check_tensor(t, f"inputs[{i}]") for i, t in enumerate(inputs))
+    if binary_total != len(binary):
+        raise BadRequest(
+            f"binary data: inputs declare {binary_total} bytes (parameters.binary_data_size), "
+            f"the body has {len(binary)}"
+        )
+    outputs = header.get("outputs")
+    if outputs is not None and (
+        not isinstance(outputs, list)
+        or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
+    ):
+        raise BadRequest("outputs: must be a list of objects with a name")
+    if "parameters" in header and not isinstance(header["parameters"], dict):
+        raise BadRequest("parameters: must be an object")
+    return InferBody(header, binary, header_length is not None)
+
+
+def _binary_offsets(tensors: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Where each binary tensor lies in the binary part: name -> (offset, size)."""
+    offsets: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for t in tensors:
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            offsets[str(t.get("name"))] = (pos, int(size))
+            pos += int(size)
+    return offsets
+
+
+def _decode_bytes_items(raw: bytes, where: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise BadRequest(f"{where}: truncated BYTES element length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise BadRequest(f"{where}: BYTES element of {n} bytes runs past the data")
+        out.append(raw[pos : pos + n].decode("utf-8", "replace"))
+        pos += n
+    return out
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def request_texts(body: InferBody) -> list[str]:
+    """The strings of input ``TEXT`` (BYTES), JSON or binary; BadRequest when there is none."""
+    inputs: list[dict[str, Any]] = body.header["inputs"]
+    for i, tensor in enumerate(inputs):
+        if tensor.get("name") != TEXT_INPUT:
+            continue
+        if tensor.get("datatype") != "BYTES":
+            raise BadRequest(f"inputs[{i}].datatype: input TEXT must be BYTES, got {tensor.get('datatype')}")
+        if "data" in tensor:
+            return [str(x) for x in _flatten(tensor["data"])]
+        offset, size = _binary_offsets(inputs)[TEXT_INPUT]
+        return _decode_bytes_items(body.binary[offset : offset + size], f"inputs[{i}]")
+    names = [t.get("name") for t in inputs]
+    raise BadRequest(f"inputs: this pool routes by input {TEXT_INPUT!r} (BYTES), the request has {names}")
+
+
+def parse_response(body: bytes, header_length: int | None) -> InferBody:
+    """Parse an upstream inference response (raises BadRequest if it is not one)."""
+    head, binary = split_body(body, header_length)
+    header = _load_json(head, "the upstream response")
+    if not isinstance(header.get("outputs"), list):
+        raise BadRequest("upstream response has no outputs list")
+    return InferBody(header, binary, header_length is not None)
+
+
+def confidence(body: InferBody) -> float | None:
+    """Lowest top-class probability across the batch, from output ``PROBABILITIES`` (None if absent)."""
+    outputs: list[dict[str, Any]] = body.header["outputs"]
+    for tensor in outputs:
+        if tensor.get("name") != PROBABILITIES_OUTPUT:
+            continue
+        shape = tensor.get("shape") or []
+        if "data" in tensor:
+            values = np.asarray(_flatten(tensor["data"]), dtype=np.float64)
+        else:
+            offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
+            dtype = _NUMPY.get(str(tensor.get("datatype")), np.float32)
+            values = np.frombuffer(body.binary[offset : offset + size], dtype=dtype).astype(np.float64)
+        if values.size == 0:
+            return None
+        width = int(shape[-1]) if shape and int(shape[-1]) > 0 else values.size
+        return float(values.reshape(-1, width).max(axis=1).min())
+    return None
+
+
+def ensure_output(body: InferBody, name: str) -> bool:
+    """Make sure the request asks for output ``name`` (as JSON data); True if it was added."""
+    outputs = body.header.get("outputs")
+    if outputs is None or any(o.get("name") == name for o in outputs):
+        return False  # no outputs list: every output comes back
+    outputs.append({"name": name, "parameters": {"binary_data": False}})
+    return True
+
+
+def drop_output(body: InferBody, name: str) -> None:
+    """Remove output ``name`` (and its binary data, if any) from a response body."""
+    outputs: list[dict[str, Any]] = body.header["outputs"]
+    offsets = _binary_offsets(outputs)
+    if name in offsets:
+        offset, size = offsets[name]
+        body.binary = body.binary[:offset] + body.binary[offset + size :]
+    body.header["outputs"] = [o for o in outputs if o.get("name") != name]
+
+
+def annotate(body: InferBody, model_name: str, **parameters: Any) -> None:
+    """Name the pool's model in the response and add ``parameters`` (e.g. which variant answered)."""
+    body.header["model_name"] = model_name
+    params = body.header.get("parameters")
+    if not isinstance(params, dict):
+        params = {}
+        body.header["parameters"] = params
+    params.update(parameters)
