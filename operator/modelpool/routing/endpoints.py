@@ -70,7 +70,7 @@ def ready_urls_from_slices(slices: Iterable[dict[str, Any]], port: int | str) ->
     for obj in slices:
         if obj.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
             continue
-        number: int | None = port if isinstance(port, int) else None
+        number: int | None = None  # the port must be one the slice lists
         for p in obj.get("ports") or []:
             if isinstance(port, str) and p.get("name") == port:
                 number = p.get("port")

@@ -1,0 +1,123 @@
+"""Each routing mode against real tritonservers, through tritonclient and plain HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+
+from modelpool.devcluster.triton import TritonProcess
+
+from .conftest import router_config, text_request
+
+pytestmark = pytest.mark.triton
+
+SHORT = "card lost"  # echo_small is sure of texts up to 40 characters
+MIDDLE = "please tell me why my card payment was declined yesterday at the supermarket, and what I should do now"
+LONG = "why was my transfer of 1,250 EUR reversed after three days, and when will it be refunded?"
+
+
+def _client_infer(port: int, texts: list[str], binary: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        tensor = triton_http.InferInput("TEXT", [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object), binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("PROBABILITIES", "LABEL")]
+        result = client.infer("intents", [tensor], outputs=outputs)
+        assert client.is_model_ready("intents")
+        assert client.get_model_metadata("intents")["name"] == "intents"
+        return result.as_numpy("PROBABILITIES"), result.as_numpy("LABEL"), result.get_response()
+    finally:
+        client.close()
+
+
+async def test_weighted_split_is_exact_and_tritonclient_works(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "weighted"))
+    seen = Counter()
+    for _ in range(40):
+        resp = await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(SHORT))
+        assert resp.status_code == 200, resp.text
+        seen[resp.headers["x-modelpool-variant"]] += 1
+    assert seen == Counter({"small": 30, "large": 10})
+    for binary in (False, True):
+        probs, labels, _ = await asyncio.to_thread(_client_infer, router.port, [SHORT, LONG], binary)
+        assert probs.shape == (2, 4)
+        assert labels.shape == (2, 1)
+    versioned = await http.post(f"{router.url}/v2/models/intents/versions/1/infer", json=text_request(SHORT))
+    assert versioned.status_code == 200
+
+
+async def test_cascade_keeps_confident_drafts_and_escalates_unsure(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "cascade"))
+    sure = (await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(SHORT))).json()
+    assert sure["parameters"]["modelpool_variant"] == "small"
+    assert sure["parameters"]["modelpool_escalated"] is False
+    assert sure["model_name"] == "intents"
+    unsure = await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(LONG))
+    assert unsure.headers["x-modelpool-variant"] == "large"
+    params = unsure.json()["parameters"]
+    assert params["modelpool_escalated"] is True
+    assert params["modelpool_draft_confidence"] == pytest.approx(0.4)
+    # the client asked for LABEL only: the router fetches PROBABILITIES to decide, then drops it
+    only_label = (await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(SHORT, outputs=["LABEL"]))).json()
+    assert [o["name"] for o in only_label["outputs"]] == ["LABEL"]
+    assert only_label["parameters"]["modelpool_variant"] == "small"
+    # binary tensors both ways through tritonclient
+    probs, _, response = await asyncio.to_thread(_client_infer, router.port, [LONG], True)
+    assert probs.max() == pytest.approx(0.9)
+    assert response["parameters"]["modelpool_variant"] == "large"
+    metrics = (await http.get(f"{router.url}/metrics")).text
+    assert 'modelpool_router_cascade_decisions_total{outcome="accepted",pool="intents"} 2.0' in metrics
+    assert 'modelpool_router_cascade_decisions_total{outcome="escalated",pool="intents"} 2.0' in metrics
+    assert 'modelpool_router_cascade_acceptance_ratio{pool="intents"} 0.5' in metrics
+    # 4 requests: baseline 4 x 10; spent 1 + 1 + (1 + 10) x 2 = 24 -> saved 16
+    assert 'modelpool_router_cost_saved{pool="intents"} 16.0' in metrics
+    assert 'modelpool_router_large_tier_share{pool="intents"} 0.5' in metrics
+
+
+async def test_tiered_routes_by_complexity(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "tiered"))
+    url = f"{router.url}/v2/models/intents/infer"
+    easy = (await http.post(url, json=text_request("card lost"))).json()["parameters"]
+    assert easy["modelpool_variant"] == "small"
+    assert easy["modelpool_complexity"] <= 0.2
+    middle = (await http.post(url, json=text_request(MIDDLE))).json()
+    assert 0.2 < middle["parameters"]["modelpool_complexity"] <= 0.5
+    assert middle["parameters"]["modelpool_variant"] == "large"  # cascade band: small unsure (> 40 chars)
+    assert middle["parameters"]["modelpool_escalated"] is True
+    hard_text = " ".join(["international transfer reversal investigation, 2024-03-04"] * 5)
+    hard = (await http.post(url, json=text_request(hard_text))).json()["parameters"]
+    assert hard["modelpool_complexity"] > 0.5
+    assert hard["modelpool_variant"] == "large"
+    assert "modelpool_escalated" not in hard  # straight to large, no cascade
+    metrics = (await http.get(f"{router.url}/metrics")).text
+    assert 'modelpool_router_complexity_score_count{pool="intents"} 3.0' in metrics
+    # a tiered request without TEXT is the client's error
+    bad = await http.post(url, json={"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+    assert bad.status_code == 400
+    assert "TEXT" in bad.json()["error"]
+
+
+async def test_cache_answers_identical_requests(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "weighted", cache={"enabled": True, "maxEntries": 8}))
+    url = f"{router.url}/v2/models/intents/infer"
+    first = await http.post(url, json=text_request(SHORT))
+    second = await http.post(url, json=text_request(SHORT))
+    assert "x-modelpool-cache" not in first.headers
+    assert second.headers["x-modelpool-cache"] == "hit"
+    assert second.json() == first.json()
+    other = await http.post(url, json=text_request(LONG))
+    assert "x-modelpool-cache" not in other.headers

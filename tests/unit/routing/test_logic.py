@@ -1,0 +1,167 @@
+"""Pure routing logic: SWRR, breaker, cache, scorer, endpoint slices."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
+from modelpool.routing.breaker import BreakerState, CircuitBreaker
+from modelpool.routing.cache import TTLCache
+from modelpool.routing.config import ScorerConfig
+from modelpool.routing.endpoints import ready_urls_from_slices
+from modelpool.routing.scoring import ComplexityScorer, HeuristicScorer, is_blocking, load_scorer
+
+
+def test_swrr_is_nginx_smooth_and_deterministic() -> None:
+    swrr = SmoothWeightedRoundRobin([("a", 5), ("b", 1), ("c", 1)])
+    seq = [swrr.pick() for _ in range(7)]
+    assert seq == ["a", "a", "b", "a", "c", "a", "a"]  # nginx's documented sequence for 5:1:1
+    again = SmoothWeightedRoundRobin([("a", 5), ("b", 1), ("c", 1)])
+    assert [again.pick() for _ in range(7)] == seq
+
+
+@pytest.mark.parametrize("weights", [[("s", 80), ("q", 15), ("l", 5)], [("s", 1), ("l", 1)], [("s", 7), ("l", 0)]])
+def test_swrr_exact_ratios_over_each_window(weights: list[tuple[str, int]]) -> None:
+    swrr = SmoothWeightedRoundRobin(weights)
+    total = sum(w for _, w in weights)
+    for _ in range(3):
+        counts = Counter(swrr.pick() for _ in range(total))
+        assert counts == Counter({n: w for n, w in weights if w > 0})
+
+
+def test_swrr_restricted_to_allowed_and_errors() -> None:
+    swrr = SmoothWeightedRoundRobin([("a", 3), ("b", 1)])
+    assert {swrr.pick(["b"]) for _ in range(5)} == {"b"}
+    assert swrr.pick([]) is None
+    with pytest.raises(ValueError, match="above 0"):
+        SmoothWeightedRoundRobin([("a", 0)])
+    with pytest.raises(ValueError, match=">= 0"):
+        SmoothWeightedRoundRobin([("a", -1)])
+
+
+@dataclass
+class _Ep:
+    name: str
+    outstanding: int
+
+
+def test_least_outstanding_with_round_robin_ties() -> None:
+    eps = [_Ep("a", 2), _Ep("b", 0), _Ep("c", 0)]
+    assert pick_least_outstanding(eps, 0).name == "b"
+    assert pick_least_outstanding(eps, 2).name == "c"
+    eps = [_Ep("a", 0), _Ep("b", 0)]
+    assert [pick_least_outstanding(eps, i).name for i in range(4)] == ["a", "b", "a", "b"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_probes_half_opens_and_closes() -> None:
+    clock = _Clock()
+    b = CircuitBreaker(failure_threshold=2, open_seconds=1.0, max_open_seconds=4.0, clock=clock)
+    b.on_failure()
+    assert b.allows()
+    b.on_failure()
+    assert b.state is BreakerState.OPEN
+    assert not b.allows()
+    assert not b.probe_due()
+    clock.now = 1.0
+    assert b.probe_due()
+    b.on_probe(False)  # failed probe: wait doubles
+    assert b.open_until == pytest.approx(3.0)
+    clock.now = 3.0
+    b.on_probe(True)
+    assert b.state is BreakerState.HALF_OPEN
+    assert b.allows()
+    b.on_send()
+    assert not b.allows()  # one trial at a time
+    b.on_failure()  # trial failed: open again, longer
+    assert b.state is BreakerState.OPEN
+    assert b.open_until == pytest.approx(3.0 + 4.0)
+    clock.now = 7.0
+    b.on_probe(True)
+    b.on_send()
+    b.on_success()
+    assert b.state is BreakerState.CLOSED
+    assert b.allows()
+
+
+def test_breaker_success_resets_consecutive_failures() -> None:
+    b = CircuitBreaker(failure_threshold=3)
+    for _ in range(10):
+        b.on_failure()
+        b.on_failure()
+        b.on_success()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_cache_lru_and_ttl() -> None:
+    clock = _Clock()
+    cache: TTLCache[str] = TTLCache(2, 10.0, clock=clock)
+    cache.put(b"a", "A")
+    cache.put(b"b", "B")
+    assert cache.get(b"a") == "A"  # a is now most recent
+    cache.put(b"c", "C")  # evicts b
+    assert cache.get(b"b") is None
+    assert cache.get(b"a") == "A"
+    clock.now = 10.0
+    assert cache.get(b"a") is None
+    assert len(cache) == 1
+    with pytest.raises(ValueError, match="max_entries"):
+        TTLCache(0, 1.0)
+
+
+def test_heuristic_scorer_orders_texts() -> None:
+    scorer = load_scorer(ScorerConfig())
+    assert isinstance(scorer, ComplexityScorer)
+    assert not is_blocking(scorer)
+    easy, hard = scorer.score(
+        [
+            "card lost",
+            "I transferred 1,250 EUR on 03/04 from my savings account, but the beneficiary, whose account "
+            "was apparently closed, never received it; could you investigate and explain the reversal timeline?",
+        ]
+    )
+    assert 0.0 <= easy < 0.2
+    assert 0.6 < hard <= 1.0
+    assert HeuristicScorer().score([""]) == [0.0]
+
+
+def test_torch_scorer_factory_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="scorer.factory"):
+        load_scorer(ScorerConfig(kind="torch", path="/x", factory="no_such_module_xyz:load"))
+    with pytest.raises(ValueError, match="scorer.factory"):
+        load_scorer(ScorerConfig(kind="torch", path="/x", factory="json:no_such_callable"))
+
+
+def test_ready_urls_from_slices() -> None:
+    slices = [
+        {
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8000}, {"name": "grpc", "port": 8001}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": True, "terminating": True}},
+                {"addresses": ["10.0.0.4"]},
+            ],
+        },
+        {"addressType": "FQDN", "ports": [{"name": "http", "port": 8000}], "endpoints": [{"addresses": ["x.y"]}]},
+        {"addressType": "IPv6", "ports": [{"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["fd00::5"], "conditions": {"ready": True}}]},
+    ]  # fmt: skip
+    assert ready_urls_from_slices(slices, "http") == [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.4:8000",
+        "http://[fd00::5]:8000",
+    ]
+    assert ready_urls_from_slices(slices, 8001) == ["http://10.0.0.1:8001", "http://10.0.0.4:8001"]
+    assert ready_urls_from_slices(slices, "metrics") == []

@@ -1,0 +1,133 @@
+"""Request/response parsing for the KServe v2 protocol (JSON and binary tensors)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from modelpool.routing.v2 import (
+    BadRequest,
+    annotate,
+    confidence,
+    drop_output,
+    ensure_output,
+    parse_header_length,
+    parse_request,
+    parse_response,
+    request_texts,
+)
+
+
+def _req(inputs: list[dict[str, object]], **extra: object) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+TEXT = {"name": "TEXT", "datatype": "BYTES", "shape": [2, 1], "data": ["hi", "there"]}
+
+
+def test_json_request_texts() -> None:
+    body = parse_request(_req([TEXT]), None)
+    assert request_texts(body) == ["hi", "there"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (b"{bad", "malformed JSON"),
+        (b"[]", "must be a JSON object"),
+        (_req([]), "inputs: must be a non-empty list"),
+        (_req([{"datatype": "BYTES", "shape": [1], "data": ["x"]}]), r"inputs\[0\].name"),
+        (_req([{**TEXT, "datatype": "STRING"}]), r"inputs\[0\].datatype: 'STRING'"),
+        (_req([{**TEXT, "shape": [2, "1"]}]), r"inputs\[0\].shape"),
+        (_req([{**TEXT, "shape": [-1, 1]}]), r"inputs\[0\].shape: dimensions must be >= 0"),
+        (_req([{**TEXT, "shape": [3, 1]}]), r"shape \[3, 1\] needs 3 elements, data has 2"),
+        (_req([{**TEXT, "data": ["a", 5]}]), "does not match datatype BYTES"),
+        (_req([{"name": "X", "datatype": "FP32", "shape": [1], "data": ["a"]}]), "does not match datatype FP32"),
+        (_req([{"name": "X", "datatype": "INT64", "shape": [1], "data": [1.5]}]), "does not match datatype INT64"),
+        (_req([{"name": "X", "datatype": "FP32", "shape": [1]}]), r"inputs\[0\].data: missing"),
+        (_req([TEXT], outputs="PROBABILITIES"), "outputs: must be a list"),
+        (_req([TEXT], parameters=[1]), "parameters: must be an object"),
+    ],
+)
+def test_bad_requests_name_the_problem(raw: bytes, match: str) -> None:
+    with pytest.raises(BadRequest, match=match):
+        parse_request(raw, None)
+
+
+def _binary_text_request(texts: list[str]) -> tuple[bytes, int]:
+    data = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+    head = json.dumps(
+        {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [len(texts), 1],
+                     "parameters": {"binary_data_size": len(data)}}]}
+    ).encode()  # fmt: skip
+    return head + data, len(head)
+
+
+def test_binary_request_texts_and_size_checks() -> None:
+    raw, hl = _binary_text_request(["héllo", "", "abc"])
+    assert request_texts(parse_request(raw, hl)) == ["héllo", "", "abc"]
+    with pytest.raises(BadRequest, match="body has|the body has"):
+        parse_request(raw + b"extra", hl)
+    with pytest.raises(BadRequest, match="Inference-Header-Content-Length"):
+        parse_request(raw, len(raw) + 1)
+    with pytest.raises(BadRequest, match="not an integer"):
+        parse_header_length(b"abc")
+    fp = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 16],
+                                 "parameters": {"binary_data_size": 60}}]}).encode()  # fmt: skip
+    with pytest.raises(BadRequest, match="needs 64"):
+        parse_request(fp + b"\0" * 60, len(fp))
+
+
+def test_texts_missing_or_wrong_type() -> None:
+    with pytest.raises(BadRequest, match="routes by input 'TEXT'"):
+        request_texts(parse_request(_req([{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]), None))
+    with pytest.raises(BadRequest, match="TEXT must be BYTES"):
+        request_texts(parse_request(_req([{"name": "TEXT", "datatype": "INT8", "shape": [1], "data": [1]}]), None))
+
+
+def _json_response(probs: list[list[float]]) -> bytes:
+    return json.dumps(
+        {"model_name": "m", "outputs": [
+            {"name": "PROBABILITIES", "datatype": "FP32", "shape": [len(probs), len(probs[0])],
+             "data": [x for row in probs for x in row]},
+            {"name": "LABEL", "datatype": "INT64", "shape": [len(probs), 1], "data": [0] * len(probs)}]}
+    ).encode()  # fmt: skip
+
+
+def test_confidence_is_lowest_top_probability() -> None:
+    body = parse_response(_json_response([[0.9, 0.1], [0.4, 0.6]]), None)
+    assert confidence(body) == pytest.approx(0.6)
+
+
+def test_binary_response_confidence_drop_and_annotate() -> None:
+    probs = np.array([[0.2, 0.8], [0.95, 0.05]], dtype=np.float32)
+    label = np.array([[1], [0]], dtype=np.int64)
+    head = json.dumps(
+        {"model_name": "m", "outputs": [
+            {"name": "LABEL", "datatype": "INT64", "shape": [2, 1], "parameters": {"binary_data_size": 16}},
+            {"name": "PROBABILITIES", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}}]}
+    ).encode()  # fmt: skip
+    body = parse_response(head + label.tobytes() + probs.tobytes(), len(head))
+    assert confidence(body) == pytest.approx(0.8)
+    drop_output(body, "PROBABILITIES")
+    annotate(body, "pool-model", modelpool_variant="small")
+    data, hl = body.encode()
+    assert hl is not None
+    again = parse_response(data, hl)
+    assert [o["name"] for o in again.header["outputs"]] == ["LABEL"]
+    assert np.frombuffer(again.binary, dtype=np.int64).tolist() == [1, 0]
+    assert again.header["model_name"] == "pool-model"
+    assert again.header["parameters"] == {"modelpool_variant": "small"}
+    assert confidence(again) is None
+
+
+def test_ensure_output_only_when_outputs_listed() -> None:
+    body = parse_request(_req([TEXT]), None)
+    assert not ensure_output(body, "PROBABILITIES")
+    body = parse_request(_req([TEXT], outputs=[{"name": "LABEL"}]), None)
+    assert ensure_output(body, "PROBABILITIES")
+    assert body.header["outputs"][-1] == {"name": "PROBABILITIES", "parameters": {"binary_data": False}}
+    assert not ensure_output(body, "PROBABILITIES")
