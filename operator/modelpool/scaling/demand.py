@@ -69,6 +69,7 @@ class Demand:
     """The demand estimate and its parts (for the reason line)."""
 
     total_rps: float
+    steady_rps: float
     observed_rps: float
     trend_rps_per_s: float
     backlog_rps: float
@@ -90,6 +91,9 @@ def estimate_demand(metrics: VariantMetrics, settings: VariantSettings, expected
     """Arrival rate to plan for: observed rate, plus the rising trend over the look-ahead, plus the
     backlog to drain within ``backlog_drain_s``, plus load routing is about to move here.
 
+    ``steady_rps`` is the part that was actually seen (observed + routing); the trend and the backlog
+    are transient: they scale up at once but are not remembered by the scale-down window.
+
     The observed rate is the larger of Triton's served rate and the router's arrival rate, since the
     served rate stops growing when replicas saturate. A falling trend is ignored (scale-down is the
     stabilisation window's job), so bursts are met early and never under-provisioned by a dip.
@@ -97,9 +101,11 @@ def estimate_demand(metrics: VariantMetrics, settings: VariantSettings, expected
     observed = max(metrics.latest_rps or 0.0, metrics.router_rps or 0.0)
     slope = max(0.0, trend_slope(metrics.rate_series, settings.trend_window_s))
     backlog = (metrics.pending_requests or 0.0) / settings.backlog_drain_s
-    total = max(0.0, observed + slope * settings.lookahead_s + backlog + expected_extra_rps)
+    steady = max(0.0, observed + expected_extra_rps)
+    total = steady + slope * settings.lookahead_s + backlog
     return Demand(
         total_rps=total,
+        steady_rps=steady,
         observed_rps=observed,
         trend_rps_per_s=slope,
         backlog_rps=backlog,

@@ -33,14 +33,14 @@ class VariantSettings:
     target_queue_time_s: float = 0.5
     slo_attainment: float = 0.99
     scale_up_stabilization_s: float = 0.0
-    scale_down_stabilization_s: float = 120.0
+    scale_down_stabilization_s: float = 60.0
     tolerance: float = 0.1
     scale_to_zero: bool = False
     priority: float = 1.0
     cost: float = 1.0
     trend_window_s: float = 20.0
     lookahead_s: float = 10.0
-    backlog_drain_s: float = 5.0
+    backlog_drain_s: float = 1.0
     stale_after_s: float = 30.0
     max_plausible_rps: float = 1e6
 

@@ -57,37 +57,50 @@ def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
     )
 
 
-def _raw_recommendation(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, str]:
-    s = vi.settings
-    raw = replicas_for_target(
-        demand.total_rps,
-        capacity,
-        s.instances_per_replica,
-        s.target_queue_time_s,
-        s.slo_attainment,
-        s.max_replicas,
+def _size(rate: float, capacity: float, s: VariantSettings) -> int:
+    return replicas_for_target(
+        rate, capacity, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment, s.max_replicas
     )
+
+
+def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, int, str]:
+    """(steady, surge, reason): replicas for what was seen, and for seen + trend + backlog."""
+    s = vi.settings
+    steady = _size(demand.steady_rps, capacity, s)
+    surge = _size(demand.total_rps, capacity, s)
     why = (
-        f"{demand.describe()} needs {raw} x {capacity:.1f} req/s for "
+        f"{demand.describe()} needs {surge} x {capacity:.1f} req/s for "
         f"{s.slo_attainment:.0%} queued <= {s.target_queue_time_s:g}s"
     )
+    current = vi.current_replicas
     queue = vi.metrics.queue_time_s
-    if queue is not None and vi.current_replicas > 0 and queue > s.target_queue_time_s:
-        if raw <= vi.current_replicas:
-            raw = vi.current_replicas + 1
-            why += f"; queue time {queue:.2f}s > target, adding one"
-    elif vi.current_replicas > 0 and raw != vi.current_replicas:
+    lagging_only = vi.metrics.pending_requests is None  # queue time lags; pending is the live signal
+    if (
+        lagging_only
+        and queue is not None
+        and current > 0
+        and queue > s.target_queue_time_s
+        and surge <= current
+    ):
+        surge = current + 1
+        why += f"; queue time {queue:.2f}s > target, adding one"
+    elif current > 0 and steady != current and surge <= max(steady, current):
         servable = max_rate_for_replicas(
-            vi.current_replicas, capacity, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment
+            current, capacity, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment
         )
-        if servable > 0 and abs(demand.total_rps - servable) <= s.tolerance * servable:
-            raw = vi.current_replicas
+        if servable > 0 and abs(demand.steady_rps - servable) <= s.tolerance * servable:
+            steady = surge = current
             why += f"; within tolerance {s.tolerance:.0%} of current capacity"
-    return raw, why
+    return steady, surge, why
 
 
 def wish_for(vi: VariantInput, now: float) -> VariantWish:
-    """Replicas the variant needs now: demand -> queueing model -> stabilisation -> min/max."""
+    """Replicas the variant needs now: demand -> queueing model -> stabilisation -> min/max.
+
+    The replicas for the *seen* demand go through the stabilisation windows; the extra replicas for
+    the rising trend and the backlog (the surge) are added at once on top but are not remembered, so
+    a forecast or a drained queue never pins replicas for the whole scale-down window.
+    """
     s = vi.settings
     problem = metrics_problem(vi.metrics, s, now)
     if problem is not None:
@@ -97,12 +110,12 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     if capacity is None:
         if demand.total_rps > 0:
             return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time")
-        raw, why = 0, "no demand"
+        steady, surge, why = 0, 0, "no demand"
     else:
-        raw, why = _raw_recommendation(vi, demand, capacity)
+        steady, surge, why = _recommend(vi, demand, capacity)
     idle = demand.total_rps <= 0
     floor = 0 if (s.scale_to_zero and idle) else s.min_replicas
-    recommendation = _clamp(raw, floor, s.max_replicas)
+    recommendation = _clamp(steady, floor, s.max_replicas)
     history = vi.previous.recommendations if vi.previous is not None else ()
     stabilized, history = stabilize(
         vi.current_replicas,
@@ -112,12 +125,14 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         s.scale_up_stabilization_s,
         s.scale_down_stabilization_s,
     )
-    wish = _clamp(stabilized, floor, s.max_replicas)
-    if wish < recommendation:
+    if s.scale_up_stabilization_s > 0:
+        surge = 0  # a scale-up window asks for patience: no surge on top
+    wish = _clamp(max(stabilized, surge), floor, s.max_replicas)
+    if wish < max(recommendation, surge):
         why += f"; scale-up stabilised at {wish}"
-    elif wish > recommendation:
+    elif wish > max(recommendation, surge):
         why += f"; scale-down stabilised at {wish} (peak of last {s.scale_down_stabilization_s:g}s)"
-    if raw >= s.max_replicas and recommendation == s.max_replicas and demand.total_rps > 0:
+    if max(steady, surge) >= s.max_replicas and demand.total_rps > 0:
         why += f"; capped at maxReplicas {s.max_replicas}"
     return VariantWish(
         settings=s,

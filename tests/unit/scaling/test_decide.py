@@ -57,9 +57,26 @@ def test_falling_trend_is_ignored() -> None:
 
 def test_backlog_of_pending_requests_adds_demand() -> None:
     base = only(one(steady(10.0)))
-    backlog = only(one(steady(10.0, pending_requests=100.0)))
+    backlog = only(one(steady(10.0, pending_requests=100.0), backlog_drain_s=5.0))
     assert backlog.desired_replicas > base.desired_replicas
     assert "backlog 20.0" in backlog.reason
+
+
+def test_surge_for_backlog_is_not_remembered_by_scale_down_window() -> None:
+    first = only(one(steady(10.0, pending_requests=200.0), scale_down_stabilization_s=300.0))
+    assert first.desired_replicas >= 20
+    drained = one(
+        steady(10.0, now=NOW + 10, pending_requests=0.0),
+        current=first.desired_replicas,
+        previous=first.state,
+        scale_down_stabilization_s=300.0,
+    )
+    after = only(drained, NOW + 10)
+    assert after.desired_replicas == base_replicas_for(10.0)
+
+
+def base_replicas_for(rps: float) -> int:
+    return only(one(steady(rps))).desired_replicas
 
 
 def test_router_rate_counts_when_triton_saturated() -> None:
@@ -76,11 +93,14 @@ def test_expected_load_from_routing_sizes_ahead() -> None:
     assert d.desired_replicas > only(one(steady(5.0))).desired_replicas
 
 
-def test_queue_time_over_target_adds_a_replica() -> None:
+def test_queue_time_over_target_adds_a_replica_without_pending() -> None:
     m = replace(steady(5.0), queue_time_s=2.0)
     d = only(one(m, current=2))
     assert d.desired_replicas == 3
     assert "queue time 2.00s > target" in d.reason
+    # With a live pending count of 0 the (lagging) average queue time is not acted on.
+    drained = only(one(replace(m, pending_requests=0.0), current=2))
+    assert drained.desired_replicas == 2
 
 
 def test_tolerance_keeps_current_near_capacity() -> None:
