@@ -38,7 +38,7 @@ class KindInfo:
     status: type[BaseModel]
     description: str
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
-    categories: list[str] = field(default_factory=lambda: ["modelpool"])
+    categories: list[str] = field(default_factory=lambda: ["inference"])
 
 
 def _condition_column(name: str, condition: str) -> dict[str, Any]:

@@ -211,7 +211,7 @@ class ModelPoolSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !v.scaling.scaleToZero)",
+                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !has(v.scaling) || !has(v.scaling.scaleToZero) || !v.scaling.scaleToZero)",
                     "message": "at least one variant must keep a replica: set minReplicas > 0 or "
                     "scaling.scaleToZero=false on one variant",
                     "fieldPath": ".variants",

@@ -40,7 +40,7 @@ class ComplexityScorer(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.kind != 'torch' || has(self.path)",
+                    "rule": "!has(self.kind) || self.kind != 'torch' || has(self.path)",
                     "message": "a torch scorer needs path: the scorer file inside the router container",
                     "fieldPath": ".path",
                     "reason": "FieldValueRequired",

@@ -10,6 +10,7 @@ Running by kwok (no container runs, nothing listens on their IPs).
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import time
@@ -23,7 +24,11 @@ DEFAULT_NAME = "modelpool"
 
 
 def fake_gpu_node(
-    name: str, gpus: int, resource: str = "nvidia.com/gpu", zone: str = "zone-a"
+    name: str,
+    gpus: int,
+    resource: str = "nvidia.com/gpu",
+    zone: str = "zone-a",
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Node object kwok manages, advertising ``gpus`` of ``resource``."""
     capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", resource: str(gpus)}
@@ -41,18 +46,13 @@ def fake_gpu_node(
                 "topology.kubernetes.io/zone": zone,
                 "nvidia.com/gpu.present": "true",
                 "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                **(labels or {}),
             },
         },
         "spec": {},
         "status": {
             "allocatable": dict(capacity),
             "capacity": dict(capacity),
-            "nodeInfo": {
-                "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
             "phase": "Running",
         },
     }
@@ -91,7 +91,15 @@ class DevCluster:
     def kubectl(
         self, *args: str, input_text: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(toolchain.binary("kubectl")), "--kubeconfig", str(self.kubeconfig), *args]
+        cmd = [
+            str(toolchain.binary("kubectl")),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            # Discovery cached per cluster, dropped when the cluster is created, so CRD changes show.
+            "--cache-dir",
+            str(self.workdir / "kubectl-cache" / self.name),
+        ]
+        cmd += args
         proc = subprocess.run(
             cmd,
             env=self.env(),
@@ -141,10 +149,14 @@ class DevCluster:
             if self.kubeconfig_out is not None:
                 args += ["--kubeconfig", str(self.kubeconfig_out)]
             self._kwokctl(*args, timeout=wait_seconds + 120)
+            shutil.rmtree(self.workdir / "kubectl-cache" / self.name, ignore_errors=True)
         self.ensure_nodes(nodes, gpus_per_node)
 
-    def ensure_nodes(self, nodes: int, gpus_per_node: int) -> None:
-        manifests = [fake_gpu_node(f"gpu-node-{i}", gpus_per_node) for i in range(nodes)]
+    def ensure_nodes(
+        self, nodes: int, gpus_per_node: int, prefix: str = "gpu-node", labels: dict[str, str] | None = None
+    ) -> None:
+        """Register ``nodes`` fake GPU nodes and wait until kwok reports them Ready."""
+        manifests = [fake_gpu_node(f"{prefix}-{i}", gpus_per_node, labels=labels) for i in range(nodes)]
         self.kubectl(
             "apply",
             "-f",
@@ -157,7 +169,8 @@ class DevCluster:
             ready = [
                 n
                 for n in json.loads(out)["items"]
-                if any(
+                if n["metadata"]["name"].startswith(prefix)
+                and any(
                     c["type"] == "Ready" and c["status"] == "True"
                     for c in n.get("status", {}).get("conditions", [])
                 )

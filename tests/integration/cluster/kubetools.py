@@ -1,0 +1,123 @@
+"""Test helpers around the real local cluster: kubectl, waits and the operator process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modelpool.devcluster.cluster import DevCluster
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {last!r}")
+
+
+@dataclass
+class Kube:
+    """kubectl bound to one cluster and namespace."""
+
+    cluster: DevCluster
+    namespace: str
+
+    def run(
+        self, *args: str, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, input_text=input_text, check=check)
+
+    def apply(self, manifest: Obj | str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.run("apply", "-f", "-", input_text=text, check=check)
+
+    def get(self, kind: str, name: str) -> Obj | None:
+        proc = self.run("get", kind, name, "-o", "json", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise RuntimeError(proc.stderr)
+        result: Obj = json.loads(proc.stdout)
+        return result
+
+    def list(self, kind: str, selector: str) -> list[Obj]:
+        items: list[Obj] = json.loads(self.run("get", kind, "-l", selector, "-o", "json").stdout)["items"]
+        return items
+
+    def condition(self, kind: str, name: str, type_: str) -> Obj | None:
+        obj = self.get(kind, name)
+        for cond in (obj or {}).get("status", {}).get("conditions", []):
+            if cond["type"] == type_:
+                return dict(cond)
+        return None
+
+    def events(self, name: str) -> list[Obj]:
+        out = self.run(
+            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        ).stdout
+        items: list[Obj] = json.loads(out)["items"]
+        return items
+
+
+@dataclass
+class OperatorProcess:
+    """The operator as users run it: ``modelpool operator run`` (kopf) in its own process."""
+
+    cluster: DevCluster
+    log_path: Path
+    resync_seconds: float = 5.0
+    proc: subprocess.Popen[bytes] | None = None
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        env = self.cluster.env() | {
+            "MODELPOOL_RESYNC_SECONDS": str(self.resync_seconds),
+            "PYTHONUNBUFFERED": "1",
+            **self.env_extra,
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelpool", "operator", "run", "--verbose"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """An abrupt crash: no cleanup, no graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
