@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
 from modelpool.devcluster import toolchain
 from modelpool.devcluster.cluster import DevCluster
-
-from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NODES = 2
@@ -28,7 +27,8 @@ def cluster() -> Iterator[DevCluster]:
     ]
     if missing:
         pytest.fail(
-            f"control plane binaries missing ({missing}); run `modelpool devcluster build` (.ci/setup.sh does)"
+            f"control plane binaries missing ({missing}); "
+            "run `modelpool devcluster build` (.ci/setup.sh does)"
         )
     workdir = toolchain.cache_dir() / "kwok-test"
     dev = DevCluster(name="modelpool-test", workdir=workdir, kubeconfig_out=workdir / "kubeconfig-test.yaml")
