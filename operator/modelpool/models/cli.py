@@ -1,0 +1,128 @@
+"""``modelpool models ...`` commands: train, export, profile, train-scorer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from modelpool.models.paths import banking77_dir
+
+DEFAULT_TRAINED = Path("out/models/trained")
+DEFAULT_REPOSITORY = Path("out/models/repository")
+DEFAULT_SCORER = Path("out/models/scorer")
+DEFAULT_PROFILES = Path("out/models/profiles")
+
+
+def _common(parser: argparse.ArgumentParser, out: Path, data: bool = True) -> None:
+    if data:
+        parser.add_argument(
+            "--data", type=Path, default=None, help="data set folder or CSV (default: Banking77)"
+        )
+        parser.add_argument(
+            "--limit", type=int, default=None, help="at most this many training rows (quick runs)"
+        )
+    parser.add_argument("--out", type=Path, default=out, help=f"output folder (default: {out})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from modelpool.models.train import TrainOptions, train_variants
+
+    report = train_variants(
+        TrainOptions(data=args.data or banking77_dir(), out=args.out, seed=args.seed, limit=args.limit)
+    )
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _train_scorer(args: argparse.Namespace) -> int:
+    from modelpool.models.train import TrainOptions, train_complexity_scorer
+
+    options = TrainOptions(data=args.data or banking77_dir(), out=args.out, seed=args.seed, limit=args.limit)
+    print(json.dumps(train_complexity_scorer(options, args.trained), indent=1))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from modelpool.models.export import export_repository, gpu_available
+
+    gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
+    for version in export_repository(args.trained, args.out, args.name, gpu=gpu):
+        print(f"{version.name}: digest {version.digest} -> {args.out / version.name}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from modelpool.models.measure import ProfileSettings, profile_repository, write_profiles
+    from modelpool.models.profile import render_table
+    from modelpool.models.train import load_limited
+
+    splits = load_limited(args.data or banking77_dir(), args.limit, args.seed)
+    models = args.models or sorted(
+        p.name for p in args.repository.iterdir() if (p / "config.pbtxt").is_file()
+    )
+    settings = ProfileSettings(
+        latency_requests=args.requests, concurrent_requests=2 * args.requests, concurrency=args.concurrency
+    )
+    profiles = profile_repository(
+        args.repository, models, splits.test, f"{splits.name}/test", args.scorer, settings
+    )
+    write_profiles(profiles, args.out)
+    print(render_table(profiles))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``models`` and its subcommands to the ``modelpool`` command line."""
+    models = subparsers.add_parser("models", help="train, export and profile the model variants")
+    sub = models.add_subparsers(dest="models_command", required=True)
+
+    train = sub.add_parser("train", help="train the large head and the distilled small variant")
+    _common(train, DEFAULT_TRAINED)
+    train.set_defaults(func=_train)
+
+    scorer = sub.add_parser("train-scorer", help="train the complexity scorer (P(small variant is wrong))")
+    _common(scorer, DEFAULT_SCORER)
+    scorer.add_argument(
+        "--trained", type=Path, default=DEFAULT_TRAINED, help="folder written by `models train`"
+    )
+    scorer.set_defaults(func=_train_scorer)
+
+    export = sub.add_parser("export", help="write the Triton model repository of the three variants")
+    _common(export, DEFAULT_REPOSITORY, data=False)
+    export.add_argument(
+        "--trained", type=Path, default=DEFAULT_TRAINED, help="folder written by `models train`"
+    )
+    export.add_argument("--name", default="banking77", help="model name prefix: <name>-small|quantized|large")
+    export.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default="auto", help="KIND_GPU for large if gpu"
+    )
+    export.set_defaults(func=_export)
+
+    profile = sub.add_parser("profile", help="measure each variant on a real tritonserver")
+    _common(profile, DEFAULT_PROFILES)
+    profile.add_argument(
+        "--repository", type=Path, default=DEFAULT_REPOSITORY, help="Triton model repository"
+    )
+    profile.add_argument(
+        "--models", nargs="*", default=None, help="model names (default: all in the repository)"
+    )
+    profile.add_argument("--scorer", type=Path, default=None, help="scorer folder for complexity buckets")
+    profile.add_argument("--requests", type=int, default=200, help="single-item requests for batch-1 latency")
+    profile.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight for the concurrent run"
+    )
+    profile.set_defaults(func=_profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``models`` subcommands on their own (``python -m modelpool.models.cli``)."""
+    parser = argparse.ArgumentParser(prog="modelpool")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
