@@ -218,6 +218,7 @@ class RoutingPolicyStatus(ApiModel):
 
     observed_generation: int = 0
     weights_generation: int = Field(default=0, description="Generation of the config pushed to routers.")
+    config_digest: str = Field(default="", description="Digest of the routers' config at weightsGeneration.")
     effective_weights: list[EffectiveWeight] = Field(default_factory=list)
     routers: list[RouterStatus] = Field(default_factory=list)
     conditions: Conditions

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import kopf
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
-from modelpool.controllers.pool_reconciler import reconcile_pool
+from modelpool.controllers.policy_reconciler import reconcile_policy
+from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
+from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.triggers import Triggers
 from modelpool.kube import KubeClient
 
@@ -24,6 +28,8 @@ RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
 ERROR_BACKOFF_SECONDS = 5.0
 
 TRIGGERS = Triggers()
+POLICY_TRIGGERS = Triggers()
+ROUTER_LABEL = "modelpool.dev/router"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
@@ -39,6 +45,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     memo["kube"] = KubeClient.from_environment()
+    memo["http"] = httpx.AsyncClient(timeout=PUSH_TIMEOUT_SECONDS)
 
 
 @kopf.on.cleanup()
@@ -46,11 +53,25 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     kube = memo.get("kube")
     if isinstance(kube, KubeClient):
         await kube.close()
+    http = memo.get("http")
+    if isinstance(http, httpx.AsyncClient):
+        await http.aclose()
 
 
 @kopf.on.event(GROUP, VERSION, "modelpools")
 def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
     TRIGGERS.poke(namespace or "", name)
+    POLICY_TRIGGERS.poke_namespace(namespace or "")
+
+
+@kopf.on.event(GROUP, VERSION, "routingpolicies")
+def policy_changed(namespace: str | None, name: str, **_: Any) -> None:
+    POLICY_TRIGGERS.poke(namespace or "", name)
+
+
+@kopf.on.event("", "v1", "pods", labels={ROUTER_LABEL: kopf.PRESENT})
+def router_pod_changed(namespace: str | None, **_: Any) -> None:
+    POLICY_TRIGGERS.poke_namespace(namespace or "")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -60,6 +81,37 @@ def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     pool = labels.get(LABEL_POOL)
     if pool:
         TRIGGERS.poke(namespace or "", pool)
+
+
+async def _reconcile_loop(
+    triggers: Triggers,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    reconcile: Callable[[EventSink], Awaitable[object | None]],
+) -> None:
+    """Run ``reconcile`` when poked or every RESYNC_SECONDS until the object is gone."""
+
+    def emit(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    trigger = triggers.get(namespace, name)
+    try:
+        while not stopped:
+            trigger.clear()
+            delay = RESYNC_SECONDS
+            try:
+                if await reconcile(emit) is None:
+                    return
+            except Exception as err:  # keep the loop alive, report, retry with backoff
+                logger.exception("reconcile of %s/%s failed", namespace, name)
+                emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
+                delay = ERROR_BACKOFF_SECONDS
+            await triggers.wait(trigger, stopped_flag=stopped, seconds=delay)
+    finally:
+        triggers.forget(namespace, name)
 
 
 @kopf.daemon(GROUP, VERSION, "modelpools", cancellation_timeout=10.0)
@@ -73,23 +125,31 @@ async def run_pool(
     **_: Any,
 ) -> None:
     kube: KubeClient = memo["kube"]
-    namespace = namespace or ""
+    ns = namespace or ""
+    await _reconcile_loop(
+        TRIGGERS, ns, name, body, logger, stopped, lambda emit: reconcile_pool(kube, ns, name, emit)
+    )
 
-    def emit(type_: str, reason: str, message: str) -> None:
-        kopf.event(body, type=type_, reason=reason, message=message)
 
-    trigger = TRIGGERS.get(namespace, name)
-    try:
-        while not stopped:
-            trigger.clear()
-            delay = RESYNC_SECONDS
-            try:
-                if await reconcile_pool(kube, namespace, name, emit) is None:
-                    return
-            except Exception as err:
-                logger.exception("reconcile of %s/%s failed", namespace, name)
-                emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
-                delay = ERROR_BACKOFF_SECONDS
-            await TRIGGERS.wait(trigger, stopped_flag=stopped, seconds=delay)
-    finally:
-        TRIGGERS.forget(namespace, name)
+@kopf.daemon(GROUP, VERSION, "routingpolicies", cancellation_timeout=10.0)
+async def run_policy(
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    memo: Any,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    kube: KubeClient = memo["kube"]
+    http: httpx.AsyncClient = memo["http"]
+    ns = namespace or ""
+    await _reconcile_loop(
+        POLICY_TRIGGERS,
+        ns,
+        name,
+        body,
+        logger,
+        stopped,
+        lambda emit: reconcile_policy(kube, http, ns, name, emit),
+    )

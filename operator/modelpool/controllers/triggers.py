@@ -25,6 +25,12 @@ class Triggers:
     def poke(self, namespace: str, name: str) -> None:
         self.get(namespace, name).set()
 
+    def poke_namespace(self, namespace: str) -> None:
+        """Wake every loop of ``namespace`` (e.g. all policies when a pool changes)."""
+        for (ns, _), event in self._events.items():
+            if ns == namespace:
+                event.set()
+
     def forget(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
 

@@ -1,0 +1,277 @@
+"""Level-based reconciliation of one RoutingPolicy: resolve, compute weights, program routers.
+
+Each pass: resolve the pool and the variants the policy names, compute the
+effective weights from the policy and the pool's live status, render the
+RouterConfig (a new generation only when its content changed), keep it in a
+ConfigMap that router pods mount (so a restarted router never starts empty),
+and push it to every ready router pod the selector matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from modelpool.api import conditions as c
+from modelpool.api.base import API_VERSION, Condition
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.api.routingpolicy import RouterStatus, RoutingPolicySpec, RoutingPolicyStatus
+from modelpool.api.semantics import routing_reference_problems
+from modelpool.builders.triton import is_subset
+from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
+from modelpool.controllers.router_push import push_all
+from modelpool.controllers.routing_config import (
+    build_router_config,
+    config_digest,
+    effective_weights,
+    plan_weights,
+)
+from modelpool.kube import KubeClient, Obj, resource_path
+
+CONFIG_KEY = "config.json"
+
+
+def policy_path(namespace: str, name: str) -> str:
+    return resource_path(API_VERSION, "routingpolicies", namespace, name)
+
+
+def config_map_name(policy: str) -> str:
+    return f"{policy}-router-config"
+
+
+def default_token_secret(policy: str) -> str:
+    return f"{policy}-router-token"
+
+
+def _parse_policy_status(raw: Any) -> RoutingPolicyStatus | None:
+    if not raw:
+        return None
+    try:
+        return RoutingPolicyStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def build_config_map(namespace: str, policy: str, uid: str, config_json: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(policy),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "modelpool", "modelpool.dev/policy": policy},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "RoutingPolicy",
+                    "name": policy,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {CONFIG_KEY: config_json},
+    }
+
+
+async def _admin_token(kube: KubeClient, namespace: str, policy: str, spec: RoutingPolicySpec) -> str | None:
+    ref_name = (
+        spec.admin_token_secret_ref.name if spec.admin_token_secret_ref else default_token_secret(policy)
+    )
+    key = spec.admin_token_secret_ref.key if spec.admin_token_secret_ref else "token"
+    secret = await kube.get(resource_path("v1", "secrets", namespace, ref_name))
+    raw = (secret or {}).get("data", {}).get(key)
+    return base64.b64decode(raw).decode().strip() if raw else None
+
+
+def _status(
+    previous: RoutingPolicyStatus | None,
+    generation: int,
+    now: str,
+    settings: list[tuple[str, bool, str, str]],
+    **fields: Any,
+) -> RoutingPolicyStatus:
+    conds: list[Condition] = list(previous.conditions) if previous else []
+    for type_, ok, reason, message in settings:
+        conds = c.set_condition(conds, type_, "True" if ok else "False", reason, message, generation, now)
+    base = previous or RoutingPolicyStatus()
+    return base.model_copy(update={"observed_generation": generation, "conditions": conds, **fields})
+
+
+async def _write(kube: KubeClient, namespace: str, name: str, status: RoutingPolicyStatus, old: Any) -> bool:
+    wire = status.to_wire()
+    if wire == old:
+        return False
+    await kube.merge_patch(policy_path(namespace, name) + "/status", {"status": wire})
+    return True
+
+
+def _programmed(routers: list[RouterStatus], generation: int, cm: str) -> tuple[bool, str, str]:
+    if not routers:
+        return (
+            False,
+            "NoRoutersSelected",
+            f"no pod matches spec.routerSelector; routers can mount ConfigMap {cm} (generation {generation})",
+        )
+    failed = [r for r in routers if not r.programmed]
+    if failed:
+        return (
+            False,
+            "PushFailed",
+            f"{len(failed)}/{len(routers)} routers not programmed: {failed[0].pod}: {failed[0].message}",
+        )
+    return True, "Programmed", f"{len(routers)} router(s) run generation {generation}"
+
+
+async def reconcile_policy(
+    kube: KubeClient,
+    http: httpx.AsyncClient,
+    namespace: str,
+    name: str,
+    emit: EventSink,
+    now: Callable[[], str] = c.now_rfc3339,
+) -> RoutingPolicyStatus | None:
+    obj = await kube.get(policy_path(namespace, name))
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    generation = int(obj["metadata"].get("generation", 0))
+    uid = obj["metadata"]["uid"]
+    raw_status = obj.get("status")
+    previous = _parse_policy_status(raw_status)
+    stamp = now()
+    try:
+        spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}; fix that field"
+        status = _status(
+            previous,
+            generation,
+            stamp,
+            [(c.ACCEPTED, False, "InvalidSpec", message), (c.READY, False, "InvalidSpec", message)],
+        )
+        if await _write(kube, namespace, name, status, raw_status):
+            emit("Warning", "InvalidSpec", message)
+        return status
+    accepted = (c.ACCEPTED, True, "Valid", "spec is valid")
+
+    pool_obj = await kube.get(pool_path(namespace, spec.pool_ref.name))
+    if pool_obj is None:
+        message = (
+            f"spec.poolRef.name: ModelPool {spec.pool_ref.name!r} not found in namespace {namespace}; "
+            "create it or fix the name"
+        )
+        status = _status(
+            previous,
+            generation,
+            stamp,
+            [
+                accepted,
+                (c.RESOLVED_REFS, False, "PoolNotFound", message),
+                (c.READY, False, "PoolNotFound", message),
+            ],
+        )
+        if await _write(kube, namespace, name, status, raw_status):
+            emit("Warning", "PoolNotFound", message)
+        return status
+    try:
+        pool = ModelPoolSpec.model_validate(pool_obj.get("spec", {}))
+    except ValidationError as err:
+        message = f"ModelPool {spec.pool_ref.name!r} has an invalid spec: {err.errors()[0]['msg']}"
+        status = _status(
+            previous,
+            generation,
+            stamp,
+            [
+                accepted,
+                (c.RESOLVED_REFS, False, "InvalidPool", message),
+                (c.READY, False, "InvalidPool", message),
+            ],
+        )
+        await _write(kube, namespace, name, status, raw_status)
+        return status
+    problems = routing_reference_problems(spec, [v.name for v in pool.variants])
+    if problems:
+        message = "; ".join(p.message for p in problems)
+        status = _status(
+            previous,
+            generation,
+            stamp,
+            [
+                accepted,
+                (c.RESOLVED_REFS, False, "VariantNotFound", message),
+                (c.READY, False, "VariantNotFound", message),
+            ],
+        )
+        if await _write(kube, namespace, name, status, raw_status):
+            emit("Warning", "VariantNotFound", message)
+        return status
+    resolved = (c.RESOLVED_REFS, True, "Resolved", f"pool {spec.pool_ref.name} and every variant named exist")
+
+    plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")))
+    old_generation = previous.weights_generation if previous else 0
+    candidate = build_router_config(namespace, spec.pool_ref.name, spec, pool, plan, old_generation)
+    digest = config_digest(candidate)
+    if previous is None or previous.config_digest != digest:
+        candidate = candidate.model_copy(update={"generation": old_generation + 1})
+        emit(
+            "Normal",
+            "NewGeneration",
+            f"router config generation {candidate.generation}: "
+            + ", ".join(f"{n}={w}" for n, w in sorted(plan.weights.items())),
+        )
+
+    config_json = json.dumps(
+        candidate.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True
+    )
+    cm = build_config_map(namespace, name, uid, config_json)
+    cm_path = resource_path("v1", "configmaps", namespace, cm["metadata"]["name"])
+    live_cm = await kube.get(cm_path)
+    if live_cm is None or not is_subset(cm, live_cm):
+        await kube.apply(cm_path, cm)
+
+    selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
+    pods = await kube.list(resource_path("v1", "pods", namespace), selector)
+    token = await _admin_token(kube, namespace, name, spec) if pods else None
+    if pods and token is None:
+        secret = (
+            spec.admin_token_secret_ref.name if spec.admin_token_secret_ref else default_token_secret(name)
+        )
+        routers = [
+            RouterStatus(pod=p["metadata"]["name"], message=f"admin token Secret {secret} missing")
+            for p in pods
+        ]
+        programmed = (
+            False,
+            "AdminTokenMissing",
+            f"Secret {secret} with the routers' admin token is missing; "
+            "create it (key 'token') or set spec.adminTokenSecretRef",
+        )
+    else:
+        routers = await push_all(http, pods, spec.router_port, token or "", candidate) if pods else []
+        programmed = _programmed(routers, candidate.generation, cm["metadata"]["name"])
+    ok, reason, message = programmed
+    status = _status(
+        previous,
+        generation,
+        stamp,
+        [
+            accepted,
+            resolved,
+            (c.PROGRAMMED, ok, reason, message),
+            (c.READY, ok, reason if not ok else "Ready", message),
+        ],
+        weights_generation=candidate.generation,
+        config_digest=digest,
+        effective_weights=effective_weights(plan),
+        routers=routers,
+    )
+    if await _write(kube, namespace, name, status, raw_status) and not ok and reason == "PushFailed":
+        emit("Warning", "PushFailed", message)
+    return status

@@ -1,0 +1,139 @@
+"""RoutingPolicy -> RouterConfig: weights, shortfall overflow, large-share cap, generations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
+from modelpool.api.routingpolicy import RoutingPolicySpec
+from modelpool.controllers.routing_config import (
+    build_router_config,
+    config_digest,
+    effective_weights,
+    plan_weights,
+)
+from modelpool.routing.config import RouterConfig
+
+
+def _pool(capacity: int | None = 10) -> ModelPoolSpec:
+    def v(name: str, tier: str, cost: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": name,
+            "tier": tier,
+            "model": {"name": f"m-{name}", "repository": "/m"},
+            "cost": cost,
+        }
+        if capacity:
+            out["scaling"] = {"capacityPerReplicaRps": capacity}
+        return out
+
+    return ModelPoolSpec.model_validate(
+        {
+            "gpuPool": {"gpuBudget": 8},
+            "variants": [v("large", "large", 20), v("small", "small", 1), v("int8", "quantized", 5)],
+        }
+    )
+
+
+def _policy(**spec: Any) -> RoutingPolicySpec:
+    base: dict[str, Any] = {
+        "poolRef": {"name": "bank"},
+        "mode": "weighted",
+        "weights": [
+            {"variant": "small", "weight": 60},
+            {"variant": "int8", "weight": 30},
+            {"variant": "large", "weight": 10},
+        ],
+        "routerSelector": {"matchLabels": {"app": "router"}},
+    }
+    base.update(spec)
+    return RoutingPolicySpec.model_validate(base)
+
+
+def _status(**shortfall: int) -> ModelPoolStatus:
+    return ModelPoolStatus(
+        variants=[
+            VariantStatus(
+                name=n,
+                tier="small",
+                desired_replicas=1,
+                ready_replicas=1,
+                capacity_shortfall_rps=shortfall.get(n, 0),
+            )
+            for n in ("small", "int8", "large")
+        ]
+    )
+
+
+def test_weights_from_spec_unchanged_without_pressure() -> None:
+    plan = plan_weights(_policy(), _pool(), _status())
+    assert plan.weights == {"small": 60, "int8": 30, "large": 10}
+    assert all(r == "from spec.weights" for r in plan.reasons.values())
+
+
+def test_shortfall_moves_load_to_the_next_tier_up() -> None:
+    # small serves 10 req/s with 1 replica and lacks 10: half its share moves to int8.
+    plan = plan_weights(_policy(), _pool(), _status(small=10))
+    assert plan.weights == {"small": 30, "int8": 60, "large": 10}
+    assert "short 10 req/s" in plan.reasons["small"]
+    assert sum(plan.weights.values()) == 100
+
+
+def test_quality_floor_skips_a_tier_that_is_not_good_enough() -> None:
+    policy = _policy(objectives={"qualityFloorPercent": 90})
+    plan = plan_weights(policy, _pool(), _status(small=10), accuracy={"int8": 85.0, "large": 93.0})
+    assert plan.weights == {"small": 30, "int8": 30, "large": 40}
+
+
+def test_large_share_cap() -> None:
+    policy = _policy(
+        weights=[{"variant": "small", "weight": 20}, {"variant": "large", "weight": 80}],
+        objectives={"maxLargeSharePercent": 30},
+    )
+    plan = plan_weights(policy, _pool(), _status())
+    assert plan.weights["large"] == 30
+    assert plan.weights["int8"] == 50  # the best non-large tier takes the excess
+    assert "capped" in plan.reasons["large"]
+
+
+def test_router_config_for_every_mode_is_valid() -> None:
+    for spec in (
+        _policy(),
+        _policy(
+            mode="cascade", cascade={"draft": "small", "verifier": "large", "acceptThresholdPercent": 80}
+        ),
+        _policy(
+            mode="tiered",
+            tiered={
+                "tiers": [
+                    {"maxComplexityPercent": 40, "target": "small"},
+                    {"maxComplexityPercent": 100, "target": "cascade"},
+                ]
+            },
+            cascade={"draft": "int8", "verifier": "large"},
+        ),
+    ):
+        pool = _pool()
+        config = build_router_config("ns", "bank", spec, pool, plan_weights(spec, pool, None), generation=4)
+        # The router's own validation accepts what the operator renders.
+        again = RouterConfig.model_validate(config.model_dump(mode="json", by_alias=True))
+        assert again.generation == 4
+        assert [v.name for v in again.variants] == ["small", "int8", "large"]
+        large = again.variant("large")
+        assert large.triton_model == "m-large"
+        assert large.endpoint_slice is not None and large.endpoint_slice.service == "bank-large"
+        assert large.endpoint_slice.namespace == "ns"
+        assert large.cost == 20.0
+    assert again.tiers[0].max_complexity == 0.4
+    assert again.cascade is not None and again.cascade.accept_threshold == 0.7
+
+
+def test_digest_ignores_generation_but_not_weights() -> None:
+    spec, pool = _policy(), _pool()
+    plan = plan_weights(spec, pool, None)
+    one = build_router_config("ns", "bank", spec, pool, plan, 1)
+    two = build_router_config("ns", "bank", spec, pool, plan, 2)
+    assert config_digest(one) == config_digest(two)
+    moved = plan_weights(spec, pool, _status(small=10))
+    assert config_digest(build_router_config("ns", "bank", spec, pool, moved, 1)) != config_digest(one)
+    assert [w.variant for w in effective_weights(plan)] == ["int8", "large", "small"]
