@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from integration.cluster.kubetools import Kube, wait_for
-from integration.cluster.testhost import TestHost
+from integration.cluster.netnshost import NetnsHost
 from modelpool.routing.config import RouterConfig
 
 pytestmark = pytest.mark.cluster
@@ -162,7 +162,7 @@ def test_weights_are_pushed_to_a_real_router_pod(kube: Kube, tmp_path: Path) -> 
     config_file = tmp_path / "config.json"
     _router_config_file(config_file)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    with TestHost(ip) as host:
+    with NetnsHost(ip) as host:
         host.spawn(
             [sys.executable, "-m", "modelpool", "router", "serve", "--config", str(config_file), "--host", ip,
              "--port", str(ROUTER_PORT), "--admin-token-file", str(token_file)],

@@ -22,7 +22,7 @@ def _ip(*args: str, netns: str | None = None) -> None:
 
 
 @dataclass
-class TestHost:
+class NetnsHost:
     """Network namespace ``name`` answering at ``address``; host side at a link-local /32."""
 
     address: str
@@ -34,7 +34,7 @@ class TestHost:
     def _veth_host(self) -> str:
         return f"{self.name}h"
 
-    def __enter__(self) -> TestHost:
+    def __enter__(self) -> NetnsHost:
         _ip("netns", "add", self.name)
         try:
             _ip("link", "add", self._veth_host, "type", "veth", "peer", "name", f"{self.name}n")
