@@ -178,11 +178,8 @@ def test_weights_are_pushed_to_a_real_router_pod(kube: Kube, tmp_path: Path) -> 
         weights = {v["name"]: v["weight"] for v in active["config"]["variants"]}
         assert weights == {"small": 7, "large": 3}
         status = kube.get("routingpolicy", "route")["status"]  # type: ignore[index]
-        assert (
-            status["routers"]
-            == [{"pod": "bank-router-0", "generation": 1, "programmed": True, "message": "pushed"}]
-            or status["routers"][0]["generation"] == 1
-        )
+        router = status["routers"][0]
+        assert (router["pod"], router["generation"], router["programmed"]) == ("bank-router-0", 1, True)
 
         # A bad push (all weights zero) is refused by the router and the old weights stay.
         bad = dict(active["config"], generation=99)
