@@ -10,6 +10,8 @@ from modelpool.scaling.types import RatePoint, VariantMetrics, VariantSettings
 
 def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
     """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable."""
+    if metrics.problem:
+        return metrics.problem
     if not metrics.rate_series and metrics.router_rps is None:
         return "metrics missing: no request-rate samples from Triton or the router"
     if metrics.newest_sample_t is None:

@@ -384,7 +384,9 @@ def reaction_times(
     for req in trace:
         per_second[min(horizon, int(req.arrival_s))] += 1
     increases = [
-        t for (t, n), (_, prev) in zip(result.desired_timeline[1:], result.desired_timeline, strict=False) if n > prev
+        t
+        for (t, n), (_, prev) in zip(result.desired_timeline[1:], result.desired_timeline, strict=False)
+        if n > prev
     ]
     out: list[float] = []
     timeline = result.desired_timeline

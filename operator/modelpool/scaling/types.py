@@ -101,7 +101,8 @@ class VariantMetrics:
     ``rate_series`` is the recent served-request rate (Triton ``nv_inference_request_success``),
     oldest first. ``router_rps`` is the rate the router sends to this variant (arrivals, which keep
     counting when the replicas are saturated or at zero). Averages are per request over the rate
-    window. ``None`` means the series is absent.
+    window. ``None`` means the series is absent. ``problem`` is set by the reader when it could not
+    read the metrics at all (the decision then holds).
     """
 
     rate_series: tuple[RatePoint, ...] = ()
@@ -110,6 +111,7 @@ class VariantMetrics:
     compute_time_s: float | None = None
     pending_requests: float | None = None
     newest_sample_t: float | None = None
+    problem: str | None = None
 
     @property
     def latest_rps(self) -> float | None:

@@ -1,0 +1,223 @@
+"""Real Prometheus scraping a real tritonserver under a bounded load: reader values and reaction time.
+
+Triton runs ``echo_small`` (Python backend, one instance) with the ``sleep:<ms>:`` hook so each
+request takes about 20 ms; Prometheus scrapes it every second. A load generator on 127.0.0.1
+sends a low rate, then steps to a rate that needs a second replica; ``decide`` is polled with what
+the reader returns until it asks for more replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.devcluster.triton import TritonProcess
+from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, decide
+from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.triton, pytest.mark.timeout(240)]
+
+MODELS = Path(__file__).resolve().parents[2] / "fixtures/triton_models"
+SCRAPE_S = 1.0
+SERVICE_MS = 20
+LOW_RPS = 3.0
+HIGH_RPS = 30.0
+TARGET = VariantTarget(model="echo_small", variant="small")
+SETTINGS = VariantSettings(
+    name="small",
+    min_replicas=1,
+    max_replicas=8,
+    capacity_per_replica_rps=None,  # estimated from the measured compute time
+    target_queue_time_s=0.1,
+    stale_after_s=5.0,
+    lookahead_s=3.0,
+    trend_window_s=6.0,
+    backlog_drain_s=0.5,
+)
+
+
+@pytest.fixture(scope="module")
+def triton() -> Iterator[TritonProcess]:
+    with TritonProcess(MODELS, ["echo_small"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prometheus(triton: TritonProcess) -> Iterator[PrometheusProcess]:
+    with PrometheusProcess(
+        {"triton": [f"127.0.0.1:{triton.metrics_port}"]}, scrape_interval_s=SCRAPE_S
+    ) as prom:
+        yield prom
+
+
+@pytest.fixture
+async def reader(prometheus: PrometheusProcess) -> AsyncIterator[PrometheusReader]:
+    r = PrometheusReader(prometheus.url, rate_window_s=3.0, series_span_s=10.0, step_s=SCRAPE_S)
+    yield r
+    await r.aclose()
+
+
+async def _send(client: httpx.AsyncClient, url: str, i: int) -> int:
+    body = {
+        "inputs": [
+            {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [f"sleep:{SERVICE_MS}:req {i}"]}
+        ]
+    }
+    response = await client.post(f"{url}/v2/models/echo_small/infer", json=body)
+    return response.status_code
+
+
+async def _paced_load(url: str, rps: float, seconds: float, sent: list[int]) -> None:
+    """Open-loop load: one request every 1/rps seconds for ``seconds`` (bounded count), to 127.0.0.1."""
+    count = int(rps * seconds)
+    start = time.monotonic()
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        tasks = []
+        for i in range(count):
+            delay = start + i / rps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(client, url, i)))
+        codes = await asyncio.gather(*tasks)
+    sent.extend(codes)
+
+
+def _decide(metrics_current: int, metrics: object) -> int:
+    vi = VariantInput(SETTINGS, metrics, metrics_current)  # type: ignore[arg-type]
+    decision = decide(ScalingInput.single(PoolInput("it", (vi,))), time.time())
+    return decision.pools["it"].variants[0].desired_replicas
+
+
+async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
+    triton: TritonProcess, reader: PrometheusReader
+) -> None:
+    sent: list[int] = []
+    await _paced_load(triton.http_url, LOW_RPS, 6.0, sent)
+    low = await reader.read_variant(TARGET)
+    assert low.problem is None
+    assert low.latest_rps is not None
+    assert 0.5 * LOW_RPS <= low.latest_rps <= 1.6 * LOW_RPS
+    assert _decide(1, low) == 1
+
+    step_at = time.monotonic()
+    load = asyncio.create_task(_paced_load(triton.http_url, HIGH_RPS, 10.0, sent))
+    reaction: float | None = None
+    while not load.done():
+        metrics = await reader.read_variant(TARGET)
+        if reaction is None and _decide(1, metrics) >= 2:
+            reaction = time.monotonic() - step_at
+        if reaction is not None and time.monotonic() - step_at > 6.0:
+            break
+        await asyncio.sleep(0.2)
+    high = await reader.read_variant(TARGET)
+    age = time.time() - (high.newest_sample_t or 0.0)
+    await load
+    print(
+        f"\nreaction: load step -> decide() asks for >=2 replicas after {reaction} s "
+        f"(target <= scrape {SCRAPE_S:g} s + 2 s)"
+    )
+    print(
+        f"reader at high load: rate {high.latest_rps} req/s, queue {high.queue_time_s} s, "
+        f"compute {high.compute_time_s} s, pending {high.pending_requests}, "
+        f"sample age {age:.2f} s"
+    )
+    assert all(code == 200 for code in sent)
+    assert reaction is not None
+    assert reaction <= SCRAPE_S + 2.0
+    assert high.latest_rps is not None
+    assert 0.7 * HIGH_RPS <= high.latest_rps <= 1.3 * HIGH_RPS
+    assert high.compute_time_s is not None
+    assert SERVICE_MS / 1000 <= high.compute_time_s <= 5 * SERVICE_MS / 1000
+    assert high.queue_time_s is not None
+    assert high.queue_time_s >= 0.0
+    assert high.pending_requests is not None
+    assert high.newest_sample_t is not None
+    assert age <= 2 * SCRAPE_S + 1.0
+
+
+async def test_killed_target_holds_instead_of_scaling_down(reader: PrometheusReader) -> None:
+    """A separate Triton is scraped, then killed: the series go stale and decide() holds."""
+    other = TritonProcess(MODELS, ["echo_small"]).start()
+    target = VariantTarget(model="echo_small", variant="small", extra_matchers='job="killed"')
+    with PrometheusProcess(
+        {"killed": [f"127.0.0.1:{other.metrics_port}"]}, scrape_interval_s=SCRAPE_S
+    ) as prom:
+        local = PrometheusReader(prom.url, rate_window_s=3.0, series_span_s=10.0, step_s=SCRAPE_S)
+        try:
+            sent: list[int] = []
+            await _paced_load(other.http_url, 5.0, 4.0, sent)
+            alive = await local.read_variant(target)
+            assert alive.problem is None
+            assert alive.latest_rps is not None
+            other.kill()
+            await asyncio.sleep(3 * SCRAPE_S + 1.0)
+            dead = await local.read_variant(target)
+            vi = VariantInput(SETTINGS, dead, 4)
+            decision = decide(ScalingInput.single(PoolInput("it", (vi,))), time.time()).pools["it"]
+            variant = decision.variants[0]
+            print(f"\nafter kill: {variant.reason}")
+            assert variant.held
+            assert variant.desired_replicas == 4
+            assert decision.metrics_held
+            assert "metrics missing" in variant.reason or "metrics stale" in variant.reason
+        finally:
+            await local.aclose()
+            other.stop()
+
+
+async def test_unreachable_prometheus_is_a_problem_not_an_exception() -> None:
+    from modelpool.devcluster.triton import free_port
+
+    r = PrometheusReader(f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
+    try:
+        metrics = await r.read_variant(TARGET)
+    finally:
+        await r.aclose()
+    assert metrics.problem is not None
+    assert "unreachable" in metrics.problem
+
+
+def _triton_counter(metrics_text: str, name: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") and 'model="echo_small"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in Triton metrics")
+
+
+async def test_queue_time_matches_triton_counters(
+    triton: TritonProcess, prometheus: PrometheusProcess
+) -> None:
+    """A burst of 16 concurrent requests queues; the reader's mean queue time equals Triton's own."""
+    window = 8.0
+    reader = PrometheusReader(prometheus.url, rate_window_s=window, series_span_s=10.0, step_s=SCRAPE_S)
+    try:
+        await asyncio.sleep(window + SCRAPE_S)  # let the rate window hold nothing but the burst
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            before = (await client.get(triton.metrics_url)).text
+            codes = await asyncio.gather(*(_send(client, triton.http_url, i) for i in range(16)))
+            after = (await client.get(triton.metrics_url)).text
+        assert codes == [200] * 16
+        done = _triton_counter(after, "nv_inference_request_success") - _triton_counter(
+            before, "nv_inference_request_success"
+        )
+        queue_us = _triton_counter(after, "nv_inference_queue_duration_us") - _triton_counter(
+            before, "nv_inference_queue_duration_us"
+        )
+        truth = queue_us / done / 1e6
+        await asyncio.sleep(2 * SCRAPE_S + 0.5)  # two scrapes after the burst
+        metrics = await reader.read_variant(TARGET)
+    finally:
+        await reader.aclose()
+    print(
+        f"\nqueue time: reader {metrics.queue_time_s} s, Triton counters {truth:.4f} s over {done:.0f} requests"
+    )
+    assert done == 16
+    assert truth > SERVICE_MS / 1000  # 16 requests on one instance really queued
+    assert metrics.queue_time_s is not None
+    assert metrics.queue_time_s == pytest.approx(truth, rel=0.05)
