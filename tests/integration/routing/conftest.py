@@ -56,7 +56,10 @@ def router_config(tritons: dict[str, TritonProcess], mode: str = "weighted", **c
         "breaker": {"failureThreshold": 2, "openSeconds": 0.3, "maxOpenSeconds": 2.0},
     }  # fmt: skip
     for key, value in changes.items():
-        data[key] = copy.deepcopy(value)
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = copy.deepcopy(value)
     return parse_config(data)
 
 

@@ -18,7 +18,9 @@ from .conftest import router_config, text_request
 pytestmark = pytest.mark.triton
 
 SHORT = "card lost"  # echo_small is sure of texts up to 40 characters
-MIDDLE = "please tell me why my card payment was declined yesterday at the supermarket, and what I should do now"
+MIDDLE = (
+    "please tell me why my card payment was declined yesterday at the supermarket, and what I should do now"
+)
 LONG = "why was my transfer of 1,250 EUR reversed after three days, and when will it be refunded?"
 
 
@@ -27,7 +29,9 @@ def _client_infer(port: int, texts: list[str], binary: bool) -> tuple[np.ndarray
     try:
         tensor = triton_http.InferInput("TEXT", [len(texts), 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object), binary_data=binary)
-        outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("PROBABILITIES", "LABEL")]
+        outputs = [
+            triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("PROBABILITIES", "LABEL")
+        ]
         result = client.infer("intents", [tensor], outputs=outputs)
         assert client.is_model_ready("intents")
         assert client.get_model_metadata("intents")["name"] == "intents"
@@ -68,7 +72,9 @@ async def test_cascade_keeps_confident_drafts_and_escalates_unsure(
     assert params["modelpool_escalated"] is True
     assert params["modelpool_draft_confidence"] == pytest.approx(0.4)
     # the client asked for LABEL only: the router fetches PROBABILITIES to decide, then drops it
-    only_label = (await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(SHORT, outputs=["LABEL"]))).json()
+    only_label = (
+        await http.post(f"{router.url}/v2/models/intents/infer", json=text_request(SHORT, outputs=["LABEL"]))
+    ).json()
     assert [o["name"] for o in only_label["outputs"]] == ["LABEL"]
     assert only_label["parameters"]["modelpool_variant"] == "small"
     # binary tensors both ways through tritonclient
@@ -104,7 +110,9 @@ async def test_tiered_routes_by_complexity(
     metrics = (await http.get(f"{router.url}/metrics")).text
     assert 'modelpool_router_complexity_score_count{pool="intents"} 3.0' in metrics
     # a tiered request without TEXT is the client's error
-    bad = await http.post(url, json={"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+    bad = await http.post(
+        url, json={"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    )
     assert bad.status_code == 400
     assert "TEXT" in bad.json()["error"]
 

@@ -77,7 +77,10 @@ def test_tiers_must_ascend_and_end_at_one() -> None:
     tiers = [{"maxComplexity": 0.3, "target": "small"}, {"maxComplexity": 0.9, "target": "large"}]
     assert any("1.0" in p for p in _fields(_with(mode="tiered", tiers=tiers)))
     tiers = [{"maxComplexity": 0.3, "target": "small"}, {"maxComplexity": 1.0, "target": "huge"}]
-    assert any(p.startswith("tiers.1.target") or "tiers.1.target" in p for p in _fields(_with(mode="tiered", tiers=tiers)))
+    assert any(
+        p.startswith("tiers.1.target") or "tiers.1.target" in p
+        for p in _fields(_with(mode="tiered", tiers=tiers))
+    )
     tiers = [{"maxComplexity": 0.3, "target": "small"}, {"maxComplexity": 1.0, "target": "cascade"}]
     assert any("cascade" in p for p in _fields(_with(mode="tiered", tiers=tiers)))
 

@@ -23,7 +23,9 @@ def test_swrr_is_nginx_smooth_and_deterministic() -> None:
     assert [again.pick() for _ in range(7)] == seq
 
 
-@pytest.mark.parametrize("weights", [[("s", 80), ("q", 15), ("l", 5)], [("s", 1), ("l", 1)], [("s", 7), ("l", 0)]])
+@pytest.mark.parametrize(
+    "weights", [[("s", 80), ("q", 15), ("l", 5)], [("s", 1), ("l", 1)], [("s", 7), ("l", 0)]]
+)
 def test_swrr_exact_ratios_over_each_window(weights: list[tuple[str, int]]) -> None:
     swrr = SmoothWeightedRoundRobin(weights)
     total = sum(w for _, w in weights)
@@ -126,8 +128,9 @@ def test_heuristic_scorer_orders_texts() -> None:
     easy, hard = scorer.score(
         [
             "card lost",
-            "I transferred 1,250 EUR on 03/04 from my savings account, but the beneficiary, whose account "
-            "was apparently closed, never received it; could you investigate and explain the reversal timeline?",
+            "I transferred 1,250 EUR on 03/04 from my savings account, but the beneficiary, "
+            "whose account was apparently closed, never received it; could you investigate "
+            "and explain the reversal timeline?",
         ]
     )
     assert 0.0 <= easy < 0.2
@@ -136,9 +139,9 @@ def test_heuristic_scorer_orders_texts() -> None:
 
 
 def test_torch_scorer_factory_errors_name_the_field() -> None:
-    with pytest.raises(ValueError, match="scorer.factory"):
+    with pytest.raises(ValueError, match=r"scorer\.factory"):
         load_scorer(ScorerConfig(kind="torch", path="/x", factory="no_such_module_xyz:load"))
-    with pytest.raises(ValueError, match="scorer.factory"):
+    with pytest.raises(ValueError, match=r"scorer\.factory"):
         load_scorer(ScorerConfig(kind="torch", path="/x", factory="json:no_such_callable"))
 
 
@@ -154,7 +157,8 @@ def test_ready_urls_from_slices() -> None:
                 {"addresses": ["10.0.0.4"]},
             ],
         },
-        {"addressType": "FQDN", "ports": [{"name": "http", "port": 8000}], "endpoints": [{"addresses": ["x.y"]}]},
+        {"addressType": "FQDN", "ports": [{"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["x.y"]}]},
         {"addressType": "IPv6", "ports": [{"name": "http", "port": 8000}],
          "endpoints": [{"addresses": ["fd00::5"], "conditions": {"ready": True}}]},
     ]  # fmt: skip

@@ -45,8 +45,14 @@ def test_json_request_texts() -> None:
         (_req([{**TEXT, "shape": [-1, 1]}]), r"inputs\[0\].shape: dimensions must be >= 0"),
         (_req([{**TEXT, "shape": [3, 1]}]), r"shape \[3, 1\] needs 3 elements, data has 2"),
         (_req([{**TEXT, "data": ["a", 5]}]), "does not match datatype BYTES"),
-        (_req([{"name": "X", "datatype": "FP32", "shape": [1], "data": ["a"]}]), "does not match datatype FP32"),
-        (_req([{"name": "X", "datatype": "INT64", "shape": [1], "data": [1.5]}]), "does not match datatype INT64"),
+        (
+            _req([{"name": "X", "datatype": "FP32", "shape": [1], "data": ["a"]}]),
+            "does not match datatype FP32",
+        ),
+        (
+            _req([{"name": "X", "datatype": "INT64", "shape": [1], "data": [1.5]}]),
+            "does not match datatype INT64",
+        ),
         (_req([{"name": "X", "datatype": "FP32", "shape": [1]}]), r"inputs\[0\].data: missing"),
         (_req([TEXT], outputs="PROBABILITIES"), "outputs: must be a list"),
         (_req([TEXT], parameters=[1]), "parameters: must be an object"),
@@ -69,7 +75,7 @@ def _binary_text_request(texts: list[str]) -> tuple[bytes, int]:
 def test_binary_request_texts_and_size_checks() -> None:
     raw, hl = _binary_text_request(["héllo", "", "abc"])
     assert request_texts(parse_request(raw, hl)) == ["héllo", "", "abc"]
-    with pytest.raises(BadRequest, match="body has|the body has"):
+    with pytest.raises(BadRequest, match=r"the body has \d+"):
         parse_request(raw + b"extra", hl)
     with pytest.raises(BadRequest, match="Inference-Header-Content-Length"):
         parse_request(raw, len(raw) + 1)
@@ -83,9 +89,13 @@ def test_binary_request_texts_and_size_checks() -> None:
 
 def test_texts_missing_or_wrong_type() -> None:
     with pytest.raises(BadRequest, match="routes by input 'TEXT'"):
-        request_texts(parse_request(_req([{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]), None))
+        request_texts(
+            parse_request(_req([{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]), None)
+        )
     with pytest.raises(BadRequest, match="TEXT must be BYTES"):
-        request_texts(parse_request(_req([{"name": "TEXT", "datatype": "INT8", "shape": [1], "data": [1]}]), None))
+        request_texts(
+            parse_request(_req([{"name": "TEXT", "datatype": "INT8", "shape": [1], "data": [1]}]), None)
+        )
 
 
 def _json_response(probs: list[list[float]]) -> bytes:
@@ -108,7 +118,8 @@ def test_binary_response_confidence_drop_and_annotate() -> None:
     head = json.dumps(
         {"model_name": "m", "outputs": [
             {"name": "LABEL", "datatype": "INT64", "shape": [2, 1], "parameters": {"binary_data_size": 16}},
-            {"name": "PROBABILITIES", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}}]}
+            {"name": "PROBABILITIES", "datatype": "FP32", "shape": [2, 2],
+             "parameters": {"binary_data_size": 16}}]}
     ).encode()  # fmt: skip
     body = parse_response(head + label.tobytes() + probs.tobytes(), len(head))
     assert confidence(body) == pytest.approx(0.8)

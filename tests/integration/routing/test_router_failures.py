@@ -1,0 +1,112 @@
+"""Failure handling against real tritonservers: killed replicas, timeouts, nothing to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from modelpool.devcluster.triton import TritonProcess, free_port
+
+from .conftest import MODELS, router_config, text_request
+
+pytestmark = pytest.mark.triton
+
+
+async def _load(client: httpx.AsyncClient, url: str, n: int, concurrency: int) -> list[httpx.Response]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> httpx.Response:
+        async with sem:
+            return await client.post(url, json=text_request(f"request {i}"))
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def test_killed_replicas_lose_no_request_and_come_back(
+    make_router: Any, http: httpx.AsyncClient
+) -> None:
+    small_a = TritonProcess(MODELS, ["echo_small"]).start()
+    small_b = TritonProcess(MODELS, ["echo_small"]).start()
+    large = TritonProcess(MODELS, ["echo_large"]).start()
+    procs = {"small_a": small_a, "small_b": small_b, "large": large}
+    try:
+        router = await make_router(router_config(procs, "weighted"))
+        url = f"{router.url}/v2/models/intents/infer"
+        load = asyncio.ensure_future(_load(http, url, 300, 8))
+        await asyncio.sleep(0.3)
+        small_a.kill()  # one replica of small dies mid-load
+        await asyncio.sleep(0.3)
+        small_b.kill()  # now the whole small variant is gone: large must answer
+        responses = await load
+        failed = [(r.status_code, r.text) for r in responses if r.status_code != 200]
+        assert failed == []
+        by_variant = Counter(r.headers["x-modelpool-variant"] for r in responses)
+        assert by_variant["large"] > 75  # took over small's share
+        status = (
+            await http.get(
+                f"{router.url}/admin/config", headers={"Authorization": "Bearer s3cret-admin-token"}
+            )
+        ).json()
+        assert {e["breaker"] for e in status["variants"]["small"]} == {"open"}
+        metrics = (await http.get(f"{router.url}/metrics")).text
+        assert (
+            'modelpool_router_upstream_errors_total{kind="connect",pool="intents",variant="small"}' in metrics
+        )
+        # a replica comes back on the same port: the probe lets it back in
+        small_a.stop()
+        revived = TritonProcess(MODELS, ["echo_small"], http_port=small_a.http_port).start()
+        procs["revived"] = revived
+        deadline = time.monotonic() + 15
+        seen: Counter[str] = Counter()
+        while time.monotonic() < deadline and seen["small"] == 0:
+            await asyncio.sleep(0.2)
+            resp = await http.post(url, json=text_request("back?"))
+            assert resp.status_code == 200
+            seen[resp.headers["x-modelpool-variant"]] += 1
+        assert seen["small"] > 0, "the revived replica was never probed back in"
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+async def test_timeouts_give_504_and_nothing_reachable_gives_503(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    variants = router_config(tritons).to_json()["variants"]
+    for v in variants:
+        v["timeoutMs"] = 200
+    router = await make_router(router_config(tritons, "weighted", variants=variants))
+    started = time.monotonic()
+    slow = await http.post(f"{router.url}/v2/models/intents/infer", json=text_request("sleep:600:slow"))
+    elapsed = time.monotonic() - started
+    assert slow.status_code == 504
+    assert "timed out" in slow.json()["error"]
+    assert elapsed < 3 * 0.2 + 1.0  # bounded by attempts x timeout, never a hang
+    await asyncio.sleep(1.0)  # let the sleeping model instances finish
+    dead = free_port()
+    variants = [{**variants[0], "endpoints": [f"http://127.0.0.1:{dead}"]}]
+    down = await make_router(
+        router_config(tritons, "weighted", variants=variants, pool="down", cascade=None, tiers=None)
+    )
+    resp = await http.post(f"{down.url}/v2/models/intents/infer", json=text_request("hello"))
+    assert resp.status_code == 503
+    assert "cannot connect" in resp.json()["error"]
+    assert (await http.get(f"{down.url}/v2/models/intents/ready")).status_code in (200, 503)
+
+
+async def test_cascade_keeps_draft_answer_when_verifier_is_down(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    variants = router_config(tritons).to_json()["variants"]
+    variants[1]["endpoints"] = [f"http://127.0.0.1:{free_port()}"]
+    router = await make_router(router_config(tritons, "cascade", variants=variants))
+    resp = await http.post(f"{router.url}/v2/models/intents/infer", json=text_request("x" * 80))
+    assert resp.status_code == 200
+    params = resp.json()["parameters"]
+    assert params["modelpool_variant"] == "small"
+    assert params["modelpool_escalation_failed"] is True

@@ -1,0 +1,217 @@
+"""Bad input, fuzzing, the admin API and the CLI, against real tritonservers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelpool.devcluster.triton import TritonProcess, free_port
+
+from .conftest import TOKEN, router_config, text_request
+
+pytestmark = pytest.mark.triton
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPO = Path(__file__).resolve().parents[3]
+
+
+async def test_bad_input_gets_4xx_naming_the_problem(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "weighted", maxBodyBytes=4096))
+    url = f"{router.url}/v2/models/intents/infer"
+    cases: list[tuple[Any, int, str]] = [
+        (b"{not json", 400, "malformed JSON"),
+        ({"inputs": [{"name": "TEXT", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}, 400, "TEXT"),
+        (
+            {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2, 1], "data": ["a"]}]},
+            400,
+            "shape [2, 1]",
+        ),
+        ({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, 400, "TEXT"),
+        (
+            {"inputs": [{"name": "TEXT", "datatype": "WORDS", "shape": [1, 1], "data": ["a"]}]},
+            400,
+            "datatype",
+        ),
+        ({"inputs": [{"name": "NOPE", "datatype": "BYTES", "shape": [1, 1], "data": ["a"]}]}, 400, "NOPE"),
+    ]
+    for body, status, needle in cases:
+        resp = await (http.post(url, content=body) if isinstance(body, bytes) else http.post(url, json=body))
+        assert resp.status_code == status, (body, resp.text)
+        assert needle in resp.json()["error"], (body, resp.text)
+    unknown = await http.post(f"{router.url}/v2/models/nosuch/infer", json=text_request("hi"))
+    assert unknown.status_code == 404
+    assert "unknown model 'nosuch'" in unknown.json()["error"]
+    big = await http.post(url, json=text_request("x" * 5000))
+    assert big.status_code == 413
+    assert "limit of 4096 bytes" in big.json()["error"]
+    ok = await http.post(url, json=text_request("still fine"))
+    assert ok.status_code == 200
+
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=8)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=8,
+)
+_texts = st.text(max_size=60).filter(
+    lambda t: not t.startswith(("fail:", "sleep:"))
+)  # the fixture's test hooks
+_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["TEXT", "OTHER", ""]),
+        "datatype": st.sampled_from(["BYTES", "FP32", "INT64", "BOOL", "nope"]),
+        "shape": st.lists(st.integers(-1, 3), max_size=3),
+        "data": st.one_of(st.lists(_texts, max_size=3), st.lists(st.integers(), max_size=3), _json),
+    }
+)
+_bodies = st.one_of(
+    st.binary(max_size=200),
+    _json.map(lambda v: json.dumps(v).encode()),
+    st.builds(lambda ts: json.dumps({"inputs": ts}).encode(), st.lists(_tensor, max_size=2)),
+    st.builds(lambda t: json.dumps(text_request(t)).encode(), _texts),
+)
+
+
+def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess]) -> None:
+    """Random bodies and headers against a router in its own process: no 5xx, no crash."""
+    config = router_config(tritons, "cascade")
+    with _router_process(config) as port, httpx.Client(timeout=10.0) as client:
+        url = f"http://127.0.0.1:{port}/v2/models/intents/infer"
+
+        @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(body=_bodies, header_length=st.one_of(st.none(), st.integers(-3, 250)))
+        def check(body: bytes, header_length: int | None) -> None:
+            headers = {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+            resp = client.post(url, content=body, headers=headers)
+            assert resp.status_code < 500, (body, headers, resp.text)
+
+        check()
+        assert client.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200
+
+
+class _router_process:  # used as a context manager
+    """``python -m modelpool.routing serve`` in a subprocess."""
+
+    def __init__(self, config: Any, token_file: Path | None = None) -> None:
+        self.config = config
+        self.token_file = token_file
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> int:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.write(fd, json.dumps(self.config.to_json()).encode())
+        os.close(fd)
+        self.path = Path(path)
+        cmd = [sys.executable, "-m", "modelpool.routing", "serve", "--config", path, "--port", str(self.port)]
+        if self.token_file is not None:
+            cmd += ["--admin-token-file", str(self.token_file)]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready").status_code == 200:
+                    return self.port
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("router did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=10) == 0
+        self.path.unlink(missing_ok=True)
+
+
+async def test_admin_push_accepts_good_and_keeps_old_on_bad(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    router = await make_router(router_config(tritons, "weighted"))
+    admin = f"{router.url}/admin/config"
+    url = f"{router.url}/v2/models/intents/infer"
+
+    async def split(n: int) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for _ in range(n):
+            v = (await http.post(url, json=text_request("hi"))).headers["x-modelpool-variant"]
+            seen[v] = seen.get(v, 0) + 1
+        return seen
+
+    assert (await http.get(admin)).status_code == 401
+    assert (await http.get(admin, headers={"Authorization": "Bearer wrong"})).status_code == 401
+    assert (await http.get(admin, headers=AUTH)).json()["generation"] == 1
+    good = router_config(tritons, "weighted").to_json()
+    good["generation"] = 2
+    good["variants"][0]["weight"], good["variants"][1]["weight"] = 1, 1
+    pushed = await http.put(admin, headers=AUTH, json=good)
+    assert pushed.status_code == 200, pushed.text
+    assert pushed.json() == {"generation": 2, "changed": True}
+    assert await split(10) == {"small": 5, "large": 5}
+    bad = json.loads(json.dumps(good))
+    bad["generation"] = 3
+    bad["variants"][0]["weight"] = -2
+    rejected = await http.put(admin, headers=AUTH, json=bad)
+    assert rejected.status_code == 422
+    assert rejected.json()["problems"][0]["field"] == "variants.0.weight"
+    for w in bad["variants"]:
+        w["weight"] = 0
+    assert "all weights are 0" in (await http.put(admin, headers=AUTH, json=bad)).json()["error"]
+    bad["variants"][0]["weight"] = 1
+    bad["cascade"] = {"draft": "tiny", "verifier": "large"}
+    assert "cascade.draft" in (await http.put(admin, headers=AUTH, json=bad)).json()["error"]
+    stale = {**good, "generation": 1}
+    assert (await http.put(admin, headers=AUTH, json=stale)).status_code == 409
+    assert (await http.put(admin, headers={"Authorization": "Bearer nope"}, json=good)).status_code == 401
+    assert (await http.get(admin, headers=AUTH)).json()["generation"] == 2
+    assert await split(10) == {"small": 5, "large": 5}  # the old (generation 2) weights stay
+    assert (await http.put(admin, headers=AUTH, json=good)).json() == {"generation": 2, "changed": False}
+    metrics = (await http.get(f"{router.url}/metrics")).text
+    assert 'modelpool_router_config_generation{pool="intents"} 2.0' in metrics
+
+
+def test_cli_serves_with_token_file_and_refuses_bad_config(
+    tritons: dict[str, TritonProcess], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with _router_process(router_config(tritons, "weighted"), token_file) as port:
+        resp = httpx.post(f"http://127.0.0.1:{port}/v2/models/intents/infer", json=text_request("hi"))
+        assert resp.status_code == 200
+        status = httpx.get(f"http://127.0.0.1:{port}/admin/config", headers=AUTH)
+        assert status.json()["pool"] == "intents"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generation: 1\npool: p\nmode: weighted\nmodelName: m\nvariants: []\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+    run = subprocess.run(
+        [sys.executable, "-m", "modelpool.routing", "serve", "--config", str(bad), "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "variants" in run.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "modelpool.routing", "check-config", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 2
+    assert check.stderr.startswith("variants:")
