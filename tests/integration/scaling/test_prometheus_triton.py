@@ -215,7 +215,8 @@ async def test_queue_time_matches_triton_counters(
     finally:
         await reader.aclose()
     print(
-        f"\nqueue time: reader {metrics.queue_time_s} s, Triton counters {truth:.4f} s over {done:.0f} requests"
+        f"\nqueue time: reader {metrics.queue_time_s} s, "
+        f"Triton counters {truth:.4f} s over {done:.0f} requests"
     )
     assert done == 16
     assert truth > SERVICE_MS / 1000  # 16 requests on one instance really queued

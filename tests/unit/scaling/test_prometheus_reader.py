@@ -1,0 +1,116 @@
+"""PromQL templates and reader error handling (HTTP faked with httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from modelpool.devcluster.prometheus import prometheus_config
+from modelpool.scaling.prometheus_reader import (
+    PrometheusReader,
+    QueryTemplates,
+    VariantTarget,
+    series_query,
+)
+
+TARGET = VariantTarget(model="small", variant="small", extra_matchers='namespace="prod"')
+
+
+def test_default_templates_render_triton_and_router_queries() -> None:
+    t = QueryTemplates()
+    values = {"selector": TARGET.selector, "router_selector": TARGET.router_selector, "window": "6000ms"}
+    assert t.render("served_rate", **values) == (
+        'sum(rate(nv_inference_request_success{model="small",namespace="prod"}[6000ms]))'
+    )
+    assert 'modelpool_router_requests_total{variant="small",namespace="prod"}' in t.render(
+        "router_rate", **values
+    )
+    assert "nv_inference_queue_duration_us" in t.render("queue_time_s", **values)
+    assert "nv_inference_compute_infer_duration_us" in t.render("compute_time_s", **values)
+    assert (
+        t.render("pending", **values)
+        == 'sum(nv_inference_pending_request_count{model="small",namespace="prod"})'
+    )
+    assert series_query("up", "30000ms", "2000ms") == "(up)[30000ms:2000ms]"
+
+
+def test_bad_template_placeholder_names_the_field() -> None:
+    t = QueryTemplates(pending="sum(x{$selectr})")
+    with pytest.raises(ValueError, match="'pending' has an unknown or malformed placeholder"):
+        t.render("pending", selector="a", router_selector="b", window="1s")
+
+
+def _prometheus(handler: httpx.MockTransport) -> PrometheusReader:
+    return PrometheusReader("http://prom.invalid", client=httpx.AsyncClient(transport=handler))
+
+
+async def test_reader_assembles_metrics_and_prefers_router_series() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        q = request.url.params["query"]
+        if q.startswith("(sum(rate(modelpool_router_requests_total"):
+            result = [{"metric": {}, "values": [[100, "4"], [102, "6"], [104, "NaN"]]}]
+        elif q.startswith("(sum(rate(nv_inference_request_success"):
+            result = [{"metric": {}, "values": [[100, "3"], [102, "5"]]}]
+        elif "queue_duration" in q:
+            result = [{"metric": {}, "value": [104, "0.25"]}]
+        elif "compute_infer" in q:
+            result = [{"metric": {}, "value": [104, "0.05"]}]
+        elif "pending" in q:
+            result = [{"metric": {}, "value": [104, "7"]}]
+        elif "timestamp" in q:
+            result = [{"metric": {}, "value": [104, "103.5"]}]
+        else:
+            raise AssertionError(q)
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "x", "result": result}})
+
+    reader = _prometheus(httpx.MockTransport(answer))
+    m = await reader.read_variant(TARGET)
+    assert m.problem is None
+    assert [p.rps for p in m.rate_series] == [4.0, 6.0]
+    assert m.router_rps == 6.0
+    assert (m.queue_time_s, m.compute_time_s, m.pending_requests, m.newest_sample_t) == (
+        0.25,
+        0.05,
+        7.0,
+        103.5,
+    )
+
+
+async def test_reader_falls_back_to_served_rate_without_router() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        q = request.url.params["query"]
+        result = (
+            [{"metric": {}, "values": [[100, "3"], [102, "5"]]}]
+            if "nv_inference_request_success" in q and q.startswith("(")
+            else []
+        )
+        return httpx.Response(200, json={"status": "success", "data": {"result": result}})
+
+    m = await _prometheus(httpx.MockTransport(answer)).read_variant(TARGET)
+    assert m.router_rps is None
+    assert m.latest_rps == 5.0
+    assert m.newest_sample_t is None  # -> decide() holds with "no sample timestamp"
+
+
+async def test_query_error_becomes_problem() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
+        return httpx.Response(400, content=json.dumps(body))
+
+    m = await _prometheus(httpx.MockTransport(answer)).read_variant(TARGET)
+    assert m.problem is not None
+    assert "bad_data parse error at char 5" in m.problem
+
+
+def test_prometheus_config_and_bad_target() -> None:
+    cfg = prometheus_config({"triton": ["127.0.0.1:8002"]}, 0.5)
+    assert cfg["global"] == {
+        "scrape_interval": "500ms",
+        "evaluation_interval": "500ms",
+        "scrape_timeout": "500ms",
+    }
+    assert cfg["scrape_configs"][0]["static_configs"] == [{"targets": ["127.0.0.1:8002"]}]  # type: ignore[index]
+    with pytest.raises(ValueError, match="must be host:port"):
+        prometheus_config({"triton": ["localhost"]}, 1.0)

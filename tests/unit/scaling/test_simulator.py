@@ -1,0 +1,109 @@
+"""Simulator and baselines on small hand-made traces (the decision code is the real one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelpool.scaling import VariantSettings
+from modelpool.scaling.baselines import HpaPolicy, OraclePolicy, StaticPolicy, need_per_second
+from modelpool.scaling.simulator import (
+    DecidePolicy,
+    Observation,
+    RatePoint,
+    ServiceModel,
+    SimConfig,
+    TraceRequest,
+    load_trace,
+    reaction_times,
+    simulate,
+)
+
+SERVICE = ServiceModel(0.1, 0.0, 0.0)  # 10 req/s per replica
+
+
+def step_trace(
+    low: float = 2.0, high: float = 30.0, switch: float = 60.0, end: float = 120.0
+) -> list[TraceRequest]:
+    out, t = [], 0.0
+    while t < end:
+        out.append(TraceRequest(t, 100, 10))
+        t += 1.0 / (low if t < switch else high)
+    return out
+
+
+def test_static_enough_replicas_meet_slo_and_count_gpu_time() -> None:
+    cfg = SimConfig(latency_slo_s=1.0, initial_replicas=5)
+    r = simulate(step_trace(), SERVICE, cfg, StaticPolicy(5))
+    assert r.requests == len(step_trace())
+    assert r.attainment == 1.0
+    assert r.gpu_hours == pytest.approx(5 * r.duration_s / 3600, rel=0.01)
+    assert r.scale_actions == 0
+
+
+def test_one_replica_overloads_and_requests_are_never_dropped() -> None:
+    r = simulate(step_trace(), SERVICE, SimConfig(latency_slo_s=1.0), StaticPolicy(1))
+    assert r.requests == len(step_trace())
+    assert r.attainment < 0.6
+
+
+def test_decide_policy_scales_up_fast_and_reacts_within_a_scrape() -> None:
+    settings = VariantSettings(
+        name="v", capacity_per_replica_rps=10.0, max_replicas=20, target_queue_time_s=0.5
+    )
+    cfg = SimConfig(latency_slo_s=1.0, startup_delay_s=2.0, scrape_interval_s=1.0, rate_window_s=3.0)
+    trace = step_trace()
+    r = simulate(trace, SERVICE, cfg, DecidePolicy(settings, 1.0))
+    assert max(n for _, n in r.desired_timeline) >= 4
+    first_up = next(t for t, n in r.desired_timeline if t >= 60.0 and n >= 2)
+    assert first_up - 60.0 <= cfg.scrape_interval_s + 2.0
+    assert all(x <= cfg.scrape_interval_s + 2.0 for x in reaction_times(r, trace, 10.0))
+    hpa = simulate(trace, SERVICE, cfg, HpaPolicy(7.0))
+    assert r.violations < hpa.violations
+
+
+def test_hpa_formula_tolerance_and_rate_limit() -> None:
+    hpa = HpaPolicy(target_rps_per_replica=10.0)
+
+    def obs(rps: float) -> Observation:
+        return Observation(0.0, (RatePoint(0.0, rps),), (), None, None, 0, 1)
+
+    assert hpa.desired(obs(25.0), 0.0, 2) == 3  # ceil(2 * 25/20)
+    assert HpaPolicy(10.0).desired(obs(20.5), 0.0, 2) == 2  # within 10% tolerance
+    assert HpaPolicy(10.0).desired(obs(500.0), 0.0, 2) == 6  # max(2x, +4) per period
+    down = HpaPolicy(10.0)
+    assert down.desired(obs(60.0), 0.0, 6) == 6
+    assert down.desired(obs(5.0), 15.0, 6) == 6  # 300 s scale-down window
+    assert down.desired(obs(5.0), 320.0, 6) == 1
+
+
+def test_oracle_scales_ahead_by_startup_delay() -> None:
+    trace = step_trace()
+    need = need_per_second(trace, 10.0, 1, 0.5, 0.99, 20)
+    oracle = OraclePolicy(need, startup_delay_s=5.0)
+    cfg = SimConfig(latency_slo_s=1.0, startup_delay_s=5.0)
+    r = simulate(trace, SERVICE, cfg, oracle)
+    first_up = next(
+        t for (t, n), (_, p) in zip(r.desired_timeline[1:], r.desired_timeline, strict=False) if n > p
+    )
+    assert first_up < 60.0
+    assert r.attainment > 0.99
+
+
+def test_load_trace_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> None:
+    good = tmp_path / "t.csv"
+    good.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:17:04.0319600,3180,8\n2023-11-16 18:17:03.9799600,4808,10\n"
+    )
+    trace = load_trace(good)
+    assert [(round(r.arrival_s, 3), r.context_tokens) for r in trace] == [(0.0, 4808), (0.052, 3180)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens\n2023-11-16 18:17:04,1\n")
+    with pytest.raises(ValueError, match="missing columns \\['GeneratedTokens'\\]"):
+        load_trace(bad)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n")
+    with pytest.raises(ValueError, match="line 2"):
+        load_trace(broken)
