@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelpool.devcluster.triton import TritonProcess, free_port
+from modelpool.devcluster.triton import TritonProcess
+from modelpool.routing.process import RouterProcess
 
 from .conftest import TOKEN, router_config, text_request
 
@@ -91,8 +90,8 @@ _bodies = st.one_of(
 def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess]) -> None:
     """Random bodies and headers against a router in its own process: no 5xx, no crash."""
     config = router_config(tritons, "cascade")
-    with _router_process(config) as port, httpx.Client(timeout=10.0) as client:
-        url = f"http://127.0.0.1:{port}/v2/models/intents/infer"
+    with RouterProcess(config) as router, httpx.Client(timeout=10.0) as client:
+        url = f"{router.url}/v2/models/intents/infer"
 
         @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(body=_bodies, header_length=st.one_of(st.none(), st.integers(-3, 250)))
@@ -102,44 +101,8 @@ def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess]) -> Non
             assert resp.status_code < 500, (body, headers, resp.text)
 
         check()
-        assert client.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200
-
-
-class _router_process:  # used as a context manager
-    """``python -m modelpool.routing serve`` in a subprocess."""
-
-    def __init__(self, config: Any, token_file: Path | None = None) -> None:
-        self.config = config
-        self.token_file = token_file
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> int:
-        import tempfile
-
-        fd, path = tempfile.mkstemp(suffix=".json")
-        os.write(fd, json.dumps(self.config.to_json()).encode())
-        os.close(fd)
-        self.path = Path(path)
-        cmd = [sys.executable, "-m", "modelpool.routing", "serve", "--config", path, "--port", str(self.port)]
-        if self.token_file is not None:
-            cmd += ["--admin-token-file", str(self.token_file)]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready").status_code == 200:
-                    return self.port
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("router did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=10) == 0
-        self.path.unlink(missing_ok=True)
+        assert client.get(f"{router.url}/v2/health/live").status_code == 200
+    assert router.stop() == 0  # a clean exit: it never crashed
 
 
 async def test_admin_push_accepts_good_and_keeps_old_on_bad(
@@ -191,13 +154,12 @@ async def test_admin_push_accepts_good_and_keeps_old_on_bad(
 def test_cli_serves_with_token_file_and_refuses_bad_config(
     tritons: dict[str, TritonProcess], tmp_path: Path
 ) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    with _router_process(router_config(tritons, "weighted"), token_file) as port:
-        resp = httpx.post(f"http://127.0.0.1:{port}/v2/models/intents/infer", json=text_request("hi"))
+    with RouterProcess(router_config(tritons, "weighted"), admin_token=TOKEN) as router:
+        resp = httpx.post(f"{router.url}/v2/models/intents/infer", json=text_request("hi"))
         assert resp.status_code == 200
-        status = httpx.get(f"http://127.0.0.1:{port}/admin/config", headers=AUTH)
+        status = httpx.get(f"{router.url}/admin/config", headers=AUTH)
         assert status.json()["pool"] == "intents"
+    assert router.stop() == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("generation: 1\npool: p\nmode: weighted\nmodelName: m\nvariants: []\n")
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
