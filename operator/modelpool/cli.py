@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,10 @@ def _devcluster(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
+    if args.prometheus_url:
+        os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
+    if args.metrics_port:
+        os.environ["MODELPOOL_METRICS_PORT"] = str(args.metrics_port)
     importlib.import_module("modelpool.controllers.handlers")
     kopf.configure(verbose=args.verbose)
     kopf.run(
@@ -93,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
     op.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8081/healthz")
     op.add_argument("--verbose", action="store_true")
+    op.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus for pools that do not name one (live-metrics scaling)",
+    )
+    op.add_argument(
+        "--metrics-port", type=int, default=None, help="serve the operator's own /metrics on this port"
+    )
     op.set_defaults(func=_operator)
 
     demo = sub.add_parser("demo", help="local demo on the embedded default cluster")

@@ -15,14 +15,17 @@ from typing import Any
 
 import httpx
 import kopf
+import prometheus_client
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
+from modelpool.controllers.scaling_planner import ScalingPlanner
 from modelpool.controllers.triggers import Triggers
 from modelpool.kube import KubeClient
+from modelpool.scaling.metrics import observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
 ERROR_BACKOFF_SECONDS = 5.0
@@ -30,6 +33,8 @@ ERROR_BACKOFF_SECONDS = 5.0
 TRIGGERS = Triggers()
 POLICY_TRIGGERS = Triggers()
 ROUTER_LABEL = "modelpool.dev/router"
+METRICS_PORT_ENV = "MODELPOOL_METRICS_PORT"
+METRICS_ADDR_ENV = "MODELPOOL_METRICS_ADDR"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
@@ -46,6 +51,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 150
     memo["kube"] = KubeClient.from_environment()
     memo["http"] = httpx.AsyncClient(timeout=PUSH_TIMEOUT_SECONDS)
+    memo["planner"] = ScalingPlanner()
+    metrics_port = os.environ.get(METRICS_PORT_ENV)
+    if metrics_port:
+        prometheus_client.start_http_server(
+            int(metrics_port), addr=os.environ.get(METRICS_ADDR_ENV, "0.0.0.0")
+        )
 
 
 @kopf.on.cleanup()
@@ -56,6 +67,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     http = memo.get("http")
     if isinstance(http, httpx.AsyncClient):
         await http.aclose()
+    planner = memo.get("planner")
+    if isinstance(planner, ScalingPlanner):
+        await planner.close()
 
 
 @kopf.on.event(GROUP, VERSION, "modelpools")
@@ -90,9 +104,12 @@ async def _reconcile_loop(
     body: kopf.Body,
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
-    reconcile: Callable[[EventSink], Awaitable[object | None]],
+    reconcile: Callable[[EventSink], Awaitable[float | None]],
 ) -> None:
-    """Run ``reconcile`` when poked or every RESYNC_SECONDS until the object is gone."""
+    """Run ``reconcile`` when poked, when it asks (seconds it returns) or every RESYNC_SECONDS.
+
+    ``reconcile`` returns None once the object is gone, which ends the loop.
+    """
 
     def emit(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
@@ -103,8 +120,10 @@ async def _reconcile_loop(
             trigger.clear()
             delay = RESYNC_SECONDS
             try:
-                if await reconcile(emit) is None:
+                wanted = await reconcile(emit)
+                if wanted is None:
                     return
+                delay = min(RESYNC_SECONDS, max(wanted, 0.5))
             except Exception as err:  # keep the loop alive, report, retry with backoff
                 logger.exception("reconcile of %s/%s failed", namespace, name)
                 emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
@@ -125,10 +144,15 @@ async def run_pool(
     **_: Any,
 ) -> None:
     kube: KubeClient = memo["kube"]
+    planner: ScalingPlanner = memo["planner"]
     ns = namespace or ""
-    await _reconcile_loop(
-        TRIGGERS, ns, name, body, logger, stopped, lambda emit: reconcile_pool(kube, ns, name, emit)
-    )
+
+    async def once(emit: EventSink) -> float | None:
+        with observe_reconcile("modelpool"):
+            result = await reconcile_pool(kube, ns, name, emit, planner=planner)
+        return None if result is None else (result.next_in or RESYNC_SECONDS)
+
+    await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
 
 
 @kopf.daemon(GROUP, VERSION, "routingpolicies", cancellation_timeout=10.0)
@@ -144,12 +168,10 @@ async def run_policy(
     kube: KubeClient = memo["kube"]
     http: httpx.AsyncClient = memo["http"]
     ns = namespace or ""
-    await _reconcile_loop(
-        POLICY_TRIGGERS,
-        ns,
-        name,
-        body,
-        logger,
-        stopped,
-        lambda emit: reconcile_policy(kube, http, ns, name, emit),
-    )
+
+    async def once(emit: EventSink) -> float | None:
+        with observe_reconcile("routingpolicy"):
+            result = await reconcile_policy(kube, http, ns, name, emit)
+        return None if result is None else RESYNC_SECONDS
+
+    await _reconcile_loop(POLICY_TRIGGERS, ns, name, body, logger, stopped, once)

@@ -24,17 +24,17 @@ from modelpool.builders.triton import (
     MANAGED_BY,
     build_deployment,
     build_service,
+    child_name,
     is_subset,
 )
 from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, rejected_status
+from modelpool.controllers.scaling_planner import ScalingOutcome, ScalingPlanner
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
 logger = logging.getLogger(__name__)
 
 # (type, reason, message) -> posted as a Kubernetes Event on the pool.
 EventSink = Callable[[str, str, str], None]
-# Decides replicas per variant (the autoscaler plugs in here).
-ReplicaPlanner = Callable[[ModelPoolSpec, ModelPoolStatus | None], Mapping[str, ReplicaPlan]]
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,23 @@ def _owned_by(obj: Obj, uid: str) -> bool:
 
 
 async def converge_child(
-    kube: KubeClient, kind: ChildKind, manifest: Obj, uid: str, emit: EventSink, issues: ChildIssues
+    kube: KubeClient,
+    kind: ChildKind,
+    manifest: Obj,
+    uid: str,
+    emit: EventSink,
+    issues: ChildIssues,
+    listed: Mapping[str, Obj],
 ) -> Obj | None:
-    """Create the child if missing, correct it if it drifted, leave it alone otherwise."""
+    """Create the child if missing, correct it if it drifted, leave it alone otherwise.
+
+    ``listed`` holds the pool's children found by label; a name missing there is looked up
+    directly, so an object of someone else's that happens to have the name is never taken over.
+    """
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"]["namespace"]
     path = resource_path(kind.api_version, kind.plural, namespace, name)
-    live = await kube.get(path)
+    live = listed[name] if name in listed else await kube.get(path)
     if live is not None and not _owned_by(live, uid):
         issues.conflicts.append(
             f"{kind.kind} {name} exists and is not owned by this pool; "
@@ -108,17 +118,42 @@ async def converge_child(
     if is_subset(manifest, live):
         return live
     corrected = await kube.apply(path, manifest)
-    emit("Normal", "Updated", f"updated {kind.kind} {name} to match the pool's spec")
+    if not _only_replicas_differ(manifest, live):
+        emit("Normal", "Updated", f"updated {kind.kind} {name} to match the pool's spec")
     return corrected
 
 
+def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:
+    """A scaling action (reported by its own Event), not a spec correction."""
+    if "replicas" not in manifest.get("spec", {}):
+        return False
+    without = {**manifest, "spec": {k: v for k, v in manifest["spec"].items() if k != "replicas"}}
+    return is_subset(without, live)
+
+
+async def list_children(kube: KubeClient, namespace: str, pool: str) -> dict[str, dict[str, Obj]]:
+    """The pool's Deployments and Services by kind and name (one LIST each)."""
+    selector = f"{LABEL_POOL}={pool},app.kubernetes.io/managed-by={MANAGED_BY}"
+    return {
+        kind.kind: {
+            obj["metadata"]["name"]: obj
+            for obj in await kube.list(resource_path(kind.api_version, kind.plural, namespace), selector)
+        }
+        for kind in (DEPLOYMENT, SERVICE)
+    }
+
+
 async def prune_removed(
-    kube: KubeClient, namespace: str, pool: str, uid: str, keep: set[str], emit: EventSink
+    kube: KubeClient,
+    namespace: str,
+    uid: str,
+    keep: set[str],
+    emit: EventSink,
+    children: Mapping[str, Mapping[str, Obj]],
 ) -> None:
     """Delete children of variants that are no longer in the spec (and only ours)."""
-    selector = f"{LABEL_POOL}={pool},app.kubernetes.io/managed-by={MANAGED_BY}"
     for kind in (DEPLOYMENT, SERVICE):
-        for obj in await kube.list(resource_path(kind.api_version, kind.plural, namespace), selector):
+        for obj in children[kind.kind].values():
             variant = obj["metadata"].get("labels", {}).get(LABEL_VARIANT)
             if variant not in keep and _owned_by(obj, uid):
                 await kube.delete(
@@ -141,17 +176,27 @@ async def write_status(
     return True
 
 
+@dataclass(frozen=True)
+class PoolPass:
+    """The result of one reconcile pass: the status written and when to look again."""
+
+    status: ModelPoolStatus
+    next_in: float | None = None
+
+
 async def reconcile_pool(
     kube: KubeClient,
     namespace: str,
     name: str,
     emit: EventSink,
     now: Callable[[], str] = c.now_rfc3339,
-    planner: ReplicaPlanner = hold_or_minimum,
-) -> ModelPoolStatus | None:
-    """One pass over the pool; returns the status written (or kept), None if the pool is gone."""
+    planner: ScalingPlanner | None = None,
+) -> PoolPass | None:
+    """One pass over the pool; None when the pool is gone."""
     obj = await kube.get(pool_path(namespace, name))
     if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if planner is not None:
+            planner.forget(namespace, name)
         return None
     meta = obj["metadata"]
     generation = int(meta.get("generation", 0))
@@ -168,27 +213,62 @@ async def reconcile_pool(
         status = rejected_status(generation, prev_conditions, "InvalidSpec", message, now(), previous)
         if await write_status(kube, namespace, name, status, raw_status):
             emit("Warning", "InvalidSpec", message)
-        return status
+        return PoolPass(status)
     problems = child_name_problems(name, spec)
     if problems:
         message = "; ".join(f"{p.field}: {p.message}" for p in problems)
         status = rejected_status(generation, prev_conditions, problems[0].reason, message, now(), previous)
         if await write_status(kube, namespace, name, status, raw_status):
             emit("Warning", problems[0].reason, message)
-        return status
+        return PoolPass(status)
 
-    plans = planner(spec, previous)
+    children = await list_children(kube, namespace, name)
+    current = {
+        variant.name: int(dep["spec"].get("replicas", 0))
+        for variant in spec.variants
+        if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
+    }
+    held = hold_or_minimum(spec, previous)
+    outcome = (
+        await planner.plan(namespace, name, spec, previous, current, held)
+        if planner is not None
+        else ScalingOutcome(held, None)
+    )
+    for line in outcome.scaled:
+        emit("Normal", "Scaled", line)
+
     issues = ChildIssues()
     deployments: dict[str, Obj | None] = {}
     for variant in spec.variants:
         deployments[variant.name] = await _converge_variant(
-            kube, namespace, name, uid, spec, variant, plans[variant.name].replicas, emit, issues
+            kube,
+            namespace,
+            name,
+            uid,
+            spec,
+            variant,
+            outcome.plans[variant.name].replicas,
+            emit,
+            issues,
+            children,
         )
-    await prune_removed(kube, namespace, name, uid, {v.name for v in spec.variants}, emit)
+    await prune_removed(kube, namespace, uid, {v.name for v in spec.variants}, emit, children)
     pods = await kube.list(resource_path("v1", "pods", namespace), f"{LABEL_POOL}={name}")
-    status = compute_status(spec, generation, plans, deployments, pods, prev_conditions, issues, now())
+    conditions = prev_conditions
+    if outcome.metrics is not None:
+        note = outcome.metrics
+        conditions = c.set_condition(
+            prev_conditions,
+            c.METRICS_AVAILABLE,
+            "True" if note.ok else "False",
+            note.reason,
+            note.message,
+            generation,
+            now(),
+        )
+    status = compute_status(spec, generation, outcome.plans, deployments, pods, conditions, issues, now())
     await write_status(kube, namespace, name, status, raw_status)
-    return status
+    return PoolPass(status, outcome.next_decision_in)
 
 
 async def _converge_variant(
@@ -201,16 +281,14 @@ async def _converge_variant(
     replicas: int,
     emit: EventSink,
     issues: ChildIssues,
+    children: Mapping[str, Mapping[str, Obj]],
 ) -> Obj | None:
     try:
-        await converge_child(kube, SERVICE, build_service(pool, namespace, uid, variant), uid, emit, issues)
+        service = build_service(pool, namespace, uid, variant)
+        await converge_child(kube, SERVICE, service, uid, emit, issues, children[SERVICE.kind])
+        deployment = build_deployment(pool, namespace, uid, spec, variant, replicas)
         return await converge_child(
-            kube,
-            DEPLOYMENT,
-            build_deployment(pool, namespace, uid, spec, variant, replicas),
-            uid,
-            emit,
-            issues,
+            kube, DEPLOYMENT, deployment, uid, emit, issues, children[DEPLOYMENT.kind]
         )
     except KubeError as err:
         # A rejected child (admission, quota, invalid image name...) is reported, not retried in a tight loop.

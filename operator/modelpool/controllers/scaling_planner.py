@@ -1,0 +1,191 @@
+"""The operator's shell around :func:`modelpool.scaling.decide`: CRD fields in, replica plans out.
+
+Reads each variant's live metrics from Prometheus, maps the ModelPool spec onto the
+scaler's settings, and keeps the decision state (stabilisation windows) between passes.
+Decisions are made at most every ``spec.scaling.intervalSeconds``; between them the last
+decision holds. Without metrics nothing ever scales down.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, Variant
+from modelpool.controllers.pool_status import ReplicaPlan
+from modelpool.scaling import metrics as scaling_metrics
+from modelpool.scaling.decide import decide
+from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+from modelpool.scaling.types import (
+    PoolInput,
+    ScalingInput,
+    VariantInput,
+    VariantMetrics,
+    VariantSettings,
+    VariantState,
+)
+
+PROMETHEUS_URL_ENV = "MODELPOOL_PROMETHEUS_URL"
+EXTRA_MATCHERS_ENV = "MODELPOOL_PROMETHEUS_MATCHERS"
+
+
+@dataclass(frozen=True)
+class MetricsNote:
+    """What the pool's MetricsAvailable condition should say."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScalingOutcome:
+    plans: dict[str, ReplicaPlan]
+    metrics: MetricsNote | None  # None: keep the condition as it is (no decision this pass)
+    scaled: list[str] = field(default_factory=list)  # one line per scaling action, for Events
+    next_decision_in: float | None = None
+
+
+def tier_order(spec: ModelPoolSpec) -> list[Variant]:
+    """Variants cheapest first; the last one is the final fallback tier."""
+    return sorted(spec.variants, key=lambda v: (TIER_ORDER[v.tier], v.cost, v.name))
+
+
+def settings_for(variant: Variant, profile_capacity: float | None = None) -> VariantSettings:
+    s = variant.scaling
+    capacity = float(s.capacity_per_replica_rps) if s.capacity_per_replica_rps else profile_capacity
+    return VariantSettings(
+        name=variant.name,
+        min_replicas=variant.min_replicas,
+        max_replicas=variant.max_replicas,
+        gpus_per_replica=variant.gpus_per_replica,
+        capacity_per_replica_rps=capacity,
+        target_queue_time_s=s.target_queue_time_ms / 1000,
+        scale_up_stabilization_s=float(s.scale_up_stabilization_seconds),
+        scale_down_stabilization_s=float(s.scale_down_stabilization_seconds),
+        tolerance=s.tolerance_percent / 100,
+        scale_to_zero=s.scale_to_zero,
+        priority=float(variant.priority + 1),
+        cost=float(variant.cost),
+    )
+
+
+def expected_overflow(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> dict[str, float]:
+    """Load routing is about to move up a tier: each short variant's shortfall lands on the next tier."""
+    ordered = tier_order(spec)
+    short = {v.name: v.capacity_shortfall_rps for v in (previous.variants if previous else [])}
+    extra = {v.name: 0.0 for v in ordered}
+    for i, variant in enumerate(ordered[:-1]):
+        extra[ordered[i + 1].name] += float(short.get(variant.name, 0))
+    return extra
+
+
+def minimum_plans(spec: ModelPoolSpec, reason: str) -> dict[str, ReplicaPlan]:
+    return {v.name: ReplicaPlan(v.min_replicas, reason) for v in spec.variants}
+
+
+@dataclass
+class ScalingPlanner:
+    """One per operator; remembers decision state per pool across reconcile passes."""
+
+    default_prometheus_url: str | None = field(default_factory=lambda: os.environ.get(PROMETHEUS_URL_ENV))
+    extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
+    _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
+    _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    _readers: dict[str, PrometheusReader] = field(default_factory=dict)
+
+    def reader(self, url: str) -> PrometheusReader:
+        if url not in self._readers:
+            self._readers[url] = PrometheusReader(url)
+        return self._readers[url]
+
+    async def close(self) -> None:
+        for reader in self._readers.values():
+            await reader.aclose()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._states.pop((namespace, name), None)
+        self._decided_at.pop((namespace, name), None)
+
+    async def plan(
+        self,
+        namespace: str,
+        name: str,
+        spec: ModelPoolSpec,
+        previous: ModelPoolStatus | None,
+        current: Mapping[str, int],
+        held: dict[str, ReplicaPlan],
+        profile_capacity: Mapping[str, float] | None = None,
+        now: float | None = None,
+    ) -> ScalingOutcome:
+        """Plans for this pass: a fresh decision when one is due, else ``held``."""
+        key = (namespace, name)
+        clock = time.time() if now is None else now
+        if not spec.scaling.enabled:
+            return ScalingOutcome(
+                minimum_plans(spec, "scaling disabled: minReplicas"),
+                MetricsNote(
+                    True, "ScalingDisabled", "spec.scaling.enabled is false; replicas stay at minReplicas"
+                ),
+            )
+        url = spec.scaling.prometheus_url or self.default_prometheus_url
+        if not url:
+            return ScalingOutcome(
+                held,
+                MetricsNote(
+                    False,
+                    "PrometheusNotConfigured",
+                    "no Prometheus to read: set spec.scaling.prometheusURL or the operator's "
+                    "--prometheus-url; replicas hold their last decision",
+                ),
+            )
+        interval = float(spec.scaling.interval_seconds)
+        since = clock - self._decided_at.get(key, float("-inf"))
+        if since < interval:
+            return ScalingOutcome(held, None, next_decision_in=interval - since)
+
+        reader = self.reader(url)
+        states = self._states.get(key, {})
+        extra = expected_overflow(spec, previous)
+        capacities = profile_capacity or {}
+        inputs = []
+        for variant in tier_order(spec):
+            metrics: VariantMetrics = await reader.read_variant(
+                VariantTarget(
+                    model=variant.model.name, variant=variant.name, extra_matchers=self.extra_matchers
+                )
+            )
+            inputs.append(
+                VariantInput(
+                    settings=settings_for(variant, capacities.get(variant.name)),
+                    metrics=metrics,
+                    current_replicas=current.get(variant.name, held[variant.name].replicas),
+                    previous=states.get(variant.name),
+                    expected_extra_rps=extra[variant.name],
+                )
+            )
+        decision = decide(
+            ScalingInput.single(PoolInput(name=name, variants=tuple(inputs)), spec.gpu_pool.gpu_budget), clock
+        )
+        scaling_metrics.record_decision(decision)
+        pool_decision = decision.pools[name]
+        self._decided_at[key] = clock
+        self._states[key] = {v.name: v.state for v in pool_decision.variants if v.state is not None}
+        plans = {
+            v.name: ReplicaPlan(v.desired_replicas, v.reason, round(v.shortfall_rps))
+            for v in pool_decision.variants
+        }
+        scaled = [
+            f"{v.name} {v.current_replicas}->{v.desired_replicas}: {v.reason}"
+            for v in pool_decision.variants
+            if v.changed
+        ]
+        if pool_decision.metrics_held:
+            note = MetricsNote(
+                False, "MetricsUnavailable", f"holding the last decision: {pool_decision.held_reason}"
+            )
+        else:
+            note = MetricsNote(True, "MetricsFresh", f"decided from {url}; {pool_decision.budget_message}")
+        return ScalingOutcome(plans, note, scaled, next_decision_in=interval)
