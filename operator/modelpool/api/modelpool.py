@@ -195,6 +195,12 @@ class PoolScaling(ApiModel):
         default=True, description="Scale from live metrics; when false replicas stay at minReplicas."
     )
     interval_seconds: int = Field(default=15, ge=1, le=3600, description="Seconds between decisions.")
+    rate_window_seconds: int = Field(
+        default=60,
+        ge=2,
+        le=3600,
+        description="Window of the PromQL rate() over Triton's counters; at least twice the scrape interval.",
+    )
     prometheus_url: str | None = Field(
         default=None,
         alias="prometheusURL",

@@ -94,12 +94,19 @@ class ScalingPlanner:
     extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
-    _readers: dict[str, PrometheusReader] = field(default_factory=dict)
+    _readers: dict[tuple[str, int], PrometheusReader] = field(default_factory=dict)
 
-    def reader(self, url: str) -> PrometheusReader:
-        if url not in self._readers:
-            self._readers[url] = PrometheusReader(url)
-        return self._readers[url]
+    def reader(self, url: str, rate_window_s: int) -> PrometheusReader:
+        """One reader per Prometheus and rate window; the trend looks back five windows."""
+        key = (url, rate_window_s)
+        if key not in self._readers:
+            self._readers[key] = PrometheusReader(
+                url,
+                rate_window_s=rate_window_s,
+                series_span_s=5.0 * rate_window_s,
+                step_s=max(1.0, rate_window_s / 3),
+            )
+        return self._readers[key]
 
     async def close(self) -> None:
         for reader in self._readers.values():
@@ -146,7 +153,7 @@ class ScalingPlanner:
         if since < interval:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
-        reader = self.reader(url)
+        reader = self.reader(url, spec.scaling.rate_window_seconds)
         states = self._states.get(key, {})
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}
