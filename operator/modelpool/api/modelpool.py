@@ -63,7 +63,14 @@ class ModelSource(ApiModel):
     version: int | None = Field(
         default=None,
         ge=1,
-        description="Model version to serve; unset serves what the model's version policy says.",
+        description="Model version the repository's version policy serves; recorded on the pods.",
+    )
+    digest: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9:._-]+$",
+        description="Digest of the model's artifacts, as `modelpool models export` prints it; a profile "
+        "measured on another digest is reported stale.",
     )
 
 
@@ -217,7 +224,8 @@ class ModelPoolSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !has(v.scaling) || !has(v.scaling.scaleToZero) || !v.scaling.scaleToZero)",
+                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !has(v.scaling) "
+                    "|| !has(v.scaling.scaleToZero) || !v.scaling.scaleToZero)",
                     "message": "at least one variant must keep a replica: set minReplicas > 0 or "
                     "scaling.scaleToZero=false on one variant",
                     "fieldPath": ".variants",

@@ -24,6 +24,7 @@ from modelpool.api.routingpolicy import RouterStatus, RoutingPolicySpec, Routing
 from modelpool.api.semantics import routing_reference_problems
 from modelpool.builders.triton import is_subset
 from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
+from modelpool.controllers.profiles import load_profiles
 from modelpool.controllers.router_push import push_all
 from modelpool.controllers.routing_config import (
     build_router_config,
@@ -214,7 +215,8 @@ async def reconcile_policy(
         return status
     resolved = (c.RESOLVED_REFS, True, "Resolved", f"pool {spec.pool_ref.name} and every variant named exist")
 
-    plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")))
+    profiles = await load_profiles(kube, namespace, pool)
+    plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")), profiles.accuracy_percent)
     old_generation = previous.weights_generation if previous else 0
     candidate = build_router_config(namespace, spec.pool_ref.name, spec, pool, plan, old_generation)
     digest = config_digest(candidate)

@@ -28,6 +28,7 @@ from modelpool.builders.triton import (
     is_subset,
 )
 from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, rejected_status
+from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.scaling_planner import ScalingOutcome, ScalingPlanner
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
@@ -229,8 +230,9 @@ async def reconcile_pool(
         if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
     }
     held = hold_or_minimum(spec, previous)
+    profiles = await load_profiles(kube, namespace, spec)
     outcome = (
-        await planner.plan(namespace, name, spec, previous, current, held)
+        await planner.plan(namespace, name, spec, previous, current, held, profiles.capacity_rps)
         if planner is not None
         else ScalingOutcome(held, None)
     )
@@ -265,6 +267,12 @@ async def reconcile_pool(
             note.message,
             generation,
             now(),
+        )
+    profile_note = profile_condition(profiles)
+    if profile_note is not None:
+        ok, reason, message = profile_note
+        conditions = c.set_condition(
+            conditions, c.PROFILES_CURRENT, "True" if ok else "False", reason, message, generation, now()
         )
     status = compute_status(spec, generation, outcome.plans, deployments, pods, conditions, issues, now())
     await write_status(kube, namespace, name, status, raw_status)

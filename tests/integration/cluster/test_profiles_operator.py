@@ -1,0 +1,84 @@
+"""Variants referencing capability profiles in ConfigMaps: missing, current and stale profiles."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from integration.cluster.kubetools import Kube, wait_for
+from modelpool.models.profile import BucketAccuracy, CapabilityProfile, LatencyFigures
+
+pytestmark = pytest.mark.cluster
+Obj = dict[str, Any]
+
+
+def profile(model: str = "bank-small", digest: str = "sha256-abc") -> CapabilityProfile:
+    latency = LatencyFigures(p50_ms=0.6, p95_ms=1.1, mean_ms=0.7, requests=500, concurrency=1)
+    now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
+    return CapabilityProfile(
+        variant="small",
+        model_name=model,
+        model_digest=digest,
+        model_created=now,
+        created=now,
+        device="cpu",
+        dataset="banking77/test",
+        items=3080,
+        accuracy=0.9,
+        complexity_scorer="heuristic",
+        accuracy_by_bucket=[BucketAccuracy(min_complexity=0, max_complexity=1, items=3080, accuracy=0.9)],
+        latency_batch1=latency,
+        latency_concurrent=latency,
+        throughput_rps=900,
+        capacity_per_replica_rps=850,
+        memory_rss_bytes=50_000_000,
+    )
+
+
+def pool(digest: str) -> Obj:
+    return {
+        "apiVersion": "modelpool.dev/v1alpha1",
+        "kind": "ModelPool",
+        "metadata": {"name": "prof"},
+        "spec": {
+            "gpuPool": {"gpuBudget": 4},
+            "scaling": {"enabled": False},
+            "variants": [
+                {
+                    "name": "small",
+                    "tier": "small",
+                    "model": {"name": "bank-small", "repository": "/m", "digest": digest},
+                    "profile": {"configMapKeyRef": {"name": "profiles", "key": "small.yaml"}},
+                }
+            ],
+        },
+    }
+
+
+def profiles_current(kube: Kube, status: str, reason: str) -> Obj | None:
+    cond = kube.condition("modelpool", "prof", "ProfilesCurrent")
+    return cond if cond and cond["status"] == status and cond["reason"] == reason else None
+
+
+def test_profile_missing_current_and_stale(kube: Kube) -> None:
+    kube.apply(pool("sha256-abc"))
+    missing = wait_for(lambda: profiles_current(kube, "False", "ProfileMissing"), 30, "ProfileMissing")
+    assert "small.yaml" in missing["message"]
+
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "profiles"},
+        "data": {"small.yaml": profile().to_yaml()},
+    }
+    kube.apply(config_map)
+    kube.run("annotate", "modelpool", "prof", "poke=1", "--overwrite")
+    wait_for(lambda: profiles_current(kube, "True", "ProfilesCurrent"), 30, "ProfilesCurrent=True")
+
+    kube.apply(pool("sha256-newer"))
+    stale = wait_for(lambda: profiles_current(kube, "False", "ProfileStale"), 30, "ProfileStale")
+    assert "sha256-newer" in stale["message"] and "modelpool models profile" in stale["message"]
+    # A stale profile never blocks serving.
+    assert wait_for(lambda: kube.condition("modelpool", "prof", "Ready"), 30, "Ready")["status"] == "True"
