@@ -50,18 +50,9 @@ class Knobs:
     startup_delay_s: float
     scrape_interval_s: float
     rate_window_s: float
-    scale_down_window_s: float | None
-    hpa_target_utilization: float
+    scale_down_window_s: float
+    hpa_target_utilizations: tuple[float, ...]
     max_replicas: int
-
-
-def hold_window(startup_delay_s: float, scrape_interval_s: float) -> float:
-    """Default scale-down window: 20 cold starts' worth (start-up + one scrape), within [60, 600] s.
-
-    Keeping an idle replica costs GPU-seconds; dropping it costs a cold start at the next burst, during
-    which requests queue. The longer a cold start, the longer it pays to keep replicas (ski rental).
-    """
-    return min(600.0, max(60.0, 20.0 * (startup_delay_s + scrape_interval_s)))
 
 
 def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
@@ -74,11 +65,7 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
         capacity_per_replica_rps=capacity_rps,
         target_queue_time_s=target_queue,
         slo_attainment=0.99,
-        scale_down_stabilization_s=(
-            knobs.scale_down_window_s
-            if knobs.scale_down_window_s is not None
-            else hold_window(knobs.startup_delay_s, knobs.scrape_interval_s)
-        ),
+        scale_down_stabilization_s=knobs.scale_down_window_s,
         tolerance=0.1,
         trend_window_s=4 * knobs.scrape_interval_s,
         lookahead_s=knobs.startup_delay_s + knobs.scrape_interval_s,
@@ -105,7 +92,10 @@ def run_trace(
     )
     policies: list[Policy] = [
         DecidePolicy(settings, knobs.scrape_interval_s),
-        HpaPolicy(knobs.hpa_target_utilization * capacity, max_replicas=knobs.max_replicas),
+        *(
+            HpaPolicy(u * capacity, max_replicas=knobs.max_replicas, name=f"hpa@{u:g}")
+            for u in knobs.hpa_target_utilizations
+        ),
         StaticPolicy(peak_replicas(need)),
         OraclePolicy(need, knobs.startup_delay_s),
     ]
@@ -134,7 +124,7 @@ def _fmt_reaction(values: list[float]) -> str:
 def table(results: list[SimResult], reactions: dict[str, list[float]]) -> list[dict[str, object]]:
     """Rows of the comparison table."""
     by_name = {r.policy: r for r in results}
-    oracle, static, hpa = by_name["oracle"].gpu_hours, by_name["static-peak"].gpu_hours, by_name["hpa"]
+    oracle, static = by_name["oracle"].gpu_hours, by_name["static-peak"].gpu_hours
     rows: list[dict[str, object]] = []
     for r in results:
         rows.append(
@@ -147,7 +137,6 @@ def table(results: list[SimResult], reactions: dict[str, list[float]]) -> list[d
                 "gpu_hours": r.gpu_hours,
                 "x_oracle": r.gpu_hours / oracle,
                 "x_static": r.gpu_hours / static,
-                "violations_vs_hpa": (hpa.violations / r.violations) if r.violations else float("inf"),
                 "scale_actions": r.scale_actions,
                 "reaction_median_p95": _fmt_reaction(reactions[r.policy]),
             }
@@ -160,33 +149,43 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
     print(f"\n== {title}")
     header = (
         f"{'policy':<12}{'SLO att.':>9}{'viol.':>7}{'p99 lat':>9}{'GPU-h':>8}{'x oracle':>9}"
-        f"{'x static':>9}{'HPA/viol':>9}{'actions':>8}  reaction med/p95"
+        f"{'x static':>9}{'actions':>8}  reaction med/p95"
     )
     print(header)
     for row in rows:
         print(
             f"{row['policy']!s:<12}{row['slo_attainment']:>9.2%}{row['violations']:>7}"
             f"{row['p99_latency_s']:>8.2f}s{row['gpu_hours']:>8.3f}{row['x_oracle']:>9.2f}"
-            f"{row['x_static']:>9.2f}{row['violations_vs_hpa']:>9.1f}{row['scale_actions']:>8}"
+            f"{row['x_static']:>9.2f}{row['scale_actions']:>8}"
             f"  {row['reaction_median_p95']}"
         )
 
 
 def targets(rows: list[dict[str, object]]) -> list[str]:
-    """The issue's targets, each marked met or missed for ModelPool's row."""
+    """The issue's targets, each marked met or missed for ModelPool's row.
+
+    The HPA comparison uses every HPA setting that spent at least ModelPool's GPU-hours and takes
+    the one with the fewest violations among them (the strongest HPA at no fewer GPU-hours).
+    """
     by = {str(r["policy"]): r for r in rows}
-    ours, hpa = by["modelpool"], by["hpa"]
+    ours = by["modelpool"]
+    gpu = float(ours["gpu_hours"])  # type: ignore[arg-type]
+    violations = int(ours["violations"])  # type: ignore[call-overload]
+    richer = [r for name, r in by.items() if name.startswith("hpa") and float(r["gpu_hours"]) >= gpu]  # type: ignore[arg-type]
+    if richer:
+        best = min(richer, key=lambda r: int(r["violations"]))  # type: ignore[call-overload]
+        factor = int(best["violations"]) / max(violations, 1)  # type: ignore[call-overload]
+        hpa_text = f" ({best['policy']}: {best['violations']} vs {violations}, {factor:.1f}x)"
+        hpa_ok = int(best["violations"]) >= 2 * violations  # type: ignore[call-overload]
+    else:
+        hpa_text, hpa_ok = " (no HPA setting spent as many GPU-hours)", False
     checks = [
-        ("SLO attainment >= 99%", float(ours["slo_attainment"]) >= 0.99),  # type: ignore[arg-type]
-        ("GPU-hours <= 1.3x oracle", float(ours["x_oracle"]) <= 1.3),  # type: ignore[arg-type]
-        ("GPU-hours <= 60% static peak", float(ours["x_static"]) <= 0.6),  # type: ignore[arg-type]
-        (
-            ">= 2x fewer violations than HPA at no more GPU-hours",
-            float(ours["violations_vs_hpa"]) >= 2.0  # type: ignore[arg-type]
-            and float(ours["gpu_hours"]) <= float(hpa["gpu_hours"]),  # type: ignore[arg-type]
-        ),
+        ("SLO attainment >= 99%", float(ours["slo_attainment"]) >= 0.99, ""),  # type: ignore[arg-type]
+        ("GPU-hours <= 1.3x oracle", float(ours["x_oracle"]) <= 1.3, ""),  # type: ignore[arg-type]
+        ("GPU-hours <= 60% static peak", float(ours["x_static"]) <= 0.6, ""),  # type: ignore[arg-type]
+        (">= 2x fewer violations than HPA at no more GPU-hours", hpa_ok, hpa_text),
     ]
-    return [f"  [{'met' if ok else 'MISSED'}] {name}" for name, ok in checks]
+    return [f"  [{'met' if ok else 'MISSED'}] {name}{extra}" for name, ok, extra in checks]
 
 
 def plot(
@@ -262,19 +261,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[10.0, 30.0],
         help="extra start-up delays for the sensitivity table",
     )
+    parser.add_argument(
+        "--sweep-window",
+        type=float,
+        nargs="*",
+        default=[30.0, 60.0, 120.0],
+        help="other ModelPool scale-down windows for the trade-off table (GPU-hours vs violations)",
+    )
     parser.add_argument("--scrape-interval", type=float, default=2.0)
     parser.add_argument("--rate-window", type=float, default=6.0)
     parser.add_argument(
         "--scale-down-window",
         type=float,
-        default=None,
-        help="ModelPool scale-down window, s (default: the rule in hold_window())",
+        default=300.0,
+        help="ModelPool scale-down window, s (default: the HPA's own default, 300 s)",
     )
     parser.add_argument(
         "--hpa-utilization",
         type=float,
-        default=0.7,
-        help="HPA target = this x measured replica capacity (req/s per replica)",
+        nargs="+",
+        default=[0.5, 0.7, 0.9],
+        help="HPA targets = these x measured replica capacity (req/s per replica); one HPA row each",
     )
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic trace")
@@ -292,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.scrape_interval,
         args.rate_window,
         args.scale_down_window,
-        args.hpa_utilization,
+        tuple(args.hpa_utilization),
         args.max_replicas,
     )
     traces: list[Path] = args.trace or [
@@ -306,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "measured_startup_s": measured_startup,
         "knobs": knobs.__dict__,
         "traces": {},
+        "window_sweep": {},
         "sweep": {},
     }
     loaded = {path: load_trace(path) for path in traces}
@@ -344,6 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "violations": r.violations,
                         "gpu_hours": r.gpu_hours,
                     }
+    if args.sweep_window:
+        print("\n== trade-off: ModelPool's scale-down window (start-up as above)")
+        print(f"{'trace':<32}{'window':>8}{'SLO att.':>10}{'viol.':>7}{'GPU-h':>8}")
+        for path, trace in loaded.items():
+            for window in args.sweep_window:
+                results, _, _ = run_trace(trace, service, replace(knobs, scale_down_window_s=window))
+                r = results[0]
+                print(
+                    f"{path.name:<32}{window:>7g}s{r.attainment:>10.2%}{r.violations:>7}{r.gpu_hours:>8.3f}"
+                )
+                report["window_sweep"][f"{path.name}@{window:g}s"] = {  # type: ignore[index]
+                    "slo_attainment": r.attainment,
+                    "violations": r.violations,
+                    "gpu_hours": r.gpu_hours,
+                }
     (args.out / "bench_autoscaling.json").write_text(json.dumps(report, indent=2, default=str))
     return 0
 

@@ -33,7 +33,7 @@ class VariantSettings:
     target_queue_time_s: float = 0.5
     slo_attainment: float = 0.99
     scale_up_stabilization_s: float = 0.0
-    scale_down_stabilization_s: float = 60.0
+    scale_down_stabilization_s: float = 300.0
     tolerance: float = 0.1
     scale_to_zero: bool = False
     priority: float = 1.0

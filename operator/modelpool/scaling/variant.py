@@ -128,9 +128,13 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     if s.scale_up_stabilization_s > 0:
         surge = 0  # a scale-up window asks for patience: no surge on top
     wish = _clamp(max(stabilized, surge), floor, s.max_replicas)
+    waiting = vi.metrics.pending_requests or 0.0
+    if wish < vi.current_replicas and waiting > vi.current_replicas * s.instances_per_replica:
+        wish = vi.current_replicas
+        why += f"; no scale-down while {waiting:.0f} requests wait"
     if wish < max(recommendation, surge):
         why += f"; scale-up stabilised at {wish}"
-    elif wish > max(recommendation, surge):
+    elif wish > max(recommendation, surge) and wish == stabilized:
         why += f"; scale-down stabilised at {wish} (peak of last {s.scale_down_stabilization_s:g}s)"
     if max(steady, surge) >= s.max_replicas and demand.total_rps > 0:
         why += f"; capped at maxReplicas {s.max_replicas}"

@@ -75,6 +75,15 @@ def test_surge_for_backlog_is_not_remembered_by_scale_down_window() -> None:
     assert after.desired_replicas == base_replicas_for(10.0)
 
 
+def test_no_scale_down_while_requests_queue() -> None:
+    m = steady(1.0, pending_requests=30.0)
+    d = only(one(m, current=8, scale_down_stabilization_s=0.0, backlog_drain_s=60.0))
+    assert d.desired_replicas == 8
+    assert "no scale-down while 30 requests wait" in d.reason
+    calm = only(one(steady(1.0, pending_requests=3.0), current=8, scale_down_stabilization_s=0.0))
+    assert calm.desired_replicas < 8
+
+
 def base_replicas_for(rps: float) -> int:
     return only(one(steady(rps))).desired_replicas
 
