@@ -202,6 +202,7 @@ def plot(
     demand = [0.0] * bins
     for req in trace:
         demand[int(req.arrival_s // 10)] += 0.1
+    top_replicas = max(n for r in results for _, n in r.desired_timeline)
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.4 * len(results)), sharex=True)
     for ax, result in zip(axes, results, strict=True):
         ax.fill_between(
@@ -216,7 +217,7 @@ def plot(
         dy = [n for _, n in result.desired_timeline] + [result.desired_timeline[-1][1]]
         twin.step(dx, dy, where="post", color="C0", alpha=0.6, label="desired replicas")
         twin.set_ylabel("replicas")
-        twin.set_ylim(0, max(max(dy), max(demand) / capacity) * 1.1 + 1)
+        twin.set_ylim(0, top_replicas * 1.1 + 1)
         ax.set_ylim(0, max(demand) * 1.1 + 1)
         ax.set_title(
             f"{result.policy}: SLO {result.attainment:.2%}, {result.gpu_hours:.2f} GPU-h, "

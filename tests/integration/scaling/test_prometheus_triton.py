@@ -222,3 +222,41 @@ async def test_queue_time_matches_triton_counters(
     assert truth > SERVICE_MS / 1000  # 16 requests on one instance really queued
     assert metrics.queue_time_s is not None
     assert metrics.queue_time_s == pytest.approx(truth, rel=0.05)
+
+
+def test_cli_inspect_prints_live_decision(
+    triton: TritonProcess, prometheus: PrometheusProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from modelpool.scaling.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for i in range(10):  # a few requests so the series exist within the window
+        httpx.post(
+            f"{triton.http_url}/v2/models/echo_small/infer",
+            json={"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [f"cli {i}"]}]},
+            timeout=10.0,
+        ).raise_for_status()
+    time.sleep(2 * SCRAPE_S + 0.5)
+    args = parser.parse_args(
+        [
+            "scaling",
+            "inspect",
+            "--prometheus",
+            prometheus.url,
+            "--model",
+            "echo_small",
+            "--replicas",
+            "2",
+            "--capacity",
+            "40",
+            "--rate-window",
+            "10",
+        ]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "problem=None" in out
+    assert "desired replicas: 1 (scale down 2->1: demand" in out
