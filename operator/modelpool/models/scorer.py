@@ -1,8 +1,10 @@
 """Learned complexity scorer: predicts how likely the small variant is to get a text wrong.
 
-Features are cheap (no transformer): the scorer's own hashed n-gram bag embedding of the text and,
-from the small variant's probabilities, the top probability, top-1/top-2 margin, entropy, predicted
-class (one-hot) and the text length. A tiny MLP maps them to P(small is wrong). It is trained on
+Features are cheap (no transformer): from the small variant's probabilities, the top probability,
+top-1/top-2 margin, entropy, predicted class (one-hot) and the text length; optionally
+(``embedding > 0``) the scorer's own hashed n-gram bag embedding of the text, which overfit on
+Banking77 (test AUC 0.77-0.89 against 0.915 without it), so it is off by default. A tiny MLP maps
+the features to P(small is wrong). It is trained on
 out-of-fold predictions of small models (cross-fitting), never on the small model's own training fit.
 
 A saved scorer is a folder: ``scorer.pt`` (weights), ``scorer.json`` (shape) and the small
@@ -34,9 +36,9 @@ class ScorerTrainingConfig:
     """Hyper-parameters of the scorer network."""
 
     hashing: HashingConfig = field(default_factory=lambda: HashingConfig(buckets=1 << 16))
-    embedding: int = 32
-    hidden: int = 64
-    epochs: int = 20
+    embedding: int = 0
+    hidden: int = 16
+    epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 0.003
     seed: int = 0
@@ -65,20 +67,23 @@ def _module_base() -> Any:
 
 
 class ScorerNet(_module_base()):  # type: ignore[misc]
-    """Hashed n-gram bag embedding + dense confidence features -> MLP -> logit of 'small is wrong'."""
+    """Dense confidence features (+ optional hashed n-gram bag) -> MLP -> logit of 'small is wrong'."""
 
     def __init__(self, buckets: int, embedding: int, dense: int, hidden: int) -> None:
         from torch import nn
 
         super().__init__()
         self.dense = dense
-        self.bag = nn.EmbeddingBag(buckets, embedding, mode="sum", sparse=True)
+        self.bag = nn.EmbeddingBag(max(buckets, 1), max(embedding, 1), mode="sum", sparse=True)
         nn.init.normal_(self.bag.weight, std=0.05)
-        self.mlp = nn.Sequential(nn.Linear(embedding + dense, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.embedding = embedding
+        self.mlp = nn.Sequential(nn.Linear(max(embedding, 0) + dense, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, indices: Any, offsets: Any, weights: Any, dense: Any) -> Any:
         import torch
 
+        if self.embedding <= 0:
+            return self.mlp(dense).squeeze(1)
         bag = self.bag(indices, offsets, per_sample_weights=weights)
         return self.mlp(torch.cat([bag, dense], dim=1)).squeeze(1)
 

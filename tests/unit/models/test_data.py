@@ -1,0 +1,99 @@
+"""Data loading: CSV and folder layouts, clear errors, seeded stratified splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelpool.models.data import (
+    DatasetError,
+    limit_rows,
+    load_csv,
+    load_dataset,
+    stratified_split,
+    train_validation_split,
+)
+from modelpool.models.paths import banking77_dir
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_with_label_column_maps_sorted_names(tmp_path: Path) -> None:
+    data = load_csv(_write(tmp_path / "d.csv", "text,label\nhello there,b\nbye now,a\nhi,b\n"))
+    assert data.label_names == ("a", "b")
+    assert data.texts == ("hello there", "bye now", "hi")
+    assert data.labels.tolist() == [1, 0, 1]
+
+
+def test_missing_text_column_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="'text' column"):
+        load_csv(_write(tmp_path / "d.csv", "sentence,label\nx,a\n"))
+
+
+def test_missing_label_column_lists_accepted_names(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="category"):
+        load_csv(_write(tmp_path / "d.csv", "text,klass\nx,a\n"))
+
+
+def test_empty_cell_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"d\.csv:3"):
+        load_csv(_write(tmp_path / "d.csv", "text,label\nx,a\n,b\n"))
+
+
+def test_folder_with_categories_keeps_their_order(tmp_path: Path) -> None:
+    _write(tmp_path / "categories.json", json.dumps(["z", "a"]))
+    _write(tmp_path / "train.csv", "text,category\none,a\ntwo,z\n")
+    _write(tmp_path / "test.csv", "text,category\nthree,z\n")
+    splits = load_dataset(tmp_path)
+    assert splits.train.label_names == ("z", "a")
+    assert splits.train.labels.tolist() == [1, 0]
+    assert splits.test.labels.tolist() == [0]
+
+
+def test_label_outside_categories_is_rejected(tmp_path: Path) -> None:
+    _write(tmp_path / "categories.json", json.dumps(["a"]))
+    _write(tmp_path / "train.csv", "text,category\none,a\n")
+    _write(tmp_path / "test.csv", "text,category\nthree,q\n")
+    with pytest.raises(DatasetError, match="categories.json"):
+        load_dataset(tmp_path)
+
+
+def test_single_csv_is_split_into_train_and_test(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(50))
+    splits = load_dataset(_write(tmp_path / "all.csv", "text,label\n" + rows))
+    assert len(splits.train) + len(splits.test) == 50
+    assert set(splits.train.texts).isdisjoint(splits.test.texts)
+
+
+def test_stratified_split_is_seeded_and_keeps_classes() -> None:
+    labels = np.repeat(np.arange(4), 25)
+    first_a, second_a = stratified_split(labels, 0.2, seed=3)
+    first_b, second_b = stratified_split(labels, 0.2, seed=3)
+    assert first_a.tolist() == first_b.tolist() and second_a.tolist() == second_b.tolist()
+    assert sorted(first_a.tolist() + second_a.tolist()) == list(range(100))
+    assert np.bincount(labels[second_a]).tolist() == [5, 5, 5, 5]
+    _, other = stratified_split(labels, 0.2, seed=4)
+    assert other.tolist() != second_a.tolist()
+
+
+def test_bad_fraction_and_limit_are_rejected(tmp_path: Path) -> None:
+    data = load_csv(_write(tmp_path / "d.csv", "text,label\na,x\nb,y\n"))
+    with pytest.raises(DatasetError, match="fraction"):
+        train_validation_split(data, 1.5, seed=0)
+    with pytest.raises(DatasetError, match="--limit"):
+        limit_rows(data, -1, seed=0)
+    assert limit_rows(data, None, seed=0) is data
+
+
+def test_banking77_shape() -> None:
+    splits = load_dataset(banking77_dir())
+    assert (len(splits.train), len(splits.test), splits.train.num_classes) == (10003, 3080, 77)
+    small = limit_rows(splits.train, 770, seed=0)
+    assert 700 <= len(small) <= 840
+    assert len(np.unique(small.labels)) == 77
