@@ -169,7 +169,11 @@ def test_weights_are_pushed_to_a_real_router_pod(kube: Kube, tmp_path: Path) -> 
             tmp_path / "router.log",
             env=env,
         )  # fmt: skip
-        wait_for(lambda: _safe_generation(ip) is not None or None, 30, f"router answering at {ip}")
+        try:
+            wait_for(lambda: _safe_generation(ip) is not None or None, 60, f"router answering at {ip}")
+        except AssertionError:
+            log = (tmp_path / "router.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"router at {ip} never answered; its log:\n{log}") from None
         kube.run("create", "secret", "generic", "route-router-token", f"--from-literal=token={TOKEN}")
         kube.apply(policy({"small": 7, "large": 3}))
         wait_for(lambda: cond(kube, "Programmed", "True"), 60, "Programmed=True")
