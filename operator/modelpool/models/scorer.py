@@ -77,7 +77,9 @@ class ScorerNet(_module_base()):  # type: ignore[misc]
         self.bag = nn.EmbeddingBag(max(buckets, 1), max(embedding, 1), mode="sum", sparse=True)
         nn.init.normal_(self.bag.weight, std=0.05)
         self.embedding = embedding
-        self.mlp = nn.Sequential(nn.Linear(max(embedding, 0) + dense, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(
+            nn.Linear(max(embedding, 0) + dense, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, indices: Any, offsets: Any, weights: Any, dense: Any) -> Any:
         import torch

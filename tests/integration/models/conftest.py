@@ -38,7 +38,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     limit = ["--limit", str(LIMIT), "--seed", "0"]
     assert main(["models", "train", "--out", str(trained), *limit]) == 0
     assert main(["models", "train-scorer", "--trained", str(trained), "--out", str(scorer), *limit]) == 0
-    assert main(["models", "export", "--trained", str(trained), "--out", str(repository), "--device", "cpu"]) == 0
+    assert (
+        main(["models", "export", "--trained", str(trained), "--out", str(repository), "--device", "cpu"])
+        == 0
+    )
     return Built(
         trained,
         scorer,

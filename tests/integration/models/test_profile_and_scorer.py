@@ -25,7 +25,9 @@ def test_profile_of_small_variant(built: Built, triton: Any, tmp_path: Any) -> N
     model_dir = built.repository / "banking77-small"
     profile = profile_model(triton.http_url, triton.pid, model_dir, test, scores, "banking77/test", settings)
     version = read_version(model_dir)
-    assert profile.model_digest == version.digest and profile.staleness(version.digest, version.created) is None
+    assert (
+        profile.model_digest == version.digest and profile.staleness(version.digest, version.created) is None
+    )
     assert profile.items == len(test) and 0.2 < profile.accuracy <= 1.0
     assert sum(b.items for b in profile.accuracy_by_bucket) == len(test)
     assert profile.latency_batch1.requests == 30 and profile.latency_concurrent.concurrency == 4

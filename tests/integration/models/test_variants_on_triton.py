@@ -42,12 +42,18 @@ def test_variant_answers_by_contract_and_matches_in_process(built: Built, triton
     _contract(probs, labels, len(TEXTS), 77)
     local = load_variant(variant, built.trained).predict_proba(TEXTS)
     assert np.allclose(probs, local, atol=1e-4)
-    assert read_version(built.repository / name).digest in (built.repository / name / "config.pbtxt").read_text()
+    assert (
+        read_version(built.repository / name).digest in (built.repository / name / "config.pbtxt").read_text()
+    )
 
 
 def test_quantized_is_a_different_module_than_large(built: Built, triton: Any) -> None:
     client = http_client(triton.http_url)
-    sample = ["what is the exchange rate", "my card was declined at the shop", "cancel my transfer please"] * 4
+    sample = [
+        "what is the exchange rate",
+        "my card was declined at the shop",
+        "cancel my transfer please",
+    ] * 4
     large = classify_all(client, "banking77-large", sample, batch_size=8)
     quantized = classify_all(client, "banking77-quantized", sample, batch_size=8)
     assert np.abs(large - quantized).max() > 1e-3  # int8 weights really changed the computation

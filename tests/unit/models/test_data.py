@@ -60,7 +60,7 @@ def test_label_outside_categories_is_rejected(tmp_path: Path) -> None:
     _write(tmp_path / "categories.json", json.dumps(["a"]))
     _write(tmp_path / "train.csv", "text,category\none,a\n")
     _write(tmp_path / "test.csv", "text,category\nthree,q\n")
-    with pytest.raises(DatasetError, match="categories.json"):
+    with pytest.raises(DatasetError, match=r"categories\.json"):
         load_dataset(tmp_path)
 
 

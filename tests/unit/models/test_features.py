@@ -6,7 +6,14 @@ import zlib
 
 import numpy as np
 
-from modelpool.models.features import HashingConfig, bag_sums, featurize, hash_text, hashing_from_dict, ngram_keys
+from modelpool.models.features import (
+    HashingConfig,
+    bag_sums,
+    featurize,
+    hash_text,
+    hashing_from_dict,
+    ngram_keys,
+)
 
 
 def test_keys_cover_words_bigrams_and_char_ngrams() -> None:

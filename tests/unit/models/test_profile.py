@@ -63,7 +63,7 @@ def test_json_uses_camel_case_and_round_trips(tmp_path: Path) -> None:
 def test_invalid_fields_are_named() -> None:
     with pytest.raises(ValidationError, match="accuracy"):
         _profile(accuracy=1.5)
-    with pytest.raises(ValidationError, match="capacity_per_replica_rps|capacityPerReplicaRps"):
+    with pytest.raises(ValidationError, match=r"capacity_per_replica_rps|capacityPerReplicaRps"):
         _profile(capacity_per_replica_rps=0)
     with pytest.raises(ValidationError, match="unknownField"):
         CapabilityProfile.from_text(json.dumps({**json.loads(_profile().to_json()), "unknownField": 1}))
@@ -116,11 +116,7 @@ def test_auc_matches_pairwise_definition() -> None:
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 5, size=60).astype(float)
     positives = rng.random(60) < 0.3
-    pairs = [
-        1.0 if p > n else 0.5 if p == n else 0.0
-        for p in scores[positives]
-        for n in scores[~positives]
-    ]
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in scores[positives] for n in scores[~positives]]
     assert roc_auc(scores, positives) == pytest.approx(float(np.mean(pairs)))
     assert roc_auc([0.1, 0.9], np.array([False, True])) == 1.0
     assert np.isnan(roc_auc([0.1, 0.2], np.array([True, True])))
