@@ -40,6 +40,7 @@ from modelpool.scaling.types import VariantSettings
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MODELPOOL_SHARED", REPO / "../shared")).resolve()
 DEFAULT_TRACE = SHARED / "data/traces/azure_llm_2023_code.csv"
+REFERENCE_CALIBRATION = Path(__file__).resolve().parent / "autoscaling_calibration.json"
 
 
 @dataclass(frozen=True)
@@ -243,10 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--calibration",
         type=Path,
-        default=REPO / "out/autoscaling/calibration.json",
-        help="calibration JSON; measured on the real tritonserver when missing",
+        default=REFERENCE_CALIBRATION,
+        help="calibration JSON (default: the committed reference measured on the real tritonserver)",
     )
-    parser.add_argument("--recalibrate", action="store_true", help="measure the calibration again")
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="measure the calibration again on the real tritonserver (written to OUT/calibration.json)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "out/autoscaling")
     parser.add_argument("--slo", type=float, default=2.0, help="latency SLO in seconds")
     parser.add_argument(
@@ -288,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic trace")
     args = parser.parse_args(argv)
 
-    if args.recalibrate or not args.calibration.exists():
+    if args.recalibrate:
+        args.calibration = args.out / "calibration.json"
         print(f"calibrating on the real tritonserver -> {args.calibration}", file=sys.stderr)
         args.calibration.parent.mkdir(parents=True, exist_ok=True)
         args.calibration.write_text(json.dumps(calibrate(), indent=2))
