@@ -12,20 +12,23 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Subcommand groups contributed by the feature packages (each exposes register(subparsers)).
+# The CRDs live in crds/ (kubectl, kustomize) and, identical, in the Helm chart's crds/.
+CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "modelpool" / "crds")
 PLUGIN_MODULES = ("modelpool.routing.cli", "modelpool.models.cli", "modelpool.scaling.cli")
 
 
 def _crds(args: argparse.Namespace) -> int:
     from modelpool.api import crdgen
 
-    out = Path(args.out)
+    outs = [Path(p) for p in (args.out or CRD_DIRS)]
     if args.check:
-        stale = crdgen.stale(out)
+        stale = [path for out in outs for path in crdgen.stale(out)]
         for path in stale:
             print(f"{path} differs from the models; run `modelpool crds generate`", file=sys.stderr)
         return 1 if stale else 0
-    for path in crdgen.generate(out):
-        print(f"wrote {path}")
+    for out in outs:
+        for path in crdgen.generate(out):
+            print(f"wrote {path}")
     return 0
 
 
@@ -82,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="generate or check crds/ from the API models")
     crds.add_argument("action", choices=["generate"])
-    crds.add_argument("--out", default=str(REPO_ROOT / "crds"))
+    crds.add_argument(
+        "--out",
+        action="append",
+        help="folder to write (repeatable; default: crds/ and the Helm chart's crds/)",
+    )
     crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     crds.set_defaults(func=_crds)
 
