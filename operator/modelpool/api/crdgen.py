@@ -143,16 +143,20 @@ def structural(node: Any, *, add_object_defaults: bool) -> Any:
             required = set(out.get("required", []))
             for name, prop in out["properties"].items():
                 # An optional nested object without required fields defaults to {}, so the API
-                # server fills its own defaults (which CEL rules then see).
+                # server fills its own defaults (which CEL rules then see). Not where a CEL rule
+                # sits on the object itself: the API server checks rules against the default too.
                 if (
                     name not in required
                     and prop.get("type") == "object"
                     and "properties" in prop
                     and not prop.get("required")
                     and "default" not in prop
+                    and "x-kubernetes-validations" not in prop
                 ):
                     prop["default"] = {}
     if out.get("additionalProperties") is False:
+        out.pop("additionalProperties")
+    if out.get("x-kubernetes-preserve-unknown-fields") and out.get("additionalProperties") is True:
         out.pop("additionalProperties")
     return out
 

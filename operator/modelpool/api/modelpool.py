@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -113,10 +113,27 @@ class VariantScaling(ApiModel):
 
 
 class ProfileReference(ApiModel):
-    """Where the variant's measured capability profile lives (see docs/models.md)."""
+    """The variant's measured capability profile (see docs/models.md): inline or in a ConfigMap."""
 
-    config_map_key_ref: ConfigMapKeyReference = Field(
-        description="ConfigMap key holding the profile as JSON or YAML."
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.configMapKeyRef) != has(self.inline)",
+                    "message": "set exactly one of configMapKeyRef and inline",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    config_map_key_ref: ConfigMapKeyReference | None = Field(
+        default=None, description="ConfigMap key holding the profile as JSON or YAML."
+    )
+    inline: dict[str, Any] | None = Field(
+        default=None,
+        description="The profile itself, as `modelpool models profile` writes it (camelCase keys).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
 

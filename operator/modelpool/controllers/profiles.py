@@ -52,17 +52,22 @@ async def load_profiles(kube: KubeClient, namespace: str, spec: ModelPoolSpec) -
             continue
         view.referenced += 1
         ref = variant.profile.config_map_key_ref
-        if ref.name not in cache:
-            cm = await kube.get(resource_path("v1", "configmaps", namespace, ref.name))
-            cache[ref.name] = dict((cm or {}).get("data", {}) or {})
-        text = cache[ref.name].get(ref.key)
-        if text is None:
-            view.missing.append(f"{variant.name}: ConfigMap {ref.name} has no key {ref.key!r}")
-            continue
         try:
-            profile = CapabilityProfile.from_text(text)
+            if ref is None:
+                where = "spec.variants[].profile.inline"
+                profile = CapabilityProfile.model_validate(variant.profile.inline)
+            else:
+                where = f"ConfigMap {ref.name} key {ref.key}"
+                if ref.name not in cache:
+                    cm = await kube.get(resource_path("v1", "configmaps", namespace, ref.name))
+                    cache[ref.name] = dict((cm or {}).get("data", {}) or {})
+                text = cache[ref.name].get(ref.key)
+                if text is None:
+                    view.missing.append(f"{variant.name}: ConfigMap {ref.name} has no key {ref.key!r}")
+                    continue
+                profile = CapabilityProfile.from_text(text)
         except (ValidationError, ValueError) as err:
-            view.missing.append(f"{variant.name}: ConfigMap {ref.name} key {ref.key} is not a profile: {err}")
+            view.missing.append(f"{variant.name}: {where} is not a profile: {err}")
             continue
         reason = staleness(variant, profile)
         if reason:

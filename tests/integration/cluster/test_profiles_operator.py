@@ -82,3 +82,23 @@ def test_profile_missing_current_and_stale(kube: Kube) -> None:
     assert "sha256-newer" in stale["message"] and "modelpool models profile" in stale["message"]
     # A stale profile never blocks serving.
     assert wait_for(lambda: kube.condition("modelpool", "prof", "Ready"), 30, "Ready")["status"] == "True"
+
+
+def test_inline_profile_and_exactly_one_source(kube: Kube) -> None:
+    manifest = pool("sha256-abc")
+    inline = profile().model_dump(mode="json", by_alias=True)
+    manifest["spec"]["variants"][0]["profile"] = {"inline": inline}
+    kube.apply(manifest)
+    wait_for(lambda: profiles_current(kube, "True", "ProfilesCurrent"), 30, "inline ProfilesCurrent=True")
+    stored = kube.get("modelpool", "prof")["spec"]["variants"][0]["profile"]["inline"]  # type: ignore[index]
+    assert stored["capacityPerReplicaRps"] == 850
+
+    both = pool("sha256-abc")
+    both["spec"]["variants"][0]["profile"] = {
+        "inline": inline,
+        "configMapKeyRef": {"name": "profiles", "key": "small.yaml"},
+    }
+    proc = kube.apply(both, check=False)
+    assert proc.returncode != 0
+    assert "set exactly one of configMapKeyRef and inline" in proc.stderr
+    assert "spec.variants[0].profile" in proc.stderr
