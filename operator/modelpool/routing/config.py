@@ -152,6 +152,12 @@ class RouterConfig(_Model):
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     balancing: Literal["least_outstanding", "round_robin"] = "least_outstanding"
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    validate_requests: bool | None = Field(
+        default=None,
+        description="Check every request body in the router. Default: where the mode parses them anyway "
+        "(tiered, cascade); weighted mode forwards the bytes unchanged, Triton's 4xx comes back, and a "
+        "body Triton answers with 5xx is checked then (a malformed one gets the router's 400).",
+    )
     cache: CacheConfig = Field(default_factory=CacheConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,7 @@ class RoutingTable:
             TTLCache(config.cache.max_entries, config.cache.ttl_seconds) if config.cache.enabled else None
         )
         self.fallbacks = {name: self._fallback_order(v) for name, v in self.variants.items()}
+        self.parse_requests = config.mode != "weighted" or bool(config.validate_requests)
 
     def _fallback_order(self, first: VariantRuntime) -> list[VariantRuntime]:
         if not self.config.retry.cross_variant:
@@ -318,8 +320,7 @@ class Router:
     async def _attempt(
         self, variant: VariantRuntime, ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[UpstreamResponse | None, str]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()
         ep.outstanding += 1
         ep.breaker.on_send()
         resp: UpstreamResponse | None = None
@@ -336,7 +337,7 @@ class Router:
             detail = str(err)
         finally:
             ep.outstanding -= 1
-        self.metrics.attempt(variant.name, loop.time() - started, kind or None)
+        self.metrics.attempt(variant.name, time.perf_counter() - started, kind or None)
         if kind:
             ep.breaker.on_failure()
             if resp is not None:
@@ -378,9 +379,11 @@ class Router:
         self, table: RoutingTable, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
         assert table.swrr is not None
-        ready = [v.name for v in table.variants.values() if v.available()]
-        name = table.swrr.pick(ready) or table.swrr.pick()
+        name = table.swrr.pick()
         assert name is not None
+        if not table.variants[name].available():  # its share goes to the variants that can answer
+            ready = [v.name for v in table.variants.values() if v.available()]
+            name = table.swrr.pick(ready) or name
         answer = await self._first_answer(table.fallbacks[name], headers, body)
         self._account(table, answer.variant, answer.variant.cost)
         return _client_response(answer)
@@ -480,10 +483,10 @@ class Router:
     async def infer(self, body: bytes, request_headers: dict[bytes, bytes]) -> Response:
         """Route one inference request (body as received) and return the client's response."""
         table = self.table
-        started = asyncio.get_running_loop().time()
+        started = time.perf_counter()
         try:
             header_length = parse_header_length(request_headers.get(_HL))
-            request = parse_request(body, header_length)
+            request = parse_request(body, header_length) if table.parse_requests else None
             cache_key = None
             if table.cache is not None:
                 cache_key = hashlib.blake2b(
@@ -498,6 +501,12 @@ class Router:
             mode = table.config.mode
             if mode == "weighted":
                 response = await self._weighted(table, headers, body)
+                if response.status >= 500 and request is None:
+                    # Triton answers some malformed bodies with 500: check it here, so the client
+                    # gets a 400 naming the problem (a model's own 500 on a valid body passes through)
+                    parse_request(body, header_length)
+            elif request is None:  # pragma: no cover - parse_requests is set for these modes
+                raise AssertionError("tiered and cascade modes parse requests")
             elif mode == "cascade":
                 response = await self._cascade(table, request, body, headers)
             else:
@@ -514,7 +523,7 @@ class Router:
         else:
             if cache_key is not None and table.cache is not None and response.status == 200:
                 table.cache.put(cache_key, response)
-        self.metrics.response(response.status, asyncio.get_running_loop().time() - started)
+        self.metrics.response(response.status, time.perf_counter() - started)
         return response
 
     async def forward_get(self, suffix: str) -> Response:

@@ -81,21 +81,31 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     return data
 
 
-def _count_elements(data: Any, datatype: str, where: str) -> int:
-    """Number of scalars in (possibly nested) ``data``; checks each scalar's JSON type."""
-    if isinstance(data, list):
-        return sum(_count_elements(item, datatype, where) for item in data)
+def _allowed_types(datatype: str) -> frozenset[type]:
     if datatype == "BYTES":
-        ok = isinstance(data, str)
-    elif datatype == "BOOL":
-        ok = isinstance(data, bool)
-    elif datatype.startswith(("INT", "UINT")):
-        ok = isinstance(data, int) and not isinstance(data, bool)
-    else:
-        ok = isinstance(data, int | float) and not isinstance(data, bool)
-    if not ok:
-        raise BadRequest(f"{where}.data: element {data!r} does not match datatype {datatype}")
-    return 1
+        return frozenset({str})
+    if datatype == "BOOL":
+        return frozenset({bool})
+    if datatype.startswith(("INT", "UINT")):
+        return frozenset({int})
+    return frozenset({int, float})
+
+
+def _count_elements(data: Any, datatype: str, where: str) -> int:
+    """Number of scalars in (possibly nested) ``data``; checks each scalar's JSON type.
+
+    Flat lists, the common case, are checked with one ``set(map(type, ...))`` (C speed).
+    """
+    allowed = _allowed_types(datatype)
+    if not isinstance(data, list):
+        data = [data]
+    kinds = set(map(type, data))
+    if kinds <= allowed:
+        return len(data)
+    if list in kinds:
+        return sum(_count_elements(item, datatype, where) for item in data)
+    bad = next(x for x in data if type(x) not in allowed)
+    raise BadRequest(f"{where}.data: element {bad!r} does not match datatype {datatype}")
 
 
 def _check_tensor(tensor: Any, where: str) -> int:
