@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inspect = sub.add_parser(
         "inspect", help="read one variant's live metrics from Prometheus and print the scaling decision"
     )
-    inspect.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
+    inspect.add_argument(
+        "--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090"
+    )
     inspect.add_argument("--model", required=True, help="Triton model name of the variant")
     inspect.add_argument("--variant", help="router variant label (default: the model name)")
     inspect.add_argument("--matchers", default="", help='extra label matchers, e.g. namespace="prod"')

@@ -18,21 +18,19 @@ from modelpool.scaling.variant import VariantWish, wish_for
 
 
 def _pool_wishes(pool: PoolInput, now: float) -> list[VariantWish]:
-    """Wishes of a pool's variants; the last tier keeps one replica when every tier would be at zero."""
+    """Wishes of a pool's variants; the last tier's floor is 1 when every tier's floor is zero."""
     for vi in pool.variants:
         vi.settings.validate()
     names = [vi.settings.name for vi in pool.variants]
     if len(set(names)) != len(names):
         raise ValueError(f"pool {pool.name!r}: variant names must be unique, got {names}")
     wishes = [wish_for(vi, now) for vi in pool.variants]
-    if wishes and all(w.wish == 0 for w in wishes):
+    if wishes and all(w.floor == 0 for w in wishes):
+        # Some tier must always serve: the last one (the final fallback) never goes below 1,
+        # whatever the budget says.
         last = wishes[-1]
-        wishes[-1] = replace(
-            last,
-            floor=1,
-            wish=1,
-            reason=last.reason + "; kept at 1 as the last tier serving",
-        )
+        note = "; kept at 1 as the last tier serving" if last.wish == 0 else ""
+        wishes[-1] = replace(last, floor=1, wish=max(1, last.wish), reason=last.reason + note)
     return wishes
 
 

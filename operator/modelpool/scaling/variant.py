@@ -129,8 +129,9 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         surge = 0  # a scale-up window asks for patience: no surge on top
     wish = _clamp(max(stabilized, surge), floor, s.max_replicas)
     waiting = vi.metrics.pending_requests or 0.0
-    if wish < vi.current_replicas and waiting > vi.current_replicas * s.instances_per_replica:
-        wish = vi.current_replicas
+    keep = min(vi.current_replicas, s.max_replicas)
+    if wish < keep and waiting > vi.current_replicas * s.instances_per_replica:
+        wish = keep
         why += f"; no scale-down while {waiting:.0f} requests wait"
     if wish < max(recommendation, surge):
         why += f"; scale-up stabilised at {wish}"
