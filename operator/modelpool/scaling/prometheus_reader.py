@@ -13,6 +13,7 @@ Timestamps are Prometheus' (Unix epoch seconds): call ``decide`` with ``now=time
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from string import Template
@@ -163,12 +164,16 @@ class PrometheusReader:
         }
         t = self.templates
         try:
-            router_series = await self.series(t.render("router_rate", **values), at)
-            served_series = await self.series(t.render("served_rate", **values), at)
-            queue = await self.scalar(t.render("queue_time_s", **values), at)
-            compute = await self.scalar(t.render("compute_time_s", **values), at)
-            pending = await self.scalar(t.render("pending", **values), at)
-            newest = await self.scalar(t.render("newest_sample", **values), at)
+            router_series, served_series = await asyncio.gather(
+                self.series(t.render("router_rate", **values), at),
+                self.series(t.render("served_rate", **values), at),
+            )
+            queue, compute, pending, newest = await asyncio.gather(
+                *(
+                    self.scalar(t.render(name, **values), at)
+                    for name in ("queue_time_s", "compute_time_s", "pending", "newest_sample")
+                )
+            )
         except PrometheusError as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
         return VariantMetrics(
