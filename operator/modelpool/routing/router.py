@@ -73,7 +73,9 @@ class NoAnswer(Exception):
 class VariantRuntime:
     """A variant of the active config with its endpoint source."""
 
-    def __init__(self, config: VariantConfig, source: EndpointSource, router: Router) -> None:
+    def __init__(
+        self, config: VariantConfig, source: EndpointSource, router: Router, router_balancing: str
+    ) -> None:
         self.config = config
         self.name = config.name
         self.tier = config.tier
@@ -86,6 +88,7 @@ class VariantRuntime:
         self._urls: list[str] = []
         self._endpoints: list[Endpoint] = []
         self._rr = 0
+        self._round_robin = router_balancing == "round_robin"
 
     def endpoints(self) -> list[Endpoint]:
         """Current endpoints (re-resolved when the source's URLs change)."""
@@ -99,11 +102,15 @@ class VariantRuntime:
         return [e for e in self.endpoints() if e.breaker.allows()]
 
     def attempt_order(self) -> list[Endpoint]:
-        """Available endpoints, the least busy first (round-robin among equals)."""
+        """Available endpoints in the order to try: the least busy first (round robin among equals),
+        or plain round robin when the config says ``balancing: round_robin``."""
         candidates = self.available()
         if len(candidates) <= 1:
             return candidates
         self._rr += 1
+        if self._round_robin:
+            start = self._rr % len(candidates)
+            return candidates[start:] + candidates[:start]
         first = pick_least_outstanding(candidates, self._rr)
         return [first, *(c for c in candidates if c is not first)]
 
@@ -113,7 +120,9 @@ class RoutingTable:
 
     def __init__(self, config: RouterConfig, router: Router, sources: dict[str, EndpointSource]) -> None:
         self.config = config
-        self.variants = {v.name: VariantRuntime(v, sources[v.name], router) for v in config.variants}
+        self.variants = {
+            v.name: VariantRuntime(v, sources[v.name], router, config.balancing) for v in config.variants
+        }
         self.baseline_cost = config.baseline_variant().cost
         self.swrr = (
             SmoothWeightedRoundRobin([(v.name, v.weight) for v in config.variants])

@@ -50,6 +50,15 @@ async def test_weighted_split_is_exact_and_tritonclient_works(
         assert resp.status_code == 200, resp.text
         seen[resp.headers["x-modelpool-variant"]] += 1
     assert seen == Counter({"small": 30, "large": 10})
+    for replica in ("small_a", "small_b"):  # per-replica balancing: both replicas of small served
+        metrics = (await http.get(tritons[replica].metrics_url)).text
+        served = [
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith('nv_inference_request_success{model="echo_small"')
+        ]
+        assert served, metrics[:500]
+        assert float(served[0].rsplit(" ", 1)[1]) >= 5
     for binary in (False, True):
         probs, labels, _ = await asyncio.to_thread(_client_infer, router.port, [SHORT, LONG], binary)
         assert probs.shape == (2, 4)
