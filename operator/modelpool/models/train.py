@@ -45,6 +45,7 @@ from modelpool.models.small import SmallPredictor, SmallTrainingConfig, train_sm
 
 FloatArray = npt.NDArray[np.float32]
 REPORT_FILE = "train-report.json"
+VALIDATION_FILE = "validation.npz"
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,11 @@ def train_complexity_scorer(
     config: ScorerTrainingConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the scorer on out-of-fold small-model errors; report AUC on the test split."""
+    """Train the scorer on out-of-fold small-model errors; report AUC on the test split.
+
+    Also writes ``validation.npz``: out-of-fold small and large probabilities of the training rows,
+    their labels and scores, for choosing routing thresholds without looking at the test split.
+    """
     splits = load_limited(options.data, options.limit, options.seed)
     train, test = splits.train, splits.test
     embed = Embedder()
@@ -222,4 +227,11 @@ def train_complexity_scorer(
         "auc_one_minus_confidence": roc_auc(1.0 - p_small.max(axis=1), test_wrong),
     }
     (options.out / "scorer-report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    np.savez(
+        options.out / VALIDATION_FILE,
+        small=oof,
+        large=teacher,
+        labels=train.labels,
+        scores=np.asarray(scorer.score_with_probs(train.texts, oof), dtype=np.float32),
+    )
     return report

@@ -37,6 +37,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         variant = config["parameters"]["variant"]["string_value"]
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
+        threads = config["parameters"].get("torch_threads", {}).get("string_value", "")
+        if threads and variant != "small":
+            import torch
+
+            torch.set_num_threads(int(threads))
         self.predictor = load_variant(variant, _VERSION_DIR / "artifacts", device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
