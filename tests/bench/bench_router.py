@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -88,11 +89,11 @@ def _row(cells: list[str]) -> str:
 
 
 def proxy_overhead(args: argparse.Namespace, report: list[str], results: dict[str, Any]) -> None:
-    triton = TritonProcess(MODELS, ["identity"]).start()
+    triton = TritonProcess(MODELS, ["identity"], cpu_affinity=args.triton_cpus).start()
     identity = {"name": "identity", "tier": "large", "tritonModel": "identity", "weight": 1, "cost": 1}
     config = router_config(triton.http_url, "weighted", [identity], "identity")
-    router = RouterProcess(config).start()
-    nginx = Nginx(triton.http_port).start()
+    router = RouterProcess(config, cpu_affinity=args.proxy_cpus).start()
+    nginx = Nginx(triton.http_port, cpu_affinity=args.proxy_cpus).start()
     path = "/v2/models/identity/infer"
     targets: dict[str, tuple[str, Callable[[], float] | None]] = {
         "direct": (triton.http_url, None),
@@ -194,7 +195,7 @@ def render_overhead(args: argparse.Namespace, report: list[str], results: dict[s
 
 
 def mode_costs(args: argparse.Namespace, report: list[str], results: dict[str, Any]) -> None:
-    triton = TritonProcess(MODELS, ["echo_small", "echo_large"]).start()
+    triton = TritonProcess(MODELS, ["echo_small", "echo_large"], cpu_affinity=args.triton_cpus).start()
     variants = [
         {"name": "small", "tier": "small", "tritonModel": "echo_small", "weight": 1, "cost": 1},
         {"name": "large", "tier": "large", "tritonModel": "echo_large", "weight": 0, "cost": 10},
@@ -273,9 +274,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tp-duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--mode-rate", type=float, default=200.0)
     parser.add_argument("--skip-modes", action="store_true")
+    parser.add_argument(
+        "--pin", action="store_true", help="Triton on CPU 0; proxies, load generator and wrk on the others"
+    )
     args = parser.parse_args(argv)
+    args.triton_cpus = args.proxy_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        args.triton_cpus, args.proxy_cpus = {cpus[0]}, set(cpus[1:])
+        os.sched_setaffinity(0, args.proxy_cpus)  # the load generator and wrk (a child) too
     args.out.mkdir(parents=True, exist_ok=True)
-    report = [f"# Router benchmark ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})\n"]
+    load = os.getloadavg()[0]
+    report = [
+        f"# Router benchmark ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at start, pinned: {args.pin})\n"
+    ]
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     proxy_overhead(args, report, results)
     if not args.skip_modes:

@@ -107,8 +107,11 @@ def wrk_throughput(
 class Nginx:
     """Debian's nginx as a reference reverse proxy: 1 worker, upstream keepalive, on 127.0.0.1."""
 
-    def __init__(self, upstream_port: int, port: int | None = None) -> None:
+    def __init__(
+        self, upstream_port: int, port: int | None = None, cpu_affinity: set[int] | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.cpu_affinity = cpu_affinity
         self.upstream_port = upstream_port
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -147,9 +150,11 @@ http {{
     def start(self) -> Nginx:
         conf = self.dir / "nginx.conf"
         conf.write_text(self.config())
+        affinity = self.cpu_affinity
         self._proc = subprocess.Popen(
             [NGINX, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None,
         )  # fmt: skip
         import socket
 
