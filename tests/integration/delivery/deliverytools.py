@@ -1,0 +1,143 @@
+"""helm, kubectl kustomize and `kubectl auth can-i` for the delivery tests (real binaries)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelpool.devcluster import toolchain
+from modelpool.devcluster.cluster import DevCluster
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CHART = REPO_ROOT / "charts" / "modelpool"
+MANIFESTS = REPO_ROOT / "manifests"
+# What `helm template` assumes when no cluster is asked (the chart requires kubeVersion >= 1.27).
+KUBE_VERSION = "1.36.3"
+# Labels only Helm puts on objects: the kustomize base carries every other one.
+HELM_ONLY_LABELS = frozenset({"helm.sh/chart", "app.kubernetes.io/managed-by"})
+Obj = dict[str, Any]
+
+
+def binary(name: str) -> str:
+    path = toolchain.bin_dir() / name
+    if not path.is_file():
+        raise AssertionError(f"{path} is missing; run `modelpool devcluster build` (.ci/setup.sh does)")
+    return str(path)
+
+
+def run(
+    tool: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a toolchain binary; never raises on a non-zero exit (tests assert on it)."""
+    return subprocess.run(
+        [binary(tool), *args],
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _helm_home(kind: str) -> Path:
+    path = toolchain.cache_dir() / "helm" / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def helm_env(cluster: DevCluster | None = None) -> dict[str, str]:
+    """helm's environment: its own cache/config folders, the cluster's kubeconfig if any."""
+    env = cluster.env() if cluster is not None else dict(os.environ)
+    for kind in ("cache", "config", "data"):
+        env[f"HELM_{kind.upper()}_HOME"] = str(_helm_home(kind))
+    return env
+
+
+def helm(
+    *args: str, cluster: DevCluster | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return run("helm", *args, env=helm_env(cluster), timeout=timeout)
+
+
+def set_args(values: Mapping[str, str] | None) -> list[str]:
+    return [arg for key, value in (values or {}).items() for arg in ("--set-json", f"{key}={value}")]
+
+
+def helm_template(
+    *,
+    release: str = "modelpool",
+    namespace: str = "modelpool-system",
+    values_file: Path | None = None,
+    set_json: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart; ``set_json`` maps value paths to JSON values."""
+    args = ["template", release, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
+    if values_file is not None:
+        args += ["-f", str(values_file)]
+    return helm(*args, *set_args(set_json))
+
+
+def documents(text: str) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(**kwargs: Any) -> list[Obj]:
+    proc = helm_template(**kwargs)
+    assert proc.returncode == 0, proc.stderr
+    return documents(proc.stdout)
+
+
+def kustomize(path: Path) -> list[Obj]:
+    proc = run("kubectl", "kustomize", str(path))
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
+    return documents(proc.stdout)
+
+
+def by_kind(objs: Sequence[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: Sequence[Obj], kind: str) -> Obj:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def operator_container(objs: Sequence[Obj]) -> Obj:
+    containers: list[Obj] = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["operator"]
+    return containers[0]
+
+
+def without_helm_labels(obj: Obj) -> Obj:
+    """A copy of ``obj`` without the labels only Helm sets (on the object and its pod template)."""
+    copy: Obj = yaml.safe_load(yaml.safe_dump(obj))
+    metas = [copy["metadata"]]
+    if copy["kind"] == "Deployment":
+        metas.append(copy["spec"]["template"]["metadata"])
+    for meta in metas:
+        meta["labels"] = {k: v for k, v in meta.get("labels", {}).items() if k not in HELM_ONLY_LABELS}
+    return copy
+
+
+def can_i(
+    cluster: DevCluster, service_account: str, verb: str, resource: str, namespace: str | None = None
+) -> bool:
+    """`kubectl auth can-i` as the ServiceAccount ``namespace-of-sa:name`` (``service_account``
+    is ``<ns>:<name>``); ``resource`` may carry a subresource (``modelpools.modelpool.dev/status``)."""
+    args = ["auth", "can-i", verb, f"--as=system:serviceaccount:{service_account}"]
+    name, _, sub = resource.partition("/")
+    args.append(name)
+    if sub:
+        args.append(f"--subresource={sub}")
+    args += ["-n", namespace] if namespace else []
+    proc = cluster.kubectl(*args, check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {proc.stdout} {proc.stderr}"
+    return answer == "yes"

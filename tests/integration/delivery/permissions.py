@@ -1,0 +1,50 @@
+"""What the operator must and must not be allowed to do (checked with `kubectl auth can-i`).
+
+Each entry is ``(verb, resource)``; a resource may name a subresource after a slash.
+"""
+
+from __future__ import annotations
+
+ALL_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+
+def _each(resources: tuple[str, ...], verbs: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(verb, resource) for resource in resources for verb in verbs]
+
+
+# Needed in every watched namespace.
+NAMESPACED_NEEDED = [
+    *_each(("modelpools.modelpool.dev", "routingpolicies.modelpool.dev"), ("get", "list", "watch", "patch")),
+    *_each(
+        ("modelpools.modelpool.dev/status", "routingpolicies.modelpool.dev/status"),
+        ("get", "patch", "update"),
+    ),
+    *_each(("deployments.apps", "services", "configmaps"), ALL_VERBS),
+    *_each(("pods",), ("get", "list", "watch")),
+    ("get", "secrets"),
+    *_each(("events", "events.events.k8s.io"), ("create", "patch")),
+]
+# Never granted, in any namespace: the operator reads one Secret by name and never writes
+# pods, its own custom resources' specs, or RBAC.
+NAMESPACED_DENIED = [
+    *_each(("secrets",), ("list", "watch", "create", "update", "patch", "delete")),
+    *_each(("pods",), ("create", "update", "patch", "delete")),
+    ("create", "pods/exec"),
+    *_each(("modelpools.modelpool.dev", "routingpolicies.modelpool.dev"), ("create", "update", "delete")),
+    ("delete", "events"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "statefulsets.apps"),
+    ("create", "serviceaccounts"),
+]
+# Cluster-scoped reads kopf needs in every mode (CRD scanning).
+CLUSTER_NEEDED = _each(("customresourcedefinitions.apiextensions.k8s.io",), ("get", "list", "watch"))
+# Only a cluster-wide operator observes namespaces.
+CLUSTERWIDE_ONLY = _each(("namespaces",), ("list", "watch"))
+CLUSTER_DENIED = [
+    *_each(("customresourcedefinitions.apiextensions.k8s.io",), ("create", "patch", "update", "delete")),
+    *_each(("namespaces",), ("create", "delete", "patch")),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("list", "nodes"),
+]

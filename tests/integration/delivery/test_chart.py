@@ -1,0 +1,258 @@
+"""The Helm chart: lint, render, schema validation, and a real install on the local cluster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from integration.delivery import permissions as perm
+from integration.delivery.deliverytools import (
+    CHART,
+    by_kind,
+    can_i,
+    helm,
+    helm_template,
+    one,
+    operator_container,
+    render,
+)
+from modelpool.devcluster.cluster import DevCluster
+
+pytestmark = pytest.mark.cluster
+
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
+
+
+def scenario(name: str) -> Path:
+    return CHART / "ci" / f"{name}-values.yaml"
+
+
+def test_scenarios_exist() -> None:
+    assert SCENARIO_IDS == ["default", "namespaced", "with-prometheus"]
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=SCENARIO_IDS)
+def test_lint_strict(values: Path) -> None:
+    proc = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_default_render_is_cluster_wide_operator() -> None:
+    objs = render()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = operator_container(objs)
+    assert container["image"] == "ghcr.io/modelpool/modelpool:0.1.0"
+    assert container["args"] == [
+        "--log-level=INFO",
+        "operator",
+        "run",
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--metrics-port=9090",
+    ]
+    # The probes hit kopf's liveness endpoint named in --liveness.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"healthz": 8081, "metrics": 9090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    service = one(objs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # RBAC binds the ServiceAccount the pod runs as.
+    sa = one(objs, "ServiceAccount")["metadata"]
+    pod_sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    subject = one(objs, "ClusterRoleBinding")["subjects"][0]
+    assert pod_sa == sa["name"] == subject["name"] and subject["namespace"] == sa["namespace"]
+
+
+def test_security_defaults() -> None:
+    objs = render()
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    sc = operator_container(objs)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = operator_container(objs)["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in mounts
+
+
+def test_namespaced_render_uses_roles_per_namespace() -> None:
+    objs = render(values_file=scenario("namespaced"))
+    roles = by_kind(objs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]
+    # Only CRD discovery stays cluster-wide; namespaces are neither listed nor watched.
+    cluster_role = one(objs, "ClusterRole")
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    assert all("namespaces" not in r["resources"] for role in roles for r in role["rules"])
+    args = operator_container(objs)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    assert by_kind(objs, "Service") == []
+    assert one(objs, "ServiceAccount")["metadata"]["name"] == "modelpool-namespaced"
+
+
+def test_prometheus_render_sets_url_and_service_monitor() -> None:
+    objs = render(values_file=scenario("with-prometheus"))
+    args = operator_container(objs)["args"]
+    assert "--prometheus-url=http://prometheus-operated.monitoring:9090" in args
+    assert "--verbose" in args
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"] == one(objs, "Service")["spec"]["selector"]
+
+
+def test_digest_pins_the_image() -> None:
+    digest = "sha256:" + "ab" * 32
+    objs = render(set_json={"image.digest": json.dumps(digest), "image.tag": '"9.9.9"'})
+    assert operator_container(objs)["image"] == f"ghcr.io/modelpool/modelpool@{digest}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("replicaCount", "-1", "replicaCount"),
+        ("replicaCount", "2", "replicaCount"),
+        ("replicaCount", '"1"', "replicaCount"),
+        ("replicas", "1", "replicas"),
+        ("image.pullPolicy", '"Sometimes"', "pullPolicy"),
+        ("image.digest", '"latest"', "digest"),
+        ("image.extra", "true", "extra"),
+        ("watchNamespaces", '["Team_A"]', "watchNamespaces"),
+        ("prometheusUrl", '"prometheus:9090"', "prometheusUrl"),
+        ("metrics.port", "70000", "port"),
+        ("liveness.path", '"healthz"', "path"),
+        ("resources.requests.cpu", '"lots"', "cpu"),
+        ("rbac.create", '"yes"', "create"),
+    ],
+)
+def test_schema_rejects_bad_value(key: str, value: str, named: str) -> None:
+    proc = helm_template(set_json={key: value})
+    assert proc.returncode != 0, f"{key}={value} was accepted"
+    assert "schema" in proc.stderr, proc.stderr
+    assert named in proc.stderr, proc.stderr
+
+
+def test_service_monitor_without_service_is_refused() -> None:
+    proc = helm_template(
+        set_json={"metrics.serviceMonitor.enabled": "true", "metrics.service.enabled": "false"}
+    )
+    assert proc.returncode != 0
+    assert "metrics.service.enabled" in proc.stderr, proc.stderr
+
+
+def _assert_permissions(
+    cluster: DevCluster, sa: str, checks: list[tuple[str, str]], namespace: str | None, allowed: bool
+) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda check: can_i(cluster, sa, *check, namespace), checks))
+    wrong = [
+        f"{verb} {resource}" for (verb, resource), yes in zip(checks, answers, strict=True) if yes != allowed
+    ]
+    assert not wrong, (
+        f"{sa} in {namespace or 'cluster scope'}: expected {'yes' if allowed else 'no'} for {wrong}"
+    )
+
+
+def _installed(cluster: DevCluster, release: str, namespace: str, *extra: str) -> None:
+    proc = helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout",
+        "90s",
+        *extra,
+        cluster=cluster,
+        timeout=150,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PodSecurity" not in proc.stderr, proc.stderr
+
+
+def _uninstalled(cluster: DevCluster, release: str, namespace: str, cluster_objects: list[str]) -> None:
+    proc = helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", cluster=cluster)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    leftovers = cluster.kubectl(
+        "get",
+        "deployments,serviceaccounts,services,roles,rolebindings",
+        "-A",
+        "-l",
+        f"app.kubernetes.io/instance={release}",
+        "-o",
+        "name",
+    ).stdout.split()
+    leftovers += [o for o in cluster_objects if cluster.kubectl("get", o, check=False).returncode == 0]
+    assert leftovers == [], leftovers
+    # CRDs from the chart's crds/ are never deleted by Helm (pools would be lost).
+    assert cluster.kubectl("get", "crd", "modelpools.modelpool.dev", check=False).returncode == 0
+
+
+def test_install_cluster_wide_rbac_is_sufficient_and_minimal(
+    cluster: DevCluster, namespaces: Callable[..., str]
+) -> None:
+    # The release's namespace enforces the "restricted" Pod Security Standard: the operator
+    # pod is only admitted (and the Deployment only becomes available) if it complies.
+    ns = namespaces(**{"pod-security.kubernetes.io/enforce": "restricted"})
+    other = namespaces()
+    release = f"modelpool-{ns}"  # contains the chart name: objects are named after it
+    # The chart's crds/ are the CRDs already installed: Helm skips them, nothing conflicts.
+    _installed(cluster, release, ns)
+    deployment = json.loads(cluster.kubectl("get", "deployment", release, "-n", ns, "-o", "json").stdout)
+    assert deployment["status"].get("availableReplicas") == 1
+    assert cluster.kubectl("get", "serviceaccount", release, "-n", ns, check=False).returncode == 0
+    for obj in (f"clusterrole/{release}", f"clusterrolebinding/{release}"):
+        assert cluster.kubectl("get", obj, check=False).returncode == 0, obj
+
+    sa = f"{ns}:{release}"
+    for namespace in (ns, other):
+        _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, namespace, allowed=True)
+        _assert_permissions(cluster, sa, perm.NAMESPACED_DENIED, namespace, allowed=False)
+    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED + perm.CLUSTERWIDE_ONLY, None, allowed=True)
+    _assert_permissions(cluster, sa, perm.CLUSTER_DENIED, None, allowed=False)
+
+    _uninstalled(cluster, release, ns, [f"clusterrole/{release}", f"clusterrolebinding/{release}"])
+    assert not can_i(cluster, sa, "get", "modelpools.modelpool.dev", other)
+
+
+def test_install_namespaced_rbac_is_confined(cluster: DevCluster, namespaces: Callable[..., str]) -> None:
+    ns = namespaces(**{"pod-security.kubernetes.io/enforce": "restricted"})
+    team_a, team_b, outside = namespaces(), namespaces(), namespaces()
+    release = f"modelpool-{ns}"  # contains the chart name: objects are named after it
+    _installed(
+        cluster,
+        release,
+        ns,
+        "--skip-crds",
+        "--set-json",
+        json.dumps([team_a, team_b]).join(("watchNamespaces=", "")),
+    )
+    for team in (team_a, team_b):
+        assert cluster.kubectl("get", "role,rolebinding", release, "-n", team, check=False).returncode == 0
+    sa = f"{ns}:{release}"
+    for team in (team_a, team_b):
+        _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, team, allowed=True)
+        _assert_permissions(cluster, sa, perm.NAMESPACED_DENIED, team, allowed=False)
+    # Nothing outside the watched namespaces, not even in its own.
+    for namespace in (ns, outside):
+        _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, namespace, allowed=False)
+    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED, None, allowed=True)
+    _assert_permissions(cluster, sa, perm.CLUSTERWIDE_ONLY + perm.CLUSTER_DENIED, None, allowed=False)
+
+    _uninstalled(cluster, release, ns, [f"clusterrole/{release}-crds", f"clusterrolebinding/{release}-crds"])
