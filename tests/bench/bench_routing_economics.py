@@ -76,7 +76,10 @@ def record(
 
     probs: dict[str, Any] = {}
     latency: dict[str, Any] = {}
-    models = [f"{name}-{v}" for v in VARIANTS]
+    from modelpool.models.export import model_name
+    from modelpool.models.runtime import Variant
+
+    models = [model_name(name, Variant(v)) for v in VARIANTS]
     with TritonProcess(repository, models, startup_timeout=300.0) as server:
         client = http_client(server.http_url)
         for variant, model in zip(VARIANTS, models, strict=True):

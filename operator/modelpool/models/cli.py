@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     export.add_argument(
         "--trained", type=Path, default=DEFAULT_TRAINED, help="folder written by `models train`"
     )
-    export.add_argument("--name", default="banking77", help="model name prefix: <name>-small|quantized|large")
+    export.add_argument("--name", default="banking77", help="model name prefix: <name>-small|int8|large")
     export.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], default="auto", help="KIND_GPU for large if gpu"
     )

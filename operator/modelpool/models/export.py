@@ -1,11 +1,11 @@
 """Export trained variants as a Triton model repository (Python backend, dynamic batching).
 
-Layout (one model per variant, named ``<name>-<variant>``)::
+Layout (one model per variant, named ``<name>-small``, ``<name>-int8`` and ``<name>-large``)::
 
-    <repository>/<name>-<variant>/config.pbtxt
-    <repository>/<name>-<variant>/1/model.py              # triton_model.py
-    <repository>/<name>-<variant>/1/runtime/modelpool/... # vendored modelpool.models code
-    <repository>/<name>-<variant>/1/artifacts/...         # weights + VERSION.json
+    <repository>/<model>/config.pbtxt
+    <repository>/<model>/1/model.py              # triton_model.py
+    <repository>/<model>/1/runtime/modelpool/... # vendored modelpool.models code
+    <repository>/<model>/1/artifacts/...         # weights + VERSION.json
 
 ``VERSION.json`` holds the model digest (SHA-256 over the artifacts and the encoder weights) and the
 creation time; capability profiles record both so a stale profile can be detected.
@@ -55,9 +55,12 @@ class ModelVersion:
         )
 
 
+MODEL_SUFFIX = {Variant.SMALL: "small", Variant.QUANTIZED: "int8", Variant.LARGE: "large"}
+
+
 def model_name(prefix: str, variant: Variant) -> str:
-    """Triton model name of ``variant``: ``<prefix>-<variant>``."""
-    return f"{prefix}-{variant.value}"
+    """Triton model name of ``variant``: ``<prefix>-small``, ``<prefix>-int8`` or ``<prefix>-large``."""
+    return f"{prefix}-{MODEL_SUFFIX[variant]}"
 
 
 def artifact_files(variant: Variant) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from modelpool.models.client import classify_all, http_client, infer_texts
-from modelpool.models.export import read_version
+from modelpool.models.export import model_name, read_version
+from modelpool.models.runtime import Variant
 from modelpool.models.train import load_limited
 
 from .conftest import LIMIT, Built
@@ -32,7 +33,7 @@ def test_variant_answers_by_contract_and_matches_in_process(built: Built, triton
 
     from modelpool.models.runtime import load_variant
 
-    name = f"banking77-{variant}"
+    name = model_name("banking77", Variant(variant))
     client = http_client(triton.http_url)
     batch = np.array([[t.encode()] for t in TEXTS], dtype=np.object_)
     tensor = httpclient.InferInput("TEXT", list(batch.shape), "BYTES")
@@ -55,7 +56,7 @@ def test_quantized_is_a_different_module_than_large(built: Built, triton: Any) -
         "cancel my transfer please",
     ] * 4
     large = classify_all(client, "banking77-large", sample, batch_size=8)
-    quantized = classify_all(client, "banking77-quantized", sample, batch_size=8)
+    quantized = classify_all(client, "banking77-int8", sample, batch_size=8)
     assert np.abs(large - quantized).max() > 1e-3  # int8 weights really changed the computation
     assert (large.argmax(1) == quantized.argmax(1)).mean() >= 0.75
     modules = built.report["linear_modules"]
@@ -71,7 +72,12 @@ def test_reduced_size_accuracy_and_cost(built: Built, triton: Any) -> None:
     test = load_limited(banking77_dir(), LIMIT, 0).test
     client = http_client(triton.http_url)
     accuracy = {
-        v: float((classify_all(client, f"banking77-{v}", list(test.texts)).argmax(1) == test.labels).mean())
+        v: float(
+            (
+                classify_all(client, model_name("banking77", Variant(v)), list(test.texts)).argmax(1)
+                == test.labels
+            ).mean()
+        )
         for v in ("small", "quantized", "large")
     }
     chance = 1 / 77
