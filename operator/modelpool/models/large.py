@@ -23,6 +23,7 @@ from modelpool.models.encoder import (
     load_encoder,
     quantize_dynamic_int8,
 )
+from modelpool.models.torchutil import module_base, optimizer_step
 
 FloatArray = npt.NDArray[np.float32]
 HEAD_WEIGHTS = "head.pt"
@@ -76,10 +77,7 @@ def train_head(
         order = torch.from_numpy(rng.permutation(len(x)))
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
-            loss = nn.functional.cross_entropy(head(x[rows]), y[rows])
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+            optimizer_step([optimizer], nn.functional.cross_entropy(head(x[rows]), y[rows]))
     return head.eval()
 
 
@@ -110,13 +108,7 @@ def cross_fitted_probabilities(
     return probs
 
 
-def _module_base() -> Any:
-    from torch import nn
-
-    return nn.Module
-
-
-class EncoderClassifier(_module_base()):  # type: ignore[misc]
+class EncoderClassifier(module_base()):  # type: ignore[misc]
     """Sentence encoder followed by the classification head, as one torch module."""
 
     def __init__(self, encoder: Any, head: Any, label_names: Sequence[str]) -> None:

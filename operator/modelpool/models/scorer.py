@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from modelpool.models.features import HashingConfig, featurize, hashing_from_dict
 from modelpool.models.small import SmallPredictor, bag_tensors
+from modelpool.models.torchutil import module_base, optimizer_step, sparse_and_dense_optimizers
 
 FloatArray = npt.NDArray[np.float32]
 SCORER_WEIGHTS = "scorer.pt"
@@ -60,13 +61,7 @@ def confidence_features(probs: FloatArray, texts: Sequence[str]) -> FloatArray:
     return features
 
 
-def _module_base() -> Any:
-    from torch import nn
-
-    return nn.Module
-
-
-class ScorerNet(_module_base()):  # type: ignore[misc]
+class ScorerNet(module_base()):  # type: ignore[misc]
     """Dense confidence features (+ optional hashed n-gram bag) -> MLP -> logit of 'small is wrong'."""
 
     def __init__(self, buckets: int, embedding: int, dense: int, hidden: int) -> None:
@@ -105,10 +100,7 @@ def train_scorer_net(
     bags = featurize(texts, config.hashing)
     dense = torch.from_numpy(confidence_features(small_probs, texts))
     net = ScorerNet(config.hashing.buckets, config.embedding, dense.shape[1], config.hidden)
-    optimizers = [
-        torch.optim.SparseAdam(list(net.bag.parameters()), lr=config.learning_rate),
-        torch.optim.Adam(net.mlp.parameters(), lr=config.learning_rate),
-    ]
+    optimizers = sparse_and_dense_optimizers(net.bag, net.mlp, config.learning_rate)
     y = torch.from_numpy(small_wrong.astype(np.float32))
     net.train()
     for _ in range(config.epochs):
@@ -119,11 +111,7 @@ def train_scorer_net(
             loss = nn.functional.binary_cross_entropy_with_logits(
                 net(indices, offsets, weights, dense[rows]), y[rows]
             )
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            for optimizer in optimizers:
-                optimizer.step()
+            optimizer_step(optimizers, loss)
     trained: ScorerNet = net.eval()
     return trained
 

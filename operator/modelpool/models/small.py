@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelpool.models.features import FeatureBags, HashingConfig, bag_sums, featurize, hashing_from_dict
+from modelpool.models.torchutil import optimizer_step, sparse_and_dense_optimizers
 
 FloatArray = npt.NDArray[np.float32]
 SMALL_WEIGHTS = "small.npz"
@@ -122,10 +123,7 @@ def train_small(
     embedding = nn.EmbeddingBag(config.hashing.buckets, config.hidden, mode="sum", sparse=True)
     nn.init.normal_(embedding.weight, std=0.05)
     output = nn.Linear(config.hidden, num_classes)
-    optimizers = [
-        torch.optim.SparseAdam(list(embedding.parameters()), lr=config.learning_rate),
-        torch.optim.Adam(output.parameters(), lr=config.learning_rate),
-    ]
+    optimizers = sparse_and_dense_optimizers(embedding, output, config.learning_rate)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     soft_targets = None if teacher_probs is None else _soften(teacher_probs, config.temperature)
     for _ in range(config.epochs):
@@ -139,11 +137,7 @@ def train_small(
                 log_p = nn.functional.log_softmax(logits / config.temperature, dim=1)
                 kl = nn.functional.kl_div(log_p, torch.from_numpy(soft_targets[rows]), reduction="batchmean")
                 loss = (1 - config.soft_weight) * loss + config.soft_weight * config.temperature**2 * kl
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            for optimizer in optimizers:
-                optimizer.step()
+            optimizer_step(optimizers, loss)
     return SmallPredictor(
         embedding.weight.detach().numpy().astype(np.float32),
         output.weight.detach().numpy().astype(np.float32),
