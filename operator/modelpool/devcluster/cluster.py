@@ -10,8 +10,8 @@ Running by kwok (no container runs, nothing listens on their IPs).
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
