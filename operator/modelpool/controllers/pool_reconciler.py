@@ -133,11 +133,15 @@ def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:
 
 
 async def list_children(kube: KubeClient, namespace: str, pool: str) -> dict[str, dict[str, Obj]]:
-    """The pool's Deployments and Services by kind and name (one LIST each)."""
+    """The pool's Deployments and Services by kind and name (one LIST each).
+
+    Items of a LIST carry no apiVersion/kind; they are filled in so that listed objects
+    compare with built manifests exactly as fetched ones do.
+    """
     selector = f"{LABEL_POOL}={pool},app.kubernetes.io/managed-by={MANAGED_BY}"
     return {
         kind.kind: {
-            obj["metadata"]["name"]: obj
+            obj["metadata"]["name"]: {"apiVersion": kind.api_version, "kind": kind.kind, **obj}
             for obj in await kube.list(resource_path(kind.api_version, kind.plural, namespace), selector)
         }
         for kind in (DEPLOYMENT, SERVICE)

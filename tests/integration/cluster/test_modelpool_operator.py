@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +296,14 @@ def test_nothing_is_written_when_nothing_changed(kube: Kube, operator: OperatorP
         ]
         return tuple(o["metadata"]["resourceVersion"] for o in objs if o)
 
-    first = settled()
-    # Three resync periods of the operator with nothing to do.
-    import time
+    def updates() -> int:
+        return sum(int(e.get("count", 1) or 1) for e in kube.events("bank") if e["reason"] == "Updated")
 
+    first, updated = settled(), updates()
+    # Three resync periods of the operator with nothing to do: no write, no correction.
     time.sleep(operator.resync_seconds * 3 + 1)
     assert settled() == first
+    assert updates() == updated == 0
 
 
 def test_restarted_operator_converges(kube: Kube, operator: OperatorProcess) -> None:
