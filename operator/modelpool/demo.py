@@ -19,6 +19,7 @@ from typing import Any
 from modelpool.devcluster.cluster import DevCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "modelpool-demo"
 
 
 def _say(text: str) -> None:
@@ -29,7 +30,7 @@ def _wait_ready(cluster: DevCluster, pool: str, timeout: float) -> dict[str, Any
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        proc = cluster.kubectl("get", "modelpool", pool, "-o", "json", check=False)
+        proc = cluster.kubectl("-n", NAMESPACE, "get", "modelpool", pool, "-o", "json", check=False)
         if proc.returncode == 0:
             last = json.loads(proc.stdout)
             conds = last.get("status", {}).get("conditions", [])
@@ -62,13 +63,17 @@ def run_demo(hold_seconds: float | None = None) -> int:
     _say(f"running the operator (log: {log_path})")
     operator = start_operator(cluster, log_path)
     try:
-        _say("applying manifests/samples")
-        print(cluster.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "samples")).stdout)
+        _say(f"applying manifests/samples in a fresh namespace {NAMESPACE}")
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=180)
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        print(
+            cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(REPO_ROOT / "manifests" / "samples")).stdout
+        )
         pool = "banking77"
         t0 = time.monotonic()
         _wait_ready(cluster, pool, timeout=120)
         print(f"pool {pool} Ready {time.monotonic() - t0:.1f} s after apply")
-        print(cluster.kubectl("get", "modelpools,routingpolicies").stdout)
+        print(cluster.kubectl("-n", NAMESPACE, "get", "modelpools,routingpolicies").stdout)
         print(
             cluster.kubectl(
                 "get", "deployments,services,pods", "-l", f"modelpool.dev/pool={pool}", "-o", "wide"
@@ -76,21 +81,32 @@ def run_demo(hold_seconds: float | None = None) -> int:
         )
 
         _say(f"deleting deployment {pool}-large by hand: the operator recreates it")
-        cluster.kubectl("delete", "deployment", f"{pool}-large", "--wait=false")
+        cluster.kubectl("-n", NAMESPACE, "delete", "deployment", f"{pool}-large", "--wait=false")
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:
-            proc = cluster.kubectl("get", "deployment", f"{pool}-large", "-o", "json", check=False)
+            proc = cluster.kubectl(
+                "-n", NAMESPACE, "get", "deployment", f"{pool}-large", "-o", "json", check=False
+            )
             if proc.returncode == 0 and not json.loads(proc.stdout)["metadata"].get("deletionTimestamp"):
                 break
             time.sleep(0.5)
         print(f"recreated after {time.monotonic() - t0:.1f} s")
         _wait_ready(cluster, pool, timeout=120)
-        print(cluster.kubectl("get", "modelpool", pool, "-o", "wide").stdout)
-        print(cluster.kubectl("get", "events", "--field-selector", f"involvedObject.name={pool}").stdout)
+        print(cluster.kubectl("-n", NAMESPACE, "get", "modelpool", pool, "-o", "wide").stdout)
+        events = (
+            "get",
+            "events",
+            "--sort-by=.lastTimestamp",
+            "--field-selector",
+            f"involvedObject.name={pool}",
+        )
+        print(cluster.kubectl("-n", NAMESPACE, *events).stdout)
 
         hold = hold_seconds if hold_seconds is not None else (float("inf") if sys.stdin.isatty() else 0.0)
         if hold > 0:
-            _say("the operator keeps running; try `kubectl edit modelpool banking77` (Ctrl-C to stop)")
+            _say(
+                f"the operator keeps running; try `kubectl -n {NAMESPACE} edit modelpool banking77` (Ctrl-C to stop)"
+            )
             print(f"export KUBECONFIG={cluster.kubeconfig}")
             end = time.monotonic() + hold
             while time.monotonic() < end and operator.poll() is None:
