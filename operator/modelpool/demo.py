@@ -105,7 +105,8 @@ def run_demo(hold_seconds: float | None = None) -> int:
         hold = hold_seconds if hold_seconds is not None else (float("inf") if sys.stdin.isatty() else 0.0)
         if hold > 0:
             _say(
-                f"the operator keeps running; try `kubectl -n {NAMESPACE} edit modelpool banking77` (Ctrl-C to stop)"
+                f"the operator keeps running; try `kubectl -n {NAMESPACE} edit modelpool banking77` "
+                "(Ctrl-C stops it)"
             )
             print(f"export KUBECONFIG={cluster.kubeconfig}")
             end = time.monotonic() + hold
