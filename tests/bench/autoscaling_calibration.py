@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +24,17 @@ from modelpool.devcluster.triton import TritonProcess
 from modelpool.scaling.simulator import ServiceModel
 
 MODELS = Path(__file__).resolve().parent / "autoscaling_models"
+# One BLAS thread in the model's stub: one model instance is one server in the queueing model, and
+# multi-threaded BLAS on a shared 2-core machine made the tiny decode steps 3-7x slower (measured).
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def single_threaded_blas() -> None:
+    """Make tritonserver (started after this) run its Python stubs with one BLAS thread."""
+    for key, value in SINGLE_THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 CONTEXT_GRID = (32, 512, 1500, 3000, 6000)
 GENERATED_GRID = (1, 16, 64, 200)
 
@@ -43,6 +55,7 @@ def _infer(client: httpx.Client, url: str, text: str) -> float:
 def calibrate(repeats: int = 5) -> dict[str, object]:
     """Start tritonserver, measure the grid, stop it; return the fit and the raw points."""
     points: list[dict[str, float]] = []
+    single_threaded_blas()
     server = TritonProcess(MODELS, ["token_lm"])
     started = time.perf_counter()
     server.start()
@@ -68,6 +81,7 @@ def calibrate(repeats: int = 5) -> dict[str, object]:
     model = ServiceModel(max(float(coef[0]), 0.0), max(float(coef[1]), 0.0), max(float(coef[2]), 0.0))
     return {
         "model": "token_lm (hidden 512, 4 layers; prefill over context, one decode step per token)",
+        "blas_threads": {k: os.environ.get(k) for k in SINGLE_THREAD_ENV},
         "base_s": model.base_s,
         "per_context_token_s": model.per_context_token_s,
         "per_generated_token_s": model.per_generated_token_s,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from autoscaling_calibration import MODELS, calibrate, load_service_model
+from autoscaling_calibration import MODELS, calibrate, load_service_model, single_threaded_blas
 from bench_autoscaling import DEFAULT_TRACE, REFERENCE_CALIBRATION
 
 from modelpool.devcluster.triton import TritonProcess
@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     capacity = 1.0 / statistics.fmean(service.service_s(r) for r in trace)
     window = pick_window(trace, capacity, args.seconds, args.load)
     sim = simulate(window, service, SimConfig(latency_slo_s=args.slo), StaticPolicy(1))
+    single_threaded_blas()
     with TritonProcess(MODELS, ["token_lm"]) as server:
         real = asyncio.run(replay(server.http_url, window))
     print(
