@@ -146,20 +146,22 @@ async def reconcile_policy(
     raw_status = obj.get("status")
     previous = _parse_policy_status(raw_status)
     stamp = now()
+
+    async def refuse(failed: str, reason: str, message: str) -> RoutingPolicyStatus:
+        """Report why the policy cannot be acted on (routers keep their last config)."""
+        settings = [(c.ACCEPTED, True, "Valid", "spec is valid")] if failed != c.ACCEPTED else []
+        settings += [(failed, False, reason, message), (c.READY, False, reason, message)]
+        status = _status(previous, generation, stamp, settings)
+        if await _write(kube, namespace, name, status, raw_status):
+            emit("Warning", reason, message)
+        return status
+
     try:
         spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
     except ValidationError as err:
         first = err.errors()[0]
         message = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}; fix that field"
-        status = _status(
-            previous,
-            generation,
-            stamp,
-            [(c.ACCEPTED, False, "InvalidSpec", message), (c.READY, False, "InvalidSpec", message)],
-        )
-        if await _write(kube, namespace, name, status, raw_status):
-            emit("Warning", "InvalidSpec", message)
-        return status
+        return await refuse(c.ACCEPTED, "InvalidSpec", message)
     accepted = (c.ACCEPTED, True, "Valid", "spec is valid")
 
     pool_obj = await kube.get(pool_path(namespace, spec.pool_ref.name))
@@ -168,51 +170,15 @@ async def reconcile_policy(
             f"spec.poolRef.name: ModelPool {spec.pool_ref.name!r} not found in namespace {namespace}; "
             "create it or fix the name"
         )
-        status = _status(
-            previous,
-            generation,
-            stamp,
-            [
-                accepted,
-                (c.RESOLVED_REFS, False, "PoolNotFound", message),
-                (c.READY, False, "PoolNotFound", message),
-            ],
-        )
-        if await _write(kube, namespace, name, status, raw_status):
-            emit("Warning", "PoolNotFound", message)
-        return status
+        return await refuse(c.RESOLVED_REFS, "PoolNotFound", message)
     try:
         pool = ModelPoolSpec.model_validate(pool_obj.get("spec", {}))
     except ValidationError as err:
         message = f"ModelPool {spec.pool_ref.name!r} has an invalid spec: {err.errors()[0]['msg']}"
-        status = _status(
-            previous,
-            generation,
-            stamp,
-            [
-                accepted,
-                (c.RESOLVED_REFS, False, "InvalidPool", message),
-                (c.READY, False, "InvalidPool", message),
-            ],
-        )
-        await _write(kube, namespace, name, status, raw_status)
-        return status
+        return await refuse(c.RESOLVED_REFS, "InvalidPool", message)
     problems = routing_reference_problems(spec, [v.name for v in pool.variants])
     if problems:
-        message = "; ".join(p.message for p in problems)
-        status = _status(
-            previous,
-            generation,
-            stamp,
-            [
-                accepted,
-                (c.RESOLVED_REFS, False, "VariantNotFound", message),
-                (c.READY, False, "VariantNotFound", message),
-            ],
-        )
-        if await _write(kube, namespace, name, status, raw_status):
-            emit("Warning", "VariantNotFound", message)
-        return status
+        return await refuse(c.RESOLVED_REFS, "VariantNotFound", "; ".join(p.message for p in problems))
     resolved = (c.RESOLVED_REFS, True, "Resolved", f"pool {spec.pool_ref.name} and every variant named exist")
 
     profiles = await load_profiles(kube, namespace, pool)
