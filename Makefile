@@ -2,17 +2,21 @@
 # Debian packages, a cached Python environment, the local control plane built from Go modules).
 .PHONY: demo test setup lint crds down
 
+# This checkout's code, whatever else the shared environment holds (see .ci/setup.sh).
+export PYTHONPATH := $(CURDIR)/operator
+PY := .venv/bin/python
+
 setup:
 	bash .ci/setup.sh
 
 demo: setup
-	.venv/bin/modelpool demo
+	$(PY) -m modelpool demo
 
 test: setup
-	.venv/bin/python -m pytest
+	$(PY) -m pytest
 
 crds:
-	.venv/bin/modelpool crds generate
+	$(PY) -m modelpool crds generate
 
 down:
-	.venv/bin/modelpool devcluster down
+	$(PY) -m modelpool devcluster down

@@ -47,12 +47,12 @@ if [[ ! -f "$venv/.complete" ]]; then
   "$venv/bin/pip" uninstall -q -y modelpool
   touch "$venv/.complete"
 fi
-# The project itself, editable, from this checkout (fast: no dependencies).
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >/dev/null
+# The project itself is not installed into the shared environment: several checkouts may use
+# it at once, so each runs its own code through PYTHONPATH=<checkout>/operator (the Makefile sets it).
 ln -sfn "$venv" "$here/.venv"
 
 # 3. Control plane binaries (kube-apiserver, controller-manager, scheduler, kubectl,
 #    etcd, kwok, kwokctl, helm), built once from Go modules into $cache/bin.
 log "building the local control plane (cached; a cold build takes 30-40 minutes on 2 cores)"
-"$venv/bin/modelpool" devcluster build
+PYTHONPATH="$here/operator" "$venv/bin/python" -m modelpool devcluster build
 log "setup done"
