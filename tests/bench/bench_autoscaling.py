@@ -175,9 +175,10 @@ def targets(rows: list[dict[str, object]]) -> list[str]:
     richer = [r for name, r in by.items() if name.startswith("hpa") and float(r["gpu_hours"]) >= gpu]  # type: ignore[arg-type]
     if richer:
         best = min(richer, key=lambda r: int(r["violations"]))  # type: ignore[call-overload]
-        factor = int(best["violations"]) / max(violations, 1)  # type: ignore[call-overload]
-        hpa_text = f" ({best['policy']}: {best['violations']} vs {violations}, {factor:.1f}x)"
-        hpa_ok = int(best["violations"]) >= 2 * violations  # type: ignore[call-overload]
+        fewest = int(best["violations"])  # type: ignore[call-overload]
+        factor = f"{fewest / violations:.1f}x" if violations else "inf" if fewest else "n/a"
+        hpa_text = f" ({best['policy']}: {fewest} vs {violations}, {factor})"
+        hpa_ok = fewest > 0 and fewest >= 2 * violations  # both 0: nothing to be 2x fewer than
     else:
         hpa_text, hpa_ok = " (no HPA setting spent as many GPU-hours)", False
     checks = [
