@@ -126,7 +126,8 @@ Namespaced permissions the operator needs in every watched namespace (or cluster
 
 {{/*
 Cluster-scoped reads kopf needs in every mode: it scans the CRDs to resolve the resources it
-serves (without this it logs a warning and cannot see CRD changes).
+serves (without this it logs a warning and cannot see CRD changes). Namespaced mode adds the
+namespace list/watch in rbac.yaml.
 */}}
 {{- define "modelpool.crdRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]

@@ -141,3 +141,41 @@ def can_i(
     answer = proc.stdout.strip()
     assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {proc.stdout} {proc.stderr}"
     return answer == "yes"
+
+
+def install_chart(cluster: DevCluster, release: str, namespace: str, *extra: str) -> None:
+    """`helm install --wait` of the chart; fails on an error or a Pod Security warning."""
+    proc = helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout",
+        "90s",
+        *extra,
+        cluster=cluster,
+        timeout=150,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PodSecurity" not in proc.stderr, proc.stderr
+
+
+def uninstall_chart(cluster: DevCluster, release: str, namespace: str, cluster_objects: list[str]) -> None:
+    """`helm uninstall`, then nothing of the release is left, and the CRDs still are."""
+    proc = helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", cluster=cluster)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    leftovers = cluster.kubectl(
+        "get",
+        "deployments,serviceaccounts,services,roles,rolebindings",
+        "-A",
+        "-l",
+        f"app.kubernetes.io/instance={release}",
+        "-o",
+        "name",
+    ).stdout.split()
+    leftovers += [o for o in cluster_objects if cluster.kubectl("get", o, check=False).returncode == 0]
+    assert leftovers == [], leftovers
+    # CRDs from the chart's crds/ are never deleted by Helm (pools would be lost).
+    assert cluster.kubectl("get", "crd", "modelpools.modelpool.dev", check=False).returncode == 0

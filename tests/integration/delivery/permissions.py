@@ -39,8 +39,9 @@ NAMESPACED_DENIED = [
 ]
 # Cluster-scoped reads kopf needs in every mode (CRD scanning).
 CLUSTER_NEEDED = _each(("customresourcedefinitions.apiextensions.k8s.io",), ("get", "list", "watch"))
-# Only a cluster-wide operator observes namespaces.
-CLUSTERWIDE_ONLY = _each(("namespaces",), ("list", "watch"))
+# Only an operator that serves a list of namespaces observes them (kopf's namespace_observer);
+# a cluster-wide one does not.
+NAMESPACED_MODE_ONLY = _each(("namespaces",), ("list", "watch"))
 CLUSTER_DENIED = [
     *_each(("customresourcedefinitions.apiextensions.k8s.io",), ("create", "patch", "update", "delete")),
     *_each(("namespaces",), ("create", "delete", "patch")),

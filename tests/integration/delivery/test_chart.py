@@ -16,9 +16,11 @@ from integration.delivery.deliverytools import (
     can_i,
     helm,
     helm_template,
+    install_chart,
     one,
     operator_container,
     render,
+    uninstall_chart,
 )
 from modelpool.devcluster.cluster import DevCluster
 
@@ -70,6 +72,8 @@ def test_default_render_is_cluster_wide_operator() -> None:
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
     ]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # A cluster-wide kopf never lists namespaces: no access to them.
+    assert all("namespaces" not in rule["resources"] for rule in one(objs, "ClusterRole")["rules"])
     # RBAC binds the ServiceAccount the pod runs as.
     sa = one(objs, "ServiceAccount")["metadata"]
     pod_sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -95,9 +99,12 @@ def test_namespaced_render_uses_roles_per_namespace() -> None:
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]
-    # Only CRD discovery stays cluster-wide; namespaces are neither listed nor watched.
+    # Cluster-scoped: only the CRD reads and kopf's namespace observation (list/watch).
     cluster_role = one(objs, "ClusterRole")
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    assert [(r["resources"], r["verbs"]) for r in cluster_role["rules"]] == [
+        (["customresourcedefinitions"], ["get", "list", "watch"]),
+        (["namespaces"], ["list", "watch"]),
+    ]
     assert all("namespaces" not in r["resources"] for role in roles for r in role["rules"])
     args = operator_container(objs)["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
@@ -168,42 +175,6 @@ def _assert_permissions(
     )
 
 
-def _installed(cluster: DevCluster, release: str, namespace: str, *extra: str) -> None:
-    proc = helm(
-        "install",
-        release,
-        str(CHART),
-        "-n",
-        namespace,
-        "--wait",
-        "--timeout",
-        "90s",
-        *extra,
-        cluster=cluster,
-        timeout=150,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PodSecurity" not in proc.stderr, proc.stderr
-
-
-def _uninstalled(cluster: DevCluster, release: str, namespace: str, cluster_objects: list[str]) -> None:
-    proc = helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", cluster=cluster)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    leftovers = cluster.kubectl(
-        "get",
-        "deployments,serviceaccounts,services,roles,rolebindings",
-        "-A",
-        "-l",
-        f"app.kubernetes.io/instance={release}",
-        "-o",
-        "name",
-    ).stdout.split()
-    leftovers += [o for o in cluster_objects if cluster.kubectl("get", o, check=False).returncode == 0]
-    assert leftovers == [], leftovers
-    # CRDs from the chart's crds/ are never deleted by Helm (pools would be lost).
-    assert cluster.kubectl("get", "crd", "modelpools.modelpool.dev", check=False).returncode == 0
-
-
 def test_install_cluster_wide_rbac_is_sufficient_and_minimal(
     cluster: DevCluster, namespaces: Callable[..., str]
 ) -> None:
@@ -213,7 +184,7 @@ def test_install_cluster_wide_rbac_is_sufficient_and_minimal(
     other = namespaces()
     release = f"modelpool-{ns}"  # contains the chart name: objects are named after it
     # The chart's crds/ are the CRDs already installed: Helm skips them, nothing conflicts.
-    _installed(cluster, release, ns)
+    install_chart(cluster, release, ns)
     deployment = json.loads(cluster.kubectl("get", "deployment", release, "-n", ns, "-o", "json").stdout)
     assert deployment["status"].get("availableReplicas") == 1
     assert cluster.kubectl("get", "serviceaccount", release, "-n", ns, check=False).returncode == 0
@@ -224,10 +195,10 @@ def test_install_cluster_wide_rbac_is_sufficient_and_minimal(
     for namespace in (ns, other):
         _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, namespace, allowed=True)
         _assert_permissions(cluster, sa, perm.NAMESPACED_DENIED, namespace, allowed=False)
-    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED + perm.CLUSTERWIDE_ONLY, None, allowed=True)
-    _assert_permissions(cluster, sa, perm.CLUSTER_DENIED, None, allowed=False)
+    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED, None, allowed=True)
+    _assert_permissions(cluster, sa, perm.NAMESPACED_MODE_ONLY + perm.CLUSTER_DENIED, None, allowed=False)
 
-    _uninstalled(cluster, release, ns, [f"clusterrole/{release}", f"clusterrolebinding/{release}"])
+    uninstall_chart(cluster, release, ns, [f"clusterrole/{release}", f"clusterrolebinding/{release}"])
     assert not can_i(cluster, sa, "get", "modelpools.modelpool.dev", other)
 
 
@@ -235,7 +206,7 @@ def test_install_namespaced_rbac_is_confined(cluster: DevCluster, namespaces: Ca
     ns = namespaces(**{"pod-security.kubernetes.io/enforce": "restricted"})
     team_a, team_b, outside = namespaces(), namespaces(), namespaces()
     release = f"modelpool-{ns}"  # contains the chart name: objects are named after it
-    _installed(
+    install_chart(
         cluster,
         release,
         ns,
@@ -252,7 +223,9 @@ def test_install_namespaced_rbac_is_confined(cluster: DevCluster, namespaces: Ca
     # Nothing outside the watched namespaces, not even in its own.
     for namespace in (ns, outside):
         _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, namespace, allowed=False)
-    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED, None, allowed=True)
-    _assert_permissions(cluster, sa, perm.CLUSTERWIDE_ONLY + perm.CLUSTER_DENIED, None, allowed=False)
+    _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED + perm.NAMESPACED_MODE_ONLY, None, allowed=True)
+    _assert_permissions(cluster, sa, perm.CLUSTER_DENIED, None, allowed=False)
 
-    _uninstalled(cluster, release, ns, [f"clusterrole/{release}-crds", f"clusterrolebinding/{release}-crds"])
+    uninstall_chart(
+        cluster, release, ns, [f"clusterrole/{release}-cluster", f"clusterrolebinding/{release}-cluster"]
+    )
