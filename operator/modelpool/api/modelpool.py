@@ -212,6 +212,21 @@ class GpuPool(ApiModel):
     )
 
 
+PromQL = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class MetricQueries(ApiModel):
+    """PromQL overrides; placeholders $selector (Triton series of the variant), $router_selector
+    (router series of the variant) and $window. Unset queries use the Triton defaults in docs/scaling.md."""
+
+    served_rate: PromQL | None = Field(default=None, description="Requests per second the variant served.")
+    router_rate: PromQL | None = Field(default=None, description="Requests per second routers sent it.")
+    queue_time_s: PromQL | None = Field(default=None, description="Mean queue time per request, seconds.")
+    compute_time_s: PromQL | None = Field(default=None, description="Mean compute time per request, seconds.")
+    pending: PromQL | None = Field(default=None, description="Requests waiting or running now.")
+    newest_sample: PromQL | None = Field(default=None, description="Timestamp of the newest sample.")
+
+
 class PoolScaling(ApiModel):
     """How the operator reads metrics and paces decisions for the pool."""
 
@@ -232,6 +247,7 @@ class PoolScaling(ApiModel):
         pattern=r"^https?://",
         description="Prometheus HTTP API base URL; unset uses the operator's --prometheus-url.",
     )
+    queries: MetricQueries = Field(default_factory=MetricQueries)
 
 
 class ModelPoolSpec(ApiModel):

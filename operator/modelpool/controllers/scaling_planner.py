@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, Variant
+from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, PoolScaling, Variant
 from modelpool.controllers.pool_status import ReplicaPlan
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.decide import decide
-from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 from modelpool.scaling.types import (
     PoolInput,
     ScalingInput,
@@ -94,14 +94,18 @@ class ScalingPlanner:
     extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
-    _readers: dict[tuple[str, int], PrometheusReader] = field(default_factory=dict)
+    _readers: dict[tuple[str, int, QueryTemplates], PrometheusReader] = field(default_factory=dict)
 
-    def reader(self, url: str, rate_window_s: int) -> PrometheusReader:
-        """One reader per Prometheus and rate window; the trend looks back five windows."""
-        key = (url, rate_window_s)
+    def reader(self, url: str, scaling: PoolScaling) -> PrometheusReader:
+        """One reader per Prometheus, rate window and queries; the trend looks back five windows."""
+        overrides = {k: v for k, v in scaling.queries.model_dump().items() if v is not None}
+        templates = replace(QueryTemplates(), **overrides)
+        rate_window_s = scaling.rate_window_seconds
+        key = (url, rate_window_s, templates)
         if key not in self._readers:
             self._readers[key] = PrometheusReader(
                 url,
+                templates=templates,
                 rate_window_s=rate_window_s,
                 series_span_s=5.0 * rate_window_s,
                 step_s=max(1.0, rate_window_s / 3),
@@ -153,7 +157,7 @@ class ScalingPlanner:
         if since < interval:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
-        reader = self.reader(url, spec.scaling.rate_window_seconds)
+        reader = self.reader(url, spec.scaling)
         states = self._states.get(key, {})
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}
@@ -161,7 +165,10 @@ class ScalingPlanner:
         for variant in tier_order(spec):
             metrics: VariantMetrics = await reader.read_variant(
                 VariantTarget(
-                    model=variant.model.name, variant=variant.name, extra_matchers=self.extra_matchers
+                    pool=name,
+                    model=variant.model.name,
+                    variant=variant.name,
+                    extra_matchers=self.extra_matchers,
                 )
             )
             inputs.append(

@@ -4,7 +4,7 @@ The PromQL is a set of templates (:class:`QueryTemplates`) with ``$selector`` (l
 the variant's Triton series, e.g. ``model="small",namespace="prod"``), ``$router_selector`` (label
 matchers of the router's series), ``$window`` (the ``rate()`` window) and, for series, ``$span`` and
 ``$step`` (subquery range and resolution). Defaults read Triton's ``nv_inference_*`` metrics and
-the router's ``modelpool_router_requests_total{variant=...}``; a pool may override any of them.
+the router's ``modelpool_router_upstream_requests_total{variant=...}``; a pool may override any of them.
 
 Query failures never raise out of :meth:`PrometheusReader.read_variant`: they come back as
 ``VariantMetrics(problem=...)``, which makes :func:`modelpool.scaling.decide` hold the last decision.
@@ -33,7 +33,7 @@ class QueryTemplates:
     """PromQL templates for one pool (``string.Template`` syntax: ``$selector``, ``$window``, ...)."""
 
     served_rate: str = "sum(rate(nv_inference_request_success{$selector}[$window]))"
-    router_rate: str = "sum(rate(modelpool_router_requests_total{$router_selector}[$window]))"
+    router_rate: str = "sum(rate(modelpool_router_upstream_requests_total{$router_selector}[$window]))"
     queue_time_s: str = (
         "sum(rate(nv_inference_queue_duration_us{$selector}[$window])) "
         "/ sum(rate(nv_inference_request_success{$selector}[$window])) / 1e6"
@@ -45,7 +45,7 @@ class QueryTemplates:
     pending: str = "sum(nv_inference_pending_request_count{$selector})"
     newest_sample: str = (
         "max(timestamp(nv_inference_request_success{$selector}) "
-        "or timestamp(modelpool_router_requests_total{$router_selector}))"
+        "or timestamp(modelpool_router_upstream_requests_total{$router_selector}))"
     )
 
     def render(self, field: str, **values: str) -> str:
@@ -76,6 +76,7 @@ class VariantTarget:
     model: str
     variant: str
     extra_matchers: str = ""
+    pool: str = ""
 
     @property
     def selector(self) -> str:
@@ -87,6 +88,8 @@ class VariantTarget:
     def router_selector(self) -> str:
         """Label matchers for the router's series."""
         base = f'variant="{self.variant}"'
+        if self.pool:
+            base = f'pool="{self.pool}",{base}'
         return f"{base},{self.extra_matchers}" if self.extra_matchers else base
 
 

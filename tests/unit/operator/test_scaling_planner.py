@@ -12,7 +12,7 @@ from modelpool.controllers.scaling_planner import (
     settings_for,
     tier_order,
 )
-from modelpool.scaling.prometheus_reader import VariantTarget
+from modelpool.scaling.prometheus_reader import QueryTemplates, VariantTarget
 from modelpool.scaling.types import RatePoint, VariantMetrics
 
 URL = "http://127.0.0.1:9"
@@ -72,7 +72,7 @@ HELD = {"small": ReplicaPlan(1, "held"), "large": ReplicaPlan(1, "held")}
 
 def _planner(reader: FakeReader) -> ScalingPlanner:
     planner = ScalingPlanner(default_prometheus_url=None)
-    planner._readers[(URL, 6)] = reader  # type: ignore[assignment]
+    planner._readers[(URL, 6, QueryTemplates())] = reader  # type: ignore[assignment]
     return planner
 
 
@@ -137,3 +137,12 @@ async def test_disabled_and_unconfigured() -> None:
     unconfigured = await planner.plan("ns", "p", spec, None, {}, HELD, now=1.0)
     assert unconfigured.plans == HELD
     assert unconfigured.metrics is not None and unconfigured.metrics.reason == "PrometheusNotConfigured"
+
+
+def test_queries_from_the_pool_override_the_defaults() -> None:
+    custom = "sum(rate(my_requests_total{$selector}[$window]))"
+    spec = _spec(queries={"servedRate": custom})
+    reader = ScalingPlanner(default_prometheus_url=None).reader(URL, spec.scaling)
+    assert reader.templates.served_rate == custom
+    assert reader.templates.pending == QueryTemplates().pending
+    assert reader.rate_window_s == 6

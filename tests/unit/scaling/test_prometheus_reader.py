@@ -24,7 +24,7 @@ def test_default_templates_render_triton_and_router_queries() -> None:
     assert t.render("served_rate", **values) == (
         'sum(rate(nv_inference_request_success{model="small",namespace="prod"}[6000ms]))'
     )
-    assert 'modelpool_router_requests_total{variant="small",namespace="prod"}' in t.render(
+    assert 'modelpool_router_upstream_requests_total{variant="small",namespace="prod"}' in t.render(
         "router_rate", **values
     )
     assert "nv_inference_queue_duration_us" in t.render("queue_time_s", **values)
@@ -49,7 +49,7 @@ def _prometheus(handler: httpx.MockTransport) -> PrometheusReader:
 async def test_reader_assembles_metrics_and_prefers_router_series() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         q = request.url.params["query"]
-        if q.startswith("(sum(rate(modelpool_router_requests_total"):
+        if q.startswith("(sum(rate(modelpool_router_upstream_requests_total"):
             result = [{"metric": {}, "values": [[100, "4"], [102, "6"], [104, "NaN"]]}]
         elif q.startswith("(sum(rate(nv_inference_request_success"):
             result = [{"metric": {}, "values": [[100, "3"], [102, "5"]]}]
