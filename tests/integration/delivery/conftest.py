@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from integration.cluster.conftest import cluster, pytest_runtest_makereport  # noqa: F401
+from integration.cluster.conftest import cluster  # noqa: F401
 from modelpool.devcluster.cluster import DevCluster
 
 
