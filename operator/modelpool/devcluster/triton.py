@@ -178,7 +178,8 @@ class TritonProcess:
     """One ``tritonserver`` process with explicit model control on ports of its own.
 
     ``start()`` blocks until the server and each requested model are ready (or raises
-    ``RuntimeError`` with the tail of the server log); ``stop()`` ends it by PID and removes
+    ``RuntimeError`` with the tail of the server log); ``stop()`` ends it by PID (Triton waits
+    ``exit_timeout`` seconds for open client connections after SIGINT) and removes
     the Python-backend shared-memory regions it leaked.
     """
 
@@ -195,6 +196,7 @@ class TritonProcess:
         startup_timeout: float = 90.0,
         log_path: Path | None = None,
         cpu_affinity: set[int] | None = None,
+        exit_timeout: int = 3,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = list(models) or sorted(
@@ -207,6 +209,7 @@ class TritonProcess:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.cpu_affinity = cpu_affinity
+        self.exit_timeout = exit_timeout
         self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._proc: subprocess.Popen[bytes] | None = None
@@ -241,6 +244,8 @@ class TritonProcess:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
+            # how long SIGINT waits for in-flight requests and open client connections (default 30 s)
+            f"--exit-timeout-secs={self.exit_timeout}",
             *self.extra_args,
         ]
         return cmd

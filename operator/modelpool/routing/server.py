@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -216,6 +217,9 @@ def serve(config_path: Path, host: str, port: int, admin_token_file: Path | None
 
     async def main() -> None:
         running = await start_router(config, host, port, token, config_path)
+        # Fewer, later cyclic-GC passes over long-lived objects: steadier tail latency.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,16 @@ def tritons() -> Iterator[dict[str, TritonProcess]]:
             p.start()
         yield procs
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all(procs.values())
+
+
+def stop_all(procs: Iterable[TritonProcess]) -> None:
+    """Stop several tritonservers at once (each waits a few seconds for its models to unload)."""
+    threads = [threading.Thread(target=p.stop) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def router_config(tritons: dict[str, TritonProcess], mode: str = "weighted", **changes: Any) -> RouterConfig:

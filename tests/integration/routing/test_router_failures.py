@@ -12,7 +12,7 @@ import pytest
 
 from modelpool.devcluster.triton import TritonProcess, free_port
 
-from .conftest import MODELS, router_config, text_request
+from .conftest import MODELS, router_config, stop_all, text_request
 
 pytestmark = pytest.mark.triton
 
@@ -70,8 +70,7 @@ async def test_killed_replicas_lose_no_request_and_come_back(
             seen[resp.headers["x-modelpool-variant"]] += 1
         assert seen["small"] > 0, "the revived replica was never probed back in"
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all(procs.values())
 
 
 async def test_timeouts_give_504_and_nothing_reachable_gives_503(

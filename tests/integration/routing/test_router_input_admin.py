@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -186,3 +187,32 @@ def test_cli_serves_with_token_file_and_refuses_bad_config(
     )
     assert check.returncode == 2
     assert check.stderr.startswith("variants:")
+
+
+async def test_mounted_config_file_changes_are_picked_up(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A ConfigMap update (the mounted file) with a newer generation becomes active; a bad one is ignored."""
+    path = tmp_path / "router.json"
+    first = router_config(tritons, "weighted")
+    path.write_text(json.dumps(first.to_json()))
+    router = await make_router(first, config_path=path)
+    admin = f"{router.url}/admin/config"
+    bad = {
+        **first.to_json(),
+        "generation": 5,
+        "mode": "cascade",
+        "cascade": {"draft": "nope", "verifier": "large"},
+    }
+    path.write_text(json.dumps(bad))
+    newer = {**first.to_json(), "generation": 6, "mode": "cascade"}
+    await asyncio.sleep(2.5)
+    assert (await http.get(admin, headers=AUTH)).json()["generation"] == 1  # the bad file changed nothing
+    path.write_text(json.dumps(newer))
+    for _ in range(60):
+        if (await http.get(admin, headers=AUTH)).json()["generation"] == 6:
+            break
+        await asyncio.sleep(0.1)
+    status = (await http.get(admin, headers=AUTH)).json()
+    assert status["generation"] == 6
+    assert status["mode"] == "cascade"
