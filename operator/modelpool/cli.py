@@ -13,21 +13,22 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Subcommand groups contributed by the feature packages (each exposes register(subparsers)).
 # The CRDs live in crds/ (kubectl, kustomize) and, identical, in the Helm chart's crds/.
-CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "modelpool" / "crds")
+# (folder, with a Kustomization): crds/ is also a kustomize base; the chart's copy is plain.
+CRD_DIRS = ((REPO_ROOT / "crds", True), (REPO_ROOT / "charts" / "modelpool" / "crds", False))
 PLUGIN_MODULES = ("modelpool.routing.cli", "modelpool.models.cli", "modelpool.scaling.cli")
 
 
 def _crds(args: argparse.Namespace) -> int:
     from modelpool.api import crdgen
 
-    outs = [Path(p) for p in (args.out or CRD_DIRS)]
+    outs = [(Path(p), False) for p in args.out] if args.out else list(CRD_DIRS)
     if args.check:
-        stale = [path for out in outs for path in crdgen.stale(out)]
+        stale = [path for out, kustomize in outs for path in crdgen.stale(out, kustomize)]
         for path in stale:
             print(f"{path} differs from the models; run `modelpool crds generate`", file=sys.stderr)
         return 1 if stale else 0
-    for out in outs:
-        for path in crdgen.generate(out):
+    for out, kustomize in outs:
+        for path in crdgen.generate(out, kustomize):
             print(f"wrote {path}")
     return 0
 

@@ -229,22 +229,45 @@ def crd_filename(info: KindInfo) -> str:
     return f"{GROUP}_{info.plural}.yaml"
 
 
-def generate(out_dir: Path) -> list[Path]:
-    """Write every CRD into ``out_dir``; return the paths written."""
+# kustomize reads `Kustomization` (no extension) too, and `kubectl apply -f crds/` skips a file
+# without .yaml/.json: so crds/ serves both `kubectl apply -f` and kustomize bases (`../../crds`).
+KUSTOMIZATION = "Kustomization"
+
+
+def render_kustomization() -> str:
+    return HEADER + yaml.safe_dump(
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [crd_filename(info) for info in KINDS],
+        },
+        sort_keys=False,
+    )
+
+
+def expected_files(with_kustomization: bool) -> dict[str, str]:
+    """File name -> content that a CRD folder must hold."""
+    files = {crd_filename(info): render(info) for info in KINDS}
+    if with_kustomization:
+        files[KUSTOMIZATION] = render_kustomization()
+    return files
+
+
+def generate(out_dir: Path, with_kustomization: bool = False) -> list[Path]:
+    """Write every CRD (and optionally the Kustomization) into ``out_dir``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for info in KINDS:
-        path = out_dir / crd_filename(info)
-        path.write_text(render(info))
+    for name, text in expected_files(with_kustomization).items():
+        path = out_dir / name
+        path.write_text(text)
         written.append(path)
     return written
 
 
-def stale(out_dir: Path) -> list[Path]:
-    """CRD files in ``out_dir`` that differ from what the models generate."""
+def stale(out_dir: Path, with_kustomization: bool = False) -> list[Path]:
+    """Files in ``out_dir`` that differ from what the models generate."""
     return [
-        out_dir / crd_filename(info)
-        for info in KINDS
-        if not (out_dir / crd_filename(info)).is_file()
-        or (out_dir / crd_filename(info)).read_text() != render(info)
+        out_dir / name
+        for name, text in expected_files(with_kustomization).items()
+        if not (out_dir / name).is_file() or (out_dir / name).read_text() != text
     ]
