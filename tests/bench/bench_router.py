@@ -1,6 +1,6 @@
 """Router benchmark: direct Triton vs nginx vs the ModelPool router, side by side, one run.
 
-    python tests/bench/bench_router.py [--out out/bench_router] [--duration 5] [--rounds 3]
+    python tests/bench/bench_router.py [--out out/bench_router] [--duration 5] [--rounds 3] [--pin]
 
 Part 1 (proxy overhead, the ``identity`` FP32 [1,16] Python-backend model):
   * fixed rates (open loop, one asyncio process) of 200, 500 and 1,000 req/s, ``--duration``
@@ -69,7 +69,7 @@ def run_rate(
     url: str, path: str, body: bytes, rate: float, duration: float, cpu: Callable[[], float] | None
 ) -> RunResult:
     async def go() -> RunResult:
-        await open_loop(url, path, body, rate, min(0.5, duration), JSON)  # warm-up, discarded
+        await open_loop(url, path, body, rate, min(0.3, duration), JSON)  # warm-up, discarded
         before = cpu() if cpu else None
         result = await open_loop(url, path, body, rate, duration, JSON)
         if cpu is not None and before is not None:
@@ -173,13 +173,14 @@ def render_overhead(args: argparse.Namespace, report: list[str], results: dict[s
     report.append(_row(["rate", "router added p90 / nginx added p90", "router added p90 (ms)", "target"]))
     report.append(_row(["---"] * 4))
     for rate, rows in results["rates"].items():
+        nginx_added = rows["nginx"]["added_p90"]
         ratio = (
-            rows["router"]["added_p90"] / rows["nginx"]["added_p90"]
-            if rows["nginx"]["added_p90"] > 0
-            else float("nan")
+            f"{rows['router']['added_p90'] / nginx_added:.2f}"
+            if nginx_added > 0
+            else "n/a (nginx added <= 0)"
         )
         target = "<= 2x nginx" if float(rate) < 1000 else "< 1 ms"
-        report.append(_row([rate, f"{ratio:.2f}", f"{rows['router']['added_p90']:.3f}", target]))
+        report.append(_row([rate, ratio, f"{rows['router']['added_p90']:.3f}", target]))
     tp = results["throughput"]
     report.append(
         f"\n## Max throughput, wrk, {args.connections} connections, "
