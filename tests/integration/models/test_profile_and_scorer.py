@@ -56,3 +56,24 @@ def test_missing_scorer_folder_names_the_fix(tmp_path: Any) -> None:
 
     with pytest.raises(FileNotFoundError, match="train-scorer"):
         load_scorer(tmp_path)
+
+
+def test_profile_command_writes_every_model(
+    built: Built, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelpool.models.cli import main
+
+    out = tmp_path / "profiles"
+    args = ["models", "profile", "--repository", str(built.repository), "--scorer", str(built.scorer)]
+    assert (
+        main([*args, "--out", str(out), "--limit", str(LIMIT), "--requests", "10", "--concurrency", "2"]) == 0
+    )
+    printed = capsys.readouterr().out
+    for model in ("banking77-small", "banking77-int8", "banking77-large"):
+        profile = CapabilityProfile.load(out / f"{model}.profile.json")
+        assert profile.model_name == model and profile.complexity_scorer.startswith("torch:")
+        assert profile.latency_batch1.requests == 10 and profile.memory_rss_bytes > 0
+        assert model in printed
+    large = CapabilityProfile.load(out / "banking77-large.profile.json")
+    small = CapabilityProfile.load(out / "banking77-small.profile.json")
+    assert large.latency_batch1.p50_ms > small.latency_batch1.p50_ms
