@@ -22,6 +22,7 @@ import httptools
 logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
+_LINGER_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -160,12 +161,23 @@ class _HttpProtocol(asyncio.Protocol):
 
     # own
     def _refuse(self, status: int, message: str) -> None:
-        """Answer at once and close: the rest of the stream cannot be trusted."""
+        """Answer at once and end the connection: the rest of the stream cannot be trusted.
+
+        A lingering close: the write side is shut after the answer and what the client still
+        sends (the rest of an oversized body) is read and dropped for up to
+        ``_LINGER_SECONDS``, so the client reads the answer instead of a connection reset.
+        """
         self._refused = True
         self._queue.clear()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode_response(error_response(status, message), keep_alive=False))
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(encode_response(error_response(status, message), keep_alive=False))
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     async def _work(self) -> None:
         try:

@@ -216,3 +216,37 @@ async def test_mounted_config_file_changes_are_picked_up(
     status = (await http.get(admin, headers=AUTH)).json()
     assert status["generation"] == 6
     assert status["mode"] == "cascade"
+
+
+async def test_pipelined_and_chunked_requests(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    """Two pipelined requests on one connection come back in order; a chunked body over the limit gets 413."""
+    router = await make_router(router_config(tritons, "cascade", maxBodyBytes=2048))
+    body = json.dumps(text_request("card lost")).encode()
+    long_body = json.dumps(text_request("y" * 80)).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    for b in (long_body, body):
+        writer.write(
+            b"POST /v2/models/intents/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(b)}\r\n\r\n".encode()
+            + b
+        )
+    await writer.drain()
+    variants = []
+    for _ in range(2):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+        variants.append(headers[b"x-modelpool-variant"].decode())
+        await reader.readexactly(int(headers[b"content-length"]))
+    assert variants == ["large", "small"]  # the long text was escalated; order kept
+    writer.close()
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 500
+
+    too_big = await http.post(f"{router.url}/v2/models/intents/infer", content=chunks())
+    assert too_big.status_code == 413
+    assert "over the limit of 2048 bytes" in too_big.json()["error"]
