@@ -190,6 +190,7 @@ class Router:
         self._probing: set[tuple[str, str]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._started = False
+        self._breaker_config = config.breaker  # for endpoints created from now on
         self.table = self._build(config)
         self.metrics = RouterMetrics(
             config.pool, lambda: self.table.config.generation, self._endpoint_states, metrics_registry
@@ -210,7 +211,6 @@ class Router:
         return ep
 
     def _build(self, config: RouterConfig) -> RoutingTable:
-        self._breaker_config = config.breaker
         sources: dict[str, EndpointSource] = {}
         for v in config.variants:
             if v.endpoint_slice is not None:
@@ -223,8 +223,8 @@ class Router:
                 sources[v.name] = StaticSource(v.endpoints)
         try:
             return RoutingTable(config, self, sources)
-        except ValueError as err:  # e.g. the scorer cannot be loaded
-            raise ConfigError([{"field": "scorer", "message": str(err)}]) from None
+        except (ValueError, OSError, ImportError, RuntimeError) as err:  # the scorer cannot be loaded
+            raise ConfigError([{"field": "scorer", "message": f"{type(err).__name__}: {err}"}]) from None
 
     def apply(self, config: RouterConfig) -> bool:
         """Replace the active config; False when it is the same generation and content (no-op).
@@ -244,6 +244,7 @@ class Router:
         if config == active:
             return False
         table = self._build(config)
+        self._breaker_config = config.breaker
         self.table = table
         self._forget_unused()
         if self._started:

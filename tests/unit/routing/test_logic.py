@@ -169,3 +169,28 @@ def test_ready_urls_from_slices() -> None:
     ]
     assert ready_urls_from_slices(slices, 8001) == ["http://10.0.0.1:8001", "http://10.0.0.4:8001"]
     assert ready_urls_from_slices(slices, "metrics") == []
+
+
+def test_unloadable_scorer_is_a_config_error_and_keeps_the_old_config() -> None:
+    from modelpool.routing.config import ConfigError, parse_config
+    from modelpool.routing.router import Router
+
+    base = {
+        "generation": 1, "pool": "p", "mode": "weighted", "modelName": "m",
+        "variants": [{"name": "s", "tier": "small", "tritonModel": "s", "weight": 1,
+                      "endpoints": ["http://127.0.0.1:9"]}],
+        "tiers": [{"maxComplexity": 1.0, "target": "s"}],
+    }  # fmt: skip
+    router = Router(parse_config(base))
+    pushed = parse_config(
+        {
+            **base,
+            "generation": 2,
+            "mode": "tiered",
+            "scorer": {"kind": "torch", "path": "/x", "factory": "json:loads"},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        router.apply(pushed)
+    assert info.value.problems[0]["field"] == "scorer"
+    assert router.config.generation == 1
