@@ -3,8 +3,9 @@
 A small client on asyncio protocols and ``httptools`` (the parser uvicorn uses): one
 :class:`EndpointClient` per endpoint keeps idle connections for reuse, sends one request
 per connection at a time, and enforces a per-request deadline with a timer (no task per
-request).  Measured against httpx and aiohttp in ``tests/bench/bench_router.py``'s
-history (see docs/router.md): it adds the least latency of the three.
+request).  Measured here (uvloop, one connection, sequential requests to the ``identity``
+Triton model, median round trip over 1,500 requests, 3 rounds): this client 220-247 us,
+aiohttp 430-467 us, httpx 1,216-2,148 us (see docs/router.md).
 """
 
 from __future__ import annotations
