@@ -7,12 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from integration.cluster.conftest import cluster  # noqa: F401
 from modelpool.devcluster.cluster import DevCluster
 
 
 @pytest.fixture
-def namespaces(cluster: DevCluster) -> Iterator[Callable[..., str]]:  # noqa: F811
+def namespaces(cluster: DevCluster) -> Iterator[Callable[..., str]]:
     """Factory of fresh namespaces (``d-<hex>``), deleted after the test.
 
     The chart's pods are kwok fakes: they are admitted and marked Running, nothing executes.
