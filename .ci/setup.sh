@@ -9,11 +9,12 @@ cache="${MODELPOOL_CACHE:-$HOME/.cache/modelpool}"
 mkdir -p "$cache"
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-# 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts).
+# 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts), wrk.
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v ip >/dev/null || need_apt+=(iproute2)
+command -v wrk >/dev/null || need_apt+=(wrk)  # load generator of tests/bench/bench_router.py
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
