@@ -54,6 +54,6 @@ ln -sfn "$venv" "$here/.venv"
 
 # 3. Control plane binaries (kube-apiserver, controller-manager, scheduler, kubectl,
 #    etcd, kwok, kwokctl, helm), built once from Go modules into $cache/bin.
-log "building the local control plane (cached; a cold build takes 30-40 minutes on 2 cores)"
+log "building the local control plane (cached; a cold build took 13 minutes on 2 cores)"
 PYTHONPATH="$here/operator" "$venv/bin/python" -m modelpool devcluster build
 log "setup done"
