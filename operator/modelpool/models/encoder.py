@@ -60,9 +60,10 @@ def load_encoder(path: Path | None = None, device: str = "cpu") -> Any:
     return SentenceTransformer(str(path or encoder_path()), device=device)
 
 
-def quantize_dynamic_int8(module: Any) -> Any:
+def quantize_dynamic_int8(module: Any, inplace: bool = False) -> Any:
     """Dynamic int8 quantization of every ``nn.Linear`` inside ``module`` (the whole module, not a copy
-    assigned to a submodule attribute, which would silently change nothing)."""
+    assigned to a submodule attribute, which would silently change nothing); ``inplace`` swaps the
+    layers of ``module`` itself instead of quantizing a deep copy (less peak memory)."""
     import warnings
 
     import torch
@@ -70,7 +71,7 @@ def quantize_dynamic_int8(module: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            module, {torch.nn.Linear}, dtype=torch.qint8
+            module, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace
         )
 
 

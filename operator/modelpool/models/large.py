@@ -157,6 +157,6 @@ def load_large(directory: Path, quantized: bool = False, device: str = "cpu") ->
             raise ValueError(
                 "int8 dynamic quantization runs on CPU only: load the quantized variant with device='cpu'"
             )
-        model = quantize_dynamic_int8(model)
+        model = quantize_dynamic_int8(model, inplace=True)
     moved: EncoderClassifier = model.to(device) if device != "cpu" else model
     return moved
