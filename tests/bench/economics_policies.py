@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from modelpool.routing.config import TierRoute
+from modelpool.routing.decisions import keeps_draft, tier_target
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 VARIANTS = ("small", "quantized", "large")
@@ -53,20 +56,14 @@ class Outcome:
 
 
 def cascade_keeps(confidence: npt.NDArray[np.float32], accept_threshold: float) -> BoolArray:
-    """Items whose draft answer the cascade keeps (the rest go to the verifier)."""
-    keeps: BoolArray = confidence >= accept_threshold
-    return keeps
+    """Items whose draft answer the cascade keeps (the rest go to the verifier): the router's rule."""
+    return np.array([keeps_draft(float(c), accept_threshold) for c in confidence], dtype=bool)
 
 
 def tier_choice(scores: FloatArray, tiers: Sequence[tuple[float, str]]) -> npt.NDArray[np.str_]:
-    """Target of each item: the first tier (in order) whose max complexity is >= the item's score."""
-    out = np.full(len(scores), tiers[-1][1], dtype=object)
-    decided = np.zeros(len(scores), dtype=bool)
-    for max_complexity, target in tiers:
-        hit = ~decided & (scores <= max_complexity)
-        out[hit] = target
-        decided |= hit
-    return out.astype(np.str_)
+    """Target of each item under tiered mode: the router's rule, item by item."""
+    bands = [TierRoute(max_complexity=m, target=t) for m, t in tiers]
+    return np.array([tier_target(float(s), bands) for s in scores], dtype=np.str_)
 
 
 def unit_costs(recorded: Recorded) -> dict[str, float]:

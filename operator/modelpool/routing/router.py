@@ -23,6 +23,7 @@ from typing import Any
 from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
 from modelpool.routing.cache import TTLCache
 from modelpool.routing.config import CASCADE_TARGET, TIER_ORDER, ConfigError, RouterConfig, VariantConfig
+from modelpool.routing.decisions import keeps_draft, tier_target
 from modelpool.routing.endpoints import Endpoint, EndpointSliceSource, EndpointSource, StaticSource
 from modelpool.routing.httpserver import Response, error_response
 from modelpool.routing.metrics import RouterMetrics
@@ -443,7 +444,7 @@ class Router:
             conf = confidence(parsed)
         except BadRequest:
             conf = None
-        if conf is None or conf >= cascade.accept_threshold:
+        if keeps_draft(conf, cascade.accept_threshold):
             self.metrics.cascade("accepted")
             self._account(table, draft, draft.cost)
             return self._annotated(
@@ -481,7 +482,7 @@ class Router:
         for s in scores:
             self.metrics.score(s)
         score = max(scores) if scores else 0.0
-        target = next(t.target for t in table.config.tiers if score <= t.max_complexity)
+        target = tier_target(score, table.config.tiers)
         if target == CASCADE_TARGET:
             return await self._cascade(table, request, raw, headers, complexity=round(score, 4))
         return await self._direct(table, target, raw, headers, complexity=round(score, 4))

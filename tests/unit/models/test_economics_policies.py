@@ -47,7 +47,13 @@ def _recorded() -> Recorded:
 
 
 def test_cascade_keeps_at_or_above_threshold() -> None:
-    assert cascade_keeps(np.array([0.69, 0.7, 0.71], dtype=np.float32), 0.7).tolist() == [False, True, True]
+    assert cascade_keeps(np.array([0.69, 0.7, 0.71], dtype=np.float64), 0.7).tolist() == [False, True, True]
+
+
+def test_cascade_compares_fp32_confidence_as_the_router_does() -> None:
+    # Triton's FP32 0.7 reaches the router as the double 0.699999988..., which is under 0.7:
+    # the replay must decide as the router does, not as a float32 comparison would.
+    assert cascade_keeps(np.array([0.7], dtype=np.float32), 0.7).tolist() == [False]
 
 
 def test_tier_choice_takes_first_band_that_holds_the_score() -> None:
