@@ -204,6 +204,14 @@ class EffectiveWeight(ApiModel):
     reason: str = ""
 
 
+class EffectiveTier(ApiModel):
+    """A complexity band as programmed, with why its target differs from the spec."""
+
+    max_complexity_percent: int
+    target: str
+    reason: str = ""
+
+
 class RouterStatus(ApiModel):
     """What one router pod runs."""
 
@@ -220,6 +228,9 @@ class RoutingPolicyStatus(ApiModel):
     weights_generation: int = Field(default=0, description="Generation of the config pushed to routers.")
     config_digest: str = Field(default="", description="Digest of the routers' config at weightsGeneration.")
     effective_weights: list[EffectiveWeight] = Field(default_factory=list)
+    effective_tiers: list[EffectiveTier] = Field(
+        default_factory=list, description="Tiered mode's bands after the profiles' per-bucket accuracy."
+    )
     routers: list[RouterStatus] = Field(default_factory=list)
     conditions: Conditions
 

@@ -30,6 +30,7 @@ from modelpool.controllers.routing_config import (
     build_router_config,
     config_digest,
     effective_weights,
+    plan_tiers,
     plan_weights,
 )
 from modelpool.kube import KubeClient, Obj, resource_path
@@ -183,8 +184,9 @@ async def reconcile_policy(
 
     profiles = await load_profiles(kube, namespace, pool)
     plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")), profiles.accuracy_percent)
+    tiers = plan_tiers(spec, pool, profiles.profiles)
     old_generation = previous.weights_generation if previous else 0
-    candidate = build_router_config(namespace, spec.pool_ref.name, spec, pool, plan, old_generation)
+    candidate = build_router_config(namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers)
     digest = config_digest(candidate)
     if previous is None or previous.config_digest != digest:
         candidate = candidate.model_copy(update={"generation": old_generation + 1})
@@ -238,6 +240,7 @@ async def reconcile_policy(
         weights_generation=candidate.generation,
         config_digest=digest,
         effective_weights=effective_weights(plan),
+        effective_tiers=tiers,
         routers=routers,
     )
     if await _write(kube, namespace, name, status, raw_status) and not ok and reason == "PushFailed":

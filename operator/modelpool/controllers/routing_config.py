@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, Variant
-from modelpool.api.routingpolicy import EffectiveWeight, RoutingPolicySpec
+from modelpool.api.routingpolicy import EffectiveTier, EffectiveWeight, RoutingPolicySpec
 from modelpool.builders.triton import child_name
+from modelpool.models.profile import CapabilityProfile
 from modelpool.routing.config import (
     CascadeConfig,
     EndpointSliceSource,
@@ -124,6 +125,77 @@ def plan_weights(
     return WeightPlan(weights, reasons)
 
 
+def band_accuracy(profile: CapabilityProfile, low: float, high: float) -> float | None:
+    """The profile's accuracy on items with complexity in (low, high], from its buckets (item-weighted)."""
+    hits = [
+        b
+        for b in profile.accuracy_by_bucket
+        if b.accuracy is not None and b.items > 0 and b.max_complexity > low and b.min_complexity < high
+    ]
+    items = sum(b.items for b in hits)
+    return sum(b.items * (b.accuracy or 0.0) for b in hits) / items if items else None
+
+
+def _same_scorer(profile: CapabilityProfile, kind: str) -> bool:
+    return profile.complexity_scorer.split(":", 1)[0] == kind
+
+
+def _band_accuracy_of(
+    profiles: Mapping[str, CapabilityProfile], name: str, kind: str, low: float, high: float
+) -> float | None:
+    """A variant's profiled accuracy on a band; None without a comparable profile."""
+    profile = profiles.get(name)
+    if profile is None or not _same_scorer(profile, kind):
+        return None
+    return band_accuracy(profile, low, high)
+
+
+def plan_tiers(
+    spec: RoutingPolicySpec, pool: ModelPoolSpec, profiles: Mapping[str, CapabilityProfile]
+) -> list[EffectiveTier]:
+    """Tiered bands with each target checked against the quality floor on the band's buckets.
+
+    A band whose target's profiled accuracy on that band is under ``qualityFloorPercent`` goes to
+    the cheapest higher tier that meets it (or the highest tier when none does). Profiles whose
+    buckets come from another scorer than the policy's are not comparable and change nothing.
+    """
+    if spec.tiered is None:
+        return []
+    floor = spec.objectives.quality_floor_percent
+    kind = spec.tiered.scorer.kind
+    by_name = {v.name: v for v in pool.variants}
+    out, low = [], 0.0
+    for band in spec.tiered.tiers:
+        high = band.max_complexity_percent / 100
+        target, reason = band.target, "from spec.tiered"
+        accuracy = _band_accuracy_of(profiles, target, kind, low, high)
+        if target in profiles and accuracy is None:
+            reason = f"profile buckets come from scorer {profiles[target].complexity_scorer}, not {kind}"
+        if floor is not None and target in by_name and accuracy is not None and accuracy * 100 < floor:
+            above = [
+                v.name
+                for v in _tier_sorted(pool.variants)
+                if TIER_ORDER[v.tier] > TIER_ORDER[by_name[target].tier]
+            ]
+            fits = [
+                n
+                for n in above
+                if (a := _band_accuracy_of(profiles, n, kind, low, high)) is None or a * 100 >= floor
+            ]
+            chosen = fits[0] if fits else (above[-1] if above else target)
+            if chosen != target:
+                reason = (
+                    f"{target} profiled {accuracy:.1%} on complexity ({low:.2f}, {high:.2f}], under the "
+                    f"{floor}% floor: sent to {chosen}"
+                )
+                target = chosen
+        out.append(
+            EffectiveTier(max_complexity_percent=band.max_complexity_percent, target=target, reason=reason)
+        )
+        low = high
+    return out
+
+
 def build_router_config(
     namespace: str,
     pool_name: str,
@@ -131,6 +203,7 @@ def build_router_config(
     pool: ModelPoolSpec,
     weights: WeightPlan,
     generation: int,
+    tiers: list[EffectiveTier] | None = None,
 ) -> RouterConfig:
     """The RouterConfig every router of the policy runs."""
     variants = [
@@ -149,13 +222,11 @@ def build_router_config(
         )
         for v in _tier_sorted(pool.variants)
     ]
-    tiers = []
+    routes = []
     scorer = ScorerConfig()
     if spec.tiered is not None:
-        tiers = [
-            TierRoute(max_complexity=t.max_complexity_percent / 100, target=t.target)
-            for t in spec.tiered.tiers
-        ]
+        bands = tiers if tiers is not None else plan_tiers(spec, pool, {})
+        routes = [TierRoute(max_complexity=t.max_complexity_percent / 100, target=t.target) for t in bands]
         scorer = ScorerConfig(kind=spec.tiered.scorer.kind, path=spec.tiered.scorer.path)
     cascade = None
     if spec.cascade is not None:
@@ -170,7 +241,7 @@ def build_router_config(
         mode=spec.mode,
         model_name=spec.model_name or pool_name,
         variants=variants,
-        tiers=tiers,
+        tiers=routes,
         cascade=cascade,
         scorer=scorer,
     )

@@ -102,3 +102,60 @@ def test_inline_profile_and_exactly_one_source(kube: Kube) -> None:
     assert proc.returncode != 0
     assert "set exactly one of configMapKeyRef and inline" in proc.stderr
     assert "spec.variants[0].profile" in proc.stderr
+
+
+def test_per_bucket_accuracy_retargets_a_tier_band(kube: Kube) -> None:
+    weak = profile().model_copy(
+        update={
+            "complexity_scorer": "heuristic",
+            "accuracy_by_bucket": [
+                BucketAccuracy(min_complexity=0.0, max_complexity=0.3, items=1000, accuracy=0.97),
+                BucketAccuracy(min_complexity=0.3, max_complexity=1.0, items=200, accuracy=0.55),
+            ],
+        }
+    )
+    manifest = pool("sha256-abc")
+    manifest["spec"]["variants"][0]["profile"] = {"inline": weak.model_dump(mode="json", by_alias=True)}
+    manifest["spec"]["variants"].append(
+        {
+            "name": "large",
+            "tier": "large",
+            "model": {"name": "bank-large", "repository": "/m"},
+            "gpusPerReplica": 0,
+        }
+    )
+    kube.apply(manifest)
+    policy = {
+        "apiVersion": "modelpool.dev/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "tiers"},
+        "spec": {
+            "poolRef": {"name": "prof"},
+            "mode": "tiered",
+            "tiered": {
+                "tiers": [
+                    {"maxComplexityPercent": 30, "target": "small"},
+                    {"maxComplexityPercent": 60, "target": "small"},
+                    {"maxComplexityPercent": 100, "target": "large"},
+                ]
+            },
+            "objectives": {"qualityFloorPercent": 90},
+            "routerSelector": {"matchLabels": {"app": "none"}},
+        },
+    }
+    kube.apply(policy)
+
+    def tiers() -> list[Obj] | None:
+        status = (kube.get("routingpolicy", "tiers") or {}).get("status", {})
+        return status.get("effectiveTiers") or None
+
+    found = wait_for(tiers, 30, "effectiveTiers")
+    assert [(t["maxComplexityPercent"], t["target"]) for t in found] == [
+        (30, "small"),
+        (60, "large"),
+        (100, "large"),
+    ]
+    assert "55.0%" in found[1]["reason"]
+    cm = kube.get("configmap", "tiers-router-config")
+    assert cm is not None
+    assert '"target": "large"' in cm["data"]["config.json"]

@@ -7,9 +7,11 @@ from typing import Any
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
 from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.controllers.routing_config import (
+    band_accuracy,
     build_router_config,
     config_digest,
     effective_weights,
+    plan_tiers,
     plan_weights,
 )
 from modelpool.routing.config import RouterConfig
@@ -137,3 +139,70 @@ def test_digest_ignores_generation_but_not_weights() -> None:
     moved = plan_weights(spec, pool, _status(small=10))
     assert config_digest(build_router_config("ns", "bank", spec, pool, moved, 1)) != config_digest(one)
     assert [w.variant for w in effective_weights(plan)] == ["int8", "large", "small"]
+
+
+def _profile(name: str, buckets: list[tuple[float, float, int, float]], scorer: str = "heuristic") -> Any:
+    from modelpool.models.profile import BucketAccuracy, CapabilityProfile, LatencyFigures
+
+    latency = LatencyFigures(p50_ms=1, p95_ms=2, mean_ms=1, requests=10, concurrency=1)
+    return CapabilityProfile(
+        variant="small",
+        model_name=f"m-{name}",
+        model_digest="d",
+        model_created="2026-11-22T00:00:00Z",
+        created="2026-11-22T00:00:00Z",
+        device="cpu",
+        dataset="t",
+        items=sum(b[2] for b in buckets),
+        accuracy=0.9,
+        complexity_scorer=scorer,
+        accuracy_by_bucket=[
+            BucketAccuracy(min_complexity=lo, max_complexity=hi, items=n, accuracy=acc)
+            for lo, hi, n, acc in buckets
+        ],
+        latency_batch1=latency,
+        latency_concurrent=latency,
+        throughput_rps=100,
+        capacity_per_replica_rps=100,
+        memory_rss_bytes=1,
+    )
+
+
+def _tiered(floor: int | None = 90, kind: str = "heuristic") -> RoutingPolicySpec:
+    return _policy(
+        mode="tiered",
+        tiered={
+            "scorer": {"kind": kind, "path": "/s"} if kind == "torch" else {"kind": kind},
+            "tiers": [
+                {"maxComplexityPercent": 30, "target": "small"},
+                {"maxComplexityPercent": 100, "target": "large"},
+            ],
+        },
+        objectives={} if floor is None else {"qualityFloorPercent": floor},
+    )
+
+
+def test_per_bucket_accuracy_moves_a_band_under_the_floor() -> None:
+    small = _profile("small", [(0.0, 0.1, 900, 0.97), (0.1, 0.3, 100, 0.70), (0.3, 1.0, 100, 0.4)])
+    int8 = _profile("int8", [(0.0, 0.1, 900, 0.97), (0.1, 0.3, 100, 0.80), (0.3, 1.0, 100, 0.5)])
+    large = _profile("large", [(0.0, 0.1, 900, 0.98), (0.1, 0.3, 100, 0.85), (0.3, 1.0, 100, 0.6)])
+    profiles = {"small": small, "int8": int8, "large": large}
+    # small on (0, 0.3]: (900*0.97 + 100*0.70) / 1000 = 0.943 >= 0.90: kept.
+    kept = plan_tiers(_tiered(90), _pool(), profiles)
+    assert [(t.max_complexity_percent, t.target) for t in kept] == [(30, "small"), (100, "large")]
+    # A 95% floor: small (94.3%) fails, int8 (95.3%) meets it and is the cheapest above.
+    moved = plan_tiers(_tiered(95), _pool(), profiles)
+    assert moved[0].target == "int8"
+    assert "94.3%" in moved[0].reason and "sent to int8" in moved[0].reason
+    config = build_router_config(
+        "ns", "bank", _tiered(95), _pool(), plan_weights(_tiered(95), _pool(), None), 1, moved
+    )
+    assert config.tiers[0].target == "int8"
+
+
+def test_profiles_of_another_scorer_are_not_compared() -> None:
+    small = _profile("small", [(0.0, 1.0, 100, 0.5)], scorer="torch:scorer")
+    tiers = plan_tiers(_tiered(99, kind="heuristic"), _pool(), {"small": small})
+    assert tiers[0].target == "small"
+    assert "not heuristic" in tiers[0].reason
+    assert band_accuracy(small, 0.0, 0.3) == 0.5
