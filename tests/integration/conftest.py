@@ -10,8 +10,12 @@ import pytest
 
 from modelpool.devcluster import toolchain
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.devcluster.triton import TritonProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_MODELS = REPO_ROOT / "tests" / "fixtures" / "triton_models"
+SCRAPE_S = 1.0
 NODES = 2
 GPUS_PER_NODE = 8
 
@@ -42,3 +46,19 @@ def cluster() -> Iterator[DevCluster]:
     yield dev
     if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
         dev.delete()
+
+
+@pytest.fixture(scope="module")
+def echo_triton() -> Iterator[TritonProcess]:
+    """A real tritonserver serving the ``echo_small`` test model (one per test module)."""
+    with TritonProcess(FIXTURE_MODELS, ["echo_small"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def echo_prometheus(echo_triton: TritonProcess) -> Iterator[PrometheusProcess]:
+    """A real Prometheus scraping ``echo_triton`` every SCRAPE_S seconds."""
+    with PrometheusProcess(
+        {"triton": [f"127.0.0.1:{echo_triton.metrics_port}"]}, scrape_interval_s=SCRAPE_S
+    ) as prom:
+        yield prom

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,25 +17,9 @@ from modelpool.devcluster.triton import TritonProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.timeout(300)]
 
-MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "triton_models"
-SCRAPE_S = 1.0
 SERVICE_MS = 5
 LOAD_RPS = 40.0
 LOAD_SECONDS = 15.0
-
-
-@pytest.fixture(scope="module")
-def triton() -> Iterator[TritonProcess]:
-    with TritonProcess(MODELS, ["echo_small"]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def prometheus(triton: TritonProcess) -> Iterator[PrometheusProcess]:
-    with PrometheusProcess(
-        {"triton": [f"127.0.0.1:{triton.metrics_port}"]}, scrape_interval_s=SCRAPE_S
-    ) as prom:
-        yield prom
 
 
 def pool(prometheus_url: str) -> dict[str, Any]:
@@ -88,9 +70,9 @@ def _replicas(kube: Kube) -> int:
 
 
 def test_load_step_scales_the_deployment_and_lost_metrics_hold(
-    kube: Kube, triton: TritonProcess, prometheus: PrometheusProcess
+    kube: Kube, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
 ) -> None:
-    kube.apply(pool(prometheus.url))
+    kube.apply(pool(echo_prometheus.url))
     wait_for(
         lambda: (c := kube.condition("modelpool", "scaled", "MetricsAvailable")) and c, 60, "a first decision"
     )
@@ -99,7 +81,7 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     reaction: dict[str, float] = {}
 
     async def load_and_watch() -> list[int]:
-        load = asyncio.create_task(_paced_load(triton.http_url, LOAD_RPS, LOAD_SECONDS))
+        load = asyncio.create_task(_paced_load(echo_triton.http_url, LOAD_RPS, LOAD_SECONDS))
         started = time.monotonic()
         while not load.done():
             if "t" not in reaction and await asyncio.to_thread(_replicas, kube) > 1:
@@ -124,7 +106,7 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert "Scaled" in {e["reason"] for e in kube.events("scaled")}
 
     # Metrics vanish (Triton gone): the pool holds its last decision and says so; no scale-down.
-    triton.kill()
+    echo_triton.kill()
     cond = wait_for(
         lambda: (
             (c := kube.condition("modelpool", "scaled", "MetricsAvailable")) and c["status"] == "False" and c

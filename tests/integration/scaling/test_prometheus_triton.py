@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -42,23 +42,9 @@ SETTINGS = VariantSettings(
 )
 
 
-@pytest.fixture(scope="module")
-def triton() -> Iterator[TritonProcess]:
-    with TritonProcess(MODELS, ["echo_small"]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def prometheus(triton: TritonProcess) -> Iterator[PrometheusProcess]:
-    with PrometheusProcess(
-        {"triton": [f"127.0.0.1:{triton.metrics_port}"]}, scrape_interval_s=SCRAPE_S
-    ) as prom:
-        yield prom
-
-
 @pytest.fixture
-async def reader(prometheus: PrometheusProcess) -> AsyncIterator[PrometheusReader]:
-    r = PrometheusReader(prometheus.url, rate_window_s=3.0, series_span_s=10.0, step_s=SCRAPE_S)
+async def reader(echo_prometheus: PrometheusProcess) -> AsyncIterator[PrometheusReader]:
+    r = PrometheusReader(echo_prometheus.url, rate_window_s=3.0, series_span_s=10.0, step_s=SCRAPE_S)
     yield r
     await r.aclose()
 
@@ -95,10 +81,10 @@ def _decide(metrics_current: int, metrics: object) -> int:
 
 
 async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
-    triton: TritonProcess, reader: PrometheusReader
+    echo_triton: TritonProcess, reader: PrometheusReader
 ) -> None:
     sent: list[int] = []
-    await _paced_load(triton.http_url, LOW_RPS, 6.0, sent)
+    await _paced_load(echo_triton.http_url, LOW_RPS, 6.0, sent)
     low = await reader.read_variant(TARGET)
     assert low.problem is None
     assert low.latest_rps is not None
@@ -106,7 +92,7 @@ async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
     assert _decide(1, low) == 1
 
     step_at = time.monotonic()
-    load = asyncio.create_task(_paced_load(triton.http_url, HIGH_RPS, 10.0, sent))
+    load = asyncio.create_task(_paced_load(echo_triton.http_url, HIGH_RPS, 10.0, sent))
     reaction: float | None = None
     while not load.done():
         metrics = await reader.read_variant(TARGET)
@@ -191,21 +177,21 @@ def _triton_counter(metrics_text: str, name: str) -> float:
 
 
 async def test_queue_time_matches_triton_counters(
-    triton: TritonProcess, prometheus: PrometheusProcess
+    echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
 ) -> None:
     """A burst of 16 concurrent requests queues; the reader's mean queue time equals Triton's own."""
     window = 8.0
-    reader = PrometheusReader(prometheus.url, rate_window_s=window, series_span_s=10.0, step_s=SCRAPE_S)
+    reader = PrometheusReader(echo_prometheus.url, rate_window_s=window, series_span_s=10.0, step_s=SCRAPE_S)
     try:
         async with httpx.AsyncClient(timeout=30.0) as client:
             # Counters far from zero first: rate() limits its extrapolation at a counter's zero
             # point, per series, which skews a ratio of two rates of nearly fresh counters.
-            await asyncio.gather(*(_send(client, triton.http_url, i) for i in range(16)))
+            await asyncio.gather(*(_send(client, echo_triton.http_url, i) for i in range(16)))
         await asyncio.sleep(window + SCRAPE_S)  # let the rate window hold nothing but the burst
         async with httpx.AsyncClient(timeout=30.0) as client:
-            before = (await client.get(triton.metrics_url)).text
-            codes = await asyncio.gather(*(_send(client, triton.http_url, i) for i in range(16)))
-            after = (await client.get(triton.metrics_url)).text
+            before = (await client.get(echo_triton.metrics_url)).text
+            codes = await asyncio.gather(*(_send(client, echo_triton.http_url, i) for i in range(16)))
+            after = (await client.get(echo_triton.metrics_url)).text
         assert codes == [200] * 16
         done = _triton_counter(after, "nv_inference_request_success") - _triton_counter(
             before, "nv_inference_request_success"
@@ -229,7 +215,7 @@ async def test_queue_time_matches_triton_counters(
 
 
 def test_cli_inspect_prints_live_decision(
-    triton: TritonProcess, prometheus: PrometheusProcess, capsys: pytest.CaptureFixture[str]
+    echo_triton: TritonProcess, echo_prometheus: PrometheusProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import argparse
 
@@ -239,7 +225,7 @@ def test_cli_inspect_prints_live_decision(
     register(parser.add_subparsers())
     for i in range(10):  # a few requests so the series exist within the window
         httpx.post(
-            f"{triton.http_url}/v2/models/echo_small/infer",
+            f"{echo_triton.http_url}/v2/models/echo_small/infer",
             json={"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [f"cli {i}"]}]},
             timeout=10.0,
         ).raise_for_status()
@@ -249,7 +235,7 @@ def test_cli_inspect_prints_live_decision(
             "scaling",
             "inspect",
             "--prometheus",
-            prometheus.url,
+            echo_prometheus.url,
             "--model",
             "echo_small",
             "--replicas",
