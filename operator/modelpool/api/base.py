@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelpool.dev"
@@ -84,3 +84,22 @@ class ConfigMapKeyReference(ApiModel):
 
     name: DnsLabel = Field(description="Name of the ConfigMap.")
     key: str = Field(min_length=1, max_length=253, description="Key within the ConfigMap's data.")
+
+
+def cel(
+    rule: str, message: str, field_path: str | None = None, reason: str = "FieldValueInvalid"
+) -> dict[str, str]:
+    """One CEL rule (``x-kubernetes-validations`` entry) the API server checks on the object."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    entry["reason"] = reason
+    return entry
+
+
+def with_rules(*rules: dict[str, str]) -> ConfigDict:
+    """The model config of an API model carrying CEL rules."""
+    config = ConfigDict(**ApiModel.model_config)
+    validations: list[JsonValue] = [dict(rule) for rule in rules]
+    config["json_schema_extra"] = {"x-kubernetes-validations": validations}
+    return config

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from modelpool.api.base import ApiModel, Conditions, ConfigMapKeyReference, DnsLabel
+from modelpool.api.base import ApiModel, Conditions, ConfigMapKeyReference, DnsLabel, cel, with_rules
 
 Tier = Literal["small", "quantized", "large"]
 TIER_ORDER: dict[str, int] = {"small": 0, "quantized": 1, "large": 2}
@@ -115,17 +115,9 @@ class VariantScaling(ApiModel):
 class ProfileReference(ApiModel):
     """The variant's measured capability profile (see docs/models.md): inline or in a ConfigMap."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.configMapKeyRef) != has(self.inline)",
-                    "message": "set exactly one of configMapKeyRef and inline",
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel("has(self.configMapKeyRef) != has(self.inline)", "set exactly one of configMapKeyRef and inline"),
+    )
 
     config_map_key_ref: ConfigMapKeyReference | None = Field(
         default=None, description="ConfigMap key holding the profile as JSON or YAML."
@@ -140,18 +132,13 @@ class ProfileReference(ApiModel):
 class Variant(ApiModel):
     """One variant (tier) of the model, run as its own Triton Deployment."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.minReplicas <= self.maxReplicas",
-                    "message": "minReplicas must be less than or equal to maxReplicas",
-                    "fieldPath": ".minReplicas",
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must be less than or equal to maxReplicas",
+            field_path=".minReplicas",
+        ),
+    )
 
     name: DnsLabel = Field(description="Variant name, unique in the pool; part of child object names.")
     tier: Tier = Field(description="small, quantized or large: the order requests escalate in.")
@@ -253,20 +240,15 @@ class PoolScaling(ApiModel):
 class ModelPoolSpec(ApiModel):
     """Desired state of a ModelPool."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.variants.exists(v, v.minReplicas > 0 || !has(v.scaling) "
-                    "|| !has(v.scaling.scaleToZero) || !v.scaling.scaleToZero)",
-                    "message": "at least one variant must keep a replica: set minReplicas > 0 or "
-                    "scaling.scaleToZero=false on one variant",
-                    "fieldPath": ".variants",
-                    "reason": "FieldValueInvalid",
-                },
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "self.variants.exists(v, v.minReplicas > 0 || !has(v.scaling) "
+            "|| !has(v.scaling.scaleToZero) || !v.scaling.scaleToZero)",
+            "at least one variant must keep a replica: set minReplicas > 0 or "
+            "scaling.scaleToZero=false on one variant",
+            field_path=".variants",
+        ),
+    )
 
     gpu_pool: GpuPool
     variants: list[Variant] = Field(

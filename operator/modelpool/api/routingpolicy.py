@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from modelpool.api.base import ApiModel, Conditions, DnsLabel, LocalObjectReference, SecretKeyReference
+from modelpool.api.base import (
+    ApiModel,
+    Conditions,
+    DnsLabel,
+    LocalObjectReference,
+    SecretKeyReference,
+    cel,
+    with_rules,
+)
 
 Mode = Literal["weighted", "tiered", "cascade"]
 CASCADE_TARGET = "cascade"
@@ -36,18 +44,14 @@ class TierRoute(ApiModel):
 class ComplexityScorer(ApiModel):
     """Which complexity scorer the router runs."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.kind) || self.kind != 'torch' || has(self.path)",
-                    "message": "a torch scorer needs path: the scorer file inside the router container",
-                    "fieldPath": ".path",
-                    "reason": "FieldValueRequired",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "!has(self.kind) || self.kind != 'torch' || has(self.path)",
+            "a torch scorer needs path: the scorer file inside the router container",
+            field_path=".path",
+            reason="FieldValueRequired",
+        ),
+    )
 
     kind: Literal["heuristic", "torch"] = Field(
         default="heuristic", description="heuristic (fast, built in) or torch (a trained scorer file)."
@@ -58,27 +62,19 @@ class ComplexityScorer(ApiModel):
 class TieredRouting(ApiModel):
     """Complexity bands, in ascending order, the last one ending at 100."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.tiers.map(t, t.maxComplexityPercent).isSorted() && "
-                    "self.tiers.all(a, self.tiers.exists_one(b, "
-                    "b.maxComplexityPercent == a.maxComplexityPercent))",
-                    "message": "tiers must be in strictly ascending order of maxComplexityPercent",
-                    "fieldPath": ".tiers",
-                    "reason": "FieldValueInvalid",
-                },
-                {
-                    "rule": "self.tiers[size(self.tiers) - 1].maxComplexityPercent == 100",
-                    "message": "the last tier must have maxComplexityPercent 100 so every request has "
-                    "a target",
-                    "fieldPath": ".tiers",
-                    "reason": "FieldValueInvalid",
-                },
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "self.tiers.map(t, t.maxComplexityPercent).isSorted() && "
+            "self.tiers.all(a, self.tiers.exists_one(b, b.maxComplexityPercent == a.maxComplexityPercent))",
+            "tiers must be in strictly ascending order of maxComplexityPercent",
+            field_path=".tiers",
+        ),
+        cel(
+            "self.tiers[size(self.tiers) - 1].maxComplexityPercent == 100",
+            "the last tier must have maxComplexityPercent 100 so every request has a target",
+            field_path=".tiers",
+        ),
+    )
 
     scorer: ComplexityScorer = Field(default_factory=ComplexityScorer)
     tiers: list[TierRoute] = Field(min_length=1, max_length=8)
@@ -87,18 +83,13 @@ class TieredRouting(ApiModel):
 class CascadeRouting(ApiModel):
     """The draft answers; below the confidence threshold the verifier answers."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.draft != self.verifier",
-                    "message": "draft and verifier must be different variants",
-                    "fieldPath": ".verifier",
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "self.draft != self.verifier",
+            "draft and verifier must be different variants",
+            field_path=".verifier",
+        ),
+    )
 
     draft: DnsLabel = Field(description="Variant that answers first (usually the small one).")
     verifier: DnsLabel = Field(description="Variant that answers when the draft is unsure.")
@@ -139,38 +130,32 @@ class LabelSelector(ApiModel):
 class RoutingPolicySpec(ApiModel):
     """Desired routing for a pool."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.mode != 'weighted' || (has(self.weights) && "
-                    "self.weights.exists(w, w.weight > 0))",
-                    "message": "mode weighted needs spec.weights with at least one weight above 0",
-                    "fieldPath": ".weights",
-                    "reason": "FieldValueRequired",
-                },
-                {
-                    "rule": "self.mode != 'tiered' || has(self.tiered)",
-                    "message": "mode tiered needs spec.tiered (scorer and tiers)",
-                    "fieldPath": ".tiered",
-                    "reason": "FieldValueRequired",
-                },
-                {
-                    "rule": "self.mode != 'cascade' || has(self.cascade)",
-                    "message": "mode cascade needs spec.cascade (draft, verifier, acceptThresholdPercent)",
-                    "fieldPath": ".cascade",
-                    "reason": "FieldValueRequired",
-                },
-                {
-                    "rule": "!has(self.tiered) || !self.tiered.tiers.exists(t, t.target == 'cascade') "
-                    "|| has(self.cascade)",
-                    "message": "a tier with target cascade needs spec.cascade",
-                    "fieldPath": ".cascade",
-                    "reason": "FieldValueRequired",
-                },
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "self.mode != 'weighted' || (has(self.weights) && self.weights.exists(w, w.weight > 0))",
+            "mode weighted needs spec.weights with at least one weight above 0",
+            field_path=".weights",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "self.mode != 'tiered' || has(self.tiered)",
+            "mode tiered needs spec.tiered (scorer and tiers)",
+            field_path=".tiered",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "self.mode != 'cascade' || has(self.cascade)",
+            "mode cascade needs spec.cascade (draft, verifier, acceptThresholdPercent)",
+            field_path=".cascade",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "!has(self.tiered) || !self.tiered.tiers.exists(t, t.target == 'cascade') || has(self.cascade)",
+            "a tier with target cascade needs spec.cascade",
+            field_path=".cascade",
+            reason="FieldValueRequired",
+        ),
+    )
 
     pool_ref: LocalObjectReference = Field(description="The ModelPool whose variants this policy routes to.")
     mode: Mode = Field(description="weighted, tiered (by input complexity) or cascade.")
