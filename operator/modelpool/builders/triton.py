@@ -126,20 +126,24 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
+def child_metadata(pool: str, namespace: str, uid: str, variant: Variant) -> Manifest:
+    """Name, labels and controller reference shared by a variant's Deployment and Service."""
+    return {
+        "name": child_name(pool, variant.name),
+        "namespace": namespace,
+        "labels": child_labels(pool, variant),
+        "ownerReferences": [owner_reference(pool, uid)],
+    }
+
+
 def build_deployment(
     pool: str, namespace: str, uid: str, spec: ModelPoolSpec, variant: Variant, replicas: int
 ) -> Manifest:
     """The Deployment that runs ``replicas`` Triton servers of ``variant``."""
-    name = child_name(pool, variant.name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": child_labels(pool, variant),
-            "ownerReferences": [owner_reference(pool, uid)],
-        },
+        "metadata": child_metadata(pool, namespace, uid, variant),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(pool, variant.name)},
@@ -152,16 +156,10 @@ def build_deployment(
 
 def build_service(pool: str, namespace: str, uid: str, variant: Variant) -> Manifest:
     """The ClusterIP Service in front of a variant's replicas."""
-    name = child_name(pool, variant.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": child_labels(pool, variant),
-            "ownerReferences": [owner_reference(pool, uid)],
-        },
+        "metadata": child_metadata(pool, namespace, uid, variant),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(pool, variant.name),
