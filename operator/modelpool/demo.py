@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "modelpool-demo"
@@ -115,11 +116,7 @@ def run_demo(hold_seconds: float | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator, grace=15)
     _say(
         "done; the cluster keeps running (`modelpool devcluster down` removes it). "
         f"KUBECONFIG={cluster.kubeconfig}"

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +23,7 @@ from types import TracebackType
 
 import yaml
 
+from modelpool.devcluster.processes import stop_process
 from modelpool.devcluster.triton import free_port
 
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
@@ -176,14 +175,7 @@ class PrometheusProcess:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL after ``grace`` seconds; remove the temporary folder."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=grace)
+        stop_process(self._proc, grace)
         self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

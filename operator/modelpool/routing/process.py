@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from types import TracebackType
 
 import httpx
 
+from modelpool.devcluster.processes import stop_process
 from modelpool.devcluster.triton import free_port
 from modelpool.routing.config import RouterConfig
 
@@ -105,17 +105,7 @@ class RouterProcess:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL; returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        return proc.returncode
+        return stop_process(self._proc)
 
     def __enter__(self) -> RouterProcess:
         return self.start()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.processes import kill_process, stop_process
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -101,20 +100,11 @@ class OperatorProcess:
         )
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, grace=20, group=True)
 
     def kill(self) -> None:
         """An abrupt crash: no cleanup, no graceful shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_process(self.proc, group=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

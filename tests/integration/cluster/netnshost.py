@@ -8,12 +8,12 @@ namespace has no other route, so a process inside can reach nothing but the host
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from modelpool.devcluster.processes import stop_process
 
 
 def _ip(*args: str, netns: str | None = None) -> None:
@@ -65,11 +65,6 @@ class NetnsHost:
 
     def __exit__(self, *_: object) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_process(proc, group=True)
         subprocess.run(["ip", "link", "del", self._veth_host], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)

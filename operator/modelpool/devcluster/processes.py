@@ -1,0 +1,44 @@
+"""Stopping the local processes this project starts (servers, the operator, test hosts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+
+def _send(proc: subprocess.Popen[bytes], sig: signal.Signals, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, grace: float = 10.0, group: bool = False
+) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code (None if never started).
+
+    ``group`` signals the whole process group (processes started with ``start_new_session``),
+    so children such as a network namespace's ``ip netns exec`` payload stop too.
+    """
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        _send(proc, signal.SIGTERM, group)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _send(proc, signal.SIGKILL, group)
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None, group: bool = False) -> None:
+    """SIGKILL at once, as a crash would."""
+    if proc is not None and proc.poll() is None:
+        _send(proc, signal.SIGKILL, group)
+        proc.wait(timeout=10)
