@@ -33,6 +33,7 @@ from modelpool.controllers.routing_config import (
     plan_tiers,
     plan_weights,
 )
+from modelpool.controllers.status_io import parse_stored, write_status
 from modelpool.kube import KubeClient, Obj, resource_path
 
 CONFIG_KEY = "config.json"
@@ -48,15 +49,6 @@ def config_map_name(policy: str) -> str:
 
 def default_token_secret(policy: str) -> str:
     return f"{policy}-router-token"
-
-
-def _parse_policy_status(raw: Any) -> RoutingPolicyStatus | None:
-    if not raw:
-        return None
-    try:
-        return RoutingPolicyStatus.model_validate(raw)
-    except ValidationError:
-        return None
 
 
 def build_config_map(namespace: str, policy: str, uid: str, config_json: str) -> Obj:
@@ -106,14 +98,6 @@ def _status(
     return base.model_copy(update={"observed_generation": generation, "conditions": conds, **fields})
 
 
-async def _write(kube: KubeClient, namespace: str, name: str, status: RoutingPolicyStatus, old: Any) -> bool:
-    wire = status.to_wire()
-    if wire == old:
-        return False
-    await kube.merge_patch(policy_path(namespace, name) + "/status", {"status": wire})
-    return True
-
-
 def _programmed(routers: list[RouterStatus], generation: int, cm: str) -> tuple[bool, str, str]:
     if not routers:
         return (
@@ -145,7 +129,7 @@ async def reconcile_policy(
     generation = int(obj["metadata"].get("generation", 0))
     uid = obj["metadata"]["uid"]
     raw_status = obj.get("status")
-    previous = _parse_policy_status(raw_status)
+    previous = parse_stored(RoutingPolicyStatus, raw_status)
     stamp = now()
 
     async def refuse(failed: str, reason: str, message: str) -> RoutingPolicyStatus:
@@ -153,7 +137,7 @@ async def reconcile_policy(
         settings = [(c.ACCEPTED, True, "Valid", "spec is valid")] if failed != c.ACCEPTED else []
         settings += [(failed, False, reason, message), (c.READY, False, reason, message)]
         status = _status(previous, generation, stamp, settings)
-        if await _write(kube, namespace, name, status, raw_status):
+        if await write_status(kube, policy_path(namespace, name), status, raw_status):
             emit("Warning", reason, message)
         return status
 
@@ -243,6 +227,10 @@ async def reconcile_policy(
         effective_tiers=tiers,
         routers=routers,
     )
-    if await _write(kube, namespace, name, status, raw_status) and not ok and reason == "PushFailed":
+    if (
+        await write_status(kube, policy_path(namespace, name), status, raw_status)
+        and not ok
+        and reason == "PushFailed"
+    ):
         emit("Warning", "PushFailed", message)
     return status

@@ -30,6 +30,7 @@ from modelpool.builders.triton import (
 from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, rejected_status
 from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.scaling_planner import ScalingOutcome, ScalingPlanner
+from modelpool.controllers.status_io import parse_stored, write_status
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,8 @@ def pool_path(namespace: str, name: str) -> str:
 
 
 def parse_status(raw: Any) -> ModelPoolStatus | None:
-    """The stored status, or None when absent or unreadable (it is then rebuilt)."""
-    if not raw:
-        return None
-    try:
-        return ModelPoolStatus.model_validate(raw)
-    except ValidationError:
-        return None
+    """The pool's stored status, or None when absent or unreadable."""
+    return parse_stored(ModelPoolStatus, raw)
 
 
 def hold_or_minimum(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> dict[str, ReplicaPlan]:
@@ -171,16 +167,6 @@ async def prune_removed(
                 )
 
 
-async def write_status(
-    kube: KubeClient, namespace: str, name: str, status: ModelPoolStatus, old: Any
-) -> bool:
-    wire = status.to_wire()
-    if old == wire:
-        return False
-    await kube.merge_patch(pool_path(namespace, name) + "/status", {"status": wire})
-    return True
-
-
 @dataclass(frozen=True)
 class PoolPass:
     """The result of one reconcile pass: the status written and when to look again."""
@@ -216,14 +202,14 @@ async def reconcile_pool(
         where = "spec." + ".".join(str(p) for p in first["loc"])
         message = f"{where}: {first['msg']}; fix that field (children are left as they are)"
         status = rejected_status(generation, prev_conditions, "InvalidSpec", message, now(), previous)
-        if await write_status(kube, namespace, name, status, raw_status):
+        if await write_status(kube, pool_path(namespace, name), status, raw_status):
             emit("Warning", "InvalidSpec", message)
         return PoolPass(status)
     problems = child_name_problems(name, spec)
     if problems:
         message = "; ".join(f"{p.field}: {p.message}" for p in problems)
         status = rejected_status(generation, prev_conditions, problems[0].reason, message, now(), previous)
-        if await write_status(kube, namespace, name, status, raw_status):
+        if await write_status(kube, pool_path(namespace, name), status, raw_status):
             emit("Warning", problems[0].reason, message)
         return PoolPass(status)
 
@@ -279,7 +265,7 @@ async def reconcile_pool(
             conditions, c.PROFILES_CURRENT, "True" if ok else "False", reason, message, generation, now()
         )
     status = compute_status(spec, generation, outcome.plans, deployments, pods, conditions, issues, now())
-    await write_status(kube, namespace, name, status, raw_status)
+    await write_status(kube, pool_path(namespace, name), status, raw_status)
     return PoolPass(status, outcome.next_decision_in)
 
 
