@@ -181,9 +181,6 @@ class KubeClient:
         items: list[Obj] = (await self._request("GET", path, params=params)).get("items", [])
         return items
 
-    async def create(self, path: str, body: Obj) -> Obj:
-        return await self._request("POST", path, json=body)
-
     async def apply(self, path: str, body: Obj, *, force: bool = True) -> Obj:
         """Server-side apply as the operator's field manager (takes over conflicting fields)."""
         params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}

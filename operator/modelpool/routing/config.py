@@ -34,10 +34,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-Mode = Literal["weighted", "tiered", "cascade"]
-Tier = Literal["small", "quantized", "large"]
-CASCADE_TARGET = "cascade"
-TIER_ORDER: dict[str, int] = {"small": 0, "quantized": 1, "large": 2}
+# One vocabulary with the CRDs: the operator renders RouterConfigs from them.
+from modelpool.api.modelpool import Tier
+from modelpool.api.routingpolicy import CASCADE_TARGET, Mode
 
 
 class _Model(BaseModel):

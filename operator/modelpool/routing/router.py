@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelpool.api.modelpool import TIER_ORDER
+from modelpool.api.routingpolicy import CASCADE_TARGET
 from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
 from modelpool.routing.cache import TTLCache
-from modelpool.routing.config import CASCADE_TARGET, TIER_ORDER, ConfigError, RouterConfig, VariantConfig
+from modelpool.routing.config import ConfigError, RouterConfig, VariantConfig
 from modelpool.routing.decisions import keeps_draft, tier_target
 from modelpool.routing.endpoints import Endpoint, EndpointSliceSource, EndpointSource, StaticSource
 from modelpool.routing.httpserver import Response, error_response
