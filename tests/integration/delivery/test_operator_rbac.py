@@ -42,8 +42,9 @@ ROUTER_POD = {
     },
     "spec": {"containers": [{"name": "router", "image": "modelpool:fake"}]},
 }
-# An HTTP 403 as a status, not any "403" (a resourceVersion such as '14036' contains one).
-DENIED = re.compile(r"(?<![\d'])403(?![\d'])|Forbidden|forbidden|Not enough permissions")
+# A refused API call: the API server's reason (Forbidden / "... is forbidden") or kopf's words.
+# Not a bare "403": timestamps (",403") and resourceVersions ('14036') contain it.
+DENIED = re.compile(r"Forbidden|forbidden|Not enough permissions|status=403|HTTP/1\.1 403")
 
 
 def service_account_kubeconfig(cluster: DevCluster, namespace: str, name: str, out: Path) -> Path:
