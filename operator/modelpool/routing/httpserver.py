@@ -58,42 +58,55 @@ def error_response(status: int, message: str) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# "HTTP/1.1 200 OK\r\ncontent-type: " by status, filled as statuses are seen
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\ncontent-type: " % (status, _REASONS.get(status, b"Unknown"))
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = line
+    return line
 
 
 def encode_response(resp: Response, keep_alive: bool) -> bytes:
     """Serialize a response."""
     parts = [
-        b"HTTP/1.1 ",
-        str(resp.status).encode(),
-        b" ",
-        _REASONS.get(resp.status, b"Unknown"),
-        b"\r\ncontent-type: ",
+        _STATUS_LINES.get(resp.status) or _status_line(resp.status),
         resp.content_type,
         b"\r\ncontent-length: ",
         str(len(resp.body)).encode(),
         b"\r\n" if keep_alive else b"\r\nconnection: close\r\n",
     ]
     for name, value in resp.headers:
-        parts += [name, b": ", value, b"\r\n"]
-    parts.append(b"\r\n")
-    parts.append(resp.body)
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"\r\n", resp.body)
     return b"".join(parts)
 
 
 class _HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Handler, max_body: Callable[[], int]) -> None:
+    def __init__(
+        self, handler: Handler, max_body: Callable[[], int], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._handler = handler
         self._max_body = max_body
+        self._loop = loop
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request, bool]] = deque()
+        # One worker task per connection answers the queued requests in order; between
+        # requests it waits on ``_wakeup`` (cheaper than a task per request).
         self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
+        self._limit = 0  # max_body() for the message being read
         self._refused = False
         self._paused = False
         self._closing = False
@@ -105,6 +118,7 @@ class _HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._queue.clear()
+        self._wake()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -131,18 +145,17 @@ class _HttpProtocol(asyncio.Protocol):
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self._limit = limit = self._max_body()
         length = self._headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body():
-            self._refuse(
-                413, f"request body of {int(length)} bytes is over the limit of {self._max_body()} bytes"
-            )
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._refuse(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes")
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
             return
         self._body_size += len(body)
-        if self._body_size > self._max_body():
-            self._refuse(413, f"request body is over the limit of {self._max_body()} bytes")
+        if self._body_size > self._limit:
+            self._refuse(413, f"request body is over the limit of {self._limit} bytes")
             return
         self._body.append(body)
 
@@ -152,10 +165,13 @@ class _HttpProtocol(asyncio.Protocol):
         path, _, query = self._url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(self._parser.get_method(), path, query, self._headers, body)
-        self._queue.append((request, self._parser.should_keep_alive()))
+        queue = self._queue
+        queue.append((request, self._parser.should_keep_alive()))
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        if len(self._queue) > _MAX_PIPELINED and self._transport is not None and not self._paused:
+            self._worker = self._loop.create_task(self._work())
+        else:
+            self._wake()
+        if len(queue) > _MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True
             self._transport.pause_reading()
 
@@ -179,10 +195,23 @@ class _HttpProtocol(asyncio.Protocol):
         else:
             transport.close()
 
+    def _wake(self) -> None:
+        """Let the worker go on when it waits for the next request."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
     async def _work(self) -> None:
+        queue = self._queue
         try:
-            while self._queue and not self._closing:
-                request, keep_alive = self._queue.popleft()
+            while not self._closing:
+                if not queue:
+                    self._wakeup = wakeup = self._loop.create_future()
+                    await wakeup
+                    continue
+                request, keep_alive = queue.popleft()
                 try:
                     response = await self._handler(request)
                 except Exception:
@@ -195,11 +224,12 @@ class _HttpProtocol(asyncio.Protocol):
                 if not keep_alive:
                     transport.close()
                     return
-                if self._paused and len(self._queue) <= _MAX_PIPELINED // 2:
+                if self._paused and len(queue) <= _MAX_PIPELINED // 2:
                     self._paused = False
                     transport.resume_reading()
         finally:
             self._worker = None
+            self._wakeup = None
 
 
 async def start_server(
@@ -208,5 +238,5 @@ async def start_server(
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler``."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _HttpProtocol(handler, max_body), host, port, backlog=backlog, reuse_address=True
+        lambda: _HttpProtocol(handler, max_body, loop), host, port, backlog=backlog, reuse_address=True
     )
