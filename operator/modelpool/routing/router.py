@@ -23,6 +23,7 @@ from typing import Any
 from modelpool.api.modelpool import TIER_ORDER
 from modelpool.api.routingpolicy import CASCADE_TARGET
 from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
+from modelpool.routing.breaker import BreakerState
 from modelpool.routing.cache import TTLCache
 from modelpool.routing.config import ConfigError, RouterConfig, VariantConfig
 from modelpool.routing.decisions import keeps_draft, tier_target
@@ -106,8 +107,12 @@ class VariantRuntime:
 
     def attempt_order(self) -> list[Endpoint]:
         """Available endpoints in the order to try: the least busy first (round robin among equals),
-        or plain round robin when the config says ``balancing: round_robin``."""
-        candidates = self.available()
+        or plain round robin when the config says ``balancing: round_robin``.  Callers must not
+        change the list."""
+        endpoints = self.endpoints()
+        if len(endpoints) == 1:  # the common case: one endpoint (a replica or a Service URL)
+            return endpoints if endpoints[0].breaker.allows() else []
+        candidates = [e for e in endpoints if e.breaker.allows()]
         if len(candidates) <= 1:
             return candidates
         self._rr += 1
@@ -192,6 +197,7 @@ class Router:
         self._slice_sources: dict[tuple[str, str, str], EndpointSliceSource] = {}
         self._probing: set[tuple[str, str]] = set()
         self._probe_task: asyncio.Task[None] | None = None
+        self._breaker_opened = asyncio.Event()  # the probe loop sleeps on it while no breaker is open
         self._started = False
         self._breaker_config = config.breaker  # for endpoints created from now on
         self.table = self._build(config)
@@ -297,6 +303,7 @@ class Router:
         self._started = True
         for variant in self.table.variants.values():
             await variant.source.start()
+        self._breaker_opened = asyncio.Event()  # bound to this loop
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def stop(self) -> None:
@@ -311,7 +318,12 @@ class Router:
             ep.client.close()
 
     async def _probe_loop(self, interval: float = 0.1) -> None:
+        """Every ``interval`` while some breaker is open, probe the endpoints whose wait is over;
+        no wake-ups at all while every breaker is closed or half-open."""
         while True:
+            if not any(ep.breaker.state is BreakerState.OPEN for ep in self._endpoints.values()):
+                self._breaker_opened.clear()
+                await self._breaker_opened.wait()
             await asyncio.sleep(interval)
             for key, ep in list(self._endpoints.items()):
                 if key not in self._probing and ep.breaker.probe_due():
@@ -330,44 +342,28 @@ class Router:
         ep.breaker.on_probe(ok)
 
     # ---------------------------------------------------------------- forwarding
-    async def _attempt(
-        self, variant: VariantRuntime, ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[UpstreamResponse | None, str]:
-        started = time.perf_counter()
-        ep.outstanding += 1
-        ep.breaker.on_send()
-        resp: UpstreamResponse | None = None
-        kind = ""
-        try:
-            resp = await ep.client.request(b"POST", variant.path, headers, body, variant.timeout)
-            if _is_not_served(resp):
-                kind = "http_5xx" if resp.status >= 500 else "not_served"
-        except UpstreamTimeout as err:
-            kind, resp = "timeout", None
-            detail = str(err)
-        except UpstreamError as err:
-            kind, resp = "connect", None
-            detail = str(err)
-        finally:
-            ep.outstanding -= 1
-        self.metrics.attempt(variant.name, time.perf_counter() - started, kind or None)
-        if kind:
-            ep.breaker.on_failure()
-            if resp is not None:
-                detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
-            return None, f"{variant.name} at {ep.url}: {kind} ({detail})"
-        ep.breaker.on_success()
-        return resp, ""
-
     async def _first_answer(
-        self, order: Sequence[VariantRuntime], headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        order: Sequence[VariantRuntime],
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        first_endpoints: list[Endpoint] | None = None,
     ) -> Answer:
-        """Try the variants in order (each one's endpoints, least busy first) until one answers."""
+        """Try the variants in order (each one's endpoints, least busy first) until one answers.
+
+        ``first_endpoints``: ``order[0].attempt_order()`` when the caller already has it.  One
+        attempt: the endpoint's in-flight count and breaker, the upstream request, its metrics;
+        a failure (see the module doc) is a reason in the final :class:`NoAnswer`.
+        """
         attempts_left = self.table.config.retry.max_attempts
+        metrics = self.metrics
         reasons: list[str] = []
         timed_out = False
         for variant in order:
-            endpoints = variant.attempt_order()
+            if first_endpoints is not None:
+                endpoints, first_endpoints = first_endpoints, None
+            else:
+                endpoints = variant.attempt_order()
             if not endpoints:
                 known = variant.endpoints()
                 reasons.append(
@@ -380,27 +376,40 @@ class Router:
                 if attempts_left <= 0:
                     break
                 attempts_left -= 1
-                resp, reason = await self._attempt(variant, ep, headers, body)
-                if resp is not None:
+                breaker = ep.breaker
+                started = time.perf_counter()
+                ep.outstanding += 1
+                breaker.on_send()
+                resp: UpstreamResponse | None = None
+                kind = ""
+                try:
+                    resp = await ep.client.request(b"POST", variant.path, headers, body, variant.timeout)
+                    if resp.status >= 400 and _is_not_served(resp):
+                        kind = "http_5xx" if resp.status >= 500 else "not_served"
+                except UpstreamTimeout as err:
+                    kind, resp = "timeout", None
+                    detail = str(err)
+                except UpstreamError as err:
+                    kind, resp = "connect", None
+                    detail = str(err)
+                finally:
+                    ep.outstanding -= 1
+                metrics.attempt(variant.name, time.perf_counter() - started, kind or None)
+                if not kind:
+                    assert resp is not None
+                    breaker.on_success()
                     return Answer(variant, resp)
+                breaker.on_failure()
+                if breaker.state is BreakerState.OPEN:
+                    self._breaker_opened.set()
+                if resp is not None:
+                    detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
+                reason = f"{variant.name} at {ep.url}: {kind} ({detail})"
                 reasons.append(reason)
                 timed_out = ": timeout" in reason
         raise NoAnswer(504 if timed_out else 503, reasons)
 
     # ---------------------------------------------------------------- modes
-    async def _weighted(
-        self, table: RoutingTable, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Response:
-        assert table.swrr is not None
-        name = table.swrr.pick()
-        assert name is not None
-        if not table.variants[name].available():  # its share goes to the variants that can answer
-            ready = [v.name for v in table.variants.values() if v.available()]
-            name = table.swrr.pick(ready) or name
-        answer = await self._first_answer(table.fallbacks[name], headers, body)
-        self._account(table, answer.variant, answer.variant.cost)
-        return _client_response(answer)
-
     async def _direct(
         self, table: RoutingTable, name: str, raw: bytes, headers: list[tuple[bytes, bytes]], **params: Any
     ) -> Response:
@@ -498,7 +507,8 @@ class Router:
         table = self.table
         started = time.perf_counter()
         try:
-            header_length = parse_header_length(request_headers.get(_HL))
+            hl = request_headers.get(_HL)
+            header_length = None if hl is None else parse_header_length(hl)
             request = parse_request(body, header_length) if table.parse_requests else None
             cache_key = None
             if table.cache is not None:
@@ -512,8 +522,20 @@ class Router:
                     return Response(cached.status, cached.body, hit_headers, cached.content_type)
             headers = _upstream_headers(request_headers, header_length)
             mode = table.config.mode
-            if mode == "weighted":
-                response = await self._weighted(table, headers, body)
+            if mode == "weighted":  # the hot path, inline: smooth weighted round robin, then forward
+                swrr = table.swrr
+                assert swrr is not None
+                name = swrr.pick()
+                assert name is not None
+                endpoints: list[Endpoint] | None = table.variants[name].attempt_order()
+                if not endpoints:  # its share goes to the variants that can answer
+                    ready = [v.name for v in table.variants.values() if v.available()]
+                    name = swrr.pick(ready) or name
+                    endpoints = None
+                answer = await self._first_answer(table.fallbacks[name], headers, body, endpoints)
+                variant = answer.variant
+                self.metrics.answered(variant.name, variant.tier, variant.cost, table.baseline_cost)
+                response = _client_response(answer)
                 if response.status >= 500 and request is None:
                     # Triton answers some malformed bodies with 500: check it here, so the client
                     # gets a 400 naming the problem (a model's own 500 on a valid body passes through)
