@@ -23,7 +23,14 @@ from pathlib import Path
 from autoscaling_calibration import calibrate, load_service_model
 from autoscaling_traces import synthetic_bursty_trace
 
-from modelpool.scaling.baselines import HpaPolicy, OraclePolicy, StaticPolicy, need_per_second, peak_replicas
+from modelpool.scaling.baselines import (
+    HpaPolicy,
+    OraclePolicy,
+    ReactiveIdealPolicy,
+    StaticPolicy,
+    need_per_second,
+    peak_replicas,
+)
 from modelpool.scaling.simulator import (
     DecidePolicy,
     Policy,
@@ -75,10 +82,10 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
     )
 
 
-def run_trace(
+def sim_setup(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
-) -> tuple[list[SimResult], dict[str, list[float]], float]:
-    """Run all four policies on one trace; return results, reaction times and replica capacity."""
+) -> tuple[float, VariantSettings, SimConfig, list[int]]:
+    """Replica capacity, ModelPool settings, simulator config and per-second need for one trace."""
     mean_service = statistics.fmean(service.service_s(r) for r in trace)
     capacity = 1.0 / mean_service  # what a profile run of representative requests measures
     settings = our_settings(knobs, capacity)
@@ -91,6 +98,14 @@ def run_trace(
     need = need_per_second(
         trace, capacity, 1, settings.target_queue_time_s, settings.slo_attainment, knobs.max_replicas
     )
+    return capacity, settings, cfg, need
+
+
+def run_trace(
+    trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
+) -> tuple[list[SimResult], dict[str, list[float]], float]:
+    """Run all four policies on one trace; return results, reaction times and replica capacity."""
+    capacity, settings, cfg, need = sim_setup(trace, service, knobs)
     policies: list[Policy] = [
         DecidePolicy(settings, knobs.scrape_interval_s),
         *(
@@ -234,6 +249,19 @@ def plot(
     plt.close(fig)
 
 
+def ideal_reactive_rows(
+    trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs, memories: Sequence[float]
+) -> list[tuple[str, SimResult, float]]:
+    """(policy, result, x oracle) for the oracle's need seen only after the fact, per memory."""
+    _, _, cfg, need = sim_setup(trace, service, knobs)
+    oracle = simulate(trace, service, cfg, OraclePolicy(need, knobs.startup_delay_s)).gpu_hours
+    rows = []
+    for memory in memories:
+        result = simulate(trace, service, cfg, ReactiveIdealPolicy(need, memory))
+        rows.append((result.policy, result, result.gpu_hours / oracle))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ModelPool autoscaling benchmark (simulated replicas)")
     parser.add_argument(
@@ -274,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="*",
         default=[30.0, 60.0, 120.0],
         help="other ModelPool scale-down windows for the trade-off table (GPU-hours vs violations)",
+    )
+    parser.add_argument(
+        "--ideal-memory",
+        type=float,
+        nargs="*",
+        default=[5.0, 20.0, 60.0, 300.0],
+        help="memories, s, of the ideal reactive policy (perfect past metrics, no lag) to print",
     )
     parser.add_argument("--scrape-interval", type=float, default=2.0)
     parser.add_argument("--rate-window", type=float, default=6.0)
@@ -323,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "traces": {},
         "window_sweep": {},
         "sweep": {},
+        "ideal_reactive": {},
     }
     loaded = {path: load_trace(path) for path in traces}
     for path, trace in loaded.items():
@@ -374,6 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "slo_attainment": r.attainment,
                     "violations": r.violations,
                     "gpu_hours": r.gpu_hours,
+                }
+    if args.ideal_memory:
+        print(
+            "\n== what reacting can reach at best: the oracle's per-second need, seen without lag but only"
+            "\n   after each second ends, peak of the last N seconds held (no forecasting)"
+        )
+        print(f"{'trace':<32}{'policy':<22}{'SLO att.':>9}{'viol.':>7}{'GPU-h':>8}{'x oracle':>9}")
+        for path, trace in loaded.items():
+            for name, r, ratio in ideal_reactive_rows(trace, service, knobs, args.ideal_memory):
+                print(
+                    f"{path.name:<32}{name:<22}{r.attainment:>9.2%}{r.violations:>7}"
+                    f"{r.gpu_hours:>8.3f}{ratio:>9.2f}"
+                )
+                report["ideal_reactive"][f"{path.name}/{name}"] = {  # type: ignore[index]
+                    "slo_attainment": r.attainment,
+                    "violations": r.violations,
+                    "gpu_hours": r.gpu_hours,
+                    "x_oracle": ratio,
                 }
     (args.out / "bench_autoscaling.json").write_text(json.dumps(report, indent=2, default=str))
     return 0

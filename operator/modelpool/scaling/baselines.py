@@ -129,3 +129,24 @@ class OraclePolicy:
         start = int(now)
         window = self.need[start : start + self.lead + 1]
         return max([self.min_replicas, *window])
+
+
+class ReactiveIdealPolicy:
+    """The best a purely reactive policy could see: every past second's exact need, with no lag.
+
+    Each second it holds the peak need of the last ``memory_s`` seconds (need as the oracle counts
+    it). It knows nothing of the future, so it shows how much of the oracle's advantage is
+    foresight: what no policy that reacts to metrics can win back, however fast its metrics.
+    """
+
+    def __init__(self, need: Sequence[int], memory_s: float, min_replicas: int = 1) -> None:
+        self.name = f"ideal-reactive@{memory_s:g}s"
+        self.interval_s = 1.0
+        self.need = list(need)
+        self.memory = max(1, math.ceil(memory_s))
+        self.min_replicas = min_replicas
+
+    def desired(self, obs: Observation, now: float, current: int) -> int:
+        """Peak need over the last ``memory_s`` complete seconds."""
+        end = int(now)
+        return max([self.min_replicas, *self.need[max(0, end - self.memory) : end]])

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from modelpool.scaling import VariantSettings
-from modelpool.scaling.baselines import HpaPolicy, OraclePolicy, StaticPolicy, need_per_second
+from modelpool.scaling.baselines import (
+    HpaPolicy,
+    OraclePolicy,
+    ReactiveIdealPolicy,
+    StaticPolicy,
+    need_per_second,
+)
 from modelpool.scaling.simulator import (
     DecidePolicy,
     Observation,
@@ -89,6 +95,20 @@ def test_oracle_scales_ahead_by_startup_delay() -> None:
     )
     assert first_up < 60.0
     assert r.attainment > 0.99
+
+
+def test_ideal_reactive_policy_sees_only_the_past() -> None:
+    need = [1, 1, 5, 1, 1, 1, 1, 3, 1]
+    policy = ReactiveIdealPolicy(need, memory_s=3.0)
+    seen = [policy.desired(Observation(t, (), (), None, None, 0, 1), t, 1) for t in range(10)]
+    # The need of second 2 counts once second 2 is over (t=3) and is held for 3 s.
+    assert seen == [1, 1, 1, 5, 5, 5, 1, 1, 3, 3]
+    trace = step_trace()
+    full = need_per_second(trace, 10.0, 1, 0.5, 0.99, 20)
+    cfg = SimConfig(latency_slo_s=1.0, startup_delay_s=5.0)
+    late = simulate(trace, SERVICE, cfg, ReactiveIdealPolicy(full, memory_s=300.0))
+    early = simulate(trace, SERVICE, cfg, OraclePolicy(full, startup_delay_s=5.0))
+    assert late.violations > early.violations  # the step is only seen after it started
 
 
 def test_load_trace_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> None:
