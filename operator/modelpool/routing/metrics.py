@@ -95,7 +95,8 @@ class RouterMetrics:
         hist = self.upstream_latency.get(variant)
         if hist is None:
             hist = self.upstream_latency[variant] = Hist(LATENCY_BUCKETS)
-        hist.observe(seconds)
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1  # hist.observe(seconds), inline
+        hist.total += seconds
         if error_kind is not None:
             key = (variant, error_kind)
             self.errors[key] = self.errors.get(key, 0) + 1
@@ -113,7 +114,9 @@ class RouterMetrics:
     def response(self, status: int, seconds: float) -> None:
         """A client response went out ``seconds`` after the request was read."""
         self.responses[status] = self.responses.get(status, 0) + 1
-        self.latency.observe(seconds)
+        hist = self.latency
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1  # hist.observe(seconds), inline
+        hist.total += seconds
 
     def score(self, value: float) -> None:
         self.scores.observe(value)

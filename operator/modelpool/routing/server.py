@@ -21,6 +21,7 @@ import gc
 import hmac
 import logging
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +58,24 @@ class RouterApp:
         self._config_path = config_path
         self._config_mtime = config_path.stat().st_mtime_ns if config_path is not None else 0
         self._model_prefix = b""
+        self._infer_path = b""
         self._refresh_prefix()
 
     def _refresh_prefix(self) -> None:
         self._model_prefix = _MODELS + self.router.config.model_name.encode()
+        self._infer_path = self._model_prefix + b"/infer"
 
     def max_body(self) -> int:
         return self.router.config.max_body_bytes
 
-    async def handle(self, req: Request) -> Response:
+    def handle(self, req: Request) -> Awaitable[Response]:
+        """The response to ``req``; an inference request goes straight to the router's coroutine
+        (no coroutine of its own in between: this is the hot path)."""
+        if req.path == self._infer_path and req.method == b"POST":
+            return self.router.infer(req.body, req.headers)
+        return self._handle(req)
+
+    async def _handle(self, req: Request) -> Response:
         path = req.path
         if path.startswith(self._model_prefix):
             rest = path[len(self._model_prefix) :]
