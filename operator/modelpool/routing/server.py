@@ -66,7 +66,7 @@ class RouterApp:
         self._infer_path = self._model_prefix + b"/infer"
 
     def max_body(self) -> int:
-        return self.router.config.max_body_bytes
+        return self.router.table.config.max_body_bytes
 
     def handle(self, req: Request) -> Awaitable[Response]:
         """The response to ``req``; an inference request goes straight to the router's coroutine

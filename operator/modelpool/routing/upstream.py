@@ -111,12 +111,16 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamTimeout(f"no answer within {self.timeout * 1000:.0f} ms"))
 
-    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
+    def send(self, data: bytes, deadline: float, timeout: float) -> asyncio.Future[UpstreamResponse]:
+        """Write a request; the future gets its response (or the error).  ``deadline`` (loop time)
+        and ``timeout`` are for the client's deadline timer, which calls :meth:`expire`."""
         assert self.transport is not None
         self._got_bytes = False
-        self._waiter = self.loop.create_future()
+        self.deadline = deadline
+        self.timeout = timeout
+        self._waiter = waiter = self.loop.create_future()
         self.transport.write(data)
-        return self._waiter
+        return waiter
 
     def close(self) -> None:
         self.closed = True
@@ -170,22 +174,20 @@ class EndpointClient:
         return b"".join(parts)
 
     def _take_idle(self) -> _Connection | None:
-        while self._idle:
-            conn = self._idle.pop()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
                 return conn
         return None
 
-    def _watch(self, loop: asyncio.AbstractEventLoop, conn: _Connection) -> None:
-        """Track ``conn``'s deadline: arm the timer when it is the earliest one in flight."""
-        self._busy.add(conn)
-        timer = self._timer
-        if timer is None or conn.deadline < self._timer_at or self._timer_loop is not loop:
-            if timer is not None:
-                timer.cancel()
-            self._timer_at = conn.deadline
-            self._timer_loop = loop
-            self._timer = loop.call_at(conn.deadline, self._sweep, loop)
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """(Re)start the deadline timer for ``deadline``, the earliest one in flight now."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer_loop = loop
+        self._timer = loop.call_at(deadline, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Expire the requests whose deadline passed; re-arm for the next deadline in flight."""
@@ -199,8 +201,7 @@ class EndpointClient:
             elif next_at is None or conn.deadline < next_at:
                 next_at = conn.deadline
         if next_at is not None:
-            self._timer_at = next_at
-            self._timer = loop.call_at(next_at, self._sweep, loop)
+            self._arm(loop, next_at)
 
     async def request(
         self,
@@ -218,10 +219,10 @@ class EndpointClient:
         for _ in range(2):  # a second try only when a reused connection turned out stale
             if conn is None:
                 conn = await self._connect(timeout)
-            fut = conn.send(data)
-            conn.deadline = deadline
-            conn.timeout = timeout
-            self._watch(loop, conn)
+            fut = conn.send(data, deadline, timeout)
+            self._busy.add(conn)
+            if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+                self._arm(loop, deadline)
             try:
                 response = await fut
             except UpstreamTimeout:
