@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelpool.devcluster.processes import cpu_seconds
 from modelpool.devcluster.triton import free_port
 from modelpool.routing.upstream import EndpointClient, UpstreamError
 
@@ -175,10 +176,10 @@ http {{
                 continue
             try:
                 fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == self._proc.pid:  # session id field
+                    total += cpu_seconds(int(proc.name))
             except OSError:
                 continue
-            if int(fields[3]) == self._proc.pid:  # session id field
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
     def stop(self) -> None:

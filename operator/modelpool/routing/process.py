@@ -20,7 +20,7 @@ from types import TracebackType
 
 import httpx
 
-from modelpool.devcluster.processes import stop_process
+from modelpool.devcluster.processes import cpu_seconds, stop_process
 from modelpool.devcluster.triton import free_port
 from modelpool.routing.config import RouterConfig
 
@@ -98,10 +98,9 @@ class RouterProcess:
         raise RuntimeError(f"router did not become ready on {self.url}:\n{log_text}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the router has used so far (from /proc)."""
+        """CPU time the router has used so far (all threads, nanosecond counts from /proc)."""
         assert self._proc is not None
-        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self._proc.pid)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL; returns the exit code."""

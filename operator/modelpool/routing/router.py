@@ -406,7 +406,7 @@ class Router:
                     detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
                 reason = f"{variant.name} at {ep.url}: {kind} ({detail})"
                 reasons.append(reason)
-                timed_out = ": timeout" in reason
+                timed_out = kind == "timeout"
         raise NoAnswer(504 if timed_out else 503, reasons)
 
     # ---------------------------------------------------------------- modes
