@@ -56,6 +56,11 @@ def error_response(status: int, message: str) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Respond = Callable[[Response], None]
+NowHandler = Callable[[Request, Respond], bool]
+"""Takes a request on the spot (True) and later calls ``respond`` once, or leaves it to the
+:data:`Handler` (False).  Used only while the connection has nothing else in flight, so
+responses keep the requests' order."""
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # "HTTP/1.1 200 OK\r\ncontent-type: " by status, filled as statuses are seen
@@ -90,16 +95,24 @@ class _HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
     def __init__(
-        self, handler: Handler, max_body: Callable[[], int], loop: asyncio.AbstractEventLoop
+        self,
+        handler: Handler,
+        max_body: Callable[[], int],
+        loop: asyncio.AbstractEventLoop,
+        now: NowHandler | None = None,
     ) -> None:
         self._handler = handler
+        self._now = now
         self._max_body = max_body
         self._loop = loop
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request, bool]] = deque()
         # One worker task per connection answers the queued requests in order; between
-        # requests it waits on ``_wakeup`` (cheaper than a task per request).
+        # requests it waits on ``_wakeup`` (cheaper than a task per request).  A request that
+        # arrives while nothing is in flight may be taken on the spot by ``now`` instead.
+        self._answering = False  # a request is being answered (by the worker or on the spot)
+        self._keep_alive_now = True  # of the request taken on the spot
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._url = b""
@@ -165,11 +178,23 @@ class _HttpProtocol(asyncio.Protocol):
         path, _, query = self._url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(self._parser.get_method(), path, query, self._headers, body)
+        keep_alive = self._parser.should_keep_alive()
         queue = self._queue
-        queue.append((request, self._parser.should_keep_alive()))
+        if self._now is not None and not self._answering and not queue:
+            self._answering = True
+            self._keep_alive_now = keep_alive
+            try:
+                if self._now(request, self._respond_now):
+                    return
+            except Exception:
+                logger.exception("handler failed for %s %s", request.method, request.path)
+                self._respond_now(error_response(500, "internal router error; see the router log"))
+                return
+            self._answering = False
+        queue.append((request, keep_alive))
         if self._worker is None:
             self._worker = self._loop.create_task(self._work())
-        else:
+        elif not self._answering:
             self._wake()
         if len(queue) > _MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True
@@ -195,6 +220,22 @@ class _HttpProtocol(asyncio.Protocol):
         else:
             transport.close()
 
+    def _respond_now(self, response: Response) -> None:
+        """Write the response of the request taken on the spot; then go on with any queued."""
+        self._answering = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(encode_response(response, self._keep_alive_now))
+        if not self._keep_alive_now:
+            transport.close()
+            return
+        if self._queue:
+            if self._worker is None:
+                self._worker = self._loop.create_task(self._work())
+            else:
+                self._wake()
+
     def _wake(self) -> None:
         """Let the worker go on when it waits for the next request."""
         wakeup = self._wakeup
@@ -207,16 +248,18 @@ class _HttpProtocol(asyncio.Protocol):
         queue = self._queue
         try:
             while not self._closing:
-                if not queue:
+                if not queue or self._answering:  # nothing to do, or a request taken on the spot
                     self._wakeup = wakeup = self._loop.create_future()
                     await wakeup
                     continue
                 request, keep_alive = queue.popleft()
+                self._answering = True
                 try:
                     response = await self._handler(request)
                 except Exception:
                     logger.exception("handler failed for %s %s", request.method, request.path)
                     response = error_response(500, "internal router error; see the router log")
+                self._answering = False
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
@@ -233,10 +276,16 @@ class _HttpProtocol(asyncio.Protocol):
 
 
 async def start_server(
-    handler: Handler, host: str, port: int, max_body: Callable[[], int], backlog: int = 1024
+    handler: Handler,
+    host: str,
+    port: int,
+    max_body: Callable[[], int],
+    backlog: int = 1024,
+    now: NowHandler | None = None,
 ) -> asyncio.Server:
-    """Listen on ``host:port`` (port 0 picks one) and serve ``handler``."""
+    """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
+    :data:`NowHandler`)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _HttpProtocol(handler, max_body, loop), host, port, backlog=backlog, reuse_address=True
+        lambda: _HttpProtocol(handler, max_body, loop, now), host, port, backlog=backlog, reuse_address=True
     )

@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from modelpool.api.modelpool import TIER_ORDER
@@ -198,6 +199,7 @@ class Router:
         self._probing: set[tuple[str, str]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._breaker_opened = asyncio.Event()  # the probe loop sleeps on it while no breaker is open
+        self._answering: set[asyncio.Task[Response]] = set()  # hot-path requests that went on in a task
         self._started = False
         self._breaker_config = config.breaker  # for endpoints created from now on
         self.table = self._build(config)
@@ -342,23 +344,60 @@ class Router:
         ep.breaker.on_probe(ok)
 
     # ---------------------------------------------------------------- forwarding
+    def _attempt_begin(self, ep: Endpoint) -> float:
+        """Book an attempt on ``ep`` (in-flight count, breaker); its start time."""
+        ep.outstanding += 1
+        ep.breaker.on_send()
+        return time.perf_counter()
+
+    def _attempt_end(
+        self,
+        variant: VariantRuntime,
+        ep: Endpoint,
+        started: float,
+        resp: UpstreamResponse | None,
+        error: UpstreamError | None,
+    ) -> str | None:
+        """Book the attempt's outcome (count, breaker, metrics); ``None`` when it answered, else
+        the reason it failed (see the module doc for what counts as a failure)."""
+        ep.outstanding -= 1
+        if error is not None:
+            kind = "timeout" if isinstance(error, UpstreamTimeout) else "connect"
+            detail = str(error)
+        else:
+            assert resp is not None
+            kind = ""
+            if resp.status >= 400 and _is_not_served(resp):
+                kind = "http_5xx" if resp.status >= 500 else "not_served"
+                detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
+        self.metrics.attempt(variant.name, time.perf_counter() - started, kind or None)
+        breaker = ep.breaker
+        if not kind:
+            breaker.on_success()
+            return None
+        breaker.on_failure()
+        if breaker.state is BreakerState.OPEN:
+            self._breaker_opened.set()
+        return f"{variant.name} at {ep.url}: {kind} ({detail})"
+
     async def _first_answer(
         self,
         order: Sequence[VariantRuntime],
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         first_endpoints: list[Endpoint] | None = None,
+        failed: list[str] | None = None,
+        timed_out: bool = False,
     ) -> Answer:
         """Try the variants in order (each one's endpoints, least busy first) until one answers.
 
-        ``first_endpoints``: ``order[0].attempt_order()`` when the caller already has it.  One
-        attempt: the endpoint's in-flight count and breaker, the upstream request, its metrics;
-        a failure (see the module doc) is a reason in the final :class:`NoAnswer`.
+        ``first_endpoints``: the endpoints of ``order[0]`` still to try, when the caller already
+        has them.  ``failed``: reasons of attempts the caller already made (they count against
+        ``retry.maxAttempts``), ``timed_out`` whether the last of them timed out.  A failure is
+        a reason in the final :class:`NoAnswer`.
         """
-        attempts_left = self.table.config.retry.max_attempts
-        metrics = self.metrics
-        reasons: list[str] = []
-        timed_out = False
+        reasons = failed if failed is not None else []
+        attempts_left = self.table.config.retry.max_attempts - len(reasons)
         for variant in order:
             if first_endpoints is not None:
                 endpoints, first_endpoints = first_endpoints, None
@@ -376,37 +415,22 @@ class Router:
                 if attempts_left <= 0:
                     break
                 attempts_left -= 1
-                breaker = ep.breaker
-                started = time.perf_counter()
-                ep.outstanding += 1
-                breaker.on_send()
+                started = self._attempt_begin(ep)
                 resp: UpstreamResponse | None = None
-                kind = ""
+                error: UpstreamError | None = None
                 try:
                     resp = await ep.client.request(b"POST", variant.path, headers, body, variant.timeout)
-                    if resp.status >= 400 and _is_not_served(resp):
-                        kind = "http_5xx" if resp.status >= 500 else "not_served"
-                except UpstreamTimeout as err:
-                    kind, resp = "timeout", None
-                    detail = str(err)
                 except UpstreamError as err:
-                    kind, resp = "connect", None
-                    detail = str(err)
-                finally:
+                    error = err
+                except BaseException:
                     ep.outstanding -= 1
-                metrics.attempt(variant.name, time.perf_counter() - started, kind or None)
-                if not kind:
+                    raise
+                reason = self._attempt_end(variant, ep, started, resp, error)
+                if reason is None:
                     assert resp is not None
-                    breaker.on_success()
                     return Answer(variant, resp)
-                breaker.on_failure()
-                if breaker.state is BreakerState.OPEN:
-                    self._breaker_opened.set()
-                if resp is not None:
-                    detail = f"HTTP {resp.status} {resp.body[:200].decode('utf-8', 'replace')}"
-                reason = f"{variant.name} at {ep.url}: {kind} ({detail})"
                 reasons.append(reason)
-                timed_out = kind == "timeout"
+                timed_out = isinstance(error, UpstreamTimeout)
         raise NoAnswer(504 if timed_out else 503, reasons)
 
     # ---------------------------------------------------------------- modes
@@ -522,24 +546,11 @@ class Router:
                     return Response(cached.status, cached.body, hit_headers, cached.content_type)
             headers = _upstream_headers(request_headers, header_length)
             mode = table.config.mode
-            if mode == "weighted":  # the hot path, inline: smooth weighted round robin, then forward
-                swrr = table.swrr
-                assert swrr is not None
-                name = swrr.pick()
-                assert name is not None
-                endpoints: list[Endpoint] | None = table.variants[name].attempt_order()
-                if not endpoints:  # its share goes to the variants that can answer
-                    ready = [v.name for v in table.variants.values() if v.available()]
-                    name = swrr.pick(ready) or name
-                    endpoints = None
-                answer = await self._first_answer(table.fallbacks[name], headers, body, endpoints)
-                variant = answer.variant
-                self.metrics.answered(variant.name, variant.tier, variant.cost, table.baseline_cost)
-                response = _client_response(answer)
-                if response.status >= 500 and request is None:
-                    # Triton answers some malformed bodies with 500: check it here, so the client
-                    # gets a 400 naming the problem (a model's own 500 on a valid body passes through)
-                    parse_request(body, header_length)
+            if mode == "weighted":
+                order, endpoints = self._pick_weighted(table)
+                response = await self._weighted(
+                    table, order, endpoints, [], False, headers, body, header_length, request is not None
+                )
             elif request is None:  # pragma: no cover - parse_requests is set for these modes
                 raise AssertionError("tiered and cascade modes parse requests")
             elif mode == "cascade":
@@ -549,17 +560,143 @@ class Router:
         except BadRequest as err:
             response = error_response(err.status, str(err))
         except NoAnswer as err:
-            what = "timed out" if err.status == 504 else "is unavailable"
-            response = error_response(
-                err.status,
-                f"no variant of pool {table.config.pool!r} could answer: every route {what} "
-                f"[{'; '.join(err.reasons) or 'no variant has endpoints'}]",
-            )
+            response = self._no_answer_response(table, err)
         else:
             if cache_key is not None and table.cache is not None and response.status == 200:
                 table.cache.put(cache_key, response)
         self.metrics.response(response.status, time.perf_counter() - started)
         return response
+
+    def infer_now(
+        self, body: bytes, request_headers: dict[bytes, bytes], respond: Callable[[Response], None]
+    ) -> bool:
+        """The hot path: a weighted-mode request forwarded on callbacks, with no task and no
+        coroutine, when the picked endpoint has an idle connection.  ``respond`` gets the
+        response once.  Anything else (a failed first attempt, no idle connection) goes on in
+        the same way :meth:`infer` does, in a task.  False when :meth:`infer` must take it (other
+        modes, the response cache)."""
+        table = self.table
+        if table.config.mode != "weighted" or table.cache is not None:
+            return False
+        started = time.perf_counter()
+        hl = request_headers.get(_HL)
+        try:
+            header_length = None if hl is None else parse_header_length(hl)
+        except BadRequest:
+            return False  # infer() answers it
+        headers = _upstream_headers(request_headers, header_length)
+        order, endpoints = self._pick_weighted(table)
+        if not endpoints or table.config.retry.max_attempts < 1 or not endpoints[0].client.has_idle():
+            self._answer_later(
+                self._weighted(table, order, endpoints, [], False, headers, body, header_length, False),
+                started,
+                respond,
+            )
+            return True
+        variant, ep = order[0], endpoints[0]
+        attempt_started = self._attempt_begin(ep)
+
+        def answered(resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            try:
+                reason = self._attempt_end(variant, ep, attempt_started, resp, error)
+                if reason is None:
+                    assert resp is not None
+                    answer = Answer(variant, resp)
+                    response = self._weighted_response(table, answer, body, header_length, False)
+                    self.metrics.response(response.status, time.perf_counter() - started)
+                    respond(response)
+                    return
+                rest = endpoints[1:]
+                timed_out = isinstance(error, UpstreamTimeout)
+                later = self._weighted(
+                    table, order if rest else order[1:], rest or None, [reason], timed_out,
+                    headers, body, header_length, False,
+                )  # fmt: skip
+                self._answer_later(later, started, respond)
+            except Exception:
+                logger.exception("routing an inference request failed")
+                respond(error_response(500, "internal router error; see the router log"))
+
+        ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered)
+        return True
+
+    def _pick_weighted(self, table: RoutingTable) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
+        """Smooth weighted round robin: the picked variant's fallback order and its endpoints
+        (``None``: none is available, so its share went to a variant that can answer)."""
+        swrr = table.swrr
+        assert swrr is not None
+        name = swrr.pick()
+        assert name is not None
+        endpoints: list[Endpoint] | None = table.variants[name].attempt_order()
+        if not endpoints:
+            ready = [v.name for v in table.variants.values() if v.available()]
+            name = swrr.pick(ready) or name
+            endpoints = None
+        return table.fallbacks[name], endpoints
+
+    async def _weighted(
+        self,
+        table: RoutingTable,
+        order: list[VariantRuntime],
+        endpoints: list[Endpoint] | None,
+        failed: list[str],
+        timed_out: bool,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        header_length: int | None,
+        parsed: bool,
+    ) -> Response:
+        """A weighted request from its pick (and any failed attempts) to the client's response."""
+        try:
+            answer = await self._first_answer(order, headers, body, endpoints, failed, timed_out)
+        except NoAnswer as err:
+            return self._no_answer_response(table, err)
+        return self._weighted_response(table, answer, body, header_length, parsed)
+
+    def _weighted_response(
+        self, table: RoutingTable, answer: Answer, body: bytes, header_length: int | None, parsed: bool
+    ) -> Response:
+        variant = answer.variant
+        self.metrics.answered(variant.name, variant.tier, variant.cost, table.baseline_cost)
+        response = _client_response(answer)
+        if response.status >= 500 and not parsed:
+            # Triton answers some malformed bodies with 500: check it here, so the client gets a
+            # 400 naming the problem (a model's own 500 on a valid body passes through)
+            try:
+                parse_request(body, header_length)
+            except BadRequest as err:
+                return error_response(err.status, str(err))
+        return response
+
+    def _no_answer_response(self, table: RoutingTable, err: NoAnswer) -> Response:
+        what = "timed out" if err.status == 504 else "is unavailable"
+        return error_response(
+            err.status,
+            f"no variant of pool {table.config.pool!r} could answer: every route {what} "
+            f"[{'; '.join(err.reasons) or 'no variant has endpoints'}]",
+        )
+
+    def _answer_later(
+        self, work: Coroutine[Any, Any, Response], started: float, respond: Callable[[Response], None]
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._answering.add(task)
+        task.add_done_callback(partial(self._answered_later, started, respond))
+
+    def _answered_later(
+        self, started: float, respond: Callable[[Response], None], task: asyncio.Task[Response]
+    ) -> None:
+        self._answering.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error("routing an inference request failed", exc_info=error)
+            response = error_response(500, "internal router error; see the router log")
+        else:
+            response = task.result()
+        self.metrics.response(response.status, time.perf_counter() - started)
+        respond(response)
 
     async def forward_get(self, suffix: str) -> Response:
         """GET ``/v2/models/<model><suffix>`` on the first variant that answers (metadata, config, ready)."""

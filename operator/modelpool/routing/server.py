@@ -28,7 +28,14 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
-from modelpool.routing.httpserver import Request, Response, error_response, json_response, start_server
+from modelpool.routing.httpserver import (
+    Request,
+    Respond,
+    Response,
+    error_response,
+    json_response,
+    start_server,
+)
 from modelpool.routing.router import ConfigRejected, Router
 
 logger = logging.getLogger(__name__)
@@ -74,6 +81,12 @@ class RouterApp:
         if req.path == self._infer_path and req.method == b"POST":
             return self.router.infer(req.body, req.headers)
         return self._handle(req)
+
+    def handle_now(self, req: Request, respond: Respond) -> bool:
+        """Inference requests the router can forward on the spot (see :meth:`Router.infer_now`)."""
+        if req.path == self._infer_path and req.method == b"POST":
+            return self.router.infer_now(req.body, req.headers, respond)
+        return False
 
     async def _handle(self, req: Request) -> Response:
         path = req.path
@@ -211,7 +224,7 @@ async def start_router(
     router = Router(config)
     await router.start()
     app = RouterApp(router, admin_token, config_path)
-    server = await start_server(app.handle, host, port, app.max_body)
+    server = await start_server(app.handle, host, port, app.max_body, now=app.handle_now)
     bound = server.sockets[0].getsockname()[1]
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
     logger.info("router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, bound)

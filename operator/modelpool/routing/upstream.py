@@ -4,15 +4,19 @@ A small client on asyncio protocols and ``httptools`` (the parser uvicorn uses):
 :class:`EndpointClient` per endpoint keeps idle connections for reuse, sends one request
 per connection at a time, and enforces the per-request deadlines with one timer per endpoint
 (no task and no timer per request: the timer fires at the earliest deadline in flight, expires
-what is due and re-arms itself for the next one).  Measured here (uvloop, one connection,
-sequential requests to the ``identity`` Triton model, median round trip over 1,500 requests,
-3 rounds): this client 220-247 us, aiohttp 430-467 us, httpx 1,216-2,148 us (see docs/router.md).
+what is due and re-arms itself for the next one).  :meth:`EndpointClient.start` sends on an idle
+connection and calls back with the answer (no future, no task: the router's hot path);
+:meth:`EndpointClient.request` is the awaitable form on top of it, which also connects.
+Measured here (uvloop, one connection, sequential requests to the ``identity`` Triton model,
+median round trip over 1,500 requests, 3 rounds): this client 220-247 us, aiohttp 430-467 us,
+httpx 1,216-2,148 us (see docs/router.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -41,6 +45,10 @@ class UpstreamResponse:
         return self.headers.get(name)
 
 
+OnAnswer = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
+"""Called once per request with the response, or with the error when there is none."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
@@ -50,7 +58,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = False
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._on_answer: OnAnswer | None = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._got_bytes = False
@@ -85,13 +93,13 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter = self._waiter
-        self._waiter = None
+        on_answer = self._on_answer
+        self._on_answer = None
         if not self._parser.should_keep_alive():
             self.close()
-        if waiter is not None and not waiter.done():
+        if on_answer is not None:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, body))
+            on_answer(UpstreamResponse(self._parser.get_status_code(), self._headers, body), None)
 
     # own API
     @property
@@ -99,28 +107,25 @@ class _Connection(asyncio.Protocol):
         """Failed on a reused connection before any byte came back (safe to resend at once)."""
         return self.used and not self._got_bytes
 
-    def _fail(self, exc: Exception) -> None:
-        waiter = self._waiter
-        self._waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+    def _fail(self, exc: UpstreamError) -> None:
+        on_answer = self._on_answer
+        self._on_answer = None
+        if on_answer is not None:
+            on_answer(None, exc)
 
     def expire(self) -> None:
         """The deadline passed without an answer."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamTimeout(f"no answer within {self.timeout * 1000:.0f} ms"))
+        self._fail(UpstreamTimeout(f"no answer within {self.timeout * 1000:.0f} ms"))
 
-    def send(self, data: bytes, deadline: float, timeout: float) -> asyncio.Future[UpstreamResponse]:
-        """Write a request; the future gets its response (or the error).  ``deadline`` (loop time)
-        and ``timeout`` are for the client's deadline timer, which calls :meth:`expire`."""
+    def send(self, data: bytes, deadline: float, timeout: float, on_answer: OnAnswer) -> None:
+        """Write a request; ``on_answer`` gets its response (or the error), once.  ``deadline``
+        (loop time) and ``timeout`` are for the client's deadline timer, which calls :meth:`expire`."""
         assert self.transport is not None
         self._got_bytes = False
         self.deadline = deadline
         self.timeout = timeout
-        self._waiter = waiter = self.loop.create_future()
+        self._on_answer = on_answer
         self.transport.write(data)
-        return waiter
 
     def close(self) -> None:
         self.closed = True
@@ -146,11 +151,13 @@ class EndpointClient:
         self._timer: asyncio.TimerHandle | None = None  # fires at the earliest deadline in flight
         self._timer_at = 0.0
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._resends: set[asyncio.Task[None]] = set()  # resends that must connect first
 
-    async def _connect(self, timeout: float) -> _Connection:  # noqa: ASYNC109
+    async def _connect(self, within: float, timeout: float) -> _Connection:  # noqa: ASYNC109 - message only
+        """A new connection within ``within`` seconds (``timeout``: the request's, for the message)."""
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 _, proto = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
         except TimeoutError:
             raise UpstreamTimeout(f"connect to {self.url} took over {timeout * 1000:.0f} ms") from None
@@ -203,6 +210,88 @@ class EndpointClient:
         if next_at is not None:
             self._arm(loop, next_at)
 
+    def has_idle(self) -> bool:
+        """Whether :meth:`start` can send at once (an open idle connection is kept)."""
+        return any(not conn.closed for conn in self._idle)
+
+    def start(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+        on_answer: OnAnswer,
+    ) -> bool:
+        """Send one request on an idle connection now; ``on_answer`` is called once with the
+        response or the error (UpstreamTimeout/UpstreamError).  False, and nothing sent, when no
+        connection is idle (:meth:`request` connects)."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        data = self._encode(method, path, headers, body)
+        self._send(conn, data, conn.loop.time() + timeout, timeout, on_answer)
+        return True
+
+    def _send(
+        self,
+        conn: _Connection,
+        data: bytes,
+        deadline: float,
+        timeout: float,
+        on_answer: OnAnswer,
+        resend: bool = True,
+    ) -> None:
+        """Send on ``conn`` under the deadline timer; on the answer, keep ``conn`` for reuse or
+        close it.  A reused connection that fails before any byte came back was stale (closed
+        by the server meanwhile): the request is resent once, on another connection, within
+        the same deadline."""
+        loop = conn.loop
+
+        def answered(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            self._busy.discard(conn)
+            if error is None:
+                conn.used = True
+                if not conn.closed and len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+                on_answer(response, None)
+                return
+            conn.close()
+            stale = resend and conn.stale_failure and not isinstance(error, UpstreamTimeout)
+            if stale and loop.time() < deadline:
+                again = self._take_idle()
+                if again is not None:
+                    self._send(again, data, deadline, timeout, on_answer, resend=False)
+                else:
+                    task = loop.create_task(self._send_fresh(data, deadline, timeout, on_answer))
+                    self._resends.add(task)
+                    task.add_done_callback(self._resends.discard)
+                return
+            on_answer(None, error)
+
+        self._busy.add(conn)
+        conn.send(data, deadline, timeout, answered)
+        if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, deadline)
+
+    async def _send_fresh(
+        self,
+        data: bytes,
+        deadline: float,
+        timeout: float,  # noqa: ASYNC109 - the request's, for the deadline timer's message
+        on_answer: OnAnswer,
+    ) -> None:
+        """Connect, then send (a fresh connection is never stale, so no further resend)."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await self._connect(max(0.001, deadline - loop.time()), timeout)
+        except UpstreamError as err:
+            on_answer(None, err)
+            return
+        self._send(conn, data, deadline, timeout, on_answer, resend=False)
+
     async def request(
         self,
         method: bytes,
@@ -212,37 +301,24 @@ class EndpointClient:
         timeout: float,  # noqa: ASYNC109 - a shared deadline timer is cheaper than asyncio.timeout
     ) -> UpstreamResponse:
         """Send one request; raise UpstreamTimeout/UpstreamError when no answer comes."""
-        conn = self._take_idle()
-        loop = conn.loop if conn is not None else asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        data = self._encode(method, path, headers, body)
-        for _ in range(2):  # a second try only when a reused connection turned out stale
-            if conn is None:
-                conn = await self._connect(timeout)
-            fut = conn.send(data, deadline, timeout)
-            self._busy.add(conn)
-            if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
-                self._arm(loop, deadline)
-            try:
-                response = await fut
-            except UpstreamTimeout:
-                conn.close()
-                raise
-            except UpstreamError:
-                conn.close()
-                if conn.stale_failure and loop.time() < deadline:
-                    conn = self._take_idle()
-                    continue
-                raise
-            finally:
-                self._busy.discard(conn)
-            conn.used = True
-            if not conn.closed and len(self._idle) < self.max_idle:
-                self._idle.append(conn)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[UpstreamResponse] = loop.create_future()
+
+        def on_answer(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            if answer.done():  # the caller was cancelled
+                return
+            if error is not None:
+                answer.set_exception(error)
             else:
-                conn.close()
-            return response
-        raise UpstreamError(f"{self.url}: connection closed before answering")  # pragma: no cover
+                assert response is not None
+                answer.set_result(response)
+
+        if not self.start(method, path, headers, body, timeout, on_answer):
+            deadline = loop.time() + timeout
+            conn = await self._connect(timeout, timeout)
+            data = self._encode(method, path, headers, body)
+            self._send(conn, data, deadline, timeout, on_answer, resend=False)
+        return await answer
 
     def close(self) -> None:
         """Close idle connections (in-flight ones finish and are then dropped)."""
