@@ -212,7 +212,10 @@ class EndpointClient:
 
     def has_idle(self) -> bool:
         """Whether :meth:`start` can send at once (an open idle connection is kept)."""
-        return any(not conn.closed for conn in self._idle)
+        idle = self._idle
+        while idle and idle[-1].closed:
+            idle.pop()
+        return bool(idle)
 
     def start(
         self,
