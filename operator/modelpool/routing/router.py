@@ -617,7 +617,10 @@ class Router:
                 logger.exception("routing an inference request failed")
                 respond(error_response(500, "internal router error; see the router log"))
 
-        ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered)
+        if not ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered):
+            ep.outstanding -= 1  # not after has_idle(); but never leave a request unanswered
+            work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, False)
+            self._answer_later(work, started, respond)
         return True
 
     def _pick_weighted(self, table: RoutingTable) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
