@@ -4,6 +4,7 @@ deadlines and response order as the task path, against small fake upstream serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -109,16 +110,20 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-async def _router(config: dict[str, Any]) -> RunningRouter:
-    return await start_router(parse_config(config))
+@contextlib.asynccontextmanager
+async def _router(config: dict[str, Any]) -> AsyncIterator[RunningRouter]:
+    running = await start_router(parse_config(config))
+    try:
+        yield running
+    finally:
+        await running.close()
 
 
 async def test_answers_on_the_spot_once_a_connection_is_warm(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    running = await _router(_config(small, large))
-    try:
+    async with _router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:
             for _ in range(5):
                 r = await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
@@ -127,16 +132,13 @@ async def test_answers_on_the_spot_once_a_connection_is_warm(
                 assert r.json()["model_name"] == "small"
         assert counted == {"now": 5, "task": 0}
         assert small.requests == 5 and large.requests == 0
-    finally:
-        await running.close()
 
 
 async def test_failed_first_attempt_goes_on_to_the_next_variant(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    running = await _router(_config(small, large))
-    try:
+    async with _router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:
             warm = await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
             assert warm.headers["x-modelpool-variant"] == "small"
@@ -146,8 +148,6 @@ async def test_failed_first_attempt_goes_on_to_the_next_variant(
         assert r.headers["x-modelpool-variant"] == "large"
         assert small.requests == 2 and large.requests == 1
         assert counted["now"] == 2 and counted["task"] == 0
-    finally:
-        await running.close()
 
 
 async def test_deadline_on_the_spot_gives_504_naming_the_timeout(
@@ -155,8 +155,7 @@ async def test_deadline_on_the_spot_gives_504_naming_the_timeout(
 ) -> None:
     small, large = fakes
     config = _config(small, large, retry={"maxAttempts": 1})
-    running = await _router(config)
-    try:
+    async with _router(config) as running:
         async with httpx.AsyncClient() as client:
             await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
             small.delay_s = 1.0
@@ -165,16 +164,13 @@ async def test_deadline_on_the_spot_gives_504_naming_the_timeout(
         assert "timed out" in r.json()["error"] and "no answer within 300 ms" in r.json()["error"]
         assert large.requests == 0  # one attempt allowed
         assert counted["now"] == 2
-    finally:
-        await running.close()
 
 
 async def test_pipelined_requests_are_answered_in_order(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    running = await _router(_config(small, large))
-    try:
+    async with _router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:  # warm the upstream connection
             await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
         small.delay_s = 0.2
@@ -197,5 +193,3 @@ async def test_pipelined_requests_are_answered_in_order(
         # the infer answers (200 with small's body) keep their places around the health check
         assert statuses == [(b"200", True), (b"200", False), (b"200", True)]
         assert counted["now"] == 2  # the warm-up and the first pipelined request
-    finally:
-        await running.close()
