@@ -12,6 +12,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from modelpool.devcluster.triton import TritonProcess
+from modelpool.routing.router import Router
 
 from .conftest import router_config, text_request
 
@@ -41,8 +42,25 @@ def _client_infer(port: int, texts: list[str], binary: bool) -> tuple[np.ndarray
 
 
 async def test_weighted_split_is_exact_and_tritonclient_works(
-    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+    tritons: dict[str, TritonProcess],
+    make_router: Any,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The callback hot path (Router.infer_now) must take them all; only a request that finds no
+    # warm connection to its replica (the first to each of the three) goes on in a task.
+    went_to_a_task: list[int] = []
+    answer_later = Router._answer_later
+
+    def counted(self: Router, *args: Any) -> None:
+        went_to_a_task.append(1)
+        answer_later(self, *args)
+
+    async def not_expected(self: Router, *args: Any) -> Any:
+        raise AssertionError("a weighted request took the task path from the server")
+
+    monkeypatch.setattr(Router, "_answer_later", counted)
+    monkeypatch.setattr(Router, "infer", not_expected)
     router = await make_router(router_config(tritons, "weighted"))
     seen = Counter()
     for _ in range(40):
@@ -50,6 +68,8 @@ async def test_weighted_split_is_exact_and_tritonclient_works(
         assert resp.status_code == 200, resp.text
         seen[resp.headers["x-modelpool-variant"]] += 1
     assert seen == Counter({"small": 30, "large": 10})
+    assert len(went_to_a_task) <= 3
+    monkeypatch.undo()  # tritonclient below may use binary bodies and other paths
     for replica in ("small_a", "small_b"):  # per-replica balancing: both replicas of small served
         metrics = (await http.get(tritons[replica].metrics_url)).text
         served = [
