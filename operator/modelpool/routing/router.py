@@ -586,41 +586,36 @@ class Router:
             return False  # infer() answers it
         headers = _upstream_headers(request_headers, header_length)
         order, endpoints = self._pick_weighted(table)
-        if not endpoints or table.config.retry.max_attempts < 1 or not endpoints[0].client.has_idle():
-            self._answer_later(
-                self._weighted(table, order, endpoints, [], False, headers, body, header_length, False),
-                started,
-                respond,
-            )
-            return True
-        variant, ep = order[0], endpoints[0]
-        attempt_started = self._attempt_begin(ep)
+        if endpoints and endpoints[0].client.has_idle():
+            variant, ep = order[0], endpoints[0]
+            attempt_started = self._attempt_begin(ep)
 
-        def answered(resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
-            try:
-                reason = self._attempt_end(variant, ep, attempt_started, resp, error)
-                if reason is None:
-                    assert resp is not None
-                    answer = Answer(variant, resp)
-                    response = self._weighted_response(table, answer, body, header_length, False)
-                    self.metrics.response(response.status, time.perf_counter() - started)
-                    respond(response)
-                    return
-                rest = endpoints[1:]
-                timed_out = isinstance(error, UpstreamTimeout)
-                later = self._weighted(
-                    table, order if rest else order[1:], rest or None, [reason], timed_out,
-                    headers, body, header_length, False,
-                )  # fmt: skip
-                self._answer_later(later, started, respond)
-            except Exception:
-                logger.exception("routing an inference request failed")
-                respond(error_response(500, "internal router error; see the router log"))
+            def answered(resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
+                try:
+                    reason = self._attempt_end(variant, ep, attempt_started, resp, error)
+                    if reason is None:
+                        assert resp is not None
+                        answer = Answer(variant, resp)
+                        response = self._weighted_response(table, answer, body, header_length, False)
+                        self.metrics.response(response.status, time.perf_counter() - started)
+                        respond(response)
+                        return
+                    rest = endpoints[1:]
+                    timed_out = isinstance(error, UpstreamTimeout)
+                    later = self._weighted(
+                        table, order if rest else order[1:], rest or None, [reason], timed_out,
+                        headers, body, header_length, False,
+                    )  # fmt: skip
+                    self._answer_later(later, started, respond)
+                except Exception:
+                    logger.exception("routing an inference request failed")
+                    respond(error_response(500, "internal router error; see the router log"))
 
-        if not ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered):
+            if ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered):
+                return True
             ep.outstanding -= 1  # not after has_idle(); but never leave a request unanswered
-            work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, False)
-            self._answer_later(work, started, respond)
+        work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, False)
+        self._answer_later(work, started, respond)
         return True
 
     def _pick_weighted(self, table: RoutingTable) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
@@ -659,8 +654,7 @@ class Router:
     def _weighted_response(
         self, table: RoutingTable, answer: Answer, body: bytes, header_length: int | None, parsed: bool
     ) -> Response:
-        variant = answer.variant
-        self.metrics.answered(variant.name, variant.tier, variant.cost, table.baseline_cost)
+        self._account(table, answer.variant, answer.variant.cost)
         response = _client_response(answer)
         if response.status >= 500 and not parsed:
             # Triton answers some malformed bodies with 500: check it here, so the client gets a
