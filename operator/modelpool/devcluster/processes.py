@@ -6,6 +6,26 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class LocalProcess:
+    """A local server process used as a context manager: ``start()`` on enter, ``stop()`` on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 def _send(proc: subprocess.Popen[bytes], sig: signal.Signals, group: bool) -> None:

@@ -19,11 +19,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
-from modelpool.devcluster.processes import stop_process
+from modelpool.devcluster.processes import LocalProcess, stop_process
 from modelpool.devcluster.triton import free_port
 
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
@@ -59,7 +58,7 @@ def _get_status(port: int, path: str) -> int:
         conn.close()
 
 
-class PrometheusProcess:
+class PrometheusProcess(LocalProcess):
     """One Prometheus server bound to 127.0.0.1 on a free port, scraping the given targets."""
 
     def __init__(
@@ -180,14 +179,3 @@ class PrometheusProcess:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> PrometheusProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,8 +34,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
+from modelpool.devcluster.processes import LocalProcess
 from modelpool.devcluster.toolchain import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def _http_get_status(host: str, port: int, path: str, timeout: float = 1.0) -> i
         conn.close()
 
 
-class TritonProcess:
+class TritonProcess(LocalProcess):
     """One ``tritonserver`` process with explicit model control on ports of its own.
 
     ``start()`` blocks until the server and each requested model are ready (or raises
@@ -359,14 +359,3 @@ class TritonProcess:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> TritonProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,18 +16,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from modelpool.devcluster.processes import cpu_seconds, stop_process
+from modelpool.devcluster.processes import LocalProcess, cpu_seconds, stop_process
 from modelpool.devcluster.triton import free_port
 from modelpool.routing.config import RouterConfig
 
 _OPERATOR_ROOT = Path(__file__).resolve().parents[2]
 
 
-class RouterProcess:
+class RouterProcess(LocalProcess):
     """A router subprocess serving ``config`` on 127.0.0.1 (a free port unless given)."""
 
     def __init__(
@@ -105,11 +104,3 @@ class RouterProcess:
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL; returns the exit code."""
         return stop_process(self._proc)
-
-    def __enter__(self) -> RouterProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
