@@ -60,6 +60,7 @@ def _decision(pool: PoolInput, wish: VariantWish, allocation: Allocation, now: f
         decided_at=now,
         recommendations=wish.history,
         last_demand_rps=wish.demand_rps,
+        bursts=wish.bursts,
     )
     return VariantDecision(
         name=wish.settings.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -64,6 +65,27 @@ def trend_slope(series: tuple[RatePoint, ...], window_s: float) -> float:
     if var <= 0:
         return 0.0
     return sum((p.t - mean_t) * (p.rps - mean_r) for p in points) / var
+
+
+def dispersion_index(series: tuple[RatePoint, ...]) -> float:
+    """Burstiness of arrivals: variance / mean of the request counts between series points, at least 1.
+
+    1 for Poisson arrivals; larger when requests come in clumps. The variance is taken around the
+    counts' least-squares line, so a steady rise or fall is not mistaken for clumping. It needs four
+    points and assumes the points' rate windows do not overlap much (overlap smooths the counts).
+    """
+    if len(series) < 4:
+        return 1.0
+    counts = [b.rps * (b.t - a.t) for a, b in itertools.pairwise(series)]
+    mean = sum(counts) / len(counts)
+    if mean <= 0:
+        return 1.0
+    n = len(counts)
+    x_mean = (n - 1) / 2
+    x_var = sum((i - x_mean) ** 2 for i in range(n))
+    slope = sum((i - x_mean) * (c - mean) for i, c in enumerate(counts)) / x_var
+    residual = sum((c - mean - slope * (i - x_mean)) ** 2 for i, c in enumerate(counts)) / (n - 2)
+    return max(1.0, residual / mean)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ class DecidePolicy:
             pending_requests=float(obs.pending),
             newest_sample_t=obs.t,
         )
-        pool = PoolInput("sim", (VariantInput(self.settings, metrics, current, self.state),))
+        variant = VariantInput(self.settings, metrics, current, self.state, ready_replicas=obs.ready_replicas)
+        pool = PoolInput("sim", (variant,))
         decision = decide(ScalingInput.single(pool), now).pools["sim"].variants[0]
         self.state = decision.state
         if decision.changed:

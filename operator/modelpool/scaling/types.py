@@ -43,6 +43,8 @@ class VariantSettings:
     backlog_drain_s: float = 1.0
     stale_after_s: float = 30.0
     max_plausible_rps: float = 1e6
+    burst_reserve: bool = True
+    burst_memory_s: float = 3600.0
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` naming the first invalid field and how to fix it."""
@@ -81,7 +83,14 @@ class VariantSettings:
         ):
             if getattr(self, fname) < 0:
                 raise SettingsError(f"{prefix} {fname}={getattr(self, fname)} must be >= 0")
-        for fname in ("backlog_drain_s", "stale_after_s", "max_plausible_rps", "priority", "cost"):
+        for fname in (
+            "backlog_drain_s",
+            "stale_after_s",
+            "max_plausible_rps",
+            "priority",
+            "cost",
+            "burst_memory_s",
+        ):
             if not getattr(self, fname) > 0:
                 raise SettingsError(f"{prefix} {fname}={getattr(self, fname)} must be > 0")
 
@@ -120,17 +129,42 @@ class VariantMetrics:
 
 
 @dataclass(frozen=True)
+class WindowStart:
+    """What the scaler had when a look-back window began."""
+
+    t: float
+    pending: float
+    serving: int
+
+
+@dataclass(frozen=True)
+class BurstHistory:
+    """Decayed record of recent windows: requests seen, and how many replicas each window lacked.
+
+    ``shortfalls`` holds ``(replicas short, weight)`` bins, weight = decayed requests one replica
+    serves in its window; ``starts`` are the windows still open. Store it with the variant's state.
+    """
+
+    updated_at: float | None = None
+    arrivals: float = 0.0
+    shortfalls: tuple[tuple[float, float], ...] = ()
+    starts: tuple[WindowStart, ...] = ()
+
+
+@dataclass(frozen=True)
 class VariantState:
     """What the previous decision left behind (store it and pass it back next time).
 
     ``recommendations`` holds ``(t, replicas)`` of recent raw recommendations, used for the
-    stabilisation windows (the same scheme as the Kubernetes HPA behaviour API).
+    stabilisation windows (the same scheme as the Kubernetes HPA behaviour API); ``bursts`` what the
+    burst reserve learned (:mod:`modelpool.scaling.reserve`).
     """
 
     replicas: int
     decided_at: float
     recommendations: tuple[tuple[float, int], ...] = ()
     last_demand_rps: float = 0.0
+    bursts: BurstHistory = field(default_factory=BurstHistory)
 
 
 @dataclass(frozen=True)
@@ -139,6 +173,8 @@ class VariantInput:
 
     ``expected_extra_rps`` is load the routing controller is about to move onto this tier (it may be
     negative when load is moved away); the scaler sizes for it before it shows up in the metrics.
+    ``ready_replicas`` (the Deployment's ready count; ``None`` = ``current_replicas``) tells the burst
+    reserve how many replicas really served.
     """
 
     settings: VariantSettings
@@ -146,6 +182,7 @@ class VariantInput:
     current_replicas: int
     previous: VariantState | None = None
     expected_extra_rps: float = 0.0
+    ready_replicas: int | None = None
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from modelpool.scaling.demand import Demand, capacity_per_replica, estimate_demand, metrics_problem
+from modelpool.scaling.demand import (
+    Demand,
+    capacity_per_replica,
+    dispersion_index,
+    estimate_demand,
+    metrics_problem,
+)
 from modelpool.scaling.queueing import max_rate_for_replicas, replicas_for_target
+from modelpool.scaling.reserve import RESERVE_SHARE, record_window, reserve_replicas
 from modelpool.scaling.stabilization import History, stabilize
-from modelpool.scaling.types import VariantInput, VariantSettings
+from modelpool.scaling.types import BurstHistory, VariantInput, VariantSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,7 @@ class VariantWish:
     reason: str
     held: bool
     history: History
+    bursts: BurstHistory = field(default_factory=BurstHistory)
 
     def servable_rps(self, replicas: int) -> float:
         """Arrival rate ``replicas`` replicas serve within the variant's queue-time target."""
@@ -43,35 +51,45 @@ def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
     s = vi.settings
     last = vi.previous.replicas if vi.previous is not None else vi.current_replicas
     held = _clamp(max(last, vi.current_replicas), s.min_replicas, s.max_replicas)
-    history = vi.previous.recommendations if vi.previous is not None else ()
+    previous = vi.previous
     return VariantWish(
         settings=s,
         current=vi.current_replicas,
         floor=held,
         wish=held,
-        demand_rps=vi.previous.last_demand_rps if vi.previous is not None else 0.0,
+        demand_rps=previous.last_demand_rps if previous is not None else 0.0,
         capacity_rps=s.capacity_per_replica_rps,
         reason=f"holding {held} replicas: {problem}",
         held=True,
-        history=history,
+        history=previous.recommendations if previous is not None else (),
+        bursts=previous.bursts if previous is not None else BurstHistory(),
     )
 
 
-def _size(rate: float, capacity: float, s: VariantSettings) -> int:
+def _size(rate: float, capacity: float, s: VariantSettings, target_queue_s: float) -> int:
     return replicas_for_target(
-        rate, capacity, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment, s.max_replicas
+        rate, capacity, s.instances_per_replica, target_queue_s, s.slo_attainment, s.max_replicas
     )
 
 
 def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, int, str]:
-    """(steady, surge, reason): replicas for what was seen, and for seen + trend + backlog."""
+    """(steady, surge, reason): replicas for what was seen, and for seen + trend + backlog.
+
+    Clumped arrivals queue longer than Poisson ones at the same rate: by the Allen-Cunneen
+    approximation the M/M/c wait grows by ``(dispersion + 1) / 2``, so the replicas are sized for the
+    target queue time shrunk by that factor.
+    """
     s = vi.settings
-    steady = _size(demand.steady_rps, capacity, s)
-    surge = _size(demand.total_rps, capacity, s)
+    burstiness = dispersion_index(vi.metrics.rate_series)
+    target = s.target_queue_time_s * 2.0 / (burstiness + 1.0)
+    steady = _size(demand.steady_rps, capacity, s, target)
+    surge = _size(demand.total_rps, capacity, s, target)
     why = (
         f"{demand.describe()} needs {surge} x {capacity:.1f} req/s for "
         f"{s.slo_attainment:.0%} queued <= {s.target_queue_time_s:g}s"
     )
+    if burstiness > 1.0:
+        why += f" (arrivals {burstiness:.1f}x burstier than Poisson)"
     current = vi.current_replicas
     queue = vi.metrics.queue_time_s
     lagging_only = vi.metrics.pending_requests is None  # queue time lags; pending is the live signal
@@ -85,9 +103,7 @@ def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, 
         surge = current + 1
         why += f"; queue time {queue:.2f}s > target, adding one"
     elif current > 0 and steady != current and surge <= max(steady, current):
-        servable = max_rate_for_replicas(
-            current, capacity, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment
-        )
+        servable = max_rate_for_replicas(current, capacity, s.instances_per_replica, target, s.slo_attainment)
         if servable > 0 and abs(demand.steady_rps - servable) <= s.tolerance * servable:
             steady = surge = current
             why += f"; within tolerance {s.tolerance:.0%} of current capacity"
@@ -137,6 +153,10 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         why += f"; scale-up stabilised at {wish}"
     elif wish > max(recommendation, surge) and wish == stabilized:
         why += f"; scale-down stabilised at {wish} (peak of last {s.scale_down_stabilization_s:g}s)"
+    bursts = vi.previous.bursts if vi.previous is not None else BurstHistory()
+    if s.burst_reserve and capacity is not None and s.scale_up_stabilization_s == 0:
+        wish, bursts, note = _with_burst_reserve(vi, wish, floor, capacity, bursts, now)
+        why += note
     if max(steady, surge) >= s.max_replicas and demand.total_rps > 0:
         why += f"; capped at maxReplicas {s.max_replicas}"
     return VariantWish(
@@ -149,4 +169,40 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         reason=why,
         held=False,
         history=history,
+        bursts=bursts,
     )
+
+
+def _with_burst_reserve(
+    vi: VariantInput, wish: int, floor: int, capacity: float, bursts: BurstHistory, now: float
+) -> tuple[int, BurstHistory, str]:
+    """Learn from the window that just closed, then keep the reserve above the floor.
+
+    No reserve for a tier scaled to zero while idle (its floor is 0 only then): scale-to-zero
+    asked for no idle cost. Nor with a scale-up window (checked by the caller): like the surge, the
+    reserve is a fast scale-up, and the window asks for patience.
+    """
+    s = vi.settings
+    ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
+    bursts = record_window(
+        bursts,
+        now,
+        vi.metrics.rate_series,
+        vi.metrics.pending_requests or 0.0,
+        min(wish, ready),
+        capacity,
+        s.lookahead_s,
+        s.target_queue_time_s,
+        s.burst_memory_s,
+    )
+    if floor == 0 and s.scale_to_zero:
+        return wish, bursts, ""
+    extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), s.max_replicas)
+    reserved = min(s.max_replicas, floor + extra)
+    if extra == 0 or reserved <= wish:
+        return wish, bursts, ""
+    note = (
+        f"; burst reserve: keeping {reserved} (minReplicas {floor} + {extra}: recent bursts outran "
+        f"the replicas within {s.lookahead_s:g}s)"
+    )
+    return reserved, bursts, note

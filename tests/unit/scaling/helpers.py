@@ -6,10 +6,12 @@ from modelpool.scaling import (
     PoolInput,
     RatePoint,
     ScalingInput,
+    VariantDecision,
     VariantInput,
     VariantMetrics,
     VariantSettings,
     VariantState,
+    decide,
 )
 
 NOW = 1000.0
@@ -50,3 +52,11 @@ def one(
     """A one-variant pool input."""
     vi = VariantInput(settings(**kw), metrics, current, previous, extra)
     return ScalingInput.single(PoolInput("pool", (vi,)), budget)
+
+
+def only(inp: ScalingInput, now: float = NOW) -> VariantDecision:
+    """The decision for the single variant of a single-pool input."""
+    decision = decide(inp, now)
+    (pool,) = decision.pools.values()
+    (variant,) = pool.variants
+    return variant

@@ -1,0 +1,142 @@
+"""The burst reserve (modelpool.scaling.reserve) and the burstiness-aware sizing, alone and in decide()."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from modelpool.scaling import RatePoint, VariantDecision, VariantMetrics
+from modelpool.scaling.demand import dispersion_index
+from modelpool.scaling.reserve import arrivals_between, record_window, reserve_replicas
+from modelpool.scaling.types import BurstHistory, WindowStart
+from unit.scaling.helpers import NOW, one, only, steady
+
+
+def series(t_end: float, rates: list[float], step: float = 2.0) -> tuple[RatePoint, ...]:
+    return tuple(RatePoint(t_end - step * (len(rates) - 1 - i), r) for i, r in enumerate(rates))
+
+
+def test_arrivals_between_counts_whole_and_partial_steps() -> None:
+    s = series(10.0, [1.0, 2.0, 4.0, 8.0, 16.0])  # points at 2, 4, 6, 8, 10
+    assert arrivals_between(s, 4.0, 10.0) == pytest.approx(2 * (4 + 8 + 16))
+    # (5, 10]: half of the step ending at 6, then the two whole steps.
+    assert arrivals_between(s, 5.0, 10.0) == pytest.approx(1 * 4 + 2 * 8 + 2 * 16)
+    assert arrivals_between(s, 10.0, 20.0) == 0.0
+
+
+def test_window_that_outran_the_replicas_is_recorded_in_replicas_short() -> None:
+    start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=10.0, serving=1),))
+    # 5 s gap, 1 s target: one replica of 10 req/s serves 60 requests in time; 40 req/s came.
+    h = record_window(start, 5.0, series(5.0, [0, 40, 40, 40], step=5 / 3), 0.0, 1, 10.0, 5.0, 1.0, 3600)
+    assert h.arrivals == pytest.approx(200 + 10)
+    short = (210 / 60) - 1  # 2.5 replicas short
+    assert h.shortfalls == ((math.ceil(short / 0.25) * 0.25, 60.0),)
+    assert h.starts == (WindowStart(5.0, 0.0, 1),)
+
+
+def test_window_the_replicas_could_serve_records_no_shortfall() -> None:
+    start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=2),))
+    h = record_window(start, 6.0, series(6.0, [10, 10, 10, 10]), 0.0, 2, 10.0, 5.0, 1.0, 3600)
+    assert h.arrivals == pytest.approx(50)
+    assert h.shortfalls == ()
+
+
+def test_windows_not_yet_closed_stay_open() -> None:
+    start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=1),))
+    h = record_window(start, 2.0, series(2.0, [50, 50]), 0.0, 1, 10.0, 5.0, 1.0, 3600)
+    assert h.arrivals == 0.0 and h.shortfalls == ()
+    assert [s.t for s in h.starts] == [0.0, 2.0]
+
+
+def test_history_decays_with_the_memory() -> None:
+    h = BurstHistory(updated_at=0.0, arrivals=1000.0, shortfalls=((2.0, 60.0),))
+    later = record_window(h, 3600.0, (), 0.0, 1, 10.0, 5.0, 1.0, 3600.0)
+    assert later.arrivals == pytest.approx(1000 / math.e)
+    assert later.shortfalls[0][1] == pytest.approx(60 / math.e)
+
+
+def test_reserve_is_fewest_replicas_within_the_allowed_share() -> None:
+    h = BurstHistory(arrivals=10_000.0, shortfalls=((1.0, 60.0), (3.0, 60.0)))
+    # unserved(r) = 60*max(0, 1-r) + 60*max(0, 3-r): r=0 -> 240, r=1 -> 120, r=2 -> 60, r=3 -> 0
+    assert reserve_replicas(h, 0.0, 10) == 3
+    assert reserve_replicas(h, 0.006, 10) == 2
+    assert reserve_replicas(h, 0.012, 10) == 1
+    assert reserve_replicas(h, 0.024, 10) == 0
+    assert reserve_replicas(h, 0.0, 2) == 2  # capped
+    assert reserve_replicas(BurstHistory(), 0.0, 10) == 0
+
+
+def test_dispersion_index_poisson_like_clumped_and_trend() -> None:
+    assert dispersion_index(series(20.0, [5.0] * 8)) == 1.0
+    assert dispersion_index(series(20.0, [0.0, 20.0] * 4)) > 5.0
+    assert dispersion_index(series(20.0, [float(r) for r in range(2, 18, 2)])) == 1.0  # a ramp is no clump
+    assert dispersion_index(series(20.0, [3.0, 9.0])) == 1.0  # too few points
+
+
+def burst_then_idle(idle_rps: float = 0.5, **kw: object) -> tuple[int, VariantDecision]:
+    """Idle at one replica, then a burst the one replica cannot serve, then idle again; returns the
+    replicas wished when the burst showed, and the decision long after it."""
+    state = None
+    current = 1
+    wished_at_burst = 0
+    decision: VariantDecision | None = None
+    for step in range(40):
+        t = NOW + 2.0 * step
+        rate = 40.0 if 5 <= step < 8 else idle_rps
+        pending = 60.0 if step == 7 else 0.0
+        metrics = VariantMetrics(
+            rate_series=series(t, [rate] * 4), newest_sample_t=t, pending_requests=pending
+        )
+        inp = one(
+            metrics, current=current, previous=state, scale_down_stabilization_s=6.0, lookahead_s=5.0, **kw
+        )
+        decision = only(inp, t)
+        if step == 5:
+            wished_at_burst = decision.desired_replicas
+        state, current = decision.state, decision.desired_replicas
+    assert decision is not None
+    return wished_at_burst, decision
+
+
+def test_a_burst_that_outran_the_replicas_leaves_a_reserve() -> None:
+    at_burst, after = burst_then_idle()
+    assert at_burst >= 4
+    assert after.desired_replicas > 1
+    assert "burst reserve: keeping" in after.reason
+    assert after.state is not None and after.state.bursts.shortfalls
+
+
+def test_no_reserve_when_switched_off_or_patient() -> None:
+    assert burst_then_idle(burst_reserve=False)[1].desired_replicas == 1
+    assert burst_then_idle(scale_up_stabilization_s=4.0)[1].desired_replicas == 1
+
+
+def test_no_reserve_for_a_tier_scaled_to_zero_while_idle() -> None:
+    kept = burst_then_idle(idle_rps=0.0, min_replicas=0)[1]
+    assert kept.desired_replicas > 1  # the same history without scale-to-zero keeps a reserve
+    idle = burst_then_idle(idle_rps=0.0, min_replicas=0, scale_to_zero=True)[1]
+    assert idle.desired_replicas == 1  # 0 wished; 1 because it is the pool's last tier
+    assert "burst reserve" not in idle.reason
+
+
+def test_a_smooth_load_the_replicas_serve_gets_no_reserve() -> None:
+    state = None
+    current = 2
+    for step in range(60):
+        t = NOW + 2.0 * step
+        d = only(one(steady(10.0, now=t, step=2.0), current=current, previous=state, lookahead_s=5.0), t)
+        state, current = d.state, d.desired_replicas
+        assert "burst reserve" not in d.reason
+    assert state is not None and state.bursts.arrivals > 0 and state.bursts.shortfalls == ()
+
+
+def test_held_metrics_keep_what_the_reserve_learned() -> None:
+    learned = burst_then_idle()[1]
+    assert learned.state is not None and learned.state.bursts.shortfalls
+    t = NOW + 100
+    stale = VariantMetrics(rate_series=series(t, [1.0] * 4), newest_sample_t=t - 100)
+    later = only(one(stale, current=learned.desired_replicas, previous=learned.state), t)
+    assert later.held
+    assert later.desired_replicas == learned.desired_replicas
+    assert later.state is not None and later.state.bursts == learned.state.bursts
