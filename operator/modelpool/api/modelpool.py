@@ -110,6 +110,24 @@ class VariantScaling(ApiModel):
         default=False,
         description="Allow zero replicas when idle; never applies to the last tier serving traffic.",
     )
+    lookahead_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="Replica start-up plus the scrape interval: how far a rising trend is extrapolated, "
+        "and how long a burst must be served by the replicas already running.",
+    )
+    burst_reserve: bool = Field(
+        default=True,
+        description="Keep spare replicas when recent bursts outran the replicas before new ones could "
+        "start (learned from the metrics; none for a smooth load). Off with a scale-up window.",
+    )
+    burst_memory_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=604_800,
+        description="How long the burst reserve remembers a burst (time constant of its decay).",
+    )
 
 
 class ProfileReference(ApiModel):

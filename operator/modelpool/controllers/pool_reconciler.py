@@ -219,10 +219,15 @@ async def reconcile_pool(
         for variant in spec.variants
         if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
     }
+    ready = {
+        variant.name: int((dep.get("status") or {}).get("readyReplicas", 0))
+        for variant in spec.variants
+        if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
+    }
     held = hold_or_minimum(spec, previous)
     profiles = await load_profiles(kube, namespace, spec)
     outcome = (
-        await planner.plan(namespace, name, spec, previous, current, held, profiles.capacity_rps)
+        await planner.plan(namespace, name, spec, previous, current, held, profiles.capacity_rps, ready=ready)
         if planner is not None
         else ScalingOutcome(held, None)
     )

@@ -67,6 +67,9 @@ def settings_for(variant: Variant, profile_capacity: float | None = None) -> Var
         scale_down_stabilization_s=float(s.scale_down_stabilization_seconds),
         tolerance=s.tolerance_percent / 100,
         scale_to_zero=s.scale_to_zero,
+        lookahead_s=float(s.lookahead_seconds),
+        burst_reserve=s.burst_reserve,
+        burst_memory_s=float(s.burst_memory_seconds),
         priority=float(variant.priority + 1),
         cost=float(variant.cost),
     )
@@ -130,8 +133,12 @@ class ScalingPlanner:
         held: dict[str, ReplicaPlan],
         profile_capacity: Mapping[str, float] | None = None,
         now: float | None = None,
+        ready: Mapping[str, int] | None = None,
     ) -> ScalingOutcome:
-        """Plans for this pass: a fresh decision when one is due, else ``held``."""
+        """Plans for this pass: a fresh decision when one is due, else ``held``.
+
+        ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve).
+        """
         key = (namespace, name)
         clock = time.time() if now is None else now
         if not spec.scaling.enabled:
@@ -178,6 +185,7 @@ class ScalingPlanner:
                     current_replicas=current.get(variant.name, held[variant.name].replicas),
                     previous=states.get(variant.name),
                     expected_extra_rps=extra[variant.name],
+                    ready_replicas=(ready or {}).get(variant.name),
                 )
             )
         decision = decide(

@@ -84,6 +84,17 @@ def test_settings_mapping_and_order() -> None:
     assert small.target_queue_time_s == 0.05
     assert small.tolerance == 0.1
     assert small.scale_down_stabilization_s == 0
+    assert (small.lookahead_s, small.burst_reserve, small.burst_memory_s) == (10.0, True, 3600.0)
+    tuned = settings_for(
+        spec.variants[1].model_copy(
+            update={
+                "scaling": spec.variants[1].scaling.model_copy(
+                    update={"lookahead_seconds": 5, "burst_reserve": False, "burst_memory_seconds": 600}
+                )
+            }
+        )
+    )
+    assert (tuned.lookahead_s, tuned.burst_reserve, tuned.burst_memory_s) == (5.0, False, 600.0)
     profiled = settings_for(
         spec.variants[0].model_copy(
             update={"scaling": spec.variants[0].scaling.model_copy(update={"capacity_per_replica_rps": None})}
@@ -111,6 +122,16 @@ async def test_load_scales_up_and_is_paced_by_the_interval() -> None:
     assert again.plans == HELD and again.metrics is None  # not due: the last decision holds
     assert reader.calls == calls
     assert again.next_decision_in is not None and 6.9 < again.next_decision_in < 7.1
+
+
+async def test_ready_replicas_reach_the_burst_reserve() -> None:
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(45.0, now), "m-large": _metrics(1.0, now)})
+    planner = _planner(reader)
+    await planner.plan("ns", "p", _spec(), None, {"small": 3, "large": 1}, HELD, now=now, ready={"small": 0})
+    states = planner._states[("ns", "p")]
+    assert states["small"].bursts.starts[-1].serving == 0  # 3 in the spec, none ready yet
+    assert states["large"].bursts.starts[-1].serving == 1  # no ready count: the spec's
 
 
 async def test_missing_metrics_hold_and_never_scale_down() -> None:
