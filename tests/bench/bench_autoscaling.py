@@ -58,14 +58,20 @@ class Knobs:
     startup_delay_s: float
     scrape_interval_s: float
     rate_window_s: float
-    scale_down_window_s: float
+    scale_down_window_s: float | None
     hpa_target_utilizations: tuple[float, ...]
     max_replicas: int
 
 
 def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
-    """ModelPool settings derived from the SLO and the start-up delay only (documented rules)."""
+    """ModelPool settings derived from the SLO and the start-up delay only (documented rules).
+
+    The scale-down window defaults to the look-ahead (start-up + scrape): a replica is not removed
+    while it could not be started again in time; bursts are the burst reserve's job.
+    """
     target_queue = knobs.latency_slo_s / 2
+    lookahead = knobs.startup_delay_s + knobs.scrape_interval_s
+    window = lookahead if knobs.scale_down_window_s is None else knobs.scale_down_window_s
     return VariantSettings(
         name="code",
         min_replicas=1,
@@ -73,10 +79,10 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
         capacity_per_replica_rps=capacity_rps,
         target_queue_time_s=target_queue,
         slo_attainment=0.99,
-        scale_down_stabilization_s=knobs.scale_down_window_s,
+        scale_down_stabilization_s=window,
         tolerance=0.1,
         trend_window_s=4 * knobs.scrape_interval_s,
-        lookahead_s=knobs.startup_delay_s + knobs.scrape_interval_s,
+        lookahead_s=lookahead,
         backlog_drain_s=target_queue,
         stale_after_s=6 * knobs.scrape_interval_s,
     )
@@ -262,6 +268,25 @@ def ideal_reactive_rows(
     return rows
 
 
+def ablation_rows(
+    trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
+) -> list[tuple[str, SimResult, float]]:
+    """(variant, result, x oracle) for ModelPool as configured, and without each of its parts."""
+    _, settings, cfg, need = sim_setup(trace, service, knobs)
+    oracle = simulate(trace, service, cfg, OraclePolicy(need, knobs.startup_delay_s)).gpu_hours
+    variants = [
+        ("as configured", settings, cfg),
+        ("no burst reserve", replace(settings, burst_reserve=False), cfg),
+        ("6 s rate window", settings, replace(cfg, rate_window_s=6.0)),
+    ]
+    rows = []
+    for label, variant_settings, variant_cfg in variants:
+        policy = DecidePolicy(variant_settings, knobs.scrape_interval_s)
+        result = simulate(trace, service, variant_cfg, policy)
+        rows.append((label, result, result.gpu_hours / oracle))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ModelPool autoscaling benchmark (simulated replicas)")
     parser.add_argument(
@@ -300,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sweep-window",
         type=float,
         nargs="*",
-        default=[30.0, 60.0, 120.0],
+        default=[30.0, 120.0, 300.0],
         help="other ModelPool scale-down windows for the trade-off table (GPU-hours vs violations)",
     )
     parser.add_argument(
@@ -311,12 +336,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="memories, s, of the ideal reactive policy (perfect past metrics, no lag) to print",
     )
     parser.add_argument("--scrape-interval", type=float, default=2.0)
-    parser.add_argument("--rate-window", type=float, default=6.0)
+    parser.add_argument(
+        "--rate-window",
+        type=float,
+        default=2.0,
+        help="rate window, s, for every policy (2 s at a 2 s scrape = the increase between the last "
+        "two scrapes, PromQL irate)",
+    )
     parser.add_argument(
         "--scale-down-window",
         type=float,
-        default=300.0,
-        help="ModelPool scale-down window, s (default: the HPA's own default, 300 s)",
+        default=None,
+        help="ModelPool scale-down window, s (default: start-up + scrape interval)",
     )
     parser.add_argument(
         "--hpa-utilization",
@@ -326,7 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="HPA targets = these x measured replica capacity (req/s per replica); one HPA row each",
     )
     parser.add_argument("--max-replicas", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic trace")
+    parser.add_argument(
+        "--seed", type=int, nargs="*", default=[7, 11, 3], help="seeds of the synthetic traces (none: none)"
+    )
     args = parser.parse_args(argv)
 
     if args.recalibrate:
@@ -347,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     traces: list[Path] = args.trace or [
         DEFAULT_TRACE,
-        synthetic_bursty_trace(args.out / f"synthetic_bursty_seed{args.seed}.csv", seed=args.seed),
+        *(synthetic_bursty_trace(args.out / f"synthetic_bursty_seed{s}.csv", seed=s) for s in args.seed),
     ]
     print(f"service model (measured on tritonserver): {service}; start-to-ready {measured_startup:.2f} s")
     print(f"knobs: {knobs}")
@@ -359,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "window_sweep": {},
         "sweep": {},
         "ideal_reactive": {},
+        "ablation": {},
     }
     loaded = {path: load_trace(path) for path in traces}
     for path, trace in loaded.items():
@@ -411,6 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "violations": r.violations,
                     "gpu_hours": r.gpu_hours,
                 }
+    print("\n== ablation: ModelPool without one of its parts (start-up as above)")
+    print(f"{'trace':<32}{'variant':<24}{'SLO att.':>9}{'viol.':>7}{'GPU-h':>8}{'x oracle':>9}")
+    for path, trace in loaded.items():
+        for label, r, ratio in ablation_rows(trace, service, knobs):
+            print(
+                f"{path.name:<32}{label:<24}{r.attainment:>9.2%}{r.violations:>7}"
+                f"{r.gpu_hours:>8.3f}{ratio:>9.2f}"
+            )
+            report["ablation"][f"{path.name}/{label}"] = {  # type: ignore[index]
+                "slo_attainment": r.attainment,
+                "violations": r.violations,
+                "gpu_hours": r.gpu_hours,
+                "x_oracle": ratio,
+            }
     if args.ideal_memory:
         print(
             "\n== what reacting can reach at best: the oracle's per-second need, seen without lag but only"

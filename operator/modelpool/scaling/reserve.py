@@ -62,8 +62,15 @@ def record_window(
     gap_s: float,
     target_queue_s: float,
     memory_s: float,
+    series_counts_arrivals: bool = True,
 ) -> BurstHistory:
-    """Close the window that began ``gap_s`` (or a little more) ago, and open one at ``now``."""
+    """Close the window that began ``gap_s`` (or a little more) ago, and open one at ``now``.
+
+    The work the window's replicas had to serve is what arrived plus what already waited at its
+    start, when ``series`` counts arrivals (the router's counter). A served-rate series (Triton's
+    alone) stops growing when the replicas saturate: then it is what was served plus what still
+    waits now (``pending``).
+    """
     arrivals, bins = _decayed(history, now, memory_s)
     due = [s for s in history.starts if s.t <= now - gap_s]
     open_starts = [s for s in history.starts if s.t > now - gap_s]
@@ -71,7 +78,7 @@ def record_window(
         start = due[-1]  # the newest start at least one gap ago; its pending and replicas
         came = arrivals_between(series, now - gap_s, now)
         per_replica = capacity_rps * (gap_s + target_queue_s)
-        work = came + start.pending
+        work = came + (start.pending if series_counts_arrivals else pending)
         arrivals += work
         short = work / per_replica - start.serving
         if short > 0:

@@ -194,12 +194,13 @@ def _with_burst_reserve(
         s.lookahead_s,
         s.target_queue_time_s,
         s.burst_memory_s,
+        series_counts_arrivals=vi.metrics.router_rps is not None,
     )
     if floor == 0 and s.scale_to_zero:
         return wish, bursts, ""
     extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), s.max_replicas)
     reserved = min(s.max_replicas, floor + extra)
-    if extra == 0 or reserved <= wish:
+    if extra == 0 or reserved < wish:
         return wish, bursts, ""
     note = (
         f"; burst reserve: keeping {reserved} (minReplicas {floor} + {extra}: recent bursts outran "

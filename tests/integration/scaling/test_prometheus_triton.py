@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
-from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, decide
+from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, VariantState, decide
 from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.triton, pytest.mark.timeout(240)]
@@ -28,6 +29,7 @@ SCRAPE_S = 1.0
 SERVICE_MS = 20
 LOW_RPS = 3.0
 HIGH_RPS = 30.0
+BURST = 200  # requests at once: 4 s of work for one instance, more than a look-ahead of 3 s serves
 TARGET = VariantTarget(model="echo_small", variant="small")
 SETTINGS = VariantSettings(
     name="small",
@@ -250,3 +252,41 @@ def test_cli_inspect_prints_live_decision(
     out = capsys.readouterr().out
     assert "problem=None" in out
     assert "desired replicas: 1 (scale down 2->1: demand" in out
+
+
+async def test_burst_from_idle_leaves_a_burst_reserve(
+    echo_triton: TritonProcess, reader: PrometheusReader
+) -> None:
+    """A burst one replica cannot serve within the look-ahead, between two idle spells: decide(),
+    polled every scrape with its state, learns a reserve from it and keeps it once idle again."""
+    settings = replace(SETTINGS, scale_down_stabilization_s=3.0)
+    state: VariantState | None = None
+    current = 1
+    reasons: list[tuple[str, int, str]] = []
+
+    async def poll(phase: str, seconds: float) -> None:
+        nonlocal state, current
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            metrics = await reader.read_variant(TARGET)
+            vi = VariantInput(settings, metrics, current, state, ready_replicas=current)
+            d = decide(ScalingInput.single(PoolInput("it", (vi,))), time.time()).pools["it"].variants[0]
+            state, current = d.state, d.desired_replicas
+            reasons.append((phase, d.desired_replicas, d.reason))
+            await asyncio.sleep(SCRAPE_S)
+
+    sent: list[int] = []
+    await asyncio.gather(_paced_load(echo_triton.http_url, LOW_RPS, 8.0, sent), poll("idle", 8.0))
+    async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=BURST)) as client:
+        burst = asyncio.gather(*(_send(client, echo_triton.http_url, i) for i in range(BURST)))
+        codes, _ = await asyncio.gather(burst, poll("burst", 6.0))
+    await asyncio.gather(_paced_load(echo_triton.http_url, LOW_RPS, 14.0, sent), poll("after", 14.0))
+    for phase, replicas, reason in reasons:
+        print(f"{phase:>6} {replicas}: {reason}")
+    assert codes == [200] * BURST and all(code == 200 for code in sent)
+    assert not any("burst reserve" in reason for phase, _, reason in reasons if phase == "idle")
+    assert all(replicas == 1 for phase, replicas, _ in reasons if phase == "idle")
+    assert state is not None and state.bursts.shortfalls  # the burst outran the one replica
+    final_phase, final_replicas, final_reason = reasons[-1]
+    assert final_phase == "after" and final_replicas >= 2
+    assert "burst reserve: keeping" in final_reason

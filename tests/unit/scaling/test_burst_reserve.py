@@ -35,10 +35,34 @@ def test_window_that_outran_the_replicas_is_recorded_in_replicas_short() -> None
     assert h.starts == (WindowStart(5.0, 0.0, 1),)
 
 
+def test_served_rate_window_counts_what_still_waits() -> None:
+    # Triton's served rate saturates at the replica's 10 req/s: the burst shows in what waits at the
+    # window's end (150), not in the rate.
+    start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=1),))
+    h = record_window(
+        start,
+        5.0,
+        series(5.0, [10, 10, 10, 10], step=5 / 3),
+        150.0,
+        1,
+        10.0,
+        5.0,
+        1.0,
+        3600,
+        series_counts_arrivals=False,
+    )
+    assert h.arrivals == pytest.approx(50 + 150)
+    assert h.shortfalls == ((2.5, 60.0),)  # 200 / 60 - 1 = 2.33 -> the 2.5 bin
+    as_arrivals = record_window(
+        start, 5.0, series(5.0, [10, 10, 10, 10], step=5 / 3), 150.0, 1, 10.0, 5.0, 1.0, 3600
+    )
+    assert as_arrivals.shortfalls == ()  # the same numbers read as arrivals: 50 came, one replica coped
+
+
 def test_window_the_replicas_could_serve_records_no_shortfall() -> None:
     start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=2),))
     h = record_window(start, 6.0, series(6.0, [10, 10, 10, 10]), 0.0, 2, 10.0, 5.0, 1.0, 3600)
-    assert h.arrivals == pytest.approx(50)
+    assert h.arrivals == pytest.approx(50)  # the last gap (5 s) of arrivals
     assert h.shortfalls == ()
 
 
