@@ -12,9 +12,9 @@ the last of them waits too long, so the window was short by
 Windows are kept as a time-decayed histogram (half of the weight is gone after ``memory_s * ln 2``).
 The reserve is the fewest extra replicas ``r`` for which the requests those windows could not have
 served, ``sum(max(0, short - r) * capacity * (gap + target_queue))``, stay within a share of all
-requests seen. A smooth trace never falls short and gets no reserve; a trace whose bursts start
-from idle faster than a replica starts keeps as many replicas as its recent bursts needed at their
-onset, not at their peak.
+requests seen; the scaler adds it to the replicas it wishes. A smooth trace never falls short and
+gets no reserve; a trace whose bursts start faster than a replica starts keeps as many spare
+replicas as its recent bursts needed at their onset, not at their peak.
 """
 
 from __future__ import annotations

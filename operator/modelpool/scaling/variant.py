@@ -176,7 +176,10 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
 def _with_burst_reserve(
     vi: VariantInput, wish: int, floor: int, capacity: float, bursts: BurstHistory, now: float
 ) -> tuple[int, BurstHistory, str]:
-    """Learn from the window that just closed, then keep the reserve above the floor.
+    """Learn from the window that just closed, then add the reserve to the wish.
+
+    The shortfalls were measured against the replicas wished without a reserve, so the reserve goes
+    on top of that wish (a burst may start from any load, not only from idle).
 
     No reserve for a tier scaled to zero while idle (its floor is 0 only then): scale-to-zero
     asked for no idle cost. Nor with a scale-up window (checked by the caller): like the surge, the
@@ -199,11 +202,11 @@ def _with_burst_reserve(
     if floor == 0 and s.scale_to_zero:
         return wish, bursts, ""
     extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), s.max_replicas)
-    reserved = min(s.max_replicas, floor + extra)
-    if extra == 0 or reserved < wish:
+    reserved = min(s.max_replicas, max(wish, floor) + extra)
+    if extra == 0 or reserved <= wish:
         return wish, bursts, ""
     note = (
-        f"; burst reserve: keeping {reserved} (minReplicas {floor} + {extra}: recent bursts outran "
-        f"the replicas within {s.lookahead_s:g}s)"
+        f"; burst reserve: keeping {reserved} ({max(wish, floor)} + {extra}: recent bursts outran the "
+        f"replicas within {s.lookahead_s:g}s)"
     )
     return reserved, bursts, note
