@@ -278,6 +278,36 @@ class ModelPoolSpec(ApiModel):
     scaling: PoolScaling = Field(default_factory=PoolScaling)
 
 
+class ScalerRecommendation(ApiModel):
+    """One raw recommendation of the scaler, kept for its stabilisation windows."""
+
+    t: float = Field(description="When it was made (Unix seconds).")
+    replicas: int = Field(ge=0)
+
+
+class BurstShortfall(ApiModel):
+    """One bin of the burst reserve's history: how many replicas recent bursts lacked, and how often."""
+
+    replicas_short: float = Field(ge=0)
+    weight: float = Field(ge=0, description="Decayed requests one replica serves in such a window.")
+
+
+class ScalerMemory(ApiModel):
+    """What the scaler carries from one decision to the next, kept here so that an operator restart
+    neither forgets the stabilisation windows nor the burst reserve (see docs/scaling.md)."""
+
+    decided_at: float = Field(description="Time of the last decision (Unix seconds).")
+    last_demand_rps: float = Field(default=0.0, ge=0)
+    recommendations: list[ScalerRecommendation] = Field(
+        default_factory=list,
+        max_length=512,
+        description="Recommendations that still decide a stabilisation window (newest last).",
+    )
+    bursts_updated_at: float | None = None
+    burst_requests: float = Field(default=0.0, ge=0, description="Decayed requests the reserve has seen.")
+    burst_shortfalls: list[BurstShortfall] = Field(default_factory=list, max_length=4096)
+
+
 class VariantStatus(ApiModel):
     """Observed state of one variant."""
 
@@ -290,6 +320,7 @@ class VariantStatus(ApiModel):
     capacity_shortfall_rps: int = Field(
         default=0, description="Requests per second the variant lacks under the GPU budget."
     )
+    scaler: ScalerMemory | None = Field(default=None, description="The scaler's memory for this variant.")
 
 
 class ModelPoolStatus(ApiModel):

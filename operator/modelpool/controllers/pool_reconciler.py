@@ -74,7 +74,9 @@ def hold_or_minimum(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> di
             if replicas == before.desired_replicas
             else f"clamped to [{variant.min_replicas}, {variant.max_replicas}]"
         )
-        plans[variant.name] = ReplicaPlan(replicas, reason or "held", before.capacity_shortfall_rps)
+        plans[variant.name] = ReplicaPlan(
+            replicas, reason or "held", before.capacity_shortfall_rps, memory=before.scaler
+        )
     return plans
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelpool.api import conditions as c
 from modelpool.api.base import Condition
-from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
+from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, ScalerMemory, VariantStatus
 from modelpool.builders.triton import LABEL_VARIANT
 
 Obj = Mapping[str, Any]
@@ -21,6 +21,7 @@ class ReplicaPlan:
     replicas: int
     reason: str
     shortfall_rps: int = 0
+    memory: ScalerMemory | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def compute_status(
                 gpus=gpus,
                 reason=plan.reason,
                 capacity_shortfall_rps=plan.shortfall_rps,
+                scaler=plan.memory,
             )
         )
 

@@ -1,7 +1,9 @@
 """The operator's shell around :func:`modelpool.scaling.decide`: CRD fields in, replica plans out.
 
 Reads each variant's live metrics from Prometheus, maps the ModelPool spec onto the
-scaler's settings, and keeps the decision state (stabilisation windows) between passes.
+scaler's settings, and keeps the decision state (stabilisation windows, burst reserve) between
+passes: in memory, and in each variant's status (``scaler``) so that a restarted operator goes on
+from it.
 Decisions are made at most every ``spec.scaling.intervalSeconds``; between them the last
 decision holds. Without metrics nothing ever scales down.
 """
@@ -13,12 +15,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, PoolScaling, Variant
+from modelpool.api.modelpool import (
+    TIER_ORDER,
+    BurstShortfall,
+    ModelPoolSpec,
+    ModelPoolStatus,
+    PoolScaling,
+    ScalerMemory,
+    ScalerRecommendation,
+    Variant,
+)
 from modelpool.controllers.pool_status import ReplicaPlan
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.decide import decide
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+from modelpool.scaling.stabilization import compact
 from modelpool.scaling.types import (
+    BurstHistory,
     PoolInput,
     ScalingInput,
     VariantInput,
@@ -72,6 +85,45 @@ def settings_for(variant: Variant, profile_capacity: float | None = None) -> Var
         burst_memory_s=float(s.burst_memory_seconds),
         priority=float(variant.priority + 1),
         cost=float(variant.cost),
+    )
+
+
+def restored_states(previous: ModelPoolStatus | None) -> dict[str, VariantState]:
+    """Per variant, the scaler's state kept in the pool's status (empty without one)."""
+    if previous is None:
+        return {}
+    return {
+        v.name: state_from_memory(v.scaler, v.desired_replicas)
+        for v in previous.variants
+        if v.scaler is not None
+    }
+
+
+def memory_from_state(state: VariantState) -> ScalerMemory:
+    """The scaler's state as stored in the variant's status (open burst windows are left out:
+    they span one look-ahead and are opened again by the next decisions)."""
+    return ScalerMemory(
+        decided_at=state.decided_at,
+        last_demand_rps=max(0.0, state.last_demand_rps),
+        recommendations=[ScalerRecommendation(t=t, replicas=r) for t, r in compact(state.recommendations)],
+        bursts_updated_at=state.bursts.updated_at,
+        burst_requests=state.bursts.arrivals,
+        burst_shortfalls=[BurstShortfall(replicas_short=k, weight=w) for k, w in state.bursts.shortfalls],
+    )
+
+
+def state_from_memory(memory: ScalerMemory, replicas: int) -> VariantState:
+    """The scaler's state rebuilt from a variant's status, after an operator restart."""
+    return VariantState(
+        replicas=replicas,
+        decided_at=memory.decided_at,
+        recommendations=tuple((r.t, r.replicas) for r in memory.recommendations),
+        last_demand_rps=memory.last_demand_rps,
+        bursts=BurstHistory(
+            updated_at=memory.bursts_updated_at,
+            arrivals=memory.burst_requests,
+            shortfalls=tuple((b.replicas_short, b.weight) for b in memory.burst_shortfalls),
+        ),
     )
 
 
@@ -165,7 +217,7 @@ class ScalingPlanner:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
         reader = self.reader(url, spec.scaling)
-        states = self._states.get(key, {})
+        states = self._states.get(key) or restored_states(previous)
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}
         inputs = []
@@ -196,7 +248,12 @@ class ScalingPlanner:
         self._decided_at[key] = clock
         self._states[key] = {v.name: v.state for v in pool_decision.variants if v.state is not None}
         plans = {
-            v.name: ReplicaPlan(v.desired_replicas, v.reason, round(v.shortfall_rps))
+            v.name: ReplicaPlan(
+                v.desired_replicas,
+                v.reason,
+                round(v.shortfall_rps),
+                memory=memory_from_state(v.state) if v.state is not None else None,
+            )
             for v in pool_decision.variants
         }
         scaled = [

@@ -34,3 +34,18 @@ def stabilize(
     keep_after = now - max(up_window_s, down_window_s)
     kept = (*tuple((t, rec) for t, rec in history if t > keep_after), (now, recommendation))
     return stabilized, kept
+
+
+def compact(history: History) -> History:
+    """The entries that can still decide a window: each one that no newer entry matches from above
+    (for the scale-down maximum) or from below (for the scale-up minimum). For every cutoff, the
+    maximum and the minimum of the entries newer than it are the same as in ``history``."""
+    kept: list[tuple[float, int]] = []
+    high: int | None = None
+    low: int | None = None
+    for t, rec in reversed(history):
+        if high is None or low is None or rec > high or rec < low:
+            kept.append((t, rec))
+        high = rec if high is None else max(high, rec)
+        low = rec if low is None else min(low, rec)
+    return tuple(reversed(kept))

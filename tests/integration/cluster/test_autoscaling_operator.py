@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.cluster.kubetools import Kube, wait_for
+from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
 
@@ -70,7 +70,7 @@ def _replicas(kube: Kube) -> int:
 
 
 def test_load_step_scales_the_deployment_and_lost_metrics_hold(
-    kube: Kube, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
+    kube: Kube, operator: OperatorProcess, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
 ) -> None:
     kube.apply(pool(echo_prometheus.url))
     wait_for(
@@ -104,6 +104,28 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert small["desiredReplicas"] == scaled_to
     assert "scale up" in small["reason"] or "keep" in small["reason"]
     assert "Scaled" in {e["reason"] for e in kube.events("scaled")}
+    memory = small["scaler"]
+    assert memory["recommendations"] and max(r["replicas"] for r in memory["recommendations"]) >= 4
+
+    # The load is over. Without its memory a restarted operator would scale down at once; with the
+    # memory in status the 300 s scale-down window still holds the replicas the load needed.
+    operator.kill()
+    time.sleep(3 + 2 * 1.0 + 1)  # the 3 s rate window and two scrapes: the load is gone from the rate
+    operator.start()
+    decided = memory["decidedAt"]
+    after = wait_for(
+        lambda: (
+            (v := kube.get("modelpool", "scaled")["status"]["variants"][0])  # type: ignore[index]
+            and v["scaler"]["decidedAt"] > decided
+            and v
+        ),
+        60,
+        "a decision by the restarted operator",
+    )
+    print(f"after restart: {after['desiredReplicas']} replicas: {after['reason']}")
+    assert after["desiredReplicas"] == scaled_to
+    assert _replicas(kube) == scaled_to
+    assert "scale-down stabilised" in after["reason"]
 
     # Metrics vanish (Triton gone): the pool holds its last decision and says so; no scale-down.
     echo_triton.kill()

@@ -9,11 +9,13 @@ from modelpool.controllers.pool_status import ReplicaPlan
 from modelpool.controllers.scaling_planner import (
     ScalingPlanner,
     expected_overflow,
+    memory_from_state,
     settings_for,
+    state_from_memory,
     tier_order,
 )
 from modelpool.scaling.prometheus_reader import QueryTemplates, VariantTarget
-from modelpool.scaling.types import RatePoint, VariantMetrics
+from modelpool.scaling.types import BurstHistory, RatePoint, VariantMetrics, VariantState
 
 URL = "http://127.0.0.1:9"
 
@@ -132,6 +134,50 @@ async def test_ready_replicas_reach_the_burst_reserve() -> None:
     states = planner._states[("ns", "p")]
     assert states["small"].bursts.starts[-1].serving == 0  # 3 in the spec, none ready yet
     assert states["large"].bursts.starts[-1].serving == 1  # no ready count: the spec's
+
+
+async def test_a_restarted_planner_takes_the_scalers_memory_from_status() -> None:
+    now = 1_000.0
+    spec = _spec()
+    slow = spec.variants[1].scaling.model_copy(update={"scale_down_stabilization_seconds": 300})
+    spec = spec.model_copy(
+        update={"variants": [spec.variants[0], spec.variants[1].model_copy(update={"scaling": slow})]}
+    )
+    busy = FakeReader({"m-small": _metrics(45.0, now), "m-large": _metrics(1.0, now)})
+    first = await _planner(busy).plan("ns", "p", spec, None, {"small": 1, "large": 1}, HELD, now=now)
+    up = first.plans["small"]
+    assert up.replicas >= 5 and up.memory is not None
+    status = ModelPoolStatus(
+        variants=[
+            VariantStatus(name=n, tier=n, desired_replicas=p.replicas, scaler=p.memory)  # type: ignore[arg-type]
+            for n, p in first.plans.items()
+        ]
+    )
+    quiet = FakeReader({"m-small": _metrics(1.0, now + 30), "m-large": _metrics(1.0, now + 30)})
+    current = {"small": up.replicas, "large": 1}
+    restarted = await _planner(quiet).plan("ns", "p", spec, status, current, HELD, now=now + 30)
+    assert restarted.plans["small"].replicas == up.replicas  # the 300 s window survived the restart
+    assert "scale-down stabilised" in restarted.plans["small"].reason
+    forgetful = await _planner(quiet).plan("ns", "p", spec, None, current, HELD, now=now + 30)
+    assert forgetful.plans["small"].replicas < up.replicas  # what the memory prevents
+
+
+def test_memory_round_trip_keeps_windows_and_burst_history() -> None:
+    state = VariantState(
+        replicas=4,
+        decided_at=990.0,
+        recommendations=((900.0, 3), (950.0, 6), (980.0, 3), (990.0, 4)),
+        last_demand_rps=12.5,
+        bursts=BurstHistory(updated_at=990.0, arrivals=5000.0, shortfalls=((0.5, 30.0), (2.0, 60.0))),
+    )
+    stored = {"name": "small", "tier": "small", "scaler": memory_from_state(state).model_dump(by_alias=True)}
+    memory = ModelPoolStatus.model_validate({"variants": [stored]}).variants[0].scaler  # through JSON names
+    assert memory is not None
+    back = state_from_memory(memory, 4)
+    assert back.recommendations == ((950.0, 6), (980.0, 3), (990.0, 4))  # (900, 3) is matched by (980, 3)
+    assert back.bursts.shortfalls == state.bursts.shortfalls
+    assert (back.bursts.arrivals, back.bursts.updated_at) == (5000.0, 990.0)
+    assert (back.decided_at, back.last_demand_rps, back.replicas) == (990.0, 12.5, 4)
 
 
 async def test_missing_metrics_hold_and_never_scale_down() -> None:
