@@ -300,12 +300,14 @@ class ScalerMemory(ApiModel):
     last_demand_rps: float = Field(default=0.0, ge=0)
     recommendations: list[ScalerRecommendation] = Field(
         default_factory=list,
-        max_length=512,
-        description="Recommendations that still decide a stabilisation window (newest last).",
+        description="Recommendations that still decide a stabilisation window (newest last; at most "
+        "two per replica count).",
     )
     bursts_updated_at: float | None = None
     burst_requests: float = Field(default=0.0, ge=0, description="Decayed requests the reserve has seen.")
-    burst_shortfalls: list[BurstShortfall] = Field(default_factory=list, max_length=4096)
+    burst_shortfalls: list[BurstShortfall] = Field(
+        default_factory=list, description="Shortfalls seen, in quarter-replica bins (only those seen)."
+    )
 
 
 class VariantStatus(ApiModel):
