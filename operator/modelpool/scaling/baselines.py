@@ -150,3 +150,32 @@ class ReactiveIdealPolicy:
         """Peak need over the last ``memory_s`` complete seconds."""
         end = int(now)
         return max([self.min_replicas, *self.need[max(0, end - self.memory) : end]])
+
+
+class BurstForesightPolicy:
+    """Blind to burst onsets, clairvoyant inside bursts: what knowing how a burst unfolds is worth.
+
+    While the need is at the floor it holds the floor and sees nothing coming. Once a second above
+    the floor has passed, it knows the need of that burst (until the need falls back to the floor)
+    over the next start-up + 1 s, like the oracle. It is no policy a scaler can run; it splits the
+    oracle's lead into what foresight of onsets buys and what foresight within a burst buys.
+    """
+
+    def __init__(self, need: Sequence[int], startup_delay_s: float, min_replicas: int = 1) -> None:
+        self.name = "burst-foresight"
+        self.interval_s = 1.0
+        self.need = list(need)
+        self.lead = math.ceil(startup_delay_s + 1.0)
+        self.min_replicas = min_replicas
+
+    def desired(self, obs: Observation, now: float, current: int) -> int:
+        """The floor, or, inside a burst, its peak need over the coming start-up."""
+        t = int(now)
+        if t == 0 or t > len(self.need) or self.need[t - 1] <= self.min_replicas:
+            return self.min_replicas
+        peak = self.min_replicas
+        for need in self.need[t - 1 : t + self.lead + 1]:
+            if need <= self.min_replicas:
+                break
+            peak = max(peak, need)
+        return peak

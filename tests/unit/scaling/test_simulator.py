@@ -8,6 +8,7 @@ import pytest
 
 from modelpool.scaling import VariantSettings
 from modelpool.scaling.baselines import (
+    BurstForesightPolicy,
     HpaPolicy,
     OraclePolicy,
     ReactiveIdealPolicy,
@@ -109,6 +110,16 @@ def test_ideal_reactive_policy_sees_only_the_past() -> None:
     late = simulate(trace, SERVICE, cfg, ReactiveIdealPolicy(full, memory_s=300.0))
     early = simulate(trace, SERVICE, cfg, OraclePolicy(full, startup_delay_s=5.0))
     assert late.violations > early.violations  # the step is only seen after it started
+
+
+def test_burst_foresight_is_blind_to_onsets_and_sees_inside_bursts() -> None:
+    need = [1, 1, 2, 6, 3, 1, 1, 4, 1]
+    policy = BurstForesightPolicy(need, startup_delay_s=2.0)
+    seen = [policy.desired(Observation(t, (), (), None, None, 0, 1), t, 1) for t in range(10)]
+    # t=2: second 1 was idle, the burst starting at second 2 is not seen; t=3: second 2 was above
+    # the floor, so the burst's peak (6) is known; it ends at second 5. The lone 4 at second 7 is
+    # seen only at t=8.
+    assert seen == [1, 1, 1, 6, 6, 3, 1, 1, 4, 1]
 
 
 def test_load_trace_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> None:
