@@ -155,7 +155,7 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         why += f"; scale-down stabilised at {wish} (peak of last {s.scale_down_stabilization_s:g}s)"
     bursts = vi.previous.bursts if vi.previous is not None else BurstHistory()
     if s.burst_reserve and capacity is not None and s.scale_up_stabilization_s == 0:
-        wish, bursts, note = _with_burst_reserve(vi, wish, floor, capacity, bursts, now)
+        wish, bursts, note = _with_burst_reserve(vi, wish, floor, idle, capacity, bursts, now)
         why += note
     if max(steady, surge) >= s.max_replicas and demand.total_rps > 0:
         why += f"; capped at maxReplicas {s.max_replicas}"
@@ -174,16 +174,16 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
 
 
 def _with_burst_reserve(
-    vi: VariantInput, wish: int, floor: int, capacity: float, bursts: BurstHistory, now: float
+    vi: VariantInput, wish: int, floor: int, idle: bool, capacity: float, bursts: BurstHistory, now: float
 ) -> tuple[int, BurstHistory, str]:
     """Learn from the window that just closed, then add the reserve to the wish.
 
     The shortfalls were measured against the replicas wished without a reserve, so the reserve goes
     on top of that wish (a burst may start from any load, not only from idle).
 
-    No reserve for a tier scaled to zero while idle (its floor is 0 only then): scale-to-zero
-    asked for no idle cost. Nor with a scale-up window (checked by the caller): like the surge, the
-    reserve is a fast scale-up, and the window asks for patience.
+    No reserve for a scale-to-zero tier while idle: scale-to-zero asked for no idle cost. Nor with
+    a scale-up window (checked by the caller): like the surge, the reserve is a fast scale-up, and
+    the window asks for patience.
     """
     s = vi.settings
     ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
@@ -199,7 +199,7 @@ def _with_burst_reserve(
         s.burst_memory_s,
         series_counts_arrivals=vi.metrics.router_rps is not None,
     )
-    if floor == 0 and s.scale_to_zero:
+    if s.scale_to_zero and idle:
         return wish, bursts, ""
     extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), s.max_replicas)
     reserved = min(s.max_replicas, max(wish, floor) + extra)

@@ -142,6 +142,10 @@ def test_no_reserve_for_a_tier_scaled_to_zero_while_idle() -> None:
     idle = burst_then_idle(idle_rps=0.0, min_replicas=0, scale_to_zero=True)[1]
     assert idle.desired_replicas == 1  # 0 wished; 1 because it is the pool's last tier
     assert "burst reserve" not in idle.reason
+    # While traffic flows a scale-to-zero tier is not idle, and its reserve applies.
+    flowing = burst_then_idle(idle_rps=0.5, min_replicas=0, scale_to_zero=True)[1]
+    assert flowing.desired_replicas > 1
+    assert "burst reserve: keeping" in flowing.reason
 
 
 def test_a_smooth_load_the_replicas_serve_gets_no_reserve() -> None:
