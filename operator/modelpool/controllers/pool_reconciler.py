@@ -216,16 +216,13 @@ async def reconcile_pool(
         return PoolPass(status)
 
     children = await list_children(kube, namespace, name)
-    current = {
-        variant.name: int(dep["spec"].get("replicas", 0))
+    existing = {
+        variant.name: dep
         for variant in spec.variants
         if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
     }
-    ready = {
-        variant.name: int((dep.get("status") or {}).get("readyReplicas", 0))
-        for variant in spec.variants
-        if (dep := children[DEPLOYMENT.kind].get(child_name(name, variant.name))) is not None
-    }
+    current = {v: int(dep["spec"].get("replicas", 0)) for v, dep in existing.items()}
+    ready = {v: int((dep.get("status") or {}).get("readyReplicas", 0)) for v, dep in existing.items()}
     held = hold_or_minimum(spec, previous)
     profiles = await load_profiles(kube, namespace, spec)
     outcome = (

@@ -51,6 +51,16 @@ def capacity_per_replica(metrics: VariantMetrics, settings: VariantSettings) -> 
     return None
 
 
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float, float] | None:
+    """Least-squares line through the points: ``(mean x, mean y, slope)``; None when x never varies."""
+    mean_x = sum(xs) / len(xs)
+    mean_y = sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var <= 0:
+        return None
+    return mean_x, mean_y, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+
+
 def trend_slope(series: tuple[RatePoint, ...], window_s: float) -> float:
     """Least-squares slope (req/s per second) of the points within ``window_s`` of the newest one."""
     if len(series) < 3:
@@ -59,12 +69,8 @@ def trend_slope(series: tuple[RatePoint, ...], window_s: float) -> float:
     points = [p for p in series if p.t >= newest - window_s]
     if len(points) < 3:
         return 0.0
-    mean_t = sum(p.t for p in points) / len(points)
-    mean_r = sum(p.rps for p in points) / len(points)
-    var = sum((p.t - mean_t) ** 2 for p in points)
-    if var <= 0:
-        return 0.0
-    return sum((p.t - mean_t) * (p.rps - mean_r) for p in points) / var
+    line = _line([p.t for p in points], [p.rps for p in points])
+    return line[2] if line is not None else 0.0
 
 
 def dispersion_index(series: tuple[RatePoint, ...]) -> float:
@@ -77,15 +83,13 @@ def dispersion_index(series: tuple[RatePoint, ...]) -> float:
     if len(series) < 4:
         return 1.0
     counts = [b.rps * (b.t - a.t) for a, b in itertools.pairwise(series)]
-    mean = sum(counts) / len(counts)
-    if mean <= 0:
+    steps = [float(i) for i in range(len(counts))]
+    line = _line(steps, counts)
+    if line is None or line[1] <= 0:
         return 1.0
-    n = len(counts)
-    x_mean = (n - 1) / 2
-    x_var = sum((i - x_mean) ** 2 for i in range(n))
-    slope = sum((i - x_mean) * (c - mean) for i, c in enumerate(counts)) / x_var
-    residual = sum((c - mean - slope * (i - x_mean)) ** 2 for i, c in enumerate(counts)) / (n - 2)
-    return max(1.0, residual / mean)
+    mean_x, mean, slope = line
+    residual = sum((c - mean - slope * (i - mean_x)) ** 2 for i, c in zip(steps, counts, strict=True))
+    return max(1.0, residual / (len(counts) - 2) / mean)
 
 
 @dataclass(frozen=True)
