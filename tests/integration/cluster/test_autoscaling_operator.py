@@ -111,8 +111,9 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     # memory in status the 300 s scale-down window still holds the replicas the load needed.
     operator.kill()
     time.sleep(3 + 2 * 1.0 + 1)  # the 3 s rate window and two scrapes: the load is gone from the rate
+    # The last decision the killed operator wrote (it may have decided again after the read above).
+    decided = kube.get("modelpool", "scaled")["status"]["variants"][0]["scaler"]["decidedAt"]  # type: ignore[index]
     operator.start()
-    decided = memory["decidedAt"]
     after = wait_for(
         lambda: (
             (v := kube.get("modelpool", "scaled")["status"]["variants"][0])  # type: ignore[index]
