@@ -30,8 +30,8 @@ from modelpool.scaling.baselines import (
     ReactiveIdealPolicy,
     StaticPolicy,
     need_per_second,
-    peak_replicas,
 )
+from modelpool.scaling.clairvoyant import clairvoyant_need, fewest_static_replicas
 from modelpool.scaling.simulator import (
     DecidePolicy,
     Policy,
@@ -91,8 +91,8 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
 
 def sim_setup(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
-) -> tuple[float, VariantSettings, SimConfig, list[int]]:
-    """Replica capacity, ModelPool settings, simulator config and per-second need for one trace."""
+) -> tuple[float, VariantSettings, SimConfig]:
+    """Replica capacity, ModelPool settings and simulator config for one trace."""
     mean_service = statistics.fmean(service.service_s(r) for r in trace)
     capacity = 1.0 / mean_service  # what a profile run of representative requests measures
     settings = our_settings(knobs, capacity)
@@ -102,24 +102,27 @@ def sim_setup(
         scrape_interval_s=knobs.scrape_interval_s,
         rate_window_s=knobs.rate_window_s,
     )
-    need = need_per_second(
-        trace, capacity, 1, settings.target_queue_time_s, settings.slo_attainment, knobs.max_replicas
-    )
-    return capacity, settings, cfg, need
+    return capacity, settings, cfg
 
 
 def run_trace(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
 ) -> tuple[list[SimResult], dict[str, list[float]], float]:
-    """Run all four policies on one trace; return results, reaction times and replica capacity."""
-    capacity, settings, cfg, need = sim_setup(trace, service, knobs)
+    """Run all four policies on one trace; return results, reaction times and replica capacity.
+
+    The oracle starts, just early enough, the replicas of :func:`clairvoyant_need` (the fewest
+    that keep every request within the SLO, queueing included); static-peak is the fewest fixed
+    replicas that serve the whole trace within the SLO. Both are found on the simulator itself.
+    """
+    capacity, settings, cfg = sim_setup(trace, service, knobs)
+    need = clairvoyant_need(trace, service, knobs.latency_slo_s, max_replicas=knobs.max_replicas)
     policies: list[Policy] = [
         DecidePolicy(settings, knobs.scrape_interval_s),
         *(
             HpaPolicy(u * capacity, max_replicas=knobs.max_replicas, name=f"hpa@{u:g}")
             for u in knobs.hpa_target_utilizations
         ),
-        StaticPolicy(peak_replicas(need)),
+        StaticPolicy(fewest_static_replicas(trace, service, cfg, knobs.max_replicas)),
         OraclePolicy(need, knobs.startup_delay_s),
     ]
     results: list[SimResult] = []
@@ -271,9 +274,17 @@ def ideal_reactive_rows(
     memories: Sequence[float],
     oracle: float,
 ) -> list[tuple[str, SimResult, float]]:
-    """(policy, result, x oracle) for the oracle's need seen only after the fact, per memory, and
-    for burst foresight; ``oracle`` = the oracle's GPU-hours on this trace."""
-    _, _, cfg, need = sim_setup(trace, service, knobs)
+    """(policy, result, x oracle) for the rate-sized need seen only after the fact, per memory, and
+    for burst foresight; ``oracle`` = the oracle's GPU-hours on this trace.
+
+    The need here is what the scaler's own queueing model (Erlang C on each second's actual rate)
+    asks for, not the oracle's: the oracle's need runs every queue to the edge of the SLO, so any
+    lag on it fails, and it shows nothing about what a reacting scaler could reach.
+    """
+    capacity, settings, cfg = sim_setup(trace, service, knobs)
+    need = need_per_second(
+        trace, capacity, 1, settings.target_queue_time_s, settings.slo_attainment, knobs.max_replicas
+    )
     rows = []
     policies: list[Policy] = [ReactiveIdealPolicy(need, memory) for memory in memories]
     policies.append(BurstForesightPolicy(need, knobs.startup_delay_s))
@@ -287,7 +298,7 @@ def ablation_rows(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs, oracle: float
 ) -> list[tuple[str, SimResult, float]]:
     """(variant, result, x oracle) for ModelPool as configured, and without each of its parts."""
-    _, settings, cfg, _ = sim_setup(trace, service, knobs)
+    _, settings, cfg = sim_setup(trace, service, knobs)
     variants = [
         ("as configured", settings, cfg),
         ("no burst reserve", replace(settings, burst_reserve=False), cfg),
@@ -485,8 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_ratio_rows(report["ablation"], ablation, "variant")  # type: ignore[arg-type]
     if args.ideal_memory:
         print(
-            "\n== what reacting can reach at best: the oracle's per-second need, seen without lag but only"
-            "\n   after each second ends, peak of the last N seconds held (no forecasting); and"
+            "\n== what reacting can reach at best: the replicas Erlang C sizes for each second's real rate,"
+            "\n   seen without lag but only after each second ends, peak of the last N seconds held (no"
+            "\n   forecasting); and"
             "\n   burst-foresight: blind to onsets, but sees each burst's course once it has started"
         )
         ideal = {

@@ -81,7 +81,12 @@ def need_per_second(
     max_replicas: int,
     window_s: int = 1,
 ) -> list[int]:
-    """Replicas the queueing model needs at each second for the *actual* rate of the next ``window_s``."""
+    """Replicas the scaler's queueing model (Erlang C) needs at each second for its *actual* rate.
+
+    The rate is that of the next ``window_s`` seconds. Sized from the rate alone, this ignores what
+    the queue can absorb within the SLO; the oracle's tighter need is
+    :func:`modelpool.scaling.clairvoyant.clairvoyant_need`.
+    """
     horizon = math.ceil(trace[-1].arrival_s) + 1 if trace else 1
     counts = [0] * (horizon + window_s)
     for req in trace:
@@ -95,11 +100,6 @@ def need_per_second(
         )
         running += counts[sec + window_s] - counts[sec]
     return need
-
-
-def peak_replicas(need: Sequence[int], min_replicas: int = 1) -> int:
-    """Static provisioning for the peak: the most replicas ever needed."""
-    return max([min_replicas, *need])
 
 
 class OraclePolicy:
