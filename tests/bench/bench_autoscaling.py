@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -96,11 +97,15 @@ def sim_setup(
     mean_service = statistics.fmean(service.service_s(r) for r in trace)
     capacity = 1.0 / mean_service  # what a profile run of representative requests measures
     settings = our_settings(knobs, capacity)
+    # Like the operator's reader, the series reach back at least one look-ahead plus two scrapes:
+    # the burst reserve counts the arrivals of the last look-ahead from them.
+    points = max(8, math.ceil(settings.lookahead_s / knobs.scrape_interval_s) + 2)
     cfg = SimConfig(
         latency_slo_s=knobs.latency_slo_s,
         startup_delay_s=knobs.startup_delay_s,
         scrape_interval_s=knobs.scrape_interval_s,
         rate_window_s=knobs.rate_window_s,
+        series_points=points,
     )
     return capacity, settings, cfg
 

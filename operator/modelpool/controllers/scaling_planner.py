@@ -20,7 +20,6 @@ from modelpool.api.modelpool import (
     BurstShortfall,
     ModelPoolSpec,
     ModelPoolStatus,
-    PoolScaling,
     ScalerMemory,
     ScalerRecommendation,
     Variant,
@@ -149,21 +148,29 @@ class ScalingPlanner:
     extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
-    _readers: dict[tuple[str, int, QueryTemplates], PrometheusReader] = field(default_factory=dict)
+    _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
 
-    def reader(self, url: str, scaling: PoolScaling) -> PrometheusReader:
-        """One reader per Prometheus, rate window and queries; the trend looks back five windows."""
+    def reader(self, url: str, spec: ModelPoolSpec) -> PrometheusReader:
+        """One reader per Prometheus, rate window, series span and queries.
+
+        The series look back five rate windows (the trend) and at least one look-ahead plus two
+        steps: the burst reserve counts the arrivals of the last look-ahead from them.
+        """
+        scaling = spec.scaling
         overrides = {k: v for k, v in scaling.queries.model_dump().items() if v is not None}
         templates = replace(QueryTemplates(), **overrides)
         rate_window_s = scaling.rate_window_seconds
-        key = (url, rate_window_s, templates)
+        step_s = max(1.0, rate_window_s / 3)
+        lookahead_s = max((v.scaling.lookahead_seconds for v in spec.variants), default=0)
+        span_s = max(5.0 * rate_window_s, lookahead_s + 2 * step_s)
+        key = (url, rate_window_s, span_s, templates)
         if key not in self._readers:
             self._readers[key] = PrometheusReader(
                 url,
                 templates=templates,
                 rate_window_s=rate_window_s,
-                series_span_s=5.0 * rate_window_s,
-                step_s=max(1.0, rate_window_s / 3),
+                series_span_s=span_s,
+                step_s=step_s,
             )
         return self._readers[key]
 
@@ -216,7 +223,7 @@ class ScalingPlanner:
         if since < interval:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
-        reader = self.reader(url, spec.scaling)
+        reader = self.reader(url, spec)
         states = self._states.get(key) or restored_states(previous)
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}

@@ -74,7 +74,7 @@ HELD = {"small": ReplicaPlan(1, "held"), "large": ReplicaPlan(1, "held")}
 
 def _planner(reader: FakeReader) -> ScalingPlanner:
     planner = ScalingPlanner(default_prometheus_url=None)
-    planner._readers[(URL, 6, QueryTemplates())] = reader  # type: ignore[assignment]
+    planner._readers[(URL, 6, 30.0, QueryTemplates())] = reader  # type: ignore[assignment]
     return planner
 
 
@@ -209,7 +209,19 @@ async def test_disabled_and_unconfigured() -> None:
 def test_queries_from_the_pool_override_the_defaults() -> None:
     custom = "sum(rate(my_requests_total{$selector}[$window]))"
     spec = _spec(queries={"servedRate": custom})
-    reader = ScalingPlanner(default_prometheus_url=None).reader(URL, spec.scaling)
+    reader = ScalingPlanner(default_prometheus_url=None).reader(URL, spec)
     assert reader.templates.served_rate == custom
     assert reader.templates.pending == QueryTemplates().pending
     assert reader.rate_window_s == 6
+
+
+def test_series_reach_back_over_the_longest_lookahead() -> None:
+    """The burst reserve counts the last look-ahead's arrivals from the series: they must cover it."""
+    planner = ScalingPlanner(default_prometheus_url=None)
+    short = planner.reader(URL, _spec())  # look-ahead 10 s (default) < 5 rate windows of 6 s
+    assert short.series_span_s == 30 and short.step_s == 2
+    wire = _spec().to_wire()
+    wire["variants"][0]["scaling"]["lookaheadSeconds"] = 62  # a replica that starts in a minute
+    slow = planner.reader(URL, ModelPoolSpec.model_validate(wire))
+    assert slow.series_span_s == 62 + 2 * 2
+    assert slow is not short
