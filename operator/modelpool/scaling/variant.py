@@ -107,7 +107,35 @@ def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, 
         if servable > 0 and abs(demand.steady_rps - servable) <= s.tolerance * servable:
             steady = surge = current
             why += f"; within tolerance {s.tolerance:.0%} of current capacity"
+    if _no_queue_forms(vi, demand, capacity, max(steady, surge)):
+        steady, surge = min(steady, current), current
+        why += (
+            f"; keeping {current}: no queue forms ({queue or 0.0:.3f}s queued, nothing waiting) "
+            f"and {demand.total_rps:.1f} req/s is within their {current * capacity:.1f} req/s"
+        )
     return steady, surge, why
+
+
+def _no_queue_forms(vi: VariantInput, demand: Demand, capacity: float, wanted: int) -> bool:
+    """True when a scale-up would only buy the queueing model's margin, which the live queue shows
+    is not needed: the current replicas serve the demand at full load, requests queue for under a
+    tenth of the target on average, and none waits beyond those running. The margin is for queues
+    that form; Erlang C assumes exponential service times and asks for it at moderate load even
+    where the real queue stays empty. A demand above the replicas' capacity still scales up at once.
+    """
+    s = vi.settings
+    current = vi.current_replicas
+    queue = vi.metrics.queue_time_s
+    pending = vi.metrics.pending_requests
+    return (
+        current > 0
+        and wanted > current
+        and demand.total_rps <= current * capacity
+        and queue is not None
+        and queue <= s.target_queue_time_s / 10
+        and pending is not None
+        and pending <= current * s.instances_per_replica
+    )
 
 
 def wish_for(vi: VariantInput, now: float) -> VariantWish:

@@ -9,6 +9,7 @@ the reader returns until it asks for more replicas.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -28,7 +29,7 @@ MODELS = Path(__file__).resolve().parents[2] / "fixtures/triton_models"
 SCRAPE_S = 1.0
 SERVICE_MS = 20
 LOW_RPS = 3.0
-HIGH_RPS = 30.0
+HIGH_RPS = 60.0  # beyond one replica (1 / 20 ms = 50 req/s): a second one is needed, not a margin
 BURST = 200  # requests at once: 4 s of work for one instance, more than a look-ahead of 3 s serves
 TARGET = VariantTarget(model="echo_small", variant="small")
 SETTINGS = VariantSettings(
@@ -241,7 +242,7 @@ def test_cli_inspect_prints_live_decision(
             "--model",
             "echo_small",
             "--replicas",
-            "2",
+            "8",
             "--capacity",
             "40",
             "--rate-window",
@@ -251,7 +252,9 @@ def test_cli_inspect_prints_live_decision(
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "problem=None" in out
-    assert "desired replicas: 1 (scale down 2->1: demand" in out
+    # Far more replicas than the last 30 s of traffic (this module's earlier tests included) need:
+    # the live decision scales down, to how many depends on that traffic.
+    assert re.search(r"desired replicas: [1-3] \(scale down 8->[1-3]: demand", out), out
 
 
 async def test_burst_from_idle_leaves_a_burst_reserve(

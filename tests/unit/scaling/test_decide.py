@@ -109,6 +109,24 @@ def test_queue_time_over_target_adds_a_replica_without_pending() -> None:
     assert drained.desired_replicas == 2
 
 
+def test_no_scale_up_for_margin_while_no_queue_forms() -> None:
+    # 8 req/s on one replica of 10 req/s: Erlang C wants a second one for its tail margin.
+    assert only(one(steady(8.0), current=1)).desired_replicas >= 2
+    calm = replace(steady(8.0), queue_time_s=0.002, pending_requests=1.0)
+    kept = only(one(calm, current=1))
+    assert kept.desired_replicas == 1
+    assert "keeping 1: no queue forms (0.002s queued, nothing waiting)" in kept.reason
+    # A queue that forms, a request waiting, demand beyond capacity, or no live pending count:
+    # the margin is bought as before.
+    for metrics in (
+        replace(calm, queue_time_s=0.2),
+        replace(calm, pending_requests=3.0),
+        replace(steady(12.0), queue_time_s=0.002, pending_requests=1.0),
+        replace(calm, pending_requests=None),
+    ):
+        assert only(one(metrics, current=1)).desired_replicas >= 2
+
+
 def test_tolerance_keeps_current_near_capacity() -> None:
     from modelpool.scaling.queueing import max_rate_for_replicas
 
