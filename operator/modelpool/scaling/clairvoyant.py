@@ -6,7 +6,7 @@ its service time exceeds the SLO), so a schedule they find is checked by :func:`
 
 ``clairvoyant_need`` walks the trace one second at a time and keeps, for each second, the fewest
 ready replicas with which every request that has arrived by the second's end can still finish
-within the SLO, assuming the most replicas from then on. The queue absorbs what the SLO allows: a
+within the SLO if that many replicas stay on. The queue absorbs what the SLO allows: a
 burst shorter than the SLO that a replica can work off in time costs no extra replica, which a
 sizing from each second's rate alone (Erlang C on a one-second rate) would add.
 """
@@ -84,13 +84,13 @@ class _Walk:
             i += 1
         return met, i, last_start
 
-    def fits(self, second: int, slots: int, slots_after: int) -> bool:
-        """Would ``slots`` slots in this second, and ``slots_after`` later, meet every deadline due?"""
+    def fits(self, second: int, slots: int) -> bool:
+        """Would ``slots`` slots, from this second on, meet the deadline of every request arrived?"""
         running = list(self.running)
         ok, i, last = self._run(running, self.next, self.last_start, float(second), second + 1.0, slots)
         if not ok:
             return False
-        ok, _, _ = self._run(running, i, last, second + 1.0, math.inf, slots_after)
+        ok, _, _ = self._run(running, i, last, second + 1.0, math.inf, slots)
         return ok
 
     def advance(self, second: int, slots: int) -> None:
@@ -118,9 +118,13 @@ def clairvoyant_need(
     """Fewest ready replicas for each second of ``trace`` that keep every request within the SLO.
 
     Greedy, second by second: the fewest replicas for which every request that has arrived by the
-    second's end still meets the SLO if ``max_replicas`` served from the next second on. A second
-    where even ``max_replicas`` cannot is given ``max_replicas``.
+    second's end still meets the SLO if that many replicas stay on. (Assuming ``max_replicas``
+    from the next second on instead defers work to later spikes of up to 19 replicas, and costs
+    more GPU-hours on every trace of the benchmark.) A second where even ``max_replicas`` cannot is
+    given ``max_replicas``.
     """
+    if min_replicas < 1:
+        raise ValueError(f"min_replicas={min_replicas}: the oracle needs at least one replica")
     if not trace:
         return [min_replicas]
     walk = _Walk(trace, service, slo_s)
@@ -128,11 +132,7 @@ def clairvoyant_need(
     for second in range(math.ceil(trace[-1].arrival_s) + 1):
         walk.until = walk.arrived_by(second + 1.0)
         chosen = next(
-            (
-                n
-                for n in range(min_replicas, max_replicas + 1)
-                if walk.fits(second, n * instances, n * instances)
-            ),
+            (n for n in range(min_replicas, max_replicas + 1) if walk.fits(second, n * instances)),
             max_replicas,
         )
         walk.advance(second, chosen * instances)

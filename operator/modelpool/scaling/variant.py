@@ -110,7 +110,8 @@ def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, 
     if _no_queue_forms(vi, demand, capacity, max(steady, surge)):
         steady, surge = min(steady, current), current
         why += (
-            f"; keeping {current}: no queue forms ({queue or 0.0:.3f}s queued, nothing waiting) "
+            f"; keeping {current}: no queue forms ({queue or 0.0:.3f}s queued, "
+            f"{vi.metrics.pending_requests or 0.0:.0f} waiting) "
             f"and {demand.total_rps:.1f} req/s is within their {current * capacity:.1f} req/s"
         )
     return steady, surge, why
@@ -119,7 +120,7 @@ def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, 
 def _no_queue_forms(vi: VariantInput, demand: Demand, capacity: float, wanted: int) -> bool:
     """True when a scale-up would only buy the queueing model's margin, which the live queue shows
     is not needed: the current replicas serve the demand at full load, requests queue for under a
-    tenth of the target on average, and none waits beyond those running. The margin is for queues
+    tenth of the target on average, and no more wait than there are serving slots. The margin is for queues
     that form; Erlang C assumes exponential service times and asks for it at moderate load even
     where the real queue stays empty. A demand above the replicas' capacity still scales up at once.
     """

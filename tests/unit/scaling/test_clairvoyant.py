@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from modelpool.scaling.baselines import OraclePolicy, StaticPolicy, need_per_second
 from modelpool.scaling.clairvoyant import clairvoyant_need, fewest_static_replicas
 from modelpool.scaling.simulator import ServiceModel, SimConfig, TraceRequest, simulate
@@ -49,6 +51,8 @@ def test_need_counts_instances_per_replica_and_respects_the_floor() -> None:
     assert max(two) < max(one)
     assert min(clairvoyant_need(trace, SERVICE, slo_s=1.0, min_replicas=6)) == 6
     assert clairvoyant_need([], SERVICE, slo_s=1.0, min_replicas=2) == [2]
+    with pytest.raises(ValueError, match="min_replicas=0"):
+        clairvoyant_need(trace, SERVICE, slo_s=1.0, min_replicas=0)
 
 
 def test_fewest_static_replicas_is_the_smallest_count_without_violations() -> None:

@@ -115,7 +115,7 @@ def test_no_scale_up_for_margin_while_no_queue_forms() -> None:
     calm = replace(steady(8.0), queue_time_s=0.002, pending_requests=1.0)
     kept = only(one(calm, current=1))
     assert kept.desired_replicas == 1
-    assert "keeping 1: no queue forms (0.002s queued, nothing waiting)" in kept.reason
+    assert "keeping 1: no queue forms (0.002s queued, 1 waiting)" in kept.reason
     # A queue that forms, a request waiting, demand beyond capacity, or no live pending count:
     # the margin is bought as before.
     for metrics in (
