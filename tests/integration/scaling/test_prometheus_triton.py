@@ -20,7 +20,15 @@ import pytest
 
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
-from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, VariantState, decide
+from modelpool.scaling import (
+    PoolInput,
+    ScalingInput,
+    VariantDecision,
+    VariantInput,
+    VariantSettings,
+    VariantState,
+    decide,
+)
 from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.triton, pytest.mark.timeout(240)]
@@ -77,10 +85,14 @@ async def _paced_load(url: str, rps: float, seconds: float, sent: list[int]) -> 
     sent.extend(codes)
 
 
-def _decide(metrics_current: int, metrics: object) -> int:
+def _decision(metrics_current: int, metrics: object) -> VariantDecision:
     vi = VariantInput(SETTINGS, metrics, metrics_current)  # type: ignore[arg-type]
     decision = decide(ScalingInput.single(PoolInput("it", (vi,))), time.time())
-    return decision.pools["it"].variants[0].desired_replicas
+    return decision.pools["it"].variants[0]
+
+
+def _decide(metrics_current: int, metrics: object) -> int:
+    return _decision(metrics_current, metrics).desired_replicas
 
 
 async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
@@ -128,6 +140,28 @@ async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
     assert high.pending_requests is not None
     assert high.newest_sample_t is not None
     assert age <= 2 * SCRAPE_S + 1.0
+
+
+async def test_no_replica_is_added_while_no_queue_forms(
+    echo_triton: TritonProcess, reader: PrometheusReader
+) -> None:
+    """Paced 30 req/s on one 50 req/s replica: Erlang C wants a second one, Triton's queue stays
+    empty, so decide keeps one; without the live pending count it would not."""
+    sent: list[int] = []
+    load = asyncio.create_task(_paced_load(echo_triton.http_url, 30.0, 8.0, sent))
+    await asyncio.sleep(5.0)  # the rate window (3 s) holds only this load
+    metrics = await reader.read_variant(TARGET)
+    await load
+    assert all(code == 200 for code in sent)
+    print(
+        f"\nat 30 req/s: rate {metrics.latest_rps}, queue {metrics.queue_time_s} s, pending "
+        f"{metrics.pending_requests}"
+    )
+    assert metrics.latest_rps is not None and metrics.latest_rps >= 20.0
+    kept = _decision(1, metrics)
+    assert kept.desired_replicas == 1, kept.reason
+    assert "keeping 1: no queue forms" in kept.reason
+    assert _decide(1, replace(metrics, pending_requests=None)) >= 2
 
 
 async def test_killed_target_holds_instead_of_scaling_down(reader: PrometheusReader) -> None:
