@@ -17,6 +17,7 @@ from modelpool.scaling import (
     VariantState,
     decide,
 )
+from modelpool.scaling.demand import t95, trend_slope
 from unit.scaling.helpers import NOW, one, only, ramp, settings, steady
 
 
@@ -39,6 +40,38 @@ def test_rising_trend_is_met_early() -> None:
     rising = only(one(ramp(10.0, 30.0)))
     assert rising.desired_replicas > flat.desired_replicas
     assert "trend +" in rising.reason
+
+
+def test_a_rise_within_the_noise_is_no_trend() -> None:
+    # Counts that jump about with a slight upward tilt: the least-squares slope is positive
+    # (+0.4/s) but its standard error is larger, so nothing is extrapolated.
+    rates = (20.0, 4.0, 30.0, 6.0, 28.0)
+    series = tuple(RatePoint(NOW - 5.0 * (4 - i), r) for i, r in enumerate(rates))
+    noisy = VariantMetrics(rate_series=series, newest_sample_t=NOW)
+    assert trend_slope(series, 20.0) == 0.0
+    d = only(one(noisy, trend_window_s=20.0))
+    assert "trend" not in d.reason
+    assert d.demand_rps == 28.0  # the newest rate, nothing projected on top
+
+
+def test_a_noisy_but_clear_rise_is_a_trend() -> None:
+    rates = (10.0, 16.0, 18.0, 26.0, 30.0)  # +1.0/s with some scatter: t = 11 > 2.35
+    series = tuple(RatePoint(NOW - 5.0 * (4 - i), r) for i, r in enumerate(rates))
+    assert trend_slope(series, 20.0) == pytest.approx(1.0)
+    d = only(one(VariantMetrics(rate_series=series, newest_sample_t=NOW), trend_window_s=20.0))
+    assert "trend +1.00/s" in d.reason
+
+
+def test_t95_table_and_expansion() -> None:
+    assert t95(1) == pytest.approx(6.314)
+    assert t95(3) == pytest.approx(2.353)
+    assert t95(10) == pytest.approx(1.812)
+    # Beyond the table: Student's t quantiles 1.796 (11), 1.697 (30), 1.658 (120).
+    assert t95(11) == pytest.approx(1.796, abs=0.002)
+    assert t95(30) == pytest.approx(1.697, abs=0.002)
+    assert t95(120) == pytest.approx(1.658, abs=0.002)
+    with pytest.raises(ValueError, match="dof=0"):
+        t95(0)
 
 
 def test_falling_trend_is_ignored() -> None:
