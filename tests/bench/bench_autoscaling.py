@@ -63,6 +63,7 @@ class Knobs:
     scale_down_window_s: float | None
     hpa_target_utilizations: tuple[float, ...]
     max_replicas: int
+    decision_phase_s: float | None = None  # None: half a scrape (an unsynchronised timer's mean)
 
 
 def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
@@ -106,6 +107,9 @@ def sim_setup(
         scrape_interval_s=knobs.scrape_interval_s,
         rate_window_s=knobs.rate_window_s,
         series_points=points,
+        decision_phase_s=(
+            knobs.scrape_interval_s / 2 if knobs.decision_phase_s is None else knobs.decision_phase_s
+        ),
     )
     return capacity, settings, cfg
 
@@ -308,12 +312,15 @@ def ideal_reactive_rows(
 def ablation_rows(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs, oracle: float
 ) -> list[tuple[str, SimResult, float]]:
-    """(variant, result, x oracle) for ModelPool as configured, and without each of its parts."""
+    """(variant, result, x oracle) for ModelPool as configured, without each of its parts, and with
+    its data older or fresher than the benchmark's half scrape (the decision's timing)."""
     _, settings, cfg = sim_setup(trace, service, knobs)
     variants = [
         ("as configured", settings, cfg),
         ("no burst reserve", replace(settings, burst_reserve=False), cfg),
         ("6 s rate window", settings, replace(cfg, rate_window_s=6.0)),
+        ("data 1 scrape old", settings, replace(cfg, decision_phase_s=0.0)),
+        ("data 0.1 scrape old", settings, replace(cfg, decision_phase_s=0.1 * knobs.scrape_interval_s)),
     ]
     rows = []
     for label, variant_settings, variant_cfg in variants:
@@ -419,6 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument(
+        "--decision-phase",
+        type=float,
+        default=None,
+        help="seconds after each scrape that policies decide (default: half a scrape, the mean "
+        "staleness of an operator timer not synchronised with Prometheus; 0: a full scrape, the worst)",
+    )
+    parser.add_argument(
         "--seed", type=int, nargs="*", default=[7, 11, 3], help="seeds of the synthetic traces (none: none)"
     )
     args = parser.parse_args(argv)
@@ -438,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.scale_down_window,
         tuple(args.hpa_utilization),
         args.max_replicas,
+        args.decision_phase,
     )
     traces: list[Path] = args.trace or [
         DEFAULT_TRACE,

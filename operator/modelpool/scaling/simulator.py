@@ -101,6 +101,11 @@ class SimConfig:
     gpus_per_replica: int = 1
     initial_replicas: int = 1
     series_points: int = 8
+    decision_phase_s: float = 0.0
+    """How long after each scrape the policy decides. At 0 a decision falls on a scrape's instant
+    and is taken just before it, so it sees the previous scrape: staleness of one full scrape, the
+    worst case. An operator's timer is not synchronised with Prometheus, so its data is on average
+    half a scrape old; the benchmark uses that."""
 
 
 @dataclass(frozen=True)
@@ -311,7 +316,7 @@ class _Sim:
         desired_timeline = [(0.0, current)]
         actions = 0
         self.push(0.0, "scrape")
-        self.push(policy.interval_s, "tick")
+        self.push(policy.interval_s + cfg.decision_phase_s, "tick")
         arrivals = iter(self.trace)
         nxt = next(arrivals, None)
         end_of_trace = self.trace[-1].arrival_s if self.trace else 0.0

@@ -138,3 +138,27 @@ def test_load_trace_reads_azure_format_and_rejects_bad_rows(tmp_path: Path) -> N
     broken.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n")
     with pytest.raises(ValueError, match="line 2"):
         load_trace(broken)
+
+
+class _Staleness:
+    """Records how old the newest scrape is at each decision."""
+
+    name = "staleness"
+    interval_s = 2.0
+
+    def __init__(self) -> None:
+        self.ages: list[float] = []
+
+    def desired(self, obs: Observation, now: float, current: int) -> int:
+        self.ages.append(now - obs.t)
+        return 1
+
+
+@pytest.mark.parametrize(("phase", "age"), [(0.0, 2.0), (0.5, 0.5), (1.0, 1.0), (1.5, 1.5)])
+def test_decision_phase_sets_how_old_the_newest_scrape_is(phase: float, age: float) -> None:
+    # At phase 0 a decision on a scrape's instant comes first and sees the previous scrape.
+    cfg = SimConfig(latency_slo_s=1.0, scrape_interval_s=2.0, decision_phase_s=phase)
+    policy = _Staleness()
+    simulate(step_trace(), SERVICE, cfg, policy)
+    assert len(policy.ages) > 10
+    assert all(a == pytest.approx(age) for a in policy.ages)
