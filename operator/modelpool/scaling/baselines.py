@@ -135,21 +135,23 @@ class ReactiveIdealPolicy:
     """The best a purely reactive policy could see: every past second's exact need, with no lag.
 
     Each second it holds the peak need of the last ``memory_s`` seconds (need as the oracle counts
-    it). It knows nothing of the future, so it shows how much of the oracle's advantage is
-    foresight: what no policy that reacts to metrics can win back, however fast its metrics.
+    it), plus ``spare`` replicas. It knows nothing of the future, so it shows how much of the
+    oracle's advantage is foresight: what no policy that reacts to metrics can win back, however
+    fast its metrics.
     """
 
-    def __init__(self, need: Sequence[int], memory_s: float, min_replicas: int = 1) -> None:
-        self.name = f"ideal-reactive@{memory_s:g}s"
+    def __init__(self, need: Sequence[int], memory_s: float, min_replicas: int = 1, spare: int = 0) -> None:
+        self.name = f"ideal-reactive@{memory_s:g}s" + (f"+{spare}" if spare else "")
         self.interval_s = 1.0
         self.need = list(need)
         self.memory = max(1, math.ceil(memory_s))
         self.min_replicas = min_replicas
+        self.spare = spare
 
     def desired(self, obs: Observation, now: float, current: int) -> int:
-        """Peak need over the last ``memory_s`` complete seconds."""
+        """Peak need over the last ``memory_s`` complete seconds, plus the spare replicas."""
         end = int(now)
-        return max([self.min_replicas, *self.need[max(0, end - self.memory) : end]])
+        return max([self.min_replicas, *self.need[max(0, end - self.memory) : end]]) + self.spare
 
 
 class BurstForesightPolicy:

@@ -104,6 +104,11 @@ def test_ideal_reactive_policy_sees_only_the_past() -> None:
     seen = [policy.desired(Observation(t, (), (), None, None, 0, 1), t, 1) for t in range(10)]
     # The need of second 2 counts once second 2 is over (t=3) and is held for 3 s.
     assert seen == [1, 1, 1, 5, 5, 5, 1, 1, 3, 3]
+    spare = ReactiveIdealPolicy(need, memory_s=3.0, spare=1)
+    assert spare.name == "ideal-reactive@3s+1"
+    assert [spare.desired(Observation(t, (), (), None, None, 0, 1), t, 1) for t in range(10)] == [
+        n + 1 for n in seen
+    ]
     trace = step_trace()
     full = need_per_second(trace, 10.0, 1, 0.5, 0.99, 20)
     cfg = SimConfig(latency_slo_s=1.0, startup_delay_s=5.0)
