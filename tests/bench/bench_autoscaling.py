@@ -67,7 +67,8 @@ class Knobs:
 
 
 def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
-    """ModelPool settings derived from the SLO and the start-up delay only (documented rules).
+    """ModelPool settings derived from the SLO and the start-up delay only (documented rules): target
+    queue = SLO/2, latency target = the SLO.
 
     The scale-down window defaults to the look-ahead (start-up + scrape): a replica is not removed
     while it could not be started again in time; bursts are the burst reserve's job.
@@ -81,6 +82,7 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
         max_replicas=knobs.max_replicas,
         capacity_per_replica_rps=capacity_rps,
         target_queue_time_s=target_queue,
+        latency_target_s=knobs.latency_slo_s,
         slo_attainment=0.99,
         scale_down_stabilization_s=window,
         tolerance=0.1,

@@ -88,7 +88,11 @@ class VariantScaling(ApiModel):
         default=50, ge=1, le=600_000, description="Queue time per request the scaler keeps under."
     )
     target_latency_ms: int | None = Field(
-        default=None, ge=1, le=600_000, description="End-to-end latency target; unset uses the policy SLO."
+        default=None,
+        ge=1,
+        le=600_000,
+        description="End-to-end latency target per request; the burst reserve counts a burst's requests "
+        "as late only past it. Unset: past targetQueueTimeMs.",
     )
     capacity_per_replica_rps: int | None = Field(
         default=None,

@@ -75,6 +75,7 @@ def settings_for(variant: Variant, profile_capacity: float | None = None) -> Var
         gpus_per_replica=variant.gpus_per_replica,
         capacity_per_replica_rps=capacity,
         target_queue_time_s=s.target_queue_time_ms / 1000,
+        latency_target_s=s.target_latency_ms / 1000 if s.target_latency_ms is not None else None,
         scale_up_stabilization_s=float(s.scale_up_stabilization_seconds),
         scale_down_stabilization_s=float(s.scale_down_stabilization_seconds),
         tolerance=s.tolerance_percent / 100,

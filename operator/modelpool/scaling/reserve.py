@@ -4,14 +4,19 @@ A reactive scaler sees a burst only after it starts, and new replicas serve ``lo
 (scrape + decision + start-up). What arrives in that gap must be served by the replicas already
 running. So after every decision the scaler looks back one gap: at the window's start ``t0`` it had
 ``serving`` replicas (without any reserve) and ``pending`` requests waiting; in ``(t0, now]``
-``arrivals`` came. Those replicas serve ``capacity * (gap + target queue)`` requests each before
+``arrivals`` came. Those replicas serve ``capacity * (gap + queue_budget)`` requests each before
 the last of them waits too long, so the window was short by
 
-    short = (arrivals + pending) / (capacity * (gap + target_queue)) - serving   replicas.
+    short = (arrivals + pending) / (capacity * (gap + queue_budget)) - serving   replicas.
+
+``queue_budget`` is how long a request may wait and still meet the variant's latency target (the
+target less one service time), or the target queue time when no latency target is set: a burst's
+requests fail the SLO only when they finish late, not when they queue longer than the scaler's
+steady-state target.
 
 Windows are kept as a time-decayed histogram (half of the weight is gone after ``memory_s * ln 2``).
 The reserve is the fewest extra replicas ``r`` for which the requests those windows could not have
-served, ``sum(max(0, short - r) * capacity * (gap + target_queue))``, stay within a share of all
+served, ``sum(max(0, short - r) * capacity * (gap + queue_budget))``, stay within a share of all
 requests seen; the scaler adds it to the replicas it wishes. A smooth trace never falls short and
 gets no reserve; a trace whose bursts start faster than a replica starts keeps as many spare
 replicas as its recent bursts needed at their onset, not at their peak.
@@ -26,9 +31,8 @@ from modelpool.scaling.types import BurstHistory, RatePoint, WindowStart
 
 _BIN = 0.25  # shortfalls are kept in quarter-replica bins
 RESERVE_SHARE = 0.25
-"""Share of the error budget (``1 - sloAttainment``) the burst reserve may leave to onsets: the
-count above is optimistic (arrivals within a window are not smooth, and a late queue also delays
-requests after the window), and the rest of the budget is for bursts larger than any seen yet."""
+"""Share of the error budget (``1 - sloAttainment``) the burst reserve may leave to onsets; the
+rest is for bursts larger than any seen yet and for the queueing the steady sizing allows."""
 _NEGLIGIBLE = 1e-6
 
 
@@ -60,7 +64,7 @@ def record_window(
     serving: int,
     capacity_rps: float,
     gap_s: float,
-    target_queue_s: float,
+    queue_budget_s: float,
     memory_s: float,
     series_counts_arrivals: bool = True,
 ) -> BurstHistory:
@@ -77,7 +81,7 @@ def record_window(
     if due:
         start = due[-1]  # the newest start at least one gap ago; its pending and replicas
         came = arrivals_between(series, now - gap_s, now)
-        per_replica = capacity_rps * (gap_s + target_queue_s)
+        per_replica = capacity_rps * (gap_s + queue_budget_s)
         work = came + (start.pending if series_counts_arrivals else pending)
         arrivals += work
         short = work / per_replica - start.serving

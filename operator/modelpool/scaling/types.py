@@ -31,6 +31,7 @@ class VariantSettings:
     capacity_per_replica_rps: float | None = None
     instances_per_replica: int = 1
     target_queue_time_s: float = 0.5
+    latency_target_s: float | None = None
     slo_attainment: float = 0.99
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 300.0
@@ -69,6 +70,10 @@ class VariantSettings:
             raise SettingsError(f"{prefix} instancesPerReplica={self.instances_per_replica} must be >= 1")
         if not self.target_queue_time_s > 0:
             raise SettingsError(f"{prefix} targetQueueTimeSeconds={self.target_queue_time_s} must be > 0")
+        if self.latency_target_s is not None and not self.latency_target_s > 0:
+            raise SettingsError(
+                f"{prefix} targetLatencyMs={self.latency_target_s * 1000:g} must be > 0 (or leave it unset)"
+            )
         if not 0.5 <= self.slo_attainment < 1.0:
             raise SettingsError(
                 f"{prefix} sloAttainment={self.slo_attainment} must be in [0.5, 1), e.g. 0.99"

@@ -202,6 +202,15 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     )
 
 
+def queue_budget(s: VariantSettings, capacity: float) -> float:
+    """How long a request may wait at a burst's onset: until it would miss the latency target (the
+    target less one service time, ``instances / capacity``), and never less than the target queue
+    time; the target queue time alone without a latency target."""
+    if s.latency_target_s is None:
+        return s.target_queue_time_s
+    return max(s.target_queue_time_s, s.latency_target_s - s.instances_per_replica / capacity)
+
+
 def _with_burst_reserve(
     vi: VariantInput, wish: int, floor: int, idle: bool, capacity: float, bursts: BurstHistory, now: float
 ) -> tuple[int, BurstHistory, str]:
@@ -224,7 +233,7 @@ def _with_burst_reserve(
         min(wish, ready),
         capacity,
         s.lookahead_s,
-        s.target_queue_time_s,
+        queue_budget(s, capacity),
         s.burst_memory_s,
         series_counts_arrivals=vi.metrics.router_rps is not None,
     )

@@ -91,12 +91,18 @@ def test_settings_mapping_and_order() -> None:
         spec.variants[1].model_copy(
             update={
                 "scaling": spec.variants[1].scaling.model_copy(
-                    update={"lookahead_seconds": 5, "burst_reserve": False, "burst_memory_seconds": 600}
+                    update={
+                        "lookahead_seconds": 5,
+                        "burst_reserve": False,
+                        "burst_memory_seconds": 600,
+                        "target_latency_ms": 2000,
+                    }
                 )
             }
         )
     )
     assert (tuned.lookahead_s, tuned.burst_reserve, tuned.burst_memory_s) == (5.0, False, 600.0)
+    assert (small.latency_target_s, tuned.latency_target_s) == (None, 2.0)
     profiled = settings_for(
         spec.variants[0].model_copy(
             update={"scaling": spec.variants[0].scaling.model_copy(update={"capacity_per_replica_rps": None})}

@@ -10,7 +10,8 @@ from modelpool.scaling import RatePoint, VariantDecision, VariantMetrics
 from modelpool.scaling.demand import dispersion_index
 from modelpool.scaling.reserve import arrivals_between, record_window, reserve_replicas
 from modelpool.scaling.types import BurstHistory, WindowStart
-from unit.scaling.helpers import NOW, one, only, steady
+from modelpool.scaling.variant import queue_budget
+from unit.scaling.helpers import NOW, one, only, settings, steady
 
 
 def series(t_end: float, rates: list[float], step: float = 2.0) -> tuple[RatePoint, ...]:
@@ -129,6 +130,29 @@ def test_a_burst_that_outran_the_replicas_leaves_a_reserve() -> None:
     assert after.desired_replicas > 1
     assert "burst reserve: keeping" in after.reason
     assert after.state is not None and after.state.bursts.shortfalls
+
+
+def test_a_latency_target_leaves_the_burst_more_time_and_a_smaller_reserve() -> None:
+    # Without a latency target a burst's requests are late once they queue past the 0.5 s target
+    # queue time; with a 5 s target they may wait 4.9 s (5 s less one 0.1 s service time), so the
+    # same burst outran the replica by fewer replicas.
+    _, strict = burst_then_idle()
+    _, lenient = burst_then_idle(latency_target_s=5.0)
+    assert 1 <= lenient.desired_replicas < strict.desired_replicas
+    assert strict.state is not None and lenient.state is not None
+    assert max(k for k, _ in lenient.state.bursts.shortfalls) < max(
+        k for k, _ in strict.state.bursts.shortfalls
+    )
+
+
+def test_queue_budget_is_the_latency_target_less_one_service_time() -> None:
+    assert queue_budget(settings(target_queue_time_s=0.5), 10.0) == 0.5
+    assert queue_budget(settings(target_queue_time_s=0.5, latency_target_s=2.0), 10.0) == pytest.approx(1.9)
+    # Two instances per replica at 10 req/s: each request takes 0.2 s.
+    two = settings(target_queue_time_s=0.5, latency_target_s=2.0, instances_per_replica=2)
+    assert queue_budget(two, 10.0) == pytest.approx(1.8)
+    # Never less than the target queue time.
+    assert queue_budget(settings(target_queue_time_s=0.5, latency_target_s=0.3), 10.0) == 0.5
 
 
 def test_no_reserve_when_switched_off_or_patient() -> None:

@@ -298,6 +298,7 @@ def test_deterministic() -> None:
         ("slo_attainment", 1.0, "sloAttainment=1.0"),
         ("tolerance", 1.5, "tolerance=1.5"),
         ("target_queue_time_s", 0.0, "targetQueueTimeSeconds=0.0"),
+        ("latency_target_s", 0.0, "targetLatencyMs=0 must be > 0"),
     ],
 )
 def test_bad_settings_name_the_field(field: str, value: object, message: str) -> None:
