@@ -290,10 +290,19 @@ class ScalerRecommendation(ApiModel):
 
 
 class BurstShortfall(ApiModel):
-    """One bin of the burst reserve's history: how many replicas recent bursts lacked, and how often."""
+    """Deprecated: the burst reserve's history before it replayed windows; ignored when read."""
 
     replicas_short: float = Field(ge=0)
-    weight: float = Field(ge=0, description="Decayed requests one replica serves in such a window.")
+    weight: float = Field(ge=0)
+
+
+class BurstLate(ApiModel):
+    """One entry of the burst reserve's history: recent windows replayed with more replicas."""
+
+    extra_replicas: int = Field(ge=0)
+    requests: float = Field(
+        ge=0, description="Decayed requests that would have been late with that many more."
+    )
 
 
 class ScalerMemory(ApiModel):
@@ -309,8 +318,14 @@ class ScalerMemory(ApiModel):
     )
     bursts_updated_at: float | None = None
     burst_requests: float = Field(default=0.0, ge=0, description="Decayed requests the reserve has seen.")
+    burst_late: list[BurstLate] = Field(
+        default_factory=list,
+        description="Late requests of the replayed windows per number of extra replicas (non-zero only).",
+    )
     burst_shortfalls: list[BurstShortfall] = Field(
-        default_factory=list, description="Shortfalls seen, in quarter-replica bins (only those seen)."
+        default_factory=list,
+        description="Deprecated (written before the reserve replayed windows); ignored, and with it "
+        "burstRequests, so the reserve learns anew.",
     )
 
 

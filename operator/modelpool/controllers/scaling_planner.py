@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from modelpool.api.modelpool import (
     TIER_ORDER,
-    BurstShortfall,
+    BurstLate,
     ModelPoolSpec,
     ModelPoolStatus,
     ScalerMemory,
@@ -108,7 +108,7 @@ def memory_from_state(state: VariantState) -> ScalerMemory:
         recommendations=[ScalerRecommendation(t=t, replicas=r) for t, r in compact(state.recommendations)],
         bursts_updated_at=state.bursts.updated_at,
         burst_requests=state.bursts.arrivals,
-        burst_shortfalls=[BurstShortfall(replicas_short=k, weight=w) for k, w in state.bursts.shortfalls],
+        burst_late=[BurstLate(extra_replicas=k, requests=n) for k, n in state.bursts.late],
     )
 
 
@@ -119,10 +119,14 @@ def state_from_memory(memory: ScalerMemory, replicas: int) -> VariantState:
         decided_at=memory.decided_at,
         recommendations=tuple((r.t, r.replicas) for r in memory.recommendations),
         last_demand_rps=memory.last_demand_rps,
-        bursts=BurstHistory(
-            updated_at=memory.bursts_updated_at,
-            arrivals=memory.burst_requests,
-            shortfalls=tuple((b.replicas_short, b.weight) for b in memory.burst_shortfalls),
+        bursts=(
+            BurstHistory()  # written by an operator before the replay: learn anew
+            if memory.burst_shortfalls
+            else BurstHistory(
+                updated_at=memory.bursts_updated_at,
+                arrivals=memory.burst_requests,
+                late=tuple((b.extra_replicas, b.requests) for b in memory.burst_late),
+            )
         ),
     )
 

@@ -144,15 +144,17 @@ class WindowStart:
 
 @dataclass(frozen=True)
 class BurstHistory:
-    """Decayed record of recent windows: requests seen, and how many replicas each window lacked.
+    """Decayed record of recent windows: requests seen, and how many would have been late.
 
-    ``shortfalls`` holds ``(replicas short, weight)`` bins, weight = decayed requests one replica
-    serves in its window; ``starts`` are the windows still open. Store it with the variant's state.
+    ``late`` holds ``(extra replicas, decayed late requests)``: what the replayed windows would
+    have left late with that many replicas more (only counts above zero); ``starts`` are the
+    windows still open, each with the replicas serving at its start. Store it with the variant's
+    state.
     """
 
     updated_at: float | None = None
     arrivals: float = 0.0
-    shortfalls: tuple[tuple[float, float], ...] = ()
+    late: tuple[tuple[int, float], ...] = ()
     starts: tuple[WindowStart, ...] = ()
 
 

@@ -12,7 +12,7 @@ from modelpool.scaling.demand import (
     metrics_problem,
 )
 from modelpool.scaling.queueing import max_rate_for_replicas, replicas_for_target
-from modelpool.scaling.reserve import RESERVE_SHARE, record_window, reserve_replicas
+from modelpool.scaling.reserve import MAX_EXTRA, RESERVE_SHARE, record_window, reserve_replicas
 from modelpool.scaling.stabilization import History, stabilize
 from modelpool.scaling.types import BurstHistory, VariantInput, VariantSettings
 
@@ -214,10 +214,10 @@ def queue_budget(s: VariantSettings, capacity: float) -> float:
 def _with_burst_reserve(
     vi: VariantInput, wish: int, floor: int, idle: bool, capacity: float, bursts: BurstHistory, now: float
 ) -> tuple[int, BurstHistory, str]:
-    """Learn from the window that just closed, then add the reserve to the wish.
+    """Replay the window that just closed, then add the reserve to the wish.
 
-    The shortfalls were measured against the replicas wished without a reserve, so the reserve goes
-    on top of that wish (a burst may start from any load, not only from idle).
+    The windows are replayed with the replicas serving without a reserve (ready, at most the wish),
+    so the reserve goes on top of that wish (a burst may start from any load, not only from idle).
 
     No reserve for a scale-to-zero tier while idle: scale-to-zero asked for no idle cost. Nor with
     a scale-up window (checked by the caller): like the surge, the reserve is a fast scale-up, and
@@ -235,11 +235,12 @@ def _with_burst_reserve(
         s.lookahead_s,
         queue_budget(s, capacity),
         s.burst_memory_s,
+        min(s.max_replicas, MAX_EXTRA),
         series_counts_arrivals=vi.metrics.router_rps is not None,
     )
     if s.scale_to_zero and idle:
         return wish, bursts, ""
-    extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), s.max_replicas)
+    extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), min(s.max_replicas, MAX_EXTRA))
     reserved = min(s.max_replicas, max(wish, floor) + extra)
     if extra == 0 or reserved <= wish:
         return wish, bursts, ""

@@ -323,7 +323,7 @@ async def test_burst_from_idle_leaves_a_burst_reserve(
     assert codes == [200] * BURST and all(code == 200 for code in sent)
     assert not any("burst reserve" in reason for phase, _, reason in reasons if phase == "idle")
     assert all(replicas == 1 for phase, replicas, _ in reasons if phase == "idle")
-    assert state is not None and state.bursts.shortfalls  # the burst outran the one replica
+    assert state is not None and state.bursts.late  # the burst outran the one replica
     final_phase, final_replicas, final_reason = reasons[-1]
     assert final_phase == "after" and final_replicas >= 2
     assert "burst reserve: keeping" in final_reason

@@ -174,16 +174,34 @@ def test_memory_round_trip_keeps_windows_and_burst_history() -> None:
         decided_at=990.0,
         recommendations=((900.0, 3), (950.0, 6), (980.0, 3), (990.0, 4)),
         last_demand_rps=12.5,
-        bursts=BurstHistory(updated_at=990.0, arrivals=5000.0, shortfalls=((0.5, 30.0), (2.0, 60.0))),
+        bursts=BurstHistory(updated_at=990.0, arrivals=5000.0, late=((0, 30.0), (1, 12.0), (2, 0.5))),
     )
     stored = {"name": "small", "tier": "small", "scaler": memory_from_state(state).model_dump(by_alias=True)}
     memory = ModelPoolStatus.model_validate({"variants": [stored]}).variants[0].scaler  # through JSON names
     assert memory is not None
     back = state_from_memory(memory, 4)
     assert back.recommendations == ((950.0, 6), (980.0, 3), (990.0, 4))  # (900, 3) is matched by (980, 3)
-    assert back.bursts.shortfalls == state.bursts.shortfalls
+    assert back.bursts.late == state.bursts.late
     assert (back.bursts.arrivals, back.bursts.updated_at) == (5000.0, 990.0)
     assert (back.decided_at, back.last_demand_rps, back.replicas) == (990.0, 12.5, 4)
+
+
+def test_memory_from_before_the_replay_is_read_but_its_burst_history_dropped() -> None:
+    # An operator before the replayed reserve wrote burstShortfalls (replicas short, weight): other
+    # numbers; the status still parses, the windows are kept, the reserve learns anew.
+    old = {
+        "decidedAt": 990.0,
+        "recommendations": [{"t": 990.0, "replicas": 4}],
+        "burstsUpdatedAt": 990.0,
+        "burstRequests": 5000.0,
+        "burstShortfalls": [{"replicasShort": 2.5, "weight": 60.0}],
+    }
+    stored = {"name": "small", "tier": "small", "scaler": old}
+    memory = ModelPoolStatus.model_validate({"variants": [stored]}).variants[0].scaler
+    assert memory is not None
+    back = state_from_memory(memory, 4)
+    assert back.recommendations == ((990.0, 4),)
+    assert back.bursts == BurstHistory()
 
 
 async def test_missing_metrics_hold_and_never_scale_down() -> None:

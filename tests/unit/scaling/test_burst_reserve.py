@@ -8,7 +8,7 @@ import pytest
 
 from modelpool.scaling import RatePoint, VariantDecision, VariantMetrics
 from modelpool.scaling.demand import dispersion_index
-from modelpool.scaling.reserve import arrivals_between, record_window, reserve_replicas
+from modelpool.scaling.reserve import arrivals_between, late_requests, record_window, reserve_replicas
 from modelpool.scaling.types import BurstHistory, WindowStart
 from modelpool.scaling.variant import queue_budget
 from unit.scaling.helpers import NOW, one, only, settings, steady
@@ -26,64 +26,76 @@ def test_arrivals_between_counts_whole_and_partial_steps() -> None:
     assert arrivals_between(s, 10.0, 20.0) == 0.0
 
 
-def test_window_that_outran_the_replicas_is_recorded_in_replicas_short() -> None:
-    start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=10.0, serving=1),))
-    # 5 s gap, 1 s target: one replica of 10 req/s serves 60 requests in time; 40 req/s came.
-    h = record_window(start, 5.0, series(5.0, [0, 40, 40, 40], step=5 / 3), 0.0, 1, 10.0, 5.0, 1.0, 3600)
-    assert h.arrivals == pytest.approx(200 + 10)
-    short = (210 / 60) - 1  # 2.5 replicas short
-    assert h.shortfalls == ((math.ceil(short / 0.25) * 0.25, 60.0),)
-    assert h.starts == (WindowStart(5.0, 0.0, 1),)
+BURST = [(0.0, 5.0, 40.0)]  # 40 req/s for 5 s
+
+
+def test_replay_counts_who_waits_too_long_per_extra_replica() -> None:
+    # One replica of 10 req/s under 40 req/s: the queue grows 30/s, so a request arriving at x waits
+    # 3x and is late after x = 1/3 s: 40 * (5 - 1/3) = 186.7. One more replica: waits x, late after
+    # 1 s (160); two more: x/3, late after 3 s (80); three more keep up.
+    late = late_requests(0.0, BURST, [(0.0, 1)], 0.0, 5.0, 10.0, 1.0, 10)
+    assert late == pytest.approx([560 / 3, 160.0, 80.0, 0.0])
+
+
+def test_replay_credits_the_replicas_that_came_up_during_the_window() -> None:
+    # Six replicas from t = 2: the 60 waiting then drain at 20/s; an arrival at x > 0.5 leaves at
+    # 2 + (40x - 20)/60, i.e. waits 5/3 - x/3, so only those in (1/3, 2) are late: 66.7.
+    late = late_requests(0.0, BURST, [(0.0, 1), (2.0, 6)], 0.0, 5.0, 10.0, 1.0, 10)
+    assert late[0] == pytest.approx(200 / 3)
+    # 30 already waiting at the start (not counted themselves: earlier windows did) delay everyone
+    # behind them, who leave at 2 + (10 + 40x)/60 and are late for x < 3.5: 140.
+    assert late_requests(30.0, BURST, [(0.0, 1), (2.0, 6)], 0.0, 5.0, 10.0, 1.0, 10)[0] == pytest.approx(
+        140.0
+    )
+
+
+def test_window_replayed_with_the_decisions_serving_counts() -> None:
+    start = BurstHistory(
+        updated_at=0.0,
+        starts=(WindowStart(t=0.0, pending=0.0, serving=1), WindowStart(t=2.0, pending=60.0, serving=6)),
+    )
+    h = record_window(start, 5.0, series(5.0, [40, 40, 40, 40], step=5 / 3), 0.0, 6, 10.0, 5.0, 1.0, 3600, 10)
+    assert h.arrivals == pytest.approx(200)
+    assert h.late[0][0] == 0 and h.late[0][1] == pytest.approx(200 / 3)
+    assert [extra for extra, _ in h.late] == list(range(len(h.late)))
+    assert h.starts == (WindowStart(2.0, 60.0, 6), WindowStart(5.0, 0.0, 6))
 
 
 def test_served_rate_window_counts_what_still_waits() -> None:
     # Triton's served rate saturates at the replica's 10 req/s: the burst shows in what waits at the
-    # window's end (150), not in the rate.
+    # window's end (150), counted as arrived evenly: 40 req/s in all, as in the first test.
     start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=1),))
-    h = record_window(
-        start,
-        5.0,
-        series(5.0, [10, 10, 10, 10], step=5 / 3),
-        150.0,
-        1,
-        10.0,
-        5.0,
-        1.0,
-        3600,
-        series_counts_arrivals=False,
-    )
+    saturated = series(5.0, [10, 10, 10, 10], step=5 / 3)
+    h = record_window(start, 5.0, saturated, 150.0, 1, 10.0, 5.0, 1.0, 3600, 10, series_counts_arrivals=False)
     assert h.arrivals == pytest.approx(50 + 150)
-    assert h.shortfalls == ((2.5, 60.0),)  # 200 / 60 - 1 = 2.33 -> the 2.5 bin
-    as_arrivals = record_window(
-        start, 5.0, series(5.0, [10, 10, 10, 10], step=5 / 3), 150.0, 1, 10.0, 5.0, 1.0, 3600
-    )
-    assert as_arrivals.shortfalls == ()  # the same numbers read as arrivals: 50 came, one replica coped
+    assert h.late[0][1] == pytest.approx(560 / 3)
+    as_arrivals = record_window(start, 5.0, saturated, 150.0, 1, 10.0, 5.0, 1.0, 3600, 10)
+    assert as_arrivals.late == ()  # the same numbers read as arrivals: 50 came, one replica coped
 
 
-def test_window_the_replicas_could_serve_records_no_shortfall() -> None:
+def test_window_the_replicas_could_serve_records_nothing_late() -> None:
     start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=2),))
-    h = record_window(start, 6.0, series(6.0, [10, 10, 10, 10]), 0.0, 2, 10.0, 5.0, 1.0, 3600)
+    h = record_window(start, 6.0, series(6.0, [10, 10, 10, 10]), 0.0, 2, 10.0, 5.0, 1.0, 3600, 10)
     assert h.arrivals == pytest.approx(50)  # the last gap (5 s) of arrivals
-    assert h.shortfalls == ()
+    assert h.late == ()
 
 
 def test_windows_not_yet_closed_stay_open() -> None:
     start = BurstHistory(updated_at=0.0, starts=(WindowStart(t=0.0, pending=0.0, serving=1),))
-    h = record_window(start, 2.0, series(2.0, [50, 50]), 0.0, 1, 10.0, 5.0, 1.0, 3600)
-    assert h.arrivals == 0.0 and h.shortfalls == ()
+    h = record_window(start, 2.0, series(2.0, [50, 50]), 0.0, 1, 10.0, 5.0, 1.0, 3600, 10)
+    assert h.arrivals == 0.0 and h.late == ()
     assert [s.t for s in h.starts] == [0.0, 2.0]
 
 
 def test_history_decays_with_the_memory() -> None:
-    h = BurstHistory(updated_at=0.0, arrivals=1000.0, shortfalls=((2.0, 60.0),))
-    later = record_window(h, 3600.0, (), 0.0, 1, 10.0, 5.0, 1.0, 3600.0)
+    h = BurstHistory(updated_at=0.0, arrivals=1000.0, late=((0, 60.0),))
+    later = record_window(h, 3600.0, (), 0.0, 1, 10.0, 5.0, 1.0, 3600.0, 10)
     assert later.arrivals == pytest.approx(1000 / math.e)
-    assert later.shortfalls[0][1] == pytest.approx(60 / math.e)
+    assert later.late[0][1] == pytest.approx(60 / math.e)
 
 
 def test_reserve_is_fewest_replicas_within_the_allowed_share() -> None:
-    h = BurstHistory(arrivals=10_000.0, shortfalls=((1.0, 60.0), (3.0, 60.0)))
-    # unserved(r) = 60*max(0, 1-r) + 60*max(0, 3-r): r=0 -> 240, r=1 -> 120, r=2 -> 60, r=3 -> 0
+    h = BurstHistory(arrivals=10_000.0, late=((0, 240.0), (1, 120.0), (2, 60.0)))
     assert reserve_replicas(h, 0.0, 10) == 3
     assert reserve_replicas(h, 0.006, 10) == 2
     assert reserve_replicas(h, 0.012, 10) == 1
@@ -129,7 +141,7 @@ def test_a_burst_that_outran_the_replicas_leaves_a_reserve() -> None:
     assert at_burst >= 4
     assert after.desired_replicas > 1
     assert "burst reserve: keeping" in after.reason
-    assert after.state is not None and after.state.bursts.shortfalls
+    assert after.state is not None and after.state.bursts.late
 
 
 def test_a_latency_target_leaves_the_burst_more_time_and_a_smaller_reserve() -> None:
@@ -140,9 +152,7 @@ def test_a_latency_target_leaves_the_burst_more_time_and_a_smaller_reserve() -> 
     _, lenient = burst_then_idle(latency_target_s=5.0)
     assert 1 <= lenient.desired_replicas < strict.desired_replicas
     assert strict.state is not None and lenient.state is not None
-    assert max(k for k, _ in lenient.state.bursts.shortfalls) < max(
-        k for k, _ in strict.state.bursts.shortfalls
-    )
+    assert lenient.state.bursts.late[0][1] < strict.state.bursts.late[0][1]
 
 
 def test_queue_budget_is_the_latency_target_less_one_service_time() -> None:
@@ -180,12 +190,12 @@ def test_a_smooth_load_the_replicas_serve_gets_no_reserve() -> None:
         d = only(one(steady(10.0, now=t, step=2.0), current=current, previous=state, lookahead_s=5.0), t)
         state, current = d.state, d.desired_replicas
         assert "burst reserve" not in d.reason
-    assert state is not None and state.bursts.arrivals > 0 and state.bursts.shortfalls == ()
+    assert state is not None and state.bursts.arrivals > 0 and state.bursts.late == ()
 
 
 def test_held_metrics_keep_what_the_reserve_learned() -> None:
     learned = burst_then_idle()[1]
-    assert learned.state is not None and learned.state.bursts.shortfalls
+    assert learned.state is not None and learned.state.bursts.late
     t = NOW + 100
     stale = VariantMetrics(rate_series=series(t, [1.0] * 4), newest_sample_t=t - 100)
     later = only(one(stale, current=learned.desired_replicas, previous=learned.state), t)
