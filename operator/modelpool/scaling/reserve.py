@@ -66,7 +66,8 @@ def late_requests(
     """Requests of the window ``(t0, t1]`` that wait longer than ``queue_budget_s``, with 0, 1, ...
     extra replicas, until none would (at most ``limit`` extra).
 
-    A fluid FIFO queue: ``pending`` wait at ``t0``, ``arrivals`` are ``(start, end, rps)`` steps,
+    A fluid FIFO queue: ``pending`` wait at ``t0`` (ahead of everyone, not counted themselves),
+    ``arrivals`` are ``(start, end, rps)`` steps,
     ``serving`` is ``(from, replicas)`` in time order (the first at ``t0``), the last count holding
     after ``t1``. With ``A`` the cumulative arrivals and ``C`` the cumulative capacity, what has
     left by ``t`` is ``min(A(t), C(t) + min over u <= t of (A(u) - C(u)))``; the work that arrived
