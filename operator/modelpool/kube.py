@@ -29,11 +29,17 @@ FIELD_MANAGER = "modelpool-operator"
 class KubeError(Exception):
     """A non-success answer from the API server."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # details.causes[].reason of the Status, e.g. NamespaceTerminating
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted, so nothing new may be created in it."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
 
 @dataclass(frozen=True)
@@ -158,12 +164,15 @@ class KubeClient:
         headers = {"Content-Type": content_type} if content_type else None
         response = await self._http.request(method, path, json=json, params=params, headers=headers)
         if response.status_code >= 400:
+            causes: tuple[str, ...] = ()
             try:
                 body = response.json()
                 reason, message = str(body.get("reason", "")), str(body.get("message", response.text))
-            except ValueError:
+                details = body.get("details") or {}
+                causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
+            except (ValueError, AttributeError):
                 reason, message = response.reason_phrase, response.text
-            raise KubeError(response.status_code, reason, message)
+            raise KubeError(response.status_code, reason, message, causes)
         result: Obj = response.json()
         return result
 

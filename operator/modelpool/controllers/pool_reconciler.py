@@ -293,6 +293,8 @@ async def _converge_variant(
             kube, DEPLOYMENT, deployment, uid, emit, issues, children[DEPLOYMENT.kind]
         )
     except KubeError as err:
+        if err.namespace_terminating:
+            return None  # the pool goes with its namespace: nothing to report
         # A rejected child (admission, quota, invalid image name...) is reported, not retried in a tight loop.
         issues.conflicts.append(f"variant {variant.name}: the API server refused a child: {err.message}")
         emit("Warning", "ChildRejected", f"variant {variant.name}: {err.message}")
