@@ -225,6 +225,7 @@ def _with_burst_reserve(
     """
     s = vi.settings
     ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
+    limit = min(s.max_replicas, MAX_EXTRA)
     bursts = record_window(
         bursts,
         now,
@@ -235,12 +236,12 @@ def _with_burst_reserve(
         s.lookahead_s,
         queue_budget(s, capacity),
         s.burst_memory_s,
-        min(s.max_replicas, MAX_EXTRA),
+        limit,
         series_counts_arrivals=vi.metrics.router_rps is not None,
     )
     if s.scale_to_zero and idle:
         return wish, bursts, ""
-    extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), min(s.max_replicas, MAX_EXTRA))
+    extra = reserve_replicas(bursts, RESERVE_SHARE * (1.0 - s.slo_attainment), limit)
     reserved = min(s.max_replicas, max(wish, floor) + extra)
     if extra == 0 or reserved <= wish:
         return wish, bursts, ""
