@@ -92,7 +92,8 @@ class VariantScaling(ApiModel):
         ge=1,
         le=600_000,
         description="End-to-end latency target per request; the burst reserve counts a burst's requests "
-        "as late only past it. Unset: past targetQueueTimeMs.",
+        "as late only past it. Unset: the smallest latencySLOMs of the RoutingPolicies routing to the "
+        "pool, else targetQueueTimeMs.",
     )
     capacity_per_replica_rps: int | None = Field(
         default=None,

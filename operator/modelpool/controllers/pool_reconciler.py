@@ -29,6 +29,7 @@ from modelpool.builders.triton import (
 )
 from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, rejected_status
 from modelpool.controllers.profiles import load_profiles, profile_condition
+from modelpool.controllers.routed_slo import load_routed_latency_slo_s
 from modelpool.controllers.scaling_planner import ScalingOutcome, ScalingPlanner
 from modelpool.controllers.status_io import parse_stored, write_status
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
@@ -226,7 +227,17 @@ async def reconcile_pool(
     held = hold_or_minimum(spec, previous)
     profiles = await load_profiles(kube, namespace, spec)
     outcome = (
-        await planner.plan(namespace, name, spec, previous, current, held, profiles.capacity_rps, ready=ready)
+        await planner.plan(
+            namespace,
+            name,
+            spec,
+            previous,
+            current,
+            held,
+            profiles.capacity_rps,
+            ready=ready,
+            routed_latency_slo_s=await load_routed_latency_slo_s(kube, namespace, name),
+        )
         if planner is not None
         else ScalingOutcome(held, None)
     )

@@ -65,7 +65,11 @@ def tier_order(spec: ModelPoolSpec) -> list[Variant]:
     return sorted(spec.variants, key=lambda v: (TIER_ORDER[v.tier], v.cost, v.name))
 
 
-def settings_for(variant: Variant, profile_capacity: float | None = None) -> VariantSettings:
+def settings_for(
+    variant: Variant, profile_capacity: float | None = None, routed_latency_slo_s: float | None = None
+) -> VariantSettings:
+    """The scaler's settings for one variant. ``routed_latency_slo_s`` (the routing policies' SLO
+    for the pool) is the latency target where the variant sets no ``targetLatencyMs``."""
     s = variant.scaling
     capacity = float(s.capacity_per_replica_rps) if s.capacity_per_replica_rps else profile_capacity
     return VariantSettings(
@@ -75,7 +79,9 @@ def settings_for(variant: Variant, profile_capacity: float | None = None) -> Var
         gpus_per_replica=variant.gpus_per_replica,
         capacity_per_replica_rps=capacity,
         target_queue_time_s=s.target_queue_time_ms / 1000,
-        latency_target_s=s.target_latency_ms / 1000 if s.target_latency_ms is not None else None,
+        latency_target_s=s.target_latency_ms / 1000
+        if s.target_latency_ms is not None
+        else routed_latency_slo_s,
         scale_up_stabilization_s=float(s.scale_up_stabilization_seconds),
         scale_down_stabilization_s=float(s.scale_down_stabilization_seconds),
         tolerance=s.tolerance_percent / 100,
@@ -198,10 +204,12 @@ class ScalingPlanner:
         profile_capacity: Mapping[str, float] | None = None,
         now: float | None = None,
         ready: Mapping[str, int] | None = None,
+        routed_latency_slo_s: float | None = None,
     ) -> ScalingOutcome:
         """Plans for this pass: a fresh decision when one is due, else ``held``.
 
-        ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve).
+        ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve);
+        ``routed_latency_slo_s`` the routing policies' latency SLO for the pool (see settings_for).
         """
         key = (namespace, name)
         clock = time.time() if now is None else now
@@ -244,7 +252,7 @@ class ScalingPlanner:
             )
             inputs.append(
                 VariantInput(
-                    settings=settings_for(variant, capacities.get(variant.name)),
+                    settings=settings_for(variant, capacities.get(variant.name), routed_latency_slo_s),
                     metrics=metrics,
                     current_replicas=current.get(variant.name, held[variant.name].replicas),
                     previous=states.get(variant.name),

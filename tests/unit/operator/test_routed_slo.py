@@ -1,0 +1,57 @@
+"""The routing policies' latency SLO as the latency target of variants that set none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.controllers.routed_slo import routed_latency_slo_s
+from modelpool.controllers.scaling_planner import settings_for
+
+
+def policy(pool: str, slo_ms: int | None = None, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "poolRef": {"name": pool},
+        "mode": "weighted",
+        "weights": [{"variant": "small", "weight": 1}],
+        "routerSelector": {"matchLabels": {"app": "router"}},
+        **extra,
+    }
+    if slo_ms is not None:
+        spec["objectives"] = {"latencySLOMs": slo_ms}
+    return {"spec": spec}
+
+
+def test_smallest_slo_of_the_policies_routing_to_the_pool() -> None:
+    policies = [
+        policy("a", 500),
+        policy("a", 200),
+        policy("a"),  # no SLO
+        policy("b", 50),  # another pool
+        {"spec": {"poolRef": {"name": "a"}, "mode": "weighted"}},  # invalid (no weights): skipped
+    ]
+    assert routed_latency_slo_s("a", policies) == 0.2
+    assert routed_latency_slo_s("b", policies) == 0.05
+    assert routed_latency_slo_s("c", policies) is None
+    assert routed_latency_slo_s("a", []) is None
+
+
+def test_variant_latency_target_wins_over_the_routed_slo() -> None:
+    spec = ModelPoolSpec.model_validate(
+        {
+            "gpuPool": {"gpuBudget": 4},
+            "variants": [
+                {"name": "small", "tier": "small", "model": {"name": "m", "repository": "/m"}},
+                {
+                    "name": "large",
+                    "tier": "large",
+                    "model": {"name": "l", "repository": "/m"},
+                    "scaling": {"targetLatencyMs": 1000},
+                },
+            ],
+        }
+    )
+    small, large = spec.variants
+    assert settings_for(small, None, 0.2).latency_target_s == 0.2
+    assert settings_for(large, None, 0.2).latency_target_s == 1.0
+    assert settings_for(small).latency_target_s is None
