@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.controllers.routed_slo import routed_latency_slo_s
 from modelpool.controllers.scaling_planner import settings_for
-
-
-def policy(pool: str, slo_ms: int | None = None, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "poolRef": {"name": pool},
-        "mode": "weighted",
-        "weights": [{"variant": "small", "weight": 1}],
-        "routerSelector": {"matchLabels": {"app": "router"}},
-        **extra,
-    }
-    if slo_ms is not None:
-        spec["objectives"] = {"latencySLOMs": slo_ms}
-    return {"spec": spec}
+from unit.operator.helpers import routing_policy as policy
 
 
 def test_smallest_slo_of_the_policies_routing_to_the_pool() -> None:
