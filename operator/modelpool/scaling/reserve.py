@@ -3,11 +3,12 @@
 A reactive scaler sees a burst only after it starts, and new replicas serve ``lookahead_s`` later
 (scrape + decision + start-up). What arrives in that gap is served by the replicas already
 running and by those that come up during it. So after every decision the scaler replays the
-window of one gap that just closed, as a fluid FIFO queue: the requests waiting at its start,
-the arrivals of the rate series, and the replicas that served it decision by decision (the ready
-ones, without any reserve). For ``extra = 0, 1, 2, ...`` replicas on top it counts the requests
-that would have waited longer than ``queue_budget``: the latency target less one service time,
-or the target queue time when no latency target is set.
+window of one gap that just closed, as a fluid FIFO queue that starts empty: the arrivals of the
+rate series against the replicas that served it decision by decision (the ready ones, without
+any reserve; what already waited at the window's start was counted by earlier windows). For
+``extra = 0, 1, 2, ...`` replicas on top it counts the requests that would have waited longer
+than ``queue_budget``: the latency target less one service time, or the target queue time when
+no latency target is set.
 
 Those counts are kept per ``extra`` in a time-decayed history (half of the weight is gone after
 ``memory_s * ln 2``). The reserve is the fewest ``extra`` whose late requests stay within a share
@@ -54,7 +55,6 @@ def _segments(series: Sequence[RatePoint], t0: float, t1: float) -> list[tuple[f
 
 
 def late_requests(
-    pending: float,
     arrivals: Sequence[tuple[float, float, float]],
     serving: Sequence[tuple[float, int]],
     t0: float,
@@ -66,10 +66,9 @@ def late_requests(
     """Requests of the window ``(t0, t1]`` that wait longer than ``queue_budget_s``, with 0, 1, ...
     extra replicas, until none would (at most ``limit`` extra).
 
-    A fluid FIFO queue: ``pending`` wait at ``t0`` (ahead of everyone, not counted themselves),
-    ``arrivals`` are ``(start, end, rps)`` steps,
-    ``serving`` is ``(from, replicas)`` in time order (the first at ``t0``), the last count holding
-    after ``t1``. With ``A`` the cumulative arrivals and ``C`` the cumulative capacity, what has
+    A fluid FIFO queue, empty at ``t0``: ``arrivals`` are ``(start, end, rps)`` steps, ``serving``
+    is ``(from, replicas)`` in time order (the first at ``t0``), the last count holding after
+    ``t1``. With ``A`` the cumulative arrivals and ``C`` the cumulative capacity, what has
     left by ``t`` is ``min(A(t), C(t) + min over u <= t of (A(u) - C(u)))``; the work that arrived
     at ``y`` and has not left by ``y + queue_budget_s`` is late.
     """
@@ -92,14 +91,13 @@ def late_requests(
         replicas.append(serving[index][1] if serving else 0)
     late_by_extra: list[float] = []
     for extra in range(limit + 1):
-        arrived, capacity, lowest = [pending], [0.0], 0.0  # empty just before t0
-        departed = [0.0]
+        arrived, capacity, departed, lowest = [0.0], [0.0], [0.0], 0.0
         for k in range(total):
             arrived.append(arrived[-1] + came[k])
             capacity.append(capacity[-1] + (replicas[k] + extra) * capacity_rps * step)
             lowest = min(lowest, arrived[-1] - capacity[-1])
             departed.append(min(arrived[-1], capacity[-1] + lowest))
-        late = 0.0  # those already waiting were counted in the windows they arrived in
+        late = 0.0
         for k in range(n):
             if came[k] > 0:
                 late += came[k] * _late_fraction(
@@ -168,7 +166,7 @@ def record_window(
             (b - a) * rps for a, b, rps in steps
         )
         trajectory = [(t0, start.serving), *((s.t, s.serving) for s in open_starts), (now, serving)]
-        replayed = late_requests(0.0, steps, trajectory, t0, now, capacity_rps, queue_budget_s, limit)
+        replayed = late_requests(steps, trajectory, t0, now, capacity_rps, queue_budget_s, limit)
         for extra, n in enumerate(replayed):
             if n > _NEGLIGIBLE:
                 late[extra] = late.get(extra, 0.0) + n

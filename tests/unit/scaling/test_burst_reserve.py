@@ -33,20 +33,22 @@ def test_replay_counts_who_waits_too_long_per_extra_replica() -> None:
     # One replica of 10 req/s under 40 req/s: the queue grows 30/s, so a request arriving at x waits
     # 3x and is late after x = 1/3 s: 40 * (5 - 1/3) = 186.7. One more replica: waits x, late after
     # 1 s (160); two more: x/3, late after 3 s (80); three more keep up.
-    late = late_requests(0.0, BURST, [(0.0, 1)], 0.0, 5.0, 10.0, 1.0, 10)
+    late = late_requests(BURST, [(0.0, 1)], 0.0, 5.0, 10.0, 1.0, 10)
     assert late == pytest.approx([560 / 3, 160.0, 80.0, 0.0])
 
 
 def test_replay_credits_the_replicas_that_came_up_during_the_window() -> None:
     # Six replicas from t = 2: the 60 waiting then drain at 20/s; an arrival at x > 0.5 leaves at
     # 2 + (40x - 20)/60, i.e. waits 5/3 - x/3, so only those in (1/3, 2) are late: 66.7.
-    late = late_requests(0.0, BURST, [(0.0, 1), (2.0, 6)], 0.0, 5.0, 10.0, 1.0, 10)
+    late = late_requests(BURST, [(0.0, 1), (2.0, 6)], 0.0, 5.0, 10.0, 1.0, 10)
     assert late[0] == pytest.approx(200 / 3)
-    # 30 already waiting at the start (not counted themselves: earlier windows did) delay everyone
-    # behind them, who leave at 2 + (10 + 40x)/60 and are late for x < 3.5: 140.
-    assert late_requests(30.0, BURST, [(0.0, 1), (2.0, 6)], 0.0, 5.0, 10.0, 1.0, 10)[0] == pytest.approx(
-        140.0
+    # 30 already waiting at the window's start: earlier windows counted them and the surge drains
+    # them, so the replay starts empty; they count among the window's requests.
+    backlog = BurstHistory(updated_at=0.0, starts=(WindowStart(0.0, 30.0, 1), WindowStart(2.0, 0.0, 6)))
+    replayed = record_window(
+        backlog, 5.0, series(5.0, [40] * 4, step=5 / 3), 0.0, 6, 10.0, 5.0, 1.0, 3600, 10
     )
+    assert (replayed.arrivals, replayed.late[0][1]) == pytest.approx((230.0, 200 / 3))
 
 
 def test_window_replayed_with_the_decisions_serving_counts() -> None:
