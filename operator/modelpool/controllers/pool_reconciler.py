@@ -236,7 +236,7 @@ async def reconcile_pool(
             held,
             profiles.capacity_rps,
             ready=ready,
-            routed_latency_slo_s=await load_routed_latency_slo_s(kube, namespace, name),
+            routed_latency_slo=lambda: load_routed_latency_slo_s(kube, namespace, name),
         )
         if planner is not None
         else ScalingOutcome(held, None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from modelpool.api.modelpool import (
@@ -204,12 +204,13 @@ class ScalingPlanner:
         profile_capacity: Mapping[str, float] | None = None,
         now: float | None = None,
         ready: Mapping[str, int] | None = None,
-        routed_latency_slo_s: float | None = None,
+        routed_latency_slo: Callable[[], Awaitable[float | None]] | None = None,
     ) -> ScalingOutcome:
         """Plans for this pass: a fresh decision when one is due, else ``held``.
 
         ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve);
-        ``routed_latency_slo_s`` the routing policies' latency SLO for the pool (see settings_for).
+        ``routed_latency_slo`` reads the routing policies' latency SLO for the pool (see
+        settings_for), called only when a decision is made.
         """
         key = (namespace, name)
         clock = time.time() if now is None else now
@@ -237,6 +238,7 @@ class ScalingPlanner:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
         reader = self.reader(url, spec)
+        routed_latency_slo_s = await routed_latency_slo() if routed_latency_slo is not None else None
         states = self._states.get(key) or restored_states(previous)
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}

@@ -132,6 +132,25 @@ async def test_load_scales_up_and_is_paced_by_the_interval() -> None:
     assert again.next_decision_in is not None and 6.9 < again.next_decision_in < 7.1
 
 
+async def test_routed_slo_is_read_only_when_a_decision_is_made() -> None:
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(45.0, now), "m-large": _metrics(1.0, now)})
+    planner = _planner(reader)
+    reads: list[float] = []
+
+    async def routed_slo() -> float | None:
+        reads.append(now)
+        return 0.2
+
+    current = {"small": 1, "large": 1}
+    await planner.plan("ns", "p", _spec(), None, current, HELD, now=now, routed_latency_slo=routed_slo)
+    assert len(reads) == 1
+    await planner.plan("ns", "p", _spec(), None, current, HELD, now=now + 3, routed_latency_slo=routed_slo)
+    assert len(reads) == 1  # not due: no API call either
+    await planner.plan("ns", "p", _spec(), None, current, HELD, now=now + 11, routed_latency_slo=routed_slo)
+    assert len(reads) == 2
+
+
 async def test_ready_replicas_reach_the_burst_reserve() -> None:
     now = 1_000.0
     reader = FakeReader({"m-small": _metrics(45.0, now), "m-large": _metrics(1.0, now)})
