@@ -51,14 +51,16 @@ def capacity_per_replica(metrics: VariantMetrics, settings: VariantSettings) -> 
     return None
 
 
-def _line(xs: list[float], ys: list[float]) -> tuple[float, float, float] | None:
-    """Least-squares line through the points: ``(mean x, mean y, slope)``; None when x never varies."""
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float, float, float] | None:
+    """Least-squares line through the points: ``(mean x, mean y, slope, sum of squared x
+    deviations)``; None when x never varies."""
     mean_x = sum(xs) / len(xs)
     mean_y = sum(ys) / len(ys)
-    var = sum((x - mean_x) ** 2 for x in xs)
-    if var <= 0:
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread <= 0:
         return None
-    return mean_x, mean_y, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    return mean_x, mean_y, slope, spread
 
 
 _T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
@@ -99,11 +101,10 @@ def trend_slope(series: tuple[RatePoint, ...], window_s: float) -> float:
     line = _line(xs, ys)
     if line is None:
         return 0.0
-    mean_x, mean_y, slope = line
+    mean_x, mean_y, slope, spread = line
     if slope <= 0:
         return slope
     residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in zip(xs, ys, strict=True))
-    spread = sum((x - mean_x) ** 2 for x in xs)
     dof = len(points) - 2
     standard_error = math.sqrt(residual / dof / spread)
     return slope if slope >= t95(dof) * standard_error else 0.0
@@ -123,7 +124,7 @@ def dispersion_index(series: tuple[RatePoint, ...]) -> float:
     line = _line(steps, counts)
     if line is None or line[1] <= 0:
         return 1.0
-    mean_x, mean, slope = line
+    mean_x, mean, slope, _ = line
     residual = sum((c - mean - slope * (i - mean_x)) ** 2 for i, c in zip(steps, counts, strict=True))
     return max(1.0, residual / (len(counts) - 2) / mean)
 
