@@ -122,6 +122,13 @@ class VariantScaling(ApiModel):
         description="Replica start-up plus the scrape interval: how far a rising trend is extrapolated, "
         "and how long a burst must be served by the replicas already running.",
     )
+    trend_window_seconds: int = Field(
+        default=20,
+        ge=1,
+        le=3600,
+        description="Window of the rising-trend fit over the request-rate series; about four scrape "
+        "intervals reacts within a few scrapes, longer ignores short rises.",
+    )
     burst_reserve: bool = Field(
         default=True,
         description="Keep spare replicas when recent bursts outran the replicas before new ones could "

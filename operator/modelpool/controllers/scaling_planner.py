@@ -87,6 +87,7 @@ def settings_for(
         tolerance=s.tolerance_percent / 100,
         scale_to_zero=s.scale_to_zero,
         lookahead_s=float(s.lookahead_seconds),
+        trend_window_s=float(s.trend_window_seconds),
         burst_reserve=s.burst_reserve,
         burst_memory_s=float(s.burst_memory_seconds),
         priority=float(variant.priority + 1),
@@ -164,16 +165,21 @@ class ScalingPlanner:
     def reader(self, url: str, spec: ModelPoolSpec) -> PrometheusReader:
         """One reader per Prometheus, rate window, series span and queries.
 
-        The series look back five rate windows (the trend) and at least one look-ahead plus two
-        steps: the burst reserve counts the arrivals of the last look-ahead from them.
+        The series step is a quarter of the rate window: Prometheus' rule of thumb is a rate window of
+        four scrape intervals, so the step is about one scrape and the points' windows overlap little
+        (the burstiness index assumes that). The series hold at least eight points (the burstiness
+        index is taken over all of them) and reach back over the longest trend window and one
+        look-ahead plus two steps: the burst reserve counts the arrivals of the last look-ahead from
+        them. The benchmark's series follow the same rule.
         """
         scaling = spec.scaling
         overrides = {k: v for k, v in scaling.queries.model_dump().items() if v is not None}
         templates = replace(QueryTemplates(), **overrides)
         rate_window_s = scaling.rate_window_seconds
-        step_s = max(1.0, rate_window_s / 3)
+        step_s = rate_window_s / 4
         lookahead_s = max((v.scaling.lookahead_seconds for v in spec.variants), default=0)
-        span_s = max(5.0 * rate_window_s, lookahead_s + 2 * step_s)
+        trend_s = max((v.scaling.trend_window_seconds for v in spec.variants), default=0)
+        span_s = max(8 * step_s, trend_s + step_s, lookahead_s + 2 * step_s)
         key = (url, rate_window_s, span_s, templates)
         if key not in self._readers:
             self._readers[key] = PrometheusReader(

@@ -74,7 +74,7 @@ HELD = {"small": ReplicaPlan(1, "held"), "large": ReplicaPlan(1, "held")}
 
 def _planner(reader: FakeReader) -> ScalingPlanner:
     planner = ScalingPlanner(default_prometheus_url=None)
-    planner._readers[(URL, 6, 30.0, QueryTemplates())] = reader  # type: ignore[assignment]
+    planner._readers[(URL, 6, 21.5, QueryTemplates())] = reader  # type: ignore[assignment]
     return planner
 
 
@@ -87,6 +87,7 @@ def test_settings_mapping_and_order() -> None:
     assert small.tolerance == 0.1
     assert small.scale_down_stabilization_s == 0
     assert (small.lookahead_s, small.burst_reserve, small.burst_memory_s) == (10.0, True, 3600.0)
+    assert small.trend_window_s == 20.0
     tuned = settings_for(
         spec.variants[1].model_copy(
             update={
@@ -96,6 +97,7 @@ def test_settings_mapping_and_order() -> None:
                         "burst_reserve": False,
                         "burst_memory_seconds": 600,
                         "target_latency_ms": 2000,
+                        "trend_window_seconds": 2,
                     }
                 )
             }
@@ -103,6 +105,7 @@ def test_settings_mapping_and_order() -> None:
     )
     assert (tuned.lookahead_s, tuned.burst_reserve, tuned.burst_memory_s) == (5.0, False, 600.0)
     assert (small.latency_target_s, tuned.latency_target_s) == (None, 2.0)
+    assert tuned.trend_window_s == 2.0
     profiled = settings_for(
         spec.variants[0].model_copy(
             update={"scaling": spec.variants[0].scaling.model_copy(update={"capacity_per_replica_rps": None})}
@@ -261,10 +264,28 @@ def test_queries_from_the_pool_override_the_defaults() -> None:
 def test_series_reach_back_over_the_longest_lookahead() -> None:
     """The burst reserve counts the last look-ahead's arrivals from the series: they must cover it."""
     planner = ScalingPlanner(default_prometheus_url=None)
-    short = planner.reader(URL, _spec())  # look-ahead 10 s (default) < 5 rate windows of 6 s
-    assert short.series_span_s == 30 and short.step_s == 2
+    short = planner.reader(URL, _spec())  # look-ahead 10 s (default) < the trend window (20 s)
+    assert short.series_span_s == 20 + 1.5 and short.step_s == 1.5
     wire = _spec().to_wire()
     wire["variants"][0]["scaling"]["lookaheadSeconds"] = 62  # a replica that starts in a minute
     slow = planner.reader(URL, ModelPoolSpec.model_validate(wire))
-    assert slow.series_span_s == 62 + 2 * 2
+    assert slow.series_span_s == 62 + 2 * 1.5
     assert slow is not short
+
+
+def test_series_step_is_a_quarter_of_the_rate_window_and_cover_the_trend() -> None:
+    """A rate window of four scrapes (Prometheus' rule of thumb) reads one point per scrape; the
+    series reach back over the longest trend window, one look-ahead and eight points."""
+    planner = ScalingPlanner(default_prometheus_url=None)
+    fast = _spec(rateWindowSeconds=2, intervalSeconds=1)  # a 0.5 s scrape
+    reader = planner.reader(URL, fast)
+    assert reader.step_s == 0.5
+    assert reader.series_span_s == 20 + 0.5  # the default 20 s trend window is the longest reach
+    wire = fast.to_wire()
+    for variant in wire["variants"]:
+        variant["scaling"].update(trendWindowSeconds=2, lookaheadSeconds=4)
+    short = planner.reader(URL, ModelPoolSpec.model_validate(wire))
+    assert short.series_span_s == 4 + 2 * 0.5  # one look-ahead and two steps: ten points
+    wire["scaling"]["rateWindowSeconds"] = 8
+    sparse = planner.reader(URL, ModelPoolSpec.model_validate(wire))
+    assert sparse.step_s == 2 and sparse.series_span_s == 8 * 2  # never fewer than eight points
