@@ -64,17 +64,24 @@ class Knobs:
     hpa_target_utilizations: tuple[float, ...]
     max_replicas: int
     decision_phase_s: float | None = None  # None: half a scrape (an unsynchronised timer's mean)
+    decision_interval_s: float | None = None  # None: one decision per scrape
+
+    @property
+    def decision_every_s(self) -> float:
+        """Seconds between ModelPool's decisions (the operator's ``intervalSeconds``)."""
+        return self.scrape_interval_s if self.decision_interval_s is None else self.decision_interval_s
 
 
 def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
     """ModelPool settings derived from the SLO and the start-up delay only (documented rules): target
     queue = SLO/2, latency target = the SLO.
 
-    The scale-down window defaults to the look-ahead (start-up + scrape): a replica is not removed
+    The look-ahead is the start-up plus the longer of the scrape and decision intervals (how long a
+    burst may go unseen). The scale-down window defaults to the look-ahead: a replica is not removed
     while it could not be started again in time; bursts are the burst reserve's job.
     """
     target_queue = knobs.latency_slo_s / 2
-    lookahead = knobs.startup_delay_s + knobs.scrape_interval_s
+    lookahead = knobs.startup_delay_s + max(knobs.scrape_interval_s, knobs.decision_every_s)
     window = lookahead if knobs.scale_down_window_s is None else knobs.scale_down_window_s
     return VariantSettings(
         name="code",
@@ -100,9 +107,13 @@ def sim_setup(
     mean_service = statistics.fmean(service.service_s(r) for r in trace)
     capacity = 1.0 / mean_service  # what a profile run of representative requests measures
     settings = our_settings(knobs, capacity)
-    # Like the operator's reader, the series reach back at least one look-ahead plus two scrapes:
-    # the burst reserve counts the arrivals of the last look-ahead from them.
-    points = max(8, math.ceil(settings.lookahead_s / knobs.scrape_interval_s) + 2)
+    # The operator's reader's rule (ScalingPlanner.reader) with one point per scrape: at least eight
+    # points, reaching back over the trend window and one look-ahead plus two scrapes (the burst
+    # reserve counts the arrivals of the last look-ahead from them).
+    scrape = knobs.scrape_interval_s
+    points = max(
+        8, math.ceil(settings.trend_window_s / scrape) + 1, math.ceil(settings.lookahead_s / scrape) + 2
+    )
     cfg = SimConfig(
         latency_slo_s=knobs.latency_slo_s,
         startup_delay_s=knobs.startup_delay_s,
@@ -128,7 +139,7 @@ def run_trace(
     capacity, settings, cfg = sim_setup(trace, service, knobs)
     need = clairvoyant_need(trace, service, knobs.latency_slo_s, max_replicas=knobs.max_replicas)
     policies: list[Policy] = [
-        DecidePolicy(settings, knobs.scrape_interval_s),
+        DecidePolicy(settings, knobs.decision_every_s),
         *(
             HpaPolicy(u * capacity, max_replicas=knobs.max_replicas, name=f"hpa@{u:g}")
             for u in knobs.hpa_target_utilizations
@@ -363,7 +374,7 @@ def ablation_rows(
     ]
     rows = []
     for label, variant_settings, variant_cfg in variants:
-        policy = DecidePolicy(variant_settings, knobs.scrape_interval_s)
+        policy = DecidePolicy(variant_settings, knobs.decision_every_s)
         result = simulate(trace, service, variant_cfg, policy)
         rows.append((label, result, result.gpu_hours / oracle))
     return rows
@@ -478,6 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "staleness of an operator timer not synchronised with Prometheus; 0: a full scrape, the worst)",
     )
     parser.add_argument(
+        "--decision-interval",
+        type=float,
+        default=None,
+        help="seconds between ModelPool's decisions (default: the scrape interval); the operator's "
+        "intervalSeconds, at least 1",
+    )
+    parser.add_argument(
         "--seed", type=int, nargs="*", default=[7, 11, 3], help="seeds of the synthetic traces (none: none)"
     )
     args = parser.parse_args(argv)
@@ -498,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuple(args.hpa_utilization),
         args.max_replicas,
         args.decision_phase,
+        args.decision_interval,
     )
     traces: list[Path] = args.trace or [
         DEFAULT_TRACE,

@@ -1,0 +1,96 @@
+"""The autoscaling benchmark runs the settings a ModelPool gives the operator, not its own.
+
+For each operating point the docs report, a ModelPool spec (the bursty sample for the fast point)
+must give the scaler exactly the settings, decision interval and series the benchmark simulates.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.controllers.scaling_planner import ScalingPlanner, settings_for
+from modelpool.scaling.simulator import ServiceModel, TraceRequest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "bench"))  # the bench's modules import each other by name
+import bench_autoscaling as bench  # noqa: E402
+
+URL = "http://prometheus:9090"
+IRATE = "sum(irate(nv_inference_request_success{$selector}[$window]))"
+ROUTER_IRATE = "sum(irate(modelpool_router_upstream_requests_total{$router_selector}[$window]))"
+
+
+def _bench_default_pool() -> dict[str, Any]:
+    """The bench's default point (2 s scrape, the increase between the last two scrapes) as the
+    docs write it: irate queries over four scrapes."""
+    return {
+        "gpuPool": {"gpuBudget": 16},
+        "scaling": {
+            "intervalSeconds": 2,
+            "rateWindowSeconds": 8,
+            "queries": {"servedRate": IRATE, "routerRate": ROUTER_IRATE},
+        },
+        "variants": [
+            {
+                "name": "small",
+                "tier": "small",
+                "model": {"name": "code-small", "repository": "/m"},
+                "scaling": {
+                    "targetQueueTimeMs": 1000,
+                    "targetLatencyMs": 2000,
+                    "lookaheadSeconds": 5,
+                    "scaleDownStabilizationSeconds": 5,
+                    "trendWindowSeconds": 8,
+                },
+            }
+        ],
+    }
+
+
+def _bursty_sample() -> dict[str, Any]:
+    sample = REPO / "manifests" / "samples" / "modelpool-bursty.yaml"
+    spec: dict[str, Any] = yaml.safe_load(sample.read_text())["spec"]
+    return spec
+
+
+POINTS = [
+    pytest.param(_bench_default_pool(), 2.0, 2.0, None, 8.0, id="default-2s-scrape"),
+    pytest.param(_bursty_sample(), 0.5, 2.0, 1.0, 2.0, id="fast-0.5s-scrape-sample"),
+]
+
+
+@pytest.mark.parametrize(("wire", "scrape", "rate_window", "decision", "promql_window"), POINTS)
+def test_a_modelpool_reproduces_the_benchmarks_settings(
+    wire: dict[str, Any], scrape: float, rate_window: float, decision: float | None, promql_window: float
+) -> None:
+    knobs = bench.Knobs(2.0, 3.0, scrape, rate_window, None, (0.5,), 64, None, decision)
+    trace = [TraceRequest(float(i), 800, 40) for i in range(3)]
+    capacity, simulated, cfg = bench.sim_setup(trace, ServiceModel(0.0, 5e-5, 1e-4), knobs)
+    spec = ModelPoolSpec.model_validate(wire)
+    operator = settings_for(spec.variants[0])
+    # What only names, bounds or prices the variant, and the staleness limit (the simulator's data
+    # is never stale), may differ; every setting a decision reads must not.
+    operator = replace(
+        operator,
+        name=simulated.name,
+        max_replicas=simulated.max_replicas,
+        capacity_per_replica_rps=capacity,
+        stale_after_s=simulated.stale_after_s,
+        priority=simulated.priority,
+        cost=simulated.cost,
+    )
+    assert operator == simulated
+    assert spec.scaling.interval_seconds == knobs.decision_every_s
+    assert spec.scaling.rate_window_seconds == promql_window
+    reader = ScalingPlanner(default_prometheus_url=None).reader(URL, spec)
+    assert reader.step_s == scrape  # one point per scrape, as the simulator's series
+    assert reader.series_span_s / reader.step_s == cfg.series_points
+    irate = "irate(" in reader.templates.served_rate
+    assert irate == (rate_window == scrape)  # a one-scrape rate is irate's; longer ones rate()'s
