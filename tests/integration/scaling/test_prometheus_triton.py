@@ -9,6 +9,7 @@ the reader returns until it asks for more replicas.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from modelpool.scaling import (
     VariantState,
     decide,
 )
-from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.triton, pytest.mark.timeout(240)]
 
@@ -249,6 +250,47 @@ async def test_queue_time_matches_triton_counters(
     assert truth > SERVICE_MS / 1000  # 16 requests on one instance really queued
     assert metrics.queue_time_s is not None
     assert metrics.queue_time_s == pytest.approx(truth, rel=0.05)
+
+
+async def test_irate_queries_read_per_scrape_rates(
+    echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
+) -> None:
+    """The served-rate query overridden with ``irate`` (docs/scaling.md, *Choosing the rate
+    window*) reads each scrape interval's own rate: its peak is the largest step between two raw
+    samples of Triton's counter, and its points add up to the requests served, where the default
+    ``rate()`` over the same 3 s window spreads a burst over the window."""
+    templates = QueryTemplates(served_rate="sum(irate(nv_inference_request_success{$selector}[$window]))")
+    step = SCRAPE_S / 2  # every pair of consecutive samples is seen by at least one step
+    fast = PrometheusReader(
+        echo_prometheus.url, templates=templates, rate_window_s=3.0, series_span_s=8.0, step_s=step
+    )
+    smooth = PrometheusReader(echo_prometheus.url, rate_window_s=3.0, series_span_s=8.0, step_s=step)
+    try:
+        await asyncio.sleep(12 * SCRAPE_S)  # nothing from earlier tests inside the ranges below
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            codes = await asyncio.gather(*(_send(client, echo_triton.http_url, i) for i in range(30)))
+        await asyncio.sleep(4 * SCRAPE_S)
+        at = time.time()
+        irate_metrics = await fast.read_variant(TARGET, at=at)
+        rate_metrics = await smooth.read_variant(TARGET, at=at)
+        raw = await fast.query('nv_inference_request_success{model="echo_small"}[10s]', at=at)
+    finally:
+        await fast.aclose()
+        await smooth.aclose()
+    samples = [(float(t), float(v)) for t, v in raw[0]["values"]]
+    per_scrape = [(v1 - v0) / (t1 - t0) for (t0, v0), (t1, v1) in itertools.pairwise(samples)]
+    served = samples[-1][1] - samples[0][1]
+    irate_peak = max(p.rps for p in irate_metrics.rate_series)
+    rate_peak = max(p.rps for p in rate_metrics.rate_series)
+    counted = sum(p.rps * step for p in irate_metrics.rate_series)  # each pair is current for a scrape
+    print(
+        f"\nirate peak {irate_peak:.1f} req/s (largest raw step {max(per_scrape):.1f}), "
+        f"rate()[3s] peak {rate_peak:.1f}; irate points add up to {counted:.1f} of {served:.0f} served"
+    )
+    assert codes == [200] * 30
+    assert served == 30  # the burst, and nothing else, inside the ranges read
+    assert irate_peak == pytest.approx(max(per_scrape), rel=0.02)
+    assert counted == pytest.approx(served, rel=0.15)
 
 
 def test_cli_inspect_prints_live_decision(
