@@ -4,6 +4,7 @@ Public entry: :func:`decide` (pure). Inputs and outputs are the dataclasses in
 :mod:`modelpool.scaling.types`; Prometheus I/O lives in :mod:`modelpool.scaling.prometheus_reader`.
 """
 
+from modelpool.scaling.budget import SharedBudget
 from modelpool.scaling.decide import decide
 from modelpool.scaling.types import (
     PoolDecision,
@@ -26,6 +27,7 @@ __all__ = [
     "ScalingDecision",
     "ScalingInput",
     "SettingsError",
+    "SharedBudget",
     "VariantDecision",
     "VariantInput",
     "VariantMetrics",

@@ -12,7 +12,7 @@ many GPUs the budget is short.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 HEADROOM_VALUE = 1e-6
 
@@ -29,6 +29,20 @@ class Claim:
     cost: float
     demand_rps: float
     servable_rps: Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class SharedBudget:
+    """What the pools decided elsewhere (other reconcile passes) on the same GPU pool bring.
+
+    ``other_claims`` are their latest claims, so the budget goes by value across all of them;
+    ``held_gpus`` are the GPUs they hold now, which these pools never take: a pool grows into what
+    another gave back only after that pool has shrunk, so the GPU pool is never over-committed.
+    """
+
+    other_claims: tuple[Claim, ...] = ()
+    held_gpus: int = 0
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,37 @@ def allocate(claims: Sequence[Claim], budget: int | None, gpu_pool: str = "defau
     report = f"GPU pool {gpu_pool!r}: {used}/{budget} GPUs allocated"
     if cut_names:
         report += "; cut " + ", ".join(cut_names)
+    return Allocation(grants, report)
+
+
+def allocate_shared(
+    claims: Sequence[Claim], budget: int | None, gpu_pool: str, shared: SharedBudget
+) -> Allocation:
+    """Grant ``claims`` their part of a budget they share with pools decided elsewhere.
+
+    The budget is allocated over these claims and ``shared.other_claims`` together (by value per
+    GPU, as :func:`allocate`); then these claims get at most that share, within the GPUs the other
+    pools do not hold now (``budget - shared.held_gpus``, floors always kept).
+    """
+    joint = allocate([*claims, *shared.other_claims], budget, gpu_pool)
+    if budget is None:
+        return Allocation({c.key: joint.grants[c.key] for c in claims}, joint.report)
+    free = max(0, budget - shared.held_gpus)
+    capped = [replace(c, wish=min(c.wish, joint.grants[c.key].replicas)) for c in claims]
+    own = allocate(capped, free, gpu_pool)
+    others = ", ".join(shared.members) or "no other pool"
+    grants: dict[tuple[str, str], Grant] = {}
+    for c in claims:
+        share, now = joint.grants[c.key], own.grants[c.key]
+        reason = share.cut_reason
+        if now.replicas < share.replicas:
+            reason = (
+                f"budget: {now.replicas} of {c.wish} wished replicas granted now, {share.replicas} once "
+                f"the pools sharing GPU pool {gpu_pool!r} ({others}) release GPUs: they hold "
+                f"{shared.held_gpus} of {budget}"
+            )
+        grants[c.key] = Grant(now.replicas, reason, _shortfall(c, now.replicas))
+    report = f"{joint.report}; shared with {others}, holding {shared.held_gpus} GPUs"
     return Allocation(grants, report)
 
 

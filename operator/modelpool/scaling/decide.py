@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-from modelpool.scaling.budget import Allocation, Claim, allocate
+from modelpool.scaling.budget import Allocation, Claim, allocate, allocate_shared
 from modelpool.scaling.types import (
     PoolDecision,
     PoolInput,
@@ -85,8 +85,9 @@ def decide(inp: ScalingInput, now: float) -> ScalingDecision:
     last decision, never scaling down) -> demand (rate + rising trend x look-ahead + backlog + load
     routing is moving here) -> fewest replicas meeting the queue-time target (M/M/c) -> tolerance ->
     stabilisation windows -> min/max and scale-to-zero. Then each GPU pool's budget is shared by
-    value per GPU (:mod:`modelpool.scaling.budget`). Store each ``VariantDecision.state`` and pass it
-    back as ``VariantInput.previous`` next time.
+    value per GPU (:mod:`modelpool.scaling.budget`), together with the claims of pools on it
+    decided elsewhere (``ScalingInput.shared``), never taking the GPUs those hold now. Store each
+    ``VariantDecision.state`` and pass it back as ``VariantInput.previous`` next time.
     """
     pool_names = [p.name for p in inp.pools]
     if len(set(pool_names)) != len(pool_names):
@@ -96,7 +97,11 @@ def decide(inp: ScalingInput, now: float) -> ScalingDecision:
     for pool in inp.pools:
         claims_by_gpu_pool[pool.gpu_pool].extend(_claim(pool, w) for w in wishes[pool.name])
     allocations = {
-        gpu_pool: allocate(claims, inp.gpu_budgets.get(gpu_pool), gpu_pool)
+        gpu_pool: (
+            allocate_shared(claims, inp.gpu_budgets.get(gpu_pool), gpu_pool, inp.shared[gpu_pool])
+            if gpu_pool in inp.shared
+            else allocate(claims, inp.gpu_budgets.get(gpu_pool), gpu_pool)
+        )
         for gpu_pool, claims in sorted(claims_by_gpu_pool.items())
     }
     pools: dict[str, PoolDecision] = {}
@@ -111,4 +116,8 @@ def decide(inp: ScalingInput, now: float) -> ScalingDecision:
             held_reason="; ".join(f"{v.name}: {v.reason}" for v in held),
             budget_message=allocation.report,
         )
-    return ScalingDecision(pools=pools, budget_reports={k: a.report for k, a in allocations.items()})
+    return ScalingDecision(
+        pools=pools,
+        budget_reports={k: a.report for k, a in allocations.items()},
+        claims={k: tuple(v) for k, v in claims_by_gpu_pool.items()},
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from modelpool.scaling.budget import Claim, SharedBudget
+
 
 class SettingsError(ValueError):
     """A variant or pool setting is invalid; the message names the field and the fix."""
@@ -203,10 +205,15 @@ class PoolInput:
 
 @dataclass(frozen=True)
 class ScalingInput:
-    """Every pool sharing GPU pools, and the GPU budget of each GPU pool (absent = unlimited)."""
+    """Every pool sharing GPU pools, and the GPU budget of each GPU pool (absent = unlimited).
+
+    ``shared``: per GPU pool, the claims and held GPUs of pools on it that are decided elsewhere
+    (the operator decides each ModelPool in its own reconcile pass).
+    """
 
     pools: tuple[PoolInput, ...]
     gpu_budgets: Mapping[str, int] = field(default_factory=dict)
+    shared: Mapping[str, SharedBudget] = field(default_factory=dict)
 
     @classmethod
     def single(cls, pool: PoolInput, gpu_budget: int | None = None) -> ScalingInput:
@@ -263,7 +270,9 @@ class PoolDecision:
 
 @dataclass(frozen=True)
 class ScalingDecision:
-    """Decisions for every pool, keyed by pool name, and per GPU-pool budget reports."""
+    """Decisions for every pool, keyed by pool name, per GPU-pool budget reports, and per GPU pool
+    the claims these pools made (for pools on it decided elsewhere: ``SharedBudget.other_claims``)."""
 
     pools: Mapping[str, PoolDecision]
     budget_reports: Mapping[str, str]
+    claims: Mapping[str, tuple[Claim, ...]] = field(default_factory=dict)

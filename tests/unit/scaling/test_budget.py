@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from modelpool.scaling import PoolInput, ScalingInput, VariantInput, decide
+from modelpool.scaling import PoolInput, ScalingInput, SharedBudget, VariantInput, decide
 from unit.scaling.helpers import NOW, settings, steady
 
 
@@ -83,3 +83,62 @@ def test_budget_serves_demand_before_headroom() -> None:
     d = decide(ScalingInput((pool,), {"gpus": 6}), NOW).pools["p"]
     assert d.variant("idle").desired_replicas == 1
     assert d.variant("busy").desired_replicas == 5
+
+
+def _shared_input(pool: PoolInput, budget: int, others: PoolInput, held: int) -> ScalingInput:
+    """``pool`` decided alone, with the claims ``others`` made in their own pass and ``held`` GPUs."""
+    elsewhere = decide(ScalingInput((others,), {"gpus": budget}), NOW)
+    shared = SharedBudget(elsewhere.claims["gpus"], held, (others.name,))
+    return ScalingInput((pool,), {"gpus": budget}, {"gpus": shared})
+
+
+def test_a_budget_shared_with_pools_decided_elsewhere_goes_by_value_across_them() -> None:
+    mine = _pool("ns-a/mine", small=(40.0, {"priority": 1.0}))
+    theirs = _pool("ns-b/theirs", small=(40.0, {"priority": 5.0}))
+    alone = decide(ScalingInput((mine,), {"gpus": 8}), NOW).pools["ns-a/mine"].variant("small")
+    d = decide(_shared_input(mine, 8, theirs, held=1), NOW).pools["ns-a/mine"]
+    small = d.variant("small")
+    joint = decide(ScalingInput((mine, theirs), {"gpus": 8}), NOW).pools["ns-a/mine"].variant("small")
+    # What deciding both together gives this pool: the higher-priority pool's wish comes first.
+    assert small.desired_replicas == joint.desired_replicas < alone.desired_replicas
+    assert small.cut_replicas > 0 and "went to higher value per GPU" in small.cut_reason
+    assert "shared with ns-b/theirs, holding 1 GPUs" in d.budget_message
+
+
+def test_gpus_another_pool_still_holds_are_never_taken() -> None:
+    mine = _pool("ns-a/mine", small=(40.0, {"priority": 5.0}))
+    theirs = _pool("ns-b/theirs", small=(40.0, {"priority": 1.0}))
+    share = decide(_shared_input(mine, 8, theirs, held=1), NOW).pools["ns-a/mine"].variant("small")
+    waiting = decide(_shared_input(mine, 8, theirs, held=6), NOW).pools["ns-a/mine"].variant("small")
+    assert share.desired_replicas > 2  # its value share, once the other pool has shrunk
+    assert waiting.desired_replicas == 2  # 8 GPUs, 6 still held by the other pool
+    assert f"{share.desired_replicas} once the pools sharing GPU pool 'gpus'" in waiting.cut_reason
+    assert "they hold 6 of 8" in waiting.cut_reason
+    floor = _pool("ns-a/mine", small=(40.0, {"min_replicas": 2}))
+    kept = decide(_shared_input(floor, 8, theirs, held=8), NOW).pools["ns-a/mine"].variant("small")
+    assert kept.desired_replicas == 2  # minimums are kept whatever the others hold
+
+
+def test_pools_deciding_in_turn_converge_without_over_committing() -> None:
+    """Two pools on one GPU pool, each decided in its own pass with the other's latest claims and
+    held GPUs: the total never exceeds the budget, and they end where one joint decision puts them."""
+    pools = {
+        "ns/a": _pool("ns/a", small=(60.0, {"priority": 1.0})),
+        "ns/b": _pool("ns/b", small=(60.0, {"priority": 3.0})),
+    }
+    budget = 8
+    held = {"ns/a": 7, "ns/b": 1}  # a grew first, while b was idle
+    claims = {
+        name: decide(ScalingInput((p,), {"gpus": budget}), NOW).claims["gpus"] for name, p in pools.items()
+    }
+    for turn in range(6):
+        name = ("ns/a", "ns/b")[turn % 2]
+        other = "ns/b" if name == "ns/a" else "ns/a"
+        shared = SharedBudget(claims[other], held[other], (other,))
+        d = decide(ScalingInput((pools[name],), {"gpus": budget}, {"gpus": shared}), NOW)
+        claims[name] = d.claims["gpus"]
+        held[name] = d.pools[name].variant("small").desired_replicas
+        assert sum(held.values()) <= budget
+    joint = decide(ScalingInput(tuple(pools.values()), {"gpus": budget}), NOW)
+    assert held == {n: joint.pools[n].variant("small").desired_replicas for n in pools}
+    assert held["ns/b"] > held["ns/a"]
