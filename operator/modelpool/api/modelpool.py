@@ -218,8 +218,19 @@ class GpuPool(ApiModel):
         pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
         description="Extended resource name of the GPUs.",
     )
+    name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of a GPU pool shared with other ModelPools: pools that name the same one "
+        "(in any namespace the operator watches) share one gpuBudget, the smallest they declare, "
+        "allocated by value per GPU across all their variants. Unset: the budget is this pool's alone.",
+    )
     gpu_budget: int = Field(
-        ge=0, le=100_000, description="Most GPUs all variants of this pool may hold together."
+        ge=0,
+        le=100_000,
+        description="Most GPUs all variants of this pool may hold together; with name, all variants "
+        "of all pools sharing that GPU pool.",
     )
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, max_length=16, description="Node labels the GPU nodes carry."

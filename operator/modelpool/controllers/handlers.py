@@ -22,7 +22,7 @@ from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
-from modelpool.controllers.scaling_planner import ScalingPlanner
+from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import Triggers
 from modelpool.kube import KubeClient
 from modelpool.scaling.metrics import observe_reconcile
@@ -76,6 +76,15 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
     TRIGGERS.poke(namespace or "", name)
     POLICY_TRIGGERS.poke_namespace(namespace or "")
+
+
+@kopf.index(GROUP, VERSION, "modelpools")
+def gpu_pool_members(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, GpuPoolMember] | None:
+    """ModelPools by the shared GPU pool they name, with the GPUs each holds (kopf fills the index
+    from the first listing before any daemon starts, so a restarted operator sees every member)."""
+    return gpu_pool_member(namespace or "", name, spec, status)
 
 
 @kopf.on.event(GROUP, VERSION, "routingpolicies")
@@ -141,10 +150,12 @@ async def run_pool(
     memo: Any,
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     kube: KubeClient = memo["kube"]
     planner: ScalingPlanner = memo["planner"]
+    members: kopf.Index[str, GpuPoolMember] = kwargs["gpu_pool_members"]  # the index below, by name
+    planner.members = lambda gpu_pool: tuple(members.get(gpu_pool, ()))
     ns = namespace or ""
 
     async def once(emit: EventSink) -> float | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from modelpool.api.modelpool import (
     TIER_ORDER,
@@ -26,6 +27,7 @@ from modelpool.api.modelpool import (
 )
 from modelpool.controllers.pool_status import ReplicaPlan
 from modelpool.scaling import metrics as scaling_metrics
+from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import decide
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 from modelpool.scaling.stabilization import compact
@@ -58,6 +60,43 @@ class ScalingOutcome:
     metrics: MetricsNote | None  # None: keep the condition as it is (no decision this pass)
     scaled: list[str] = field(default_factory=list)  # one line per scaling action, for Events
     next_decision_in: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuPoolMember:
+    """A ModelPool on a shared GPU pool (``spec.gpuPool.name``), as the operator's index sees it."""
+
+    pool: str  # "namespace/name"
+    budget: int  # its spec.gpuPool.gpuBudget
+    held_gpus: int  # GPUs its variants hold: status desiredReplicas (else minReplicas) x gpusPerReplica
+
+
+def gpu_pool_member(
+    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any]
+) -> dict[str, GpuPoolMember] | None:
+    """The index entry of one ModelPool (``{gpu pool name: member}``), None unless it names a GPU
+    pool. Reads the raw object leniently: an invalid spec is the pool reconciler's to report."""
+    gpu_pool = spec.get("gpuPool") or {}
+    shared = gpu_pool.get("name")
+    if not isinstance(shared, str) or not shared:
+        return None
+    variants = {v.get("name"): v for v in spec.get("variants") or [] if isinstance(v, Mapping)}
+    desired = {
+        v.get("name"): v.get("desiredReplicas")
+        for v in (status or {}).get("variants") or []
+        if isinstance(v, Mapping)
+    }
+    try:
+        held = 0
+        for variant_name, variant in variants.items():
+            replicas = desired.get(variant_name)
+            if not isinstance(replicas, int):
+                replicas = int(variant.get("minReplicas", 1))
+            held += replicas * int(variant.get("gpusPerReplica", 1))
+        budget = int(gpu_pool.get("gpuBudget", 0))
+    except (TypeError, ValueError):
+        return None  # not a valid spec: the pool holds and says so, and claims no share meanwhile
+    return {shared: GpuPoolMember(f"{namespace}/{name}", budget, held)}
 
 
 def tier_order(spec: ModelPoolSpec) -> list[Variant]:
@@ -161,6 +200,9 @@ class ScalingPlanner:
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
+    members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
+    """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
+    _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
 
     def reader(self, url: str, spec: ModelPoolSpec) -> PrometheusReader:
         """One reader per Prometheus, rate window, series span and queries.
@@ -198,6 +240,34 @@ class ScalingPlanner:
     def forget(self, namespace: str, name: str) -> None:
         self._states.pop((namespace, name), None)
         self._decided_at.pop((namespace, name), None)
+        for claims in self._claims.values():
+            claims.pop(f"{namespace}/{name}", None)
+
+    def _scaling_input(
+        self, namespace: str, name: str, spec: ModelPoolSpec, variants: tuple[VariantInput, ...]
+    ) -> tuple[ScalingInput, str]:
+        """The scaler's input for this pool, and the pool's name in it.
+
+        On a shared GPU pool the pool is named ``namespace/name`` (pools of several namespaces
+        share it) and brings the latest claims of the other members (from their own passes) and
+        the GPUs they hold (from the index of pools, so also right after a restart). The budget
+        is the smallest any member declares.
+        """
+        gpu_pool = spec.gpu_pool.name
+        if not gpu_pool:
+            pool = PoolInput(name=name, variants=variants)
+            return ScalingInput.single(pool, spec.gpu_pool.gpu_budget), name
+        key = f"{namespace}/{name}"
+        others = sorted((m for m in self.members(gpu_pool) if m.pool != key), key=lambda m: m.pool)
+        known = self._claims.get(gpu_pool, {})
+        shared = SharedBudget(
+            other_claims=tuple(c for m in others for c in known.get(m.pool, ())),
+            held_gpus=sum(m.held_gpus for m in others),
+            members=tuple(m.pool for m in others),
+        )
+        budget = min([spec.gpu_pool.gpu_budget, *(m.budget for m in others)])
+        pool = PoolInput(name=key, variants=variants, gpu_pool=gpu_pool)
+        return ScalingInput((pool,), {gpu_pool: budget}, {gpu_pool: shared}), key
 
     async def plan(
         self,
@@ -268,11 +338,14 @@ class ScalingPlanner:
                     ready_replicas=(ready or {}).get(variant.name),
                 )
             )
-        decision = decide(
-            ScalingInput.single(PoolInput(name=name, variants=tuple(inputs)), spec.gpu_pool.gpu_budget), clock
-        )
+        scaling_input, pool_name = self._scaling_input(namespace, name, spec, tuple(inputs))
+        decision = decide(scaling_input, clock)
+        pool_decision = decision.pools[pool_name]
+        if spec.gpu_pool.name:
+            self._claims.setdefault(spec.gpu_pool.name, {})[pool_name] = decision.claims[spec.gpu_pool.name]
+            pool_decision = replace(pool_decision, name=name)
+            decision = replace(decision, pools={name: pool_decision})
         scaling_metrics.record_decision(decision)
-        pool_decision = decision.pools[name]
         self._decided_at[key] = clock
         self._states[key] = {v.name: v.state for v in pool_decision.variants if v.state is not None}
         plans = {

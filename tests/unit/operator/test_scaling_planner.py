@@ -7,8 +7,10 @@ from typing import Any
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
 from modelpool.controllers.pool_status import ReplicaPlan
 from modelpool.controllers.scaling_planner import (
+    GpuPoolMember,
     ScalingPlanner,
     expected_overflow,
+    gpu_pool_member,
     memory_from_state,
     settings_for,
     state_from_memory,
@@ -289,3 +291,64 @@ def test_series_step_is_a_quarter_of_the_rate_window_and_cover_the_trend() -> No
     wire["scaling"]["rateWindowSeconds"] = 8
     sparse = planner.reader(URL, ModelPoolSpec.model_validate(wire))
     assert sparse.step_s == 2 and sparse.series_span_s == 8 * 2  # never fewer than eight points
+
+
+def test_index_entry_of_a_pool_on_a_shared_gpu_pool() -> None:
+    wire = _spec().to_wire()
+    assert gpu_pool_member("ns", "p", wire, {}) is None  # no gpuPool.name: its budget is its own
+    wire["gpuPool"]["name"] = "a100"
+    wire["variants"][0]["gpusPerReplica"] = 2
+    fresh = gpu_pool_member("ns", "p", wire, {})  # no status yet: the minimums it starts with
+    assert fresh == {"a100": GpuPoolMember("ns/p", 8, 1 * 2 + 1 * 1)}
+    status = {"variants": [{"name": "large", "desiredReplicas": 3}, {"name": "small", "desiredReplicas": 4}]}
+    assert gpu_pool_member("ns", "p", wire, status) == {"a100": GpuPoolMember("ns/p", 8, 3 * 2 + 4)}
+    wire["gpuPool"]["gpuBudget"] = "eight"  # invalid (the API server's schema would refuse it)
+    assert gpu_pool_member("ns", "p", wire, status) is None
+
+
+async def test_pools_on_a_shared_gpu_pool_share_its_budget_by_value_without_over_committing() -> None:
+    """Two ModelPools in different namespaces name one GPU pool of 8 GPUs; both see heavy load.
+    Planned in turn, each with the other's latest claims and the GPUs the index says it holds:
+    the pool whose variants are worth more ends with more GPUs, and together they never hold more
+    than the budget, also on the first pass after a restart (an empty planner, the index full)."""
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
+    specs = {}
+    for pool, priority in (("team-a/chat", 0), ("team-b/code", 5)):
+        wire = _spec().to_wire()
+        wire["gpuPool"]["name"] = "shared"
+        for variant in wire["variants"]:
+            variant["priority"] = priority
+        specs[pool] = wire
+    held = {"team-a/chat": {"small": 5, "large": 3}, "team-b/code": {"small": 1, "large": 1}}
+
+    def index(gpu_pool: str) -> list[GpuPoolMember]:
+        members = []
+        for pool, wire in specs.items():
+            status = {"variants": [{"name": v, "desiredReplicas": n} for v, n in held[pool].items()]}
+            entry = gpu_pool_member(*pool.split("/"), wire, status)
+            assert entry is not None
+            members.append(entry[gpu_pool])
+        return members
+
+    planner = _planner(reader)
+    planner.members = index
+    for turn in range(6):
+        pool = ("team-a/chat", "team-b/code")[turn % 2]
+        if turn == 4:  # an operator restart: memory gone, the index (statuses) still there
+            planner = _planner(reader)
+            planner.members = index
+        namespace, name = pool.split("/")
+        t = now + 10 * turn
+        reader.by_model = {"m-small": _metrics(80.0, t), "m-large": _metrics(40.0, t)}
+        spec = ModelPoolSpec.model_validate(specs[pool])
+        plans = {v: ReplicaPlan(n, "held") for v, n in held[pool].items()}
+        outcome = await planner.plan(namespace, name, spec, None, held[pool], plans, now=t)
+        held[pool] = {v: plan.replicas for v, plan in outcome.plans.items()}
+        assert sum(sum(h.values()) for h in held.values()) <= 8, (turn, held)
+        assert outcome.metrics is not None and "shared with" in outcome.metrics.message
+    chat, code = sum(held["team-a/chat"].values()), sum(held["team-b/code"].values())
+    assert code > chat >= 2  # the minimums stay
+    assert chat + code == 8
+    planner.forget("team-b", "code")
+    assert "team-b/code" not in planner._claims["shared"]

@@ -1,0 +1,105 @@
+"""Two ModelPools in two namespaces share one GPU pool's budget, on the real parts: a real
+tritonserver under a bounded load that both pools' variants read through a real Prometheus, and
+the operator (as users run it) deciding each pool in its own reconcile pass."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
+from integration.cluster.test_autoscaling_operator import _paced_load
+from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.devcluster.triton import TritonProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.timeout(300)]
+
+BUDGET = 4
+LOAD_RPS = 40.0  # 4 replicas' worth at 10 req/s each, for each pool: together they wish for 8+
+LOAD_SECONDS = 15.0
+
+
+def shared_pool(name: str, gpu_pool: str, priority: int, prometheus_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelpool.dev/v1alpha1",
+        "kind": "ModelPool",
+        "metadata": {"name": name},
+        "spec": {
+            "gpuPool": {"name": gpu_pool, "gpuBudget": BUDGET},
+            "scaling": {"intervalSeconds": 1, "rateWindowSeconds": 4, "prometheusURL": prometheus_url},
+            "variants": [
+                {
+                    "name": "small",
+                    "tier": "small",
+                    "model": {"name": "echo_small", "repository": "/models"},
+                    "gpusPerReplica": 1,
+                    "minReplicas": 1,
+                    "maxReplicas": 6,
+                    "priority": priority,
+                    "scaling": {"capacityPerReplicaRps": 10, "targetQueueTimeMs": 100},
+                }
+            ],
+        },
+    }
+
+
+def _replicas(kube: Kube, pool: str) -> int:
+    dep = kube.get("deployment", f"{pool}-small")
+    return int(dep["spec"]["replicas"]) if dep else 0
+
+
+def test_two_pools_share_a_gpu_pool_by_value_and_never_over_commit_it(
+    cluster: DevCluster,
+    kube: Kube,
+    operator: OperatorProcess,
+    echo_triton: TritonProcess,
+    echo_prometheus: PrometheusProcess,
+) -> None:
+    other_ns = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", other_ns)
+    other = Kube(cluster, other_ns)
+    gpu_pool = f"shared-{uuid.uuid4().hex[:6]}"
+    try:
+        kube.apply(shared_pool("chat", gpu_pool, 0, echo_prometheus.url))
+        other.apply(shared_pool("code", gpu_pool, 5, echo_prometheus.url))  # worth more per GPU
+        for k, name in ((kube, "chat"), (other, "code")):
+            wait_for(lambda k=k, name=name: k.condition("modelpool", name, "MetricsAvailable"), 60, name)
+
+        seen: list[tuple[int, int]] = []
+
+        async def load_and_watch() -> list[int]:
+            load = asyncio.create_task(_paced_load(echo_triton.http_url, LOAD_RPS, LOAD_SECONDS))
+            while not load.done():
+                chat, code = await asyncio.gather(
+                    asyncio.to_thread(_replicas, kube, "chat"), asyncio.to_thread(_replicas, other, "code")
+                )
+                seen.append((chat, code))
+                await asyncio.sleep(0.25)
+            return await load
+
+        codes = asyncio.run(load_and_watch())
+        assert codes.count(200) == len(codes)
+        chat, code = _replicas(kube, "chat"), _replicas(other, "code")
+        chat_status = kube.get("modelpool", "chat")["status"]  # type: ignore[index]
+        code_status = other.get("modelpool", "code")["status"]  # type: ignore[index]
+        print(
+            f"\nshared GPU pool of {BUDGET}: chat {chat}, code {code} at the end of the load; "
+            f"most held at once {max(a + b for a, b in seen)}; transitions "
+            f"{[s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]}\n"
+            f"chat: {chat_status['variants'][0]['reason']}"
+        )
+        assert max(a + b for a, b in seen) <= BUDGET  # never over-committed, while both wished 4+
+        assert (chat, code) == (1, 3)  # the pool worth more per GPU gets the rest after the minimums
+        cut = re.search(r"budget: 1 of (\d+) wished replicas granted", chat_status["variants"][0]["reason"])
+        assert cut is not None and int(cut.group(1)) >= 4, chat_status["variants"][0]["reason"]
+        assert "went to higher value per GPU" in chat_status["variants"][0]["reason"]
+        metrics = next(c for c in chat_status["conditions"] if c["type"] == "MetricsAvailable")
+        assert f"shared with {other_ns}/code" in metrics["message"]
+        assert code_status["variants"][0]["desiredReplicas"] == 3
+    finally:
+        cluster.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)
