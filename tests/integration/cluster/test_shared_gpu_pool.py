@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
-from integration.cluster.test_autoscaling_operator import _paced_load
+from integration.cluster.test_autoscaling_operator import _paced_load, pool
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
@@ -25,27 +25,13 @@ LOAD_SECONDS = 15.0
 
 
 def shared_pool(name: str, gpu_pool: str, priority: int, prometheus_url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelpool.dev/v1alpha1",
-        "kind": "ModelPool",
-        "metadata": {"name": name},
-        "spec": {
-            "gpuPool": {"name": gpu_pool, "gpuBudget": BUDGET},
-            "scaling": {"intervalSeconds": 1, "rateWindowSeconds": 4, "prometheusURL": prometheus_url},
-            "variants": [
-                {
-                    "name": "small",
-                    "tier": "small",
-                    "model": {"name": "echo_small", "repository": "/models"},
-                    "gpusPerReplica": 1,
-                    "minReplicas": 1,
-                    "maxReplicas": 6,
-                    "priority": priority,
-                    "scaling": {"capacityPerReplicaRps": 10, "targetQueueTimeMs": 100},
-                }
-            ],
-        },
-    }
+    """The autoscaling test's pool (one variant at 10 req/s per replica), named, on the shared GPU
+    pool, one GPU per replica, with a priority."""
+    manifest = pool(prometheus_url)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["gpuPool"] = {"name": gpu_pool, "gpuBudget": BUDGET}
+    manifest["spec"]["variants"][0].update(gpusPerReplica=1, priority=priority)
+    return manifest
 
 
 def _replicas(kube: Kube, pool: str) -> int:
