@@ -127,7 +127,9 @@ def compute_status(
             "or lower gpuBudget/maxReplicas",
         )
     else:
-        put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs requested")
+        shared = spec.gpu_pool.name
+        where = f" shared in GPU pool {shared!r} (the other pools' part: MetricsAvailable)" if shared else ""
+        put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs{where} requested")
 
     if issues.conflicts:
         put(c.DEGRADED, True, "ChildConflict", "; ".join(issues.conflicts))

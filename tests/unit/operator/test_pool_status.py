@@ -96,6 +96,20 @@ def test_minimums_over_budget() -> None:
     assert "need 3 GPUs" in budget.message and "gpuBudget is 2" in budget.message
 
 
+def test_budget_condition_names_a_shared_gpu_pool() -> None:
+    own = c.find(
+        compute_status(_spec(), 1, _plans(), {}, [], [], ChildIssues(), NOW).conditions, c.GPU_BUDGET_FITS
+    )
+    assert own is not None and own.message == "3 of 8 GPUs requested"
+    wire = _spec().to_wire()
+    wire["gpuPool"]["name"] = "a100"
+    shared = ModelPoolSpec.model_validate(wire)
+    status = compute_status(shared, 1, _plans(), {}, [], [], ChildIssues(), NOW)
+    budget = c.find(status.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.reason == "Fits"
+    assert budget.message.startswith("3 of 8 GPUs shared in GPU pool 'a100'")
+
+
 def test_conflict_is_degraded_and_not_ready() -> None:
     issues = ChildIssues(conflicts=["Deployment x exists and is not owned by this pool"])
     status = compute_status(
