@@ -149,7 +149,11 @@ def run_trace(
     ]
     results: list[SimResult] = []
     reactions: dict[str, list[float]] = {}
-    for policy in policies:
+    ours = simulate(trace, service, cfg, policies[0])
+    results.append(ours)
+    reactions[ours.policy] = reaction_times(ours, trace, capacity)
+    policies.insert(1, matched_hpa(trace, service, cfg, capacity, ours.gpu_hours, knobs.max_replicas))
+    for policy in policies[1:]:
         start = (
             replace(cfg, initial_replicas=policy.desired_at_start())
             if isinstance(policy, StaticPolicy)
@@ -159,6 +163,38 @@ def run_trace(
         results.append(result)
         reactions[result.policy] = reaction_times(result, trace, capacity)
     return results, reactions, capacity
+
+
+MATCHED = "*"  # marks the HPA whose utilisation target was bisected to ModelPool's GPU-hours
+
+
+def matched_hpa(
+    trace: Sequence[TraceRequest],
+    service: ServiceModel,
+    cfg: SimConfig,
+    capacity: float,
+    gpu_hours: float,
+    max_replicas: int,
+    probes: int = 8,
+) -> HpaPolicy:
+    """The HPA whose utilisation target (0.2-1.5 x capacity, bisected) spends the fewest GPU-hours
+    that are still at least ``gpu_hours``: the HPA a user would tune to ModelPool's cost."""
+
+    def hpa(u: float) -> HpaPolicy:
+        return HpaPolicy(u * capacity, max_replicas=max_replicas, name=f"hpa@{u:.2f}{MATCHED}")
+
+    low, high, best = 0.2, 1.5, 0.2
+    best_hours = math.inf
+    for _ in range(probes):
+        u = (low + high) / 2
+        hours = simulate(trace, service, cfg, hpa(u)).gpu_hours
+        if hours >= gpu_hours:
+            low = u
+            if hours < best_hours:
+                best, best_hours = u, hours
+        else:
+            high = u
+    return hpa(best)
 
 
 def _fmt_reaction(values: list[float]) -> str:
@@ -209,11 +245,20 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
         )
 
 
+def _ratio(theirs: int, ours: int) -> str:
+    """How many times ModelPool's violations the HPA had."""
+    if ours:
+        return f"{theirs / ours:.1f}x"
+    return "inf" if theirs else "n/a"
+
+
 def targets(rows: list[dict[str, object]]) -> list[str]:
     """The issue's targets, each marked met or missed for ModelPool's row.
 
-    The HPA comparison uses every HPA setting that spent at least ModelPool's GPU-hours and takes
-    the one with the fewest violations among them (the strongest HPA at no fewer GPU-hours).
+    The first HPA comparison uses every HPA setting that spent at least ModelPool's GPU-hours and
+    takes the one with the fewest violations among them (the strongest HPA at no fewer GPU-hours,
+    which may spend far more); the second, the HPA whose utilisation target was bisected to spend
+    as little as it can while still spending at least ModelPool's GPU-hours (:func:`matched_hpa`).
     """
     by = {str(r["policy"]): r for r in rows}
     ours = by["modelpool"]
@@ -223,8 +268,7 @@ def targets(rows: list[dict[str, object]]) -> list[str]:
     if richer:
         best = min(richer, key=lambda r: int(r["violations"]))  # type: ignore[call-overload]
         fewest = int(best["violations"])  # type: ignore[call-overload]
-        factor = f"{fewest / violations:.1f}x" if violations else "inf" if fewest else "n/a"
-        hpa_text = f" ({best['policy']}: {fewest} vs {violations}, {factor})"
+        hpa_text = f" ({best['policy']}: {fewest} vs {violations}, {_ratio(fewest, violations)})"
         hpa_status = "met" if fewest > 0 and fewest >= 2 * violations else "MISSED"
         if fewest == violations == 0:  # nothing to be 2x fewer than: say so, with the GPU-hours
             saved = 1 - gpu / float(best["gpu_hours"])  # type: ignore[arg-type]
@@ -242,11 +286,20 @@ def targets(rows: list[dict[str, object]]) -> list[str]:
     if oracle_static > 0.6:  # unreachable for any policy: the trace is too smooth for this target
         static_status = "n/a"
         static_text = f" (ModelPool {ours_static:.2f}; the oracle itself needs {oracle_static:.2f})"
+    matched = next(r for name, r in by.items() if name.endswith(MATCHED))
+    matched_violations = int(matched["violations"])  # type: ignore[call-overload]
+    matched_ok = float(matched["gpu_hours"]) >= gpu and matched_violations >= 2 * violations  # type: ignore[arg-type]
+    factor = _ratio(matched_violations, violations)
+    matched_text = f" ({matched['policy']}: {matched_violations} vs {violations}, {factor})"
+    matched_status = status(matched_ok and matched_violations > 0)
+    if matched_violations == violations == 0:
+        matched_status = "n/a"
     checks = [
         ("SLO attainment >= 99%", status(float(ours["slo_attainment"]) >= 0.99), ""),  # type: ignore[arg-type]
         ("GPU-hours <= 1.3x oracle", status(float(ours["x_oracle"]) <= 1.3), ""),  # type: ignore[arg-type]
         ("GPU-hours <= 60% static peak", static_status, static_text),
         (">= 2x fewer violations than HPA at no more GPU-hours", hpa_status, hpa_text),
+        (">= 2x fewer violations than the HPA tuned to ModelPool's GPU-hours", matched_status, matched_text),
     ]
     return [f"  [{state}] {name}{extra}" for name, state, extra in checks]
 
