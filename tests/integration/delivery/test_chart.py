@@ -22,6 +22,8 @@ from integration.delivery.deliverytools import (
     render,
     uninstall_chart,
 )
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.builders.triton import build_deployment
 from modelpool.devcluster.cluster import DevCluster
 
 pytestmark = pytest.mark.cluster
@@ -121,6 +123,34 @@ def test_prometheus_render_sets_url_and_service_monitor() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"] == one(objs, "Service")["spec"]["selector"]
+
+
+def test_triton_pod_monitor_selects_the_pods_the_operator_runs() -> None:
+    """The PodMonitor's selector matches the labels the operator puts on Triton pods, and its
+    port is their metrics port: what the scaler reads is scraped at the chosen interval."""
+    assert by_kind(render(), "PodMonitor") == []  # off by default (needs prometheus-operator)
+    variant = {"name": "small", "tier": "small", "model": {"name": "m", "repository": "/models"}}
+    spec = ModelPoolSpec.model_validate({"gpuPool": {"gpuBudget": 1}, "variants": [variant]})
+    deployment = build_deployment("pool", "team-a", "uid-1", spec, spec.variants[0], 1)
+    pod = deployment["spec"]["template"]
+    every = one(render(set_json={"tritonPodMonitor.enabled": "true"}), "PodMonitor")
+    assert every["spec"]["namespaceSelector"] == {"any": True}
+    selector = every["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    port = every["spec"]["podMetricsEndpoints"][0]["port"]
+    assert port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    fast = one(
+        render(
+            set_json={
+                "tritonPodMonitor.enabled": "true",
+                "tritonPodMonitor.interval": '"500ms"',
+                "tritonPodMonitor.namespaces": '["team-a"]',
+            }
+        ),
+        "PodMonitor",
+    )
+    assert fast["spec"]["podMetricsEndpoints"][0]["interval"] == "500ms"
+    assert fast["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 
 
 def test_digest_pins_the_image() -> None:
