@@ -24,6 +24,7 @@ from integration.delivery.deliverytools import (
 )
 from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.builders.triton import build_deployment
+from modelpool.controllers.handlers import ROUTER_LABEL
 from modelpool.devcluster.cluster import DevCluster
 
 pytestmark = pytest.mark.cluster
@@ -125,32 +126,36 @@ def test_prometheus_render_sets_url_and_service_monitor() -> None:
     assert monitor["spec"]["selector"]["matchLabels"] == one(objs, "Service")["spec"]["selector"]
 
 
-def test_triton_pod_monitor_selects_the_pods_the_operator_runs() -> None:
-    """The PodMonitor's selector matches the labels the operator puts on Triton pods, and its
-    port is their metrics port: what the scaler reads is scraped at the chosen interval."""
+def test_pod_monitors_select_the_pods_whose_metrics_the_scaler_reads() -> None:
+    """The Triton PodMonitor's selector and port match the pods the operator builds; the router
+    PodMonitor's those of the router pods docs/router.md describes; both scrape at the chosen
+    interval, in all namespaces or the listed ones."""
     assert by_kind(render(), "PodMonitor") == []  # off by default (needs prometheus-operator)
     variant = {"name": "small", "tier": "small", "model": {"name": "m", "repository": "/models"}}
     spec = ModelPoolSpec.model_validate({"gpuPool": {"gpuBudget": 1}, "variants": [variant]})
-    deployment = build_deployment("pool", "team-a", "uid-1", spec, spec.variants[0], 1)
-    pod = deployment["spec"]["template"]
-    every = one(render(set_json={"tritonPodMonitor.enabled": "true"}), "PodMonitor")
-    assert every["spec"]["namespaceSelector"] == {"any": True}
-    selector = every["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= pod["metadata"]["labels"].items()
-    port = every["spec"]["podMetricsEndpoints"][0]["port"]
-    assert port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-    fast = one(
+    pod = build_deployment("pool", "team-a", "uid-1", spec, spec.variants[0], 1)["spec"]["template"]
+    monitors = by_kind(
         render(
             set_json={
-                "tritonPodMonitor.enabled": "true",
-                "tritonPodMonitor.interval": '"500ms"',
-                "tritonPodMonitor.namespaces": '["team-a"]',
+                "podMonitors.triton.enabled": "true",
+                "podMonitors.triton.interval": '"500ms"',
+                "podMonitors.router.enabled": "true",
+                "podMonitors.router.interval": '"500ms"',
+                "podMonitors.router.namespaces": '["team-a"]',
             }
         ),
         "PodMonitor",
     )
-    assert fast["spec"]["podMetricsEndpoints"][0]["interval"] == "500ms"
-    assert fast["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    triton, router = sorted(monitors, key=lambda m: m["metadata"]["name"], reverse=True)
+    assert triton["metadata"]["name"].endswith("-triton") and router["metadata"]["name"].endswith("-router")
+    assert triton["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    port = triton["spec"]["podMetricsEndpoints"][0]["port"]
+    assert port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert triton["spec"]["namespaceSelector"] == {"any": True}
+    assert router["spec"]["selector"]["matchLabels"] == {ROUTER_LABEL: "true"}
+    assert router["spec"]["podMetricsEndpoints"][0]["port"] == "http"  # the port docs/router.md names
+    assert router["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert {m["spec"]["podMetricsEndpoints"][0]["interval"] for m in monitors} == {"500ms"}
 
 
 def test_digest_pins_the_image() -> None:
