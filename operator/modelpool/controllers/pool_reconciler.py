@@ -279,7 +279,10 @@ async def reconcile_pool(
         conditions = c.set_condition(
             conditions, c.PROFILES_CURRENT, "True" if ok else "False", reason, message, generation, now()
         )
-    status = compute_status(spec, generation, outcome.plans, deployments, pods, conditions, issues, now())
+    shared = planner.shared_gpu_pool(namespace, name, spec) if planner is not None else None
+    status = compute_status(
+        spec, generation, outcome.plans, deployments, pods, conditions, issues, now(), shared
+    )
     await write_status(kube, pool_path(namespace, name), status, raw_status)
     return PoolPass(status, outcome.next_decision_in)
 

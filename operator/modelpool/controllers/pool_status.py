@@ -49,6 +49,15 @@ def _variant_pods(pods: Sequence[Obj], variant: str) -> list[Obj]:
     return [p for p in pods if p.get("metadata", {}).get("labels", {}).get(LABEL_VARIANT) == variant]
 
 
+@dataclass(frozen=True)
+class SharedGpuPool:
+    """What the other ModelPools on this pool's shared GPU pool (``spec.gpuPool.name``) bring to
+    its budget condition: the smallest budget any member declares and their minimums' GPUs."""
+
+    budget: int
+    others_min_gpus: int
+
+
 def compute_status(
     spec: ModelPoolSpec,
     generation: int,
@@ -58,6 +67,7 @@ def compute_status(
     previous: Sequence[Condition],
     issues: ChildIssues,
     now: str,
+    shared: SharedGpuPool | None = None,
 ) -> ModelPoolStatus:
     """Status for ``spec`` given the live Deployments (by variant) and the pool's pods."""
     variants: list[VariantStatus] = []
@@ -107,6 +117,11 @@ def compute_status(
     put(c.ACCEPTED, True, "Valid", "spec is valid")
     budget = spec.gpu_pool.gpu_budget
     min_gpus = sum(v.min_replicas * v.gpus_per_replica for v in spec.variants)
+    whose = "all variants"
+    if shared is not None and spec.gpu_pool.name:
+        budget = min(budget, shared.budget)
+        min_gpus += shared.others_min_gpus
+        whose = f"all variants of the pools sharing GPU pool {spec.gpu_pool.name!r}"
     requested = sum(plans[v.name].replicas * v.gpus_per_replica for v in spec.variants)
     gpu_unschedulable = [m for m in unschedulable if spec.gpu_pool.resource_name in m]
     if min_gpus > budget:
@@ -114,7 +129,7 @@ def compute_status(
             c.GPU_BUDGET_FITS,
             False,
             "MinReplicasExceedBudget",
-            f"minReplicas of all variants need {min_gpus} GPUs but spec.gpuPool.gpuBudget is {budget}; "
+            f"minReplicas of {whose} need {min_gpus} GPUs but spec.gpuPool.gpuBudget is {budget}; "
             "raise gpuBudget or lower minReplicas (minimums are kept regardless)",
         )
     elif gpu_unschedulable:
@@ -127,8 +142,10 @@ def compute_status(
             "or lower gpuBudget/maxReplicas",
         )
     else:
-        shared = spec.gpu_pool.name
-        where = f" shared in GPU pool {shared!r} (the other pools' part: MetricsAvailable)" if shared else ""
+        gpu_pool = spec.gpu_pool.name
+        where = ""
+        if gpu_pool:
+            where = f" shared in GPU pool {gpu_pool!r} (the other pools' part: MetricsAvailable)"
         put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs{where} requested")
 
     if issues.conflicts:

@@ -25,7 +25,7 @@ from modelpool.api.modelpool import (
     ScalerRecommendation,
     Variant,
 )
-from modelpool.controllers.pool_status import ReplicaPlan
+from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import decide
@@ -69,6 +69,7 @@ class GpuPoolMember:
     pool: str  # "namespace/name"
     budget: int  # its spec.gpuPool.gpuBudget
     held_gpus: int  # GPUs its variants hold: status desiredReplicas (else minReplicas) x gpusPerReplica
+    min_gpus: int = 0  # GPUs its minReplicas need
 
 
 def gpu_pool_member(
@@ -87,16 +88,17 @@ def gpu_pool_member(
         if isinstance(v, Mapping)
     }
     try:
-        held = 0
+        held = minimum = 0
         for variant_name, variant in variants.items():
+            gpus = int(variant.get("gpusPerReplica", 1))
+            floor = int(variant.get("minReplicas", 1))
             replicas = desired.get(variant_name)
-            if not isinstance(replicas, int):
-                replicas = int(variant.get("minReplicas", 1))
-            held += replicas * int(variant.get("gpusPerReplica", 1))
+            held += (replicas if isinstance(replicas, int) else floor) * gpus
+            minimum += floor * gpus
         budget = int(gpu_pool.get("gpuBudget", 0))
     except (TypeError, ValueError):
         return None  # not a valid spec: the pool holds and says so, and claims no share meanwhile
-    return {shared: GpuPoolMember(f"{namespace}/{name}", budget, held)}
+    return {shared: GpuPoolMember(f"{namespace}/{name}", budget, held, minimum)}
 
 
 def tier_order(spec: ModelPoolSpec) -> list[Variant]:
@@ -242,6 +244,15 @@ class ScalingPlanner:
         self._decided_at.pop((namespace, name), None)
         for claims in self._claims.values():
             claims.pop(f"{namespace}/{name}", None)
+
+    def shared_gpu_pool(self, namespace: str, name: str, spec: ModelPoolSpec) -> SharedGpuPool | None:
+        """What the other members of the pool's shared GPU pool bring to its budget condition."""
+        if not spec.gpu_pool.name:
+            return None
+        key = f"{namespace}/{name}"
+        others = [m for m in self.members(spec.gpu_pool.name) if m.pool != key]
+        budget = min([spec.gpu_pool.gpu_budget, *(m.budget for m in others)])
+        return SharedGpuPool(budget, sum(m.min_gpus for m in others))
 
     def _scaling_input(
         self, namespace: str, name: str, spec: ModelPoolSpec, variants: tuple[VariantInput, ...]

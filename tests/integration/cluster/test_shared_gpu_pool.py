@@ -86,6 +86,8 @@ def test_two_pools_share_a_gpu_pool_by_value_and_never_over_commit_it(
         assert "went to higher value per GPU" in chat_status["variants"][0]["reason"]
         metrics = next(c for c in chat_status["conditions"] if c["type"] == "MetricsAvailable")
         assert f"shared with {other_ns}/code" in metrics["message"]
+        fits = next(c for c in chat_status["conditions"] if c["type"] == "GPUBudgetFits")
+        assert fits["status"] == "True" and f"shared in GPU pool '{gpu_pool}'" in fits["message"]
         assert code_status["variants"][0]["desiredReplicas"] == 3
     finally:
         cluster.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)

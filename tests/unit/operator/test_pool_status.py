@@ -9,7 +9,7 @@ from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.api.semantics import child_name_problems, routing_reference_problems
 from modelpool.controllers.pool_reconciler import hold_or_minimum
-from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status
+from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, SharedGpuPool, compute_status
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -108,6 +108,13 @@ def test_budget_condition_names_a_shared_gpu_pool() -> None:
     budget = c.find(status.conditions, c.GPU_BUDGET_FITS)
     assert budget is not None and budget.reason == "Fits"
     assert budget.message.startswith("3 of 8 GPUs shared in GPU pool 'a100'")
+    # The other members' minimums count too: 3 here + 6 there > the smallest budget declared (8).
+    crowded = compute_status(shared, 1, _plans(), {}, [], [], ChildIssues(), NOW, SharedGpuPool(8, 6))
+    budget = c.find(crowded.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.reason == "MinReplicasExceedBudget"
+    assert "pools sharing GPU pool 'a100' need 9 GPUs" in budget.message
+    smaller = compute_status(shared, 1, _plans(), {}, [], [], ChildIssues(), NOW, SharedGpuPool(2, 0))
+    assert c.find(smaller.conditions, c.GPU_BUDGET_FITS).reason == "MinReplicasExceedBudget"  # type: ignore[union-attr]
 
 
 def test_conflict_is_degraded_and_not_ready() -> None:

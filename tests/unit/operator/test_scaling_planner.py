@@ -299,9 +299,9 @@ def test_index_entry_of_a_pool_on_a_shared_gpu_pool() -> None:
     wire["gpuPool"]["name"] = "a100"
     wire["variants"][0]["gpusPerReplica"] = 2
     fresh = gpu_pool_member("ns", "p", wire, {})  # no status yet: the minimums it starts with
-    assert fresh == {"a100": GpuPoolMember("ns/p", 8, 1 * 2 + 1 * 1)}
+    assert fresh == {"a100": GpuPoolMember("ns/p", 8, 1 * 2 + 1 * 1, 1 * 2 + 1 * 1)}
     status = {"variants": [{"name": "large", "desiredReplicas": 3}, {"name": "small", "desiredReplicas": 4}]}
-    assert gpu_pool_member("ns", "p", wire, status) == {"a100": GpuPoolMember("ns/p", 8, 3 * 2 + 4)}
+    assert gpu_pool_member("ns", "p", wire, status) == {"a100": GpuPoolMember("ns/p", 8, 3 * 2 + 4, 3)}
     wire["gpuPool"]["gpuBudget"] = "eight"  # invalid (the API server's schema would refuse it)
     assert gpu_pool_member("ns", "p", wire, status) is None
 
