@@ -245,12 +245,16 @@ class ScalingPlanner:
         for claims in self._claims.values():
             claims.pop(f"{namespace}/{name}", None)
 
+    def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
+        key = f"{namespace}/{name}"
+        return sorted((m for m in self.members(gpu_pool) if m.pool != key), key=lambda m: m.pool)
+
     def shared_gpu_pool(self, namespace: str, name: str, spec: ModelPoolSpec) -> SharedGpuPool | None:
-        """What the other members of the pool's shared GPU pool bring to its budget condition."""
+        """What the other members of the pool's shared GPU pool bring to its budget: the smallest
+        budget any member declares, and their minimums' GPUs."""
         if not spec.gpu_pool.name:
             return None
-        key = f"{namespace}/{name}"
-        others = [m for m in self.members(spec.gpu_pool.name) if m.pool != key]
+        others = self._other_members(namespace, name, spec.gpu_pool.name)
         budget = min([spec.gpu_pool.gpu_budget, *(m.budget for m in others)])
         return SharedGpuPool(budget, sum(m.min_gpus for m in others))
 
@@ -265,20 +269,20 @@ class ScalingPlanner:
         is the smallest any member declares.
         """
         gpu_pool = spec.gpu_pool.name
-        if not gpu_pool:
+        pool_budget = self.shared_gpu_pool(namespace, name, spec)
+        if not gpu_pool or pool_budget is None:
             pool = PoolInput(name=name, variants=variants)
             return ScalingInput.single(pool, spec.gpu_pool.gpu_budget), name
         key = f"{namespace}/{name}"
-        others = sorted((m for m in self.members(gpu_pool) if m.pool != key), key=lambda m: m.pool)
+        others = self._other_members(namespace, name, gpu_pool)
         known = self._claims.get(gpu_pool, {})
         shared = SharedBudget(
             other_claims=tuple(c for m in others for c in known.get(m.pool, ())),
             held_gpus=sum(m.held_gpus for m in others),
             members=tuple(m.pool for m in others),
         )
-        budget = min([spec.gpu_pool.gpu_budget, *(m.budget for m in others)])
         pool = PoolInput(name=key, variants=variants, gpu_pool=gpu_pool)
-        return ScalingInput((pool,), {gpu_pool: budget}, {gpu_pool: shared}), key
+        return ScalingInput((pool,), {gpu_pool: pool_budget.budget}, {gpu_pool: shared}), key
 
     async def plan(
         self,
