@@ -146,6 +146,11 @@ def compute_status(
         where = ""
         if gpu_pool:
             where = f" shared in GPU pool {gpu_pool!r} (the other pools' part: MetricsAvailable)"
+            if budget < spec.gpu_pool.gpu_budget:
+                where += (
+                    f"; this pool declares gpuBudget {spec.gpu_pool.gpu_budget}, another pool on it less, "
+                    "and the smallest applies"
+                )
         put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs{where} requested")
 
     if issues.conflicts:

@@ -113,6 +113,10 @@ def test_budget_condition_names_a_shared_gpu_pool() -> None:
     budget = c.find(crowded.conditions, c.GPU_BUDGET_FITS)
     assert budget is not None and budget.reason == "MinReplicasExceedBudget"
     assert "pools sharing GPU pool 'a100' need 9 GPUs" in budget.message
+    declared_less = compute_status(shared, 1, _plans(), {}, [], [], ChildIssues(), NOW, SharedGpuPool(6, 0))
+    budget = c.find(declared_less.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.reason == "Fits" and budget.message.startswith("3 of 6 GPUs")
+    assert "declares gpuBudget 8, another pool on it less, and the smallest applies" in budget.message
     smaller = compute_status(shared, 1, _plans(), {}, [], [], ChildIssues(), NOW, SharedGpuPool(2, 0))
     assert c.find(smaller.conditions, c.GPU_BUDGET_FITS).reason == "MinReplicasExceedBudget"  # type: ignore[union-attr]
 
