@@ -150,17 +150,16 @@ def run_trace(
     results: list[SimResult] = []
     reactions: dict[str, list[float]] = {}
     ours = simulate(trace, service, cfg, policies[0])
-    results.append(ours)
-    reactions[ours.policy] = reaction_times(ours, trace, capacity)
-    policies.insert(1, matched_hpa(trace, service, cfg, capacity, ours.gpu_hours, knobs.max_replicas))
+    matched = matched_hpa(trace, service, cfg, capacity, ours.gpu_hours, knobs.max_replicas)
+    results.extend((ours, matched))
     for policy in policies[1:]:
         start = (
             replace(cfg, initial_replicas=policy.desired_at_start())
             if isinstance(policy, StaticPolicy)
             else cfg
         )
-        result = simulate(trace, service, start, policy)
-        results.append(result)
+        results.append(simulate(trace, service, start, policy))
+    for result in results:
         reactions[result.policy] = reaction_times(result, trace, capacity)
     return results, reactions, capacity
 
@@ -176,25 +175,27 @@ def matched_hpa(
     gpu_hours: float,
     max_replicas: int,
     probes: int = 8,
-) -> HpaPolicy:
-    """The HPA whose utilisation target (0.2-1.5 x capacity, bisected) spends the fewest GPU-hours
-    that are still at least ``gpu_hours``: the HPA a user would tune to ModelPool's cost."""
+) -> SimResult:
+    """The run of the HPA whose utilisation target (0.2-1.5 x capacity, bisected) spends the fewest
+    GPU-hours that are still at least ``gpu_hours``: the HPA a user would tune to ModelPool's cost
+    (the lowest target when none spends that much)."""
 
-    def hpa(u: float) -> HpaPolicy:
-        return HpaPolicy(u * capacity, max_replicas=max_replicas, name=f"hpa@{u:.2f}{MATCHED}")
+    def run(u: float) -> SimResult:
+        policy = HpaPolicy(u * capacity, max_replicas=max_replicas, name=f"hpa@{u:.2f}{MATCHED}")
+        return simulate(trace, service, cfg, policy)
 
-    low, high, best = 0.2, 1.5, 0.2
-    best_hours = math.inf
+    low, high = 0.2, 1.5
+    best: SimResult | None = None
     for _ in range(probes):
         u = (low + high) / 2
-        hours = simulate(trace, service, cfg, hpa(u)).gpu_hours
-        if hours >= gpu_hours:
+        result = run(u)
+        if result.gpu_hours >= gpu_hours:
             low = u
-            if hours < best_hours:
-                best, best_hours = u, hours
+            if best is None or result.gpu_hours < best.gpu_hours:
+                best = result
         else:
             high = u
-    return hpa(best)
+    return best if best is not None else run(0.2)
 
 
 def _fmt_reaction(values: list[float]) -> str:
