@@ -301,7 +301,7 @@ class ScalingPlanner:
 
         ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve);
         ``routed_latency_slo`` reads the routing policies' latency SLO for the pool (see
-        settings_for), called only when a decision is made.
+        settings_for), called only when a decision is made and some variant sets no targetLatencyMs.
         """
         key = (namespace, name)
         clock = time.time() if now is None else now
@@ -329,7 +329,10 @@ class ScalingPlanner:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
         reader = self.reader(url, spec)
-        routed_latency_slo_s = await routed_latency_slo() if routed_latency_slo is not None else None
+        needs_routed_slo = any(v.scaling.target_latency_ms is None for v in spec.variants)
+        routed_latency_slo_s = (
+            await routed_latency_slo() if routed_latency_slo is not None and needs_routed_slo else None
+        )
         states = self._states.get(key) or restored_states(previous)
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}

@@ -154,6 +154,12 @@ async def test_routed_slo_is_read_only_when_a_decision_is_made() -> None:
     assert len(reads) == 1  # not due: no API call either
     await planner.plan("ns", "p", _spec(), None, current, HELD, now=now + 11, routed_latency_slo=routed_slo)
     assert len(reads) == 2
+    wire = _spec().to_wire()
+    for variant in wire["variants"]:
+        variant["scaling"]["targetLatencyMs"] = 500
+    own = ModelPoolSpec.model_validate(wire)  # every variant has its own target: no read needed
+    await planner.plan("ns", "p", own, None, current, HELD, now=now + 22, routed_latency_slo=routed_slo)
+    assert len(reads) == 2
 
 
 async def test_ready_replicas_reach_the_burst_reserve() -> None:
