@@ -179,8 +179,10 @@ class PrometheusReader:
             )
         except PrometheusError as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
+        series_template = t.router_rate if router_series else t.served_rate
         return VariantMetrics(
             rate_series=router_series or served_series,
+            rate_window_s=None if "irate(" in series_template else self.rate_window_s,
             router_rps=router_series[-1].rps if router_series else None,
             queue_time_s=queue,
             compute_time_s=compute,

@@ -119,6 +119,7 @@ class Observation:
     compute_time_s: float | None
     pending: int
     ready_replicas: int
+    rate_window_s: float | None = None
 
 
 class Policy(Protocol):
@@ -151,6 +152,7 @@ class DecidePolicy:
             compute_time_s=obs.compute_time_s,
             pending_requests=float(obs.pending),
             newest_sample_t=obs.t,
+            rate_window_s=obs.rate_window_s,
         )
         variant = VariantInput(self.settings, metrics, current, self.state, ready_replicas=obs.ready_replicas)
         pool = PoolInput("sim", (variant,))
@@ -304,6 +306,7 @@ class _Sim:
             compute_time_s=c_time,
             pending=len(self.queue),
             ready_replicas=self.ready_count(now),
+            rate_window_s=window,
         )
 
     def run(self, policy: Policy) -> SimResult:

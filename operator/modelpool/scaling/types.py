@@ -118,7 +118,10 @@ class VariantMetrics:
     oldest first. ``router_rps`` is the rate the router sends to this variant (arrivals, which keep
     counting when the replicas are saturated or at zero). Averages are per request over the rate
     window. ``None`` means the series is absent. ``problem`` is set by the reader when it could not
-    read the metrics at all (the decision then holds).
+    read the metrics at all (the decision then holds). ``rate_window_s`` is how many seconds of
+    requests each point of ``rate_series`` counts (the ``rate()`` window, so points closer together
+    than it share requests); ``None`` when each point counts only the requests since the one before
+    (``irate`` read once per scrape).
     """
 
     rate_series: tuple[RatePoint, ...] = ()
@@ -128,6 +131,7 @@ class VariantMetrics:
     pending_requests: float | None = None
     newest_sample_t: float | None = None
     problem: str | None = None
+    rate_window_s: float | None = None
 
     @property
     def latest_rps(self) -> float | None:

@@ -94,6 +94,25 @@ async def test_reader_falls_back_to_served_rate_without_router() -> None:
     assert m.newest_sample_t is None  # -> decide() holds with "no sample timestamp"
 
 
+async def test_reader_says_how_many_seconds_each_rate_point_counts() -> None:
+    """The trend test needs each point's window: rate()'s window, or none for irate (one scrape)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        q = request.url.params["query"]
+        result = [{"metric": {}, "values": [[100, "3"], [102, "5"]]}] if q.startswith("(") else []
+        return httpx.Response(200, json={"status": "success", "data": {"result": result}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    rate = PrometheusReader("http://prom.invalid", client=client, rate_window_s=2.0)
+    assert (await rate.read_variant(TARGET)).rate_window_s == 2.0
+    irate = QueryTemplates(
+        served_rate="sum(irate(nv_inference_request_success{$selector}[$window]))",
+        router_rate="sum(irate(modelpool_router_upstream_requests_total{$router_selector}[$window]))",
+    )
+    one_scrape = PrometheusReader("http://prom.invalid", client=client, rate_window_s=8.0, templates=irate)
+    assert (await one_scrape.read_variant(TARGET)).rate_window_s is None
+
+
 async def test_query_error_becomes_problem() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         body = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
