@@ -120,6 +120,7 @@ def settings_for(
         gpus_per_replica=variant.gpus_per_replica,
         capacity_per_replica_rps=capacity,
         target_queue_time_s=s.target_queue_time_ms / 1000,
+        backlog_drain_s=s.target_queue_time_ms / 1000,  # what waits should leave within the target
         latency_target_s=s.target_latency_ms / 1000
         if s.target_latency_ms is not None
         else routed_latency_slo_s,

@@ -27,9 +27,9 @@ IRATE = "sum(irate(nv_inference_request_success{$selector}[$window]))"
 ROUTER_IRATE = "sum(irate(modelpool_router_upstream_requests_total{$router_selector}[$window]))"
 
 
-def _bench_default_pool() -> dict[str, Any]:
+def _bench_default_pool(slo_ms: int = 2000) -> dict[str, Any]:
     """The bench's default point (2 s scrape, the increase between the last two scrapes) as the
-    docs write it: irate queries over four scrapes."""
+    docs write it: irate queries over four scrapes, a target queue time of half the SLO."""
     return {
         "gpuPool": {"gpuBudget": 16},
         "scaling": {
@@ -43,8 +43,8 @@ def _bench_default_pool() -> dict[str, Any]:
                 "tier": "small",
                 "model": {"name": "code-small", "repository": "/m"},
                 "scaling": {
-                    "targetQueueTimeMs": 1000,
-                    "targetLatencyMs": 2000,
+                    "targetQueueTimeMs": slo_ms // 2,
+                    "targetLatencyMs": slo_ms,
                     "lookaheadSeconds": 5,
                     "scaleDownStabilizationSeconds": 5,
                     "trendWindowSeconds": 8,
@@ -61,16 +61,23 @@ def _bursty_sample() -> dict[str, Any]:
 
 
 POINTS = [
-    pytest.param(_bench_default_pool(), 2.0, 2.0, None, 8.0, id="default-2s-scrape"),
-    pytest.param(_bursty_sample(), 0.5, 2.0, 1.0, 2.0, id="fast-0.5s-scrape-sample"),
+    pytest.param(_bench_default_pool(), 2.0, 2.0, 2.0, None, 8.0, id="default-2s-scrape"),
+    pytest.param(_bench_default_pool(1000), 1.0, 2.0, 2.0, None, 8.0, id="default-2s-scrape-slo-1s"),
+    pytest.param(_bench_default_pool(5000), 5.0, 2.0, 2.0, None, 8.0, id="default-2s-scrape-slo-5s"),
+    pytest.param(_bursty_sample(), 2.0, 0.5, 2.0, 1.0, 2.0, id="fast-0.5s-scrape-sample"),
 ]
 
 
-@pytest.mark.parametrize(("wire", "scrape", "rate_window", "decision", "promql_window"), POINTS)
+@pytest.mark.parametrize(("wire", "slo", "scrape", "rate_window", "decision", "promql_window"), POINTS)
 def test_a_modelpool_reproduces_the_benchmarks_settings(
-    wire: dict[str, Any], scrape: float, rate_window: float, decision: float | None, promql_window: float
+    wire: dict[str, Any],
+    slo: float,
+    scrape: float,
+    rate_window: float,
+    decision: float | None,
+    promql_window: float,
 ) -> None:
-    knobs = bench.Knobs(2.0, 3.0, scrape, rate_window, None, (0.5,), 64, None, decision)
+    knobs = bench.Knobs(slo, 3.0, scrape, rate_window, None, (0.5,), 64, None, decision)
     trace = [TraceRequest(float(i), 800, 40) for i in range(3)]
     capacity, simulated, cfg = bench.sim_setup(trace, ServiceModel(0.0, 5e-5, 1e-4), knobs)
     spec = ModelPoolSpec.model_validate(wire)
