@@ -158,6 +158,11 @@ class PrometheusReader:
         points = (RatePoint(float(t), float(v)) for t, v in result[0]["values"])
         return tuple(p for p in points if not math.isnan(p.rps))
 
+    def points_window_s(self, rate_template: str) -> float | None:
+        """Seconds of requests each point of a rate series counts: the ``rate()`` window, or
+        ``None`` for ``irate``, whose points count the requests between the last two samples."""
+        return None if "irate(" in rate_template else self.rate_window_s
+
     async def read_variant(self, target: VariantTarget, at: float | None = None) -> VariantMetrics:
         """Everything :func:`decide` needs about one variant; failures become ``problem``."""
         values = {
@@ -179,10 +184,9 @@ class PrometheusReader:
             )
         except PrometheusError as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
-        series_template = t.router_rate if router_series else t.served_rate
         return VariantMetrics(
             rate_series=router_series or served_series,
-            rate_window_s=None if "irate(" in series_template else self.rate_window_s,
+            rate_window_s=self.points_window_s(t.router_rate if router_series else t.served_rate),
             router_rps=router_series[-1].rps if router_series else None,
             queue_time_s=queue,
             compute_time_s=compute,

@@ -30,6 +30,7 @@ from modelpool.scaling import (
     VariantState,
     decide,
 )
+from modelpool.scaling.demand import trend_slope
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.triton, pytest.mark.timeout(240)]
@@ -141,6 +142,39 @@ async def test_reader_sees_rate_queue_and_decide_reacts_to_step(
     assert high.pending_requests is not None
     assert high.newest_sample_t is not None
     assert age <= 2 * SCRAPE_S + 1.0
+
+
+async def test_a_steady_load_shows_no_trend_and_its_onset_does(
+    echo_triton: TritonProcess, reader: PrometheusReader
+) -> None:
+    """The trend test on real series: Prometheus' 3 s rates read every second overlap, and the
+    reader says so (``rate_window_s``). At the onset of a paced 20 req/s load the rise is a trend;
+    once the load has been steady for longer than the trend and rate windows, no read sees one."""
+    sent: list[int] = []
+    async with httpx.AsyncClient(timeout=30.0) as client:  # Triton's counters exist from here on
+        sent.append(await _send(client, echo_triton.http_url, -1))
+    await asyncio.sleep(SETTINGS.trend_window_s + 3.0 + SCRAPE_S)  # an idle history before the onset
+    started = time.monotonic()
+    load = asyncio.create_task(_paced_load(echo_triton.http_url, 20.0, 20.0, sent))
+    await asyncio.sleep(2.5)
+    onset = await reader.read_variant(TARGET)
+    await asyncio.sleep(started + SETTINGS.trend_window_s + 3.0 + 2 * SCRAPE_S - time.monotonic())
+    steady: list[float] = []
+    while time.monotonic() - started < 19.0:
+        metrics = await reader.read_variant(TARGET)
+        steady.append(trend_slope(metrics.rate_series, SETTINGS.trend_window_s, metrics.rate_window_s))
+        await asyncio.sleep(0.5)
+    await load
+    rise = trend_slope(onset.rate_series, SETTINGS.trend_window_s, onset.rate_window_s)
+    print(
+        f"\nonset: rates {[round(p.rps, 1) for p in onset.rate_series]}, trend {rise:+.2f}/s; "
+        f"steady: trends {[round(t, 2) for t in steady]}"
+    )
+    assert all(code == 200 for code in sent)
+    assert onset.rate_window_s == 3.0
+    assert rise > 0
+    assert len(steady) >= 8
+    assert all(t <= 0 for t in steady)
 
 
 async def test_no_replica_is_added_while_no_queue_forms(
@@ -288,6 +322,8 @@ async def test_irate_queries_read_per_scrape_rates(
         f"rate()[3s] peak {rate_peak:.1f}; irate points add up to {counted:.1f} of {served:.0f} served"
     )
     assert codes == [200] * 30
+    assert irate_metrics.rate_window_s is None  # each irate point counts one scrape interval
+    assert rate_metrics.rate_window_s == 3.0
     assert served == 30  # the burst, and nothing else, inside the ranges read
     assert irate_peak == pytest.approx(max(per_scrape), rel=0.02)
     assert counted == pytest.approx(served, rel=0.15)

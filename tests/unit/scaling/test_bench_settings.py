@@ -101,3 +101,8 @@ def test_a_modelpool_reproduces_the_benchmarks_settings(
     assert reader.series_span_s / reader.step_s == cfg.series_points
     irate = "irate(" in reader.templates.served_rate
     assert irate == (rate_window == scrape)  # a one-scrape rate is irate's; longer ones rate()'s
+    # The trend test learns how many seconds each point counts: the simulator's window, or for
+    # irate none, so the points' spacing (one scrape), which is the simulator's window too.
+    for template in (reader.templates.served_rate, reader.templates.router_rate):
+        window = reader.points_window_s(template)
+        assert (window if window is not None else reader.step_s) == cfg.rate_window_s
