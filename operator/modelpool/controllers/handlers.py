@@ -25,7 +25,7 @@ from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import Triggers
 from modelpool.kube import KubeClient
-from modelpool.scaling.metrics import observe_reconcile
+from modelpool.scaling.metrics import REGISTRY, observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
 ERROR_BACKOFF_SECONDS = 5.0
@@ -55,7 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     metrics_port = os.environ.get(METRICS_PORT_ENV)
     if metrics_port:
         prometheus_client.start_http_server(
-            int(metrics_port), addr=os.environ.get(METRICS_ADDR_ENV, "0.0.0.0")
+            int(metrics_port), addr=os.environ.get(METRICS_ADDR_ENV, "0.0.0.0"), registry=REGISTRY
         )
 
 

@@ -9,11 +9,16 @@ import pytest
 
 from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.triton import free_port
 
 
 @pytest.fixture(scope="session")
 def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    op = OperatorProcess(
+        cluster,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        env_extra={"MODELPOOL_METRICS_PORT": str(free_port()), "MODELPOOL_METRICS_ADDR": "127.0.0.1"},
+    )
     op.start()
     yield op
     op.stop()

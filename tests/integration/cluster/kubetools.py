@@ -109,5 +109,11 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def metrics_url(self) -> str | None:
+        """The operator's own /metrics (``--metrics-port``), when it serves them."""
+        port = self.env_extra.get("MODELPOOL_METRICS_PORT")
+        return f"http://127.0.0.1:{port}/metrics" if port else None
+
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

@@ -5,6 +5,7 @@ Deployment of the variant on the real local cluster."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -64,6 +65,26 @@ async def _paced_load(url: str, rps: float, seconds: float) -> list[int]:
     return [r.status_code for r in responses]
 
 
+def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess) -> None:
+    """The operator's /metrics (as the chart's metrics Service scrapes it) carry its decisions,
+    reconcile times and process CPU, not only the client library's defaults."""
+    assert operator.metrics_url is not None
+    text = httpx.get(operator.metrics_url, timeout=10).text
+    ups = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("modelpool_scaling_decisions_total{")
+        and 'variant="small"' in line
+        and 'action="up"' in line
+        and 'pool="' in line
+        and "scaled" in line
+    ]
+    assert ups and sum(ups) >= 1, text[:2000]
+    reconciles = r'^modelpool_reconcile_duration_seconds_count\{controller="modelpool"\} [1-9]'
+    assert re.search(reconciles, text, re.M), text[:2000]
+    assert re.search(r"^process_cpu_seconds_total [0-9]", text, re.M)
+
+
 def _replicas(kube: Kube) -> int:
     dep = kube.get("deployment", "scaled-small")
     return int(dep["spec"]["replicas"]) if dep else 0
@@ -106,6 +127,7 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert "Scaled" in {e["reason"] for e in kube.events("scaled")}
     memory = small["scaler"]
     assert memory["recommendations"] and max(r["replicas"] for r in memory["recommendations"]) >= 4
+    _assert_own_metrics_count_the_scale_up(operator)
 
     # The load is over. Without its memory a restarted operator would scale down at once; with the
     # memory in status the 300 s scale-down window still holds the replicas the load needed.
