@@ -23,7 +23,7 @@ from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
-from modelpool.controllers.triggers import Triggers
+from modelpool.controllers.triggers import GenerationFilter, Triggers
 from modelpool.kube import KubeClient
 from modelpool.scaling.metrics import REGISTRY, observe_reconcile
 
@@ -32,6 +32,7 @@ ERROR_BACKOFF_SECONDS = 5.0
 
 TRIGGERS = Triggers()
 POLICY_TRIGGERS = Triggers()
+POOL_GENERATIONS = GenerationFilter()
 ROUTER_LABEL = "modelpool.dev/router"
 METRICS_PORT_ENV = "MODELPOOL_METRICS_PORT"
 METRICS_ADDR_ENV = "MODELPOOL_METRICS_ADDR"
@@ -73,9 +74,11 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "modelpools")
-def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
-    TRIGGERS.poke(namespace or "", name)
-    POLICY_TRIGGERS.poke_namespace(namespace or "")
+def pool_changed(namespace: str | None, name: str, type: str | None, meta: kopf.Meta, **_: Any) -> None:
+    ns = namespace or ""
+    if POOL_GENERATIONS.changed(ns, name, type, meta.get("generation")):
+        TRIGGERS.poke(ns, name)  # not for the pool's own status writes: they changed nothing it reads
+    POLICY_TRIGGERS.poke_namespace(ns)  # policies read the pool's status
 
 
 @kopf.index(GROUP, VERSION, "modelpools")

@@ -47,3 +47,30 @@ class Triggers:
             except TimeoutError:
                 continue
         return event.is_set()
+
+
+class GenerationFilter:
+    """Tells a watch event that can change what a pass does from one that only carries the
+    operator's own status write.
+
+    Every pass of a pool writes its status when the decision moved, and the watch event of that
+    write woke the pool's loop for a second pass that found nothing to do (two passes per
+    decision, each a GET and three LISTs). A pool's spec is all a pass reads from it, and a spec
+    change bumps ``metadata.generation``; a status or metadata change does not need a pass (the
+    resync still comes).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def changed(self, namespace: str, name: str, event_type: str | None, generation: int | None) -> bool:
+        """True for the first event of an object, a deletion, and a new generation."""
+        key = (namespace, name)
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        current = int(generation or 0)
+        if self._seen.get(key) == current:
+            return False
+        self._seen[key] = current
+        return True
