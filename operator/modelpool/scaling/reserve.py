@@ -37,14 +37,9 @@ _MAX_STEPS = 400  # replay resolution: at most this many steps per window
 _MIN_STEP_S = 0.1
 
 
-def arrivals_between(series: Sequence[RatePoint], t0: float, t1: float) -> float:
-    """Requests that arrived in ``(t0, t1]`` by the rate series (each point covers the time since
-    the previous one)."""
-    return sum((b - a) * rps for a, b, rps in _segments(series, t0, t1))
-
-
-def _segments(series: Sequence[RatePoint], t0: float, t1: float) -> list[tuple[float, float, float]]:
-    """``(start, end, rps)`` of the series' steps that end in ``(t0, t1]``, cut at ``t0``."""
+def rate_segments(series: Sequence[RatePoint], t0: float, t1: float) -> list[tuple[float, float, float]]:
+    """``(start, end, rps)`` of the series' steps that end in ``(t0, t1]``, cut at ``t0`` (each
+    point covers the time since the previous one): the arrivals the replay feeds its queue."""
     out: list[tuple[float, float, float]] = []
     previous_t: float | None = None
     for point in series:
@@ -159,7 +154,7 @@ def record_window(
     if due:
         start = due[-1]  # the newest start at least one gap ago; its pending and replicas
         t0 = now - gap_s
-        steps = _segments(series, t0, now)
+        steps = rate_segments(series, t0, now)
         if not series_counts_arrivals and steps and pending > 0:
             steps = [(a, b, rps + pending / gap_s) for a, b, rps in steps]
         arrivals += (start.pending if series_counts_arrivals else 0.0) + sum(

@@ -8,7 +8,7 @@ import pytest
 
 from modelpool.scaling import RatePoint, VariantDecision, VariantMetrics
 from modelpool.scaling.demand import dispersion_index
-from modelpool.scaling.reserve import arrivals_between, late_requests, record_window, reserve_replicas
+from modelpool.scaling.reserve import late_requests, rate_segments, record_window, reserve_replicas
 from modelpool.scaling.types import BurstHistory, WindowStart
 from modelpool.scaling.variant import queue_budget
 from unit.scaling.helpers import NOW, one, only, settings, steady
@@ -18,12 +18,12 @@ def series(t_end: float, rates: list[float], step: float = 2.0) -> tuple[RatePoi
     return tuple(RatePoint(t_end - step * (len(rates) - 1 - i), r) for i, r in enumerate(rates))
 
 
-def test_arrivals_between_counts_whole_and_partial_steps() -> None:
+def test_rate_segments_cut_whole_and_partial_steps() -> None:
     s = series(10.0, [1.0, 2.0, 4.0, 8.0, 16.0])  # points at 2, 4, 6, 8, 10
-    assert arrivals_between(s, 4.0, 10.0) == pytest.approx(2 * (4 + 8 + 16))
+    assert rate_segments(s, 4.0, 10.0) == [(4.0, 6.0, 4.0), (6.0, 8.0, 8.0), (8.0, 10.0, 16.0)]
     # (5, 10]: half of the step ending at 6, then the two whole steps.
-    assert arrivals_between(s, 5.0, 10.0) == pytest.approx(1 * 4 + 2 * 8 + 2 * 16)
-    assert arrivals_between(s, 10.0, 20.0) == 0.0
+    assert rate_segments(s, 5.0, 10.0) == [(5.0, 6.0, 4.0), (6.0, 8.0, 8.0), (8.0, 10.0, 16.0)]
+    assert rate_segments(s, 10.0, 20.0) == []
 
 
 BURST = [(0.0, 5.0, 40.0)]  # 40 req/s for 5 s
