@@ -142,3 +142,33 @@ def test_pools_deciding_in_turn_converge_without_over_committing() -> None:
     joint = decide(ScalingInput(tuple(pools.values()), {"gpus": budget}), NOW)
     assert held == {n: joint.pools[n].variant("small").desired_replicas for n in pools}
     assert held["ns/b"] > held["ns/a"]
+
+
+def test_three_pools_deciding_in_every_order_converge_without_over_committing() -> None:
+    """Three pools on one GPU pool, decided one at a time in each of the six orders (as the
+    operator's passes may fall), each with the others' latest claims and held GPUs: the GPU pool
+    is never over-committed, and every order ends where one joint decision puts them."""
+    pools = {
+        "ns/a": _pool("ns/a", small=(60.0, {"priority": 1.0})),
+        "ns/b": _pool("ns/b", small=(40.0, {"priority": 2.0})),
+        "ns/c": _pool("ns/c", small=(60.0, {"priority": 4.0})),
+    }
+    budget = 9
+    joint = decide(ScalingInput(tuple(pools.values()), {"gpus": budget}), NOW)
+    wanted = {n: joint.pools[n].variant("small").desired_replicas for n in pools}
+    assert sum(wanted.values()) == budget and len(set(wanted.values())) > 1  # a real contest
+    alone = {n: decide(ScalingInput((p,), {"gpus": budget}), NOW).claims["gpus"] for n, p in pools.items()}
+    for order in itertools.permutations(pools):
+        held = {"ns/a": 7, "ns/b": 1, "ns/c": 1}  # a grew first, while the others were idle
+        claims = dict(alone)
+        for turn in range(3 * len(pools)):
+            name = order[turn % len(order)]
+            others = tuple(n for n in pools if n != name)
+            shared = SharedBudget(
+                tuple(c for n in others for c in claims[n]), sum(held[n] for n in others), others
+            )
+            d = decide(ScalingInput((pools[name],), {"gpus": budget}, {"gpus": shared}), NOW)
+            claims[name] = d.claims["gpus"]
+            held[name] = d.pools[name].variant("small").desired_replicas
+            assert sum(held.values()) <= budget, (order, turn, held)
+        assert held == wanted, order
