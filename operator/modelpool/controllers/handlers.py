@@ -21,6 +21,7 @@ from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
+from modelpool.controllers.routed_slo import policy_latency_slo_ms, smallest_slo_s
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import GenerationFilter, Triggers
@@ -88,6 +89,16 @@ def gpu_pool_members(
     """ModelPools by the shared GPU pool they name, with the GPUs each holds (kopf fills the index
     from the first listing before any daemon starts, so a restarted operator sees every member)."""
     return gpu_pool_member(namespace or "", name, spec, status)
+
+
+@kopf.index(GROUP, VERSION, "routingpolicies")
+def routed_latency_slos(
+    namespace: str | None, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], int] | None:
+    """RoutingPolicies' latency SLOs by the (namespace, pool) they route to: what a pool's
+    variants without targetLatencyMs plan for, read without a LIST per decision."""
+    entry = policy_latency_slo_ms(spec)
+    return None if entry is None else {(namespace or "", entry[0]): entry[1]}
 
 
 @kopf.on.event(GROUP, VERSION, "routingpolicies")
@@ -158,12 +169,18 @@ async def run_pool(
     kube: KubeClient = memo["kube"]
     planner: ScalingPlanner = memo["planner"]
     members: kopf.Index[str, GpuPoolMember] = kwargs["gpu_pool_members"]  # the index below, by name
+    slos: kopf.Index[tuple[str, str], int] = kwargs["routed_latency_slos"]
     planner.members = lambda gpu_pool: tuple(members.get(gpu_pool, ()))
     ns = namespace or ""
 
+    async def routed_slo() -> float | None:
+        return smallest_slo_s(slos.get((ns, name), ()))
+
     async def once(emit: EventSink) -> float | None:
         with observe_reconcile("modelpool"):
-            result = await reconcile_pool(kube, ns, name, emit, planner=planner)
+            result = await reconcile_pool(
+                kube, ns, name, emit, planner=planner, routed_latency_slo=routed_slo
+            )
         return None if result is None else (result.next_in or RESYNC_SECONDS)
 
     await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)

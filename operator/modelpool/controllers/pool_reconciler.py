@@ -8,7 +8,7 @@ when nothing changed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +185,13 @@ async def reconcile_pool(
     emit: EventSink,
     now: Callable[[], str] = c.now_rfc3339,
     planner: ScalingPlanner | None = None,
+    routed_latency_slo: Callable[[], Awaitable[float | None]] | None = None,
 ) -> PoolPass | None:
-    """One pass over the pool; None when the pool is gone."""
+    """One pass over the pool; None when the pool is gone.
+
+    ``routed_latency_slo`` gives the RoutingPolicies' latency SLO for the pool (the operator reads
+    its index); without it a decision that needs it lists the namespace's RoutingPolicies.
+    """
     obj = await kube.get(pool_path(namespace, name))
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         if planner is not None:
@@ -236,7 +241,8 @@ async def reconcile_pool(
             held,
             profiles.capacity_rps,
             ready=ready,
-            routed_latency_slo=lambda: load_routed_latency_slo_s(kube, namespace, name),
+            routed_latency_slo=routed_latency_slo
+            or (lambda: load_routed_latency_slo_s(kube, namespace, name)),
         )
         if planner is not None
         else ScalingOutcome(held, None)

@@ -386,5 +386,13 @@ class ScalingPlanner:
                 False, "MetricsUnavailable", f"holding the last decision: {pool_decision.held_reason}"
             )
         else:
-            note = MetricsNote(True, "MetricsFresh", f"decided from {url}; {pool_decision.budget_message}")
+            routed = (
+                f"; variants without targetLatencyMs plan for the RoutingPolicies' latency SLO "
+                f"{routed_latency_slo_s:g}s"
+                if routed_latency_slo_s is not None
+                else ""
+            )
+            note = MetricsNote(
+                True, "MetricsFresh", f"decided from {url}{routed}; {pool_decision.budget_message}"
+            )
         return ScalingOutcome(plans, note, scaled, next_decision_in=interval)

@@ -15,6 +15,7 @@ import pytest
 from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
+from unit.operator.helpers import routing_policy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.timeout(300)]
 
@@ -88,6 +89,33 @@ def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess) -> None:
 def _replicas(kube: Kube) -> int:
     dep = kube.get("deployment", "scaled-small")
     return int(dep["spec"]["replicas"]) if dep else 0
+
+
+def test_variants_without_a_latency_target_plan_for_the_routing_policies_slo(
+    kube: Kube, operator: OperatorProcess, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
+) -> None:
+    """The operator keeps the RoutingPolicies' latency SLOs in an index fed by its watch (no LIST
+    per decision): a policy routing to the pool sets the target, a stricter one lowers it."""
+    manifest = pool(echo_prometheus.url)
+    manifest["metadata"]["name"] = "routed"
+    kube.apply(manifest)  # its variant sets no targetLatencyMs
+
+    def message_with(text: str) -> Any:
+        def check() -> Any:
+            c = kube.condition("modelpool", "routed", "MetricsAvailable")
+            return c if c and c["status"] == "True" and text in c["message"] else None
+
+        return check
+
+    wait_for(message_with("decided from"), 60, "a first decision")
+    kube.apply(routing_policy("routed", 800, "relaxed"))
+    cond = wait_for(message_with("latency SLO 0.8s"), 30, "the policy's SLO in the decision")
+    kube.apply(routing_policy("routed", 250, "strict"))
+    kube.apply(routing_policy("another-pool", 50, "elsewhere"))
+    cond = wait_for(message_with("latency SLO 0.25s"), 30, "the stricter policy's SLO")
+    print(f"\n{cond['message']}")
+    kube.run("delete", "routingpolicy", "strict")
+    wait_for(message_with("latency SLO 0.8s"), 30, "the SLO once the stricter policy is gone")
 
 
 def test_load_step_scales_the_deployment_and_lost_metrics_hold(

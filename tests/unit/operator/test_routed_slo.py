@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelpool.api.modelpool import ModelPoolSpec
-from modelpool.controllers.routed_slo import routed_latency_slo_s
+from modelpool.controllers.routed_slo import policy_latency_slo_ms, routed_latency_slo_s, smallest_slo_s
 from modelpool.controllers.scaling_planner import settings_for
 from unit.operator.helpers import routing_policy as policy
 
@@ -20,6 +20,14 @@ def test_smallest_slo_of_the_policies_routing_to_the_pool() -> None:
     assert routed_latency_slo_s("b", policies) == 0.05
     assert routed_latency_slo_s("c", policies) is None
     assert routed_latency_slo_s("a", []) is None
+
+
+def test_the_operators_index_holds_each_policys_pool_and_slo() -> None:
+    assert policy_latency_slo_ms(policy("a", 500)["spec"]) == ("a", 500)
+    assert policy_latency_slo_ms(policy("a")["spec"]) is None  # no SLO: nothing to index
+    assert policy_latency_slo_ms({"poolRef": {"name": "a"}, "mode": "weighted"}) is None  # invalid
+    assert smallest_slo_s([500, 200]) == 0.2
+    assert smallest_slo_s([]) is None
 
 
 def test_variant_latency_target_wins_over_the_routed_slo() -> None:

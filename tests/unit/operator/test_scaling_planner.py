@@ -148,8 +148,12 @@ async def test_routed_slo_is_read_only_when_a_decision_is_made() -> None:
         return 0.2
 
     current = {"small": 1, "large": 1}
-    await planner.plan("ns", "p", _spec(), None, current, HELD, now=now, routed_latency_slo=routed_slo)
+    first = await planner.plan(
+        "ns", "p", _spec(), None, current, HELD, now=now, routed_latency_slo=routed_slo
+    )
     assert len(reads) == 1
+    assert first.metrics is not None
+    assert "plan for the RoutingPolicies' latency SLO 0.2s" in first.metrics.message
     await planner.plan("ns", "p", _spec(), None, current, HELD, now=now + 3, routed_latency_slo=routed_slo)
     assert len(reads) == 1  # not due: no API call either
     await planner.plan("ns", "p", _spec(), None, current, HELD, now=now + 11, routed_latency_slo=routed_slo)
