@@ -136,6 +136,9 @@ async def _reconcile_loop(
 
     def emit(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
+        # The same line in the operator's log, with its time to the millisecond (Events keep seconds).
+        level = logging.WARNING if type_ == "Warning" else logging.INFO
+        logger.log(level, "%s %s/%s: %s", reason, namespace, name, message)
 
     trigger = triggers.get(namespace, name)
     try:

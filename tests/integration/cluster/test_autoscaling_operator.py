@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -86,6 +87,19 @@ def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess) -> None:
     assert re.search(r"^process_cpu_seconds_total [0-9]", text, re.M)
 
 
+def _first_scale_up_logged(operator: OperatorProcess, pool: str, after: float) -> float | None:
+    """Wall time of the operator's first ``Scaled ... up`` log line for ``pool`` after ``after``."""
+    for line in operator.log_path.read_text(errors="replace").splitlines():
+        match = re.match(
+            r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ .*Scaled [^ ]+/" + pool + r": \w+ 1->", line
+        )
+        if match:
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+            if stamp >= after:
+                return stamp
+    return None
+
+
 def _replicas(kube: Kube) -> int:
     dep = kube.get("deployment", "scaled-small")
     return int(dep["spec"]["replicas"]) if dep else 0
@@ -128,6 +142,7 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert _replicas(kube) == 1
 
     reaction: dict[str, float] = {}
+    step_at = time.time()
 
     async def load_and_watch() -> list[int]:
         load = asyncio.create_task(_paced_load(echo_triton.http_url, LOAD_RPS, LOAD_SECONDS))
@@ -142,10 +157,14 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert codes.count(200) == len(codes), "every request of the bounded load was served"
     assert "t" in reaction, f"no scale-up during {LOAD_SECONDS:.0f} s of {LOAD_RPS:.0f} req/s"
     scaled_to = _replicas(kube)
+    decided = _first_scale_up_logged(operator, "scaled", after=step_at)
+    assert decided is not None, operator.log_tail()
     print(
-        f"\nload step 0 -> {LOAD_RPS:.0f} req/s: Deployment patched after {reaction['t']:.1f} s, "
-        f"now {scaled_to} replicas"
+        f"\nload step 0 -> {LOAD_RPS:.0f} req/s: the operator scaled up after {decided - step_at:.2f} s "
+        f"(its log), the Deployment was seen patched after {reaction['t']:.1f} s (kubectl every "
+        f"0.25 s), now {scaled_to} replicas"
     )
+    assert decided - step_at <= reaction["t"] + 0.5  # the log line is the same action, seen sooner
     # 40 req/s at a declared 10 req/s per replica needs at least 4 replicas.
     assert scaled_to >= 4
     status = kube.get("modelpool", "scaled")["status"]  # type: ignore[index]
