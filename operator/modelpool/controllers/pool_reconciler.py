@@ -27,7 +27,13 @@ from modelpool.builders.triton import (
     child_name,
     is_subset,
 )
-from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, rejected_status
+from modelpool.controllers.pool_status import (
+    ChildIssues,
+    ReplicaPlan,
+    compute_status,
+    rejected_status,
+    status_write_due,
+)
 from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.routed_slo import load_routed_latency_slo_s
 from modelpool.controllers.scaling_planner import ScalingOutcome, ScalingPlanner
@@ -289,7 +295,8 @@ async def reconcile_pool(
     status = compute_status(
         spec, generation, outcome.plans, deployments, pods, conditions, issues, now(), shared
     )
-    await write_status(kube, pool_path(namespace, name), status, raw_status)
+    if status_write_due(status, raw_status):
+        await write_status(kube, pool_path(namespace, name), status, raw_status)
     return PoolPass(status, outcome.next_decision_in)
 
 

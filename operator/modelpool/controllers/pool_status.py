@@ -194,3 +194,37 @@ def rejected_status(
     conds = c.set_condition(conds, c.READY, "False", reason, message, generation, now)
     base = old or ModelPoolStatus()
     return base.model_copy(update={"observed_generation": generation, "conditions": conds})
+
+
+MEMORY_REFRESH_SECONDS = 10.0
+"""How old the stored reasons and scaler memory may grow while nothing else in the status moves."""
+_VOLATILE = ("reason", "scaler")
+
+
+def _steady_part(wire: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without what every decision rewrites (each variant's reason and scaler memory)."""
+    variants = [{k: v for k, v in one.items() if k not in _VOLATILE} for one in wire.get("variants", [])]
+    return {**wire, "variants": variants}
+
+
+def _decided_at(wire: Mapping[str, Any]) -> float | None:
+    times = [v["scaler"]["decidedAt"] for v in wire.get("variants", []) if v.get("scaler")]
+    return max(times) if times else None
+
+
+def status_write_due(status: ModelPoolStatus, stored: Any, refresh_s: float = MEMORY_REFRESH_SECONDS) -> bool:
+    """Whether a pass must write the pool's status.
+
+    What anyone acts on (replicas, GPUs, conditions, shortfalls, the observed generation) is written
+    as soon as it changes. Each variant's reason and scaler memory change with every decision (they
+    carry the live demand and the decision's time); when nothing else moved they are written once
+    the stored memory is ``refresh_s`` old. At one decision a second that is one write in ten
+    instead of every decision; an operator restart then loses at most ``refresh_s`` of the memory.
+    """
+    wire = status.to_wire()
+    if wire == stored:
+        return False
+    if not isinstance(stored, Mapping) or _steady_part(wire) != _steady_part(stored):
+        return True
+    new, old = _decided_at(wire), _decided_at(stored)
+    return new is None or old is None or new - old >= refresh_s

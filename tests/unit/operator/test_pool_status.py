@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from modelpool.api import conditions as c
-from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.api.modelpool import ModelPoolSpec, ScalerMemory
 from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.api.semantics import child_name_problems, routing_reference_problems
 from modelpool.controllers.pool_reconciler import hold_or_minimum
-from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, SharedGpuPool, compute_status
+from modelpool.controllers.pool_status import (
+    ChildIssues,
+    ReplicaPlan,
+    SharedGpuPool,
+    compute_status,
+    status_write_due,
+)
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -171,3 +177,31 @@ def test_routing_reference_problems() -> None:
     problems = routing_reference_problems(spec, ["small", "large"])
     assert [p.field for p in problems] == ["spec.cascade.verifier"]
     assert "huge" in problems[0].message and "large" in problems[0].message
+
+
+def _decided(status: Any, at: float, reason: str, replicas: int = 1) -> Any:
+    """``status`` as a decision at ``at`` with ``reason`` (and ``replicas`` for small) leaves it."""
+    variants = [
+        v.model_copy(
+            update={
+                "reason": reason if v.name == "small" else v.reason,
+                "desired_replicas": replicas if v.name == "small" else v.desired_replicas,
+                "scaler": ScalerMemory(decided_at=at, last_demand_rps=3.0),
+            }
+        )
+        for v in status.variants
+    ]
+    return status.model_copy(update={"variants": variants})
+
+
+def test_decisions_that_move_only_reasons_and_memory_are_written_every_ten_seconds() -> None:
+    base = compute_status(
+        _spec(), 1, _plans(), {"small": _dep(1, 1), "large": _dep(1, 1)}, [], [], ChildIssues(), NOW
+    )
+    stored = _decided(base, 100.0, "keep 1->1: demand 3.0 req/s").to_wire()
+    assert not status_write_due(_decided(base, 100.0, "keep 1->1: demand 3.0 req/s"), stored)  # unchanged
+    assert not status_write_due(_decided(base, 101.0, "keep 1->1: demand 3.5 req/s"), stored)
+    assert not status_write_due(_decided(base, 109.5, "keep 1->1: demand 2.5 req/s"), stored)
+    assert status_write_due(_decided(base, 110.0, "keep 1->1: demand 2.5 req/s"), stored)  # 10 s old
+    assert status_write_due(_decided(base, 101.0, "scale up 1->2: demand 30 req/s", replicas=2), stored)
+    assert status_write_due(_decided(base, 101.0, "keep"), None)  # nothing stored yet
