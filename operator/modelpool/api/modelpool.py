@@ -356,7 +356,11 @@ class VariantStatus(ApiModel):
     desired_replicas: int = 0
     ready_replicas: int = 0
     gpus: int = Field(default=0, description="GPUs held by the variant's scheduled replicas.")
-    reason: str = Field(default="", max_length=1024, description="Why desiredReplicas is what it is.")
+    reason: str = Field(
+        default="",
+        max_length=1024,
+        description="Why desiredReplicas is what it is (while the replicas stay, refreshed every 10 s).",
+    )
     capacity_shortfall_rps: int = Field(
         default=0, description="Requests per second the variant lacks under the GPU budget."
     )
