@@ -73,14 +73,20 @@ def _spacing(xs: list[float]) -> float:
     return gaps[len(gaps) // 2]
 
 
-def trend_slope(series: tuple[RatePoint, ...], window_s: float, rate_window_s: float | None = None) -> float:
+def trend_slope(
+    series: tuple[RatePoint, ...],
+    window_s: float,
+    rate_window_s: float | None = None,
+    dispersion: float | None = None,
+) -> float:
     """Least-squares slope (req/s per second) of the points within ``window_s`` of the newest one,
     or 0 when the points do not show a rise: a positive slope counts only when arrivals at a steady
     rate would show one as steep in under 5 % of windows (one-sided test at 95 % confidence).
 
     The noise the slope is tested against is the arrivals' own: each point counts the requests of
     its rate window (``rate_window_s``; without it, those since the point before), Poisson at the
-    points' mean rate and scaled by the measured :func:`dispersion_index`, and points whose windows
+    points' mean rate and scaled by the measured :func:`dispersion_index` (``dispersion`` when the
+    caller has it already), and points whose windows
     overlap share the requests of the overlap. This gives the slope's exact variance under a steady
     load however the windows overlap; the points' own scatter around the line would not (2 s
     rates read every 0.5 s scatter little, so one clump of requests looks like a clean rise).
@@ -111,7 +117,8 @@ def trend_slope(series: tuple[RatePoint, ...], window_s: float, rate_window_s: f
         for wi, xi in zip(weights, xs, strict=True)
         for wj, xj in zip(weights, xs, strict=True)
     )
-    variance = dispersion_index(series) * rate * shared / window**2
+    burstiness = dispersion_index(series) if dispersion is None else dispersion
+    variance = burstiness * rate * shared / window**2
     return slope if slope >= Z95 * math.sqrt(max(variance, 0.0)) else 0.0
 
 
@@ -144,6 +151,8 @@ class Demand:
     trend_rps_per_s: float
     backlog_rps: float
     expected_extra_rps: float
+    burstiness: float = 1.0
+    """:func:`dispersion_index` of the rate series (1 for Poisson arrivals)."""
 
     def describe(self) -> str:
         """Short human-readable breakdown, e.g. ``demand 23.4 req/s (rate 18.0, trend +0.6/s)``."""
@@ -169,7 +178,10 @@ def estimate_demand(metrics: VariantMetrics, settings: VariantSettings, expected
     stabilisation window's job), so bursts are met early and never under-provisioned by a dip.
     """
     observed = max(metrics.latest_rps or 0.0, metrics.router_rps or 0.0)
-    slope = max(0.0, trend_slope(metrics.rate_series, settings.trend_window_s, metrics.rate_window_s))
+    burstiness = dispersion_index(metrics.rate_series)
+    slope = max(
+        0.0, trend_slope(metrics.rate_series, settings.trend_window_s, metrics.rate_window_s, burstiness)
+    )
     backlog = (metrics.pending_requests or 0.0) / settings.backlog_drain_s
     steady = max(0.0, observed + expected_extra_rps)
     total = steady + slope * settings.lookahead_s + backlog
@@ -180,4 +192,5 @@ def estimate_demand(metrics: VariantMetrics, settings: VariantSettings, expected
         trend_rps_per_s=slope,
         backlog_rps=backlog,
         expected_extra_rps=expected_extra_rps,
+        burstiness=burstiness,
     )

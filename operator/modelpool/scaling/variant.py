@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from modelpool.scaling.demand import (
     Demand,
     capacity_per_replica,
-    dispersion_index,
     estimate_demand,
     metrics_problem,
 )
@@ -80,7 +79,7 @@ def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, 
     target queue time shrunk by that factor.
     """
     s = vi.settings
-    burstiness = dispersion_index(vi.metrics.rate_series)
+    burstiness = demand.burstiness
     target = s.target_queue_time_s * 2.0 / (burstiness + 1.0)
     steady = _size(demand.steady_rps, capacity, s, target)
     surge = _size(demand.total_rps, capacity, s, target)
