@@ -211,8 +211,11 @@ class ScalingPlanner:
         """One reader per Prometheus, rate window, series span and queries.
 
         The series step is a quarter of the rate window: Prometheus' rule of thumb is a rate window of
-        four scrape intervals, so the step is about one scrape and the points' windows overlap little
-        (the burstiness index assumes that). The series hold at least eight points (the burstiness
+        four scrape intervals, so the step is about one scrape (one point per scrape, as the
+        benchmark reads them). With ``rate()`` queries neighbouring points' windows then overlap by
+        three quarters: the trend test counts that overlap (the reader reports the window), the
+        burstiness index does not and reads low (docs/scaling.md, Limitations); with ``irate`` each
+        point counts one scrape and nothing overlaps. The series hold at least eight points (the burstiness
         index is taken over all of them) and reach back over the longest trend window and one
         look-ahead plus two steps: the burst reserve counts the arrivals of the last look-ahead from
         them. The benchmark's series follow the same rule.
