@@ -132,6 +132,41 @@ def test_variants_without_a_latency_target_plan_for_the_routing_policies_slo(
     wait_for(message_with("latency SLO 0.8s"), 30, "the SLO once the stricter policy is gone")
 
 
+def test_a_steady_pool_decides_every_second_but_writes_its_status_rarely(
+    kube: Kube, operator: OperatorProcess, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
+) -> None:
+    """Each decision rewrites only the reasons and the scaler's memory when nothing moves: the pool
+    is written (a new resourceVersion, an etcd write) once its stored memory is 10 s old, not at
+    every decision."""
+    manifest = pool(echo_prometheus.url)
+    manifest["metadata"]["name"] = "quiet"
+    kube.apply(manifest)
+    wait_for(
+        lambda: (c := kube.condition("modelpool", "quiet", "Ready")) and c["status"] == "True", 60, "Ready"
+    )
+    time.sleep(3)  # the first decisions and the Deployment's readiness are written
+
+    def decisions() -> float:
+        assert operator.metrics_url is not None
+        text = httpx.get(operator.metrics_url, timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modelpool_scaling_decisions_total{") and 'pool="quiet"' in line
+        )
+
+    first = decisions()
+    versions = set()
+    started = time.monotonic()
+    while time.monotonic() - started < 12.0:
+        versions.add(kube.get("modelpool", "quiet")["metadata"]["resourceVersion"])  # type: ignore[index]
+        time.sleep(0.5)
+    decided = decisions() - first
+    print(f"\n12 s at intervalSeconds 1: {decided:.0f} variant decisions, {len(versions)} pool versions seen")
+    assert decided >= 8  # it kept deciding about once a second
+    assert len(versions) <= 3  # at most two writes in 12 s (each decision wrote before)
+
+
 def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     kube: Kube, operator: OperatorProcess, echo_triton: TritonProcess, echo_prometheus: PrometheusProcess
 ) -> None:
