@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from modelpool.api.base import ApiModel, Conditions, ConfigMapKeyReference, DnsLabel, cel, with_rules
 
@@ -240,7 +241,34 @@ class GpuPool(ApiModel):
     )
 
 
-PromQL = Annotated[str, Field(min_length=1, max_length=4096)]
+PROMQL_PLACEHOLDERS = ("selector", "router_selector", "window")
+_NAMES = "|".join(PROMQL_PLACEHOLDERS)
+PROMQL_TEMPLATE_PATTERN = rf"^([^$]|[$][$]|[$]({_NAMES})\b|[$][{{]({_NAMES})[}}])*$"
+"""Every ``$`` in a query template starts a known placeholder or is doubled (``string.Template``)."""
+PROMQL_PLACEHOLDER_MESSAGE = (
+    "unknown or malformed placeholder: use $selector, $router_selector or $window ($$ for a literal $)"
+)
+
+
+def _known_placeholders(query: str) -> str:
+    if re.fullmatch(PROMQL_TEMPLATE_PATTERN, query, flags=re.ASCII) is None:
+        raise ValueError(PROMQL_PLACEHOLDER_MESSAGE)
+    return query
+
+
+PromQL = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(f"self.matches(r'{PROMQL_TEMPLATE_PATTERN}')", PROMQL_PLACEHOLDER_MESSAGE)
+            ]
+        },
+    ),
+    AfterValidator(_known_placeholders),
+]
 
 
 class MetricQueries(ApiModel):

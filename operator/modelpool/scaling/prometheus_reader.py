@@ -15,17 +15,37 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from string import Template
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from modelpool.scaling.types import RatePoint, VariantMetrics
 
+_T = TypeVar("_T")
+
 
 class PrometheusError(RuntimeError):
-    """Prometheus could not be reached or rejected a query."""
+    """Prometheus could not be reached or rejected a query (``rejected``: the query itself was refused)."""
+
+    def __init__(self, message: str, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+PLACEHOLDERS = ("selector", "router_selector", "window")
+PLACEHOLDER_HINT = "use $selector, $router_selector or $window ($$ for a literal $)"
+
+
+def query_field(name: str) -> str:
+    """The ModelPool field that overrides template ``name``.
+
+    ``served_rate`` -> ``spec.scaling.queries.servedRate``.
+    """
+    head, *rest = name.split("_")
+    return "spec.scaling.queries." + head + "".join(word.capitalize() for word in rest)
 
 
 @dataclass(frozen=True)
@@ -55,8 +75,7 @@ class QueryTemplates:
             return Template(template).substitute(values)
         except (KeyError, ValueError) as exc:
             raise ValueError(
-                f"PromQL template {field!r} has an unknown or malformed placeholder ({exc}); "
-                "use $selector, $router_selector, $window"
+                f"{query_field(field)}: unknown or malformed placeholder ({exc}); {PLACEHOLDER_HINT}"
             ) from exc
 
 
@@ -136,7 +155,8 @@ class PrometheusReader:
         if response.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(
                 f"query {promql!r} failed: HTTP {response.status_code} {body.get('errorType', '')} "
-                f"{body.get('error', '')}".strip()
+                f"{body.get('error', '')}".strip(),
+                rejected=response.status_code in (400, 422),  # bad_data, execution
             )
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
@@ -164,25 +184,41 @@ class PrometheusReader:
         return None if "irate(" in rate_template else self.rate_window_s
 
     async def read_variant(self, target: VariantTarget, at: float | None = None) -> VariantMetrics:
-        """Everything :func:`decide` needs about one variant; failures become ``problem``."""
+        """Everything :func:`decide` needs about one variant; failures become ``problem``.
+
+        A query Prometheus rejects, or a template with an unknown placeholder, is named by the pool
+        field that overrides it, with the fix; an unreachable Prometheus is not about any one query.
+        """
         values = {
             "selector": target.selector,
             "router_selector": target.router_selector,
             "window": _duration(self.rate_window_s),
         }
         t = self.templates
+
+        async def named(field: str, read: Callable[[str, float | None], Awaitable[_T]]) -> _T:
+            try:
+                return await read(t.render(field, **values), at)
+            except PrometheusError as exc:
+                if not exc.rejected:
+                    raise
+                raise PrometheusError(
+                    f"{query_field(field)}: Prometheus rejected the query ({exc}); fix the PromQL, "
+                    "or unset the field to use the default",
+                    rejected=True,
+                ) from exc
+
         try:
             router_series, served_series = await asyncio.gather(
-                self.series(t.render("router_rate", **values), at),
-                self.series(t.render("served_rate", **values), at),
+                named("router_rate", self.series), named("served_rate", self.series)
             )
             queue, compute, pending, newest = await asyncio.gather(
                 *(
-                    self.scalar(t.render(name, **values), at)
+                    named(name, self.scalar)
                     for name in ("queue_time_s", "compute_time_s", "pending", "newest_sample")
                 )
             )
-        except PrometheusError as exc:
+        except (PrometheusError, ValueError) as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
         return VariantMetrics(
             rate_series=router_series or served_series,

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
+from unit.api.promql_cases import PROMQL_CASES
 
 pytestmark = pytest.mark.cluster
 
@@ -373,6 +374,19 @@ def test_pool_level_invalid_manifests(kube: Kube) -> None:
         v.update({"minReplicas": 0, "scaling": {"scaleToZero": True}})
     proc = kube.apply(nobody, check=False)
     assert proc.returncode != 0 and "at least one variant must keep a replica" in proc.stderr
+
+
+@pytest.mark.parametrize(("query", "valid"), PROMQL_CASES, ids=[q for q, _ in PROMQL_CASES])
+def test_the_api_server_checks_query_placeholders(kube: Kube, query: str, valid: bool) -> None:
+    """The CRD's CEL rule (RE2) accepts the same templates as the API model and the reader (Python)."""
+    manifest = pool_manifest("promql", scaling={"queries": {"servedRate": query}})
+    proc = kube.run("apply", "--dry-run=server", "-f", "-", input_text=json.dumps(manifest), check=False)
+    if valid:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode != 0, f"{query!r}: the API server accepted it"
+    assert "spec.scaling.queries.servedRate" in proc.stderr, proc.stderr
+    assert "use $selector, $router_selector or $window" in proc.stderr, proc.stderr
 
 
 def _policy(**spec: Any) -> Obj:

@@ -241,6 +241,33 @@ async def test_unreachable_prometheus_is_a_problem_not_an_exception() -> None:
     assert "unreachable" in metrics.problem
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field", "error"),
+    [
+        (
+            {"served_rate": "sum(rate(nv_inference_request_success{$selector}[$window])"},
+            "servedRate",
+            "bad_data",
+        ),
+        ({"pending": 'label_replace(vector(1), "a", "x", "b", "(")'}, "pending", "execution"),
+    ],
+    ids=["parse error", "execution error"],
+)
+async def test_a_query_prometheus_rejects_is_named_by_its_field(
+    echo_prometheus: PrometheusProcess, overrides: dict[str, str], field: str, error: str
+) -> None:
+    """Real Prometheus refuses a pool's query: the problem names the field and the fix; nothing raises."""
+    r = PrometheusReader(echo_prometheus.url, templates=replace(QueryTemplates(), **overrides))
+    try:
+        metrics = await r.read_variant(TARGET)
+    finally:
+        await r.aclose()
+    assert metrics.problem is not None
+    assert f"spec.scaling.queries.{field}: Prometheus rejected the query" in metrics.problem, metrics.problem
+    assert error in metrics.problem, metrics.problem
+    assert "unset the field to use the default" in metrics.problem
+
+
 def _triton_counter(metrics_text: str, name: str) -> float:
     for line in metrics_text.splitlines():
         if line.startswith(name + "{") and 'model="echo_small"' in line:

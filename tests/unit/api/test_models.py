@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.api.modelpool import PROMQL_PLACEHOLDERS, MetricQueries, ModelPoolSpec
 from modelpool.api.routingpolicy import RoutingPolicySpec
+from modelpool.scaling.prometheus_reader import PLACEHOLDERS as READER_PLACEHOLDERS
+from modelpool.scaling.prometheus_reader import QueryTemplates, query_field
+from unit.api.promql_cases import PROMQL_CASES
 
 SAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "samples"
 
@@ -58,3 +62,34 @@ def test_invalid_variant_names_the_field(variant: dict[str, object], field: str)
     with pytest.raises(ValidationError) as info:
         ModelPoolSpec.model_validate(_pool(**variant))
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(("query", "valid"), PROMQL_CASES)
+def test_query_placeholders_are_checked_as_the_reader_renders_them(query: str, valid: bool) -> None:
+    """The API's rule (also a CEL rule in the CRD) accepts exactly what the reader can render."""
+    pool = _pool()
+    pool["scaling"] = {"queries": {"servedRate": query}}
+    renders = True
+    try:
+        QueryTemplates(served_rate=query).render(
+            "served_rate", selector="a", router_selector="b", window="2s"
+        )
+    except ValueError:
+        renders = False
+    assert renders == valid
+    if valid:
+        assert ModelPoolSpec.model_validate(pool).scaling.queries.served_rate == query
+        return
+    with pytest.raises(ValidationError) as info:
+        ModelPoolSpec.model_validate(pool)
+    assert "scaling.queries.servedRate" in str(info.value)
+    assert "use $selector, $router_selector or $window" in str(info.value)
+
+
+def test_api_and_reader_agree_on_query_fields_and_placeholders() -> None:
+    api_fields = set(MetricQueries.model_json_schema(by_alias=True)["properties"])
+    reader_fields = {
+        query_field(f.name).removeprefix("spec.scaling.queries.") for f in fields(QueryTemplates)
+    }
+    assert api_fields == reader_fields
+    assert set(PROMQL_PLACEHOLDERS) == set(READER_PLACEHOLDERS)

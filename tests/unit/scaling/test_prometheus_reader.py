@@ -38,8 +38,25 @@ def test_default_templates_render_triton_and_router_queries() -> None:
 
 def test_bad_template_placeholder_names_the_field() -> None:
     t = QueryTemplates(pending="sum(x{$selectr})")
-    with pytest.raises(ValueError, match="'pending' has an unknown or malformed placeholder"):
+    with pytest.raises(
+        ValueError, match=r"spec\.scaling\.queries\.pending: unknown or malformed placeholder"
+    ):
         t.render("pending", selector="a", router_selector="b", window="1s")
+
+
+async def test_bad_template_placeholder_is_a_problem_naming_the_field() -> None:
+    """An object from before the CRD checked placeholders holds the pool instead of crashing the pass."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success", "data": {"result": []}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    reader = PrometheusReader(
+        "http://prom.invalid", client=client, templates=QueryTemplates(pending="x{$selectr}")
+    )
+    m = await reader.read_variant(TARGET)
+    assert m.problem is not None
+    assert "spec.scaling.queries.pending: unknown or malformed placeholder" in m.problem
 
 
 def _prometheus(handler: httpx.MockTransport) -> PrometheusReader:
@@ -121,6 +138,29 @@ async def test_query_error_becomes_problem() -> None:
     m = await _prometheus(httpx.MockTransport(answer)).read_variant(TARGET)
     assert m.problem is not None
     assert "bad_data parse error at char 5" in m.problem
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "named"),
+    [(400, "bad_data", True), (422, "execution", True), (503, "timeout", False)],
+)
+async def test_a_rejected_query_names_the_field_that_overrides_it(
+    status: int, error_type: str, named: bool
+) -> None:
+    """Prometheus refusing one query (400/422) names the pool field and the fix; an overloaded
+    Prometheus (503) is not about the query, so no field is blamed."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "queue_duration" in request.url.params["query"]:
+            body = {"status": "error", "errorType": error_type, "error": "boom"}
+            return httpx.Response(status, content=json.dumps(body))
+        return httpx.Response(200, json={"status": "success", "data": {"result": []}})
+
+    m = await _prometheus(httpx.MockTransport(answer)).read_variant(TARGET)
+    assert m.problem is not None
+    assert f"HTTP {status} {error_type} boom" in m.problem
+    assert ("spec.scaling.queries.queueTimeS: Prometheus rejected the query" in m.problem) == named
+    assert ("unset the field to use the default" in m.problem) == named
 
 
 def test_prometheus_config_and_bad_target() -> None:
