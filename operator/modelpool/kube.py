@@ -20,6 +20,8 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from modelpool.scaling.metrics import record_kube_request
+
 Obj = dict[str, Any]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -134,6 +136,23 @@ def resource_path(
     return path
 
 
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def request_kind(method: str, path: str) -> tuple[str, str]:
+    """The Kubernetes verb and resource of a request to ``path``: ``("list", "deployments")``,
+    ``("patch", "modelpools/status")``; a GET of a collection is a ``list``."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/group/version/...
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource; /api/v1/namespaces/<name> is the namespace itself
+    resource = rest[0] if rest else ""
+    if len(rest) >= 3:
+        resource += "/" + rest[2]
+    verb = _VERBS.get(method, "get" if len(rest) >= 2 else "list")
+    return verb, resource
+
+
 class KubeClient:
     """The operator's reads and writes; one pooled HTTP/1.1 client."""
 
@@ -162,6 +181,7 @@ class KubeClient:
         content_type: str | None = None,
     ) -> Obj:
         headers = {"Content-Type": content_type} if content_type else None
+        record_kube_request(*request_kind(method, path))
         response = await self._http.request(method, path, json=json, params=params, headers=headers)
         if response.status_code >= 400:
             causes: tuple[str, ...] = ()

@@ -20,12 +20,18 @@ import prometheus_client
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.policy_reconciler import reconcile_policy
-from modelpool.controllers.pool_reconciler import EventSink, reconcile_pool
+from modelpool.controllers.pool_reconciler import (
+    ApiChildReader,
+    CachedChildReader,
+    EventSink,
+    RefreshingChildReader,
+    reconcile_pool,
+)
 from modelpool.controllers.routed_slo import policy_latency_slo_ms, smallest_slo_s
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import GenerationFilter, Triggers
-from modelpool.kube import KubeClient
+from modelpool.kube import KubeClient, Obj
 from modelpool.scaling.metrics import REGISTRY, observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
@@ -111,6 +117,38 @@ def router_pod_changed(namespace: str | None, **_: Any) -> None:
     POLICY_TRIGGERS.poke_namespace(namespace or "")
 
 
+def _by_pool(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body
+) -> dict[tuple[str, str], Obj] | None:
+    """A child keyed by its (namespace, pool), as the watch last delivered it."""
+    pool = labels.get(LABEL_POOL)
+    return None if not pool else {(namespace or "", pool): dict(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def pool_deployments(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], Obj] | None:
+    """The pools' Deployments, from the watch that also wakes them (read instead of a LIST per pass)."""
+    return _by_pool(namespace, labels, body)
+
+
+@kopf.index("", "v1", "services", labels=MANAGED)
+def pool_services(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], Obj] | None:
+    """The pools' Services."""
+    return _by_pool(namespace, labels, body)
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pool_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], Obj] | None:
+    """The pools' pods (for the status: ready, pending, unschedulable)."""
+    return _by_pool(namespace, labels, body)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
@@ -175,6 +213,18 @@ async def run_pool(
     slos: kopf.Index[tuple[str, str], int] = kwargs["routed_latency_slos"]
     planner.members = lambda gpu_pool: tuple(members.get(gpu_pool, ()))
     ns = namespace or ""
+    cached: dict[str, kopf.Index[tuple[str, str], Obj]] = {
+        kind: kwargs[f"pool_{kind}"] for kind in ("deployments", "services", "pods")
+    }
+    children = RefreshingChildReader(
+        api=ApiChildReader(kube, ns, name),
+        cache=CachedChildReader(
+            deployments=lambda: cached["deployments"].get((ns, name), ()),
+            services=lambda: cached["services"].get((ns, name), ()),
+            pod_list=lambda: cached["pods"].get((ns, name), ()),
+        ),
+        every_s=RESYNC_SECONDS,
+    )
 
     async def routed_slo() -> float | None:
         return smallest_slo_s(slos.get((ns, name), ()))
@@ -182,7 +232,13 @@ async def run_pool(
     async def once(emit: EventSink) -> float | None:
         with observe_reconcile("modelpool"):
             result = await reconcile_pool(
-                kube, ns, name, emit, planner=planner, routed_latency_slo=routed_slo
+                kube,
+                ns,
+                name,
+                emit,
+                planner=planner,
+                routed_latency_slo=routed_slo,
+                child_reader=children.for_pass(),
             )
         return None if result is None else (result.next_in or RESYNC_SECONDS)
 

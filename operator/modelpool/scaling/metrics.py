@@ -61,6 +61,13 @@ ERRORS = Counter(
     ["controller", "kind"],
     registry=REGISTRY,
 )
+KUBE_REQUESTS = Counter(
+    "modelpool_kube_requests_total",
+    "Requests the operator's own client sent the Kubernetes API server (kopf's watches not included), "
+    "by verb (get, list, create, patch, update, delete) and resource (with its subresource).",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
 
 
 def action_of(desired: int, current: int, held: bool) -> str:
@@ -93,6 +100,11 @@ def observe_reconcile(controller: str) -> Iterator[None]:
         raise
     finally:
         RECONCILE_SECONDS.labels(controller=controller).observe(time.perf_counter() - start)
+
+
+def record_kube_request(verb: str, resource: str) -> None:
+    """Count one request to the Kubernetes API server."""
+    KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
 
 
 def record_error(controller: str, kind: str) -> None:

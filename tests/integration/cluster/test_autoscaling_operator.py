@@ -139,7 +139,9 @@ def test_a_steady_pool_decides_every_second_writes_rarely_and_wakes_only_to_deci
     is written (a new resourceVersion, an etcd write) once its stored memory is 10 s old, not at
     every decision. Nor does a write that leaves the spec alone (the operator's own status writes,
     here a label the test changes every second) wake a pass: only the decisions' timer does
-    (before ``triggers.GenerationFilter`` every such write woke one more pass)."""
+    (before ``triggers.GenerationFilter`` every such write woke one more pass). And a pass reads
+    the pool's children from the operator's watch cache: no LIST per decision (three before), only
+    one pass per resync period lists them."""
     manifest = pool(echo_prometheus.url)
     manifest["metadata"]["name"] = "quiet"
     kube.apply(manifest)
@@ -164,16 +166,49 @@ def test_a_steady_pool_decides_every_second_writes_rarely_and_wakes_only_to_deci
         )
         return decisions, passes
 
+    def child_lists() -> float:
+        """LISTs of Deployments and Services the operator's own client sent (other clients, such as
+        the namespace controller clearing earlier tests' namespaces, list them too; pods are also
+        listed by the RoutingPolicy reconciler, for its router pods)."""
+        assert operator.metrics_url is not None
+        text = httpx.get(operator.metrics_url, timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modelpool_kube_requests_total{")
+            and 'verb="list"' in line
+            and any(f'resource="{kind}"' in line for kind in ("deployments", "services"))
+        )
+
+    def all_pools() -> set[str]:
+        out = kube.cluster.kubectl(
+            "get", "modelpools", "-A", "-o", "jsonpath={.items[*].metadata.uid}"
+        ).stdout
+        return set(out.split())
+
+    # Other tests' pools list their children too: wait until their namespaces are gone.
+    quiet_uid = kube.get("modelpool", "quiet")["metadata"]["uid"]  # type: ignore[index]
+    wait_for(lambda: all_pools() == {quiet_uid}, 120, "the other tests' pools to be deleted")
     first, _ = counters()
+    first_lists = child_lists()
     versions = set()
     started = time.monotonic()
     while time.monotonic() - started < 12.0:
         versions.add(kube.get("modelpool", "quiet")["metadata"]["resourceVersion"])  # type: ignore[index]
         time.sleep(0.5)
     decided = counters()[0] - first
-    print(f"\n12 s at intervalSeconds 1: {decided:.0f} variant decisions, {len(versions)} pool versions seen")
+    lists = child_lists() - first_lists
+    alone = all_pools() == {quiet_uid}
+    print(
+        f"\n12 s at intervalSeconds 1: {decided:.0f} variant decisions, {len(versions)} pool versions seen, "
+        f"{lists:.0f} LISTs of Deployments and Services"
+    )
     assert decided >= 8  # it kept deciding about once a second
     assert len(versions) <= 3  # at most two writes in 12 s (each decision wrote before)
+    # The pool lists both kinds from the API server once per resync period (5 s for the tests'
+    # operator, 30 s by default) and reads the watch cache in between; a LIST per pass was 24.
+    assert alone
+    assert lists <= 2 * (12 // operator.resync_seconds + 1)
 
     first, first_passes = counters()
     started = time.monotonic()
