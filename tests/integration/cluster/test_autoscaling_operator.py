@@ -301,3 +301,28 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     )
     assert "hold" in cond["message"]
     assert _replicas(kube) == scaled_to
+
+
+def test_a_query_prometheus_refuses_holds_the_pool_and_names_its_field(
+    kube: Kube, operator: OperatorProcess, echo_prometheus: PrometheusProcess
+) -> None:
+    """PromQL that passes the CRD's placeholder check but that Prometheus cannot parse: the pool
+    holds its replicas and its condition names the field and the fix; nothing crashes or retries
+    in a loop."""
+    manifest = pool(echo_prometheus.url)
+    manifest["metadata"]["name"] = "badquery"
+    manifest["spec"]["scaling"]["queries"] = {"pending": "sum(nv_inference_pending_request_count{$selector}"}
+    kube.apply(manifest)
+    condition = wait_for(
+        lambda: (c := kube.condition("modelpool", "badquery", "MetricsAvailable")) and c,
+        60,
+        "a first decision",
+    )
+    print(f"\n{condition['reason']}: {condition['message']}")
+    assert condition["status"] == "False"
+    assert condition["reason"] == "MetricsUnavailable"
+    assert "spec.scaling.queries.pending: Prometheus rejected the query" in condition["message"]
+    assert "bad_data" in condition["message"]
+    assert "unset the field to use the default" in condition["message"]
+    deployment = kube.get("deployment", "badquery-small")
+    assert deployment is not None and deployment["spec"]["replicas"] == 1  # held at its minimum
