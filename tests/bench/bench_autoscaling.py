@@ -24,6 +24,8 @@ from pathlib import Path
 from autoscaling_calibration import calibrate, load_service_model
 from autoscaling_traces import synthetic_bursty_trace
 
+from modelpool.api.modelpool import ModelPoolSpec
+from modelpool.controllers.scaling_planner import settings_for
 from modelpool.scaling.baselines import (
     BurstForesightPolicy,
     HpaPolicy,
@@ -413,23 +415,54 @@ def reactive_frontier_rows(
     return rows
 
 
+def untuned_setup(
+    trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
+) -> tuple[VariantSettings, SimConfig, float]:
+    """What a ModelPool nobody tuned runs on the bench's scrape: the CRD's defaults for the pool's
+    ``scaling`` and the variant's (through the operator's own ``settings_for``), the RoutingPolicies'
+    latency SLO as its target, ``maxReplicas`` as the bench's; the series as the operator's reader
+    takes them (a step of a quarter of the rate window). Returns settings, config and the decision
+    interval."""
+    capacity, _, cfg = sim_setup(trace, service, knobs)
+    variant = {"name": "code", "tier": "small", "model": {"name": "m", "repository": "/m"}}
+    spec = ModelPoolSpec.model_validate(
+        {
+            "gpuPool": {"gpuBudget": knobs.max_replicas},
+            "variants": [{**variant, "maxReplicas": knobs.max_replicas}],
+        }
+    )
+    settings = settings_for(spec.variants[0], capacity, routed_latency_slo_s=knobs.latency_slo_s)
+    window = float(spec.scaling.rate_window_seconds)
+    step = window / 4
+    points = max(8, math.ceil(settings.trend_window_s / step) + 1, math.ceil(settings.lookahead_s / step) + 2)
+    untuned = replace(cfg, rate_window_s=window, series_step_s=step, series_points=points)
+    return settings, untuned, float(spec.scaling.interval_seconds)
+
+
 def ablation_rows(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs, oracle: float
 ) -> list[tuple[str, SimResult, float]]:
-    """(variant, result, x oracle) for ModelPool as configured, without each of its parts, and with
-    its data older or fresher than the benchmark's half scrape (the decision's timing)."""
+    """(variant, result, x oracle) for ModelPool as configured, without each of its parts, with
+    its data older or fresher than the benchmark's half scrape (the decision's timing), and with
+    nothing tuned (the CRD's defaults)."""
     _, settings, cfg = sim_setup(trace, service, knobs)
+    every = knobs.decision_every_s
     variants = [
-        ("as configured", settings, cfg),
-        ("no burst reserve", replace(settings, burst_reserve=False), cfg),
-        ("6 s rate window", settings, replace(cfg, rate_window_s=6.0)),
-        ("data 1 scrape old", settings, replace(cfg, decision_phase_s=0.0)),
-        ("data 0.1 scrape old", settings, replace(cfg, decision_phase_s=0.1 * knobs.scrape_interval_s)),
+        ("as configured", settings, cfg, every),
+        ("no burst reserve", replace(settings, burst_reserve=False), cfg, every),
+        ("6 s rate window", settings, replace(cfg, rate_window_s=6.0), every),
+        ("data 1 scrape old", settings, replace(cfg, decision_phase_s=0.0), every),
+        (
+            "data 0.1 scrape old",
+            settings,
+            replace(cfg, decision_phase_s=0.1 * knobs.scrape_interval_s),
+            every,
+        ),
+        ("untuned (CRD defaults)", *untuned_setup(trace, service, knobs)),
     ]
     rows = []
-    for label, variant_settings, variant_cfg in variants:
-        policy = DecidePolicy(variant_settings, knobs.decision_every_s)
-        result = simulate(trace, service, variant_cfg, policy)
+    for label, variant_settings, variant_cfg, interval in variants:
+        result = simulate(trace, service, variant_cfg, DecidePolicy(variant_settings, interval))
         rows.append((label, result, result.gpu_hours / oracle))
     return rows
 

@@ -101,6 +101,11 @@ class SimConfig:
     gpus_per_replica: int = 1
     initial_replicas: int = 1
     series_points: int = 8
+    series_step_s: float | None = None
+    """Spacing of the rate series' points, as the operator reads them: a Prometheus subquery
+    ``[span:step]`` with the step a quarter of the rate window, evaluated at multiples of the step
+    (Prometheus aligns subquery steps to the epoch), each from the samples scraped by then. None:
+    one point per scrape, at the scrape."""
     decision_phase_s: float = 0.0
     """How long after each scrape the policy decides. At 0 a decision falls on a scrape's instant
     and is taken just before it, so it sees the previous scrape: staleness of one full scrape, the
@@ -280,23 +285,45 @@ class _Sim:
             self.latencies.append(now - arrival + service)
             self.push(now + service, "done", r.rid)
 
+    def _window_start(self, i: int) -> tuple[float, int, int, float, float] | None:
+        """The newest scrape at least one rate window before scrape ``i``."""
+        t = self.scrapes[i][0]
+        window = self.cfg.rate_window_s
+        return next((s for s in reversed(self.scrapes[:i]) if s[0] <= t - window + 1e-9), None)
+
     def observe(self, now: float) -> Observation:
         window = self.cfg.rate_window_s
         points: list[tuple[RatePoint, RatePoint]] = []
         q_time: float | None = None
         c_time: float | None = None
+        # Queue and compute time: instant queries, over the newest window with completions.
         for i in range(len(self.scrapes) - 1, -1, -1):
-            t, arrived, done, qsum, csum = self.scrapes[i]
-            past = next((s for s in reversed(self.scrapes[:i]) if s[0] <= t - window + 1e-9), None)
+            _, _, done, qsum, csum = self.scrapes[i]
+            past = self._window_start(i)
+            if past is None:
+                break
+            if done > past[2]:
+                q_time = (qsum - past[3]) / (done - past[2])
+                c_time = (csum - past[4]) / (done - past[2])
+                break
+        step = self.cfg.series_step_s
+        grid: float | None = None  # the next evaluation time of an aligned series
+        if step is not None and self.scrapes:
+            grid = math.floor(self.scrapes[-1][0] / step + 1e-9) * step
+        for i in range(len(self.scrapes) - 1, -1, -1):
+            t, arrived, done, _, _ = self.scrapes[i]
+            if grid is not None and t > grid + 1e-9:
+                continue  # scraped after the evaluation time: not yet in this point
+            past = self._window_start(i)
             if past is None:
                 break
             span = t - past[0]
-            points.append((RatePoint(t, (arrived - past[1]) / span), RatePoint(t, (done - past[2]) / span)))
-            if q_time is None and done > past[2]:
-                q_time = (qsum - past[3]) / (done - past[2])
-                c_time = (csum - past[4]) / (done - past[2])
+            at = t if grid is None else grid
+            points.append((RatePoint(at, (arrived - past[1]) / span), RatePoint(at, (done - past[2]) / span)))
             if len(points) >= self.cfg.series_points:
                 break
+            if grid is not None and step is not None:
+                grid -= step
         points.reverse()
         return Observation(
             t=self.scrapes[-1][0] if self.scrapes else now,

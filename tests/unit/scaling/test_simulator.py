@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,37 @@ def test_decision_phase_sets_how_old_the_newest_scrape_is(phase: float, age: flo
     simulate(step_trace(), SERVICE, cfg, policy)
     assert len(policy.ages) > 10
     assert all(a == pytest.approx(age) for a in policy.ages)
+
+
+class _Series:
+    name = "series"
+    interval_s = 15.0
+
+    def __init__(self) -> None:
+        self.series: list[tuple[RatePoint, ...]] = []
+
+    def desired(self, obs: Observation, now: float, current: int) -> int:
+        self.series.append(obs.arrival_series)
+        return 1
+
+
+@pytest.mark.parametrize(("step", "spacing"), [(None, 2.0), (15.0, 15.0)])
+def test_series_points_are_spaced_by_the_series_step(step: float | None, spacing: float) -> None:
+    """As the operator's reader: one point per quarter of the rate window, at multiples of the step
+    (Prometheus aligns a subquery's steps), each from the scrapes up to it; without a step, one
+    point per scrape, at the scrape."""
+    cfg = SimConfig(
+        latency_slo_s=1.0, scrape_interval_s=2.0, rate_window_s=60.0, series_points=8, series_step_s=step
+    )
+    policy = _Series()
+    simulate(step_trace(end=300.0), SERVICE, cfg, policy)
+    full = [s for s in policy.series if len(s) == 8]
+    assert len(full) > 5
+    for series in full:
+        gaps = {round(b.t - a.t, 6) for a, b in itertools.pairwise(series)}
+        assert gaps == {spacing}
+        if step is not None:
+            assert all(p.t % step == 0 for p in series)
+    # the high rate (30 req/s from 60 s on) fills 60 s windows: a rate is per window, not per step
+    during = next(s for s in full if 200.0 <= s[-1].t <= 290.0)
+    assert during[-1].rps == pytest.approx(30.0, rel=0.05)
