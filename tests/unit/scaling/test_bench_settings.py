@@ -1,7 +1,8 @@
 """The autoscaling benchmark runs the settings a ModelPool gives the operator, not its own.
 
-For each operating point the docs report, a ModelPool spec (the bursty sample for the fast point)
-must give the scaler exactly the settings, decision interval and series the benchmark simulates.
+For each operating point the docs report, a ModelPool spec (the bursty samples: for a 0.5 s and
+for a 2 s scrape) must give the scaler exactly the settings, decision interval and series the
+benchmark simulates.
 """
 
 from __future__ import annotations
@@ -29,29 +30,14 @@ ROUTER_IRATE = "sum(irate(modelpool_router_upstream_requests_total{$router_selec
 
 def _bench_default_pool(slo_ms: int = 2000) -> dict[str, Any]:
     """The bench's default point (2 s scrape, the increase between the last two scrapes) as the
-    docs write it: irate queries over four scrapes, a target queue time of half the SLO."""
-    return {
-        "gpuPool": {"gpuBudget": 16},
-        "scaling": {
-            "intervalSeconds": 2,
-            "rateWindowSeconds": 8,
-            "queries": {"servedRate": IRATE, "routerRate": ROUTER_IRATE},
-        },
-        "variants": [
-            {
-                "name": "small",
-                "tier": "small",
-                "model": {"name": "code-small", "repository": "/m"},
-                "scaling": {
-                    "targetQueueTimeMs": slo_ms // 2,
-                    "targetLatencyMs": slo_ms,
-                    "lookaheadSeconds": 5,
-                    "scaleDownStabilizationSeconds": 5,
-                    "trendWindowSeconds": 8,
-                },
-            }
-        ],
-    }
+    sample for a 2 s scrape writes it, with the targets of another SLO where asked: irate queries
+    over four scrapes, a target queue time of half the SLO."""
+    sample = REPO / "manifests" / "samples" / "modelpool-bursty-2s-scrape.yaml"
+    spec: dict[str, Any] = yaml.safe_load(sample.read_text())["spec"]
+    assert spec["scaling"]["queries"] == {"servedRate": IRATE, "routerRate": ROUTER_IRATE}
+    for variant in spec["variants"]:
+        variant["scaling"] |= {"targetQueueTimeMs": slo_ms // 2, "targetLatencyMs": slo_ms}
+    return spec
 
 
 def _bursty_sample() -> dict[str, Any]:
