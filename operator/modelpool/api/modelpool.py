@@ -245,9 +245,8 @@ PROMQL_PLACEHOLDERS = ("selector", "router_selector", "window")
 _NAMES = "|".join(PROMQL_PLACEHOLDERS)
 PROMQL_TEMPLATE_PATTERN = rf"^([^$]|[$][$]|[$]({_NAMES})\b|[$][{{]({_NAMES})[}}])*$"
 """Every ``$`` in a query template starts a known placeholder or is doubled (``string.Template``)."""
-PROMQL_PLACEHOLDER_MESSAGE = (
-    "unknown or malformed placeholder: use $selector, $router_selector or $window ($$ for a literal $)"
-)
+PROMQL_PLACEHOLDER_HINT = "use $selector, $router_selector or $window ($$ for a literal $)"
+PROMQL_PLACEHOLDER_MESSAGE = f"unknown or malformed placeholder: {PROMQL_PLACEHOLDER_HINT}"
 
 
 def _known_placeholders(query: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from modelpool.api.modelpool import PROMQL_PLACEHOLDER_HINT, MetricQueries
 from modelpool.scaling.types import RatePoint, VariantMetrics
 
 _T = TypeVar("_T")
@@ -35,17 +36,12 @@ class PrometheusError(RuntimeError):
         self.rejected = rejected
 
 
-PLACEHOLDERS = ("selector", "router_selector", "window")
-PLACEHOLDER_HINT = "use $selector, $router_selector or $window ($$ for a literal $)"
-
-
 def query_field(name: str) -> str:
     """The ModelPool field that overrides template ``name``.
 
     ``served_rate`` -> ``spec.scaling.queries.servedRate``.
     """
-    head, *rest = name.split("_")
-    return "spec.scaling.queries." + head + "".join(word.capitalize() for word in rest)
+    return "spec.scaling.queries." + str(MetricQueries.model_fields[name].alias)
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class QueryTemplates:
             return Template(template).substitute(values)
         except (KeyError, ValueError) as exc:
             raise ValueError(
-                f"{query_field(field)}: unknown or malformed placeholder ({exc}); {PLACEHOLDER_HINT}"
+                f"{query_field(field)}: unknown or malformed placeholder ({exc}); {PROMQL_PLACEHOLDER_HINT}"
             ) from exc
 
 

@@ -9,9 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from modelpool.api.modelpool import PROMQL_PLACEHOLDERS, MetricQueries, ModelPoolSpec
+from modelpool.api.modelpool import PROMQL_PLACEHOLDER_HINT, PROMQL_PLACEHOLDERS, MetricQueries, ModelPoolSpec
 from modelpool.api.routingpolicy import RoutingPolicySpec
-from modelpool.scaling.prometheus_reader import PLACEHOLDERS as READER_PLACEHOLDERS
 from modelpool.scaling.prometheus_reader import QueryTemplates, query_field
 from unit.api.promql_cases import PROMQL_CASES
 
@@ -92,4 +91,4 @@ def test_api_and_reader_agree_on_query_fields_and_placeholders() -> None:
         query_field(f.name).removeprefix("spec.scaling.queries.") for f in fields(QueryTemplates)
     }
     assert api_fields == reader_fields
-    assert set(PROMQL_PLACEHOLDERS) == set(READER_PLACEHOLDERS)
+    assert all(f"${name}" in PROMQL_PLACEHOLDER_HINT for name in PROMQL_PLACEHOLDERS)
