@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -39,7 +38,7 @@ from typing import Any
 import httpx
 import yaml
 
-from integration.cluster.kubetools import OperatorProcess
+from integration.cluster.kubetools import OperatorProcess, parse_metrics, total
 from modelpool.devcluster import toolchain
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.prometheus import PrometheusProcess
@@ -52,31 +51,6 @@ NAMESPACE = "load-bench"
 SCRAPE_S = 0.5
 LOAD_RPS = 20.0
 KINDS = ("modelpools", "routingpolicies", "deployments", "services", "events", "configmaps", "pods")
-SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of a Prometheus text exposition: (name, labels, value)."""
-    samples = []
-    for line in text.splitlines():
-        match = SAMPLE_LINE.match(line)
-        if match is None or line.startswith("#"):
-            continue
-        name, labels, value = match.groups()
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        samples.append((name, dict(LABEL.findall(labels or "")), number))
-    return samples
-
-
-def total(samples: list[tuple[str, dict[str, str], float]], name: str, **match: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``match``."""
-    return sum(
-        v for n, labels, v in samples if n == name and all(labels.get(k) == m for k, m in match.items())
-    )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,11 +12,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import kill_process, stop_process
 
 T = TypeVar("T")
 Obj = dict[str, Any]
+Sample = tuple[str, dict[str, str], float]
+
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """Samples of a Prometheus text exposition: (name, labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        match = SAMPLE_LINE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        samples.append((name, dict(LABEL.findall(labels or "")), number))
+    return samples
+
+
+def total(samples: list[Sample], name: str, **match: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``match``."""
+    return sum(
+        v for n, labels, v in samples if n == name and all(labels.get(k) == m for k, m in match.items())
+    )
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
@@ -114,6 +144,11 @@ class OperatorProcess:
         """The operator's own /metrics (``--metrics-port``), when it serves them."""
         port = self.env_extra.get("MODELPOOL_METRICS_PORT")
         return f"http://127.0.0.1:{port}/metrics" if port else None
+
+    def metric(self, name: str, **match: str) -> float:
+        """Sum of the operator's own samples called ``name`` whose labels include ``match``."""
+        assert self.metrics_url is not None, "the operator serves no /metrics"
+        return total(parse_metrics(httpx.get(self.metrics_url, timeout=10).text), name, **match)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
