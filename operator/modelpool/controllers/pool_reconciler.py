@@ -164,20 +164,24 @@ class ApiChildReader:
     namespace: str
     pool: str
 
+    @property
+    def selector(self) -> str:
+        """The pool's children, as the operator's watches select them (its managed-by label)."""
+        return f"{LABEL_POOL}={self.pool},app.kubernetes.io/managed-by={MANAGED_BY}"
+
     async def children(self) -> dict[str, dict[str, Obj]]:
-        selector = f"{LABEL_POOL}={self.pool},app.kubernetes.io/managed-by={MANAGED_BY}"
         return {
             kind.kind: {
                 obj["metadata"]["name"]: _with_kind(kind, obj)
                 for obj in await self.kube.list(
-                    resource_path(kind.api_version, kind.plural, self.namespace), selector
+                    resource_path(kind.api_version, kind.plural, self.namespace), self.selector
                 )
             }
             for kind in (DEPLOYMENT, SERVICE)
         }
 
     async def pods(self) -> list[Obj]:
-        return await self.kube.list(resource_path("v1", "pods", self.namespace), f"{LABEL_POOL}={self.pool}")
+        return await self.kube.list(resource_path("v1", "pods", self.namespace), self.selector)
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,9 @@ class CachedChildReader:
     """The pool's children as the operator's watches last saw them (kopf indexes), read without a
     request: at one decision a second a pass then costs the API server one GET of the pool instead
     of a GET and three LISTs. The watches are the ones that wake the pool on a child's change, so
-    a child this pass sees is at most one watch event old; kopf re-lists after a lost watch. A stale
-    read costs at most one server-side apply that changes nothing."""
+    a child this pass sees is at most one watch event old. A stale read costs at most one
+    server-side apply that changes nothing, or, for a child deleted while a watch was broken, the
+    wait for the next listing pass (:class:`RefreshingChildReader`)."""
 
     deployments: Callable[[], Iterable[Obj]]
     services: Callable[[], Iterable[Obj]]

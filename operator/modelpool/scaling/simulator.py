@@ -287,9 +287,9 @@ class _Sim:
 
     def _window_start(self, i: int) -> tuple[float, int, int, float, float] | None:
         """The newest scrape at least one rate window before scrape ``i``."""
-        t = self.scrapes[i][0]
-        window = self.cfg.rate_window_s
-        return next((s for s in reversed(self.scrapes[:i]) if s[0] <= t - window + 1e-9), None)
+        cutoff = self.scrapes[i][0] - self.cfg.rate_window_s + 1e-9
+        # Walk back from i (a few scrapes) rather than copy the hour of scrapes before it.
+        return next((self.scrapes[j] for j in range(i - 1, -1, -1) if self.scrapes[j][0] <= cutoff), None)
 
     def observe(self, now: float) -> Observation:
         window = self.cfg.rate_window_s
