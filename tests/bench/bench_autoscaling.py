@@ -102,6 +102,15 @@ def our_settings(knobs: Knobs, capacity_rps: float) -> VariantSettings:
     )
 
 
+def series_points(settings: VariantSettings, step_s: float) -> int:
+    """The operator's reader's rule (``ScalingPlanner.reader``): at least eight points, reaching back
+    over the trend window and one look-ahead plus two steps (the burst reserve counts the arrivals
+    of the last look-ahead from them)."""
+    return max(
+        8, math.ceil(settings.trend_window_s / step_s) + 1, math.ceil(settings.lookahead_s / step_s) + 2
+    )
+
+
 def sim_setup(
     trace: Sequence[TraceRequest], service: ServiceModel, knobs: Knobs
 ) -> tuple[float, VariantSettings, SimConfig]:
@@ -109,13 +118,7 @@ def sim_setup(
     mean_service = statistics.fmean(service.service_s(r) for r in trace)
     capacity = 1.0 / mean_service  # what a profile run of representative requests measures
     settings = our_settings(knobs, capacity)
-    # The operator's reader's rule (ScalingPlanner.reader) with one point per scrape: at least eight
-    # points, reaching back over the trend window and one look-ahead plus two scrapes (the burst
-    # reserve counts the arrivals of the last look-ahead from them).
-    scrape = knobs.scrape_interval_s
-    points = max(
-        8, math.ceil(settings.trend_window_s / scrape) + 1, math.ceil(settings.lookahead_s / scrape) + 2
-    )
+    points = series_points(settings, knobs.scrape_interval_s)  # one point per scrape
     cfg = SimConfig(
         latency_slo_s=knobs.latency_slo_s,
         startup_delay_s=knobs.startup_delay_s,
@@ -434,8 +437,9 @@ def untuned_setup(
     settings = settings_for(spec.variants[0], capacity, routed_latency_slo_s=knobs.latency_slo_s)
     window = float(spec.scaling.rate_window_seconds)
     step = window / 4
-    points = max(8, math.ceil(settings.trend_window_s / step) + 1, math.ceil(settings.lookahead_s / step) + 2)
-    untuned = replace(cfg, rate_window_s=window, series_step_s=step, series_points=points)
+    untuned = replace(
+        cfg, rate_window_s=window, series_step_s=step, series_points=series_points(settings, step)
+    )
     return settings, untuned, float(spec.scaling.interval_seconds)
 
 
