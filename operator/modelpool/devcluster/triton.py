@@ -197,6 +197,7 @@ class TritonProcess(LocalProcess):
         log_path: Path | None = None,
         cpu_affinity: set[int] | None = None,
         exit_timeout: int = 3,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = list(models) or sorted(
@@ -210,6 +211,7 @@ class TritonProcess(LocalProcess):
         self.startup_timeout = startup_timeout
         self.cpu_affinity = cpu_affinity
         self.exit_timeout = exit_timeout
+        self.command_prefix = list(command_prefix)  # e.g. ``ip netns exec NAME`` (it execs: same PID)
         self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._proc: subprocess.Popen[bytes] | None = None
@@ -230,6 +232,7 @@ class TritonProcess(LocalProcess):
     def command(self) -> list[str]:
         """The ``tritonserver`` command line this process runs."""
         cmd = [
+            *self.command_prefix,
             str(tritonserver_root() / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={prepare_backends()}",
@@ -332,6 +335,23 @@ class TritonProcess(LocalProcess):
         self._remove_leaked_shm()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
+
+    def terminate(self) -> None:
+        """SIGTERM the server alone, as the kubelet does to a container of a deleted pod: Triton
+        then finishes what is in flight and exits once no client connection is open, or after
+        ``exit_timeout`` (exit code 1) when one still is. ``wait()`` gives the exit code."""
+        self._note_own_shm()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the server has exited, or None if it still runs after ``timeout`` s."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         """SIGKILL the server (and its stubs) at once, as a crash would; shm is left for ``stop()``."""

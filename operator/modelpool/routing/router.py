@@ -227,7 +227,7 @@ class Router:
             if v.endpoint_slice is not None:
                 s = v.endpoint_slice
                 key = (s.namespace, s.service, str(s.port))
-                source = self._slice_sources.get(key) or EndpointSliceSource(s)
+                source = self._slice_sources.get(key) or EndpointSliceSource(s, self._forget_unused)
                 self._slice_sources[key] = source
                 sources[v.name] = source
             else:
@@ -265,9 +265,18 @@ class Router:
         return True
 
     def _forget_unused(self) -> None:
-        used_models = {v.config.triton_model for v in self.table.variants.values()}
+        """Close and forget the endpoints no variant lists any more, and the unused slice watches.
+
+        Runs on each config change and each time an EndpointSlice drops or adds a replica: a
+        replica the autoscaler removed leaves its slice, and the connections kept to it are
+        closed (in-flight ones once they answer), so its Triton can exit instead of waiting out
+        its exit timeout for them; and the router does not keep an entry per replica it ever saw.
+        """
+        listed = {
+            (v.config.triton_model, url) for v in self.table.variants.values() for url in v.source.urls()
+        }
         for ep_key, ep in list(self._endpoints.items()):
-            if ep_key[0] not in used_models:
+            if ep_key not in listed:
                 ep.client.close()
                 del self._endpoints[ep_key]
         used_slices = {

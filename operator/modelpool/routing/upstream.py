@@ -152,6 +152,7 @@ class EndpointClient:
         self._timer_at = 0.0
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._resends: set[asyncio.Task[None]] = set()  # resends that must connect first
+        self._closing = False  # closed: connections in flight are closed when they answer
 
     async def _connect(self, within: float, timeout: float) -> _Connection:  # noqa: ASYNC109 - message only
         """A new connection within ``within`` seconds (``timeout``: the request's, for the message)."""
@@ -255,7 +256,7 @@ class EndpointClient:
             self._busy.discard(conn)
             if error is None:
                 conn.used = True
-                if not conn.closed and len(self._idle) < self.max_idle:
+                if not conn.closed and not self._closing and len(self._idle) < self.max_idle:
                     self._idle.append(conn)
                 else:
                     conn.close()
@@ -324,7 +325,13 @@ class EndpointClient:
         return await answer
 
     def close(self) -> None:
-        """Close idle connections (in-flight ones finish and are then dropped)."""
+        """Close idle connections; in-flight ones finish and are then closed, not kept.
+
+        A Triton that got SIGTERM waits for its open client connections up to
+        ``--exit-timeout-secs`` (30 s by default) before it exits, so a connection kept open to a
+        replica the autoscaler removed keeps that replica's GPU for as long.
+        """
+        self._closing = True
         idle, self._idle = self._idle, []
         if self._timer is not None and not self._busy:
             self._timer.cancel()

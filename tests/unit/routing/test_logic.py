@@ -194,3 +194,23 @@ def test_unloadable_scorer_is_a_config_error_and_keeps_the_old_config() -> None:
         router.apply(pushed)
     assert info.value.problems[0]["field"] == "scorer"
     assert router.config.generation == 1
+
+
+def test_endpoints_no_variant_lists_are_forgotten_and_the_listed_ones_kept() -> None:
+    """An endpoint the config (or its EndpointSlice) no longer lists is closed and forgotten, so
+    the router keeps no connection to a removed replica and no entry per replica it ever saw; one
+    still listed keeps its state (connections, breaker) across the change."""
+    from modelpool.routing.config import parse_config
+    from modelpool.routing.router import Router
+
+    def config(generation: int, urls: list[str]) -> dict[str, object]:
+        return {
+            "generation": generation, "pool": "p", "mode": "weighted", "modelName": "m",
+            "variants": [{"name": "s", "tier": "small", "tritonModel": "s", "weight": 1, "endpoints": urls}],
+        }  # fmt: skip
+
+    router = Router(parse_config(config(1, ["http://127.0.0.1:9", "http://127.0.0.1:10"])))
+    kept, removed = (router.endpoint("s", f"http://127.0.0.1:{port}") for port in (9, 10))
+    router.apply(parse_config(config(2, ["http://127.0.0.1:9"])))
+    assert router.endpoint("s", "http://127.0.0.1:9") is kept
+    assert router.endpoint("s", "http://127.0.0.1:10") is not removed

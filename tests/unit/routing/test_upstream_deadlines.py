@@ -1,10 +1,12 @@
-"""EndpointClient deadlines: one shared timer per endpoint, each request still times out on time."""
+"""EndpointClient: one shared deadline timer per endpoint (each request still times out on time),
+and closing it keeps no connection open, not even one that was in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -13,11 +15,20 @@ from modelpool.routing.upstream import EndpointClient, UpstreamTimeout
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
 
+@dataclass
+class SlowServer:
+    url: str
+    open_connections: int = 0
+
+
 @pytest.fixture
-async def slow_server() -> AsyncIterator[str]:
-    """Answers every request after the number of milliseconds in its path (``/wait/300``)."""
+async def slow_server() -> AsyncIterator[SlowServer]:
+    """Answers every request after the number of milliseconds in its path (``/wait/300``), and
+    counts the client connections it has open."""
+    state = SlowServer(url="")
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.open_connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -28,12 +39,13 @@ async def slow_server() -> AsyncIterator[str]:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            state.open_connections -= 1
             writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield state
     finally:
         server.close()
 
@@ -48,8 +60,8 @@ async def _timed(client: EndpointClient, wait_ms: int, limit_s: float) -> tuple[
     return outcome, time.monotonic() - started
 
 
-async def test_each_request_times_out_at_its_own_deadline(slow_server: str) -> None:
-    client = EndpointClient(slow_server)
+async def test_each_request_times_out_at_its_own_deadline(slow_server: SlowServer) -> None:
+    client = EndpointClient(slow_server.url)
     try:
         # a long deadline arms the timer first; a shorter one started later must not wait for it
         long_ok, short_late, quick_ok = await asyncio.gather(
@@ -65,3 +77,29 @@ async def test_each_request_times_out_at_its_own_deadline(slow_server: str) -> N
         assert (await _timed(client, 0, 1.0))[0] == "200"  # the client still works
     finally:
         client.close()
+
+
+async def _until_closed(server: SlowServer, seconds: float = 2.0) -> int:
+    for _ in range(int(seconds * 100)):
+        if server.open_connections == 0:
+            break
+        await asyncio.sleep(0.01)
+    return server.open_connections
+
+
+async def test_close_keeps_no_connection_open_and_lets_requests_in_flight_finish(
+    slow_server: SlowServer,
+) -> None:
+    """A Triton that got SIGTERM waits for its open client connections until its exit timeout:
+    a closed client must not keep one, idle or in flight."""
+    client = EndpointClient(slow_server.url)
+    await asyncio.gather(*(client.request(b"GET", b"/wait/50", [], b"", 2.0) for _ in range(3)))
+    assert slow_server.open_connections == 3  # kept alive for reuse
+    in_flight = asyncio.ensure_future(client.request(b"GET", b"/wait/300", [], b"", 2.0))
+    await asyncio.sleep(0.1)
+    client.close()  # the replica left its EndpointSlice while one request was in flight
+    assert await _until_closed(slow_server, 0.15) == 1  # the idle ones at once
+    assert (await in_flight).status == 200  # the one in flight still gets its answer...
+    assert await _until_closed(slow_server) == 0  # ...and its connection is closed, not kept
+    assert (await client.request(b"GET", b"/wait/0", [], b"", 1.0)).status == 200  # still usable
+    assert await _until_closed(slow_server) == 0
