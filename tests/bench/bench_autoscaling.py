@@ -67,6 +67,7 @@ class Knobs:
     max_replicas: int
     decision_phase_s: float | None = None  # None: half a scrape (an unsynchronised timer's mean)
     decision_interval_s: float | None = None  # None: one decision per scrape
+    shutdown_delay_s: float = 0.0  # how long a removed replica's pod holds its GPU (SimConfig)
 
     @property
     def decision_every_s(self) -> float:
@@ -125,6 +126,7 @@ def sim_setup(
         scrape_interval_s=knobs.scrape_interval_s,
         rate_window_s=knobs.rate_window_s,
         series_points=points,
+        shutdown_delay_s=knobs.shutdown_delay_s,
         decision_phase_s=(
             knobs.scrape_interval_s / 2 if knobs.decision_phase_s is None else knobs.decision_phase_s
         ),
@@ -587,6 +589,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "intervalSeconds, at least 1",
     )
     parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds a removed replica's pod holds its GPU after its last request (every policy "
+        "pays it; a CPU-only Triton pod took 2.4-2.8 s after SIGTERM in test_scale_down_drain.py)",
+    )
+    parser.add_argument(
         "--seed", type=int, nargs="*", default=[7, 11, 3], help="seeds of the synthetic traces (none: none)"
     )
     args = parser.parse_args(argv)
@@ -608,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_replicas,
         args.decision_phase,
         args.decision_interval,
+        args.shutdown_delay,
     )
     traces: list[Path] = args.trace or [
         DEFAULT_TRACE,

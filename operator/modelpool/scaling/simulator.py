@@ -106,6 +106,11 @@ class SimConfig:
     ``[span:step]`` with the step a quarter of the rate window, evaluated at multiples of the step
     (Prometheus aligns subquery steps to the epoch), each from the samples scraped by then. None:
     one point per scrape, at the scrape."""
+    shutdown_delay_s: float = 0.0
+    """How long a removed replica holds its GPU after its last request is done (or after it is
+    removed, if it was idle or still starting): the time its pod takes to terminate. A Triton pod
+    takes 2-3 s after SIGTERM (``test_scale_down_drain.py``), or its 30 s exit timeout while a
+    client keeps a connection to it open. Replicas still running when the trace ends pay none."""
     decision_phase_s: float = 0.0
     """How long after each scrape the policy decides. At 0 a decision falls on a scrape's instant
     and is taken just before it, so it sees the previous scrape: staleness of one full scrape, the
@@ -250,8 +255,9 @@ class _Sim:
         if not self.ready_timeline or self.ready_timeline[-1][1] != n:
             self.ready_timeline.append((now, n))
 
-    def retire(self, r: _Replica, now: float) -> None:
-        self.gpu_seconds += (now - r.started_at) * self.cfg.gpus_per_replica
+    def retire(self, r: _Replica, now: float, shutdown: bool = True) -> None:
+        held = now - r.started_at + (self.cfg.shutdown_delay_s if shutdown else 0.0)
+        self.gpu_seconds += held * self.cfg.gpus_per_replica
         del self.replicas[r.rid]
 
     def scale_to(self, target: int, now: float) -> None:
@@ -384,7 +390,7 @@ class _Sim:
             self.dispatch(now)
         end = max(now, end_of_trace)
         for r in list(self.replicas.values()):
-            self.retire(r, end)
+            self.retire(r, end, shutdown=False)
         reasons = list(getattr(policy, "reasons", []))
         return SimResult(
             policy=policy.name,

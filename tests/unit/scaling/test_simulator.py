@@ -202,3 +202,23 @@ def test_series_points_are_spaced_by_the_series_step(step: float | None, spacing
     # the high rate (30 req/s from 60 s on) fills 60 s windows: a rate is per window, not per step
     during = next(s for s in full if 200.0 <= s[-1].t <= 290.0)
     assert during[-1].rps == pytest.approx(30.0, rel=0.05)
+
+
+class _Flap:
+    """Two replicas during [30 s, 40 s) and [70 s, 80 s), one otherwise: two removals."""
+
+    name = "flap"
+    interval_s = 1.0
+
+    def desired(self, obs: Observation, now: float, current: int) -> int:
+        return 2 if 30 <= now < 40 or 70 <= now < 80 else 1
+
+
+def test_a_removed_replica_holds_its_gpu_for_the_shutdown_delay() -> None:
+    """Each removal costs the shutdown delay on top of the replica's time; the replicas still
+    running when the trace ends pay none."""
+    trace = step_trace(low=2.0, high=2.0)
+    plain = simulate(trace, SERVICE, SimConfig(latency_slo_s=1.0), _Flap())
+    slow = simulate(trace, SERVICE, SimConfig(latency_slo_s=1.0, shutdown_delay_s=2.5), _Flap())
+    assert plain.scale_actions == slow.scale_actions == 4
+    assert slow.gpu_seconds - plain.gpu_seconds == pytest.approx(2 * 2.5)
