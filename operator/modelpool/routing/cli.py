@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--admin-token-file", type=Path, default=None,
         help="file with the admin API bearer token (else $MODELPOOL_ROUTER_ADMIN_TOKEN; none: admin off)",
     )  # fmt: skip
+    serve.add_argument(
+        "--drain-seconds", type=float, default=25.0,
+        help="on SIGTERM, answer what was received for at most this long before exiting (default 25, "
+        "under a pod's default 30 s grace period)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate a RouterConfig file and print the problems")
@@ -41,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve(args.config, args.host, args.port, args.admin_token_file)
+        serve(args.config, args.host, args.port, args.admin_token_file, args.drain_seconds)
     except ConfigError as err:
         print(f"error: config {args.config} is not usable: {err}", file=sys.stderr)
         return 2

@@ -91,6 +91,15 @@ def encode_response(resp: Response, keep_alive: bool) -> bytes:
     return b"".join(parts)
 
 
+class _Connections:
+    """The open connections of one listener, and whether it is draining."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.open: set[_HttpProtocol] = set()
+        self.draining = False
+        self.last_opened = loop.time()
+
+
 class _HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -100,7 +109,10 @@ class _HttpProtocol(asyncio.Protocol):
         max_body: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
         now: NowHandler | None = None,
+        connections: _Connections | None = None,
     ) -> None:
+        self._connections = connections or _Connections(loop)
+        self._draining = False  # answer what was received, then close
         self._handler = handler
         self._now = now
         self._max_body = max_body
@@ -127,8 +139,13 @@ class _HttpProtocol(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        connections = self._connections
+        connections.open.add(self)
+        connections.last_opened = self._loop.time()
+        self._draining = connections.draining
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.open.discard(self)
         self._closing = True
         self._queue.clear()
         self._wake()
@@ -201,6 +218,18 @@ class _HttpProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     # own
+    def drain(self) -> None:
+        """Answer the requests already received, then close; close now when there are none."""
+        self._draining = True
+        transport = self._transport
+        if not self._answering and not self._queue and transport is not None:
+            transport.close()
+
+    def _keep_open(self, keep_alive: bool) -> bool:
+        """Whether the connection stays open after this response: while draining, only for
+        requests already pipelined behind it."""
+        return keep_alive and (not self._draining or bool(self._queue))
+
     def _refuse(self, status: int, message: str) -> None:
         """Answer at once and end the connection: the rest of the stream cannot be trusted.
 
@@ -226,8 +255,9 @@ class _HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(encode_response(response, self._keep_alive_now))
-        if not self._keep_alive_now:
+        keep_alive = self._keep_open(self._keep_alive_now)
+        transport.write(encode_response(response, keep_alive))
+        if not keep_alive:
             transport.close()
             return
         if self._queue:
@@ -263,6 +293,7 @@ class _HttpProtocol(asyncio.Protocol):
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
+                keep_alive = self._keep_open(keep_alive)
                 transport.write(encode_response(response, keep_alive))
                 if not keep_alive:
                     transport.close()
@@ -275,6 +306,47 @@ class _HttpProtocol(asyncio.Protocol):
             self._wakeup = None
 
 
+@dataclass
+class HttpServer:
+    """A listening socket and the connections it accepted."""
+
+    server: asyncio.Server
+    _connections: _Connections
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections.open)
+
+    def close(self) -> None:
+        """Stop listening (open connections stay until their clients or the loop end them)."""
+        self.server.close()
+
+    async def drain(self, limit_s: float, quiet_s: float = 1.0) -> int:
+        """Shut down without dropping a request: every connection answers what it has already
+        received and then closes (idle ones at once; a response goes out with ``connection:
+        close``). New connections are still accepted and answered once each, so clients whose
+        routing has not yet heard of the shutdown (a Service's endpoints take a moment) are
+        served rather than refused. Returns when no connection is open and none has opened for
+        ``quiet_s`` seconds, or after ``limit_s``; then stops listening. The result is the number
+        of connections still open at that point."""
+        loop = asyncio.get_running_loop()
+        connections = self._connections
+        connections.draining = True
+        for conn in list(connections.open):
+            conn.drain()
+        deadline = loop.time() + limit_s
+        while loop.time() < deadline:
+            if not connections.open and loop.time() - connections.last_opened >= quiet_s:
+                break
+            await asyncio.sleep(0.05)
+        self.server.close()
+        return len(connections.open)
+
+
 async def start_server(
     handler: Handler,
     host: str,
@@ -282,10 +354,16 @@ async def start_server(
     max_body: Callable[[], int],
     backlog: int = 1024,
     now: NowHandler | None = None,
-) -> asyncio.Server:
+) -> HttpServer:
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
     :data:`NowHandler`)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _HttpProtocol(handler, max_body, loop, now), host, port, backlog=backlog, reuse_address=True
+    connections = _Connections(loop)
+    server = await loop.create_server(
+        lambda: _HttpProtocol(handler, max_body, loop, now, connections),
+        host,
+        port,
+        backlog=backlog,
+        reuse_address=True,
     )
+    return HttpServer(server, connections)

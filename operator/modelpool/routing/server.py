@@ -29,6 +29,7 @@ from prometheus_client import generate_latest
 
 from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
 from modelpool.routing.httpserver import (
+    HttpServer,
     Request,
     Respond,
     Response,
@@ -197,13 +198,17 @@ class RunningRouter:
     """A router serving on a port (for tests and embedding)."""
 
     app: RouterApp
-    server: asyncio.Server
+    server: HttpServer
     port: int
     _watch: asyncio.Task[None]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def drain(self, limit_s: float) -> int:
+        """Answer every request already received, then stop listening (``HttpServer.drain``)."""
+        return await self.server.drain(limit_s)
 
     async def close(self) -> None:
         self._watch.cancel()
@@ -225,14 +230,26 @@ async def start_router(
     await router.start()
     app = RouterApp(router, admin_token, config_path)
     server = await start_server(app.handle, host, port, app.max_body, now=app.handle_now)
-    bound = server.sockets[0].getsockname()[1]
+    bound = server.port
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
     logger.info("router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, bound)
     return RunningRouter(app, server, int(bound), watch)
 
 
-def serve(config_path: Path, host: str, port: int, admin_token_file: Path | None) -> None:
-    """Run the router until SIGINT/SIGTERM (uses uvloop when installed)."""
+DRAIN_SECONDS = 25.0
+"""How long a stopping router answers what it has received: under a pod's default 30 s grace."""
+
+
+def serve(
+    config_path: Path,
+    host: str,
+    port: int,
+    admin_token_file: Path | None,
+    drain_seconds: float = DRAIN_SECONDS,
+) -> None:
+    """Run the router until SIGINT/SIGTERM, then drain: answer every request already received
+    (and any that arrive meanwhile, one per connection) before exiting, for at most
+    ``drain_seconds`` (uses uvloop when installed)."""
     import signal
 
     config = load_config_file(config_path)  # never start empty: a bad file is an error
@@ -249,6 +266,13 @@ def serve(config_path: Path, host: str, port: int, admin_token_file: Path | None
             loop.add_signal_handler(sig, stop.set)
         print(f"modelpool router listening on http://{host}:{running.port}", flush=True)
         await stop.wait()
+        started = loop.time()
+        left = await running.drain(drain_seconds)
+        logger.info(
+            "stopping: drained in %.1f s%s",
+            loop.time() - started,
+            f", {left} connection(s) still open at the {drain_seconds:g} s limit" if left else "",
+        )
         await running.close()
 
     try:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from modelpool.devcluster.triton import TritonProcess, free_port
+from modelpool.routing.process import RouterProcess
 
 from .conftest import MODELS, router_config, stop_all, text_request
 
@@ -124,3 +125,33 @@ async def test_cascade_keeps_draft_answer_when_verifier_is_down(
     params = resp.json()["parameters"]
     assert params["modelpool_variant"] == "small"
     assert params["modelpool_escalation_failed"] is True
+
+
+async def test_a_stopping_router_answers_every_request_it_has_received(
+    tritons: dict[str, TritonProcess], http: httpx.AsyncClient
+) -> None:
+    """SIGTERM (a rollout, a scale-down, the pod of a sidecar going away) drains the router:
+    the requests in flight are answered, then the process exits. Before, they were cut off."""
+    variants = router_config(tritons).to_json()["variants"]
+    for v in variants:
+        v["timeoutMs"] = 15000  # six 1.5 s requests queue on three one-instance replicas
+    router = RouterProcess(router_config(tritons, "weighted", variants=variants)).start()
+    try:
+        url = f"{router.url}/v2/models/intents/infer"
+        bodies = [text_request(f"sleep:1500:request {i}") for i in range(6)]
+        in_flight = [asyncio.ensure_future(http.post(url, json=body)) for body in bodies]
+        await asyncio.sleep(0.5)
+        assert router._proc is not None
+        router._proc.terminate()  # SIGTERM, as the kubelet sends it
+        stopped = time.monotonic()
+        responses = await asyncio.gather(*in_flight, return_exceptions=True)
+        code = await asyncio.to_thread(router._proc.wait, 30)
+        took = time.monotonic() - stopped
+    finally:
+        router.stop()
+    outcomes = [r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses]
+    assert outcomes == [200] * 6
+    assert code == 0
+    assert took < 25  # it exited once they were answered, not at its drain limit
+    with pytest.raises(httpx.ConnectError):
+        await http.post(url, json=text_request("after"))
