@@ -97,7 +97,7 @@ class _Connections:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.open: set[_HttpProtocol] = set()
         self.draining = False
-        self.last_opened = loop.time()
+        self.last_change = loop.time()  # a connection opened or closed, or the drain began
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -141,11 +141,12 @@ class _HttpProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         connections = self._connections
         connections.open.add(self)
-        connections.last_opened = self._loop.time()
+        connections.last_change = self._loop.time()
         self._draining = connections.draining
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.open.discard(self)
+        self._connections.last_change = self._loop.time()
         self._closing = True
         self._queue.clear()
         self._wake()
@@ -330,17 +331,19 @@ class HttpServer:
         received and then closes (idle ones at once; a response goes out with ``connection:
         close``). New connections are still accepted and answered once each, so clients whose
         routing has not yet heard of the shutdown (a Service's endpoints take a moment) are
-        served rather than refused. Returns when no connection is open and none has opened for
-        ``quiet_s`` seconds, or after ``limit_s``; then stops listening. The result is the number
+        served rather than refused. Returns once no connection is open and none has opened or
+        closed for ``quiet_s`` seconds (so it listens at least that long), or after ``limit_s``;
+        then stops listening. The result is the number
         of connections still open at that point."""
         loop = asyncio.get_running_loop()
         connections = self._connections
         connections.draining = True
+        connections.last_change = loop.time()
         for conn in list(connections.open):
             conn.drain()
         deadline = loop.time() + limit_s
         while loop.time() < deadline:
-            if not connections.open and loop.time() - connections.last_opened >= quiet_s:
+            if not connections.open and loop.time() - connections.last_change >= quiet_s:
                 break
             await asyncio.sleep(0.05)
         self.server.close()

@@ -48,13 +48,14 @@ async def test_drain_answers_what_was_received_and_closes_every_connection(serve
     await asyncio.sleep(0.05)
     assert server.open_connections == 2
 
-    drained = asyncio.ensure_future(server.drain(limit_s=5.0, quiet_s=0.2))
+    drained = asyncio.ensure_future(server.drain(limit_s=10.0, quiet_s=1.0))
     assert await asyncio.wait_for(idle_reader.read(), 1) == b""  # the idle one is closed at once
     head = await _response(busy_reader)  # the request in flight is answered...
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head  # ...and told to go
     assert await asyncio.wait_for(busy_reader.read(), 1) == b""
 
-    # A client that has not heard of the shutdown yet is answered once, not refused.
+    # A client that has not heard of the shutdown yet is answered once, not refused (the server
+    # listens until no connection has opened or closed for quiet_s).
     late_reader, late_writer = await _connect(server)
     _send(late_writer, 0)
     assert b"connection: close" in await _response(late_reader)
