@@ -13,6 +13,28 @@ from typing import Self
 class LocalProcess:
     """A local server process used as a context manager: ``start()`` on enter, ``stop()`` on exit."""
 
+    _proc: subprocess.Popen[bytes] | None = None  # set by ``start()``
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running process, or ``None`` before ``start()``."""
+        return self._proc.pid if self._proc is not None else None
+
+    def terminate(self) -> None:
+        """SIGTERM the process alone (not its group), as the kubelet does to a deleted pod's
+        container; ``wait()`` gives the exit code."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the process has exited, or None if it still runs after ``timeout`` s."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def start(self) -> Self:
         raise NotImplementedError
 

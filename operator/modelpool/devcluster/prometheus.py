@@ -93,11 +93,6 @@ class PrometheusProcess(LocalProcess):
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        """PID of the running server, or ``None``."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
     def log_path(self) -> Path | None:
         """The server's combined stdout/stderr log while it exists."""
         return self._dir / "prometheus.log" if self._dir is not None else None

@@ -225,10 +225,6 @@ class TritonProcess(LocalProcess):
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def command(self) -> list[str]:
         """The ``tritonserver`` command line this process runs."""
         cmd = [
@@ -337,21 +333,10 @@ class TritonProcess(LocalProcess):
             self.log_path.unlink(missing_ok=True)
 
     def terminate(self) -> None:
-        """SIGTERM the server alone, as the kubelet does to a container of a deleted pod: Triton
-        then finishes what is in flight and exits once no client connection is open, or after
-        ``exit_timeout`` (exit code 1) when one still is. ``wait()`` gives the exit code."""
+        """SIGTERM the server alone: Triton then finishes what is in flight and exits once no
+        client connection is open, or after ``exit_timeout`` (exit code 1) while one still is."""
         self._note_own_shm()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int | None:
-        """The exit code once the server has exited, or None if it still runs after ``timeout`` s."""
-        if self._proc is None:
-            return None
-        try:
-            return self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        super().terminate()
 
     def kill(self) -> None:
         """SIGKILL the server (and its stubs) at once, as a crash would; shm is left for ``stop()``."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from modelpool.routing.config import ConfigError
+from modelpool.routing.httpserver import DRAIN_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="file with the admin API bearer token (else $MODELPOOL_ROUTER_ADMIN_TOKEN; none: admin off)",
     )  # fmt: skip
     serve.add_argument(
-        "--drain-seconds", type=float, default=25.0,
-        help="on SIGTERM, answer what was received for at most this long before exiting (default 25, "
-        "under a pod's default 30 s grace period)",
+        "--drain-seconds", type=float, default=DRAIN_SECONDS,
+        help=f"on SIGTERM, answer what was received for at most this long before exiting (default "
+        f"{DRAIN_SECONDS:g}, under a pod's default 30 s grace period)",
     )  # fmt: skip
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

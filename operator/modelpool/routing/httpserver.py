@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
 _LINGER_SECONDS = 2.0
+DRAIN_SECONDS = 25.0
+"""How long a stopping server answers what it has received: under a pod's default 30 s grace."""
 
 
 @dataclass(slots=True)
@@ -108,10 +110,10 @@ class _HttpProtocol(asyncio.Protocol):
         handler: Handler,
         max_body: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
+        connections: _Connections,
         now: NowHandler | None = None,
-        connections: _Connections | None = None,
     ) -> None:
-        self._connections = connections or _Connections(loop)
+        self._connections = connections
         self._draining = False  # answer what was received, then close
         self._handler = handler
         self._now = now
@@ -333,8 +335,7 @@ class HttpServer:
         routing has not yet heard of the shutdown (a Service's endpoints take a moment) are
         served rather than refused. Returns once no connection is open and none has opened or
         closed for ``quiet_s`` seconds (so it listens at least that long), or after ``limit_s``;
-        then stops listening. The result is the number
-        of connections still open at that point."""
+        then stops listening. The result is the number of connections still open then."""
         loop = asyncio.get_running_loop()
         connections = self._connections
         connections.draining = True
@@ -363,7 +364,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
     connections = _Connections(loop)
     server = await loop.create_server(
-        lambda: _HttpProtocol(handler, max_body, loop, now, connections),
+        lambda: _HttpProtocol(handler, max_body, loop, connections, now),
         host,
         port,
         backlog=backlog,

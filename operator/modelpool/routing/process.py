@@ -52,10 +52,6 @@ class RouterProcess(LocalProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "modelpool.routing", "serve", "--config", str(self.config_path)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "WARNING"]

@@ -29,6 +29,7 @@ from prometheus_client import generate_latest
 
 from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
 from modelpool.routing.httpserver import (
+    DRAIN_SECONDS,
     HttpServer,
     Request,
     Respond,
@@ -230,14 +231,11 @@ async def start_router(
     await router.start()
     app = RouterApp(router, admin_token, config_path)
     server = await start_server(app.handle, host, port, app.max_body, now=app.handle_now)
-    bound = server.port
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
-    logger.info("router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, bound)
-    return RunningRouter(app, server, int(bound), watch)
-
-
-DRAIN_SECONDS = 25.0
-"""How long a stopping router answers what it has received: under a pod's default 30 s grace."""
+    logger.info(
+        "router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, server.port
+    )
+    return RunningRouter(app, server, server.port, watch)
 
 
 def serve(
