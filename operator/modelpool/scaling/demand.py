@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from modelpool.scaling.types import RatePoint, VariantMetrics, VariantSettings
 
@@ -153,6 +153,10 @@ class Demand:
     expected_extra_rps: float
     burstiness: float = 1.0
     """:func:`dispersion_index` of the rate series (1 for Poisson arrivals)."""
+
+    def without_backlog(self) -> Demand:
+        """The same demand with nothing added for the backlog."""
+        return replace(self, total_rps=self.total_rps - self.backlog_rps, backlog_rps=0.0)
 
     def describe(self) -> str:
         """Short human-readable breakdown, e.g. ``demand 23.4 req/s (rate 18.0, trend +0.6/s)``."""

@@ -71,16 +71,60 @@ def _size(rate: float, capacity: float, s: VariantSettings, target_queue_s: floa
     )
 
 
-def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, int, str]:
-    """(steady, surge, reason): replicas for what was seen, and for seen + trend + backlog.
+def _sizing_target(s: VariantSettings, demand: Demand) -> float:
+    """The queue-time target the replicas are sized for. Clumped arrivals queue longer than Poisson
+    ones at the same rate: by the Allen-Cunneen approximation the M/M/c wait grows by
+    ``(dispersion + 1) / 2``, so the target is shrunk by that factor."""
+    return s.target_queue_time_s * 2.0 / (demand.burstiness + 1.0)
 
-    Clumped arrivals queue longer than Poisson ones at the same rate: by the Allen-Cunneen
-    approximation the M/M/c wait grows by ``(dispersion + 1) / 2``, so the replicas are sized for the
-    target queue time shrunk by that factor.
+
+def _serving(vi: VariantInput) -> int:
+    """Replicas serving now: the ready ones (the current count when readiness is unknown)."""
+    ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
+    return min(ready, vi.current_replicas)
+
+
+def backlog_drain_s(vi: VariantInput, demand: Demand, capacity: float) -> float | None:
+    """How long the newest waiting request waits on the replicas that serve now, when they drain the
+    backlog within the target queue time while the forecast demand (rate + rising trend over the
+    look-ahead) stays within what they serve within the target; else ``None``.
+
+    A replica ordered now serves only after its start-up, so for such a backlog it would come up
+    after the queue is gone: it buys nothing and is paid for until the scale-down window lets it go
+    (and then for the pod's termination). The ready replicas count, not those still starting.
     """
     s = vi.settings
+    waiting = vi.metrics.pending_requests or 0.0
+    ready = _serving(vi)
+    if waiting <= 0 or ready <= 0:
+        return None
+    forecast = demand.steady_rps + demand.trend_rps_per_s * s.lookahead_s
+    servable = max_rate_for_replicas(
+        ready, capacity, s.instances_per_replica, _sizing_target(s, demand), s.slo_attainment
+    )
+    wait = waiting / (ready * capacity)  # FIFO: the newest waits for all ahead of it to be served
+    return wait if forecast <= servable and wait <= s.target_queue_time_s else None
+
+
+def _planned_demand(vi: VariantInput, demand: Demand, capacity: float) -> tuple[Demand, str]:
+    """The demand to size for: without the backlog when the serving replicas drain it in time."""
+    if demand.backlog_rps <= 0:
+        return demand, ""
+    wait = backlog_drain_s(vi, demand, capacity)
+    if wait is None:
+        return demand, ""
+    note = (
+        f"; the backlog of {vi.metrics.pending_requests or 0.0:.0f} drains in {wait:.2f}s "
+        f"(<= target {vi.settings.target_queue_time_s:g}s) on the {_serving(vi)} ready: none added for it"
+    )
+    return demand.without_backlog(), note
+
+
+def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, int, str]:
+    """(steady, surge, reason): replicas for what was seen, and for seen + trend + backlog."""
+    s = vi.settings
     burstiness = demand.burstiness
-    target = s.target_queue_time_s * 2.0 / (burstiness + 1.0)
+    target = _sizing_target(s, demand)
     steady = _size(demand.steady_rps, capacity, s, target)
     surge = _size(demand.total_rps, capacity, s, target)
     why = (
@@ -150,14 +194,16 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     if problem is not None:
         return hold_wish(vi, problem)
     demand = estimate_demand(vi.metrics, s, vi.expected_extra_rps)
+    idle = demand.total_rps <= 0  # a backlog keeps a tier from scaling to zero
     capacity = capacity_per_replica(vi.metrics, s)
     if capacity is None:
         if demand.total_rps > 0:
             return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time")
         steady, surge, why = 0, 0, "no demand"
     else:
+        demand, drained = _planned_demand(vi, demand, capacity)
         steady, surge, why = _recommend(vi, demand, capacity)
-    idle = demand.total_rps <= 0
+        why += drained
     floor = 0 if (s.scale_to_zero and idle) else s.min_replicas
     recommendation = _clamp(steady, floor, s.max_replicas)
     history = vi.previous.recommendations if vi.previous is not None else ()

@@ -123,6 +123,38 @@ def test_backlog_of_pending_requests_adds_demand() -> None:
     assert "backlog 20.0" in backlog.reason
 
 
+def _with_ready(metrics: VariantMetrics, current: int, ready: int | None, **kw: object) -> ScalingInput:
+    vi = VariantInput(settings(**kw), metrics, current, None, ready_replicas=ready)
+    return ScalingInput.single(PoolInput("pool", (vi,)))
+
+
+def test_a_backlog_the_ready_replicas_drain_in_time_adds_no_replica() -> None:
+    # Two ready replicas of 10 req/s under 10 req/s: 8 waiting requests are served within 0.4 s,
+    # under the 0.5 s target, long before a replica ordered now could start.
+    drained = only(_with_ready(steady(10.0, pending_requests=8.0), current=2, ready=2))
+    assert drained.desired_replicas == 2
+    assert "the backlog of 8 drains in 0.40s (<= target 0.5s) on the 2 ready: none added for it" in (
+        drained.reason
+    )
+    assert drained.demand_rps == pytest.approx(10.0)  # the budget sees no backlog either
+    # It still adds replicas when only one of the two is ready, when the backlog outlasts the
+    # target (12 requests: 0.6 s), or when the rate to come is more than the ready replicas serve.
+    for inp in (
+        _with_ready(steady(10.0, pending_requests=8.0), current=2, ready=1),
+        _with_ready(steady(10.0, pending_requests=12.0), current=2, ready=2),
+        _with_ready(replace(ramp(2.0, 10.0), pending_requests=8.0), current=2, ready=2),
+    ):
+        d = only(inp)
+        assert d.desired_replicas == 3, d.reason
+        assert "backlog 8.0" in d.reason or "backlog 12.0" in d.reason
+
+
+def test_a_backlog_keeps_a_scale_to_zero_tier_up() -> None:
+    waiting = replace(steady(0.0, pending_requests=2.0), router_rps=0.0)
+    d = only(_with_ready(waiting, current=1, ready=1, scale_to_zero=True, min_replicas=0))
+    assert d.desired_replicas == 1, d.reason
+
+
 def test_surge_for_backlog_is_not_remembered_by_scale_down_window() -> None:
     # The burst reserve would learn from this backlog (its own tests are in test_burst_reserve.py);
     # off here so that only the scale-down window is under test.
