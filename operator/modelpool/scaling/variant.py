@@ -84,7 +84,7 @@ def _serving(vi: VariantInput) -> int:
     return min(ready, vi.current_replicas)
 
 
-def backlog_drain_s(vi: VariantInput, demand: Demand, capacity: float) -> float | None:
+def backlog_wait_s(vi: VariantInput, demand: Demand, capacity: float) -> float | None:
     """How long the newest waiting request waits on the replicas that serve now, when they drain the
     backlog within the target queue time while the forecast demand (rate + rising trend over the
     look-ahead) stays within what they serve within the target; else ``None``.
@@ -110,7 +110,7 @@ def _planned_demand(vi: VariantInput, demand: Demand, capacity: float) -> tuple[
     """The demand to size for: without the backlog when the serving replicas drain it in time."""
     if demand.backlog_rps <= 0:
         return demand, ""
-    wait = backlog_drain_s(vi, demand, capacity)
+    wait = backlog_wait_s(vi, demand, capacity)
     if wait is None:
         return demand, ""
     note = (
