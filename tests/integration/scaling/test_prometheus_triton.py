@@ -26,6 +26,7 @@ from modelpool.scaling import (
     ScalingInput,
     VariantDecision,
     VariantInput,
+    VariantMetrics,
     VariantSettings,
     VariantState,
     decide,
@@ -432,3 +433,48 @@ async def test_burst_from_idle_leaves_a_burst_reserve(
     final_phase, final_replicas, final_reason = reasons[-1]
     assert final_phase == "after" and final_replicas >= 2
     assert "burst reserve: keeping" in final_reason
+
+
+async def test_a_backlog_the_ready_replica_drains_in_time_orders_none(
+    echo_triton: TritonProcess, reader: PrometheusReader
+) -> None:
+    """Bursts of 45 requests on top of a paced 20 req/s, on one 50 req/s replica, with the bench's
+    targets (queue 1 s, backlog drained within 1 s). The test waits for a reading of Triton's
+    pending count, through Prometheus, whose backlog would order a second replica if the one
+    replica were not ready yet. With that replica ready, the same reading orders none: it empties
+    the queue well within the target. (The trend is tested elsewhere; a 1 s trend window, too short
+    for a slope, keeps it out of these readings.)"""
+    settings = replace(SETTINGS, target_queue_time_s=1.0, backlog_drain_s=1.0, trend_window_s=1.0)
+
+    def decision(metrics: VariantMetrics, ready: int, now: float) -> VariantDecision:
+        vi = VariantInput(settings, metrics, 1, ready_replicas=ready)
+        return decide(ScalingInput.single(PoolInput("it", (vi,))), now).pools["it"].variants[0]
+
+    sent: list[int] = []
+    load = asyncio.create_task(_paced_load(echo_triton.http_url, 20.0, 28.0, sent))
+    await asyncio.sleep(5.0)  # the 3 s rate window holds only the paced load
+    queued: tuple[VariantMetrics, VariantDecision, VariantDecision] | None = None
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        for _ in range(6):  # a 1 s scrape catches the queue of most bursts; at most 6 of them
+            burst = asyncio.gather(*(_send(client, echo_triton.http_url, 1000 + i) for i in range(45)))
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end and queued is None:
+                metrics, now = await reader.read_variant(TARGET), time.time()
+                not_ready = decision(metrics, 0, now)
+                if (metrics.pending_requests or 0.0) >= 5.0 and not_ready.desired_replicas >= 2:
+                    queued = metrics, decision(metrics, 1, now), not_ready
+                await asyncio.sleep(0.25)
+            sent.extend(await burst)
+            if queued is not None:
+                break
+    await load
+    assert all(code == 200 for code in sent)
+    assert queued is not None, "no scrape caught a queue that would order a replica, in 6 bursts"
+    reading, drained, not_ready = queued
+    print(
+        f"\nqueued reading: rate {reading.latest_rps}, pending {reading.pending_requests}, compute "
+        f"{reading.compute_time_s} s\n ready: {drained.reason}\n not ready: {not_ready.reason}"
+    )
+    assert not_ready.desired_replicas >= 2 and "backlog" in not_ready.reason
+    assert drained.desired_replicas == 1, drained.reason
+    assert re.search(r"the backlog of \d+ drains in 0\.\d\ds \(<= target 1s\) on the 1 ready", drained.reason)
