@@ -6,15 +6,16 @@ server, which the trace-driven bench cannot see. This bench measures it: a real 
 (kwok, ``modelpool devcluster``), the operator as users run it, a real tritonserver serving
 ``echo_small`` under a light paced load (127.0.0.1), and a real Prometheus scraping it every
 0.5 s. For each ``intervalSeconds`` (1: the sample; 2: the default point; 15: the HPA's sync
-period, the baseline) it applies one ModelPool of three variants with the sample's settings, lets
-it settle, and counts over a window:
+period, the baseline) it applies one ModelPool of three variants with the sample's settings and a
+weighted RoutingPolicy on it (no router pod matches it: pod IPs here are fake), lets it settle,
+and counts over a window:
 
 * Prometheus: instant queries per second (its own ``prometheus_http_requests_total``), the CPU
   seconds per second of the Prometheus process, and its mean query time;
 * API server: requests per second for the kinds the operator reads or writes (the API server's
   ``apiserver_request_total``, by verb; watches are long-running and not counted);
-* the operator: CPU seconds per second of its process, decisions per second and mean reconcile
-  time (its own metrics).
+* the operator: CPU seconds per second of its process, decisions per second, mean reconcile
+  time, and the RoutingPolicy's passes per second and their mean time (its own metrics).
 
 Usage (needs the control-plane binaries of ``modelpool devcluster build``, Debian's prometheus
 and the nvidia-pytriton wheel, as the integration tests do)::
@@ -76,6 +77,27 @@ def pool_manifest(interval_s: int, prometheus_url: str) -> dict[str, Any]:
     return pool
 
 
+def policy_manifest() -> dict[str, Any]:
+    """A weighted RoutingPolicy on the pool, as a user would route to it. No router pod matches its
+    selector (the cluster's pod IPs are fake and nothing may be sent to them), so each policy pass
+    does its reads and writes but pushes to no router."""
+    return {
+        "apiVersion": "modelpool.dev/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "load", "namespace": NAMESPACE},
+        "spec": {
+            "poolRef": {"name": "load"},
+            "mode": "weighted",
+            "weights": [
+                {"variant": "small", "weight": 70},
+                {"variant": "quantized", "weight": 20},
+                {"variant": "large", "weight": 10},
+            ],
+            "routerSelector": {"matchLabels": {"app.kubernetes.io/name": "modelpool-router-none"}},
+        },
+    }
+
+
 @contextmanager
 def paced_load(url: str, rps: float) -> Iterator[list[int]]:
     """Open-loop requests to echo_small at ``rps`` until the block ends (bounded by its length)."""
@@ -122,8 +144,10 @@ class Probe:
             "prom_cpu": cpu_seconds(self.prom.pid),
             "op_cpu": cpu_seconds(self.operator.proc.pid),
             "decisions": total(own, "modelpool_scaling_decisions_total"),
-            "reconcile_s": total(own, "modelpool_reconcile_duration_seconds_sum"),
-            "reconcile_n": total(own, "modelpool_reconcile_duration_seconds_count"),
+            "reconcile_s": total(own, "modelpool_reconcile_duration_seconds_sum", controller="modelpool"),
+            "reconcile_n": total(own, "modelpool_reconcile_duration_seconds_count", controller="modelpool"),
+            "policy_s": total(own, "modelpool_reconcile_duration_seconds_sum", controller="routingpolicy"),
+            "policy_n": total(own, "modelpool_reconcile_duration_seconds_count", controller="routingpolicy"),
         }
         for verb in ("GET", "LIST", "PATCH", "POST", "PUT", "DELETE"):
             for kind in KINDS:
@@ -147,6 +171,8 @@ def rates(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, 
         "op_cpu": d["op_cpu"] / span,
         "decisions": d["decisions"] / span,
         "reconcile_ms": 1000 * d["reconcile_s"] / d["reconcile_n"] if d["reconcile_n"] else 0.0,
+        "policy_passes": d["policy_n"] / span,
+        "policy_ms": 1000 * d["policy_s"] / d["policy_n"] if d["policy_n"] else 0.0,
     }
     return out
 
@@ -160,12 +186,13 @@ def measure(
     window_s: float,
 ) -> dict[str, float]:
     """Apply the pool at ``interval_s``, let it settle, and count over ``window_s``."""
-    manifest = json.dumps(pool_manifest(interval_s, prom.url))
-    cluster.kubectl("apply", "-f", "-", input_text=manifest)
+    for manifest in (pool_manifest(interval_s, prom.url), policy_manifest()):
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     time.sleep(settle_s)
     before = probe.read()
     time.sleep(window_s)
     after = probe.read()
+    cluster.kubectl("delete", "routingpolicy", "load", "-n", NAMESPACE, "--wait=true")
     cluster.kubectl("delete", "modelpool", "load", "-n", NAMESPACE, "--wait=true")
     return rates(before, after)
 
@@ -185,6 +212,8 @@ def table(results: dict[int, dict[str, float]], baseline: int) -> str:
         ("operator CPU (cores)", "op_cpu", "{:.3f}"),
         ("decisions /s (3 variants)", "decisions", "{:.2f}"),
         ("mean reconcile time (ms)", "reconcile_ms", "{:.1f}"),
+        ("RoutingPolicy passes /s", "policy_passes", "{:.2f}"),
+        ("mean RoutingPolicy pass (ms)", "policy_ms", "{:.1f}"),
     ]
     head = "| quantity | " + " | ".join(f"intervalSeconds {c}" for c in columns) + " |"
     lines = [head, "|---|" + "---|" * len(columns)]
@@ -212,7 +241,13 @@ def main() -> None:
     cluster = DevCluster(name="modelpool-bench", workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
     cluster.create(nodes=2, gpus_per_node=8)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modelpools.modelpool.dev")
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modelpools.modelpool.dev",
+        "crd/routingpolicies.modelpool.dev",
+    )
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     port = free_port()
     operator = OperatorProcess(
@@ -243,7 +278,8 @@ def main() -> None:
         cluster.delete()
     baseline = max(results)
     text = (
-        f"ModelPool of 3 variants (the bursty sample's settings), Prometheus scraping every {SCRAPE_S} s, "
+        f"ModelPool of 3 variants (the bursty sample's settings) and a weighted RoutingPolicy on it, "
+        f"Prometheus scraping every {SCRAPE_S} s, "
         f"{LOAD_RPS:.0f} req/s to Triton ({served} of {sent} served), {args.window:.0f} s counted per "
         f"interval; ratios against intervalSeconds {baseline}\n\n{table(results, baseline)}\n"
     )
