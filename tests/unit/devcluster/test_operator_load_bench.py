@@ -45,6 +45,8 @@ def test_two_probes_become_per_second_rates_and_means() -> None:
         "decisions": 30.0,
         "reconcile_s": 3.0,
         "reconcile_n": 50.0,
+        "policy_s": 0.5,
+        "policy_n": 10.0,
     }
     after = {
         "t": 30.0,
@@ -57,6 +59,8 @@ def test_two_probes_become_per_second_rates_and_means() -> None:
         "decisions": 90.0,
         "reconcile_s": 4.48,
         "reconcile_n": 70.0,
+        "policy_s": 0.6,
+        "policy_n": 12.0,
     }
     out = bench.rates(before, after)
     assert out["api_GET"] == pytest.approx(1.0)
@@ -65,6 +69,8 @@ def test_two_probes_become_per_second_rates_and_means() -> None:
     assert out["prom_cpu"] == pytest.approx(0.02)
     assert out["decisions"] == pytest.approx(3.0)
     assert out["reconcile_ms"] == pytest.approx(74.0)
+    assert out["policy_passes"] == pytest.approx(0.1)
+    assert out["policy_ms"] == pytest.approx(50.0)
 
 
 def test_the_pool_is_the_bursty_sample_with_three_variants() -> None:
@@ -73,3 +79,15 @@ def test_the_pool_is_the_bursty_sample_with_three_variants() -> None:
     assert pool["spec"]["scaling"]["intervalSeconds"] == 1
     assert pool["spec"]["scaling"]["rateWindowSeconds"] == 2  # the sample's
     assert all(v["scaling"]["lookaheadSeconds"] == 4 for v in pool["spec"]["variants"])
+
+
+def test_the_policy_routes_to_the_pools_variants_and_selects_no_router() -> None:
+    from modelpool.api.routingpolicy import RoutingPolicySpec
+
+    policy = bench.policy_manifest()
+    spec = RoutingPolicySpec.model_validate(policy["spec"])
+    pool = bench.pool_manifest(1, "http://127.0.0.1:9090")
+    assert spec.pool_ref.name == pool["metadata"]["name"]
+    assert {w.variant for w in spec.weights} == {v["name"] for v in pool["spec"]["variants"]}
+    # no pod of the bench carries this label: nothing is pushed to the cluster's fake pod IPs
+    assert spec.router_selector.match_labels == {"app.kubernetes.io/name": "modelpool-router-none"}
