@@ -78,10 +78,14 @@ def _sizing_target(s: VariantSettings, demand: Demand) -> float:
     return s.target_queue_time_s * 2.0 / (demand.burstiness + 1.0)
 
 
+def _ready(vi: VariantInput) -> int:
+    """The Deployment's ready replicas (the current count when readiness is unknown)."""
+    return vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
+
+
 def _serving(vi: VariantInput) -> int:
-    """Replicas serving now: the ready ones (the current count when readiness is unknown)."""
-    ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
-    return min(ready, vi.current_replicas)
+    """Replicas serving now and staying: the ready ones, at most the current count."""
+    return min(_ready(vi), vi.current_replicas)
 
 
 def backlog_wait_s(vi: VariantInput, demand: Demand, capacity: float) -> float | None:
@@ -269,7 +273,7 @@ def _with_burst_reserve(
     the window asks for patience.
     """
     s = vi.settings
-    ready = vi.current_replicas if vi.ready_replicas is None else vi.ready_replicas
+    ready = _ready(vi)
     limit = min(s.max_replicas, MAX_EXTRA)
     bursts = record_window(
         bursts,
