@@ -206,6 +206,14 @@ class ScalingPlanner:
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
+    _granted: dict[str, dict[str, int]] = field(default_factory=dict)
+    """GPUs each pool's latest decision granted, per shared GPU pool (``namespace/name`` keys).
+
+    The index of pools learns a decision only once its status is written and watched back; a
+    pool deciding in between would count the other at its old size and take the same free GPUs.
+    A decision is recorded here before the pass yields to any other (no ``await`` between reading
+    what the others hold and recording the grant), and a pool counts another at the larger of the
+    two."""
 
     def reader(self, url: str, spec: ModelPoolSpec) -> PrometheusReader:
         """One reader per Prometheus, rate window, series span and queries.
@@ -248,6 +256,8 @@ class ScalingPlanner:
         self._decided_at.pop((namespace, name), None)
         for claims in self._claims.values():
             claims.pop(f"{namespace}/{name}", None)
+        for granted in self._granted.values():
+            granted.pop(f"{namespace}/{name}", None)
 
     def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
         key = f"{namespace}/{name}"
@@ -269,8 +279,9 @@ class ScalingPlanner:
 
         On a shared GPU pool the pool is named ``namespace/name`` (pools of several namespaces
         share it) and brings the latest claims of the other members (from their own passes) and
-        the GPUs they hold (from the index of pools, so also right after a restart). The budget
-        is the smallest any member declares.
+        the GPUs they hold: the larger of what the index of pools shows (so also right after a
+        restart) and what their latest decision in this operator granted (which the index may not
+        show yet). The budget is the smallest any member declares.
         """
         gpu_pool = spec.gpu_pool.name
         pool_budget = self.shared_gpu_pool(namespace, name, spec)
@@ -280,9 +291,10 @@ class ScalingPlanner:
         key = f"{namespace}/{name}"
         others = self._other_members(namespace, name, gpu_pool)
         known = self._claims.get(gpu_pool, {})
+        granted = self._granted.get(gpu_pool, {})
         shared = SharedBudget(
             other_claims=tuple(c for m in others for c in known.get(m.pool, ())),
-            held_gpus=sum(m.held_gpus for m in others),
+            held_gpus=sum(max(m.held_gpus, granted.get(m.pool, 0)) for m in others),
             members=tuple(m.pool for m in others),
         )
         pool = PoolInput(name=key, variants=variants, gpu_pool=gpu_pool)
@@ -363,8 +375,12 @@ class ScalingPlanner:
         scaling_input, pool_name = self._scaling_input(namespace, name, spec, tuple(inputs))
         decision = decide(scaling_input, clock)
         pool_decision = decision.pools[pool_name]
-        if spec.gpu_pool.name:
+        if spec.gpu_pool.name:  # recorded before any await: see _granted
             self._claims.setdefault(spec.gpu_pool.name, {})[pool_name] = decision.claims[spec.gpu_pool.name]
+            gpus = {v.name: v.gpus_per_replica for v in spec.variants}
+            self._granted.setdefault(spec.gpu_pool.name, {})[pool_name] = sum(
+                v.desired_replicas * gpus[v.name] for v in pool_decision.variants
+            )
             pool_decision = replace(pool_decision, name=name)
             decision = replace(decision, pools={name: pool_decision})
         scaling_metrics.record_decision(decision)

@@ -362,3 +362,105 @@ async def test_pools_on_a_shared_gpu_pool_share_its_budget_by_value_without_over
     assert chat + code == 8
     planner.forget("team-b", "code")
     assert "team-b/code" not in planner._claims["shared"]
+
+
+async def test_pools_deciding_before_the_index_shows_the_other_ones_grant_never_over_commit() -> None:
+    """Two pools' passes run concurrently in one operator: the second decides before the first's
+    status has reached the index of pools, which still shows both at their minimums. Each must
+    count what the other's latest decision granted, or both take the same free GPUs (on the real
+    cluster the Deployments once went (1, 1) -> (3, 3) on a GPU pool of 4)."""
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
+    specs = {}
+    for pool, priority in (("team-a/chat", 0), ("team-b/code", 5)):  # the second is worth more
+        wire = _spec().to_wire()
+        wire["gpuPool"]["name"] = "shared"
+        for variant in wire["variants"]:
+            variant["priority"] = priority
+        specs[pool] = wire
+    stale_index = []
+    for pool, wire in specs.items():
+        entry = gpu_pool_member(*pool.split("/"), wire, {})  # no status yet: the minimums
+        assert entry is not None
+        stale_index.append(entry["shared"])
+    planner = _planner(reader)
+    planner.members = lambda gpu_pool: stale_index
+    granted = {}
+    for pool in specs:
+        namespace, name = pool.split("/")
+        spec = ModelPoolSpec.model_validate(specs[pool])
+        outcome = await planner.plan(namespace, name, spec, None, {"small": 1, "large": 1}, HELD, now=now)
+        granted[pool] = sum(plan.replicas for plan in outcome.plans.values())
+    assert granted["team-a/chat"] > 2  # the first one took free GPUs: the load asks for more than 8
+    assert sum(granted.values()) <= 8, granted
+    planner.forget("team-a", "chat")
+    outcome = await planner.plan(
+        "team-b",
+        "code",
+        ModelPoolSpec.model_validate(specs["team-b/code"]),
+        None,
+        {"small": 1, "large": 1},
+        HELD,
+        now=now + 10,
+    )
+    # a forgotten pool (deleted) counts only as the index shows it: its minimums here
+    assert sum(plan.replicas for plan in outcome.plans.values()) == 8 - 2
+
+
+async def test_a_pool_grows_into_gpus_another_gives_up_only_once_the_index_shows_them_free() -> None:
+    """The other way round: a pool's pass shrinks it, but its status (the index) still shows the old
+    size, and its Deployment may not be patched yet. The other pool must not take those GPUs
+    before the index shows them free, or both Deployments could hold them at once."""
+    now = 1_000.0
+    specs = {}
+    for pool in ("team-a/chat", "team-b/code"):
+        wire = _spec().to_wire()
+        wire["gpuPool"]["name"] = "shared"
+        specs[pool] = wire
+    held = {"team-a/chat": {"small": 5, "large": 1}, "team-b/code": {"small": 1, "large": 1}}
+
+    def index(gpu_pool: str) -> list[GpuPoolMember]:
+        members = []
+        for pool, wire in specs.items():
+            status = {"variants": [{"name": v, "desiredReplicas": n} for v, n in held[pool].items()]}
+            entry = gpu_pool_member(*pool.split("/"), wire, status)
+            assert entry is not None
+            members.append(entry[gpu_pool])
+        return members
+
+    reader = FakeReader({"m-small": _metrics(0.5, now), "m-large": _metrics(0.5, now)})  # chat idles
+    planner = _planner(reader)
+    planner.members = index
+    chat = await planner.plan(
+        "team-a",
+        "chat",
+        ModelPoolSpec.model_validate(specs["team-a/chat"]),
+        None,
+        held["team-a/chat"],
+        {v: ReplicaPlan(n, "held") for v, n in held["team-a/chat"].items()},
+        now=now,
+    )
+    shrunk = sum(p.replicas for p in chat.plans.values())
+    assert shrunk < 6  # it shrinks; its status is not written yet
+    reader.by_model = {"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)}  # code is busy
+    code = await planner.plan(
+        "team-b",
+        "code",
+        ModelPoolSpec.model_validate(specs["team-b/code"]),
+        None,
+        held["team-b/code"],
+        {v: ReplicaPlan(n, "held") for v, n in held["team-b/code"].items()},
+        now=now,
+    )
+    assert sum(p.replicas for p in code.plans.values()) == 8 - 6  # chat's 6 GPUs still count
+    held["team-a/chat"] = {v: p.replicas for v, p in chat.plans.items()}  # chat's status lands
+    code = await planner.plan(
+        "team-b",
+        "code",
+        ModelPoolSpec.model_validate(specs["team-b/code"]),
+        None,
+        held["team-b/code"],
+        {v: ReplicaPlan(n, "held") for v, n in held["team-b/code"].items()},
+        now=now + 10,
+    )
+    assert sum(p.replicas for p in code.plans.values()) == 8 - shrunk
