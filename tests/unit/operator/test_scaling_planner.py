@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
@@ -303,6 +304,51 @@ def test_series_step_is_a_quarter_of_the_rate_window_and_cover_the_trend() -> No
     assert sparse.step_s == 2 and sparse.series_span_s == 8 * 2  # never fewer than eight points
 
 
+def _shared_specs(priorities: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Wire specs of pools (``namespace/name``) on the GPU pool "shared", each variant at its priority."""
+    specs = {}
+    for pool, priority in priorities.items():
+        wire = _spec().to_wire()
+        wire["gpuPool"]["name"] = "shared"
+        for variant in wire["variants"]:
+            variant["priority"] = priority
+        specs[pool] = wire
+    return specs
+
+
+def _index_of(
+    specs: dict[str, dict[str, Any]], held: dict[str, dict[str, int]]
+) -> Callable[[str], list[GpuPoolMember]]:
+    """The operator's index of pools, read from ``held`` (their statuses' desired replicas) when asked."""
+
+    def index(gpu_pool: str) -> list[GpuPoolMember]:
+        members = []
+        for pool, wire in specs.items():
+            namespace, name = pool.split("/")
+            status = {"variants": [{"name": v, "desiredReplicas": n} for v, n in held[pool].items()]}
+            entry = gpu_pool_member(namespace, name, wire, status)
+            assert entry is not None
+            members.append(entry[gpu_pool])
+        return members
+
+    return index
+
+
+async def _planned_gpus(
+    planner: ScalingPlanner,
+    specs: dict[str, dict[str, Any]],
+    held: dict[str, dict[str, int]],
+    pool: str,
+    now: float,
+) -> dict[str, ReplicaPlan]:
+    """One pass of ``pool`` (``namespace/name``) from the replicas in ``held``: its plans."""
+    namespace, name = pool.split("/")
+    spec = ModelPoolSpec.model_validate(specs[pool])
+    plans = {v: ReplicaPlan(n, "held") for v, n in held[pool].items()}
+    outcome = await planner.plan(namespace, name, spec, None, held[pool], plans, now=now)
+    return outcome.plans
+
+
 def test_index_entry_of_a_pool_on_a_shared_gpu_pool() -> None:
     wire = _spec().to_wire()
     assert gpu_pool_member("ns", "p", wire, {}) is None  # no gpuPool.name: its budget is its own
@@ -323,24 +369,9 @@ async def test_pools_on_a_shared_gpu_pool_share_its_budget_by_value_without_over
     than the budget, also on the first pass after a restart (an empty planner, the index full)."""
     now = 1_000.0
     reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
-    specs = {}
-    for pool, priority in (("team-a/chat", 0), ("team-b/code", 5)):
-        wire = _spec().to_wire()
-        wire["gpuPool"]["name"] = "shared"
-        for variant in wire["variants"]:
-            variant["priority"] = priority
-        specs[pool] = wire
+    specs = _shared_specs({"team-a/chat": 0, "team-b/code": 5})
     held = {"team-a/chat": {"small": 5, "large": 3}, "team-b/code": {"small": 1, "large": 1}}
-
-    def index(gpu_pool: str) -> list[GpuPoolMember]:
-        members = []
-        for pool, wire in specs.items():
-            status = {"variants": [{"name": v, "desiredReplicas": n} for v, n in held[pool].items()]}
-            entry = gpu_pool_member(*pool.split("/"), wire, status)
-            assert entry is not None
-            members.append(entry[gpu_pool])
-        return members
-
+    index = _index_of(specs, held)
     planner = _planner(reader)
     planner.members = index
     for turn in range(6):
@@ -371,40 +402,20 @@ async def test_pools_deciding_before_the_index_shows_the_other_ones_grant_never_
     cluster the Deployments once went (1, 1) -> (3, 3) on a GPU pool of 4)."""
     now = 1_000.0
     reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
-    specs = {}
-    for pool, priority in (("team-a/chat", 0), ("team-b/code", 5)):  # the second is worth more
-        wire = _spec().to_wire()
-        wire["gpuPool"]["name"] = "shared"
-        for variant in wire["variants"]:
-            variant["priority"] = priority
-        specs[pool] = wire
-    stale_index = []
-    for pool, wire in specs.items():
-        entry = gpu_pool_member(*pool.split("/"), wire, {})  # no status yet: the minimums
-        assert entry is not None
-        stale_index.append(entry["shared"])
+    specs = _shared_specs({"team-a/chat": 0, "team-b/code": 5})  # the second is worth more
+    minimums = {pool: {"small": 1, "large": 1} for pool in specs}  # no status written yet
     planner = _planner(reader)
-    planner.members = lambda gpu_pool: stale_index
+    planner.members = _index_of(specs, minimums)
     granted = {}
-    for pool in specs:
-        namespace, name = pool.split("/")
-        spec = ModelPoolSpec.model_validate(specs[pool])
-        outcome = await planner.plan(namespace, name, spec, None, {"small": 1, "large": 1}, HELD, now=now)
-        granted[pool] = sum(plan.replicas for plan in outcome.plans.values())
+    for pool in specs:  # the second pass runs before the first one's status is written
+        plans = await _planned_gpus(planner, specs, minimums, pool, now)
+        granted[pool] = sum(plan.replicas for plan in plans.values())
     assert granted["team-a/chat"] > 2  # the first one took free GPUs: the load asks for more than 8
     assert sum(granted.values()) <= 8, granted
     planner.forget("team-a", "chat")
-    outcome = await planner.plan(
-        "team-b",
-        "code",
-        ModelPoolSpec.model_validate(specs["team-b/code"]),
-        None,
-        {"small": 1, "large": 1},
-        HELD,
-        now=now + 10,
-    )
+    plans = await _planned_gpus(planner, specs, minimums, "team-b/code", now + 10)
     # a forgotten pool (deleted) counts only as the index shows it: its minimums here
-    assert sum(plan.replicas for plan in outcome.plans.values()) == 8 - 2
+    assert sum(plan.replicas for plan in plans.values()) == 8 - 2
 
 
 async def test_a_pool_grows_into_gpus_another_gives_up_only_once_the_index_shows_them_free() -> None:
@@ -412,55 +423,17 @@ async def test_a_pool_grows_into_gpus_another_gives_up_only_once_the_index_shows
     size, and its Deployment may not be patched yet. The other pool must not take those GPUs
     before the index shows them free, or both Deployments could hold them at once."""
     now = 1_000.0
-    specs = {}
-    for pool in ("team-a/chat", "team-b/code"):
-        wire = _spec().to_wire()
-        wire["gpuPool"]["name"] = "shared"
-        specs[pool] = wire
+    specs = _shared_specs({"team-a/chat": 1, "team-b/code": 1})
     held = {"team-a/chat": {"small": 5, "large": 1}, "team-b/code": {"small": 1, "large": 1}}
-
-    def index(gpu_pool: str) -> list[GpuPoolMember]:
-        members = []
-        for pool, wire in specs.items():
-            status = {"variants": [{"name": v, "desiredReplicas": n} for v, n in held[pool].items()]}
-            entry = gpu_pool_member(*pool.split("/"), wire, status)
-            assert entry is not None
-            members.append(entry[gpu_pool])
-        return members
-
     reader = FakeReader({"m-small": _metrics(0.5, now), "m-large": _metrics(0.5, now)})  # chat idles
     planner = _planner(reader)
-    planner.members = index
-    chat = await planner.plan(
-        "team-a",
-        "chat",
-        ModelPoolSpec.model_validate(specs["team-a/chat"]),
-        None,
-        held["team-a/chat"],
-        {v: ReplicaPlan(n, "held") for v, n in held["team-a/chat"].items()},
-        now=now,
-    )
-    shrunk = sum(p.replicas for p in chat.plans.values())
+    planner.members = _index_of(specs, held)
+    chat = await _planned_gpus(planner, specs, held, "team-a/chat", now)
+    shrunk = sum(p.replicas for p in chat.values())
     assert shrunk < 6  # it shrinks; its status is not written yet
     reader.by_model = {"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)}  # code is busy
-    code = await planner.plan(
-        "team-b",
-        "code",
-        ModelPoolSpec.model_validate(specs["team-b/code"]),
-        None,
-        held["team-b/code"],
-        {v: ReplicaPlan(n, "held") for v, n in held["team-b/code"].items()},
-        now=now,
-    )
-    assert sum(p.replicas for p in code.plans.values()) == 8 - 6  # chat's 6 GPUs still count
-    held["team-a/chat"] = {v: p.replicas for v, p in chat.plans.items()}  # chat's status lands
-    code = await planner.plan(
-        "team-b",
-        "code",
-        ModelPoolSpec.model_validate(specs["team-b/code"]),
-        None,
-        held["team-b/code"],
-        {v: ReplicaPlan(n, "held") for v, n in held["team-b/code"].items()},
-        now=now + 10,
-    )
-    assert sum(p.replicas for p in code.plans.values()) == 8 - shrunk
+    code = await _planned_gpus(planner, specs, held, "team-b/code", now)
+    assert sum(p.replicas for p in code.values()) == 8 - 6  # chat's 6 GPUs still count
+    held["team-a/chat"] = {v: p.replicas for v, p in chat.items()}  # chat's status lands
+    code = await _planned_gpus(planner, specs, held, "team-b/code", now + 10)
+    assert sum(p.replicas for p in code.values()) == 8 - shrunk
