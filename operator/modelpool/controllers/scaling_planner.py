@@ -256,6 +256,10 @@ class ScalingPlanner:
         self._decided_at.pop((namespace, name), None)
         for claims in self._claims.values():
             claims.pop(f"{namespace}/{name}", None)
+        self._drop_grant(namespace, name)
+
+    def _drop_grant(self, namespace: str, name: str) -> None:
+        """Forget what the pool's latest decision granted (see ``_granted``)."""
         for granted in self._granted.values():
             granted.pop(f"{namespace}/{name}", None)
 
@@ -322,6 +326,7 @@ class ScalingPlanner:
         key = (namespace, name)
         clock = time.time() if now is None else now
         if not spec.scaling.enabled:
+            self._drop_grant(namespace, name)  # back at its minimums: the index counts it from now on
             return ScalingOutcome(
                 minimum_plans(spec, "scaling disabled: minReplicas"),
                 MetricsNote(

@@ -412,8 +412,20 @@ async def test_pools_deciding_before_the_index_shows_the_other_ones_grant_never_
         granted[pool] = sum(plan.replicas for plan in plans.values())
     assert granted["team-a/chat"] > 2  # the first one took free GPUs: the load asks for more than 8
     assert sum(granted.values()) <= 8, granted
-    planner.forget("team-a", "chat")
+    disabled = specs["team-a/chat"]
+    disabled["scaling"]["enabled"] = False  # back to its minimums: the index counts it again
+    assert (
+        sum(p.replicas for p in (await _planned_gpus(planner, specs, minimums, "team-a/chat", now)).values())
+        == 2
+    )
     plans = await _planned_gpus(planner, specs, minimums, "team-b/code", now + 10)
+    assert sum(plan.replicas for plan in plans.values()) == 8 - 2
+    disabled["scaling"]["enabled"] = True
+    await _planned_gpus(planner, specs, minimums, "team-a/chat", now + 20)
+    assert "team-a/chat" in planner._granted["shared"]
+    planner.forget("team-a", "chat")  # deleted
+    assert "team-a/chat" not in planner._granted["shared"]
+    plans = await _planned_gpus(planner, specs, minimums, "team-b/code", now + 30)
     # a forgotten pool (deleted) counts only as the index shows it: its minimums here
     assert sum(plan.replicas for plan in plans.values()) == 8 - 2
 
