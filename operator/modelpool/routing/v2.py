@@ -98,7 +98,7 @@ def _count_elements(data: Any, datatype: str, where: str) -> int:
     """
     allowed = _allowed_types(datatype)
     if not isinstance(data, list):
-        data = [data]
+        data = [data]  # a scalar inside a nested array
     kinds = set(map(type, data))
     if kinds <= allowed:
         return len(data)
@@ -143,7 +143,12 @@ def _check_tensor(tensor: Any, where: str) -> int:
         return int(size)
     if "data" not in tensor:
         raise BadRequest(f"{where}.data: missing (or give parameters.binary_data_size with binary data)")
-    count = _count_elements(tensor["data"], datatype, where)
+    data = tensor["data"]
+    if not isinstance(data, list):
+        # the v2 protocol's tensor data is a JSON array (flat or nested, row-major); Triton answers
+        # a bare value with 500 ("attempt to access JSON non-array as array"), so say it here
+        raise BadRequest(f"{where}.data: must be a JSON array of the {expected} elements, got {data!r}")
+    count = _count_elements(data, datatype, where)
     if count != expected:
         raise BadRequest(f"{where}.data: shape {shape} needs {expected} elements, data has {count}")
     return 0

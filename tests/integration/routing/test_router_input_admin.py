@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modelpool.devcluster.triton import TritonProcess
@@ -93,6 +93,11 @@ _bodies = st.one_of(
 )
 
 
+# found by this test under load in the twelfth session: Triton answers a tensor whose data is a bare
+# value, not an array, with 500, and the router's parser used to let it through as one element
+_SCALAR_DATA = b'{"inputs":[{"name":"T","datatype":"FP32","shape":[1],"data":0}]}'
+
+
 @pytest.mark.parametrize("mode", ["cascade", "weighted"])
 def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess], mode: str) -> None:
     """Random bodies and headers against a router in its own process: no 5xx, no crash.
@@ -105,6 +110,7 @@ def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess], mode: 
 
         @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(body=_bodies, header_length=st.one_of(st.none(), st.integers(-3, 250)))
+        @example(body=_SCALAR_DATA, header_length=None)
         def check(body: bytes, header_length: int | None) -> None:
             headers = {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
             resp = client.post(url, content=body, headers=headers)

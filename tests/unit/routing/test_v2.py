@@ -54,6 +54,11 @@ def test_json_request_texts() -> None:
             "does not match datatype INT64",
         ),
         (_req([{"name": "X", "datatype": "FP32", "shape": [1]}]), r"inputs\[0\].data: missing"),
+        (
+            _req([{"name": "X", "datatype": "FP32", "shape": [1], "data": 0}]),
+            r"inputs\[0\].data: must be a JSON array of the 1 elements, got 0",
+        ),
+        (_req([{**TEXT, "shape": [1], "data": "a"}]), r"inputs\[0\].data: must be a JSON array"),
         (_req([TEXT], outputs="PROBABILITIES"), "outputs: must be a list"),
         (_req([TEXT], parameters=[1]), "parameters: must be an object"),
     ],
