@@ -24,6 +24,16 @@ _ELEMENT_SIZE = {
 }  # fmt: skip
 DATATYPES = frozenset([*_ELEMENT_SIZE, "BYTES"])
 _NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
+# Triton reads an integer datatype's JSON values as int64 (INT*) or uint64 (UINT*) and casts them
+# to the narrower type itself; a value outside those answers 500, so the router refuses it first
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+_UINT64_RANGE = (0, 2**64 - 1)
+
+
+def _json_int_range(datatype: str) -> tuple[int, int] | None:
+    if datatype.startswith("UINT"):
+        return _UINT64_RANGE
+    return _INT64_RANGE if datatype.startswith("INT") else None
 
 
 class BadRequest(ValueError):
@@ -101,6 +111,13 @@ def _count_elements(data: Any, datatype: str, where: str) -> int:
         data = [data]  # a scalar inside a nested array
     kinds = set(map(type, data))
     if kinds <= allowed:
+        bounds = _json_int_range(datatype)
+        if bounds is not None and data and not (bounds[0] <= min(data) and max(data) <= bounds[1]):
+            bad = next(x for x in data if not bounds[0] <= x <= bounds[1])
+            raise BadRequest(
+                f"{where}.data: element {bad} is outside [{bounds[0]}, {bounds[1]}], "
+                f"what JSON can carry for {datatype}"
+            )
         return len(data)
     if list in kinds:
         return sum(_count_elements(item, datatype, where) for item in data)

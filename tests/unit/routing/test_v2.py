@@ -59,6 +59,19 @@ def test_json_request_texts() -> None:
             r"inputs\[0\].data: must be a JSON array of the 1 elements, got 0",
         ),
         (_req([{**TEXT, "shape": [1], "data": "a"}]), r"inputs\[0\].data: must be a JSON array"),
+        (
+            _req([{"name": "X", "datatype": "INT64", "shape": [3], "data": [0, 0, 2**63]}]),
+            r"inputs\[0\].data: element 9223372036854775808 is outside \[-9223372036854775808, "
+            r"9223372036854775807\], what JSON can carry for INT64",
+        ),
+        (
+            _req([{"name": "X", "datatype": "UINT8", "shape": [2, 1], "data": [[1], [-1]]}]),
+            r"inputs\[0\].data: element -1 is outside \[0, 18446744073709551615\]",
+        ),
+        (
+            _req([{"name": "X", "datatype": "UINT64", "shape": [1], "data": [2**64]}]),
+            r"element 18446744073709551616 is outside",
+        ),
         (_req([TEXT], outputs="PROBABILITIES"), "outputs: must be a list"),
         (_req([TEXT], parameters=[1]), "parameters: must be an object"),
     ],
@@ -66,6 +79,17 @@ def test_json_request_texts() -> None:
 def test_bad_requests_name_the_problem(raw: bytes, match: str) -> None:
     with pytest.raises(BadRequest, match=match):
         parse_request(raw, None)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values"),
+    [("INT8", [128, -129]), ("INT64", [-(2**63), 2**63 - 1]), ("UINT64", [0, 2**64 - 1]), ("UINT8", [256])],
+)
+def test_integers_pass_as_far_as_triton_reads_them(datatype: str, values: list[int]) -> None:
+    """Triton reads JSON integers as int64/uint64 and casts narrower types itself (INT8 128 is
+    accepted there), so the router refuses only what Triton would answer with 500."""
+    raw = _req([{"name": "X", "datatype": datatype, "shape": [len(values)], "data": values}])
+    parse_request(raw, None)
 
 
 def _binary_text_request(texts: list[str]) -> tuple[bytes, int]:
