@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 TEXT_INPUT = "TEXT"
 PROBABILITIES_OUTPUT = "PROBABILITIES"
@@ -171,6 +173,46 @@ def _check_tensor(tensor: Any, where: str) -> int:
     return 0
 
 
+def _is_uint64(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 2**64
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _is_str(value: Any) -> bool:
+    return type(value) is str
+
+
+_BOOL = (_is_bool, "true or false")
+_UINT = (_is_uint64, "an integer from 0 to 2^64 - 1")
+# the parameters whose type Triton checks, answering a wrong one with 500 instead of 400
+_REQUEST_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "sequence_id": (lambda v: _is_str(v) or _is_uint64(v), "a string or an integer from 0 to 2^64 - 1"),
+    "sequence_start": _BOOL,
+    "sequence_end": _BOOL,
+    "binary_data_output": _BOOL,
+    "priority": _UINT,
+    "timeout": _UINT,
+}
+_OUTPUT_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "binary_data": _BOOL,
+    "classification": _UINT,
+    "shared_memory_region": (_is_str, "a string"),
+    "shared_memory_byte_size": _UINT,
+    "shared_memory_offset": _UINT,
+}
+
+
+def _check_parameters(params: Any, rules: dict[str, tuple[Callable[[Any], bool], str]], where: str) -> None:
+    if not isinstance(params, dict):
+        return
+    for key, (valid, what) in rules.items():
+        if key in params and not valid(params[key]):
+            raise BadRequest(f"{where}.{key}: must be {what}, got {params[key]!r}")
+
+
 def parse_request(body: bytes, header_length: int | None) -> InferBody:
     """Parse and validate an inference request body (structure only; the model checks names)."""
     head, binary = split_body(body, header_length)
@@ -190,8 +232,13 @@ def parse_request(body: bytes, header_length: int | None) -> InferBody:
         or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
     ):
         raise BadRequest("outputs: must be a list of objects with a name")
+    for i, output in enumerate(outputs or ()):
+        _check_parameters(output.get("parameters"), _OUTPUT_PARAMETERS, f"outputs[{i}].parameters")
     if "parameters" in header and not isinstance(header["parameters"], dict):
         raise BadRequest("parameters: must be an object")
+    _check_parameters(header.get("parameters"), _REQUEST_PARAMETERS, "parameters")
+    if "id" in header and not isinstance(header["id"], str):
+        raise BadRequest(f"id: must be a string, got {header['id']!r}")
     return InferBody(header, binary, header_length is not None)
 
 
@@ -253,31 +300,55 @@ def parse_response(body: bytes, header_length: int | None) -> InferBody:
     return InferBody(header, binary, header_length is not None)
 
 
+def _classification_scores(items: list[str]) -> NDArray[np.float64]:
+    """The scores of Triton's classification strings (``"0.950000:3"`` or ``"0.95:3:label"``)."""
+    return np.asarray([float(str(item).split(":", 1)[0]) for item in items], dtype=np.float64)
+
+
+def _probabilities(
+    tensor: dict[str, Any], outputs: list[dict[str, Any]], binary: bytes
+) -> NDArray[np.float64]:
+    """The values of output ``PROBABILITIES``: numbers, or the top-k scores of a classification."""
+    if tensor.get("datatype") == "BYTES":  # the client asked for parameters.classification
+        if "data" in tensor:
+            return _classification_scores(_flatten(tensor["data"]))
+        offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
+        return _classification_scores(_decode_bytes_items(binary[offset : offset + size], "PROBABILITIES"))
+    if "data" in tensor:
+        return np.asarray(_flatten(tensor["data"]), dtype=np.float64)
+    offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
+    dtype = _NUMPY.get(str(tensor.get("datatype")), np.float32)
+    return np.frombuffer(binary[offset : offset + size], dtype=dtype).astype(np.float64)
+
+
 def confidence(body: InferBody) -> float | None:
-    """Lowest top-class probability across the batch, from output ``PROBABILITIES`` (None if absent)."""
+    """Lowest top-class probability across the batch, from output ``PROBABILITIES``; None if it is
+    absent or unreadable (the cascade then escalates).
+
+    A classification output (the client's ``parameters.classification``: BYTES ``"score:index"``
+    strings, top-k per row, best first) counts by its scores like the full distribution.
+    """
     outputs: list[dict[str, Any]] = body.header["outputs"]
     for tensor in outputs:
         if tensor.get("name") != PROBABILITIES_OUTPUT:
             continue
         shape = tensor.get("shape") or []
-        if "data" in tensor:
-            values = np.asarray(_flatten(tensor["data"]), dtype=np.float64)
-        else:
-            offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
-            dtype = _NUMPY.get(str(tensor.get("datatype")), np.float32)
-            values = np.frombuffer(body.binary[offset : offset + size], dtype=dtype).astype(np.float64)
-        if values.size == 0:
+        try:
+            values = _probabilities(tensor, outputs, body.binary)
+            if values.size == 0:
+                return None
+            width = int(shape[-1]) if shape and int(shape[-1]) > 0 else values.size
+            return float(values.reshape(-1, width).max(axis=1).min())
+        except (ValueError, TypeError, KeyError, BadRequest):
             return None
-        width = int(shape[-1]) if shape and int(shape[-1]) > 0 else values.size
-        return float(values.reshape(-1, width).max(axis=1).min())
     return None
 
 
 def ensure_output(body: InferBody, name: str) -> bool:
     """Make sure the request asks for output ``name`` (as JSON data); True if it was added."""
     outputs = body.header.get("outputs")
-    if outputs is None or any(o.get("name") == name for o in outputs):
-        return False  # no outputs list: every output comes back
+    if not outputs or any(o.get("name") == name for o in outputs):
+        return False  # no outputs list, or an empty one: Triton sends every output back
     outputs.append({"name": name, "parameters": {"binary_data": False}})
     return True
 

@@ -85,11 +85,45 @@ _tensor = st.fixed_dictionaries(
         "data": st.one_of(st.lists(_texts, max_size=3), st.lists(st.integers(), max_size=3), _json),
     }
 )
+# Triton's typed request fields (sequence, priority, timeout, binary and classification outputs, shared
+# memory): a wrong type there got Triton's 500 through the router until the twelfth session
+_typed_value = st.one_of(_json_leaf, st.integers(-2, 2**64), st.lists(st.integers(0, 3), max_size=2))
+_request_parameters = st.dictionaries(
+    st.sampled_from(["sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+                     "binary_data_output", "other"]),
+    _typed_value,
+    max_size=3,
+)  # fmt: skip
+_output = st.fixed_dictionaries(
+    {"name": st.sampled_from(["PROBABILITIES", "LABEL", "NOPE"])},
+    optional={
+        "parameters": st.dictionaries(
+            st.sampled_from(
+                ["binary_data", "classification", "shared_memory_region", "shared_memory_byte_size"]
+            ),
+            _typed_value,
+            max_size=2,
+        )
+    },
+)
+_typed_request = st.builds(
+    lambda t, extra: json.dumps({**text_request(t), **extra}).encode(),
+    _texts,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": _typed_value,
+            "parameters": _request_parameters,
+            "outputs": st.lists(_output, max_size=2, unique_by=lambda o: o["name"]),
+        },
+    ),
+)
 _bodies = st.one_of(
     st.binary(max_size=200),
     _json.map(lambda v: json.dumps(v).encode()),
     st.builds(lambda ts: json.dumps({"inputs": ts}).encode(), st.lists(_tensor, max_size=2)),
     st.builds(lambda t: json.dumps(text_request(t)).encode(), _texts),
+    _typed_request,
 )
 
 

@@ -119,6 +119,50 @@ async def test_cascade_keeps_confident_drafts_and_escalates_unsure(
     assert 'modelpool_router_large_tier_share{pool="intents"} 0.5' in metrics
 
 
+def _client_classify(port: int, text: str, binary: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        tensor = triton_http.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object), binary_data=binary)
+        top2 = triton_http.InferRequestedOutput("PROBABILITIES", binary_data=binary, class_count=2)
+        result = client.infer("intents", [tensor], outputs=[top2])
+        return result.as_numpy("PROBABILITIES"), result.get_response()
+    finally:
+        client.close()
+
+
+def _score(item: bytes | str) -> float:
+    """The score of one classification string (``"0.950000:3"``; bytes when sent binary)."""
+    return float((item.decode() if isinstance(item, bytes) else item).split(":")[0])
+
+
+async def test_cascade_decides_on_classification_outputs_and_an_empty_outputs_list(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    """A client that asks for Triton's classification (top-k ``"score:index"`` strings, JSON or
+    binary) or lists no outputs gets the same cascade as one asking for the probabilities.
+
+    Until the twelfth session the first answered 500 (the router read the strings as numbers)
+    and the second dropped every output (Triton sends all outputs back for an empty list)."""
+    router = await make_router(router_config(tritons, "cascade"))
+    for binary in (False, True):
+        sure, response = await asyncio.to_thread(_client_classify, router.port, SHORT, binary)
+        assert response["parameters"]["modelpool_variant"] == "small"
+        assert response["parameters"]["modelpool_confidence"] == pytest.approx(0.95)
+        assert sure.shape == (1, 2)
+        assert _score(sure[0, 0]) == pytest.approx(0.95)
+        unsure, response = await asyncio.to_thread(_client_classify, router.port, LONG, binary)
+        assert response["parameters"]["modelpool_escalated"] is True
+        assert response["parameters"]["modelpool_draft_confidence"] == pytest.approx(0.4)
+        assert _score(unsure[0, 0]) == pytest.approx(0.9)
+    every = await http.post(
+        f"{router.url}/v2/models/intents/infer", json={**text_request(SHORT), "outputs": []}
+    )
+    assert every.status_code == 200
+    assert {o["name"] for o in every.json()["outputs"]} >= {"PROBABILITIES", "LABEL"}
+    assert every.json()["parameters"]["modelpool_variant"] == "small"
+
+
 async def test_tiered_routes_by_complexity(
     tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
 ) -> None:

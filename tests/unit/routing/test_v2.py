@@ -72,6 +72,30 @@ def test_json_request_texts() -> None:
             _req([{"name": "X", "datatype": "UINT64", "shape": [1], "data": [2**64]}]),
             r"element 18446744073709551616 is outside",
         ),
+        (_req([TEXT], id=5), "id: must be a string, got 5"),
+        (
+            _req([TEXT], parameters={"sequence_id": [1]}),
+            r"parameters.sequence_id: must be a string or an integer",
+        ),
+        (_req([TEXT], parameters={"sequence_start": 1}), "parameters.sequence_start: must be true or false"),
+        (_req([TEXT], parameters={"binary_data_output": "x"}), "parameters.binary_data_output: must be true"),
+        (
+            _req([TEXT], parameters={"priority": -1}),
+            r"parameters.priority: must be an integer from 0 to 2\^64 - 1",
+        ),
+        (_req([TEXT], parameters={"timeout": True}), "parameters.timeout: must be an integer"),
+        (
+            _req([TEXT], outputs=[{"name": "PROBABILITIES", "parameters": {"binary_data": 1}}]),
+            r"outputs\[0\].parameters.binary_data: must be true or false, got 1",
+        ),
+        (
+            _req([TEXT], outputs=[{"name": "P", "parameters": {"classification": 2**64}}]),
+            r"outputs\[0\].parameters.classification: must be an integer",
+        ),
+        (
+            _req([TEXT], outputs=[{"name": "P", "parameters": {"shared_memory_region": 5}}]),
+            r"outputs\[0\].parameters.shared_memory_region: must be a string",
+        ),
         (_req([TEXT], outputs="PROBABILITIES"), "outputs: must be a list"),
         (_req([TEXT], parameters=[1]), "parameters: must be an object"),
     ],
@@ -79,6 +103,17 @@ def test_json_request_texts() -> None:
 def test_bad_requests_name_the_problem(raw: bytes, match: str) -> None:
     with pytest.raises(BadRequest, match=match):
         parse_request(raw, None)
+
+
+def test_typed_parameters_triton_reads_pass() -> None:
+    raw = _req(
+        [TEXT],
+        id="req-1",
+        parameters={"sequence_id": 2**64 - 1, "sequence_start": True, "priority": 0, "timeout": 5, "x": [1]},
+        outputs=[{"name": "PROBABILITIES", "parameters": {"classification": 3, "binary_data": True}}],
+    )
+    assert parse_request(raw, None).header["id"] == "req-1"
+    parse_request(_req([TEXT], parameters={"sequence_id": "abc"}), None)
 
 
 @pytest.mark.parametrize(
@@ -164,9 +199,28 @@ def test_binary_response_confidence_drop_and_annotate() -> None:
     assert confidence(again) is None
 
 
+def test_classification_confidence_json_binary_and_unreadable() -> None:
+    """Triton's classification output: top-k ``"score:index"`` strings per row, best first."""
+    head = {"model_name": "m", "outputs": [
+        {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [2, 2],
+         "data": ["0.900000:1", "0.100000:0", "0.600000:0:card", "0.400000:1:cash"]}]}  # fmt: skip
+    assert confidence(parse_response(json.dumps(head).encode(), None)) == pytest.approx(0.6)
+    items = [b"0.8:2", b"0.2:0", b"0.7:1", b"0.3:0"]
+    binary = b"".join(struct.pack("<I", len(i)) + i for i in items)
+    out = {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [2, 2],
+           "parameters": {"binary_data_size": len(binary)}}  # fmt: skip
+    raw = json.dumps({"model_name": "m", "outputs": [out]}).encode()
+    assert confidence(parse_response(raw + binary, len(raw))) == pytest.approx(0.7)
+    head["outputs"][0]["data"] = ["not a score", "x"]
+    assert confidence(parse_response(json.dumps(head).encode(), None)) is None  # the cascade escalates
+
+
 def test_ensure_output_only_when_outputs_listed() -> None:
     body = parse_request(_req([TEXT]), None)
     assert not ensure_output(body, "PROBABILITIES")
+    empty = parse_request(_req([TEXT], outputs=[]), None)
+    assert not ensure_output(empty, "PROBABILITIES")  # an empty list: Triton sends every output
+    assert empty.header["outputs"] == []
     body = parse_request(_req([TEXT], outputs=[{"name": "LABEL"}]), None)
     assert ensure_output(body, "PROBABILITIES")
     assert body.header["outputs"][-1] == {"name": "PROBABILITIES", "parameters": {"binary_data": False}}
