@@ -22,6 +22,8 @@ import httptools
 logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
+MAX_HEAD_BYTES = 64 * 1024
+"""Request line and headers: more gets 431 (httptools would buffer them without a bound)."""
 _LINGER_SECONDS = 2.0
 DRAIN_SECONDS = 25.0
 """How long a stopping server answers what it has received: under a pod's default 30 s grace."""
@@ -137,6 +139,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._refused = False
         self._paused = False
         self._closing = False
+        self._in_head = False  # between a message's first byte and the end of its headers
+        self._head_bytes = 0  # bytes of the current head, counted by whole chunks after its first
+        self._begun = 0  # messages begun on this connection
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,19 +158,39 @@ class _HttpProtocol(asyncio.Protocol):
         self._queue.clear()
         self._wake()
 
+    def eof_received(self) -> bool:
+        """The client shut its sending side (a half-close): answer what it has sent, then close.
+
+        Returning True keeps the transport open for those answers; the connection then closes
+        as a draining one does. With nothing received to answer, asyncio closes it at once.
+        """
+        self._draining = True
+        return self._answering or bool(self._queue)
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        begun, in_head = self._begun, self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as err:
             if not self._refused:
                 self._refuse(400, f"malformed HTTP request: {err}")
+            return
+        if self._in_head and not self._refused:
+            if in_head and begun == self._begun:  # the whole chunk belongs to the same head
+                self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self._begun += 1
+        self._in_head = True
+        self._head_bytes = 0
         self._url = b""
         self._headers = {}
         self._body = []
@@ -178,6 +203,11 @@ class _HttpProtocol(asyncio.Protocol):
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        head = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers.items())
+        if head > MAX_HEAD_BYTES:  # a head that came in one or two chunks (more are counted as they come)
+            self._refuse_head()
+            return
         self._limit = limit = self._max_body()
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -232,6 +262,9 @@ class _HttpProtocol(asyncio.Protocol):
         """Whether the connection stays open after this response: while draining, only for
         requests already pipelined behind it."""
         return keep_alive and (not self._draining or bool(self._queue))
+
+    def _refuse_head(self) -> None:
+        self._refuse(431, f"request line and headers are over the limit of {MAX_HEAD_BYTES} bytes")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer at once and end the connection: the rest of the stream cannot be trusted.

@@ -263,7 +263,8 @@ async def test_mounted_config_file_changes_are_picked_up(
 async def test_pipelined_and_chunked_requests(
     tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
 ) -> None:
-    """Two pipelined requests on one connection come back in order; a chunked body over the limit gets 413."""
+    """Two pipelined requests on one connection come back in order, a half-closed one is answered, and
+    a chunked body over the limit gets 413."""
     router = await make_router(router_config(tritons, "cascade", maxBodyBytes=2048))
     body = json.dumps(text_request("card lost")).encode()
     long_body = json.dumps(text_request("y" * 80)).encode()
@@ -283,6 +284,18 @@ async def test_pipelined_and_chunked_requests(
         variants.append(headers[b"x-modelpool-variant"].decode())
         await reader.readexactly(int(headers[b"content-length"]))
     assert variants == ["large", "small"]  # the long text was escalated; order kept
+    writer.close()
+
+    # a client that half-closes once its request is out still gets the answer (dropped before)
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(
+        b"POST /v2/models/intents/infer HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer
     writer.close()
 
     async def chunks():  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""The router's HTTP server shuts down without dropping a request (``HttpServer.drain``)."""
+"""The router's HTTP server drops no request it has received: on shutdown (``HttpServer.drain``) or a
+client's half-close; and it bounds a request's head."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from modelpool.routing.httpserver import HttpServer, Request, Response, start_server
+from modelpool.routing.httpserver import MAX_HEAD_BYTES, HttpServer, Request, Response, start_server
 
 
 async def _slow(request: Request) -> Response:
@@ -75,4 +76,41 @@ async def test_drain_gives_up_at_its_limit(server: HttpServer) -> None:
     started = loop.time()
     assert await server.drain(limit_s=0.3, quiet_s=0.1) == 1  # one connection still busy
     assert loop.time() - started < 1.0
+    writer.close()
+
+
+async def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server: HttpServer) -> None:
+    """Some clients shut their sending side once the request is out (``nc -N``, HTTP/1.0 tools).
+    Until the twelfth session the server closed on that EOF and dropped the requests in flight."""
+    reader, writer = await _connect(server)
+    _send(writer, 200)
+    _send(writer, 0)  # pipelined behind it
+    writer.write_eof()
+    first, second = await _response(reader), await _response(reader)
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in second
+    assert await asyncio.wait_for(reader.read(), 1) == b""
+    writer.close()
+    idle_reader, idle_writer = await _connect(server)
+    idle_writer.write_eof()  # nothing sent: closed at once
+    assert await asyncio.wait_for(idle_reader.read(), 1) == b""
+    idle_writer.close()
+
+
+async def test_request_heads_over_the_limit_get_431_in_one_chunk_or_many(server: HttpServer) -> None:
+    for chunks in (1, 40):
+        reader, writer = await _connect(server)
+        head = b"GET /wait/0 HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n"
+        step = len(head) // chunks + 1
+        for i in range(0, len(head), step):
+            writer.write(head[i : i + step])
+            await writer.drain()
+            await asyncio.sleep(0)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+        assert b"over the limit of 65536 bytes" in answer
+        writer.close()
+    reader, writer = await _connect(server)
+    writer.write(b"GET /wait/0 HTTP/1.1\r\nhost: x\r\nx-fine: " + b"a" * 60000 + b"\r\n\r\n")
+    assert (await _response(reader)).startswith(b"HTTP/1.1 200")  # under the limit: served
     writer.close()
