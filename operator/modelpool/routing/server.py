@@ -39,11 +39,13 @@ from modelpool.routing.httpserver import (
     start_server,
 )
 from modelpool.routing.router import ConfigRejected, Router
+from modelpool.routing.v2 import BadRequest, decode_content
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MODELPOOL_ROUTER_ADMIN_TOKEN"
 _MODELS = b"/v2/models/"
+_ENCODING = b"content-encoding"
 _SERVER_METADATA = {"name": "modelpool-router", "version": "1", "extensions": ["binary_tensor_data"]}
 _METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -81,14 +83,27 @@ class RouterApp:
         """The response to ``req``; an inference request goes straight to the router's coroutine
         (no coroutine of its own in between: this is the hot path)."""
         if req.path == self._infer_path and req.method == b"POST":
-            return self.router.infer(req.body, req.headers)
+            return self._infer(req)
         return self._handle(req)
 
     def handle_now(self, req: Request, respond: Respond) -> bool:
         """Inference requests the router can forward on the spot (see :meth:`Router.infer_now`)."""
-        if req.path == self._infer_path and req.method == b"POST":
+        if req.path == self._infer_path and req.method == b"POST" and _ENCODING not in req.headers:
             return self.router.infer_now(req.body, req.headers, respond)
         return False
+
+    def _infer(self, req: Request) -> Awaitable[Response]:
+        if _ENCODING in req.headers:
+            return self._infer_compressed(req)
+        return self.router.infer(req.body, req.headers)
+
+    async def _infer_compressed(self, req: Request) -> Response:
+        """A compressed request goes on decompressed (upstream and the router's parser see JSON)."""
+        try:
+            body = decode_content(req.body, req.headers[_ENCODING], self.max_body())
+        except BadRequest as err:
+            return error_response(err.status, str(err))
+        return await self.router.infer(body, req.headers)
 
     async def _handle(self, req: Request) -> Response:
         path = req.path
@@ -97,7 +112,7 @@ class RouterApp:
             if rest == b"/infer" or (rest.startswith(b"/versions/") and rest.endswith(b"/infer")):
                 if req.method != b"POST":
                     return error_response(405, "use POST for /infer")
-                return await self.router.infer(req.body, req.headers)
+                return await self._infer(req)
             if req.method == b"GET":
                 if rest == b"/ready":
                     ready = self.router.model_ready()

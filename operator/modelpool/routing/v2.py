@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,43 @@ def split_body(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
             f"Inference-Header-Content-Length: {header_length} is outside the body's {len(body)} bytes"
         )
     return body[:header_length], body[header_length:]
+
+
+_GZIP_BITS = 16 + zlib.MAX_WBITS
+_ZLIB_BITS = zlib.MAX_WBITS
+_RAW_DEFLATE_BITS = -zlib.MAX_WBITS
+
+
+def decode_content(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """The body of a request sent with ``Content-Encoding`` (tritonclient's
+    ``request_compression_algorithm``: gzip or deflate, as Triton accepts), decompressed to at most
+    ``limit`` bytes (413 beyond, so a small bomb cannot fill the memory); 415 for other encodings."""
+    name = encoding.strip().lower()
+    if name in (b"", b"identity"):
+        return body
+    if name in (b"gzip", b"x-gzip"):
+        formats = [_GZIP_BITS]
+    elif name == b"deflate":
+        formats = [_ZLIB_BITS, _RAW_DEFLATE_BITS]  # HTTP's deflate is zlib-wrapped; some send it raw
+    else:
+        shown = name.decode("utf-8", "replace")
+        raise BadRequest(f"Content-Encoding: {shown!r} is not supported; use gzip, deflate or identity", 415)
+    for i, bits in enumerate(formats):
+        inflater = zlib.decompressobj(bits)
+        try:
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as err:
+            if i + 1 < len(formats):
+                continue
+            raise BadRequest(
+                f"Content-Encoding {name.decode()}: the body does not decompress ({err})"
+            ) from None
+        if len(plain) > limit:
+            raise BadRequest(f"request body decompresses to over the limit of {limit} bytes", 413)
+        if not inflater.eof:
+            raise BadRequest(f"Content-Encoding {name.decode()}: the compressed body is truncated")
+        return plain
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def parse_header_length(value: bytes | None) -> int | None:

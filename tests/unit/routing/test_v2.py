@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from modelpool.routing.v2 import (
     BadRequest,
     annotate,
     confidence,
+    decode_content,
     drop_output,
     ensure_output,
     parse_header_length,
@@ -225,3 +228,27 @@ def test_ensure_output_only_when_outputs_listed() -> None:
     assert ensure_output(body, "PROBABILITIES")
     assert body.header["outputs"][-1] == {"name": "PROBABILITIES", "parameters": {"binary_data": False}}
     assert not ensure_output(body, "PROBABILITIES")
+
+
+def test_compressed_bodies_decode_within_the_limit() -> None:
+    plain = _req([TEXT])
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for encoding, packed in [
+        (b"gzip", gzip.compress(plain)),
+        (b" GZIP ", gzip.compress(plain)),
+        (b"deflate", zlib.compress(plain)),
+        (b"deflate", raw_deflate.compress(plain) + raw_deflate.flush()),
+        (b"identity", plain),
+    ]:
+        assert decode_content(packed, encoding, 1 << 20) == plain
+    bomb = gzip.compress(b" " * 2_000_000)  # 2 MB of spaces in about 2 kB
+    with pytest.raises(BadRequest, match="decompresses to over the limit of 65536 bytes") as over:
+        decode_content(bomb, b"gzip", 65536)
+    assert over.value.status == 413
+    with pytest.raises(BadRequest, match="truncated"):
+        decode_content(gzip.compress(plain)[:-12], b"gzip", 1 << 20)
+    with pytest.raises(BadRequest, match="does not decompress"):
+        decode_content(plain, b"gzip", 1 << 20)
+    with pytest.raises(BadRequest, match="'br' is not supported; use gzip, deflate or identity") as br:
+        decode_content(plain, b"br", 1 << 20)
+    assert br.value.status == 415
