@@ -141,6 +141,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._closing = False
         self._in_head = False  # between a message's first byte and the end of its headers
         self._head_bytes = 0  # bytes of the current head, counted by whole chunks after its first
+        self._head_size = 0  # its request line and headers as parsed
         self._begun = 0  # messages begun on this connection
 
     # asyncio.Protocol
@@ -191,6 +192,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._begun += 1
         self._in_head = True
         self._head_bytes = 0
+        self._head_size = 0
         self._url = b""
         self._headers = {}
         self._body = []
@@ -198,14 +200,15 @@ class _HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        head = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers.items())
-        if head > MAX_HEAD_BYTES:  # a head that came in one or two chunks (more are counted as they come)
+        if self._head_size > MAX_HEAD_BYTES:  # a head that came in one or two chunks (more: data_received)
             self._refuse_head()
             return
         self._limit = limit = self._max_body()
