@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
 MAX_HEAD_BYTES = 64 * 1024
+READ_TIMEOUT_S = 60.0
+"""A client that sends nothing for this long in the middle of a request gets 408 and is closed
+(nginx's client_header_timeout and client_body_timeout); an idle keep-alive connection stays."""
 """Request line and headers: more gets 431 (httptools would buffer them without a bound)."""
 _LINGER_SECONDS = 2.0
 DRAIN_SECONDS = 25.0
@@ -98,10 +101,21 @@ def encode_response(resp: Response, keep_alive: bool) -> bytes:
 class _Connections:
     """The open connections of one listener, and whether it is draining."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
         self.open: set[_HttpProtocol] = set()
         self.draining = False
         self.last_change = loop.time()  # a connection opened or closed, or the drain began
+        self.read_timeout_s = read_timeout_s
+
+    async def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Refuse the requests whose client stalled mid-way (a timer per request would cost the
+        hot path; a look at every connection a few times per timeout costs nothing per request)."""
+        timeout = self.read_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = loop.time()
+            for conn in list(self.open):
+                conn.refuse_if_stalled(now, timeout)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -140,6 +154,8 @@ class _HttpProtocol(asyncio.Protocol):
         self._paused = False
         self._closing = False
         self._in_head = False  # between a message's first byte and the end of its headers
+        self._in_message = False  # between a message's first byte and its end
+        self._last_read = loop.time()
         self._head_bytes = 0  # bytes of the current head, counted by whole chunks after its first
         self._head_size = 0  # its request line and headers as parsed
         self._begun = 0  # messages begun on this connection
@@ -171,6 +187,7 @@ class _HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._last_read = self._loop.time()
         begun, in_head = self._begun, self._in_head
         try:
             self._parser.feed_data(data)
@@ -190,6 +207,7 @@ class _HttpProtocol(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._begun += 1
+        self._in_message = True
         self._in_head = True
         self._head_bytes = 0
         self._head_size = 0
@@ -226,6 +244,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._refused:
             return
         path, _, query = self._url.partition(b"?")
@@ -265,6 +284,12 @@ class _HttpProtocol(asyncio.Protocol):
         """Whether the connection stays open after this response: while draining, only for
         requests already pipelined behind it."""
         return keep_alive and (not self._draining or bool(self._queue))
+
+    def refuse_if_stalled(self, now: float, timeout: float) -> None:
+        """408 for a request its client stopped sending for ``timeout`` seconds (not while this
+        side paused reading because too many requests were pipelined)."""
+        if self._in_message and not self._refused and not self._paused and now - self._last_read > timeout:
+            self._refuse(408, f"the client sent nothing for {timeout:g}s in the middle of its request")
 
     def _refuse_head(self) -> None:
         self._refuse(431, f"request line and headers are over the limit of {MAX_HEAD_BYTES} bytes")
@@ -351,6 +376,7 @@ class HttpServer:
 
     server: asyncio.Server
     _connections: _Connections
+    _sweeper: asyncio.Task[None]
 
     @property
     def port(self) -> int:
@@ -363,6 +389,7 @@ class HttpServer:
     def close(self) -> None:
         """Stop listening (open connections stay until their clients or the loop end them)."""
         self.server.close()
+        self._sweeper.cancel()
 
     async def drain(self, limit_s: float, quiet_s: float = 1.0) -> int:
         """Shut down without dropping a request: every connection answers what it has already
@@ -383,7 +410,7 @@ class HttpServer:
             if not connections.open and loop.time() - connections.last_change >= quiet_s:
                 break
             await asyncio.sleep(0.05)
-        self.server.close()
+        self.close()
         return len(connections.open)
 
 
@@ -394,11 +421,12 @@ async def start_server(
     max_body: Callable[[], int],
     backlog: int = 1024,
     now: NowHandler | None = None,
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> HttpServer:
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
     :data:`NowHandler`)."""
     loop = asyncio.get_running_loop()
-    connections = _Connections(loop)
+    connections = _Connections(loop, read_timeout_s)
     server = await loop.create_server(
         lambda: _HttpProtocol(handler, max_body, loop, connections, now),
         host,
@@ -406,4 +434,4 @@ async def start_server(
         backlog=backlog,
         reuse_address=True,
     )
-    return HttpServer(server, connections)
+    return HttpServer(server, connections, loop.create_task(connections.sweep(loop)))

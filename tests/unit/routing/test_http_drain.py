@@ -1,5 +1,5 @@
 """The router's HTTP server drops no request it has received: on shutdown (``HttpServer.drain``) or a
-client's half-close; and it bounds a request's head."""
+client's half-close; it bounds a request's head and how long a client may stall mid-request."""
 
 from __future__ import annotations
 
@@ -114,3 +114,32 @@ async def test_request_heads_over_the_limit_get_431_in_one_chunk_or_many(server:
     writer.write(b"GET /wait/0 HTTP/1.1\r\nhost: x\r\nx-fine: " + b"a" * 60000 + b"\r\n\r\n")
     assert (await _response(reader)).startswith(b"HTTP/1.1 200")  # under the limit: served
     writer.close()
+
+
+async def test_a_client_that_stalls_mid_request_gets_408_and_a_slow_one_is_served() -> None:
+    srv = await start_server(_slow, "127.0.0.1", 0, lambda: 1 << 20, read_timeout_s=0.3)
+    try:
+        for partial in (
+            b"GET /wait/0 HTTP/1.1\r\nhost: x\r\n",  # the head never ends
+            b"POST /wait/0 HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345",  # nor the body
+        ):
+            reader, writer = await _connect(srv)
+            writer.write(partial)
+            answer = await asyncio.wait_for(reader.read(), 3)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:60]
+            assert b"sent nothing for 0.3s in the middle of its request" in answer
+            writer.close()
+        # a client slower than the timeout in total, but never silent that long, is served
+        reader, writer = await _connect(srv)
+        for byte in b"GET /wait/0 HTTP/1.1\r\nhost: x\r\n\r\n"[:8]:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        writer.write(b"GET /wait/0 HTTP/1.1\r\nhost: x\r\n\r\n"[8:])
+        assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+        # and an idle keep-alive connection between requests is left open
+        await asyncio.sleep(0.8)
+        _send(writer, 0)
+        assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        srv.close()
