@@ -133,11 +133,12 @@ _SCALAR_DATA = b'{"inputs":[{"name":"T","datatype":"FP32","shape":[1],"data":0}]
 _INT64_OVERFLOW = b'{"inputs":[{"name":"T","datatype":"INT64","shape":[3],"data":[0,0,9223372036854775808]}]}'
 
 
-@pytest.mark.parametrize("mode", ["cascade", "weighted"])
+@pytest.mark.parametrize("mode", ["cascade", "weighted", "tiered"])
 def test_fuzzed_requests_never_get_5xx(tritons: dict[str, TritonProcess], mode: str) -> None:
     """Random bodies and headers against a router in its own process: no 5xx, no crash.
 
-    cascade mode checks requests in the router; weighted mode forwards them to Triton as they are.
+    cascade and tiered modes check requests in the router; weighted mode forwards them to Triton as
+    they are.
     """
     config = router_config(tritons, mode)
     with RouterProcess(config) as router, httpx.Client(timeout=10.0) as client:
