@@ -23,10 +23,10 @@ logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
 MAX_HEAD_BYTES = 64 * 1024
+"""Request line and headers: more gets 431 (httptools would buffer them without a bound)."""
 READ_TIMEOUT_S = 60.0
 """A client that sends nothing for this long in the middle of a request gets 408 and is closed
 (nginx's client_header_timeout and client_body_timeout); an idle keep-alive connection stays."""
-"""Request line and headers: more gets 431 (httptools would buffer them without a bound)."""
 _LINGER_SECONDS = 2.0
 DRAIN_SECONDS = 25.0
 """How long a stopping server answers what it has received: under a pod's default 30 s grace."""

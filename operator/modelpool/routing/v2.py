@@ -93,22 +93,20 @@ def decode_content(body: bytes, encoding: bytes, limit: int) -> bytes:
     else:
         shown = name.decode("utf-8", "replace")
         raise BadRequest(f"Content-Encoding: {shown!r} is not supported; use gzip, deflate or identity", 415)
-    for i, bits in enumerate(formats):
+    for bits in formats:
         inflater = zlib.decompressobj(bits)
         try:
             plain = inflater.decompress(body, limit + 1)
+            break
         except zlib.error as err:
-            if i + 1 < len(formats):
-                continue
-            raise BadRequest(
-                f"Content-Encoding {name.decode()}: the body does not decompress ({err})"
-            ) from None
-        if len(plain) > limit:
-            raise BadRequest(f"request body decompresses to over the limit of {limit} bytes", 413)
-        if not inflater.eof:
-            raise BadRequest(f"Content-Encoding {name.decode()}: the compressed body is truncated")
-        return plain
-    raise AssertionError("unreachable")  # pragma: no cover
+            error = err
+    else:
+        raise BadRequest(f"Content-Encoding {name.decode()}: the body does not decompress ({error})")
+    if len(plain) > limit:
+        raise BadRequest(f"request body decompresses to over the limit of {limit} bytes", 413)
+    if not inflater.eof:
+        raise BadRequest(f"Content-Encoding {name.decode()}: the compressed body is truncated")
+    return plain
 
 
 def parse_header_length(value: bytes | None) -> int | None:
@@ -212,7 +210,7 @@ def _check_tensor(tensor: Any, where: str) -> int:
 
 
 def _is_uint64(value: Any) -> bool:
-    return type(value) is int and 0 <= value < 2**64
+    return type(value) is int and _UINT64_RANGE[0] <= value <= _UINT64_RANGE[1]
 
 
 def _is_bool(value: Any) -> bool:
@@ -351,7 +349,8 @@ def _probabilities(
         if "data" in tensor:
             return _classification_scores(_flatten(tensor["data"]))
         offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
-        return _classification_scores(_decode_bytes_items(binary[offset : offset + size], "PROBABILITIES"))
+        items = _decode_bytes_items(binary[offset : offset + size], PROBABILITIES_OUTPUT)
+        return _classification_scores(items)
     if "data" in tensor:
         return np.asarray(_flatten(tensor["data"]), dtype=np.float64)
     offset, size = _binary_offsets(outputs)[PROBABILITIES_OUTPUT]
@@ -377,7 +376,7 @@ def confidence(body: InferBody) -> float | None:
                 return None
             width = int(shape[-1]) if shape and int(shape[-1]) > 0 else values.size
             return float(values.reshape(-1, width).max(axis=1).min())
-        except (ValueError, TypeError, KeyError, BadRequest):
+        except (ValueError, TypeError, KeyError):  # BadRequest is a ValueError
             return None
     return None
 
