@@ -8,6 +8,8 @@ the router's ``modelpool_router_upstream_requests_total{variant=...}``; a pool m
 
 Query failures never raise out of :meth:`PrometheusReader.read_variant`: they come back as
 ``VariantMetrics(problem=...)``, which makes :func:`modelpool.scaling.decide` hold the last decision.
+So does an answer of the wrong shape (a range vector, several series where one is expected, a
+sample that is not a number): the reader never guesses which series was meant.
 Timestamps are Prometheus' (Unix epoch seconds): call ``decide`` with ``now=time.time()``.
 """
 
@@ -34,6 +36,12 @@ class PrometheusError(RuntimeError):
     def __init__(self, message: str, rejected: bool = False) -> None:
         super().__init__(message)
         self.rejected = rejected
+
+
+class UnexpectedResult(PrometheusError):
+    """Prometheus ran the query, but its answer is not what the reader asked for (a range vector
+    where an instant vector was expected, several series where one was, a value that is no
+    number): the query is at fault, so the pool field that overrides it is named."""
 
 
 def query_field(name: str) -> str:
@@ -82,6 +90,70 @@ def series_query(instant: str, span: str, step: str) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response's JSON object (raises :class:`PrometheusError` for anything else)."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser
+        raise PrometheusError(f"Prometheus answered HTTP {response.status_code} without JSON") from exc
+    if not isinstance(body, dict):
+        raise PrometheusError(
+            f"Prometheus answered HTTP {response.status_code} with JSON {type(body).__name__}, "
+            "not an API response object"
+        )
+    return body
+
+
+_RESULT_TYPES = ("matrix", "vector", "scalar", "string")
+
+
+def _one_series(result_type: str, result: list[Any], expected: str, promql: str) -> dict[str, Any] | None:
+    """The only series of a result of type ``expected`` (one of another type Prometheus knows is
+    refused; the shape of the series decides for an unknown one), None when it has none."""
+    if not result:
+        return None
+    if result_type in _RESULT_TYPES and result_type != expected:
+        got = {"matrix": "a range vector", "vector": "an instant vector"}.get(result_type, repr(result_type))
+        want = "an instant vector" if expected == "vector" else "a range vector"
+        raise UnexpectedResult(f"query {promql!r} returned {got}, expected {want} with one series")
+    if len(result) > 1:
+        labels = ", ".join(str(s.get("metric") if isinstance(s, dict) else s) for s in result[:2])
+        raise UnexpectedResult(
+            f"query {promql!r} returned {len(result)} series ({labels}, ...), expected one: "
+            "aggregate them, e.g. sum(...) or max(...)"
+        )
+    if not isinstance(result[0], dict):
+        raise UnexpectedResult(f"query {promql!r}: a series that is not an object: {result[0]!r:.80}")
+    series: dict[str, Any] = result[0]
+    return series
+
+
+def _number(raw: Any, what: str, promql: str) -> float:
+    """A sample's timestamp or value: Prometheus writes values as strings ("1.5", "NaN", "+Inf")."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise UnexpectedResult(f"query {promql!r}: {what} {raw!r:.80} is not a number")
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise UnexpectedResult(f"query {promql!r}: {what} {raw!r:.80} is not a number") from exc
+
+
+def _sample(raw: Any, promql: str) -> tuple[float, float]:
+    """``(timestamp, value)`` of one ``[t, "v"]`` sample."""
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise UnexpectedResult(f"query {promql!r}: sample {raw!r:.80} is not a [timestamp, value] pair")
+    return _number(raw[0], "timestamp", promql), _number(raw[1], "value", promql)
+
+
+def _sample_value(raw: Any, promql: str) -> float:
+    return _sample(raw, promql)[1]
+
+
+def _rate_point(raw: Any, promql: str) -> RatePoint:
+    t, value = _sample(raw, promql)
+    return RatePoint(t, value)
 
 
 @dataclass(frozen=True)
@@ -135,43 +207,58 @@ class PrometheusReader:
         if self._own_client:
             await self._client.aclose()
 
-    async def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    async def query(self, promql: str, at: float | None = None) -> list[Any]:
         """Run an instant query; return ``data.result`` (raises :class:`PrometheusError`)."""
+        _, result = await self._query(promql, at)
+        return result
+
+    async def _query(self, promql: str, at: float | None) -> tuple[str, list[Any]]:
+        """``(data.resultType, data.result)`` of an instant query."""
         params: dict[str, str] = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
         try:
             response = await self._client.get(f"{self.base_url}/api/v1/query", params=params)
-        except httpx.HTTPError as exc:
+        except httpx.InvalidURL as exc:
+            raise PrometheusError(f"Prometheus URL {self.base_url!r} is invalid: {exc}") from exc
+        except Exception as exc:  # httpx errors, and what its transport lets through (a bad port)
             raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc!r}") from exc
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise PrometheusError(f"Prometheus answered HTTP {response.status_code} without JSON") from exc
+        body = _json_object(response)
         if response.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(
                 f"query {promql!r} failed: HTTP {response.status_code} {body.get('errorType', '')} "
                 f"{body.get('error', '')}".strip(),
                 rejected=response.status_code in (400, 422),  # bad_data, execution
             )
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        data = body.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+            raise PrometheusError(f"query {promql!r}: Prometheus answered without a data.result list")
+        return str(data.get("resultType", "")), data["result"]
 
     async def scalar(self, promql: str, at: float | None = None) -> float | None:
-        """The single value of an instant-vector query, or ``None`` when it has no series or is NaN."""
-        result = await self.query(promql, at)
-        if not result:
-            return None
-        value = float(result[0]["value"][1])
+        """The single value of an instant-vector (or scalar) query, or ``None`` when it has no
+        series or is NaN (raises :class:`UnexpectedResult` for a range vector or several series)."""
+        result_type, result = await self._query(promql, at)
+        if result_type == "scalar":
+            value = _sample_value(result, promql)
+        else:
+            series = _one_series(result_type, result, "vector", promql)
+            if series is None:
+                return None
+            value = _sample_value(series.get("value"), promql)
         return None if math.isnan(value) else value
 
     async def series(self, promql: str, at: float | None = None) -> tuple[RatePoint, ...]:
         """Recent values of an instant-vector query (via a subquery), oldest first."""
         query = series_query(promql, _duration(self.series_span_s), _duration(self.step_s))
-        result = await self.query(query, at)
-        if not result:
+        result_type, result = await self._query(query, at)
+        series = _one_series(result_type, result, "matrix", promql)
+        if series is None:
             return ()
-        points = (RatePoint(float(t), float(v)) for t, v in result[0]["values"])
+        values = series.get("values")
+        if not isinstance(values, list):
+            raise UnexpectedResult(f"query {promql!r}: a series without values")
+        points = (_rate_point(sample, promql) for sample in values)
         return tuple(p for p in points if not math.isnan(p.rps))
 
     def points_window_s(self, rate_template: str) -> float | None:
@@ -195,6 +282,11 @@ class PrometheusReader:
         async def named(field: str, read: Callable[[str, float | None], Awaitable[_T]]) -> _T:
             try:
                 return await read(t.render(field, **values), at)
+            except UnexpectedResult as exc:
+                raise PrometheusError(
+                    f"{query_field(field)}: {exc}; fix the PromQL, or unset the field to use the default",
+                    rejected=True,
+                ) from exc
             except PrometheusError as exc:
                 if not exc.rejected:
                     raise

@@ -1,0 +1,102 @@
+"""Careless per-pool query overrides against a real Prometheus (Debian's /usr/bin/prometheus).
+
+A tiny exporter on 127.0.0.1 serves Triton's request counter for two pods of one model. Without
+``sum()`` the served rate comes back as two series: the reader took the first pod's rate (and the
+pool scaled down); now the pool holds and the problem names the field. ``pending: "0"`` is a
+scalar answer (a TypeError before), a range selector a matrix (a KeyError before).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
+
+TARGET = VariantTarget(model="small", variant="small", pool="bank")
+STARTED = time.time()
+
+
+class Exporter(BaseHTTPRequestHandler):
+    """Two pods serving 5 and 20 req/s (counters grow with the wall clock)."""
+
+    def do_GET(self) -> None:
+        elapsed = time.time() - STARTED
+        lines = [
+            "# TYPE nv_inference_request_success counter",
+            *(
+                f'nv_inference_request_success{{model="small",pod="{pod}"}} {rps * elapsed:.3f}'
+                for pod, rps in (("a", 5.0), ("b", 20.0))
+            ),
+            "# TYPE nv_inference_pending_request_count gauge",
+            'nv_inference_pending_request_count{model="small",pod="a"} 0',
+        ]
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> Iterator[PrometheusProcess]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    prom = PrometheusProcess({"pods": [f"127.0.0.1:{server.server_address[1]}"]}, scrape_interval_s=1.0)
+    try:
+        prom.start()
+        time.sleep(4.0)  # a few scrapes: rate() needs two samples in its window
+        yield prom
+    finally:
+        prom.stop()
+        server.shutdown()
+        server.server_close()
+
+
+async def _read(prom: PrometheusProcess, templates: QueryTemplates) -> Any:
+    reader = PrometheusReader(prom.url, templates=templates, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
+    try:
+        return await reader.read_variant(TARGET)
+    finally:
+        await reader.aclose()
+
+
+async def test_a_served_rate_without_sum_holds_and_names_the_field(prometheus: PrometheusProcess) -> None:
+    aggregated = await _read(prometheus, QueryTemplates())
+    assert aggregated.problem is None
+    assert aggregated.rate_series and aggregated.rate_series[-1].rps == pytest.approx(25.0, rel=0.2)
+    careless = QueryTemplates(served_rate="rate(nv_inference_request_success{$selector}[$window])")
+    metrics = await _read(prometheus, careless)
+    print(f"\n{metrics.problem}")
+    assert metrics.problem is not None
+    assert "spec.scaling.queries.servedRate" in metrics.problem
+    assert "returned 2 series" in metrics.problem and "'pod': 'a'" in metrics.problem
+
+
+async def test_a_scalar_override_is_read_as_its_value(prometheus: PrometheusProcess) -> None:
+    metrics = await _read(prometheus, QueryTemplates(pending="0"))
+    assert metrics.problem is None
+    assert metrics.pending_requests == 0.0
+
+
+async def test_a_range_selector_override_names_the_field(prometheus: PrometheusProcess) -> None:
+    metrics = await _read(
+        prometheus, QueryTemplates(pending="nv_inference_pending_request_count{$selector}[5s]")
+    )
+    print(f"\n{metrics.problem}")
+    assert metrics.problem is not None
+    assert "spec.scaling.queries.pending" in metrics.problem
+    assert "returned a range vector, expected an instant vector" in metrics.problem
