@@ -10,11 +10,12 @@ decision holds. Without metrics nothing ever scales down.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from modelpool.api.modelpool import (
     TIER_ORDER,
@@ -40,6 +41,8 @@ from modelpool.scaling.types import (
     VariantSettings,
     VariantState,
 )
+
+logger = logging.getLogger(__name__)
 
 PROMETHEUS_URL_ENV = "MODELPOOL_PROMETHEUS_URL"
 EXTRA_MATCHERS_ENV = "MODELPOOL_PROMETHEUS_MATCHERS"
@@ -93,12 +96,18 @@ def gpu_pool_member(
             gpus = int(variant.get("gpusPerReplica", 1))
             floor = int(variant.get("minReplicas", 1))
             replicas = desired.get(variant_name)
-            held += (replicas if isinstance(replicas, int) else floor) * gpus
+            held += (replicas if _is_count(replicas) else floor) * gpus
             minimum += floor * gpus
         budget = int(gpu_pool.get("gpuBudget", 0))
     except (TypeError, ValueError):
         return None  # not a valid spec: the pool holds and says so, and claims no share meanwhile
     return {shared: GpuPoolMember(f"{namespace}/{name}", budget, held, minimum)}
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """A replica count as the operator writes it: an int (not a bool), never negative. A status
+    edited by hand may hold anything; the variant's floor counts instead."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def tier_order(spec: ModelPoolSpec) -> list[Variant]:
@@ -137,15 +146,36 @@ def settings_for(
     )
 
 
-def restored_states(previous: ModelPoolStatus | None) -> dict[str, VariantState]:
-    """Per variant, the scaler's state kept in the pool's status (empty without one)."""
+MAX_CLOCK_SKEW_S = 60.0
+"""How far in the future a stored recommendation may lie (another operator's clock) before it is
+dropped: one from the future would stay in every scale-down window and pin its replicas."""
+
+
+def restored_states(previous: ModelPoolStatus | None, now: float | None = None) -> dict[str, VariantState]:
+    """Per variant, the scaler's state kept in the pool's status (empty without one); with ``now``,
+    without recommendations dated later than ``now + MAX_CLOCK_SKEW_S`` (logged)."""
     if previous is None:
         return {}
-    return {
+    states = {
         v.name: state_from_memory(v.scaler, v.desired_replicas)
         for v in previous.variants
         if v.scaler is not None
     }
+    return states if now is None else {k: _without_future(k, s, now) for k, s in states.items()}
+
+
+def _without_future(name: str, state: VariantState, now: float) -> VariantState:
+    kept = tuple((t, r) for t, r in state.recommendations if t <= now + MAX_CLOCK_SKEW_S)
+    if len(kept) == len(state.recommendations):
+        return state
+    logger.warning(
+        "variant %s: ignored %d stored recommendation(s) dated more than %gs after now (%.0f)",
+        name,
+        len(state.recommendations) - len(kept),
+        MAX_CLOCK_SKEW_S,
+        now,
+    )
+    return replace(state, recommendations=kept)
 
 
 def memory_from_state(state: VariantState) -> ScalerMemory:
@@ -181,12 +211,15 @@ def state_from_memory(memory: ScalerMemory, replicas: int) -> VariantState:
 
 
 def expected_overflow(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> dict[str, float]:
-    """Load routing is about to move up a tier: each short variant's shortfall lands on the next tier."""
+    """Load routing is about to move up a tier: each short variant's shortfall lands on the next tier.
+
+    A negative shortfall (a status edited by hand) counts as none: it would take load off the next
+    tier that routing never moves, and scale it down."""
     ordered = tier_order(spec)
     short = {v.name: v.capacity_shortfall_rps for v in (previous.variants if previous else [])}
     extra = {v.name: 0.0 for v in ordered}
     for i, variant in enumerate(ordered[:-1]):
-        extra[ordered[i + 1].name] += float(short.get(variant.name, 0))
+        extra[ordered[i + 1].name] += max(0.0, float(short.get(variant.name, 0)))  # never negative
     return extra
 
 
@@ -354,7 +387,7 @@ class ScalingPlanner:
         routed_latency_slo_s = (
             await routed_latency_slo() if routed_latency_slo is not None and needs_routed_slo else None
         )
-        states = self._states.get(key) or restored_states(previous)
+        states = self._states.get(key) or restored_states(previous, clock)
         extra = expected_overflow(spec, previous)
         capacities = profile_capacity or {}
         inputs = []
