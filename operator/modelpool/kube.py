@@ -9,7 +9,9 @@ kubeconfig named by ``KUBECONFIG`` (first file) or ``~/.kube/config``.
 from __future__ import annotations
 
 import base64
+import json as jsonlib
 import os
+import re
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -153,6 +155,22 @@ def request_kind(method: str, path: str) -> tuple[str, str]:
     return verb, resource
 
 
+_YAML_ESCAPES = re.compile("[\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+"""What YAML refuses raw (DEL, C1 controls, two non-characters) or reads as a line break, which
+a quoted scalar folds into a space (NEL, U+2028, U+2029)."""
+
+
+def _body(obj: Any) -> bytes | None:
+    """A request body as JSON that YAML reads too. The API server reads a server-side apply body as
+    YAML, which refuses or folds some characters raw (:data:`_YAML_ESCAPES`) that a spec's free
+    text may hold, and refuses a surrogate pair's escapes (how ``ensure_ascii`` writes characters beyond
+    U+FFFF): so those few are escaped, and everything else is sent as UTF-8."""
+    if obj is None:
+        return None
+    text = jsonlib.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _YAML_ESCAPES.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
 class KubeClient:
     """The operator's reads and writes; one pooled HTTP/1.1 client."""
 
@@ -180,9 +198,9 @@ class KubeClient:
         params: dict[str, str] | None = None,
         content_type: str | None = None,
     ) -> Obj:
-        headers = {"Content-Type": content_type} if content_type else None
+        headers = {"Content-Type": content_type or "application/json"} if json is not None else None
         record_kube_request(*request_kind(method, path))
-        response = await self._http.request(method, path, json=json, params=params, headers=headers)
+        response = await self._http.request(method, path, content=_body(json), params=params, headers=headers)
         if response.status_code >= 400:
             causes: tuple[str, ...] = ()
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -50,3 +52,31 @@ async def test_the_client_counts_each_request_it_sends() -> None:
     await kube._http.aclose()
     assert _count("list", "pods") == lists + 2
     assert _count("get", "pods") == gets + 1
+
+
+async def test_request_bodies_escape_what_yaml_refuses() -> None:
+    """The API server reads a server-side apply body as YAML, which refuses DEL and C1 control
+    characters raw and folds NEL, U+2028 and U+2029 as line breaks: httpx wrote them raw (a spec's
+    argument "a\\x9db" failed every pass), so the client escapes them. Not with ``ensure_ascii``:
+    YAML refuses the surrogate pairs it writes for characters beyond U+FFFF, so those go as UTF-8."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={})
+
+    kube = KubeClient(Credentials(server="http://127.0.0.1:9", verify=False))
+    await kube._http.aclose()
+    kube._http = httpx.AsyncClient(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(answer))
+    text = "a\x9db \x7f \x85 \u2028 \ufffe 日本 \U00074d80 \x01"
+    await kube.apply(resource_path("v1", "configmaps", "ns", "cm"), {"data": {"k": text}})
+    await kube.merge_patch(resource_path("v1", "configmaps", "ns", "cm"), {"data": {"k": text}})
+    await kube._http.aclose()
+    for request in sent:
+        body = request.content
+        for escaped in (b"\\u009d", b"\\u007f", b"\\u0085", b"\\u2028", b"\\ufffe"):
+            assert escaped in body, body
+        assert "\U00074d80".encode() in body and b"\\ud" not in body, body
+        assert json.loads(body) == {"data": {"k": text}}
+    assert sent[0].headers["content-type"] == "application/apply-patch+yaml"
+    assert sent[1].headers["content-type"] == "application/merge-patch+json"
