@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -15,6 +16,54 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+
+# Control characters no image reference holds (the kubelet could never pull it).
+_NON_PRINTABLE = r"\x{7f}-\x{84}\x{86}-\x{9f}\x{fffe}\x{ffff}"
+# What Go's strings.TrimSpace trims: the API server refuses a container image that starts or ends so.
+_SPACE = r"\t\n\x{b}\x{c}\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+IMAGE_PATTERN = rf"^[^{_SPACE}{_NON_PRINTABLE}]([^{_NON_PRINTABLE}]*[^{_SPACE}{_NON_PRINTABLE}])?$"
+
+
+# A label value, and a label key (a qualified name with an optional DNS subdomain prefix), as
+# the API server checks them on nodeSelector, tolerations and label selectors.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_PREFIX_PATTERN = r"^[^/]{1,253}/"
+LABEL_KEY_HINT = (
+    "a label key is a name of at most 63 alphanumerics, '-', '_' or '.' (starting and ending "
+    "alphanumeric), optionally after a DNS subdomain prefix of at most 253 characters and '/'"
+)
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
+def is_label_key(key: str) -> bool:
+    """Whether ``key`` is a valid label key (the CEL rule of :func:`label_keys_rule` in Python)."""
+    if re.fullmatch(LABEL_KEY_PATTERN, key) is None:
+        return False
+    return "/" not in key or re.match(LABEL_PREFIX_PATTERN, key) is not None
+
+
+def label_keys_rule(what: str) -> dict[str, JsonValue]:
+    """CEL rule: every key of the map is a valid label key (for a field's ``json_schema_extra``)."""
+    return dict[str, JsonValue](
+        cel(
+            f"self.all(k, k.matches(r'{LABEL_KEY_PATTERN}') && "
+            f"(!k.contains('/') || k.matches(r'{LABEL_PREFIX_PATTERN}')))",
+            f"every key of {what} must be a valid label key: {LABEL_KEY_HINT}",
+        )
+    )
+
+
+def check_label_keys(labels: dict[str, str]) -> dict[str, str]:
+    """AfterValidator of a map keyed by labels: the same check as :func:`label_keys_rule`."""
+    bad = sorted(k for k in labels if not is_label_key(k))
+    if bad:
+        raise ValueError(f"invalid label key(s) {bad}: {LABEL_KEY_HINT}")
+    return labels
 
 
 class ApiModel(BaseModel):

@@ -5,9 +5,24 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
-from modelpool.api.base import ApiModel, Conditions, ConfigMapKeyReference, DnsLabel, cel, with_rules
+from modelpool.api.base import (
+    IMAGE_PATTERN,
+    LABEL_KEY_HINT,
+    LABEL_KEY_PATTERN,
+    LABEL_PREFIX_PATTERN,
+    ApiModel,
+    Conditions,
+    ConfigMapKeyReference,
+    DnsLabel,
+    LabelValue,
+    cel,
+    check_label_keys,
+    is_label_key,
+    label_keys_rule,
+    with_rules,
+)
 
 Tier = Literal["small", "quantized", "large"]
 TIER_ORDER: dict[str, int] = {"small": 0, "quantized": 1, "large": 2}
@@ -29,6 +44,14 @@ class EnvVar(ApiModel):
     value: str = Field(default="", max_length=4096)
 
 
+def _unique_env(env: list[EnvVar]) -> list[EnvVar]:
+    names = [e.name for e in env]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"environment variable names must be unique, repeated: {repeated}")
+    return env
+
+
 class TritonSpec(ApiModel):
     """How to run Triton Inference Server for a variant."""
 
@@ -36,14 +59,20 @@ class TritonSpec(ApiModel):
         default="nvcr.io/nvidia/tritonserver:24.08-py3",
         min_length=1,
         max_length=512,
-        description="Triton server image.",
+        pattern=IMAGE_PATTERN,
+        description="Triton server image (no leading or trailing whitespace).",
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
         max_length=32,
         description="Extra tritonserver arguments, appended after the ones ModelPool sets.",
     )
-    env: list[EnvVar] = Field(default_factory=list, max_length=32, description="Extra environment.")
+    env: Annotated[list[EnvVar], AfterValidator(_unique_env)] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra environment; names are unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
 
 class ModelSource(ApiModel):
@@ -200,14 +229,52 @@ class Variant(ApiModel):
     )
 
 
-class Toleration(ApiModel):
-    """A pod toleration for the GPU pool's taints."""
+_KEYLESS = "a toleration without key must have operator Exists (it then tolerates every taint)"
+_TIMED = "tolerationSeconds needs effect NoExecute (it is how long a NoExecute taint is tolerated)"
+_EXISTS_VALUE = "operator Exists takes no value; drop value or use operator Equal"
+_KEY = f"key: {LABEL_KEY_HINT}"
 
-    key: str | None = Field(default=None, max_length=316)
+
+class Toleration(ApiModel):
+    """A pod toleration for the GPU pool's taints (checked as the API server checks a pod's)."""
+
+    model_config = with_rules(
+        cel("(has(self.key) && self.key != '') || self.operator == 'Exists'", _KEYLESS, ".operator"),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            _TIMED,
+            ".effect",
+        ),
+        cel("self.operator != 'Exists' || !has(self.value) || self.value == ''", _EXISTS_VALUE, ".value"),
+        cel(
+            f"!has(self.key) || !self.key.contains('/') || self.key.matches(r'{LABEL_PREFIX_PATTERN}')",
+            _KEY,
+            ".key",
+        ),
+    )
+
+    key: str | None = Field(
+        default=None,
+        max_length=317,
+        pattern=f"^({LABEL_KEY_PATTERN[1:-1]})?$",
+        description="Taint key (a label key); empty with operator Exists tolerates every taint.",
+    )
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(default=None, max_length=63)
+    value: LabelValue | None = Field(default=None, description="Taint value (a label value) for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _as_the_api_server(self) -> Toleration:
+        if self.key and not is_label_key(self.key):
+            raise ValueError(_KEY)
+        if not self.key and self.operator != "Exists":
+            raise ValueError(_KEYLESS)
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(_TIMED)
+        if self.operator == "Exists" and self.value:
+            raise ValueError(_EXISTS_VALUE)
+        return self
 
 
 class GpuPool(ApiModel):
@@ -233,8 +300,11 @@ class GpuPool(ApiModel):
         description="Most GPUs all variants of this pool may hold together; with name, all variants "
         "of all pools sharing that GPU pool.",
     )
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, max_length=16, description="Node labels the GPU nodes carry."
+    node_selector: Annotated[dict[str, LabelValue], AfterValidator(check_label_keys)] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Node labels the GPU nodes carry (label keys and values).",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("nodeSelector")]},
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=16, description="Tolerations for the GPU nodes' taints."

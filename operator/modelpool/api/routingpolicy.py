@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from modelpool.api.base import (
     ApiModel,
     Conditions,
     DnsLabel,
+    LabelValue,
     LocalObjectReference,
     SecretKeyReference,
     cel,
+    check_label_keys,
+    label_keys_rule,
     with_rules,
 )
 
@@ -122,8 +125,11 @@ class Objectives(ApiModel):
 class LabelSelector(ApiModel):
     """Selects router pods by labels."""
 
-    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        min_length=1, max_length=16, description="Labels the router pods carry."
+    match_labels: Annotated[dict[str, LabelValue], AfterValidator(check_label_keys)] = Field(
+        min_length=1,
+        max_length=16,
+        description="Labels the router pods carry (label keys and values).",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("matchLabels")]},
     )
 
 

@@ -36,15 +36,35 @@ def child_name_problems(pool: str, spec: ModelPoolSpec) -> list[Problem]:
                 )
             )
         elif not _DNS_1035.match(name):
-            problems.append(
-                Problem(
-                    "metadata.name",
-                    "InvalidChildName",
-                    f"child name {name!r} is not a valid Service name (it must start with a letter); "
-                    "rename the pool so it starts with a letter",
-                )
-            )
+            problems.append(Problem("metadata.name", "InvalidChildName", _invalid_child_message(name)))
     return problems
+
+
+def _invalid_child_message(name: str) -> str:
+    """Why ``name`` (pool name, '-', variant name) is no Service name; only the pool's part can be:
+    a variant name is a DNS label, a pool name a DNS subdomain (it may start with a digit or hold dots)."""
+    if not name[0].isalpha():
+        why, fix = "it must start with a letter", "rename the pool so it starts with a letter"
+    else:
+        why, fix = "it may hold only lowercase letters, digits and '-'", "rename the pool without '.'"
+    return f"child name {name!r} is not a valid Service name ({why}); {fix}"
+
+
+POLICY_LABEL = "modelpool.dev/policy"
+
+
+def policy_name_problems(policy: str) -> list[Problem]:
+    """A RoutingPolicy's name labels its router ConfigMap: at most 63 characters, as a label value."""
+    if len(policy) <= MAX_NAME:
+        return []
+    return [
+        Problem(
+            "metadata.name",
+            "NameTooLong",
+            f"metadata.name: the policy's name has {len(policy)} characters, more than the {MAX_NAME} "
+            f"its router ConfigMap's label {POLICY_LABEL} allows; recreate the policy with a shorter name",
+        )
+    ]
 
 
 def routing_reference_problems(spec: RoutingPolicySpec, pool_variants: list[str]) -> list[Problem]:

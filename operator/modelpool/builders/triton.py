@@ -8,7 +8,7 @@ against the live objects.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any
 
 from modelpool.api.base import API_VERSION
@@ -117,7 +117,10 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
     }
     if variant.triton.env:
-        container["env"] = [{"name": e.name, "value": e.value} for e in variant.triton.env]
+        # The API server drops an empty value (omitempty): sent, it would look drifted on every pass.
+        container["env"] = [
+            {"name": e.name, **({"value": e.value} if e.value else {})} for e in variant.triton.env
+        ]
     pod_spec: Manifest = {"containers": [container]}
     if spec.gpu_pool.node_selector:
         pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
@@ -211,15 +214,25 @@ _QUANTITY_SUFFIX = {
     "Ei": Decimal(2) ** 60,
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_MILLI = Decimal("0.001")
+_EXACT = Context(prec=200)
+"""Enough digits for any quantity the schema admits (64 characters, times 2**60), so none is rounded."""
+_MAX_BINARY = Decimal(2**63 - 1)
+"""The API server caps a quantity with a binary suffix (``Ki`` ... ``Ei``) at the largest int64."""
 
 
 def parse_quantity(text: str) -> Decimal | None:
-    """Value of a Kubernetes quantity such as ``500m`` or ``4Gi``; None when ``text`` is not one.
+    """Value of a Kubernetes quantity such as ``500m`` or ``4Gi`` as the API server stores it in a
+    pod template; None when ``text`` is not one.
 
-    The API server stores quantities in canonical form (``1000m`` becomes ``1``), so drift
-    checks compare values, not spellings.
+    The API server stores quantities in canonical form (``1000m`` becomes ``1``), rounds them up to
+    a thousandth (``0.0001`` becomes ``1m``) and caps binary ones at the largest int64 (``8Ei``
+    becomes ``9223372036854775807``), so drift checks compare these values, not spellings.
     """
     match = _QUANTITY.match(text)
     if match is None:
         return None
-    return Decimal(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""]
+    suffix = match.group(2) or ""
+    exact = _EXACT.multiply(Decimal(match.group(1)), _QUANTITY_SUFFIX[suffix])
+    value = exact.quantize(_MILLI, rounding=ROUND_CEILING, context=_EXACT)
+    return min(value, _MAX_BINARY) if suffix.endswith("i") else value

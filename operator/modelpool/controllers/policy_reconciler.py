@@ -21,7 +21,12 @@ from modelpool.api import conditions as c
 from modelpool.api.base import API_VERSION, Condition
 from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.api.routingpolicy import RouterStatus, RoutingPolicySpec, RoutingPolicyStatus
-from modelpool.api.semantics import routing_reference_problems
+from modelpool.api.semantics import (
+    POLICY_LABEL,
+    child_name_problems,
+    policy_name_problems,
+    routing_reference_problems,
+)
 from modelpool.builders.triton import is_subset
 from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
 from modelpool.controllers.profiles import load_profiles
@@ -58,7 +63,7 @@ def build_config_map(namespace: str, policy: str, uid: str, config_json: str) ->
         "metadata": {
             "name": config_map_name(policy),
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "modelpool", "modelpool.dev/policy": policy},
+            "labels": {"app.kubernetes.io/managed-by": "modelpool", POLICY_LABEL: policy},
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
@@ -115,6 +120,12 @@ def _programmed(routers: list[RouterStatus], generation: int, cm: str) -> tuple[
     return True, "Programmed", f"{len(routers)} router(s) run generation {generation}"
 
 
+def _first_error(where: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    return f"{where}.{path}: {first['msg']}" if path else f"{where}: {first['msg']}"
+
+
 async def reconcile_policy(
     kube: KubeClient,
     http: httpx.AsyncClient,
@@ -144,9 +155,9 @@ async def reconcile_policy(
     try:
         spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        message = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}; fix that field"
-        return await refuse(c.ACCEPTED, "InvalidSpec", message)
+        return await refuse(c.ACCEPTED, "InvalidSpec", _first_error("spec", err) + "; fix that field")
+    if named := policy_name_problems(name):
+        return await refuse(c.ACCEPTED, named[0].reason, named[0].message)
     accepted = (c.ACCEPTED, True, "Valid", "spec is valid")
 
     pool_obj = await kube.get(pool_path(namespace, spec.pool_ref.name))
@@ -161,6 +172,12 @@ async def reconcile_policy(
     except ValidationError as err:
         message = f"ModelPool {spec.pool_ref.name!r} has an invalid spec: {err.errors()[0]['msg']}"
         return await refuse(c.RESOLVED_REFS, "InvalidPool", message)
+    if unbuilt := child_name_problems(spec.pool_ref.name, pool):
+        message = (
+            f"ModelPool {spec.pool_ref.name!r} is not accepted, so it has no Services to route to: "
+            f"{unbuilt[0].field}: {unbuilt[0].message}"
+        )
+        return await refuse(c.RESOLVED_REFS, "InvalidPool", message)
     problems = routing_reference_problems(spec, [v.name for v in pool.variants])
     if problems:
         return await refuse(c.RESOLVED_REFS, "VariantNotFound", "; ".join(p.message for p in problems))
@@ -170,7 +187,13 @@ async def reconcile_policy(
     plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")), profiles.accuracy_percent)
     tiers = plan_tiers(spec, pool, profiles.profiles)
     old_generation = previous.weights_generation if previous else 0
-    candidate = build_router_config(namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers)
+    try:
+        candidate = build_router_config(
+            namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers
+        )
+    except ValidationError as err:  # a combination no check above foresaw: reported, not retried
+        message = f"{_first_error('router config', err)}; fix the policy or pool {spec.pool_ref.name!r}"
+        return await refuse(c.PROGRAMMED, "InvalidRouterConfig", message)
     digest = config_digest(candidate)
     if previous is None or previous.config_digest != digest:
         candidate = candidate.model_copy(update={"generation": old_generation + 1})

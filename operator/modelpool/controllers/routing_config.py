@@ -30,6 +30,16 @@ from modelpool.routing.config import (
 # Variants without a profiled accuracy are assumed to meet any quality floor.
 UNKNOWN_ACCURACY = 100.0
 DEFAULT_TIMEOUT_MS = 5000
+MAX_TIMEOUT_MS = 600_000
+"""The longest upstream timeout a router takes (``VariantConfig.timeout_ms``)."""
+SLO_TIMEOUT_FACTOR = 10
+
+
+def upstream_timeout_ms(latency_slo_ms: int | None) -> int:
+    """A variant's upstream timeout: ten latency SLOs, at most what a router takes."""
+    if not latency_slo_ms:
+        return DEFAULT_TIMEOUT_MS
+    return min(latency_slo_ms * SLO_TIMEOUT_FACTOR, MAX_TIMEOUT_MS)
 
 
 @dataclass(frozen=True)
@@ -216,9 +226,7 @@ def build_router_config(
             endpoint_slice=EndpointSliceSource(
                 service=child_name(pool_name, v.name), namespace=namespace, port="http"
             ),
-            timeout_ms=spec.objectives.latency_slo_ms * 10
-            if spec.objectives.latency_slo_ms
-            else DEFAULT_TIMEOUT_MS,
+            timeout_ms=upstream_timeout_ms(spec.objectives.latency_slo_ms),
         )
         for v in _tier_sorted(pool.variants)
     ]
