@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelpool.dev"
@@ -152,3 +152,16 @@ def with_rules(*rules: dict[str, str]) -> ConfigDict:
     validations: list[JsonValue] = [dict(rule) for rule in rules]
     config["json_schema_extra"] = {"x-kubernetes-validations": validations}
     return config
+
+
+def field_errors(err: ValidationError, where: str, limit: int = 1) -> str:
+    """The first ``limit`` errors of ``err``, each after its field's path under ``where``
+    (``spec.variants.0.tier: Input should be 'small', 'quantized' or 'large'``), and how many more."""
+    parts = []
+    errors = err.errors()
+    for e in errors[:limit]:
+        path = ".".join([where, *(str(p) for p in e["loc"])]) if where else ".".join(str(p) for p in e["loc"])
+        message = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{path}: {message}" if path else message)
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more

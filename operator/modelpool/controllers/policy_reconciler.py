@@ -18,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from modelpool.api import conditions as c
-from modelpool.api.base import API_VERSION, Condition
+from modelpool.api.base import API_VERSION, Condition, field_errors
 from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.api.routingpolicy import RouterStatus, RoutingPolicySpec, RoutingPolicyStatus
 from modelpool.api.semantics import (
@@ -120,12 +120,6 @@ def _programmed(routers: list[RouterStatus], generation: int, cm: str) -> tuple[
     return True, "Programmed", f"{len(routers)} router(s) run generation {generation}"
 
 
-def _first_error(where: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"])
-    return f"{where}.{path}: {first['msg']}" if path else f"{where}: {first['msg']}"
-
-
 async def reconcile_policy(
     kube: KubeClient,
     http: httpx.AsyncClient,
@@ -155,7 +149,7 @@ async def reconcile_policy(
     try:
         spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
     except ValidationError as err:
-        return await refuse(c.ACCEPTED, "InvalidSpec", _first_error("spec", err) + "; fix that field")
+        return await refuse(c.ACCEPTED, "InvalidSpec", field_errors(err, "spec") + "; fix that field")
     if named := policy_name_problems(name):
         return await refuse(c.ACCEPTED, named[0].reason, named[0].message)
     accepted = (c.ACCEPTED, True, "Valid", "spec is valid")
@@ -170,7 +164,7 @@ async def reconcile_policy(
     try:
         pool = ModelPoolSpec.model_validate(pool_obj.get("spec", {}))
     except ValidationError as err:
-        message = f"ModelPool {spec.pool_ref.name!r} has an invalid spec: {err.errors()[0]['msg']}"
+        message = f"ModelPool {spec.pool_ref.name!r} has an invalid spec: {field_errors(err, 'spec')}"
         return await refuse(c.RESOLVED_REFS, "InvalidPool", message)
     if unbuilt := child_name_problems(spec.pool_ref.name, pool):
         message = (
@@ -192,7 +186,7 @@ async def reconcile_policy(
             namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers
         )
     except ValidationError as err:  # a combination no check above foresaw: reported, not retried
-        message = f"{_first_error('router config', err)}; fix the policy or pool {spec.pool_ref.name!r}"
+        message = f"{field_errors(err, 'router config')}; fix the policy or pool {spec.pool_ref.name!r}"
         return await refuse(c.PROGRAMMED, "InvalidRouterConfig", message)
     digest = config_digest(candidate)
     if previous is None or previous.config_digest != digest:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from modelpool.api import conditions as c
-from modelpool.api.base import API_VERSION
+from modelpool.api.base import API_VERSION, field_errors
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, Variant
 from modelpool.api.semantics import child_name_problems
 from modelpool.builders.triton import (
@@ -292,9 +292,7 @@ async def reconcile_pool(
     try:
         spec = ModelPoolSpec.model_validate(obj.get("spec", {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = "spec." + ".".join(str(p) for p in first["loc"])
-        message = f"{where}: {first['msg']}; fix that field (children are left as they are)"
+        message = f"{field_errors(err, 'spec')}; fix that field (children are left as they are)"
         status = rejected_status(generation, prev_conditions, "InvalidSpec", message, now(), previous)
         if await write_status(kube, pool_path(namespace, name), status, raw_status):
             emit("Warning", "InvalidSpec", message)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from modelpool.api.base import field_errors
 from modelpool.api.modelpool import ModelPoolSpec, Variant
 from modelpool.kube import KubeClient, resource_path
 from modelpool.models.profile import CapabilityProfile
@@ -47,14 +48,14 @@ def staleness(variant: Variant, profile: CapabilityProfile) -> str | None:
 async def load_profiles(kube: KubeClient, namespace: str, spec: ModelPoolSpec) -> ProfileView:
     view = ProfileView()
     cache: dict[str, dict[str, str]] = {}
-    for variant in spec.variants:
+    for index, variant in enumerate(spec.variants):
         if variant.profile is None:
             continue
         view.referenced += 1
         ref = variant.profile.config_map_key_ref
         try:
             if ref is None:
-                where = "spec.variants[].profile.inline"
+                where = f"spec.variants[{index}].profile.inline"
                 profile = CapabilityProfile.model_validate(variant.profile.inline)
             else:
                 where = f"ConfigMap {ref.name} key {ref.key}"
@@ -66,7 +67,10 @@ async def load_profiles(kube: KubeClient, namespace: str, spec: ModelPoolSpec) -
                     view.missing.append(f"{variant.name}: ConfigMap {ref.name} has no key {ref.key!r}")
                     continue
                 profile = CapabilityProfile.from_text(text)
-        except (ValidationError, ValueError) as err:
+        except ValidationError as err:
+            view.missing.append(f"{variant.name}: {where} is not a profile: {field_errors(err, '', 3)}")
+            continue
+        except ValueError as err:
             view.missing.append(f"{variant.name}: {where} is not a profile: {err}")
             continue
         reason = staleness(variant, profile)

@@ -19,6 +19,7 @@ from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.api.semantics import child_name_problems
 from modelpool.builders.triton import build_deployment, is_subset, parse_quantity
 from modelpool.controllers import policy_reconciler
+from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.routing_config import build_router_config, plan_weights
 from modelpool.kube import KubeClient, Obj
 
@@ -303,3 +304,18 @@ def test_a_router_config_the_checks_did_not_foresee_is_reported(monkeypatch: pyt
     assert (programmed["status"], programmed["reason"]) == ("False", "InvalidRouterConfig")
     assert "fix the policy or pool 'bank'" in programmed["message"]
     assert kube.applied == []
+
+
+async def test_an_empty_inline_profile_is_named_briefly_with_its_variant_index() -> None:
+    """``profile: {inline: {}}`` used to put 16 pydantic errors, with their help links, in the
+    ProfilesCurrent message, under ``spec.variants[].profile.inline`` without an index."""
+    spec = ModelPoolSpec.model_validate(
+        {**_pool(), "variants": [_variant(), _variant(name="big", tier="large", profile={"inline": {}})]}
+    )
+    view = await load_profiles(cast(KubeClient, None), "ns", spec)  # inline profiles read nothing
+    ok, reason, message = profile_condition(view) or (True, "", "")
+    assert (ok, reason) == (False, "ProfileMissing")
+    assert message.startswith(
+        "big: spec.variants[1].profile.inline is not a profile: variant: Field required"
+    )
+    assert "(and 13 more)" in message and "errors.pydantic.dev" not in message, message
