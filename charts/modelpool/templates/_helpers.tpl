@@ -33,20 +33,32 @@ Chart label value: <name>-<version>.
 Labels on every object.
 */}}
 {{- define "modelpool.labels" -}}
-helm.sh/chart: {{ include "modelpool.chart" . }}
+helm.sh/chart: {{ include "modelpool.chart" . | quote }}
 {{ include "modelpool.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: modelpool
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- end }}
 
 {{/*
 Selector labels (immutable on the Deployment: never add to them).
 */}}
 {{- define "modelpool.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "modelpool.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "modelpool.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+{{- end }}
+
+{{/*
+Labels of an object plus the user's extra labels (the dict given as "extra"), rendered as one
+mapping without duplicate keys (kustomize and other YAML 1.2 parsers refuse duplicate keys):
+an extra label replaces a chart label of the same key, except the selector labels, which always
+stay the chart's (the schema refuses them in podLabels). Call with (dict "root" $ "extra" $map).
+*/}}
+{{- define "modelpool.labelsWith" -}}
+{{- $labels := fromYaml (include "modelpool.labels" .root) }}
+{{- $labels = mustMergeOverwrite $labels (.extra | default dict) (fromYaml (include "modelpool.selectorLabels" .root)) }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{/*
@@ -133,4 +145,79 @@ namespace list/watch in rbac.yaml.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+Name of the metrics Service: <fullname>-metrics. A Service name is a DNS-1035 label (at most 63
+characters, no dots), stricter than the names of the other objects: the full name is cut to 55
+characters to keep the "-metrics" suffix, and the dots Helm allows in release names become "-".
+*/}}
+{{- define "modelpool.metricsServiceName" -}}
+{{- $base := include "modelpool.fullname" . | replace "." "-" | trunc 55 | trimSuffix "-" }}
+{{- printf "%s-metrics" $base }}
+{{- end }}
+
+{{/*
+Name of the cluster-scoped ClusterRole and ClusterRoleBinding of a namespaced install. Every
+namespaced install needs its own, so the name carries the release's namespace: two teams may
+install a release of the same name into their own namespaces (cluster-scoped names are global,
+and Helm refuses to adopt another release's object).
+*/}}
+{{- define "modelpool.namespacedClusterName" -}}
+{{- printf "%s-%s-cluster" (include "modelpool.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+A resource quantity ("250m", "1.5Gi", "1e3", 0.5) as a float64, for comparisons.
+*/}}
+{{- define "modelpool.quantityValue" -}}
+{{- $q := toString . }}
+{{- $factors := dict "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- $suffix := regexFind "(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$" $q }}
+{{- $number := trimSuffix $suffix $q }}
+{{- if hasSuffix "." $number }}{{ $number = printf "%s0" $number }}{{ end }}
+{{- if hasPrefix "." $number }}{{ $number = printf "0%s" $number }}{{ end }}
+{{- mulf (float64 $number) (get $factors $suffix | default 1.0) }}
+{{- end }}
+
+{{/*
+A duration of the schema's form (<n>ms, <n>s, <n>m or <n>h) in milliseconds.
+*/}}
+{{- define "modelpool.durationMs" -}}
+{{- $unit := regexFind "(ms|s|m|h)$" . }}
+{{- $factors := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 }}
+{{- mul (trimSuffix $unit . | int64) (get $factors $unit) }}
+{{- end }}
+
+{{/*
+Checks across values that values.schema.json cannot express; each failure names the values.
+*/}}
+{{- define "modelpool.validate" -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.liveness.port)) }}
+{{- fail (printf "metrics.port and liveness.port are both %d: kopf's liveness endpoint and /metrics cannot share a port" (int .Values.metrics.port)) }}
+{{- end }}
+{{- $envNames := list "MODELPOOL_RESYNC_SECONDS" }}
+{{- range $i, $env := .Values.extraEnv }}
+{{- if has $env.name $envNames }}
+{{- fail (printf "extraEnv[%d].name %s is set twice%s" $i $env.name (ternary " (the chart sets it from resyncSeconds)" "" (eq $env.name "MODELPOOL_RESYNC_SECONDS"))) }}
+{{- end }}
+{{- $envNames = append $envNames $env.name }}
+{{- end }}
+{{- $requests := .Values.resources.requests | default dict }}
+{{- $limits := .Values.resources.limits | default dict }}
+{{- range $name, $request := $requests }}
+{{- if and (hasKey $limits $name) (not (kindIs "invalid" $request)) (not (kindIs "invalid" (get $limits $name))) }}
+{{- $limit := get $limits $name }}
+{{- if gt (include "modelpool.quantityValue" $request | float64) (include "modelpool.quantityValue" $limit | float64) }}
+{{- fail (printf "resources.requests.%s (%v) is more than resources.limits.%s (%v): the API server refuses a request above its limit (the chart's default limits apply unless you set them)" $name $request $name $limit) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.metrics.serviceMonitor }}
+{{- if and .enabled .interval .scrapeTimeout }}
+{{- if gt (include "modelpool.durationMs" .scrapeTimeout | int64) (include "modelpool.durationMs" .interval | int64) }}
+{{- fail (printf "metrics.serviceMonitor.scrapeTimeout (%s) is longer than metrics.serviceMonitor.interval (%s): prometheus-operator rejects such a ServiceMonitor" .scrapeTimeout .interval) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -163,7 +163,12 @@ def install_chart(cluster: DevCluster, release: str, namespace: str, *extra: str
 
 
 def uninstall_chart(cluster: DevCluster, release: str, namespace: str, cluster_objects: list[str]) -> None:
-    """`helm uninstall`, then nothing of the release is left, and the CRDs still are."""
+    """`helm uninstall`, then nothing of the release is left, and the CRDs still are.
+
+    ``cluster_objects`` (the release's cluster-scoped objects) must exist before: a name that
+    never existed would pass the check that it is gone."""
+    missing = [o for o in cluster_objects if cluster.kubectl("get", o, check=False).returncode != 0]
+    assert missing == [], f"not installed, so their removal would prove nothing: {missing}"
     proc = helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", cluster=cluster)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     leftovers = cluster.kubectl(

@@ -262,5 +262,8 @@ def test_install_namespaced_rbac_is_confined(cluster: DevCluster, namespaces: Ca
     _assert_permissions(cluster, sa, perm.CLUSTER_DENIED, None, allowed=False)
 
     uninstall_chart(
-        cluster, release, ns, [f"clusterrole/{release}-cluster", f"clusterrolebinding/{release}-cluster"]
+        cluster,
+        release,
+        ns,
+        [f"clusterrole/{release}-{ns}-cluster", f"clusterrolebinding/{release}-{ns}-cluster"],
     )

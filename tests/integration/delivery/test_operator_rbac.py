@@ -110,7 +110,10 @@ def operator_as_chart_sa(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         uninstall_chart(
-            cluster, release, ns, [f"clusterrole/{release}-cluster", f"clusterrolebinding/{release}-cluster"]
+            cluster,
+            release,
+            ns,
+            [f"clusterrole/{release}-{ns}-cluster", f"clusterrolebinding/{release}-{ns}-cluster"],
         )
 
 
