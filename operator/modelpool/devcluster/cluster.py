@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from modelpool.devcluster import toolchain
 
@@ -183,3 +186,120 @@ class DevCluster:
     def delete(self) -> None:
         if self.exists():
             self._kwokctl("delete", "cluster", timeout=120)
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.workdir / "clusters" / self.name
+
+    def components(self) -> list[dict[str, Any]]:
+        """The components as ``kwokctl`` recorded them in the cluster's ``kwok.yaml``, in start
+        order: each one's name, binary, args and working directory (``kwokctl --runtime binary``
+        runs each as a local process)."""
+        docs = yaml.safe_load_all((self.cluster_dir / "kwok.yaml").read_text())
+        config = next(d for d in docs if d and d.get("kind") == "KwokctlConfiguration")
+        return [dict(comp) for comp in config.get("components") or []]
+
+    def component(self, name: str) -> dict[str, Any]:
+        """One component of :meth:`components`."""
+        for comp in self.components():
+            if comp.get("name") == name:
+                return comp
+        raise KeyError(f"cluster {self.name} has no component {name!r}")
+
+    def _pid_file(self, name: str) -> Path:
+        return self.cluster_dir / "pids" / f"{name}.pid"
+
+    def component_pid(self, name: str) -> int | None:
+        """The running component's process id (from kwokctl's pid file), or None when it is not running."""
+        try:
+            pid = int(self._pid_file(name).read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        try:  # one this process started (start_component) and that exited since: reap it
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        except ChildProcessError:
+            pass
+        return pid
+
+    def stop_component(self, name: str, sig: signal.Signals = signal.SIGKILL, timeout: float = 30) -> None:
+        """Stop one control-plane process (``kwokctl`` in v0.8 only stops the whole cluster):
+        SIGKILL by default, as a crash or an OOM kill would; ``sig=SIGTERM`` for a graceful stop."""
+        pid = self.component_pid(name)
+        if pid is None:
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                # reap it when it is our child (started by start_component); else just wait for it
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:
+                pass
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{name} (pid {pid}) did not exit within {timeout:.0f} s of {sig.name}")
+
+    def start_component(self, name: str, wait_seconds: float = 60) -> int:
+        """Start one stopped control-plane process again the way ``kwokctl --runtime binary`` does
+        (same binary, args and working directory, output appended to ``logs/<name>.log``, the pid in
+        ``pids/<name>.pid`` so that ``kwokctl delete cluster`` still stops it). For the API server,
+        returns once ``/readyz`` answers ok."""
+        if (pid := self.component_pid(name)) is not None:
+            return pid
+        comp = self.component(name)
+        env = dict(os.environ) | {e["name"]: str(e.get("value", "")) for e in comp.get("envs") or []}
+        with (self.cluster_dir / "logs" / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [comp["binary"], *comp.get("args", [])],
+                cwd=comp.get("workDir") or self.cluster_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._pid_file(name).write_text(str(proc.pid))
+        if name == "kube-apiserver" or (name == "etcd" and self.component_pid("kube-apiserver")):
+            self.wait_ready(wait_seconds)
+        return proc.pid
+
+    def restart_component(self, name: str, down_seconds: float = 0.0, wait_seconds: float = 60) -> float:
+        """Kill one component, leave it down ``down_seconds``, start it again (and every component
+        that exited meanwhile, see :meth:`ensure_running`); the seconds from the start until the API
+        server answered ready."""
+        self.stop_component(name)
+        time.sleep(down_seconds)
+        started = time.monotonic()
+        self.start_component(name, wait_seconds)
+        self.ensure_running(wait_seconds)
+        return time.monotonic() - started
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the API server answers ``/readyz`` (which includes its etcd) with ok."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.is_up():
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the API server of {self.name} was not ready within {timeout:.0f} s")
+
+    def ensure_running(self, wait_seconds: float = 60) -> None:
+        """Start every control-plane component that is not running, as the kubelet restarts a
+        control plane's static pods. kube-controller-manager and kube-scheduler exit on purpose when
+        they cannot renew their leader lease (an API server or etcd down for more than ~10 s), and
+        with ``kwokctl --runtime binary`` nothing else would start them again."""
+        names = [comp["name"] for comp in self.components()]
+        for name in names:
+            if self.component_pid(name) is None:
+                self.start_component(name, wait_seconds)
+        if "kube-apiserver" in names:
+            self.wait_ready(wait_seconds)
