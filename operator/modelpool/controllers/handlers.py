@@ -19,6 +19,7 @@ import prometheus_client
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
+from modelpool.controllers.backoff import FailureStreak, api_unavailable
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import (
     ApiChildReader,
@@ -169,7 +170,9 @@ async def _reconcile_loop(
 ) -> None:
     """Run ``reconcile`` when poked, when it asks (seconds it returns) or every RESYNC_SECONDS.
 
-    ``reconcile`` returns None once the object is gone, which ends the loop.
+    ``reconcile`` returns None once the object is gone, which ends the loop. A failed pass is
+    retried after ERROR_BACKOFF_SECONDS, doubling while the failures go on, up to one resync
+    period (:mod:`modelpool.controllers.backoff`); a poke still wakes the loop at once.
     """
 
     def emit(type_: str, reason: str, message: str) -> None:
@@ -178,6 +181,7 @@ async def _reconcile_loop(
         level = logging.WARNING if type_ == "Warning" else logging.INFO
         logger.log(level, "%s %s/%s: %s", reason, namespace, name, message)
 
+    streak = FailureStreak(ERROR_BACKOFF_SECONDS, RESYNC_SECONDS)
     trigger = triggers.get(namespace, name)
     try:
         while not stopped:
@@ -185,13 +189,34 @@ async def _reconcile_loop(
             delay = RESYNC_SECONDS
             try:
                 wanted = await reconcile(emit)
+                if (ended := streak.succeeded()) is not None:
+                    logger.info(
+                        "reconcile of %s/%s succeeded again after %d failed passes (%.1f s)",
+                        namespace,
+                        name,
+                        *ended,
+                    )
                 if wanted is None:
                     return
                 delay = min(RESYNC_SECONDS, max(wanted, 0.5))
             except Exception as err:  # keep the loop alive, report, retry with backoff
-                logger.exception("reconcile of %s/%s failed", namespace, name)
-                emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
-                delay = ERROR_BACKOFF_SECONDS
+                delay = streak.failed()
+                if api_unavailable(err):
+                    # Not the object's fault, and no API server to post an Event to: one line, no
+                    # traceback, and fewer lines the longer it lasts (at the 1st, 2nd, 4th... failure).
+                    if streak.failures & (streak.failures - 1) == 0:
+                        logger.warning(
+                            "API server unavailable for %s/%s (%s: %s); failed passes %d, next in %.0f s",
+                            namespace,
+                            name,
+                            type(err).__name__,
+                            err,
+                            streak.failures,
+                            delay,
+                        )
+                else:
+                    logger.exception("reconcile of %s/%s failed", namespace, name)
+                    emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
             await triggers.wait(trigger, stopped_flag=stopped, seconds=delay)
     finally:
         triggers.forget(namespace, name)
@@ -230,16 +255,20 @@ async def run_pool(
         return smallest_slo_s(slos.get((ns, name), ()))
 
     async def once(emit: EventSink) -> float | None:
-        with observe_reconcile("modelpool"):
-            result = await reconcile_pool(
-                kube,
-                ns,
-                name,
-                emit,
-                planner=planner,
-                routed_latency_slo=routed_slo,
-                child_reader=children.for_pass(),
-            )
+        try:
+            with observe_reconcile("modelpool"):
+                result = await reconcile_pool(
+                    kube,
+                    ns,
+                    name,
+                    emit,
+                    planner=planner,
+                    routed_latency_slo=routed_slo,
+                    child_reader=children.for_pass(),
+                )
+        except Exception:
+            children.relist()
+            raise
         return None if result is None else (result.next_in or RESYNC_SECONDS)
 
     await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)

@@ -28,6 +28,7 @@ from modelpool.builders.triton import (
     child_name,
     is_subset,
 )
+from modelpool.controllers.backoff import server_busy
 from modelpool.controllers.pool_status import (
     ChildIssues,
     ReplicaPlan,
@@ -229,6 +230,11 @@ class RefreshingChildReader:
             return self.api
         return self.cache
 
+    def relist(self) -> None:
+        """After a failed pass (the API server away, the watches likely broken too): the next pass
+        lists from the API server, as the listing of this one may not have happened."""
+        self.listed_at = float("-inf")
+
 
 async def prune_removed(
     kube: KubeClient,
@@ -401,6 +407,8 @@ async def _converge_variant(
     except KubeError as err:
         if err.namespace_terminating:
             return None  # the pool goes with its namespace: nothing to report
+        if server_busy(err):
+            raise  # the API server restarting or overloaded: the whole pass is retried, nothing refused
         # A rejected child (admission, quota, invalid image name...) is reported, not retried in a tight loop.
         issues.conflicts.append(f"variant {variant.name}: the API server refused a child: {err.message}")
         emit("Warning", "ChildRejected", f"variant {variant.name}: {err.message}")
