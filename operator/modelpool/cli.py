@@ -55,6 +55,15 @@ def _devcluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_kopf_logging(verbose: bool) -> None:
+    """Let kopf's handler (which prefixes each object's namespace/name) be the only one on the root
+    logger: ``main``'s ``basicConfig`` handler stayed beside it, and every line was printed twice."""
+    import kopf
+
+    logging.getLogger().handlers.clear()
+    kopf.configure(verbose=verbose)
+
+
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
@@ -63,7 +72,7 @@ def _operator(args: argparse.Namespace) -> int:
     if args.metrics_port:
         os.environ["MODELPOOL_METRICS_PORT"] = str(args.metrics_port)
     importlib.import_module("modelpool.controllers.handlers")
-    kopf.configure(verbose=args.verbose)
+    use_kopf_logging(args.verbose)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
