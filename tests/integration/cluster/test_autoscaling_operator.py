@@ -79,8 +79,8 @@ def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess) -> None:
 def _first_scale_up_logged(operator: OperatorProcess, pool: str, after: float) -> float | None:
     """Wall time of the operator's first ``Scaled ... up`` log line for ``pool`` after ``after``."""
     for line in operator.log_path.read_text(errors="replace").splitlines():
-        match = re.match(
-            r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ .*Scaled [^ ]+/" + pool + r": \w+ 1->", line
+        match = re.match(  # kopf's format: "[2026-11-24 00:39:15,371] logger [INFO    ] message"
+            r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] .*Scaled [^ ]+/" + pool + r": \w+ 1->", line
         )
         if match:
             stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
