@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modelpool.models.paths import banking77_dir
@@ -14,13 +18,51 @@ DEFAULT_SCORER = Path("out/models/scorer")
 DEFAULT_PROFILES = Path("out/models/profiles")
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return value
+
+
+def _model_name(text: str) -> str:
+    """An argparse type: what Triton takes as a model name (and the ModelPool CRD as model.name)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: use only letters, digits, '_', '.' and '-'")
+    return text
+
+
+def _reports_input_errors(command: Command) -> Command:
+    """Input a user can fix (a missing file or folder, a data set that cannot be read) ends the
+    command with one line naming it and exit status 2, as argparse does, not with a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from modelpool.models.data import DatasetError
+
+        try:
+            return command(args)
+        except (DatasetError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"modelpool models {args.models_command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _common(parser: argparse.ArgumentParser, out: Path, data: bool = True) -> None:
     if data:
         parser.add_argument(
             "--data", type=Path, default=None, help="data set folder or CSV (default: Banking77)"
         )
         parser.add_argument(
-            "--limit", type=int, default=None, help="at most this many training rows (quick runs)"
+            "--limit", type=_positive_int, default=None, help="at most this many training rows (quick runs)"
         )
     parser.add_argument("--out", type=Path, default=out, help=f"output folder (default: {out})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -58,6 +100,11 @@ def _profile(args: argparse.Namespace) -> int:
     from modelpool.models.profile import render_table
     from modelpool.models.train import load_limited
 
+    if not args.repository.is_dir():
+        raise NotADirectoryError(
+            f"--repository {args.repository}: no such folder; run `modelpool models export --out "
+            f"{args.repository}` first"
+        )
     splits = load_limited(args.data or banking77_dir(), args.limit, args.seed)
     models = args.models or sorted(
         p.name for p in args.repository.iterdir() if (p / "config.pbtxt").is_file()
@@ -80,25 +127,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     train = sub.add_parser("train", help="train the large head and the distilled small variant")
     _common(train, DEFAULT_TRAINED)
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_reports_input_errors(_train))
 
     scorer = sub.add_parser("train-scorer", help="train the complexity scorer (P(small variant is wrong))")
     _common(scorer, DEFAULT_SCORER)
     scorer.add_argument(
         "--trained", type=Path, default=DEFAULT_TRAINED, help="folder written by `models train`"
     )
-    scorer.set_defaults(func=_train_scorer)
+    scorer.set_defaults(func=_reports_input_errors(_train_scorer))
 
     export = sub.add_parser("export", help="write the Triton model repository of the three variants")
     _common(export, DEFAULT_REPOSITORY, data=False)
     export.add_argument(
         "--trained", type=Path, default=DEFAULT_TRAINED, help="folder written by `models train`"
     )
-    export.add_argument("--name", default="banking77", help="model name prefix: <name>-small|int8|large")
+    export.add_argument(
+        "--name", type=_model_name, default="banking77", help="model name prefix: <name>-small|int8|large"
+    )
     export.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], default="auto", help="KIND_GPU for large if gpu"
     )
-    export.set_defaults(func=_export)
+    export.set_defaults(func=_reports_input_errors(_export))
 
     profile = sub.add_parser("profile", help="measure each variant on a real tritonserver")
     _common(profile, DEFAULT_PROFILES)
@@ -109,11 +158,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--models", nargs="*", default=None, help="model names (default: all in the repository)"
     )
     profile.add_argument("--scorer", type=Path, default=None, help="scorer folder for complexity buckets")
-    profile.add_argument("--requests", type=int, default=200, help="single-item requests for batch-1 latency")
     profile.add_argument(
-        "--concurrency", type=int, default=8, help="requests in flight for the concurrent run"
+        "--requests", type=_positive_int, default=200, help="single-item requests for batch-1 latency"
     )
-    profile.set_defaults(func=_profile)
+    profile.add_argument(
+        "--concurrency", type=_positive_int, default=8, help="requests in flight for the concurrent run"
+    )
+    profile.set_defaults(func=_reports_input_errors(_profile))
 
 
 def main(argv: list[str] | None = None) -> int:
