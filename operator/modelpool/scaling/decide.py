@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections import defaultdict
 from dataclasses import replace
 
 from modelpool.scaling.budget import Allocation, Claim, allocate, allocate_shared
-from modelpool.scaling.demand import metrics_problem
 from modelpool.scaling.types import (
     PoolDecision,
     PoolInput,
@@ -16,68 +13,14 @@ from modelpool.scaling.types import (
     ScalingInput,
     VariantDecision,
     VariantInput,
-    VariantMetrics,
-    VariantSettings,
     VariantState,
 )
 from modelpool.scaling.variant import VariantWish, hold_wish, wish_for
 
-MAX_PLAUSIBLE_SECONDS = 86400.0
-"""A queue or compute time per request longer than a day is absurd (and a finite but huge one
-would overflow the sizing)."""
-
-
-def _clock_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
-    """Timestamps no Prometheus writes: not finite, not increasing along the rate series, or
-    further in the future than ``stale_after_s`` (the clocks of Prometheus and the caller apart)."""
-    stamps = [p.t for p in metrics.rate_series]
-    if metrics.newest_sample_t is not None:
-        stamps.append(metrics.newest_sample_t)
-    for t in stamps:
-        if not math.isfinite(t):
-            return f"metrics absurd: sample timestamp = {t}"
-    for a, b in itertools.pairwise(p.t for p in metrics.rate_series):
-        if b <= a:
-            return f"metrics absurd: rate series timestamps go from {a:.3f} to {b:.3f}, not forward"
-    ahead = max(stamps, default=now) - now
-    if ahead > settings.stale_after_s:
-        return (
-            f"metrics absurd: a sample {ahead:.0f}s in the future (> staleAfter "
-            f"{settings.stale_after_s:.0f}s): are the clocks of Prometheus and the operator apart?"
-        )
-    return None
-
-
-def _size_problem(metrics: VariantMetrics, settings: VariantSettings) -> str | None:
-    """Finite values too large to size for: a request taking longer than a day, or a backlog
-    that would need more than ``max_plausible_rps`` to drain."""
-    for label, value in (("queue time", metrics.queue_time_s), ("compute time", metrics.compute_time_s)):
-        if value is not None and value > MAX_PLAUSIBLE_SECONDS:
-            return f"metrics absurd: {label} = {value:g}s per request (> {MAX_PLAUSIBLE_SECONDS:g}s)"
-    pending = metrics.pending_requests
-    if pending is not None and pending > settings.max_plausible_rps * settings.backlog_drain_s:
-        return (
-            f"metrics absurd: {pending:g} pending requests would need more than maxPlausibleRps "
-            f"{settings.max_plausible_rps:.0f} to drain within {settings.backlog_drain_s:g}s"
-        )
-    return None
-
-
-def health_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
-    """Why these metrics must not drive a decision (step 1 of docs/scaling.md), or None."""
-    return (
-        metrics_problem(metrics, settings, now)
-        or _clock_problem(metrics, settings, now)
-        or _size_problem(metrics, settings)
-    )
-
 
 def _wish(vi: VariantInput, now: float) -> VariantWish:
-    """The variant's wish, or a hold when its metrics are unusable. Metrics that pass every check
-    and still overflow the arithmetic hold too: a decision pass never fails on its input."""
-    problem = health_problem(vi.metrics, vi.settings, now)
-    if problem is not None:
-        return hold_wish(vi, problem)
+    """The variant's wish (a hold when its metrics are unusable, :func:`wish_for`). Metrics that
+    pass every check and still overflow the arithmetic hold too: a pass never fails on its input."""
     try:
         return wish_for(vi, now)
     except ArithmeticError as exc:

@@ -8,6 +8,46 @@ from dataclasses import dataclass, replace
 
 from modelpool.scaling.types import RatePoint, VariantMetrics, VariantSettings
 
+MAX_PLAUSIBLE_SECONDS = 86400.0
+"""A queue or compute time per request longer than a day is absurd (and a finite but huge one
+would overflow the sizing)."""
+
+
+def _clock_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
+    """Timestamps no Prometheus writes: not finite, not increasing along the rate series, or
+    further in the future than ``stale_after_s`` (the clocks of Prometheus and the caller apart)."""
+    stamps = [p.t for p in metrics.rate_series]
+    if metrics.newest_sample_t is not None:
+        stamps.append(metrics.newest_sample_t)
+    for t in stamps:
+        if not math.isfinite(t):
+            return f"metrics absurd: sample timestamp = {t}"
+    for a, b in itertools.pairwise(p.t for p in metrics.rate_series):
+        if b <= a:
+            return f"metrics absurd: rate series timestamps go from {a:.3f} to {b:.3f}, not forward"
+    ahead = max(stamps, default=now) - now
+    if ahead > settings.stale_after_s:
+        return (
+            f"metrics absurd: a sample {ahead:.0f}s in the future (> staleAfter "
+            f"{settings.stale_after_s:.0f}s): are the clocks of Prometheus and the operator apart?"
+        )
+    return None
+
+
+def _size_problem(metrics: VariantMetrics, settings: VariantSettings) -> str | None:
+    """Finite values too large to size for: a request taking longer than a day, or a backlog
+    that would need more than ``max_plausible_rps`` to drain."""
+    for label, value in (("queue time", metrics.queue_time_s), ("compute time", metrics.compute_time_s)):
+        if value is not None and value > MAX_PLAUSIBLE_SECONDS:
+            return f"metrics absurd: {label} = {value:g}s per request (> {MAX_PLAUSIBLE_SECONDS:g}s)"
+    pending = metrics.pending_requests
+    if pending is not None and pending > settings.max_plausible_rps * settings.backlog_drain_s:
+        return (
+            f"metrics absurd: {pending:g} pending requests would need more than maxPlausibleRps "
+            f"{settings.max_plausible_rps:.0f} to drain within {settings.backlog_drain_s:g}s"
+        )
+    return None
+
 
 def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
     """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable."""
@@ -17,6 +57,9 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
         return "metrics missing: no request-rate samples from Triton or the router"
     if metrics.newest_sample_t is None:
         return "metrics missing: no sample timestamp"
+    clock = _clock_problem(metrics, settings, now)
+    if clock is not None:
+        return clock
     age = now - metrics.newest_sample_t
     if age > settings.stale_after_s:
         return f"metrics stale: newest sample {age:.0f}s old (> staleAfter {settings.stale_after_s:.0f}s)"
@@ -39,7 +82,7 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
             f"metrics absurd: request rate {max(rates):.0f} req/s > maxPlausibleRps "
             f"{settings.max_plausible_rps:.0f}"
         )
-    return None
+    return _size_problem(metrics, settings)
 
 
 def capacity_per_replica(metrics: VariantMetrics, settings: VariantSettings) -> float | None:
