@@ -147,15 +147,6 @@ def _sample(raw: Any, promql: str) -> tuple[float, float]:
     return _number(raw[0], "timestamp", promql), _number(raw[1], "value", promql)
 
 
-def _sample_value(raw: Any, promql: str) -> float:
-    return _sample(raw, promql)[1]
-
-
-def _rate_point(raw: Any, promql: str) -> RatePoint:
-    t, value = _sample(raw, promql)
-    return RatePoint(t, value)
-
-
 @dataclass(frozen=True)
 class VariantTarget:
     """Which series belong to one variant: Triton label matchers and router label matchers."""
@@ -240,12 +231,12 @@ class PrometheusReader:
         series or is NaN (raises :class:`UnexpectedResult` for a range vector or several series)."""
         result_type, result = await self._query(promql, at)
         if result_type == "scalar":
-            value = _sample_value(result, promql)
+            value = _sample(result, promql)[1]
         else:
             series = _one_series(result_type, result, "vector", promql)
             if series is None:
                 return None
-            value = _sample_value(series.get("value"), promql)
+            value = _sample(series.get("value"), promql)[1]
         return None if math.isnan(value) else value
 
     async def series(self, promql: str, at: float | None = None) -> tuple[RatePoint, ...]:
@@ -258,7 +249,7 @@ class PrometheusReader:
         values = series.get("values")
         if not isinstance(values, list):
             raise UnexpectedResult(f"query {promql!r}: a series without values")
-        points = (_rate_point(sample, promql) for sample in values)
+        points = (RatePoint(*_sample(sample, promql)) for sample in values)
         return tuple(p for p in points if not math.isnan(p.rps))
 
     def points_window_s(self, rate_template: str) -> float | None:
