@@ -117,7 +117,7 @@ class DevCluster:
         return proc
 
     def exists(self) -> bool:
-        return (self.workdir / "clusters" / self.name / "kwok.yaml").is_file()
+        return (self.cluster_dir / "kwok.yaml").is_file()
 
     def is_up(self) -> bool:
         if not self.exists():
@@ -232,15 +232,7 @@ class DevCluster:
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                # reap it when it is our child (started by start_component); else just wait for it
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
-                pass
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if self.component_pid(name) is None:  # gone (and reaped, when it was our child)
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{name} (pid {pid}) did not exit within {timeout:.0f} s of {sig.name}")
