@@ -285,6 +285,8 @@ class ScalingPlanner:
             await reader.aclose()
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop all that is kept of a pool that is gone, its metric series included."""
+        scaling_metrics.forget_pool(namespace, name)
         self._states.pop((namespace, name), None)
         self._decided_at.pop((namespace, name), None)
         for claims in self._claims.values():
@@ -360,6 +362,7 @@ class ScalingPlanner:
         clock = time.time() if now is None else now
         if not spec.scaling.enabled:
             self._drop_grant(namespace, name)  # back at its minimums: the index counts it from now on
+            scaling_metrics.forget_pool(namespace, name)  # it no longer decides: no gauges that lie
             return ScalingOutcome(
                 minimum_plans(spec, "scaling disabled: minReplicas"),
                 MetricsNote(
@@ -419,9 +422,7 @@ class ScalingPlanner:
             self._granted.setdefault(spec.gpu_pool.name, {})[pool_name] = sum(
                 v.desired_replicas * gpus[v.name] for v in pool_decision.variants
             )
-            pool_decision = replace(pool_decision, name=name)
-            decision = replace(decision, pools={name: pool_decision})
-        scaling_metrics.record_decision(decision)
+        scaling_metrics.record_pool(namespace, name, pool_decision)
         self._decided_at[key] = clock
         self._states[key] = {v.name: v.state for v in pool_decision.variants if v.state is not None}
         plans = {

@@ -1,19 +1,25 @@
 """The operator's own Prometheus metrics for scaling (prometheus-client, dedicated registry).
 
 The lead exposes them with ``prometheus_client.start_http_server(port, registry=REGISTRY)`` and calls
-:func:`record_decision` after each :func:`modelpool.scaling.decide`, :func:`observe_reconcile` around
-each reconcile, and :func:`record_error` on failures.
+:func:`record_pool` after each :func:`modelpool.scaling.decide`, :func:`forget_pool` when a pool is
+deleted or stops scaling, :func:`observe_reconcile` around each reconcile, and :func:`record_error`
+on failures.
+
+The per-variant series carry ``namespace``, ``pool`` and ``variant``: one operator serves pools of
+every namespace, and two of them may share a name. A deleted pool's series, and those of a variant
+removed from its spec, are removed (as kube-state-metrics does for deleted objects), so a dashboard
+shows no pools that are gone and the series do not pile up as pools come and go.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from modelpool.scaling.types import ScalingDecision
+from modelpool.scaling.types import PoolDecision
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, resident memory, open fds
@@ -21,31 +27,31 @@ ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, resident memor
 DECISIONS = Counter(
     "modelpool_scaling_decisions_total",
     "Scaling decisions per variant, by action (up, down, keep, hold).",
-    ["pool", "variant", "action"],
+    ["namespace", "pool", "variant", "action"],
     registry=REGISTRY,
 )
 DESIRED_REPLICAS = Gauge(
     "modelpool_scaling_desired_replicas",
     "Desired replicas of the last decision.",
-    ["pool", "variant"],
+    ["namespace", "pool", "variant"],
     registry=REGISTRY,
 )
 DEMAND_RPS = Gauge(
     "modelpool_scaling_demand_rps",
     "Demand estimate (req/s) of the last decision.",
-    ["pool", "variant"],
+    ["namespace", "pool", "variant"],
     registry=REGISTRY,
 )
 SHORTFALL_RPS = Gauge(
     "modelpool_scaling_shortfall_rps",
     "Demand (req/s) the granted replicas cannot serve within the target (budget cut).",
-    ["pool", "variant"],
+    ["namespace", "pool", "variant"],
     registry=REGISTRY,
 )
 CUT_REPLICAS = Gauge(
     "modelpool_scaling_cut_replicas",
     "Replicas wished but cut by the GPU budget.",
-    ["pool", "variant"],
+    ["namespace", "pool", "variant"],
     registry=REGISTRY,
 )
 RECONCILE_SECONDS = Histogram(
@@ -77,16 +83,42 @@ def action_of(desired: int, current: int, held: bool) -> str:
     return "up" if desired > current else "down" if desired < current else "keep"
 
 
-def record_decision(decision: ScalingDecision) -> None:
-    """Count and expose every variant decision of one :func:`decide` result."""
-    for pool in decision.pools.values():
-        for v in pool.variants:
-            labels = {"pool": pool.name, "variant": v.name}
-            DECISIONS.labels(action=action_of(v.desired_replicas, v.current_replicas, v.held), **labels).inc()
-            DESIRED_REPLICAS.labels(**labels).set(v.desired_replicas)
-            DEMAND_RPS.labels(**labels).set(v.demand_rps)
-            SHORTFALL_RPS.labels(**labels).set(v.shortfall_rps)
-            CUT_REPLICAS.labels(**labels).set(v.cut_replicas)
+ACTIONS = ("up", "down", "keep", "hold")
+_PER_VARIANT_GAUGES = (DESIRED_REPLICAS, DEMAND_RPS, SHORTFALL_RPS, CUT_REPLICAS)
+_recorded: dict[tuple[str, str], set[str]] = {}
+"""The variants each pool (namespace, name) has series for."""
+
+
+def record_pool(namespace: str, name: str, pool: PoolDecision) -> None:
+    """Count and expose every variant decision of one pool, and remove the series of variants
+    no longer in it."""
+    key = (namespace, name)
+    variants = {v.name for v in pool.variants}
+    for gone in _recorded.get(key, set()) - variants:
+        _remove_variant(namespace, name, gone)
+    _recorded[key] = variants
+    for v in pool.variants:
+        labels = {"namespace": namespace, "pool": name, "variant": v.name}
+        DECISIONS.labels(action=action_of(v.desired_replicas, v.current_replicas, v.held), **labels).inc()
+        DESIRED_REPLICAS.labels(**labels).set(v.desired_replicas)
+        DEMAND_RPS.labels(**labels).set(v.demand_rps)
+        SHORTFALL_RPS.labels(**labels).set(v.shortfall_rps)
+        CUT_REPLICAS.labels(**labels).set(v.cut_replicas)
+
+
+def forget_pool(namespace: str, name: str) -> None:
+    """Remove every series of a pool that is gone or no longer decides."""
+    for variant in _recorded.pop((namespace, name), set()):
+        _remove_variant(namespace, name, variant)
+
+
+def _remove_variant(namespace: str, pool: str, variant: str) -> None:
+    for gauge in _PER_VARIANT_GAUGES:
+        with suppress(KeyError):
+            gauge.remove(namespace, pool, variant)
+    for action in ACTIONS:
+        with suppress(KeyError):  # only the actions that happened have a series
+            DECISIONS.remove(namespace, pool, variant, action)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
+from integration.cluster.kubetools import Kube, OperatorProcess, parse_metrics, wait_for
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
 from unit.operator.helpers import routing_policy
@@ -67,10 +67,12 @@ async def _paced_load(url: str, rps: float, seconds: float) -> list[int]:
     return [r.status_code for r in responses]
 
 
-def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess) -> None:
+def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess, namespace: str) -> None:
     """The operator's /metrics (as the chart's metrics Service scrapes it) carry its decisions,
     reconcile times and process CPU, not only the client library's defaults."""
-    ups = operator.metric("modelpool_scaling_decisions_total", pool="scaled", variant="small", action="up")
+    ups = operator.metric(
+        "modelpool_scaling_decisions_total", namespace=namespace, pool="scaled", variant="small", action="up"
+    )
     assert ups >= 1
     assert operator.metric("modelpool_reconcile_duration_seconds_count", controller="modelpool") >= 1
     assert operator.metric("process_cpu_seconds_total") > 0
@@ -142,7 +144,7 @@ def test_a_steady_pool_decides_every_second_writes_rarely_and_wakes_only_to_deci
     def counters() -> tuple[float, float]:
         """(variant decisions of this pool, ModelPool reconcile passes of the whole operator)."""
         return (
-            operator.metric("modelpool_scaling_decisions_total", pool="quiet"),
+            operator.metric("modelpool_scaling_decisions_total", namespace=kube.namespace, pool="quiet"),
             operator.metric("modelpool_reconcile_duration_seconds_count", controller="modelpool"),
         )
 
@@ -242,7 +244,7 @@ def test_load_step_scales_the_deployment_and_lost_metrics_hold(
     assert "Scaled" in {e["reason"] for e in kube.events("scaled")}
     memory = small["scaler"]
     assert memory["recommendations"] and max(r["replicas"] for r in memory["recommendations"]) >= 4
-    _assert_own_metrics_count_the_scale_up(operator)
+    _assert_own_metrics_count_the_scale_up(operator, kube.namespace)
 
     # The load is over. Without its memory a restarted operator would scale down at once; with the
     # memory in status the 300 s scale-down window still holds the replicas the load needed.
@@ -301,3 +303,31 @@ def test_a_query_prometheus_refuses_holds_the_pool_and_names_its_field(
     assert "unset the field to use the default" in condition["message"]
     deployment = kube.get("deployment", "badquery-small")
     assert deployment is not None and deployment["spec"]["replicas"] == 1  # held at its minimum
+
+
+def test_a_pool_that_stops_scaling_or_is_deleted_leaves_no_series(
+    kube: Kube, operator: OperatorProcess, echo_prometheus: PrometheusProcess
+) -> None:
+    """The operator's per-variant series are labelled with the pool's namespace, and go when the
+    pool no longer decides: with scaling switched off, and when it is deleted. Before, a deleted
+    pool's gauges stayed at their last values for the operator's lifetime."""
+    manifest = pool(echo_prometheus.url)
+    manifest["metadata"]["name"] = "ephemeral"
+    labels = {"namespace": kube.namespace, "pool": "ephemeral"}
+
+    def series() -> list[str]:
+        assert operator.metrics_url is not None
+        samples = parse_metrics(httpx.get(operator.metrics_url, timeout=10).text)
+        return [n for n, found, _ in samples if all(found.get(k) == v for k, v in labels.items())]
+
+    kube.apply(manifest)
+    wait_for(lambda: "modelpool_scaling_desired_replicas" in series(), 60, "the pool's gauges")
+    assert operator.metric("modelpool_scaling_decisions_total", **labels) >= 1
+    manifest["spec"]["scaling"]["enabled"] = False
+    kube.apply(manifest)
+    wait_for(lambda: not series(), 30, "the series to go once scaling is off")
+    manifest["spec"]["scaling"]["enabled"] = True
+    kube.apply(manifest)
+    wait_for(lambda: "modelpool_scaling_desired_replicas" in series(), 60, "the gauges back")
+    kube.run("delete", "modelpool", "ephemeral")
+    wait_for(lambda: not series(), 30, "the deleted pool's series to go")
