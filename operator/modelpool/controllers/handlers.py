@@ -271,7 +271,13 @@ async def run_pool(
             raise
         return None if result is None else (result.next_in or RESYNC_SECONDS)
 
-    await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
+    try:
+        await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
+    finally:
+        # kopf stops the daemon of a deleted pool, often before a pass sees the pool gone (the pass
+        # that does calls forget too): drop its scaler memory and metric series here as well.
+        if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
+            planner.forget(ns, name)
 
 
 @kopf.daemon(GROUP, VERSION, "routingpolicies", cancellation_timeout=10.0)

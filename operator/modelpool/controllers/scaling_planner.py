@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
+import httpx
+
 from modelpool.api.modelpool import (
     TIER_ORDER,
     BurstLate,
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 PROMETHEUS_URL_ENV = "MODELPOOL_PROMETHEUS_URL"
 EXTRA_MATCHERS_ENV = "MODELPOOL_PROMETHEUS_MATCHERS"
+PROMETHEUS_TIMEOUT_S = 5.0
+"""Per request to Prometheus (a slower answer holds the pool's last decision)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,9 @@ class ScalingPlanner:
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
+    _http: httpx.AsyncClient | None = None
+    """One HTTP client (and connection pool) for every reader: a reader per pool configuration
+    with a client of its own kept sockets open for every configuration ever seen."""
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
@@ -271,18 +278,22 @@ class ScalingPlanner:
         span_s = max(8 * step_s, trend_s + step_s, lookahead_s + 2 * step_s)
         key = (url, rate_window_s, span_s, templates)
         if key not in self._readers:
+            if self._http is None:
+                self._http = httpx.AsyncClient(timeout=PROMETHEUS_TIMEOUT_S)
             self._readers[key] = PrometheusReader(
                 url,
                 templates=templates,
                 rate_window_s=rate_window_s,
                 series_span_s=span_s,
                 step_s=step_s,
+                client=self._http,
             )
         return self._readers[key]
 
     async def close(self) -> None:
-        for reader in self._readers.values():
-            await reader.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop all that is kept of a pool that is gone, its metric series included."""

@@ -286,6 +286,24 @@ def test_series_reach_back_over_the_longest_lookahead() -> None:
     assert slow is not short
 
 
+async def test_readers_of_every_pool_configuration_share_one_http_client() -> None:
+    """Each distinct (Prometheus, rate window, span, queries) gets a reader; a client of its own
+    per reader kept a connection pool open for every configuration a pool ever had."""
+    planner = ScalingPlanner(default_prometheus_url=None)
+    readers = [
+        planner.reader(URL, _spec()),
+        planner.reader(URL, _spec(rateWindowSeconds=2)),
+        planner.reader("http://127.0.0.1:9/", _spec(queries={"pending": "sum(x{$selector})"})),
+    ]
+    assert len({id(r) for r in readers}) == 3
+    clients = {id(r._client) for r in readers}
+    assert len(clients) == 1
+    shared = readers[0]._client
+    await planner.close()
+    assert shared.is_closed
+    await planner.close()  # closing twice is harmless
+
+
 def test_series_step_is_a_quarter_of_the_rate_window_and_cover_the_trend() -> None:
     """A rate window of four scrapes (Prometheus' rule of thumb) reads one point per scrape; the
     series reach back over the longest trend window, one look-ahead and eight points."""
