@@ -62,7 +62,10 @@ def _common(parser: argparse.ArgumentParser, out: Path, data: bool = True) -> No
             "--data", type=Path, default=None, help="data set folder or CSV (default: Banking77)"
         )
         parser.add_argument(
-            "--limit", type=_positive_int, default=None, help="at most this many training rows (quick runs)"
+            "--limit",
+            type=_positive_int,
+            default=None,
+            help="about this many training rows, a stratified sample (quick runs)",
         )
     parser.add_argument("--out", type=Path, default=out, help=f"output folder (default: {out})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -79,8 +82,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_scorer(args: argparse.Namespace) -> int:
+    from modelpool.models.small import SMALL_META, SMALL_WEIGHTS
     from modelpool.models.train import TrainOptions, train_complexity_scorer
 
+    missing = [name for name in (SMALL_META, SMALL_WEIGHTS) if not (args.trained / name).is_file()]
+    if missing:  # checked before minutes of cross-fitting, not after
+        raise FileNotFoundError(
+            f"--trained {args.trained}: no {' or '.join(missing)}; run `modelpool models train --out "
+            f"{args.trained}` first"
+        )
     options = TrainOptions(data=args.data or banking77_dir(), out=args.out, seed=args.seed, limit=args.limit)
     print(json.dumps(train_complexity_scorer(options, args.trained), indent=1))
     return 0

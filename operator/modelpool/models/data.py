@@ -172,7 +172,8 @@ def train_validation_split(
 
 
 def limit_rows(data: LabelledTexts, limit: int | None, seed: int) -> LabelledTexts:
-    """A seeded stratified sample of at most ``limit`` rows (all rows when ``limit`` is None)."""
+    """A seeded stratified sample of about ``limit`` rows (all rows when ``limit`` is None): each
+    class keeps its share rounded to whole rows, so the total can be a few rows off."""
     if limit is None or limit >= len(data):
         return data
     if limit <= 0:

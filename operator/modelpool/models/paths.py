@@ -20,8 +20,10 @@ def banking77_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Cache for expensive model work (``$MODELPOOL_CACHE`` or ``~/.cache/modelpool/models``), made on use."""
-    override = os.environ.get("MODELPOOL_CACHE")
-    path = Path(override) if override else Path.home() / ".cache" / "modelpool" / "models"
+    """Cache for expensive model work, made on use: ``models/`` under the project's cache root
+    (``$MODELPOOL_CACHE``, default ``~/.cache/modelpool``), beside the built binaries and the venv."""
+    from modelpool.devcluster.toolchain import cache_dir as cache_root
+
+    path = cache_root() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -2,7 +2,7 @@
 
 Everything is built once per session through the real ``modelpool models`` commands on a seeded
 sample of Banking77 (600 training rows, 200 test rows); encoder embeddings are cached in
-``$MODELPOOL_CACHE`` (default ``~/.cache/modelpool/models``), so reruns are quicker.
+``$MODELPOOL_CACHE/models`` (default ``~/.cache/modelpool/models``), so reruns are quicker.
 """
 
 from __future__ import annotations

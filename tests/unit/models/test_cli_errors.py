@@ -14,6 +14,10 @@ from modelpool.models.cli import main
     [
         (["train", "--data", "/nonexistent"], "/nonexistent: no such file or folder"),
         (["export", "--trained", "/nonexistent"], "run `modelpool models train --out /nonexistent` first"),
+        (
+            ["train-scorer", "--trained", "/nonexistent", "--limit", "60"],
+            "--trained /nonexistent: no small.json or small.npz; run `modelpool models train",
+        ),
         (["profile", "--repository", "/nonexistent"], "--repository /nonexistent: no such folder"),
     ],
 )
@@ -21,9 +25,10 @@ def test_missing_inputs_are_named_without_a_traceback(
     argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["models", *argv]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"modelpool models {argv[0]}: error: " in err and words in err, err
     assert "Traceback" not in err
+    assert "cross-fitting" not in out  # refused before any work
 
 
 def test_an_unreadable_data_set_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

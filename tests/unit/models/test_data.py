@@ -97,3 +97,16 @@ def test_banking77_shape() -> None:
     small = limit_rows(splits.train, 770, seed=0)
     assert 700 <= len(small) <= 840
     assert len(np.unique(small.labels)) == 77
+
+
+def test_the_model_cache_lives_under_the_projects_cache_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$MODELPOOL_CACHE`` is one root for everything cached (binaries, venv, models): the model
+    cache is its ``models/`` folder, not the root itself."""
+    from modelpool.devcluster.toolchain import cache_dir as cache_root
+    from modelpool.models.paths import cache_dir
+
+    monkeypatch.setenv("MODELPOOL_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    assert cache_dir() == tmp_path / "models" and cache_dir().is_dir()
