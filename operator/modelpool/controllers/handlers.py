@@ -219,7 +219,7 @@ async def _reconcile_loop(
                     emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
             await triggers.wait(trigger, stopped_flag=stopped, seconds=delay)
     finally:
-        triggers.forget(namespace, name)
+        triggers.forget(namespace, name, trigger)
 
 
 @kopf.daemon(GROUP, VERSION, "modelpools", cancellation_timeout=10.0)

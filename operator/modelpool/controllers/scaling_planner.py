@@ -231,6 +231,15 @@ def minimum_plans(spec: ModelPoolSpec, reason: str) -> dict[str, ReplicaPlan]:
     return {v.name: ReplicaPlan(v.min_replicas, reason) for v in spec.variants}
 
 
+def _drop_member(by_gpu_pool: dict[str, dict[str, Any]], pool: str) -> None:
+    """Remove ``pool`` from every shared GPU pool's map, and the maps it leaves empty (a GPU pool
+    whose last member is gone is not kept either)."""
+    for gpu_pool in list(by_gpu_pool):
+        by_gpu_pool[gpu_pool].pop(pool, None)
+        if not by_gpu_pool[gpu_pool]:
+            del by_gpu_pool[gpu_pool]
+
+
 @dataclass
 class ScalingPlanner:
     """One per operator; remembers decision state per pool across reconcile passes."""
@@ -240,6 +249,10 @@ class ScalingPlanner:
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
+    _reader_of: dict[tuple[str, str], tuple[str, int, float, QueryTemplates]] = field(default_factory=dict)
+    """The reader configuration each pool (namespace, name) reads with: a configuration no pool
+    uses any more is dropped, so readers do not pile up as pools and their Prometheus URLs come
+    and go."""
     _http: httpx.AsyncClient | None = None
     """One HTTP client (and connection pool) for every reader: a reader per pool configuration
     with a client of its own kept sockets open for every configuration ever seen."""
@@ -255,7 +268,7 @@ class ScalingPlanner:
     what the others hold and recording the grant), and a pool counts another at the larger of the
     two."""
 
-    def reader(self, url: str, spec: ModelPoolSpec) -> PrometheusReader:
+    def reader(self, url: str, spec: ModelPoolSpec, pool: tuple[str, str] | None = None) -> PrometheusReader:
         """One reader per Prometheus, rate window, series span and queries.
 
         The series step is a quarter of the rate window: Prometheus' rule of thumb is a rate window of
@@ -277,6 +290,9 @@ class ScalingPlanner:
         trend_s = max((v.scaling.trend_window_seconds for v in spec.variants), default=0)
         span_s = max(8 * step_s, trend_s + step_s, lookahead_s + 2 * step_s)
         key = (url, rate_window_s, span_s, templates)
+        if pool is not None and self._reader_of.get(pool) != key:
+            self._release_reader(pool)
+            self._reader_of[pool] = key
         if key not in self._readers:
             if self._http is None:
                 self._http = httpx.AsyncClient(timeout=PROMETHEUS_TIMEOUT_S)
@@ -290,6 +306,12 @@ class ScalingPlanner:
             )
         return self._readers[key]
 
+    def _release_reader(self, pool: tuple[str, str]) -> None:
+        """The pool no longer reads with its reader: drop the reader unless another pool does."""
+        key = self._reader_of.pop(pool, None)
+        if key is not None and key not in self._reader_of.values():
+            self._readers.pop(key, None)
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
@@ -300,14 +322,14 @@ class ScalingPlanner:
         scaling_metrics.forget_pool(namespace, name)
         self._states.pop((namespace, name), None)
         self._decided_at.pop((namespace, name), None)
-        for claims in self._claims.values():
-            claims.pop(f"{namespace}/{name}", None)
+        self._release_reader((namespace, name))
         self._drop_grant(namespace, name)
 
     def _drop_grant(self, namespace: str, name: str) -> None:
-        """Forget what the pool's latest decision granted (see ``_granted``)."""
-        for granted in self._granted.values():
-            granted.pop(f"{namespace}/{name}", None)
+        """Forget the pool's latest claims and what its decision granted (see ``_granted``): a pool
+        that no longer decides claims nothing beyond its minimums, which the index counts."""
+        _drop_member(self._claims, f"{namespace}/{name}")
+        _drop_member(self._granted, f"{namespace}/{name}")
 
     def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
         key = f"{namespace}/{name}"
@@ -373,6 +395,7 @@ class ScalingPlanner:
         clock = time.time() if now is None else now
         if not spec.scaling.enabled:
             self._drop_grant(namespace, name)  # back at its minimums: the index counts it from now on
+            self._release_reader(key)
             scaling_metrics.forget_pool(namespace, name)  # it no longer decides: no gauges that lie
             return ScalingOutcome(
                 minimum_plans(spec, "scaling disabled: minReplicas"),
@@ -396,7 +419,7 @@ class ScalingPlanner:
         if since < interval:
             return ScalingOutcome(held, None, next_decision_in=interval - since)
 
-        reader = self.reader(url, spec)
+        reader = self.reader(url, spec, key)
         needs_routed_slo = any(v.scaling.target_latency_ms is None for v in spec.variants)
         routed_latency_slo_s = (
             await routed_latency_slo() if routed_latency_slo is not None and needs_routed_slo else None

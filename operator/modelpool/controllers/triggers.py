@@ -23,7 +23,12 @@ class Triggers:
         return self._events.setdefault((namespace, name), asyncio.Event())
 
     def poke(self, namespace: str, name: str) -> None:
-        self.get(namespace, name).set()
+        """Wake the object's loop. An object without a loop (not started yet, or gone: the watch
+        events of a deleted pool's children come after its loop ended) gets no flag: a loop's
+        first pass runs unpoked, and a flag made here would be kept for an object long gone."""
+        event = self._events.get((namespace, name))
+        if event is not None:
+            event.set()
 
     def poke_namespace(self, namespace: str) -> None:
         """Wake every loop of ``namespace`` (e.g. all policies when a pool changes)."""
@@ -31,8 +36,12 @@ class Triggers:
             if ns == namespace:
                 event.set()
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._events.pop((namespace, name), None)
+    def forget(self, namespace: str, name: str, event: asyncio.Event | None = None) -> None:
+        """Drop the object's flag; with ``event``, only if it is still that one (not the flag of a
+        loop started since for an object of the same name)."""
+        key = (namespace, name)
+        if event is None or self._events.get(key) is event:
+            self._events.pop(key, None)
 
     async def wait(self, event: asyncio.Event, *, stopped_flag: StopFlag, seconds: float) -> bool:
         """Wait until poked, stopped or timed out; True when poked."""
