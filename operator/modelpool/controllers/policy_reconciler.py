@@ -39,7 +39,7 @@ from modelpool.controllers.routing_config import (
     plan_weights,
 )
 from modelpool.controllers.status_io import parse_stored, write_status
-from modelpool.kube import KubeClient, Obj, resource_path
+from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
 CONFIG_KEY = "config.json"
 
@@ -205,7 +205,12 @@ async def reconcile_policy(
     cm_path = resource_path("v1", "configmaps", namespace, cm["metadata"]["name"])
     live_cm = await kube.get(cm_path)
     if live_cm is None or not is_subset(cm, live_cm):
-        await kube.apply(cm_path, cm)
+        try:
+            await kube.apply(cm_path, cm)
+        except KubeError as err:
+            if err.namespace_terminating:
+                return None  # the policy goes with its namespace: nothing to report or retry
+            raise
 
     selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
     pods = await kube.list(resource_path("v1", "pods", namespace), selector)

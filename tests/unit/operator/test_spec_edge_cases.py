@@ -21,7 +21,7 @@ from modelpool.builders.triton import build_deployment, is_subset, parse_quantit
 from modelpool.controllers import policy_reconciler
 from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.routing_config import build_router_config, plan_weights
-from modelpool.kube import KubeClient, Obj
+from modelpool.kube import KubeClient, KubeError, Obj
 
 API = "modelpool.dev/v1alpha1"
 
@@ -319,3 +319,35 @@ async def test_an_empty_inline_profile_is_named_briefly_with_its_variant_index()
         "big: spec.variants[1].profile.inline is not a profile: variant: Field required"
     )
     assert "(and 13 more)" in message and "errors.pydantic.dev" not in message, message
+
+
+def test_a_policy_whose_namespace_terminates_ends_quietly() -> None:
+    """A pass that read the policy just before its namespace began terminating: the API server
+    refuses its ConfigMap with 403 NamespaceTerminating. That is the policy going away, as for a
+    pool's children: no ReconcileError Event and traceback (a soak saw 14), no status, no retry."""
+
+    class TerminatingKube(FakeKube):
+        async def apply(self, path: str, body: Obj, *, force: bool = True) -> Obj:
+            raise KubeError(403, "Forbidden", "namespace ns is being terminated", ("NamespaceTerminating",))
+
+    pool = {
+        "apiVersion": API,
+        "kind": "ModelPool",
+        "metadata": {"name": "bank", "uid": "u1"},
+        "spec": _pool(),
+    }
+    obj = {"metadata": {"name": "p", "uid": "u2", "generation": 1}, "spec": _policy()}
+    kube = TerminatingKube(
+        {policy_reconciler.policy_path("ns", "p"): obj, policy_reconciler.pool_path("ns", "bank"): pool}
+    )
+    events: list[tuple[str, ...]] = []
+
+    async def run() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await policy_reconciler.reconcile_policy(
+                cast(KubeClient, kube), http, "ns", "p", lambda *e: events.append(e)
+            )
+
+    assert asyncio.run(run()) is None
+    assert kube.patched == []
+    assert [e for e in events if e[0] == "Warning"] == []
