@@ -24,7 +24,7 @@ Names (all prefixed ``modelpool_router_``, labelled with ``pool``):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -88,6 +88,16 @@ class RouterMetrics:
         self.cost_spent = 0.0
         self.cost_baseline = 0.0
         self.registry.register(_Exporter(self))
+
+    def forget_variants(self, keep: Collection[str]) -> None:
+        """Drop the per-variant numbers of variants no longer configured (their series leave
+        /metrics), so a router whose variants change over its life does not grow without bound."""
+        for samples in (self.requests, self.errors):
+            for key in [k for k in samples if k[0] not in keep]:
+                del samples[key]
+        for per_variant in (self.upstream, self.upstream_latency):
+            for name in [n for n in per_variant if n not in keep]:
+                del per_variant[name]
 
     def attempt(self, variant: str, seconds: float, error_kind: str | None) -> None:
         """One upstream attempt finished."""

@@ -256,7 +256,13 @@ class Router:
             return False
         table = self._build(config)
         self._breaker_config = config.breaker
+        for name, variant in self.table.variants.items():
+            newer = table.variants.get(name)
+            if newer is not None and newer.config.triton_model == variant.config.triton_model:
+                # requests still on the superseded table retry on the variant's endpoints of now
+                variant.source = newer.source
         self.table = table
+        self.metrics.forget_variants(table.variants)
         self._forget_unused()
         if self._started:
             for variant in table.variants.values():
@@ -420,9 +426,12 @@ class Router:
                     else f"{variant.name}: every endpoint's circuit is open"
                 )
                 continue
-            for ep in endpoints:
-                if attempts_left <= 0:
-                    break
+            known = variant.endpoints()
+            tried: list[Endpoint] = []
+            i = 0
+            while i < len(endpoints) and attempts_left > 0:
+                ep = endpoints[i]
+                i += 1
                 attempts_left -= 1
                 started = self._attempt_begin(ep)
                 resp: UpstreamResponse | None = None
@@ -440,6 +449,10 @@ class Router:
                     return Answer(variant, resp)
                 reasons.append(reason)
                 timed_out = isinstance(error, UpstreamTimeout)
+                tried.append(ep)
+                if variant.endpoints() is not known:  # a push or the EndpointSlice changed them
+                    known = variant.endpoints()
+                    endpoints, i = [e for e in variant.attempt_order() if e not in tried], 0
         raise NoAnswer(504 if timed_out else 503, reasons)
 
     # ---------------------------------------------------------------- modes
@@ -597,6 +610,7 @@ class Router:
         order, endpoints = self._pick_weighted(table)
         if endpoints and endpoints[0].client.has_idle():
             variant, ep = order[0], endpoints[0]
+            known = variant.endpoints()
             attempt_started = self._attempt_begin(ep)
 
             def answered(resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
@@ -610,6 +624,8 @@ class Router:
                         respond(response)
                         return
                     rest = endpoints[1:]
+                    if variant.endpoints() is not known:  # a push or the EndpointSlice changed them
+                        rest = [e for e in variant.attempt_order() if e is not ep]
                     timed_out = isinstance(error, UpstreamTimeout)
                     later = self._weighted(
                         table, order if rest else order[1:], rest or None, [reason], timed_out,
