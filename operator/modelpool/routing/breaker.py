@@ -41,6 +41,18 @@ class CircuitBreaker:
         self._wait = open_seconds
         self._trial_in_flight = False
 
+    def configure(self, failure_threshold: int, open_seconds: float, max_open_seconds: float) -> None:
+        """New thresholds from a config push, keeping the state: an open breaker keeps its deadline
+        (at most the new longest wait from now), and the next opening uses the new waits."""
+        self.failure_threshold = failure_threshold
+        self.open_seconds = open_seconds
+        self.max_open_seconds = max_open_seconds
+        self._wait = min(max(self._wait, open_seconds), max_open_seconds)
+        if self.state is BreakerState.OPEN:
+            self.open_until = min(self.open_until, self._clock() + max_open_seconds)
+        elif self.state is BreakerState.CLOSED and self.failures >= failure_threshold:
+            self._open()  # the lower threshold is already reached
+
     def allows(self) -> bool:
         """May a request be sent now?"""
         if self.state is BreakerState.CLOSED:

@@ -254,8 +254,12 @@ class Router:
             )
         if config == active:
             return False
-        table = self._build(config)
+        table = self._build(config)  # raises before anything changes when the config is unusable
         self._breaker_config = config.breaker
+        if config.breaker != active.breaker:
+            b = config.breaker
+            for ep in self._endpoints.values():  # the endpoints kept across the push too
+                ep.breaker.configure(b.failure_threshold, b.open_seconds, b.max_open_seconds)
         for name, variant in self.table.variants.items():
             newer = table.variants.get(name)
             if newer is not None and newer.config.triton_model == variant.config.triton_model:

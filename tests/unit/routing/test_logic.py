@@ -214,3 +214,41 @@ def test_endpoints_no_variant_lists_are_forgotten_and_the_listed_ones_kept() -> 
     router.apply(parse_config(config(2, ["http://127.0.0.1:9"])))
     assert router.endpoint("s", "http://127.0.0.1:9") is kept
     assert router.endpoint("s", "http://127.0.0.1:10") is not removed
+
+
+def test_a_push_that_changes_the_breaker_reaches_the_endpoints_it_keeps() -> None:
+    """The breaker thresholds of a push applied only to endpoints created after it: one listed
+    before and after kept the old thresholds for as long as the router ran."""
+    from modelpool.routing.config import parse_config
+    from modelpool.routing.router import Router
+
+    def config(generation: int, threshold: int, max_open: float) -> dict[str, object]:
+        return {
+            "generation": generation, "pool": "p", "mode": "weighted", "modelName": "m",
+            "variants": [{"name": "s", "tier": "small", "tritonModel": "s", "weight": 1,
+                          "endpoints": ["http://127.0.0.1:9"]}],
+            "breaker": {"failureThreshold": threshold, "openSeconds": 1.0, "maxOpenSeconds": max_open},
+        }  # fmt: skip
+
+    router = Router(parse_config(config(1, 5, 30.0)))
+    breaker = router.endpoint("s", "http://127.0.0.1:9").breaker
+    breaker.on_failure()
+    breaker.on_failure()
+    assert breaker.state is BreakerState.CLOSED  # 2 of 5
+    router.apply(parse_config(config(2, 2, 4.0)))
+    assert router.endpoint("s", "http://127.0.0.1:9").breaker is breaker  # state kept
+    assert (breaker.failure_threshold, breaker.max_open_seconds) == (2, 4.0)
+    assert breaker.state is BreakerState.OPEN  # the new threshold is already reached
+
+
+def test_new_breaker_thresholds_keep_an_open_breakers_state_and_bound_its_wait() -> None:
+    clock = _Clock()
+    b = CircuitBreaker(failure_threshold=1, open_seconds=20.0, max_open_seconds=60.0, clock=clock)
+    b.on_failure()
+    assert b.open_until == pytest.approx(20.0)
+    b.configure(failure_threshold=3, open_seconds=1.0, max_open_seconds=5.0)
+    assert b.state is BreakerState.OPEN
+    assert b.open_until == pytest.approx(5.0)  # no longer than the new longest wait
+    clock.now = 5.0
+    b.on_probe(False)
+    assert b.open_until == pytest.approx(5.0 + 5.0)  # doubled, capped by the new maximum
