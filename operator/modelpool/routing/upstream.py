@@ -54,7 +54,9 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._parser = httptools.HttpResponseParser(self)
+        # Made on connect, dropped on close: the parser holds this protocol's callbacks, so the
+        # pair is a reference cycle that only the cyclic GC (rare in serve()) would free.
+        self._parser: httptools.HttpResponseParser | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = False
@@ -68,9 +70,12 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        if self._parser is None:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as err:
@@ -79,6 +84,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._parser = None
         self._fail(UpstreamError(f"connection closed by upstream{': ' + str(exc) if exc else ''}"))
 
     # httptools callbacks
@@ -95,11 +101,13 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         on_answer = self._on_answer
         self._on_answer = None
-        if not self._parser.should_keep_alive():
+        parser = self._parser
+        assert parser is not None  # httptools calls back from feed_data only
+        if not parser.should_keep_alive():
             self.close()
         if on_answer is not None:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            on_answer(UpstreamResponse(self._parser.get_status_code(), self._headers, body), None)
+            on_answer(UpstreamResponse(parser.get_status_code(), self._headers, body), None)
 
     # own API
     @property
