@@ -135,7 +135,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._now = now
         self._max_body = max_body
         self._loop = loop
-        self._parser = httptools.HttpRequestParser(self)
+        # Made on connect, dropped on close: the parser holds this protocol's callbacks, so the
+        # pair is a reference cycle that only the cyclic GC (rare in serve()) would free.
+        self._parser: httptools.HttpRequestParser | None = None
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request, bool]] = deque()
         # One worker task per connection answers the queued requests in order; between
@@ -163,12 +165,14 @@ class _HttpProtocol(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._parser = httptools.HttpRequestParser(self)
         connections = self._connections
         connections.open.add(self)
         connections.last_change = self._loop.time()
         self._draining = connections.draining
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._parser = None
         self._connections.open.discard(self)
         self._connections.last_change = self._loop.time()
         self._closing = True
@@ -185,7 +189,7 @@ class _HttpProtocol(asyncio.Protocol):
         return self._answering or bool(self._queue)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._parser is None:
             return
         self._last_read = self._loop.time()
         begun, in_head = self._begun, self._in_head
@@ -249,8 +253,10 @@ class _HttpProtocol(asyncio.Protocol):
             return
         path, _, query = self._url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(self._parser.get_method(), path, query, self._headers, body)
-        keep_alive = self._parser.should_keep_alive()
+        parser = self._parser
+        assert parser is not None  # httptools calls back from feed_data only
+        request = Request(parser.get_method(), path, query, self._headers, body)
+        keep_alive = parser.should_keep_alive()
         queue = self._queue
         if self._now is not None and not self._answering and not queue:
             self._answering = True

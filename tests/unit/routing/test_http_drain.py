@@ -143,3 +143,36 @@ async def test_a_client_that_stalls_mid_request_gets_408_and_a_slow_one_is_serve
         writer.close()
     finally:
         srv.close()
+
+
+async def test_closed_client_connections_are_freed_without_the_cycle_collector(server: HttpServer) -> None:
+    """``serve()`` collects cycles rarely (thresholds 50,000): a client connection's protocol in a
+    reference cycle with its HTTP parser stayed in memory until a collection, one per connection
+    of a client that does not keep connections alive (measured: 200 of 200 left)."""
+    import gc
+    import weakref
+
+    from modelpool.routing import httpserver
+
+    made: list[weakref.ref[httpserver._HttpProtocol]] = []
+    original = httpserver._HttpProtocol.connection_made
+
+    def connection_made(self: httpserver._HttpProtocol, transport: asyncio.BaseTransport) -> None:
+        made.append(weakref.ref(self))
+        original(self, transport)
+
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(httpserver._HttpProtocol, "connection_made", connection_made)
+            for _ in range(20):
+                reader, writer = await _connect(server)
+                writer.write(b"GET /wait/0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                assert (await reader.read()).startswith(b"HTTP/1.1 200")
+                writer.close()
+                await writer.wait_closed()
+        await asyncio.sleep(0.05)  # the server's connection_lost callbacks run
+        assert len(made) == 20 and [ref for ref in made if ref() is not None] == []
+    finally:
+        gc.enable()
