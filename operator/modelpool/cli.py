@@ -64,9 +64,46 @@ def use_kopf_logging(verbose: bool) -> None:
     kopf.configure(verbose=verbose)
 
 
+def port_number(text: str) -> int:
+    """A TCP port number (1-65535), for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _log_level(text: str) -> str:
+    """A logging level name, for argparse."""
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return text.upper()
+
+
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
+    from modelpool.kube import KubeConfigError, load_credentials
+    from modelpool.startup import config_problems, wait_for_api_server
+
+    problems = config_problems(args)
+    try:
+        credentials = load_credentials()
+    except KubeConfigError as err:
+        problems.append(f"cannot log in to Kubernetes: {err}")
+    if problems:
+        for problem in problems:
+            logging.getLogger("modelpool.operator").error("configuration: %s", problem)
+        return 2
+    try:
+        refused = wait_for_api_server(credentials)
+    except KeyboardInterrupt:
+        return 130
+    if refused is not None:
+        logging.getLogger("modelpool.operator").error("configuration: %s", refused)
+        return 2
     if args.prometheus_url:
         os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
     if args.metrics_port:
@@ -90,7 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpool", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=_log_level)
     sub = parser.add_subparsers(dest="command", required=True)
 
     crds = sub.add_parser("crds", help="generate or check crds/ from the API models")
@@ -121,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus for pools that do not name one (live-metrics scaling)",
     )
     op.add_argument(
-        "--metrics-port", type=int, default=None, help="serve the operator's own /metrics on this port"
+        "--metrics-port",
+        type=port_number,
+        default=None,
+        help="serve the operator's own /metrics on this port",
     )
     op.set_defaults(func=_operator)
 

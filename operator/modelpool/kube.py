@@ -46,6 +46,10 @@ class KubeError(Exception):
         return self.status == 403 and "NamespaceTerminating" in self.causes
 
 
+class KubeConfigError(Exception):
+    """The operator cannot log in: no usable kubeconfig or service account (says which, and why)."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     server: str
@@ -117,11 +121,31 @@ def credentials_in_cluster() -> Credentials:
 
 
 def load_credentials() -> Credentials:
+    """The in-cluster service account, else the kubeconfig; :class:`KubeConfigError` (naming the
+    file, or the service account, and what is wrong with it) when neither can be used."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").is_file():
-        return credentials_in_cluster()
+        try:
+            return credentials_in_cluster()
+        except (OSError, ssl.SSLError) as err:
+            raise KubeConfigError(f"service account in {SA_DIR} is unusable: {err}") from err
     env = os.environ.get("KUBECONFIG")
     path = Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
-    return credentials_from_kubeconfig(path)
+    source = "$KUBECONFIG" if env else "the default kubeconfig"
+    if not path.is_file():
+        raise KubeConfigError(
+            f"{source} {path} does not exist and no in-cluster service account is mounted: "
+            "set KUBECONFIG to a kubeconfig file, or run the operator in a pod"
+        )
+    try:
+        return credentials_from_kubeconfig(path)
+    except (OSError, ssl.SSLError, ValueError, yaml.YAMLError) as err:
+        why = " ".join(str(err).split())  # one line (a YAML error spans several)
+        raise KubeConfigError(f"{source} {path} cannot be used: {type(err).__name__}: {why}") from err
+    except (KeyError, TypeError, AttributeError, StopIteration) as err:
+        raise KubeConfigError(
+            f"{source} {path} is not a usable kubeconfig (needs a current-context naming a context, "
+            f"cluster and server): {type(err).__name__}: {err}"
+        ) from err
 
 
 def resource_path(

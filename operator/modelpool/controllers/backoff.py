@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import httpx
 
@@ -67,3 +68,8 @@ class FailureStreak:
         ended = (self.failures, self.clock() - self.since)
         self.failures = 0
         return ended
+
+
+def forbidden(err: BaseException) -> TypeGuard[KubeError]:
+    """The API server refused a request for want of a permission (not a terminating namespace)."""
+    return isinstance(err, KubeError) and err.status == 403 and not err.namespace_terminating

@@ -19,7 +19,7 @@ import prometheus_client
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
-from modelpool.controllers.backoff import FailureStreak, api_unavailable
+from modelpool.controllers.backoff import FailureStreak, api_unavailable, forbidden
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import (
     ApiChildReader,
@@ -214,6 +214,18 @@ async def _reconcile_loop(
                             streak.failures,
                             delay,
                         )
+                elif forbidden(err):
+                    # The operator's RBAC lacks a permission: a traceback each pass says nothing more
+                    # than the API server's sentence, which names the verb and resource. One line (and
+                    # Event) at the 1st, 2nd, 4th... failure while it lasts.
+                    if streak.failures & (streak.failures - 1) == 0:
+                        message = (
+                            f"permission missing: {err.message}; grant it to the operator's "
+                            f"ServiceAccount (the chart's RBAC rules); failed passes {streak.failures}, "
+                            f"next in {delay:.0f} s"
+                        )
+                        logger.error("reconcile of %s/%s failed: %s", namespace, name, message)
+                        kopf.event(body, type="Warning", reason="Forbidden", message=message)
                 else:
                     logger.exception("reconcile of %s/%s failed", namespace, name)
                     emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")

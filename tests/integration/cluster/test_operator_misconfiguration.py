@@ -1,0 +1,256 @@
+"""A misconfigured operator says what is wrong in one line, and waits for what resolves itself.
+
+Real processes against the real local cluster: a kubeconfig that does not exist (exit 2, one
+line), an API server that is not up yet (one line per doubling wait, then it serves, no crash),
+and a ServiceAccount missing one permission (one line naming it, no traceback each pass, the rest
+of the pool still reconciled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from integration.cluster.kubetools import wait_for
+from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.processes import stop_process
+from modelpool.devcluster.triton import free_port
+
+pytestmark = pytest.mark.cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+POOL = REPO_ROOT / "manifests" / "samples" / "modelpool-banking77.yaml"
+# The chart's namespaced rules, less `patch` on modelpools/status.
+RULES_WITHOUT_STATUS_PATCH = [
+    {
+        "apiGroups": ["modelpool.dev"],
+        "resources": ["modelpools", "routingpolicies"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {"apiGroups": ["modelpool.dev"], "resources": ["modelpools/status"], "verbs": ["get", "update"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["services", "configmaps"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
+def _start(log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelpool", "operator", "run", "--verbose", *args],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster) -> Iterator[str]:
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_missing_kubeconfig_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    log = tmp_path / "operator.log"
+    missing = tmp_path / "no-such-kubeconfig"
+    proc = _start(log, {"KUBECONFIG": str(missing)})
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        stop_process(proc, grace=5, group=True)
+    text = log.read_text()
+    assert code == 2, f"exit code {code}; log:\n{text}"
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "KUBECONFIG" in errors[0] and str(missing) in errors[0], text
+
+
+class Forwarder:
+    """A TCP forwarder from 127.0.0.1:``port`` to ``target``: the API server, reachable late."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_an_api_server_not_up_yet_is_waited_for_in_few_lines(
+    cluster: DevCluster, namespace: str, tmp_path: Path
+) -> None:
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    real = httpx.URL(config["clusters"][0]["cluster"]["server"])
+    late = free_port()
+    for entry in config["clusters"]:
+        entry["cluster"]["server"] = f"https://127.0.0.1:{late}"
+    kubeconfig = tmp_path / "late-kubeconfig.yaml"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    proc = _start(log, {"KUBECONFIG": str(kubeconfig)}, "--namespace", namespace, "--liveness", healthz)
+    forwarder = None
+    try:
+        time.sleep(6)  # tries at 0, 1, 3 s: three failures, two lines (1st, 2nd)
+        assert proc.poll() is None, log.read_text()
+        forwarder = Forwarder(late, (real.host, real.port or 443))
+        wait_for(lambda: _healthy(healthz), 30, "the operator's liveness endpoint once the API server is up")
+        assert proc.poll() is None
+    finally:
+        stop_process(proc, grace=10, group=True)
+        if forwarder is not None:
+            forwarder.close()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    waits = [line for line in text.splitlines() if f"127.0.0.1:{late}" in line]
+    assert 1 <= len(waits) <= 3, text  # the 1st, 2nd (and 4th) failed tries; kopf never saw it down
+    assert "unreachable" in waits[0] and "KUBECONFIG" in waits[0], waits[0]
+    assert "ERROR" not in text, text
+
+
+def _service_account_kubeconfig(cluster: DevCluster, namespace: str, out: Path) -> Path:
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role"}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding"}
+    subject = [{"kind": "ServiceAccount", "name": "op", "namespace": namespace}]
+    cluster_name = f"modelpool-misconfig-{namespace}"
+    objs = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op", "namespace": namespace}},
+        {**role, "metadata": {"name": "op", "namespace": namespace}, "rules": RULES_WITHOUT_STATUS_PATCH},
+        {
+            **binding,
+            "metadata": {"name": "op", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+            "subjects": subject,
+        },
+        {
+            **role,
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name},
+            "rules": [
+                {
+                    "apiGroups": ["apiextensions.k8s.io"],
+                    "resources": ["customresourcedefinitions"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+            ],
+        },
+        {
+            **binding,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": cluster_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+            "subjects": subject,
+        },
+    ]
+    cluster.kubectl(
+        "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
+    )
+    token = cluster.kubectl("create", "token", "op", "-n", namespace, "--duration=10m").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+        "current-context": "sa",
+    }
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+def test_a_missing_permission_is_named_without_a_traceback_each_pass(
+    cluster: DevCluster, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = _service_account_kubeconfig(cluster, namespace, tmp_path / "sa-kubeconfig.yaml")
+    cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
+    log = tmp_path / "operator.log"
+    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
+    proc = _start(log, env, "--namespace", namespace)
+    try:
+        wait_for(lambda: "modelpools/status" in log.read_text(), 30, "a log line naming modelpools/status")
+        # The rest still works: the pool's Deployments are written (apply needs no status patch).
+        wait_for(
+            lambda: (
+                len(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()) == 3
+            ),
+            20,
+            "the pool's 3 Deployments",
+        )
+        time.sleep(6)  # about ten more failed passes at one per second
+    finally:
+        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
+        stop_process(proc, grace=10, group=True)
+        cluster.kubectl(
+            "delete",
+            f"clusterrole/modelpool-misconfig-{namespace}",
+            f"clusterrolebinding/modelpool-misconfig-{namespace}",
+            check=False,
+        )
+    text = log.read_text()
+    assert "Traceback" not in text, text[-4000:]
+    named = [line for line in text.splitlines() if "ERROR" in line and "modelpools/status" in line]
+    assert 1 <= len(named) <= 5, named  # at the 1st, 2nd, 4th, 8th... failed pass
+    assert "cannot patch" in named[0] and "permission" in named[0], named[0]
