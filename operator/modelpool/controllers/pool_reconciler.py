@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from modelpool.api import conditions as c
-from modelpool.api.base import API_VERSION, field_errors
+from modelpool.api.base import API_VERSION, Condition, field_errors
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, Variant
 from modelpool.api.semantics import child_name_problems
 from modelpool.builders.triton import (
@@ -382,7 +382,19 @@ async def reconcile_pool(
     )
     if status_write_due(status, raw_status):
         await write_status(kube, pool_path(namespace, name), status, raw_status)
+    _report_rejections(issues, prev_conditions, emit)
     return PoolPass(status, outcome.next_decision_in)
+
+
+def _report_rejections(issues: ChildIssues, prev_conditions: list[Condition], emit: EventSink) -> None:
+    """A Warning Event per refused child the pool's Degraded condition did not already report: a
+    refusal that lasts (a quota, an admission webhook) is one Event and log line, not one per pass
+    (at ``intervalSeconds: 1``, one a second)."""
+    degraded = c.find(prev_conditions, c.DEGRADED)
+    reported = degraded.message if degraded is not None and c.is_true(prev_conditions, c.DEGRADED) else ""
+    for conflict, message in issues.rejected:
+        if conflict not in reported:
+            emit("Warning", "ChildRejected", message)
 
 
 async def _converge_variant(
@@ -410,6 +422,7 @@ async def _converge_variant(
         if server_busy(err):
             raise  # the API server restarting or overloaded: the whole pass is retried, nothing refused
         # A rejected child (admission, quota, invalid image name...) is reported, not retried in a tight loop.
-        issues.conflicts.append(f"variant {variant.name}: the API server refused a child: {err.message}")
-        emit("Warning", "ChildRejected", f"variant {variant.name}: {err.message}")
+        conflict = f"variant {variant.name}: the API server refused a child: {err.message}"
+        issues.conflicts.append(conflict)
+        issues.rejected.append((conflict, f"variant {variant.name}: {err.message}"))
         return None

@@ -29,6 +29,8 @@ class ChildIssues:
     """Problems met while converging children, reported in conditions."""
 
     conflicts: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """Children the API server refused: (the conflict as in Degraded, the Event's message)."""
 
 
 def _pod_active(pod: Obj) -> bool:

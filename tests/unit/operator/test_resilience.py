@@ -211,6 +211,24 @@ async def test_a_busy_api_server_is_no_refused_child(status: int, reason: str, m
         await _converge(BusyKube(status, reason, message))
 
 
-async def test_a_refused_child_is_still_reported() -> None:
+async def test_a_refused_child_is_still_reported_once_while_the_refusal_lasts() -> None:
+    """A refusal is a conflict in Degraded and one ChildRejected Event; the passes after it, while
+    Degraded already says so, post none (before: an Event and a log line every pass, one a second
+    at ``intervalSeconds: 1``). A new refusal is reported again."""
+    from modelpool.api import conditions as c
+    from modelpool.controllers.pool_reconciler import _report_rejections
+
     issues, events = await _converge(BusyKube(500, "InternalError", 'failed calling webhook "x"'))
-    assert issues.conflicts and events[0][1] == "ChildRejected"
+    assert issues.conflicts and issues.rejected and events == []
+    posted: list[tuple[str, ...]] = []
+    _report_rejections(issues, [], lambda *event: posted.append(event))
+    assert [e[1] for e in posted] == ["ChildRejected"] and 'webhook "x"' in posted[0][2]
+
+    def degraded(message: str) -> list[Any]:
+        return c.set_condition([], c.DEGRADED, "True", "ChildConflict", message, 1, "2026-11-24T00:00:00Z")
+
+    posted.clear()
+    _report_rejections(issues, degraded("; ".join(issues.conflicts)), lambda *event: posted.append(event))
+    assert posted == []  # already reported
+    _report_rejections(issues, degraded("variant small: another refusal"), lambda *e: posted.append(e))
+    assert len(posted) == 1
