@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yaml
 
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import kill_process, stop_process
@@ -152,3 +153,28 @@ class OperatorProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def healthy(url: str) -> bool:
+    """The URL (an operator's kopf liveness endpoint) answers 200."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def service_account_kubeconfig(cluster: DevCluster, namespace: str, name: str, out: Path) -> Path:
+    """A kubeconfig for the cluster that authenticates with a fresh token of the ServiceAccount."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=10m").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    out.write_text(yaml.safe_dump(config))
+    out.chmod(0o600)
+    return out

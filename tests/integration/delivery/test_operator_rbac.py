@@ -16,11 +16,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
-from integration.cluster.kubetools import wait_for
+from integration.cluster.kubetools import healthy, service_account_kubeconfig, wait_for
 from integration.delivery.deliverytools import REPO_ROOT, install_chart, uninstall_chart
 from modelpool.builders.triton import LABEL_POOL
 from modelpool.devcluster.cluster import DevCluster
@@ -45,23 +43,6 @@ ROUTER_POD = {
 # A refused API call: the API server's reason (Forbidden / "... is forbidden") or kopf's words.
 # Not a bare "403": timestamps (",403") and resourceVersions ('14036') contain it.
 DENIED = re.compile(r"Forbidden|forbidden|Not enough permissions|status=403|HTTP/1\.1 403")
-
-
-def service_account_kubeconfig(cluster: DevCluster, namespace: str, name: str, out: Path) -> Path:
-    """A kubeconfig for the cluster that authenticates with a fresh token of the ServiceAccount."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=10m").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
-        "current-context": "sa",
-    }
-    out.write_text(yaml.safe_dump(config))
-    out.chmod(0o600)
-    return out
 
 
 @pytest.fixture
@@ -117,13 +98,6 @@ def operator_as_chart_sa(
         )
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _reason(cluster: DevCluster, kind: str, name: str, namespace: str, type_: str) -> str | None:
     obj = json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
     return next(
@@ -142,7 +116,7 @@ def test_operator_runs_with_only_the_chart_rbac(
     cluster: DevCluster, operator_as_chart_sa: tuple[str, Path, str]
 ) -> None:
     team, log, healthz = operator_as_chart_sa
-    wait_for(lambda: _healthy(healthz), 60, "the operator's kopf liveness endpoint")
+    wait_for(lambda: healthy(healthz), 60, "the operator's kopf liveness endpoint")
 
     cluster.kubectl("apply", "-n", team, "-f", str(SAMPLES / "modelpool-banking77.yaml"))
     cluster.kubectl("apply", "-n", team, "-f", str(SAMPLES / "routingpolicy-weighted.yaml"))
@@ -189,7 +163,7 @@ def test_operator_runs_with_only_the_chart_rbac(
     # Deleting the pool and the policy needs the operator to release its finalizer.
     cluster.kubectl("delete", "routingpolicy", "banking77-weighted", "-n", team, "--timeout=60s")
     cluster.kubectl("delete", "modelpool", "banking77", "-n", team, "--timeout=60s")
-    assert _healthy(healthz)
+    assert healthy(healthz)
 
     text = log.read_text(errors="replace")
     # This process (not some other operator on the shared cluster) ran both loops, added and
