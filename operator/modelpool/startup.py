@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from modelpool.cli import port_number
+from modelpool.controllers.backoff import report_due
 from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
 from modelpool.controllers.scaling_planner import EXTRA_MATCHERS_ENV, PROMETHEUS_URL_ENV
 from modelpool.kube import Credentials
@@ -147,7 +148,7 @@ def wait_for_api_server(
             except httpx.TransportError as err:
                 problem = f"{type(err).__name__}: {err}"
             failures += 1
-            if failures & (failures - 1) == 0:
+            if report_due(failures):
                 logger.warning(
                     "API server at %s unreachable (%s); waiting for it, failed tries %d, next in %.0f s "
                     "(if it never comes: check the server in KUBECONFIG or the in-cluster service)",

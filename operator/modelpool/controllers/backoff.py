@@ -42,6 +42,12 @@ def api_unavailable(err: BaseException) -> bool:
     return isinstance(err, KubeError) and err.status in RETRY_LATER_STATUSES
 
 
+def report_due(failures: int) -> bool:
+    """Log a failure that goes on at the 1st, 2nd, 4th, 8th... time only: fewer lines the longer
+    it lasts, and still one for each doubling."""
+    return failures > 0 and failures & (failures - 1) == 0
+
+
 @dataclass
 class FailureStreak:
     """Consecutive failed passes of one loop: the wait before the next try doubles from

@@ -19,7 +19,7 @@ import prometheus_client
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
-from modelpool.controllers.backoff import FailureStreak, api_unavailable, forbidden
+from modelpool.controllers.backoff import FailureStreak, api_unavailable, forbidden, report_due
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import (
     ApiChildReader,
@@ -204,7 +204,7 @@ async def _reconcile_loop(
                 if api_unavailable(err):
                     # Not the object's fault, and no API server to post an Event to: one line, no
                     # traceback, and fewer lines the longer it lasts (at the 1st, 2nd, 4th... failure).
-                    if streak.failures & (streak.failures - 1) == 0:
+                    if report_due(streak.failures):
                         logger.warning(
                             "API server unavailable for %s/%s (%s: %s); failed passes %d, next in %.0f s",
                             namespace,
@@ -218,7 +218,7 @@ async def _reconcile_loop(
                     # The operator's RBAC lacks a permission: a traceback each pass says nothing more
                     # than the API server's sentence, which names the verb and resource. One line (and
                     # Event) at the 1st, 2nd, 4th... failure while it lasts.
-                    if streak.failures & (streak.failures - 1) == 0:
+                    if report_due(streak.failures):
                         message = (
                             f"permission missing: {err.message}; grant it to the operator's "
                             f"ServiceAccount (the chart's RBAC rules); failed passes {streak.failures}, "

@@ -232,3 +232,9 @@ async def test_a_refused_child_is_still_reported_once_while_the_refusal_lasts() 
     assert posted == []  # already reported
     _report_rejections(issues, degraded("variant small: another refusal"), lambda *e: posted.append(e))
     assert len(posted) == 1
+
+
+def test_a_lasting_failure_is_reported_at_each_doubling() -> None:
+    from modelpool.controllers.backoff import report_due
+
+    assert [n for n in range(0, 40) if report_due(n)] == [1, 2, 4, 8, 16, 32]
