@@ -75,7 +75,7 @@ def port_number(text: str) -> int:
     return port
 
 
-def _log_level(text: str) -> str:
+def log_level(text: str) -> str:
     """A logging level name, for argparse."""
     if not isinstance(logging.getLevelName(text.upper()), int):
         raise argparse.ArgumentTypeError(f"{text!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
@@ -127,7 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpool", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", type=_log_level)
+    parser.add_argument("--log-level", default="INFO", type=log_level)
     sub = parser.add_subparsers(dest="command", required=True)
 
     crds = sub.add_parser("crds", help="generate or check crds/ from the API models")

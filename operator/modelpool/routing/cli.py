@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modelpool.cli import log_level
 from modelpool.routing.config import ConfigError
 from modelpool.routing.httpserver import DRAIN_SECONDS
 
@@ -14,6 +15,11 @@ from modelpool.routing.httpserver import DRAIN_SECONDS
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``router serve`` and ``router check-config`` to the ``modelpool`` CLI."""
     router = subparsers.add_parser("router", help="the sidecar router (KServe v2 front for a pool)")
+    _add_commands(router)
+
+
+def _add_commands(router: argparse.ArgumentParser) -> None:
+    """``serve`` and ``check-config`` under ``modelpool router`` or ``python -m modelpool.routing``."""
     commands = router.add_subparsers(dest="router_command", required=True)
     serve = commands.add_parser("serve", help="serve a pool's variants behind one model name")
     serve.add_argument(
@@ -33,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"on SIGTERM, answer what was received for at most this long before exiting (default "
         f"{DRAIN_SECONDS:g}, under a pod's default 30 s grace period)",
     )  # fmt: skip
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="INFO", type=log_level)
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate a RouterConfig file and print the problems")
     check.add_argument("config", type=Path)
@@ -69,8 +75,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: ``python -m modelpool.routing serve --config ...``."""
-    parser = argparse.ArgumentParser(prog="python -m modelpool.routing")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    args = parser.parse_args(["router", *(argv if argv is not None else sys.argv[1:])])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelpool.routing", description="the sidecar router (KServe v2 front for a pool)"
+    )
+    _add_commands(parser)
+    args = parser.parse_args(argv)
     return int(args.func(args))
