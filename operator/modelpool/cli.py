@@ -86,7 +86,7 @@ def _operator(args: argparse.Namespace) -> int:
     import kopf
 
     from modelpool.kube import KubeConfigError, load_credentials
-    from modelpool.startup import config_problems, wait_for_api_server
+    from modelpool.startup import config_problems, preflight
 
     problems = config_problems(args)
     try:
@@ -98,7 +98,8 @@ def _operator(args: argparse.Namespace) -> int:
             logging.getLogger("modelpool.operator").error("configuration: %s", problem)
         return 2
     try:
-        refused = wait_for_api_server(credentials)
+        # Waits for the API server and the permissions, serving --liveness meanwhile (then frees it).
+        refused = preflight(credentials, args.namespace or None, args.liveness)
     except KeyboardInterrupt:
         return 130
     if refused is not None:

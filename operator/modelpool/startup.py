@@ -1,5 +1,7 @@
-"""Checks of the operator's flags, environment and API server before kopf starts: each mistake is
-one line naming the flag or variable and the fix (the caller exits 2), not a traceback every 60 s."""
+"""Checks of the operator's flags, environment, API server and permissions before kopf starts: each
+mistake is one line naming the flag or variable and the fix (the caller exits 2), not a traceback
+every 60 s; what resolves itself (an API server not up yet, a permission not granted yet) is
+waited for, with the liveness URL served meanwhile."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from modelpool import permissions
 from modelpool.cli import port_number
 from modelpool.controllers.backoff import report_due
 from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
@@ -116,46 +121,237 @@ def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = N
     return problems
 
 
+def api_client(credentials: Credentials, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """A blocking client of the API server for the checks before kopf starts (kopf has its own)."""
+    headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
+    return httpx.Client(
+        base_url=credentials.server,
+        verify=credentials.verify,
+        headers=headers,
+        timeout=10,
+        transport=transport,
+    )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class WaitingLiveness:
+    """The ``--liveness`` URL, served while the operator waits before kopf starts (kopf serves it
+    once it runs): 200 and a line saying what the operator waits for. Without it a pod's liveness
+    probe fails while the operator waits for the API server or a permission, and the kubelet
+    restarts the container: the crash loop the wait avoids. The port is free again on exit."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.waiting_for = "the start"
+        self._server: _Server | None = None
+
+    def __enter__(self) -> WaitingLiveness:
+        if self.url:
+            self._server = self._serve(self.url)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def say(self, waiting_for: str) -> None:
+        """What the operator waits for now, as the body of the next answer says."""
+        self.waiting_for = waiting_for
+
+    def _serve(self, url: str) -> _Server | None:
+        parts = urllib.parse.urlsplit(url)
+        host, port, path = parts.hostname or "localhost", parts.port or 80, parts.path or "/"  # as kopf
+        live = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if urllib.parse.urlsplit(self.path).path != path:
+                    self.send_error(404)
+                    return
+                body = f"starting: waiting for {live.waiting_for}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # a probe every few seconds is not news
+
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            server_class = _Server6 if infos[0][0] == socket.AF_INET6 else _Server
+            server = server_class((host, port), Handler)
+        except OSError as err:
+            logger.warning("cannot serve --liveness=%s while waiting to start: %s", url, err)
+            return None
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="waiting-liveness", daemon=True
+        )
+        thread.start()
+        return server
+
+
 def wait_for_api_server(
-    credentials: Credentials, *, sleep: Callable[[float], None] = time.sleep, max_s: float = API_WAIT_MAX_S
+    http: httpx.Client, *, sleep: Callable[[float], None] = time.sleep, max_s: float = API_WAIT_MAX_S
 ) -> str | None:
     """Wait until the API server answers: None then, or why it never will (credentials refused).
 
     An API server that is not up yet (the operator started first, the control plane restarting) is
     waited for, logging one line at the 1st, 2nd, 4th... failed try; kopf would give up after about
     a minute with tracebacks, and the pod would crash-loop for something that resolves itself."""
-    headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
+    server = str(http.base_url).rstrip("/")
     failures, delay = 0, 1.0
-    with httpx.Client(
-        base_url=credentials.server, verify=credentials.verify, headers=headers, timeout=10
-    ) as http:
-        while True:
-            try:
-                response = http.get("/api")
-                if response.status_code == 401:
-                    return (
-                        f"the API server at {credentials.server} refused the operator's credentials "
-                        "(401 Unauthorized): renew the token or client certificate in the kubeconfig, "
-                        "or check the service account"
-                    )
-                if response.status_code < 500 and response.status_code != 429:
-                    if failures:
-                        logger.info(
-                            "API server at %s answers after %d failed tries", credentials.server, failures
-                        )
-                    return None
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as err:
-                problem = f"{type(err).__name__}: {err}"
-            failures += 1
-            if report_due(failures):
-                logger.warning(
-                    "API server at %s unreachable (%s); waiting for it, failed tries %d, next in %.0f s "
-                    "(if it never comes: check the server in KUBECONFIG or the in-cluster service)",
-                    credentials.server,
-                    problem,
-                    failures,
-                    delay,
+    while True:
+        try:
+            response = http.get("/api")
+            if response.status_code == 401:
+                return (
+                    f"the API server at {server} refused the operator's credentials "
+                    "(401 Unauthorized): renew the token or client certificate in the kubeconfig, "
+                    "or check the service account"
                 )
-            sleep(delay)
-            delay = min(delay * 2, max_s)
+            if response.status_code < 500 and response.status_code != 429:
+                if failures:
+                    logger.info("API server at %s answers after %d failed tries", server, failures)
+                return None
+            problem = f"HTTP {response.status_code}"
+        except httpx.TransportError as err:
+            problem = f"{type(err).__name__}: {err}"
+        failures += 1
+        if report_due(failures):
+            logger.warning(
+                "API server at %s unreachable (%s); waiting for it, failed tries %d, next in %.0f s "
+                "(if it never comes: check the server in KUBECONFIG or the in-cluster service)",
+                server,
+                problem,
+                failures,
+                delay,
+            )
+        sleep(delay)
+        delay = min(delay * 2, max_s)
+
+
+def _namespace_exists(http: httpx.Client, name: str) -> bool | None:
+    """Whether the namespace exists; None when the operator may not tell."""
+    try:
+        response = http.get(f"/api/v1/namespaces/{name}")
+        if response.status_code == 403:  # a namespaced install: the chart grants list, not get
+            response = http.get("/api/v1/namespaces", params={"fieldSelector": f"metadata.name={name}"})
+            return bool(response.json().get("items")) if response.status_code == 200 else None
+    except (httpx.TransportError, ValueError, AttributeError):
+        return None
+    return {200: True, 404: False}.get(response.status_code)
+
+
+def absent_namespaces(http: httpx.Client, namespaces: Sequence[str]) -> set[str]:
+    """The ``--namespace`` values that name no namespace, each logged as one WARNING line (not an
+    error: kopf serves a namespace created later)."""
+    absent = set()
+    for name in namespaces:
+        if _namespace_exists(http, name) is False:
+            logger.warning(
+                "namespace %s does not exist (yet): the operator watches it and reconciles its pools "
+                "once it is created",
+                name,
+            )
+            absent.add(name)
+    return absent
+
+
+def _grant_hint(what: str) -> str:
+    return f"grant {what} in the operator's Role/ClusterRole; the chart's rbac.yaml grants {what}"
+
+
+def wait_for_permissions(
+    http: httpx.Client,
+    namespaces: Sequence[str] | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    max_s: float = API_WAIT_MAX_S,
+    report: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Wait until the operator may do what reconciling needs (:data:`permissions.RULES`), cluster-wide
+    (``namespaces`` None) or in each namespace.
+
+    kopf started without ``list`` or ``watch`` on a resource it indexes waits for that index and
+    reconciles nothing, saying little; here one ERROR line names every missing permission and the
+    fix, at the 1st, 2nd, 4th... check, and once they are granted kopf starts. Missing permissions
+    the operator can do without are one WARNING line. The check itself never stops the start: an
+    API server that does not answer SelfSubjectAccessReviews is one WARNING line."""
+    wanted = permissions.accesses(namespaces)
+    checks, delay = 0, 1.0
+    while True:
+        try:
+            missing = permissions.denied(http, wanted)
+        except permissions.ReviewUnavailable as err:
+            logger.warning(
+                "cannot check the operator's permissions with a SelfSubjectAccessReview (%s): starting "
+                "without the check",
+                err,
+            )
+            return
+        checks += 1
+        blocking = [access for access in missing if access.rule.essential]
+        if not blocking:
+            break
+        names = ", ".join(map(str, blocking))
+        report(f"permissions: {names}")
+        if report_due(checks):
+            them = "them" if len(blocking) > 1 else "it"
+            logger.error(
+                "missing permission%s: %s; the operator reconciles nothing without %s and waits "
+                "(checks %d, next in %.0f s): %s",
+                "s" if len(blocking) > 1 else "",
+                names,
+                them,
+                checks,
+                delay,
+                _grant_hint(them),
+            )
+        sleep(delay)
+        delay = min(delay * 2, max_s)
+    if checks > 1:
+        logger.info("the operator's permissions are granted after %d checks; starting", checks)
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        logger.warning(
+            "missing permission%s: %s; the operator starts without %s: %s",
+            "s" if len(missing) > 1 else "",
+            ", ".join(f"{access} ({access.rule.why})" for access in missing),
+            them,
+            _grant_hint(them),
+        )
+
+
+def preflight(
+    credentials: Credentials,
+    namespaces: Sequence[str] | None,
+    liveness: str | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    transport: httpx.BaseTransport | None = None,
+) -> str | None:
+    """What needs the API server before kopf starts: wait for it, say which ``namespaces`` do not
+    exist, wait for the permissions (cluster-wide when ``namespaces`` is None). None when kopf may
+    start, else why it never can (the caller exits 2). The ``liveness`` URL is served meanwhile
+    and its port is free again on return, for kopf."""
+    with WaitingLiveness(liveness) as live, api_client(credentials, transport=transport) as http:
+        live.say(f"the API server at {credentials.server}")
+        refused = wait_for_api_server(http, sleep=sleep)
+        if refused is not None:
+            return refused
+        absent = absent_namespaces(http, namespaces or ())
+        live.say("the operator's permissions")
+        present = None if namespaces is None else [ns for ns in namespaces if ns not in absent]
+        wait_for_permissions(http, present, sleep=sleep, report=live.say)
+    return None

@@ -156,11 +156,13 @@ class OperatorProcess:
 
 
 def healthy(url: str) -> bool:
-    """The URL (an operator's kopf liveness endpoint) answers 200."""
+    """The URL (an operator's kopf liveness endpoint) answers 200, and kopf answers: not the
+    ``starting: waiting for ...`` the operator serves there while it waits before kopf starts."""
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        response = httpx.get(url, timeout=2)
     except httpx.HTTPError:
         return False
+    return response.status_code == 200 and not response.text.startswith("starting:")
 
 
 def service_account_kubeconfig(cluster: DevCluster, namespace: str, name: str, out: Path) -> Path:

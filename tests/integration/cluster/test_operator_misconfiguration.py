@@ -1,9 +1,11 @@
 """A misconfigured operator says what is wrong in one line, and waits for what resolves itself.
 
 Real processes against the real local cluster: a kubeconfig that does not exist (exit 2, one
-line), an API server that is not up yet (one line per doubling wait, then it serves, no crash),
-and a ServiceAccount missing one permission (one line naming it, no traceback each pass, the rest
-of the pool still reconciled).
+line), an API server that is not up yet (one line per doubling wait, /healthz served meanwhile,
+then it serves, no crash), a ServiceAccount without ``list pods`` (one line naming it, nothing
+reconciled, then everything once it is granted), one that loses a permission while running (one
+line naming it, no traceback each pass, the rest of the pool still reconciled) and a --namespace
+that does not exist yet (one warning, its pools reconciled once it is created).
 """
 
 from __future__ import annotations
@@ -152,17 +154,19 @@ def test_an_api_server_not_up_yet_is_waited_for_in_few_lines(
     assert "ERROR" not in running, text
 
 
-def _operator_without_status_patch(cluster: DevCluster, namespace: str, out: Path) -> Path:
-    """A ServiceAccount with the chart's RBAC for ``namespace`` (rendered from the chart), less
-    ``patch`` on the status subresources; a kubeconfig that logs in as it."""
+def _grant_chart_rbac(cluster: DevCluster, namespace: str, without: tuple[str, str] | None = None) -> None:
+    """ServiceAccount ``op`` in ``namespace`` with the chart's RBAC for it (rendered from the chart),
+    less one ``(verb, resource)`` when ``without`` is given; applied again, it grants that back."""
     rendered = render(set_json={"watchNamespaces": json.dumps([namespace])})
     rules = next(o for o in rendered if o["kind"] == "Role" and o["metadata"]["namespace"] == namespace)[
         "rules"
     ]
     cluster_rules = next(o for o in rendered if o["kind"] == "ClusterRole")["rules"]
-    for rule in rules:
-        if "modelpools/status" in rule["resources"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    if without is not None:
+        verb, resource = without
+        for rule in rules:
+            if resource in rule["resources"]:
+                rule["verbs"] = [v for v in rule["verbs"] if v != verb]
     rbac = "rbac.authorization.k8s.io/v1"
     subject = [{"kind": "ServiceAccount", "name": "op", "namespace": namespace}]
     cluster_name = f"modelpool-misconfig-{namespace}"
@@ -198,7 +202,29 @@ def _operator_without_status_patch(cluster: DevCluster, namespace: str, out: Pat
     cluster.kubectl(
         "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
     )
-    return service_account_kubeconfig(cluster, namespace, "op", out)
+
+
+def _drop_cluster_rbac(cluster: DevCluster, namespace: str) -> None:
+    cluster.kubectl(
+        "delete",
+        f"clusterrole/modelpool-misconfig-{namespace}",
+        f"clusterrolebinding/modelpool-misconfig-{namespace}",
+        check=False,
+    )
+
+
+def _deployments(cluster: DevCluster, namespace: str) -> int:
+    return len(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split())
+
+
+def _waiting_body(url: str) -> str | None:
+    """What the operator's liveness URL says while it waits before kopf starts, else None."""
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    ok = response.status_code == 200 and response.text.startswith("starting: waiting for")
+    return response.text if ok else None
 
 
 def test_a_missing_permission_is_named_without_a_traceback_each_pass(
@@ -214,33 +240,140 @@ def test_a_missing_permission_is_named_without_a_traceback_each_pass(
 
 
 def _run_without_status_patch(cluster: DevCluster, namespace: str, tmp_path: Path) -> None:
-    kubeconfig = _operator_without_status_patch(cluster, namespace, tmp_path / "sa-kubeconfig.yaml")
-    cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
+    # With the permission missing at the start, the operator would wait for it (the preflight's
+    # test below): here it is revoked once kopf runs, and the reconcile loop must say so.
+    _grant_chart_rbac(cluster, namespace)
+    kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
     log = tmp_path / "operator.log"
     env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    proc = _start(log, env, "--namespace", namespace)
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    proc = _start(log, env, "--namespace", namespace, "--liveness", healthz)
     try:
+        wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint")
+        _grant_chart_rbac(cluster, namespace, without=("patch", "modelpools/status"))
+        cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
         wait_for(lambda: "modelpools/status" in log.read_text(), 30, "a log line naming modelpools/status")
         # The rest still works: the pool's Deployments are written (apply needs no status patch).
-        wait_for(
-            lambda: (
-                len(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()) == 3
-            ),
-            20,
-            "the pool's 3 Deployments",
-        )
+        wait_for(lambda: _deployments(cluster, namespace) == 3, 20, "the pool's 3 Deployments")
         time.sleep(6)  # about ten more failed passes at one per second
     finally:
         cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
         stop_process(proc, grace=10, group=True)
-        cluster.kubectl(
-            "delete",
-            f"clusterrole/modelpool-misconfig-{namespace}",
-            f"clusterrolebinding/modelpool-misconfig-{namespace}",
-            check=False,
-        )
+        _drop_cluster_rbac(cluster, namespace)
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]
     named = [line for line in text.splitlines() if "ERROR" in line and "modelpools/status" in line]
     assert 1 <= len(named) <= 5, named  # at the 1st, 2nd, 4th, 8th... failed pass
     assert "cannot patch" in named[0] and "permission" in named[0], named[0]
+
+
+def test_healthz_answers_while_the_api_server_is_not_there(tmp_path: Path) -> None:
+    # Nothing listens on the kubeconfig's port: the operator waits (backing off to 30 s), and a
+    # pod's liveness probe must not restart it meanwhile.
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}},
+                ],
+                "users": [{"name": "u", "user": {"token": "not-checked"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    proc = _start(log, {"KUBECONFIG": str(kubeconfig)}, "--liveness", healthz)
+    try:
+        body = wait_for(lambda: _waiting_body(healthz), 20, "/healthz while the API server is away")
+        assert "waiting for the API server at https://127.0.0.1:" in body, body
+        time.sleep(4)  # a few more failed tries: it still answers
+        assert _waiting_body(healthz) is not None
+        assert proc.poll() is None, log.read_text()
+    finally:
+        stop_process(proc, grace=10, group=True)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "unreachable" in text, text
+
+
+def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
+    cluster: DevCluster, namespace: str, tmp_path: Path, operator: OperatorProcess
+) -> None:
+    # The suite's operator would reconcile the pool itself: it pauses while this test runs.
+    operator.stop()
+    try:
+        _run_without_list_pods(cluster, namespace, tmp_path)
+    finally:
+        operator.start()
+
+
+def _run_without_list_pods(cluster: DevCluster, namespace: str, tmp_path: Path) -> None:
+    _grant_chart_rbac(cluster, namespace, without=("list", "pods"))
+    kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
+    cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
+    proc = _start(log, env, "--namespace", namespace, "--liveness", healthz)
+    try:
+        wait_for(
+            lambda: f"list pods in namespace {namespace}" in log.read_text(), 30, "an ERROR naming list pods"
+        )
+        body = wait_for(lambda: _waiting_body(healthz), 10, "/healthz while it waits for the permission")
+        assert f"list pods in namespace {namespace}" in body, body
+        time.sleep(4)  # the 2nd and 3rd checks: still missing, nothing reconciled
+        assert _deployments(cluster, namespace) == 0
+        assert proc.poll() is None, log.read_text()
+        _grant_chart_rbac(cluster, namespace)
+        wait_for(lambda: _deployments(cluster, namespace) == 3, 60, "the pool's 3 Deployments once granted")
+        assert healthy(healthz)
+    finally:
+        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
+        stop_process(proc, grace=10, group=True)
+        _drop_cluster_rbac(cluster, namespace)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-4000:]
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert 1 <= len(errors) <= 3, errors  # at the 1st, 2nd (and 4th) check
+    for line in errors:
+        assert f"list pods in namespace {namespace}" in line, line
+        assert "grant it in the operator's Role/ClusterRole; the chart's rbac.yaml grants it" in line, line
+    granted = [line for line in text.splitlines() if "permissions are granted after" in line]
+    assert len(granted) == 1 and "INFO" in granted[0], granted
+
+
+def test_a_namespace_that_does_not_exist_is_one_warning_and_served_once_created(
+    cluster: DevCluster, tmp_path: Path, operator: OperatorProcess
+) -> None:
+    absent = f"m-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
+    operator.stop()  # the suite's operator would reconcile the pool itself
+    proc = _start(log, env, "--namespace", absent, "--liveness", healthz)
+    try:
+        wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint: the operator went on")
+        cluster.kubectl("create", "namespace", absent)
+        cluster.kubectl("apply", "-n", absent, "-f", str(POOL))
+        wait_for(
+            lambda: _deployments(cluster, absent) == 3, 60, "the pool's 3 Deployments in the new namespace"
+        )
+        assert proc.poll() is None
+    finally:
+        cluster.kubectl("delete", "modelpool", "banking77", "-n", absent, "--wait=false", check=False)
+        stop_process(proc, grace=10, group=True)
+        operator.start()
+        cluster.kubectl("delete", "namespace", absent, "--wait=false", check=False)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-4000:]
+    warnings = [line for line in text.splitlines() if f"namespace {absent}" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], warnings
+    assert (
+        f"namespace {absent} does not exist (yet): the operator watches it and reconciles its pools "
+        "once it is created" in warnings[0]
+    )

@@ -1,0 +1,169 @@
+"""What the operator does on the API server, as RBAC rules: the one list that the startup check
+asks the API server about (SelfSubjectAccessReview) and that the chart's rbac.yaml must grant
+(tests/unit/operator/test_startup_preflight.py renders the chart and checks each rule).
+
+Where each comes from: kopf's watches and indexes (list, watch) and its finalizer and progress
+annotations (patch) in controllers/handlers.py; the reconcile loops' reads and writes through
+kube.KubeClient in controllers/pool_reconciler.py, policy_reconciler.py, profiles.py,
+routed_slo.py and status_io.py (get, list, server-side apply = create and patch, delete, merge-patch
+of /status); Events posted by kopf and the handlers (create); kopf's scan of the CRDs and, when it
+serves a list of namespaces, its namespace observer (kopf 1.45 _core/reactor/observation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from modelpool.api.base import GROUP
+
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Verbs on one resource (``resource/subresource`` for a subresource) of one API group."""
+
+    group: str  # "" is the core group
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    essential: bool = True
+    """Without it nothing (or no pool) is reconciled: the operator waits until it is granted."""
+    cluster_scoped: bool = False
+    """A cluster-scoped resource: checked once, without a namespace."""
+    namespaced_only: bool = False
+    """Needed only when the operator serves a list of namespaces (``--namespace``)."""
+
+    @property
+    def name(self) -> str:
+        """As ``kubectl auth can-i`` spells it: ``deployments.apps``, ``modelpools.modelpool.dev/status``."""
+        plural, _, sub = self.resource.partition("/")
+        qualified = f"{plural}.{self.group}" if self.group else plural
+        return f"{qualified}/{sub}" if sub else qualified
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(GROUP, "modelpools", ("get", "list", "watch", "patch"), "kopf watches pools and adds its finalizer"),
+    Rule(GROUP, "modelpools/status", ("patch",), "the pool's status"),
+    Rule(
+        GROUP,
+        "routingpolicies",
+        ("get", "list", "watch", "patch"),
+        "kopf watches policies and adds its finalizer",
+    ),
+    Rule(GROUP, "routingpolicies/status", ("patch",), "the policy's status"),
+    Rule("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the pool's Deployments"),
+    Rule("", "services", ("get", "list", "watch", "create", "patch"), "the pool's Services"),
+    Rule("", "pods", ("list", "watch"), "kopf's index of the pool's pods, the router pods"),
+    Rule("", "configmaps", ("get", "create", "patch"), "the policy's router ConfigMap, profile ConfigMaps"),
+    Rule(
+        "apps",
+        "deployments",
+        ("delete",),
+        "the Deployment of a variant removed from a pool stays",
+        essential=False,
+    ),
+    Rule("", "services", ("delete",), "the Service of a variant removed from a pool stays", essential=False),
+    Rule("", "secrets", ("get",), "a policy's router admin token cannot be read", essential=False),
+    Rule("", "events", ("create",), "no Events on pools and policies", essential=False),
+    Rule(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        ("list", "watch"),
+        "kopf does not see CRD changes until restarted",
+        essential=False,
+        cluster_scoped=True,
+    ),
+    Rule(
+        "",
+        "namespaces",
+        ("list", "watch"),
+        "kopf does not notice namespaces created or deleted until restarted",
+        essential=False,
+        cluster_scoped=True,
+        namespaced_only=True,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    """One verb of a rule, in one namespace (None: every namespace, or a cluster-scoped resource)."""
+
+    rule: Rule
+    verb: str
+    namespace: str | None
+
+    def __str__(self) -> str:
+        where = ""
+        if not self.rule.cluster_scoped:
+            where = " in all namespaces" if self.namespace is None else f" in namespace {self.namespace}"
+        return f"{self.verb} {self.rule.name}{where}"
+
+    def review(self) -> dict[str, Any]:
+        """The SelfSubjectAccessReview that asks for it."""
+        plural, _, sub = self.rule.resource.partition("/")
+        attributes = {"verb": self.verb, "group": self.rule.group, "resource": plural}
+        if sub:
+            attributes["subresource"] = sub
+        if self.namespace is not None:
+            attributes["namespace"] = self.namespace
+        return {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+
+
+def accesses(namespaces: Sequence[str] | None, rules: Iterable[Rule] = RULES) -> list[Access]:
+    """Every access the operator needs: cluster-wide (``namespaces`` None), else in each namespace."""
+    wanted: list[Access] = []
+    for rule in rules:
+        if rule.namespaced_only and namespaces is None:
+            continue
+        places: Sequence[str | None] = [None] if rule.cluster_scoped or namespaces is None else namespaces
+        wanted += [Access(rule, verb, ns) for ns in places for verb in rule.verbs]
+    return wanted
+
+
+class ReviewUnavailable(Exception):
+    """The API server did not answer a SelfSubjectAccessReview (refused, not served, failed)."""
+
+
+def denied(http: httpx.Client, wanted: Iterable[Access]) -> list[Access]:
+    """Those of ``wanted`` the API server says the operator may not do; :class:`ReviewUnavailable`
+    when it cannot be asked."""
+    missing: list[Access] = []
+    for access in wanted:
+        try:
+            response = http.post(SSAR_PATH, json=access.review())
+        except httpx.TransportError as err:
+            raise ReviewUnavailable(f"{type(err).__name__}: {err}") from err
+        if response.status_code not in (200, 201):
+            raise ReviewUnavailable(f"HTTP {response.status_code} {response.reason_phrase}")
+        try:
+            allowed = bool(response.json()["status"]["allowed"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ReviewUnavailable(f"unexpected answer: {response.text[:200]!r}") from err
+        if not allowed:
+            missing.append(access)
+    return missing
+
+
+def rbac_grants(rbac_rules: Iterable[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    """Whether RBAC PolicyRules (of a Role or ClusterRole) grant ``verb`` on ``resource`` of ``group``."""
+    for rule in rbac_rules:
+        if rule.get("resourceNames"):
+            continue  # grants some objects only
+        groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
+        if (
+            (group in groups or "*" in groups)
+            and (resource in resources or "*" in resources)
+            and (verb in verbs or "*" in verbs)
+        ):
+            return True
+    return False
