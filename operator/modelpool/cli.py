@@ -9,6 +9,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelpool.leader import (
+    DEFAULT_LEASE_NAME,
+    LEASE_DURATION_S,
+    RENEW_DEADLINE_S,
+    RETRY_PERIOD_S,
+    LeaseConfig,
+)
+
+if TYPE_CHECKING:
+    from modelpool.kube import Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Subcommand groups contributed by the feature packages (each exposes register(subparsers)).
@@ -83,10 +95,8 @@ def log_level(text: str) -> str:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    import kopf
-
     from modelpool.kube import KubeConfigError, load_credentials
-    from modelpool.startup import config_problems, preflight
+    from modelpool.startup import config_problems, lease_config, preflight
 
     problems = config_problems(args)
     try:
@@ -97,6 +107,9 @@ def _operator(args: argparse.Namespace) -> int:
         for problem in problems:
             logging.getLogger("modelpool.operator").error("configuration: %s", problem)
         return 2
+    lease = lease_config(args)
+    if lease is not None:
+        return _operator_with_leader_election(args, credentials, lease)
     try:
         # Waits for the API server and the permissions, serving --liveness meanwhile (then frees it).
         refused = preflight(credentials, args.namespace or None, args.liveness)
@@ -105,18 +118,81 @@ def _operator(args: argparse.Namespace) -> int:
     if refused is not None:
         logging.getLogger("modelpool.operator").error("configuration: %s", refused)
         return 2
+    _run_kopf(args)
+    return 0
+
+
+def _run_kopf(args: argparse.Namespace) -> None:
+    import kopf
+
     if args.prometheus_url:
         os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
     if args.metrics_port:
         os.environ["MODELPOOL_METRICS_PORT"] = str(args.metrics_port)
     importlib.import_module("modelpool.controllers.handlers")
     use_kopf_logging(args.verbose)
+    # standalone: no kopf peering; with --leader-elect the Lease makes this replica the only one.
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         standalone=True,
         liveness_endpoint=args.liveness,
     )
+
+
+def _serve_metrics_now(args: argparse.Namespace) -> None:
+    """With leader election, /metrics is served from the start, not once kopf runs: a standby
+    answers too (modelpool_leader 0, its process metrics), so a Prometheus that scrapes every
+    operator pod sees no target down. kopf's startup then finds no port to serve."""
+    import prometheus_client
+
+    from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
+    from modelpool.scaling.metrics import REGISTRY
+
+    port = args.metrics_port or os.environ.get(METRICS_PORT_ENV)
+    if port:
+        addr = os.environ.get(METRICS_ADDR_ENV, "0.0.0.0")
+        prometheus_client.start_http_server(int(port), addr=addr, registry=REGISTRY)
+        os.environ.pop(METRICS_PORT_ENV, None)
+        args.metrics_port = None
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through the finally that releases the lease
+
+
+def _operator_with_leader_election(
+    args: argparse.Namespace, credentials: Credentials, lease: LeaseConfig
+) -> int:
+    """As without leader election, but between the preflight and kopf this replica waits (a
+    standby) until it holds the Lease, renews it while kopf runs, and releases it after."""
+    import signal
+
+    from modelpool.leader import Elector
+    from modelpool.leadership import Leadership, LeaseApi
+    from modelpool.startup import api_client, preflight
+
+    # Until kopf installs its own handler, SIGTERM ends the wait, or releases the lease just taken.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _serve_metrics_now(args)
+    elector = Elector(lease)
+    try:
+        refused = preflight(credentials, args.namespace or None, args.liveness, elector=elector)
+    except KeyboardInterrupt:
+        return 130
+    if refused is not None:
+        logging.getLogger("modelpool.operator").error("configuration: %s", refused)
+        return 2
+    timeout = lease.timing.renew_deadline_s / 2
+    with api_client(credentials) as http:
+        leadership = Leadership(LeaseApi(http, lease, timeout=timeout), elector).start()
+        try:
+            _run_kopf(args)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            leadership.stop()
+            leadership.release()
     return 0
 
 
@@ -163,6 +239,44 @@ def build_parser() -> argparse.ArgumentParser:
         type=port_number,
         default=None,
         help="serve the operator's own /metrics on this port",
+    )
+    election = op.add_argument_group(
+        "leader election",
+        "run two or more replicas: the one holding a coordination.k8s.io Lease reconciles, the "
+        "others wait as standbys and take over when it stops renewing the Lease (docs/install.md)",
+    )
+    election.add_argument(
+        "--leader-elect", action="store_true", help="reconcile only while holding the leader Lease"
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: the pod's own, from its service account, else $POD_NAMESPACE)",
+    )
+    election.add_argument(
+        "--leader-election-id", default=DEFAULT_LEASE_NAME, help="name of the Lease (default %(default)s)"
+    )
+    election.add_argument(
+        "--leader-election-lease-duration",
+        type=int,
+        default=LEASE_DURATION_S,
+        metavar="SECONDS",
+        help="a standby takes the Lease over once it has not changed for this long (default %(default)s)",
+    )
+    election.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=RENEW_DEADLINE_S,
+        metavar="SECONDS",
+        help="the leader exits when it could not renew the Lease for this long; less than the lease "
+        "duration (default %(default)s)",
+    )
+    election.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        default=RETRY_PERIOD_S,
+        metavar="SECONDS",
+        help="the leader renews, a standby looks at the Lease, this often (default %(default)s)",
     )
     op.set_defaults(func=_operator)
 

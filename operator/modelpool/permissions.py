@@ -7,7 +7,9 @@ annotations (patch) in controllers/handlers.py; the reconcile loops' reads and w
 kube.KubeClient in controllers/pool_reconciler.py, policy_reconciler.py, profiles.py,
 routed_slo.py and status_io.py (get, list, server-side apply = create and patch, delete, merge-patch
 of /status); Events posted by kopf and the handlers (create); kopf's scan of the CRDs and, when it
-serves a list of namespaces, its namespace observer (kopf 1.45 _core/reactor/observation.py).
+serves a list of namespaces, its namespace observer (kopf 1.45 _core/reactor/observation.py); with
+``--leader-elect``, the leader Lease in the operator's own namespace (leadership.py: get, create,
+update).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Rule:
     """A cluster-scoped resource: checked once, without a namespace."""
     namespaced_only: bool = False
     """Needed only when the operator serves a list of namespaces (``--namespace``)."""
+    leader_election: bool = False
+    """Needed only with ``--leader-elect``, and only in the Lease's namespace."""
 
     @property
     def name(self) -> str:
@@ -87,6 +91,13 @@ RULES: tuple[Rule, ...] = (
         cluster_scoped=True,
         namespaced_only=True,
     ),
+    Rule(
+        "coordination.k8s.io",
+        "leases",
+        ("get", "create", "update"),
+        "the leader lease (--leader-elect)",
+        leader_election=True,
+    ),
 )
 
 
@@ -119,13 +130,20 @@ class Access:
         }
 
 
-def accesses(namespaces: Sequence[str] | None, rules: Iterable[Rule] = RULES) -> list[Access]:
-    """Every access the operator needs: cluster-wide (``namespaces`` None), else in each namespace."""
+def accesses(
+    namespaces: Sequence[str] | None, rules: Iterable[Rule] = RULES, *, lease_namespace: str | None = None
+) -> list[Access]:
+    """Every access the operator needs: cluster-wide (``namespaces`` None), else in each namespace;
+    with leader election (``lease_namespace``) the Lease's in its namespace only."""
     wanted: list[Access] = []
     for rule in rules:
         if rule.namespaced_only and namespaces is None:
             continue
         places: Sequence[str | None] = [None] if rule.cluster_scoped or namespaces is None else namespaces
+        if rule.leader_election:
+            if lease_namespace is None:
+                continue
+            places = [lease_namespace]
         wanted += [Access(rule, verb, ns) for ns in places for verb in rule.verbs]
     return wanted
 

@@ -18,12 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-from modelpool import permissions
+from modelpool import leader, permissions
 from modelpool.cli import port_number
 from modelpool.controllers.backoff import report_due
 from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
 from modelpool.controllers.scaling_planner import EXTRA_MATCHERS_ENV, PROMETHEUS_URL_ENV
 from modelpool.kube import Credentials
+from modelpool.leadership import LeaseApi, wait_to_lead
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A namespace name (DNS-1123 label)."""
@@ -118,7 +119,52 @@ def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = N
                 problems.append(
                     f"--liveness={args.liveness}: {why}: give a free port (liveness.port in the chart)"
                 )
+    if getattr(args, "leader_elect", False):
+        problems += _leader_election_problems(args, env)
     return problems
+
+
+def _leader_election_problems(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
+    problems: list[str] = []
+    namespace = leader.lease_namespace(args.leader_election_namespace, env)
+    if namespace is None:
+        problems.append(
+            "--leader-elect needs the namespace of its Lease, and this is not a pod (no "
+            f"{leader.SA_NAMESPACE_FILE}) nor is ${leader.POD_NAMESPACE_ENV} set: give "
+            "--leader-election-namespace=<the operator's namespace>"
+        )
+    elif not NAMESPACE_NAME.fullmatch(namespace):
+        source = "--leader-election-namespace" if args.leader_election_namespace else "the pod's namespace"
+        problems.append(f"{source}={namespace!r} is not a namespace name: lowercase letters, digits and '-'")
+    name = args.leader_election_id
+    if len(name) > 253 or not leader.DNS_SUBDOMAIN.fullmatch(name):
+        problems.append(
+            f"--leader-election-id={name!r} is not a Lease name: lowercase letters, digits, '-' and '.', "
+            "at most 253 characters (default modelpool-operator)"
+        )
+    problems += lease_timing(args).problems()
+    return problems
+
+
+def lease_timing(args: argparse.Namespace) -> leader.Timing:
+    """The leader election's durations from the flags."""
+    return leader.Timing(
+        lease_duration_s=args.leader_election_lease_duration,
+        renew_deadline_s=args.leader_election_renew_deadline,
+        retry_period_s=args.leader_election_retry_period,
+    )
+
+
+def lease_config(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> leader.LeaseConfig | None:
+    """The Lease this replica competes for, with ``--leader-elect`` (else None); the flags are
+    checked by :func:`config_problems` first."""
+    if not getattr(args, "leader_elect", False):
+        return None
+    namespace = leader.lease_namespace(args.leader_election_namespace, environ)
+    assert namespace is not None, "config_problems names a missing namespace"
+    return leader.LeaseConfig(namespace, args.leader_election_id, leader.new_identity(), lease_timing(args))
 
 
 def api_client(credentials: Credentials, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
@@ -279,16 +325,18 @@ def wait_for_permissions(
     sleep: Callable[[float], None] = time.sleep,
     max_s: float = API_WAIT_MAX_S,
     report: Callable[[str], None] = lambda _: None,
+    lease_namespace: str | None = None,
 ) -> None:
     """Wait until the operator may do what reconciling needs (:data:`permissions.RULES`), cluster-wide
-    (``namespaces`` None) or in each namespace.
+    (``namespaces`` None) or in each namespace, and with leader election what the Lease needs in
+    ``lease_namespace``.
 
     kopf started without ``list`` or ``watch`` on a resource it indexes waits for that index and
     reconciles nothing, saying little; here one ERROR line names every missing permission and the
     fix, at the 1st, 2nd, 4th... check, and once they are granted kopf starts. Missing permissions
     the operator can do without are one WARNING line. The check itself never stops the start: an
     API server that does not answer SelfSubjectAccessReviews is one WARNING line."""
-    wanted = permissions.accesses(namespaces)
+    wanted = permissions.accesses(namespaces, lease_namespace=lease_namespace)
     checks, delay = 0, 1.0
     while True:
         try:
@@ -340,11 +388,15 @@ def preflight(
     *,
     sleep: Callable[[float], None] = time.sleep,
     transport: httpx.BaseTransport | None = None,
+    elector: leader.Elector | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> str | None:
     """What needs the API server before kopf starts: wait for it, say which ``namespaces`` do not
-    exist, wait for the permissions (cluster-wide when ``namespaces`` is None). None when kopf may
+    exist, wait for the permissions (cluster-wide when ``namespaces`` is None), and with leader
+    election (``elector``) wait until this replica holds the leader lease. None when kopf may
     start, else why it never can (the caller exits 2). The ``liveness`` URL is served meanwhile
-    and its port is free again on return, for kopf."""
+    (a standby answers 200 while it waits) and its port is free again on return, for kopf."""
+    lease_namespace = elector.config.namespace if elector is not None else None
     with WaitingLiveness(liveness) as live, api_client(credentials, transport=transport) as http:
         live.say(f"the API server at {credentials.server}")
         refused = wait_for_api_server(http, sleep=sleep)
@@ -353,5 +405,7 @@ def preflight(
         absent = absent_namespaces(http, namespaces or ())
         live.say("the operator's permissions")
         present = None if namespaces is None else [ns for ns in namespaces if ns not in absent]
-        wait_for_permissions(http, present, sleep=sleep, report=live.say)
+        wait_for_permissions(http, present, sleep=sleep, report=live.say, lease_namespace=lease_namespace)
+        if elector is not None:
+            wait_to_lead(LeaseApi(http, elector.config), elector, say=live.say, sleep=sleep, clock=clock)
     return None

@@ -103,6 +103,10 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{- if .Values.verbose }}
 - --verbose
 {{- end }}
+{{- if .Values.leaderElection.enabled }}
+- --leader-elect
+- --leader-election-id={{ include "modelpool.fullname" . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -145,6 +149,16 @@ namespace list/watch in rbac.yaml.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+With leader election, in the release namespace only: the leader Lease (leadership.py reads it,
+creates it when absent, updates it to take, renew and release it).
+*/}}
+{{- define "modelpool.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end }}
 
 {{/*
@@ -196,10 +210,17 @@ Checks across values that values.schema.json cannot express; each failure names 
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.liveness.port)) }}
 {{- fail (printf "metrics.port and liveness.port are both %d: kopf's liveness endpoint and /metrics cannot share a port" (int .Values.metrics.port)) }}
 {{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount is %d but leaderElection.enabled is false: without leader election every replica reconciles every pool; set leaderElection.enabled=true (one leader, hot standbys) or replicaCount to 0 or 1" (int .Values.replicaCount)) }}
+{{- end }}
 {{- $envNames := list "MODELPOOL_RESYNC_SECONDS" }}
+{{- if .Values.leaderElection.enabled }}
+{{- $envNames = append $envNames "POD_NAMESPACE" }}
+{{- end }}
 {{- range $i, $env := .Values.extraEnv }}
 {{- if has $env.name $envNames }}
-{{- fail (printf "extraEnv[%d].name %s is set twice%s" $i $env.name (ternary " (the chart sets it from resyncSeconds)" "" (eq $env.name "MODELPOOL_RESYNC_SECONDS"))) }}
+{{- $why := ternary " (the chart sets it from resyncSeconds)" " (the chart sets it to the pod's namespace, for leader election)" (eq $env.name "MODELPOOL_RESYNC_SECONDS") }}
+{{- fail (printf "extraEnv[%d].name %s is set twice%s" $i $env.name (ternary $why "" (has $env.name (list "MODELPOOL_RESYNC_SECONDS" "POD_NAMESPACE")))) }}
 {{- end }}
 {{- $envNames = append $envNames $env.name }}
 {{- end }}

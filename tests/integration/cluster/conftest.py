@@ -25,6 +25,17 @@ def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
+def paused_session_operator(operator: OperatorProcess) -> Iterator[None]:
+    """The suite's operator (every namespace) paused while a test runs an operator of its own that
+    must be the only one to reconcile (or write the status of) its pools."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
+@pytest.fixture
 def kube(cluster: DevCluster, operator: OperatorProcess, request: pytest.FixtureRequest) -> Iterator[Kube]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)

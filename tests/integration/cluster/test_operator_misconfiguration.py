@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from integration.cluster.kubetools import OperatorProcess, healthy, service_account_kubeconfig, wait_for
+from integration.cluster.kubetools import healthy, service_account_kubeconfig, wait_for
 from integration.delivery.deliverytools import render
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
@@ -228,18 +228,10 @@ def _waiting_body(url: str) -> str | None:
 
 
 def test_a_missing_permission_is_named_without_a_traceback_each_pass(
-    cluster: DevCluster, namespace: str, tmp_path: Path, operator: OperatorProcess
+    cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
 ) -> None:
     # The suite's operator (every namespace, full rights) would write the pool's status first, and
     # this one would then have nothing to patch: it pauses while this test runs.
-    operator.stop()
-    try:
-        _run_without_status_patch(cluster, namespace, tmp_path)
-    finally:
-        operator.start()
-
-
-def _run_without_status_patch(cluster: DevCluster, namespace: str, tmp_path: Path) -> None:
     # With the permission missing at the start, the operator would wait for it (the preflight's
     # test below): here it is revoked once kopf runs, and the reconcile loop must say so.
     _grant_chart_rbac(cluster, namespace)
@@ -302,17 +294,9 @@ def test_healthz_answers_while_the_api_server_is_not_there(tmp_path: Path) -> No
 
 
 def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
-    cluster: DevCluster, namespace: str, tmp_path: Path, operator: OperatorProcess
+    cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
 ) -> None:
     # The suite's operator would reconcile the pool itself: it pauses while this test runs.
-    operator.stop()
-    try:
-        _run_without_list_pods(cluster, namespace, tmp_path)
-    finally:
-        operator.start()
-
-
-def _run_without_list_pods(cluster: DevCluster, namespace: str, tmp_path: Path) -> None:
     _grant_chart_rbac(cluster, namespace, without=("list", "pods"))
     kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
     cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
@@ -348,13 +332,12 @@ def _run_without_list_pods(cluster: DevCluster, namespace: str, tmp_path: Path) 
 
 
 def test_a_namespace_that_does_not_exist_is_one_warning_and_served_once_created(
-    cluster: DevCluster, tmp_path: Path, operator: OperatorProcess
+    cluster: DevCluster, tmp_path: Path, paused_session_operator: None
 ) -> None:
     absent = f"m-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     env = {"KUBECONFIG": str(cluster.kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    operator.stop()  # the suite's operator would reconcile the pool itself
     proc = _start(log, env, "--namespace", absent, "--liveness", healthz)
     try:
         wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint: the operator went on")
@@ -367,7 +350,6 @@ def test_a_namespace_that_does_not_exist_is_one_warning_and_served_once_created(
     finally:
         cluster.kubectl("delete", "modelpool", "banking77", "-n", absent, "--wait=false", check=False)
         stop_process(proc, grace=10, group=True)
-        operator.start()
         cluster.kubectl("delete", "namespace", absent, "--wait=false", check=False)
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]

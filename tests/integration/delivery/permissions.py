@@ -49,3 +49,6 @@ CLUSTER_DENIED = [
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("list", "nodes"),
 ]
+# With leader election (the chart's default), in the release namespace only: the leader Lease.
+LEADER_ELECTION_NEEDED = _each(("leases.coordination.k8s.io",), ("get", "create", "update"))
+LEADER_ELECTION_DENIED = _each(("leases.coordination.k8s.io",), ("list", "watch", "patch", "delete"))

@@ -52,10 +52,22 @@ def test_lint_strict(values: Path) -> None:
 def test_default_render_is_cluster_wide_operator() -> None:
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
     deployment = one(objs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Leader election is on by default: a new pod waits as a standby during a rollout.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     container = operator_container(objs)
     assert container["image"] == "ghcr.io/modelpool/modelpool:0.1.0"
     assert container["args"] == [
@@ -64,6 +76,8 @@ def test_default_render_is_cluster_wide_operator() -> None:
         "run",
         "--liveness=http://0.0.0.0:8081/healthz",
         "--metrics-port=9090",
+        "--leader-elect",
+        "--leader-election-id=modelpool",
     ]
     # The probes hit kopf's liveness endpoint named in --liveness.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -99,9 +113,19 @@ def test_security_defaults() -> None:
 
 def test_namespaced_render_uses_roles_per_namespace() -> None:
     objs = render(values_file=scenario("namespaced"))
-    roles = by_kind(objs, "Role")
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "modelpool"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"] == "modelpool"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    # Besides, the leader Lease's Role in the release namespace (leader election is on by default).
+    assert sorted(
+        (o["kind"], o["metadata"]["name"], o["metadata"]["namespace"])
+        for o in objs
+        if "Role" in o["kind"] and o["metadata"].get("namespace") == "modelpool-system"
+    ) == [
+        ("Role", "modelpool-leader-election", "modelpool-system"),
+        ("RoleBinding", "modelpool-leader-election", "modelpool-system"),
+    ]
     # Cluster-scoped: only the CRD reads and kopf's namespace observation (list/watch).
     cluster_role = one(objs, "ClusterRole")
     assert [(r["resources"], r["verbs"]) for r in cluster_role["rules"]] == [
@@ -168,7 +192,8 @@ def test_digest_pins_the_image() -> None:
     ("key", "value", "named"),
     [
         ("replicaCount", "-1", "replicaCount"),
-        ("replicaCount", "2", "replicaCount"),
+        ("leaderElection.enabled", '"yes"', "enabled"),
+        ("leaderElection.id", '"x"', "id"),
         ("replicaCount", '"1"', "replicaCount"),
         ("replicas", "1", "replicas"),
         ("image.pullPolicy", '"Sometimes"', "pullPolicy"),
@@ -187,6 +212,61 @@ def test_schema_rejects_bad_value(key: str, value: str, named: str) -> None:
     assert proc.returncode != 0, f"{key}={value} was accepted"
     assert "schema" in proc.stderr, proc.stderr
     assert named in proc.stderr, proc.stderr
+
+
+def test_leader_election_renders_the_lease_role_the_flag_and_a_rolling_update() -> None:
+    objs = render(namespace="ops", set_json={"replicaCount": "3"})
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    container = operator_container(objs)
+    assert "--leader-elect" in container["args"]
+    assert "--leader-election-id=modelpool" in container["args"]  # the release's: one Lease each
+    # The Lease's namespace is the pod's, through the downward API.
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in (
+        container["env"]
+    )
+    role, binding = one(objs, "Role"), one(objs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": one(objs, "ServiceAccount")["metadata"]["name"],
+            "namespace": "ops",
+        }
+    ]
+
+
+def test_without_leader_election_one_replica_recreated() -> None:
+    objs = render(set_json={"leaderElection.enabled": "false"})
+    assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    container = operator_container(objs)
+    assert not [a for a in container["args"] if a.startswith("--leader-elect")]
+    assert [e["name"] for e in container["env"]] == ["MODELPOOL_RESYNC_SECONDS"]
+    assert by_kind(objs, "Role") == [] and by_kind(objs, "RoleBinding") == []
+    for replicas in ("0", "1"):
+        assert (
+            helm_template(set_json={"leaderElection.enabled": "false", "replicaCount": replicas}).returncode
+            == 0
+        )
+
+
+@pytest.mark.parametrize("replicas", [2, 5])
+def test_replicas_without_leader_election_are_refused_naming_the_values(replicas: int) -> None:
+    proc = helm_template(set_json={"leaderElection.enabled": "false", "replicaCount": str(replicas)})
+    assert proc.returncode != 0
+    assert f"replicaCount is {replicas} but leaderElection.enabled is false" in proc.stderr, proc.stderr
 
 
 def test_service_monitor_without_service_is_refused() -> None:
@@ -232,6 +312,10 @@ def test_install_cluster_wide_rbac_is_sufficient_and_minimal(
         _assert_permissions(cluster, sa, perm.NAMESPACED_DENIED, namespace, allowed=False)
     _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED, None, allowed=True)
     _assert_permissions(cluster, sa, perm.NAMESPACED_MODE_ONLY + perm.CLUSTER_DENIED, None, allowed=False)
+    # The leader Lease: in the release namespace only.
+    _assert_permissions(cluster, sa, perm.LEADER_ELECTION_NEEDED, ns, allowed=True)
+    _assert_permissions(cluster, sa, perm.LEADER_ELECTION_NEEDED, other, allowed=False)
+    _assert_permissions(cluster, sa, perm.LEADER_ELECTION_DENIED, ns, allowed=False)
 
     uninstall_chart(cluster, release, ns, [f"clusterrole/{release}", f"clusterrolebinding/{release}"])
     assert not can_i(cluster, sa, "get", "modelpools.modelpool.dev", other)
@@ -255,9 +339,11 @@ def test_install_namespaced_rbac_is_confined(cluster: DevCluster, namespaces: Ca
     for team in (team_a, team_b):
         _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, team, allowed=True)
         _assert_permissions(cluster, sa, perm.NAMESPACED_DENIED, team, allowed=False)
-    # Nothing outside the watched namespaces, not even in its own.
+    # Nothing outside the watched namespaces, not even in its own: there only the leader Lease.
     for namespace in (ns, outside):
         _assert_permissions(cluster, sa, perm.NAMESPACED_NEEDED, namespace, allowed=False)
+    _assert_permissions(cluster, sa, perm.LEADER_ELECTION_NEEDED, ns, allowed=True)
+    _assert_permissions(cluster, sa, perm.LEADER_ELECTION_NEEDED, outside, allowed=False)
     _assert_permissions(cluster, sa, perm.CLUSTER_NEEDED + perm.NAMESPACED_MODE_ONLY, None, allowed=True)
     _assert_permissions(cluster, sa, perm.CLUSTER_DENIED, None, allowed=False)
 

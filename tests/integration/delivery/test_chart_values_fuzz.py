@@ -44,7 +44,8 @@ SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 CROSS_FIELD = re.compile(
     r"resources\.requests\.\S+ \(.*\) is more than resources\.limits\.|"
     r"metrics\.port and liveness\.port are both|"
-    r"metrics\.serviceMonitor\.scrapeTimeout \(.*\) is longer than metrics\.serviceMonitor\.interval"
+    r"metrics\.serviceMonitor\.scrapeTimeout \(.*\) is longer than metrics\.serviceMonitor\.interval|"
+    r"replicaCount is \d+ but leaderElection\.enabled is false"
 )
 
 
@@ -170,8 +171,18 @@ def assert_consistent(objs: Sequence[Obj], values: Mapping[str, Any], release: s
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod_sa, "namespace": namespace}]
         ref = binding["roleRef"]
         assert (ref["kind"], ref["name"], binding["metadata"].get("namespace")) in roles, ref
+    leader_election = values.get("leaderElection", {}).get("enabled", True)
     if values.get("rbac", {}).get("create", True):
-        assert sorted(r["metadata"]["namespace"] for r in _kind(objs, "Role")) == sorted(watched)
+        roles_ = _kind(objs, "Role")
+        lease_roles = [r for r in roles_ if r["metadata"]["name"].endswith("-leader-election")]
+        assert sorted(r["metadata"]["namespace"] for r in roles_ if r not in lease_roles) == sorted(watched)
+        assert [r["metadata"]["namespace"] for r in lease_roles] == ([namespace] if leader_election else [])
+    strategy = deployment["spec"]["strategy"]["type"]
+    assert strategy == ("RollingUpdate" if leader_election else "Recreate")
+    assert ("--leader-elect" in container["args"]) is leader_election
+    assert ("POD_NAMESPACE" in env) is leader_election
+    if values.get("replicaCount", 1) > 1:
+        assert leader_election
 
     for monitor in _kind(objs, "ServiceMonitor"):
         [service] = _kind(objs, "Service")
@@ -339,6 +350,14 @@ ACCEPTED: list[tuple[str, str, str, dict[str, Any]]] = [
             }
         },
     ),
+    # A leader and standbys, namespaced (the Lease's Role in the release namespace besides).
+    (
+        "replicas-with-leader-election",
+        "modelpool",
+        "release",
+        {"replicaCount": 3, "watchNamespaces": ["<team_a>"]},
+    ),
+    ("one-replica-no-leader-election", "modelpool", "release", {"leaderElection": {"enabled": False}}),
     # Extra labels that repeat a chart label rendered a duplicate mapping key.
     (
         "pod-label-overrides-chart-label",
@@ -468,6 +487,16 @@ CROSS_REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("metrics-on-liveness-port", {"metrics": {"port": 8081}}, "metrics.port and liveness.port are both 8081"),
     (
+        "replicas-without-leader-election",
+        {"replicaCount": 2, "leaderElection": {"enabled": False}},
+        "replicaCount is 2 but leaderElection.enabled is false",
+    ),
+    (
+        "pod-namespace-env-with-leader-election",
+        {"extraEnv": [{"name": "POD_NAMESPACE", "value": "x"}]},
+        "extraEnv[0].name POD_NAMESPACE is set twice (the chart sets it to the pod's namespace",
+    ),
+    (
         "scrape-timeout-above-interval",
         {"metrics": {"serviceMonitor": {"enabled": True, "interval": "5s"}}},
         "metrics.serviceMonitor.scrapeTimeout (10s) is longer than metrics.serviceMonitor.interval (5s)",
@@ -531,7 +560,8 @@ def _values(team_a: str, team_b: str) -> st.SearchStrategy[dict[str, Any]]:
         optional={
             "nameOverride": _name,
             "fullnameOverride": _name,
-            "replicaCount": st.sampled_from([0, 1]),
+            "replicaCount": st.sampled_from([0, 1, 2, 3]),
+            "leaderElection": st.fixed_dictionaries({"enabled": st.booleans()}),
             "watchNamespaces": st.sampled_from([[], [team_a], [team_a, team_b]]),
             "prometheusUrl": st.sampled_from(
                 ["", "http://p:9090", "https://x.y/z?q=1&b=#f", "http://[::1]:9/"]

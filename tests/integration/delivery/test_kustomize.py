@@ -68,11 +68,22 @@ def test_dev_overlay_uses_local_image_and_verbose_logs() -> None:
     assert "--verbose" in container["args"]
 
 
-def test_production_overlay_pins_digest_and_sizes_one_replica() -> None:
+def test_production_overlay_pins_digest_and_runs_a_leader_and_a_standby() -> None:
     objs = kustomize(OVERLAYS / "production")
     deployment = one(objs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]
+    (spread,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        spread["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == deployment["spec"]["selector"]["matchLabels"]
+    )
+    assert "nodeAffinity" in affinity  # the base patch's, kept
     container = operator_container(objs)
     repository, _, digest = container["image"].partition("@sha256:")
     assert repository == IMAGE and len(digest) == 64
@@ -82,6 +93,7 @@ def test_production_overlay_pins_digest_and_sizes_one_replica() -> None:
     # The base's settings survive the patches.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
+    assert "--leader-elect" in container["args"]
 
 
 @pytest.mark.parametrize(
@@ -99,6 +111,7 @@ def test_server_side_dry_run_apply(
     proc = cluster.kubectl("apply", "--dry-run=server", "--server-side", "-k", str(tmp_path), check=False)
     assert proc.returncode == 0, proc.stderr
     applied = proc.stdout.splitlines()
-    assert len(applied) == 8, applied  # namespace, 2 CRDs, ServiceAccount, 2 RBAC, Service, Deployment
+    # namespace, 2 CRDs, ServiceAccount, 2 cluster RBAC, 2 leader-election RBAC, Service, Deployment
+    assert len(applied) == 10, applied
     assert all(line.endswith("(server dry run)") for line in applied), applied
     assert "PodSecurity" not in proc.stderr, proc.stderr

@@ -281,12 +281,39 @@ def test_the_chart_cluster_role_grants_every_rule() -> None:
 
 def test_the_chart_namespaced_roles_grant_every_rule() -> None:
     rendered = render(set_json={"watchNamespaces": json.dumps(["team-a", "team-b"])})
-    roles = {o["metadata"]["namespace"]: o["rules"] for o in rendered if o["kind"] == "Role"}
+    roles = {
+        o["metadata"]["namespace"]: o["rules"]
+        for o in rendered
+        if o["kind"] == "Role" and not o["metadata"]["name"].endswith("-leader-election")
+    }
     assert sorted(roles) == ["team-a", "team-b"]
     for namespace, rules in roles.items():
         assert _missing(rules, [namespace], cluster_scoped=False) == []
     (cluster_role,) = [o for o in rendered if o["kind"] == "ClusterRole"]
     assert _missing(cluster_role["rules"], ["team-a"], cluster_scoped=True) == []
+
+
+@pytest.mark.parametrize("watch", [None, ["team-a"]], ids=["cluster-wide", "namespaced"])
+def test_the_chart_grants_the_leader_lease_in_the_release_namespace(watch: list[str] | None) -> None:
+    rendered = render(
+        namespace="ops", set_json={"watchNamespaces": json.dumps(watch)} if watch is not None else None
+    )
+    (role,) = [o for o in rendered if o["kind"] == "Role" and o["metadata"]["namespace"] == "ops"]
+    lease = [a for a in accesses(watch, lease_namespace="ops") if a.rule.leader_election]
+    assert {str(a) for a in lease} == {
+        f"{verb} leases.coordination.k8s.io in namespace ops" for verb in ("get", "create", "update")
+    }
+    assert [
+        str(a) for a in lease if not rbac_grants(role["rules"], a.rule.group, a.rule.resource, a.verb)
+    ] == []
+    # Only the Lease: the release namespace is not watched.
+    assert [r["resources"] for r in role["rules"]] == [["leases"]]
+    # Without leader election, no Role in the release namespace and no access asked for.
+    off = render(namespace="ops", set_json={"leaderElection.enabled": "false"})
+    assert [
+        o for o in off if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["namespace"] == "ops"
+    ] == []
+    assert not any(a.rule.leader_election for a in accesses(watch))
 
 
 def test_rbac_grants_reads_rules_as_rbac_does() -> None:
