@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import os
 import re
 import secrets
@@ -52,6 +53,15 @@ class Timing:
 
     def problems(self) -> list[str]:
         """What is wrong with the three, one sentence each naming the flags (client-go's checks)."""
+        durations = (self.lease_duration_s, self.renew_deadline_s, self.retry_period_s)
+        if not all(math.isfinite(d) and d > 0 for d in durations):
+            # NaN compares false with everything: it would pass every check below, and a renew
+            # deadline of NaN never passes (a leader that cannot renew would never stop).
+            return [
+                "--leader-election-lease-duration, -renew-deadline and -retry-period must be finite "
+                f"numbers of seconds above 0, got {durations[0]:g}, {durations[1]:g} and {durations[2]:g} "
+                "(defaults 15, 10 and 2)"
+            ]
         problems = []
         if self.lease_duration_s <= self.renew_deadline_s:
             problems.append(
@@ -65,8 +75,6 @@ class Timing:
                 f"{JITTER_FACTOR:g} x --leader-election-retry-period={self.retry_period_s:g}: the "
                 "leader would get only one try to renew (defaults 10 and 2)"
             )
-        if min(self.lease_duration_s, self.renew_deadline_s, self.retry_period_s) <= 0:
-            problems.append("--leader-election-* durations must be more than 0 seconds")
         return problems
 
 

@@ -177,6 +177,14 @@ def wait_to_lead(
         sleep(config.timing.retry_period_s)
 
 
+def _arm_exit_backup(after_s: float = 1.0) -> None:
+    """End the process in ``after_s`` whatever happens meanwhile: the ERROR line and the flushes
+    before :func:`_exit_lost` must not hold up the exit (a blocked stderr would)."""
+    timer = threading.Timer(after_s, os._exit, (LOST_EXIT_CODE,))
+    timer.daemon = True
+    timer.start()
+
+
 def _exit_lost(why: str) -> None:
     """Stop leading at once: the one ERROR line, then the process ends (no graceful kopf stop,
     which could outlast the lease)."""
@@ -211,6 +219,10 @@ class Leadership:
         self.last_problem = ""
         self.lost: str | None = None
         self._lost_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        """Held by each renewal and by the release: a renewal still in flight when the leader stops
+        can never write the lease back after it was released."""
+        self._request_timeout_s = api.timeout
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -218,8 +230,15 @@ class Leadership:
         """One try to renew; whether it renewed. The lease last written is updated as it is (its
         resourceVersion: client-go's fast path); on a conflict or an error it is read again, and
         if it names another holder, leadership is lost at once."""
-        if self.lost is not None:
-            return False
+        with self._write_lock:
+            if self.lost is not None or self._stop.is_set():
+                return False  # stopping: the lease is about to be released, never taken back
+            # No answer after the deadline could save the lease: wait for none longer than that.
+            left = self.deadline.left(self.clock())
+            self.api.timeout = max(0.1, min(self._request_timeout_s or left, left))
+            return self._renew()
+
+    def _renew(self) -> bool:
         try:
             try:
                 if self.elector.lease is not None and self.elector.leading:
@@ -262,6 +281,8 @@ class Leadership:
                 return
             self.lost = why
         self._stop.set()
+        if self.on_lost is _exit_lost:
+            _arm_exit_backup()
         LEADER.labels(lease=str(self.config)).set(0)
         logger.error(
             "lost the leader lease %s: %s; this replica (%s) stops leading now and exits with code %d "
@@ -275,10 +296,18 @@ class Leadership:
 
     def _renew_loop(self) -> None:
         failures = 0
-        while not self._stop.wait(self.config.timing.retry_period_s):
+        retry = self.config.timing.retry_period_s
+        # Renewals are paced from when the last one was sent, not from when its answer came: a slow
+        # API server then costs the deadline one request's latency, not two plus a retry period.
+        next_at = self.deadline.renewed_at + retry
+        while not self._stop.wait(max(0.0, next_at - self.clock())):
+            tried_at = self.clock()
             if self.renew():
                 failures = 0
-            elif self.lost is None:
+                next_at = self.deadline.renewed_at + retry
+                continue
+            next_at = tried_at + retry
+            if self.lost is None:
                 failures += 1
                 if failures == 1:
                     logger.warning(
@@ -316,6 +345,12 @@ class Leadership:
         its next look, not after the lease duration. Whether it was released."""
         if self.lost is not None:
             return False
+        self._stop.set()  # a renewal that starts from now on writes nothing
+        with self._write_lock:  # and one in flight has finished
+            self.api.timeout = self._request_timeout_s
+            return self._release()
+
+    def _release(self) -> bool:
         for _ in range(3):  # a conflict: someone wrote it meanwhile; read it again
             try:
                 self.elector.observe(self.api.get(), self.clock())

@@ -14,7 +14,8 @@ update).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,15 +153,36 @@ class ReviewUnavailable(Exception):
     """The API server did not answer a SelfSubjectAccessReview (refused, not served, failed)."""
 
 
-def denied(http: httpx.Client, wanted: Iterable[Access]) -> list[Access]:
-    """Those of ``wanted`` the API server says the operator may not do; :class:`ReviewUnavailable`
-    when it cannot be asked."""
-    missing: list[Access] = []
-    for access in wanted:
+THROTTLED_TRIES = 5
+"""How often one review is asked again after a 429 (API priority and fairness) before the check
+gives up."""
+
+
+def _ask(http: httpx.Client, access: Access, sleep: Callable[[float], None]) -> httpx.Response:
+    """One review's answer; a 429 is waited out (its Retry-After, at most 5 s) and asked again."""
+    for _ in range(THROTTLED_TRIES):
         try:
             response = http.post(SSAR_PATH, json=access.review())
         except httpx.TransportError as err:
             raise ReviewUnavailable(f"{type(err).__name__}: {err}") from err
+        if response.status_code != 429:
+            return response
+        try:
+            wait = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            wait = 1.0
+        sleep(min(max(wait, 0.1), 5.0))
+    return response
+
+
+def denied(
+    http: httpx.Client, wanted: Iterable[Access], sleep: Callable[[float], None] = time.sleep
+) -> list[Access]:
+    """Those of ``wanted`` the API server says the operator may not do; :class:`ReviewUnavailable`
+    when it cannot be asked."""
+    missing: list[Access] = []
+    for access in wanted:
+        response = _ask(http, access, sleep)
         if response.status_code not in (200, 201):
             raise ReviewUnavailable(f"HTTP {response.status_code} {response.reason_phrase}")
         try:

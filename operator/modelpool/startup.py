@@ -340,7 +340,7 @@ def wait_for_permissions(
     checks, delay = 0, 1.0
     while True:
         try:
-            missing = permissions.denied(http, wanted)
+            missing = permissions.denied(http, wanted, sleep)
         except permissions.ReviewUnavailable as err:
             logger.warning(
                 "cannot check the operator's permissions with a SelfSubjectAccessReview (%s): starting "
@@ -366,6 +366,7 @@ def wait_for_permissions(
                 delay,
                 _grant_hint(them),
             )
+        wanted = missing  # what was granted stays granted: ask again only for the rest
         sleep(delay)
         delay = min(delay * 2, max_s)
     if checks > 1:

@@ -103,7 +103,7 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{- if .Values.verbose }}
 - --verbose
 {{- end }}
-{{- if .Values.leaderElection.enabled }}
+{{- if include "modelpool.leaderElection" . }}
 - --leader-elect
 - --leader-election-id={{ include "modelpool.fullname" . }}
 {{- end }}
@@ -204,17 +204,26 @@ A duration of the schema's form (<n>ms, <n>s, <n>m or <n>h) in milliseconds.
 {{- end }}
 
 {{/*
+"true" when leader election is on, else "". Read nil-safely: a release installed before the value
+existed and upgraded with --reuse-values has no leaderElection key, and stays as it was (one
+replica, no Lease, Recreate) until the value is set.
+*/}}
+{{- define "modelpool.leaderElection" -}}
+{{- if (.Values.leaderElection | default dict).enabled -}}true{{- end -}}
+{{- end }}
+
+{{/*
 Checks across values that values.schema.json cannot express; each failure names the values.
 */}}
 {{- define "modelpool.validate" -}}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.liveness.port)) }}
 {{- fail (printf "metrics.port and liveness.port are both %d: kopf's liveness endpoint and /metrics cannot share a port" (int .Values.metrics.port)) }}
 {{- end }}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- if and (gt (int .Values.replicaCount) 1) (not (include "modelpool.leaderElection" .)) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: without leader election every replica reconciles every pool; set leaderElection.enabled=true (one leader, hot standbys) or replicaCount to 0 or 1" (int .Values.replicaCount)) }}
 {{- end }}
 {{- $envNames := list "MODELPOOL_RESYNC_SECONDS" }}
-{{- if .Values.leaderElection.enabled }}
+{{- if include "modelpool.leaderElection" . }}
 {{- $envNames = append $envNames "POD_NAMESPACE" }}
 {{- end }}
 {{- range $i, $env := .Values.extraEnv }}

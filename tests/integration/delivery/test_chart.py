@@ -248,6 +248,18 @@ def test_leader_election_renders_the_lease_role_the_flag_and_a_rolling_update() 
     ]
 
 
+def test_a_release_from_before_leader_election_upgraded_with_reuse_values_stays_as_it_was() -> None:
+    # `helm upgrade --reuse-values` renders the new templates with the old release's values, which
+    # have no leaderElection key: the render must not fail on it, and must not switch the running
+    # operator to leader election by itself (its old pod, without a Lease, would run beside the new).
+    objs = render(set_json={"leaderElection": "null"})
+    assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [a for a in operator_container(objs)["args"] if a.startswith("--leader-elect")]
+    assert by_kind(objs, "Role") == []
+    refused = helm_template(set_json={"leaderElection": "null", "replicaCount": "2"})
+    assert refused.returncode != 0 and "leaderElection.enabled is false" in refused.stderr, refused.stderr
+
+
 def test_without_leader_election_one_replica_recreated() -> None:
     objs = render(set_json={"leaderElection.enabled": "false"})
     assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}

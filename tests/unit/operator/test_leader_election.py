@@ -657,6 +657,11 @@ def test_the_pods_namespace_comes_from_the_service_account_first(tmp_path: Path)
             ["--leader-election-retry-period", "9"],
             "--leader-election-renew-deadline=10 is not longer than 1.2",
         ),
+        # NaN compares false with everything: it passed every check, and a NaN renew deadline
+        # never passes, so a leader that could not renew never stopped.
+        (["--leader-election-renew-deadline", "nan"], "--leader-election-lease-duration, -renew-deadline"),
+        (["--leader-election-retry-period", "inf"], "--leader-election-lease-duration, -renew-deadline"),
+        (["--leader-election-retry-period", "0"], "--leader-election-lease-duration, -renew-deadline"),
     ],
 )
 def test_inconsistent_durations_are_named(argv: list[str], named: str) -> None:
@@ -686,3 +691,70 @@ def test_threads_are_daemons_and_stop() -> None:
     assert {"leader-renew", "leader-watchdog"} <= names
     leadership.stop()
     assert not {"leader-renew", "leader-watchdog"} & {t.name for t in threading.enumerate()}
+
+
+class SlowLeases(FakeLeases):
+    """The Lease store behind an API server that takes ``latency`` seconds (real time) to answer;
+    ``hang`` makes the next PUT of the renew thread wait until it is set."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        super().__init__()
+        self.latency = latency
+        self.hang: threading.Event | None = None
+        self.writers: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        hang = self.hang
+        if hang is not None and request.method == "PUT" and threading.current_thread().name == "leader-renew":
+            self.hang = None
+            hang.wait(5)
+        time.sleep(self.latency)
+        response = super().__call__(request)
+        if request.method in ("POST", "PUT") and response.status_code < 300:
+            holder = self.spec["holderIdentity"] or "<released>"
+            self.writers.append((threading.current_thread().name, holder))
+        return response
+
+
+def test_a_steady_slow_api_server_keeps_the_leader_when_every_renewal_succeeds() -> None:
+    # 0.7 s per request, renewals every 0.8 s, deadline 2 s. Paced from when the previous renewal
+    # came back (0.7 + 0.8 s between sends), the deadline passed between two successful renewals
+    # (2 x 0.7 + 0.8 = 2.2 s); paced from when it was sent, there are 1.5 s at most.
+    fake = SlowLeases(latency=0.7)
+    cfg = config(timing=Timing(6, 2.0, 0.8))
+    elector = Elector(cfg)
+    wait_to_lead(api(fake, cfg), elector)
+    lost: list[str] = []
+    leadership = Leadership(api(fake, cfg), elector, on_lost=lost.append).start()
+    time.sleep(5)
+    leadership.stop()
+    assert lost == []
+    assert len([w for w in fake.writers if w[0] == "leader-renew"]) >= 5, fake.writers
+
+
+def test_a_renewal_in_flight_when_the_leader_stops_never_takes_the_released_lease_back() -> None:
+    fake = SlowLeases()
+    cfg = config(timing=Timing(6, 2.0, 0.2))
+    elector = Elector(cfg)
+    wait_to_lead(api(fake, cfg), elector)
+    lost: list[str] = []
+    leadership = Leadership(api(fake, cfg), elector, on_lost=lost.append).start()
+    time.sleep(0.5)
+    hang = threading.Event()
+    fake.hang = hang  # the next renewal's PUT hangs, as on a dead connection
+    time.sleep(0.4)
+    stopper = threading.Thread(target=leadership.stop)
+    stopper.start()
+    released: list[bool] = []
+    releaser = threading.Thread(target=lambda: released.append(leadership.release()))
+    releaser.start()
+    time.sleep(0.3)
+    assert fake.spec["holderIdentity"] == ME  # the release waits for the renewal in flight
+    hang.set()
+    stopper.join(5)
+    releaser.join(5)
+    time.sleep(0.5)
+    assert released == [True]
+    assert fake.spec["holderIdentity"] == "", fake.writers
+    assert fake.writers[-1][1] == "<released>", fake.writers  # no write after the release
+    assert lost == []

@@ -37,6 +37,7 @@ class FakeApi:
     api_status: int = 200
     denied: set[str] = field(default_factory=set)
     ssar_status: int = 201
+    throttled: int = 0  # answer 429 to this many reviews first
     namespaces: dict[str, int] = field(default_factory=dict)  # GET status of each namespace
     listable: set[str] | None = None  # namespaces a LIST shows; None: LIST refused (403)
     reviews: list[Obj] = field(default_factory=list)
@@ -50,6 +51,9 @@ class FakeApi:
                 raise httpx.ConnectError("connection refused", request=request)
             return httpx.Response(self.api_status, json={"versions": ["v1"]})
         if path == SSAR_PATH and request.method == "POST":
+            if self.throttled > 0:
+                self.throttled -= 1
+                return httpx.Response(429, headers={"Retry-After": "2"}, json={"kind": "Status"})
             if self.ssar_status != 201:
                 return httpx.Response(self.ssar_status, json={"kind": "Status"})
             attributes = json.loads(request.content)["spec"]["resourceAttributes"]
@@ -178,6 +182,29 @@ def test_a_missing_essential_permission_is_waited_for_with_one_error_per_doublin
     assert "(checks 1, next in 1 s)" in errors[0] and "(checks 4, next in 8 s)" in errors[2]
     assert _lines(caplog, "INFO") == ["the operator's permissions are granted after 7 checks; starting"]
     assert _lines(caplog, "WARNING") == []
+
+
+def test_a_recheck_asks_only_for_what_was_missing() -> None:
+    # With many namespaces a full round is hundreds of reviews: a permission granted stays granted,
+    # so each re-check asks only for those still missing (client-go's controllers would not ask at all).
+    api = FakeApi(denied={"list pods team-a", "create events team-b"})
+    sleep = Sleeper(then={2: lambda: api.denied.discard("list pods team-a")})
+    assert _run(api, sleep, namespaces=["team-a", "team-b"]) is None
+    everything = len(accesses(["team-a", "team-b"]))
+    assert sleep.delays == [1.0, 2.0]
+    assert len(api.reviews) == everything + 2 + 2  # the first round, then the two missing twice
+
+
+def test_a_throttled_review_is_asked_again_not_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    # A 429 (API priority and fairness) is the API server asking for patience: before, one of them
+    # made the operator start without the check.
+    api = FakeApi(throttled=2, denied={"list pods"})
+    sleep = Sleeper(then={4: api.denied.clear})
+    assert _run(api, sleep) is None
+    assert sleep.delays[:2] == [2.0, 2.0]  # its Retry-After, twice
+    assert sleep.delays[2:] == [1.0, 2.0]  # then the wait for the missing permission
+    assert not [w for w in _lines(caplog, "WARNING") if "cannot check" in w]
+    assert len(_lines(caplog, "ERROR")) == 2
 
 
 def test_missing_permissions_the_operator_can_do_without_are_one_warning(
