@@ -716,16 +716,22 @@ class SlowLeases(FakeLeases):
         return response
 
 
+def _renewing(fake: FakeLeases, timing: Timing) -> tuple[Leadership, list[str]]:
+    """This replica takes the lease from ``fake`` and renews it in the background; the reasons it
+    would have exited for are collected instead."""
+    cfg = config(timing=timing)
+    elector = Elector(cfg)
+    wait_to_lead(api(fake, cfg), elector)
+    lost: list[str] = []
+    return Leadership(api(fake, cfg), elector, on_lost=lost.append).start(), lost
+
+
 def test_a_steady_slow_api_server_keeps_the_leader_when_every_renewal_succeeds() -> None:
     # 0.7 s per request, renewals every 0.8 s, deadline 2 s. Paced from when the previous renewal
     # came back (0.7 + 0.8 s between sends), the deadline passed between two successful renewals
     # (2 x 0.7 + 0.8 = 2.2 s); paced from when it was sent, there are 1.5 s at most.
     fake = SlowLeases(latency=0.7)
-    cfg = config(timing=Timing(6, 2.0, 0.8))
-    elector = Elector(cfg)
-    wait_to_lead(api(fake, cfg), elector)
-    lost: list[str] = []
-    leadership = Leadership(api(fake, cfg), elector, on_lost=lost.append).start()
+    leadership, lost = _renewing(fake, Timing(6, 2.0, 0.8))
     time.sleep(5)
     leadership.stop()
     assert lost == []
@@ -734,11 +740,7 @@ def test_a_steady_slow_api_server_keeps_the_leader_when_every_renewal_succeeds()
 
 def test_a_renewal_in_flight_when_the_leader_stops_never_takes_the_released_lease_back() -> None:
     fake = SlowLeases()
-    cfg = config(timing=Timing(6, 2.0, 0.2))
-    elector = Elector(cfg)
-    wait_to_lead(api(fake, cfg), elector)
-    lost: list[str] = []
-    leadership = Leadership(api(fake, cfg), elector, on_lost=lost.append).start()
+    leadership, lost = _renewing(fake, Timing(6, 2.0, 0.2))
     time.sleep(0.5)
     hang = threading.Event()
     fake.hang = hang  # the next renewal's PUT hangs, as on a dead connection
