@@ -6,18 +6,13 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelpool.leader import (
-    DEFAULT_LEASE_NAME,
-    LEASE_DURATION_S,
-    RENEW_DEADLINE_S,
-    RETRY_PERIOD_S,
-    LeaseConfig,
-)
+from modelpool.leader import DEFAULT_LEASE_NAME, LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, Elector
 
 if TYPE_CHECKING:
     from modelpool.kube import Credentials
@@ -96,7 +91,7 @@ def log_level(text: str) -> str:
 
 def _operator(args: argparse.Namespace) -> int:
     from modelpool.kube import KubeConfigError, load_credentials
-    from modelpool.startup import config_problems, lease_config, preflight
+    from modelpool.startup import config_problems, lease_config, preflight, serve_metrics
 
     problems = config_problems(args)
     try:
@@ -108,18 +103,24 @@ def _operator(args: argparse.Namespace) -> int:
             logging.getLogger("modelpool.operator").error("configuration: %s", problem)
         return 2
     lease = lease_config(args)
-    if lease is not None:
-        return _operator_with_leader_election(args, credentials, lease)
+    elector = None if lease is None else Elector(lease)
+    if elector is not None:
+        # Until kopf installs its own handler, SIGTERM ends the wait, or releases the lease just taken.
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    serve_metrics(args.metrics_port)
     try:
-        # Waits for the API server and the permissions, serving --liveness meanwhile (then frees it).
-        refused = preflight(credentials, args.namespace or None, args.liveness)
+        # Waits for the API server, the permissions and (a standby) the leader lease, serving
+        # --liveness meanwhile (then frees it for kopf).
+        refused = preflight(credentials, args.namespace or None, args.liveness, elector=elector)
     except KeyboardInterrupt:
         return 130
     if refused is not None:
         logging.getLogger("modelpool.operator").error("configuration: %s", refused)
         return 2
-    _run_kopf(args)
-    return 0
+    if elector is None:
+        _run_kopf(args)
+        return 0
+    return _lead(args, credentials, elector)
 
 
 def _run_kopf(args: argparse.Namespace) -> None:
@@ -127,8 +128,6 @@ def _run_kopf(args: argparse.Namespace) -> None:
 
     if args.prometheus_url:
         os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
-    if args.metrics_port:
-        os.environ["MODELPOOL_METRICS_PORT"] = str(args.metrics_port)
     importlib.import_module("modelpool.controllers.handlers")
     use_kopf_logging(args.verbose)
     # standalone: no kopf peering; with --leader-elect the Lease makes this replica the only one.
@@ -140,52 +139,19 @@ def _run_kopf(args: argparse.Namespace) -> None:
     )
 
 
-def _serve_metrics_now(args: argparse.Namespace) -> None:
-    """With leader election, /metrics is served from the start, not once kopf runs: a standby
-    answers too (modelpool_leader 0, its process metrics), so a Prometheus that scrapes every
-    operator pod sees no target down. kopf's startup then finds no port to serve."""
-    import prometheus_client
-
-    from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
-    from modelpool.scaling.metrics import REGISTRY
-
-    port = args.metrics_port or os.environ.get(METRICS_PORT_ENV)
-    if port:
-        addr = os.environ.get(METRICS_ADDR_ENV, "0.0.0.0")
-        prometheus_client.start_http_server(int(port), addr=addr, registry=REGISTRY)
-        os.environ.pop(METRICS_PORT_ENV, None)
-        args.metrics_port = None
-
-
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)  # unwinds through the finally that releases the lease
 
 
-def _operator_with_leader_election(
-    args: argparse.Namespace, credentials: Credentials, lease: LeaseConfig
-) -> int:
-    """As without leader election, but between the preflight and kopf this replica waits (a
-    standby) until it holds the Lease, renews it while kopf runs, and releases it after."""
-    import signal
-
-    from modelpool.leader import Elector
+def _lead(args: argparse.Namespace, credentials: Credentials, elector: Elector) -> int:
+    """Run kopf while this replica holds the leader lease: renew it meanwhile, release it after."""
     from modelpool.leadership import Leadership, LeaseApi
-    from modelpool.startup import api_client, preflight
+    from modelpool.startup import api_client
 
-    # Until kopf installs its own handler, SIGTERM ends the wait, or releases the lease just taken.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    _serve_metrics_now(args)
-    elector = Elector(lease)
-    try:
-        refused = preflight(credentials, args.namespace or None, args.liveness, elector=elector)
-    except KeyboardInterrupt:
-        return 130
-    if refused is not None:
-        logging.getLogger("modelpool.operator").error("configuration: %s", refused)
-        return 2
-    timeout = lease.timing.renew_deadline_s / 2
+    lease = elector.config
     with api_client(credentials) as http:
-        leadership = Leadership(LeaseApi(http, lease, timeout=timeout), elector).start()
+        leadership = Leadership(LeaseApi(http, lease, timeout=lease.timing.renew_deadline_s / 2), elector)
+        leadership.start()
         try:
             _run_kopf(args)
         except KeyboardInterrupt:

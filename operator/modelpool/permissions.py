@@ -192,18 +192,3 @@ def denied(
         if not allowed:
             missing.append(access)
     return missing
-
-
-def rbac_grants(rbac_rules: Iterable[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-    """Whether RBAC PolicyRules (of a Role or ClusterRole) grant ``verb`` on ``resource`` of ``group``."""
-    for rule in rbac_rules:
-        if rule.get("resourceNames"):
-            continue  # grants some objects only
-        groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
-        if (
-            (group in groups or "*" in groups)
-            and (resource in resources or "*" in resources)
-            and (verb in verbs or "*" in verbs)
-        ):
-            return True
-    return False

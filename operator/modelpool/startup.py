@@ -17,14 +17,15 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import prometheus_client
 
 from modelpool import leader, permissions
 from modelpool.cli import port_number
 from modelpool.controllers.backoff import report_due
-from modelpool.controllers.handlers import METRICS_ADDR_ENV, METRICS_PORT_ENV
 from modelpool.controllers.scaling_planner import EXTRA_MATCHERS_ENV, PROMETHEUS_URL_ENV
 from modelpool.kube import Credentials
 from modelpool.leadership import LeaseApi, wait_to_lead
+from modelpool.scaling.metrics import REGISTRY
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A namespace name (DNS-1123 label)."""
@@ -32,6 +33,8 @@ MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
 MATCHERS = re.compile(rf"{MATCHER}(?:,{MATCHER})*")
 """PromQL label matchers without braces: ``namespace="prod",cluster=~"eu-.*"``."""
 API_WAIT_MAX_S = 30.0
+METRICS_PORT_ENV = "MODELPOOL_METRICS_PORT"
+METRICS_ADDR_ENV = "MODELPOOL_METRICS_ADDR"
 
 logger = logging.getLogger("modelpool.operator")
 
@@ -167,6 +170,19 @@ def lease_config(
     return leader.LeaseConfig(namespace, args.leader_election_id, leader.new_identity(), lease_timing(args))
 
 
+def serve_metrics(port_flag: int | None, environ: dict[str, str] | None = None) -> None:
+    """Serve the operator's own /metrics (``--metrics-port``, else ``$MODELPOOL_METRICS_PORT``) from
+    now on, before kopf starts: a replica that waits (for the API server, a permission or, as a
+    standby, the leader lease) answers too, so a Prometheus that scrapes every operator pod sees no
+    target down. :func:`config_problems` has checked the port."""
+    env = dict(os.environ) if environ is None else environ
+    port = port_flag or env.get(METRICS_PORT_ENV)
+    if port:
+        prometheus_client.start_http_server(
+            int(port), addr=env.get(METRICS_ADDR_ENV, "0.0.0.0"), registry=REGISTRY
+        )
+
+
 def api_client(credentials: Credentials, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """A blocking client of the API server for the checks before kopf starts (kopf has its own)."""
     headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
@@ -193,9 +209,10 @@ class WaitingLiveness:
     probe fails while the operator waits for the API server or a permission, and the kubelet
     restarts the container: the crash loop the wait avoids. The port is free again on exit."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, waiting_for: str) -> None:
         self.url = url
-        self.waiting_for = "the start"
+        self.waiting_for = waiting_for
+        """What the first answer says: set before the server starts, so no probe sees less."""
         self._server: _Server | None = None
 
     def __enter__(self) -> WaitingLiveness:
@@ -398,8 +415,8 @@ def preflight(
     start, else why it never can (the caller exits 2). The ``liveness`` URL is served meanwhile
     (a standby answers 200 while it waits) and its port is free again on return, for kopf."""
     lease_namespace = elector.config.namespace if elector is not None else None
-    with WaitingLiveness(liveness) as live, api_client(credentials, transport=transport) as http:
-        live.say(f"the API server at {credentials.server}")
+    live = WaitingLiveness(liveness, f"the API server at {credentials.server}")
+    with live, api_client(credentials, transport=transport) as http:
         refused = wait_for_api_server(http, sleep=sleep)
         if refused is not None:
             return refused

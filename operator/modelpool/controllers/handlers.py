@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import kopf
-import prometheus_client
 
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
@@ -33,7 +32,7 @@ from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import GenerationFilter, Triggers
 from modelpool.kube import KubeClient, Obj
-from modelpool.scaling.metrics import REGISTRY, observe_reconcile
+from modelpool.scaling.metrics import observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
 ERROR_BACKOFF_SECONDS = 5.0
@@ -42,8 +41,6 @@ TRIGGERS = Triggers()
 POLICY_TRIGGERS = Triggers()
 POOL_GENERATIONS = GenerationFilter()
 ROUTER_LABEL = "modelpool.dev/router"
-METRICS_PORT_ENV = "MODELPOOL_METRICS_PORT"
-METRICS_ADDR_ENV = "MODELPOOL_METRICS_ADDR"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
@@ -61,11 +58,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["kube"] = KubeClient.from_environment()
     memo["http"] = httpx.AsyncClient(timeout=PUSH_TIMEOUT_SECONDS)
     memo["planner"] = ScalingPlanner()
-    metrics_port = os.environ.get(METRICS_PORT_ENV)
-    if metrics_port:
-        prometheus_client.start_http_server(
-            int(metrics_port), addr=os.environ.get(METRICS_ADDR_ENV, "0.0.0.0"), registry=REGISTRY
-        )
 
 
 @kopf.on.cleanup()

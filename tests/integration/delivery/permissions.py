@@ -5,6 +5,9 @@ Each entry is ``(verb, resource)``; a resource may name a subresource after a sl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 ALL_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
 
 
@@ -52,3 +55,18 @@ CLUSTER_DENIED = [
 # With leader election (the chart's default), in the release namespace only: the leader Lease.
 LEADER_ELECTION_NEEDED = _each(("leases.coordination.k8s.io",), ("get", "create", "update"))
 LEADER_ELECTION_DENIED = _each(("leases.coordination.k8s.io",), ("list", "watch", "patch", "delete"))
+
+
+def rbac_grants(rbac_rules: Iterable[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    """Whether RBAC PolicyRules (of a Role or ClusterRole) grant ``verb`` on ``resource`` of ``group``."""
+    for rule in rbac_rules:
+        if rule.get("resourceNames"):
+            continue  # grants some objects only
+        groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
+        if (
+            (group in groups or "*" in groups)
+            and (resource in resources or "*" in resources)
+            and (verb in verbs or "*" in verbs)
+        ):
+            return True
+    return False

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from integration.delivery.deliverytools import render
+from integration.delivery.permissions import rbac_grants
 from modelpool.devcluster.triton import free_port
 from modelpool.kube import Credentials
-from modelpool.permissions import SSAR_PATH, accesses, rbac_grants
+from modelpool.permissions import SSAR_PATH, accesses
 from modelpool.startup import WaitingLiveness, preflight
 
 CREDENTIALS = Credentials(server="https://k8s.test:6443", verify=False, token="t")
@@ -146,7 +147,12 @@ def test_liveness_is_served_while_a_permission_is_missing() -> None:
 
 def test_liveness_serves_only_its_path() -> None:
     port = free_port()
-    with WaitingLiveness(f"http://127.0.0.1:{port}/healthz") as live:
+    with WaitingLiveness(f"http://127.0.0.1:{port}/healthz", "the first thing") as live:
+        # What it waits for is said from the first answer on, then as the wait moves on.
+        assert (
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).text
+            == "starting: waiting for the first thing\n"
+        )
         live.say("something")
         assert (
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).text
