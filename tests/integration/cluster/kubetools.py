@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +106,20 @@ class Kube:
         return items
 
 
+def start_operator(log: Path, env: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """``modelpool operator run --verbose ARGS`` as users run it, in a process group of its own
+    (``stop_process(proc, group=True)``), with ``env`` over this process's environment and its
+    output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelpool", "operator", "run", "--verbose", *args],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class OperatorProcess:
     """The operator as users run it: ``modelpool operator run`` (kopf) in its own process."""
@@ -116,19 +131,8 @@ class OperatorProcess:
     env_extra: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        env = self.cluster.env() | {
-            "MODELPOOL_RESYNC_SECONDS": str(self.resync_seconds),
-            "PYTHONUNBUFFERED": "1",
-            **self.env_extra,
-        }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelpool", "operator", "run", "--verbose"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        env = self.cluster.env() | {"MODELPOOL_RESYNC_SECONDS": str(self.resync_seconds), **self.env_extra}
+        self.proc = start_operator(self.log_path, env)
 
     def stop(self) -> None:
         stop_process(self.proc, grace=20, group=True)

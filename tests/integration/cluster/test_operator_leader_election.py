@@ -10,11 +10,9 @@ paused while these tests run. The failover times measured are printed (``pytest 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from integration.cluster.kubetools import (
     healthy,
     parse_metrics,
     service_account_kubeconfig,
+    start_operator,
     total,
     wait_for,
 )
@@ -92,13 +91,10 @@ class Replicas:
         healthz = f"http://127.0.0.1:{free_port()}/healthz"
         metrics_port = free_port()
         env = {
-            **os.environ,
             "KUBECONFIG": str(self.kubeconfig or self.cluster.kubeconfig),
             "MODELPOOL_RESYNC_SECONDS": "2",
             "MODELPOOL_METRICS_ADDR": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
         }
-        env.pop("POD_NAMESPACE", None)
         args = [
             "--namespace",
             self.watch_namespace,
@@ -109,14 +105,7 @@ class Replicas:
         ]
         args += ["--leader-elect"]
         args += ["--leader-election-namespace", self.lease_namespace, "--leader-election-id", self.lease_name]
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "modelpool", "operator", "run", "--verbose", *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_operator(log, env, *args)
         replica = Replica(name, log, healthz, f"http://127.0.0.1:{metrics_port}/metrics", proc)
         self.started.append(replica)
         return replica
@@ -294,16 +283,8 @@ def test_a_leader_whose_lease_is_taken_stops_at_once_with_one_error(replicas: Re
 def test_without_leader_election_nothing_waits_and_no_lease_is_written(replicas: Replicas) -> None:
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     log = replicas.tmp / "operator-plain.log"
-    env = {**os.environ, "KUBECONFIG": str(replicas.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
-    args = ["--namespace", replicas.watch_namespace, "--liveness", healthz]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelpool", "operator", "run", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {"KUBECONFIG": str(replicas.cluster.kubeconfig)}
+    proc = start_operator(log, env, "--namespace", replicas.watch_namespace, "--liveness", healthz)
     try:
         wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint")
     finally:

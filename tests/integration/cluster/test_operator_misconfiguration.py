@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from integration.cluster.kubetools import healthy, service_account_kubeconfig, wait_for
+from integration.cluster.kubetools import healthy, service_account_kubeconfig, start_operator, wait_for
 from integration.delivery.deliverytools import render
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
@@ -36,17 +34,6 @@ pytestmark = pytest.mark.cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 POOL = REPO_ROOT / "manifests" / "samples" / "modelpool-banking77.yaml"
-
-
-def _start(log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "modelpool", "operator", "run", "--verbose", *args],
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 @pytest.fixture
@@ -60,7 +47,7 @@ def namespace(cluster: DevCluster) -> Iterator[str]:
 def test_a_missing_kubeconfig_is_one_line_and_exit_2(tmp_path: Path) -> None:
     log = tmp_path / "operator.log"
     missing = tmp_path / "no-such-kubeconfig"
-    proc = _start(log, {"KUBECONFIG": str(missing)})
+    proc = start_operator(log, {"KUBECONFIG": str(missing)})
     try:
         code = proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
@@ -132,10 +119,16 @@ def test_an_api_server_not_up_yet_is_waited_for_in_few_lines(
     kubeconfig.write_text(yaml.safe_dump(config))
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
-    proc = _start(log, {"KUBECONFIG": str(kubeconfig)}, "--namespace", namespace, "--liveness", healthz)
+    proc = start_operator(
+        log, {"KUBECONFIG": str(kubeconfig)}, "--namespace", namespace, "--liveness", healthz
+    )
     forwarder = None
     try:
+        # While it waits, a pod's liveness probe must not restart it: /healthz answers.
+        body = wait_for(lambda: _waiting_body(healthz), 20, "/healthz while the API server is away")
+        assert f"waiting for the API server at https://127.0.0.1:{late}" in body, body
         time.sleep(6)  # tries at 0, 1, 3 s: three failures, two lines (1st, 2nd)
+        assert _waiting_body(healthz) is not None, "/healthz stopped answering while it waits"
         assert proc.poll() is None, log.read_text()
         forwarder = Forwarder(late, (real.host, real.port or 443))
         wait_for(lambda: healthy(healthz), 30, "the operator's liveness endpoint once the API server is up")
@@ -227,6 +220,28 @@ def _waiting_body(url: str) -> str | None:
     return response.text if ok else None
 
 
+@contextlib.contextmanager
+def _operator_as_chart_sa(
+    cluster: DevCluster, namespace: str, tmp_path: Path, without: tuple[str, str] | None = None
+) -> Iterator[tuple[Path, str, subprocess.Popen[bytes]]]:
+    """(log, healthz URL, process) of an operator watching ``namespace`` as ServiceAccount ``op`` with the
+    chart's RBAC less ``without``; it must stay up throughout. On exit the sample pool is deleted,
+    the operator stopped and the RBAC's cluster-scoped part removed."""
+    _grant_chart_rbac(cluster, namespace, without=without)
+    kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
+    proc = start_operator(log, env, "--namespace", namespace, "--liveness", healthz)
+    try:
+        yield log, healthz, proc
+        assert proc.poll() is None, log.read_text()
+    finally:
+        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
+        stop_process(proc, grace=10, group=True)
+        _drop_cluster_rbac(cluster, namespace)
+
+
 def test_a_missing_permission_is_named_without_a_traceback_each_pass(
     cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
 ) -> None:
@@ -234,13 +249,7 @@ def test_a_missing_permission_is_named_without_a_traceback_each_pass(
     # this one would then have nothing to patch: it pauses while this test runs.
     # With the permission missing at the start, the operator would wait for it (the preflight's
     # test below): here it is revoked once kopf runs, and the reconcile loop must say so.
-    _grant_chart_rbac(cluster, namespace)
-    kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
-    log = tmp_path / "operator.log"
-    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    healthz = f"http://127.0.0.1:{free_port()}/healthz"
-    proc = _start(log, env, "--namespace", namespace, "--liveness", healthz)
-    try:
+    with _operator_as_chart_sa(cluster, namespace, tmp_path) as (log, healthz, _):
         wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint")
         _grant_chart_rbac(cluster, namespace, without=("patch", "modelpools/status"))
         cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
@@ -248,10 +257,6 @@ def test_a_missing_permission_is_named_without_a_traceback_each_pass(
         # The rest still works: the pool's Deployments are written (apply needs no status patch).
         wait_for(lambda: _deployments(cluster, namespace) == 3, 20, "the pool's 3 Deployments")
         time.sleep(6)  # about ten more failed passes at one per second
-    finally:
-        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
-        stop_process(proc, grace=10, group=True)
-        _drop_cluster_rbac(cluster, namespace)
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]
     named = [line for line in text.splitlines() if "ERROR" in line and "modelpools/status" in line]
@@ -259,52 +264,13 @@ def test_a_missing_permission_is_named_without_a_traceback_each_pass(
     assert "cannot patch" in named[0] and "permission" in named[0], named[0]
 
 
-def test_healthz_answers_while_the_api_server_is_not_there(tmp_path: Path) -> None:
-    # Nothing listens on the kubeconfig's port: the operator waits (backing off to 30 s), and a
-    # pod's liveness probe must not restart it meanwhile.
-    kubeconfig = tmp_path / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}},
-                ],
-                "users": [{"name": "u", "user": {"token": "not-checked"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    log = tmp_path / "operator.log"
-    healthz = f"http://127.0.0.1:{free_port()}/healthz"
-    proc = _start(log, {"KUBECONFIG": str(kubeconfig)}, "--liveness", healthz)
-    try:
-        body = wait_for(lambda: _waiting_body(healthz), 20, "/healthz while the API server is away")
-        assert "waiting for the API server at https://127.0.0.1:" in body, body
-        time.sleep(4)  # a few more failed tries: it still answers
-        assert _waiting_body(healthz) is not None
-        assert proc.poll() is None, log.read_text()
-    finally:
-        stop_process(proc, grace=10, group=True)
-    text = log.read_text()
-    assert "Traceback" not in text, text
-    assert "unreachable" in text, text
-
-
 def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
     cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
 ) -> None:
     # The suite's operator would reconcile the pool itself: it pauses while this test runs.
-    _grant_chart_rbac(cluster, namespace, without=("list", "pods"))
-    kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
     cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
-    log = tmp_path / "operator.log"
-    healthz = f"http://127.0.0.1:{free_port()}/healthz"
-    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    proc = _start(log, env, "--namespace", namespace, "--liveness", healthz)
-    try:
+    without = ("list", "pods")
+    with _operator_as_chart_sa(cluster, namespace, tmp_path, without=without) as (log, healthz, proc):
         wait_for(
             lambda: f"list pods in namespace {namespace}" in log.read_text(), 30, "an ERROR naming list pods"
         )
@@ -316,10 +282,6 @@ def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
         _grant_chart_rbac(cluster, namespace)
         wait_for(lambda: _deployments(cluster, namespace) == 3, 60, "the pool's 3 Deployments once granted")
         assert healthy(healthz)
-    finally:
-        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
-        stop_process(proc, grace=10, group=True)
-        _drop_cluster_rbac(cluster, namespace)
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]
     errors = [line for line in text.splitlines() if "ERROR" in line]
@@ -338,7 +300,7 @@ def test_a_namespace_that_does_not_exist_is_one_warning_and_served_once_created(
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     env = {"KUBECONFIG": str(cluster.kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    proc = _start(log, env, "--namespace", absent, "--liveness", healthz)
+    proc = start_operator(log, env, "--namespace", absent, "--liveness", healthz)
     try:
         wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint: the operator went on")
         cluster.kubectl("create", "namespace", absent)

@@ -8,20 +8,17 @@ go through the chart's namespaced RBAC without a single 403.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from integration.cluster.kubetools import healthy, service_account_kubeconfig, wait_for
+from integration.cluster.kubetools import healthy, service_account_kubeconfig, start_operator, wait_for
 from integration.delivery.deliverytools import REPO_ROOT, install_chart, uninstall_chart
 from modelpool.builders.triton import LABEL_POOL
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.processes import stop_process
 from modelpool.devcluster.triton import free_port
 
 pytestmark = pytest.mark.cluster
@@ -56,40 +53,12 @@ def operator_as_chart_sa(
     kubeconfig = service_account_kubeconfig(cluster, ns, release, tmp_path / "sa-kubeconfig.yaml")
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     log = tmp_path / "operator.log"
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "MODELPOOL_RESYNC_SECONDS": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelpool",
-                "operator",
-                "run",
-                "--verbose",
-                "--namespace",
-                team,
-                "--liveness",
-                healthz,
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "2"}
+    proc = start_operator(log, env, "--namespace", team, "--liveness", healthz)
     try:
         yield team, log, healthz
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process(proc, grace=20, group=True)
         uninstall_chart(
             cluster,
             release,
