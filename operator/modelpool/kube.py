@@ -9,11 +9,15 @@ kubeconfig named by ``KUBECONFIG`` (first file) or ``~/.kube/config``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json as jsonlib
 import os
 import re
 import ssl
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ Obj = dict[str, Any]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 FIELD_MANAGER = "modelpool-operator"
+TOKEN_REREAD_S = 60.0
+"""How long a token read from a file is used before the file is read again (client-go's period)."""
 
 
 class KubeError(Exception):
@@ -55,6 +61,67 @@ class Credentials:
     server: str
     verify: ssl.SSLContext | bool
     token: str | None = None
+    token_file: Path | None = None
+    """Where ``token`` was read from, to be read again as it rotates: the projected service-account
+    token (the kubelet replaces it before it expires) or a kubeconfig's ``tokenFile``."""
+
+    def auth(self, *, clock: Callable[[], float] = time.monotonic) -> httpx.Auth | None:
+        """What signs this login's requests: a bearer token kept fresh from ``token_file``; None
+        for a login by client certificate or none at all."""
+        if self.token_file is not None:
+            return FileToken(self.token_file, self.token, clock=clock)
+        return StaticToken(self.token) if self.token else None
+
+
+class StaticToken(httpx.Auth):
+    """A bearer token given in the kubeconfig itself."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
+class FileToken(httpx.Auth):
+    """A bearer token read from a file, again every :data:`TOKEN_REREAD_S` and at once after a 401.
+
+    A pod's service-account token is projected with a lifetime (an hour by default) and the kubelet
+    replaces the file before it expires. The API server accepts an expired one only where it is
+    configured to extend their lifetime, and for at most that extension. Read once, the operator's
+    requests would fail with 401 from then on, so the file is read again as client-go does. A
+    request refused with 401 is sent once more if the file then holds another token; a file that
+    cannot be read keeps the last token."""
+
+    def __init__(
+        self, path: Path, token: str | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()  # the lease's renew thread shares it with the preflight
+        self._token = token
+        self._read_at = clock() if token is not None else float("-inf")
+
+    def current(self, *, fresh: bool = False) -> str | None:
+        """The token, read from the file when it is older than the period (or ``fresh``)."""
+        with self._lock:
+            if fresh or self._clock() - self._read_at >= TOKEN_REREAD_S:
+                with contextlib.suppress(OSError):  # a passing error keeps the last token
+                    self._token = self.path.read_text().strip() or self._token
+                self._read_at = self._clock()
+            return self._token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.current()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            newer = self.current(fresh=True)
+            if newer and newer != token:
+                request.headers["Authorization"] = f"Bearer {newer}"
+                yield request
 
 
 def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
@@ -69,14 +136,50 @@ def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, 
     return None
 
 
-def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Credentials:
+def _current(path: Path, context: str | None = None) -> tuple[Obj, Obj]:
+    """The cluster and the user of the kubeconfig's current (or named) context."""
     config = yaml.safe_load(path.read_text())
     ctx_name = context or config.get("current-context")
     ctx = next(c["context"] for c in config["contexts"] if c["name"] == ctx_name)
     cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == ctx["cluster"])
-    user: dict[str, Any] = (
-        next((u["user"] for u in config.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
-    )
+    user: Obj = next((u["user"] for u in config.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
+    return cluster, user
+
+
+def _token_file(user: Obj, base: Path) -> Path | None:
+    """The user's ``tokenFile`` (relative to the kubeconfig's folder, as kubectl reads it) when it
+    has no ``token``."""
+    if user.get("token") or not user.get("tokenFile"):
+        return None
+    path = Path(user["tokenFile"])
+    return path if path.is_absolute() else base / path
+
+
+def kubeconfig_path() -> Path:
+    """The kubeconfig kubectl would read first: ``$KUBECONFIG``'s first file, else ~/.kube/config."""
+    env = os.environ.get("KUBECONFIG")
+    return Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
+
+
+def in_cluster() -> bool:
+    """Whether this is a pod with a service account, whose login comes before any kubeconfig."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (SA_DIR / "token").is_file()
+
+
+def kubeconfig_token_file() -> Path | None:
+    """The ``tokenFile`` of the kubeconfig's current user, when that is how it logs in (and this is
+    not a pod with a service account); None otherwise or when the kubeconfig cannot be read."""
+    if in_cluster():
+        return None
+    path = kubeconfig_path()
+    try:
+        return _token_file(_current(path)[1], path.parent)
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Credentials:
+    cluster, user = _current(path, context)
     base = path.parent
     tmp = Path(tempfile.mkdtemp(prefix="modelpool-kube-"))
     server = cluster["server"].rstrip("/")
@@ -102,10 +205,10 @@ def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Crede
         if cert and key:
             ctx_ssl.load_cert_chain(cert, key)
         verify = ctx_ssl
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
-    return Credentials(server=server, verify=verify, token=token)
+    token, token_file = user.get("token"), _token_file(user, base)
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    return Credentials(server=server, verify=verify, token=token, token_file=token_file)
 
 
 def credentials_in_cluster() -> Credentials:
@@ -117,20 +220,20 @@ def credentials_in_cluster() -> Credentials:
         server=f"https://{host}:{port}",
         verify=ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")),
         token=(SA_DIR / "token").read_text().strip(),
+        token_file=SA_DIR / "token",
     )
 
 
 def load_credentials() -> Credentials:
     """The in-cluster service account, else the kubeconfig; :class:`KubeConfigError` (naming the
     file, or the service account, and what is wrong with it) when neither can be used."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").is_file():
+    if in_cluster():
         try:
             return credentials_in_cluster()
         except (OSError, ssl.SSLError) as err:
             raise KubeConfigError(f"service account in {SA_DIR} is unusable: {err}") from err
-    env = os.environ.get("KUBECONFIG")
-    path = Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
-    source = "$KUBECONFIG" if env else "the default kubeconfig"
+    path = kubeconfig_path()
+    source = "$KUBECONFIG" if os.environ.get("KUBECONFIG") else "the default kubeconfig"
     if not path.is_file():
         raise KubeConfigError(
             f"{source} {path} does not exist and no in-cluster service account is mounted: "
@@ -198,12 +301,21 @@ def _body(obj: Any) -> bytes | None:
 class KubeClient:
     """The operator's reads and writes; one pooled HTTP/1.1 client."""
 
-    def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"Accept": "application/json", "User-Agent": "modelpool-operator"}
-        if credentials.token:
-            headers["Authorization"] = f"Bearer {credentials.token}"
         self._http = httpx.AsyncClient(
-            base_url=credentials.server, verify=credentials.verify, headers=headers, timeout=timeout
+            base_url=credentials.server,
+            verify=credentials.verify,
+            headers=headers,
+            auth=credentials.auth(),
+            timeout=timeout,
+            transport=transport,
         )
 
     @classmethod

@@ -185,11 +185,10 @@ def serve_metrics(port_flag: int | None, environ: dict[str, str] | None = None) 
 
 def api_client(credentials: Credentials, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """A blocking client of the API server for the checks before kopf starts (kopf has its own)."""
-    headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
     return httpx.Client(
         base_url=credentials.server,
         verify=credentials.verify,
-        headers=headers,
+        auth=credentials.auth(),
         timeout=10,
         transport=transport,
     )

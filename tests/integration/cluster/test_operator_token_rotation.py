@@ -1,0 +1,149 @@
+"""The operator keeps working when its token is rotated and the old one stops being valid.
+
+A pod's service-account token is projected with a lifetime; the kubelet writes a new one into the
+same file before the old one expires. Here, on the real local cluster, the operator logs in with a
+kubeconfig whose ``tokenFile`` holds a token bound to a Secret. The file is then given a new token
+bound to another Secret, and the first Secret is deleted, which makes the API server refuse the
+old token (401) from then on, as it refuses an expired one. The operator must go on reconciling:
+kopf (its watches and patches) and the operator's own client both read the new token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from integration.cluster.kubetools import healthy, start_operator, wait_for
+from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.processes import stop_process
+from modelpool.devcluster.triton import free_port
+
+pytestmark = pytest.mark.cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+POOL = REPO_ROOT / "manifests" / "samples" / "modelpool-banking77.yaml"
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster) -> Iterator[str]:
+    """A namespace with ServiceAccount ``op``, bound to cluster-admin for the test's length."""
+    name = f"tok-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("create", "serviceaccount", "op", "-n", name)
+    binding = f"modelpool-token-{name}"
+    cluster.kubectl(
+        "create", "clusterrolebinding", binding, "--clusterrole=cluster-admin", f"--serviceaccount={name}:op"
+    )
+    yield name
+    cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _bound_token(cluster: DevCluster, namespace: str, secret: str) -> str:
+    """A token of ``op`` that is valid only while Secret ``secret`` exists."""
+    cluster.kubectl("create", "secret", "generic", secret, "-n", namespace)
+    return cluster.kubectl(
+        "create",
+        "token",
+        "op",
+        "-n",
+        namespace,
+        "--bound-object-kind=Secret",
+        f"--bound-object-name={secret}",
+        "--duration=10m",
+    ).stdout.strip()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """As the kubelet's atomic writer does: the file is replaced, never half written."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _kubeconfig(cluster: DevCluster, namespace: str, token_file: Path, out: Path) -> tuple[Path, str, Path]:
+    """A kubeconfig logging in with ``tokenFile``; with the server's URL and CA file."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server_entry = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": server_entry}],
+        "users": [{"name": "sa", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    out.write_text(yaml.safe_dump(config))
+    out.chmod(0o600)
+    ca = out.with_name("ca.crt")
+    ca_path = server_entry.get("certificate-authority")
+    if ca_path:
+        ca.write_text((cluster.kubeconfig.parent / ca_path).read_text())
+    else:
+        ca.write_bytes(base64.b64decode(server_entry["certificate-authority-data"]))
+    return out, server_entry["server"], ca
+
+
+def _answers(server: str, ca: Path, token: str) -> int:
+    context = ssl.create_default_context(cafile=str(ca))
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.get(f"{server}/api", headers=headers, verify=context).status_code
+
+
+def _deployments(cluster: DevCluster, namespace: str) -> list[str]:
+    return cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()
+
+
+def _observed(cluster: DevCluster, namespace: str) -> tuple[int, int]:
+    pool = json.loads(cluster.kubectl("get", "modelpool", "banking77", "-n", namespace, "-o", "json").stdout)
+    observed = [c.get("observedGeneration", 0) for c in pool.get("status", {}).get("conditions", [])]
+    return pool["metadata"]["generation"], min(observed, default=0)
+
+
+def test_the_operator_goes_on_after_its_token_is_rotated_and_the_old_one_refused(
+    cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
+) -> None:
+    token_file = tmp_path / "token"
+    _write_atomically(token_file, _bound_token(cluster, namespace, "bind-1") + "\n")
+    old_token = token_file.read_text().strip()
+    kubeconfig, server, ca = _kubeconfig(cluster, namespace, token_file, tmp_path / "kubeconfig")
+    log = tmp_path / "operator.log"
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
+    proc = start_operator(log, env, "--namespace", namespace, "--liveness", healthz)
+    try:
+        wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint")
+        cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
+        wait_for(lambda: len(_deployments(cluster, namespace)) == 3, 30, "the pool's 3 Deployments")
+
+        _write_atomically(token_file, _bound_token(cluster, namespace, "bind-2") + "\n")
+        cluster.kubectl("delete", "secret", "bind-1", "-n", namespace)
+        wait_for(lambda: _answers(server, ca, old_token) == 401 or None, 30, "the old token refused")
+
+        # The operator's own client writes children; kopf watches them and patches its annotations.
+        deleted = _deployments(cluster, namespace)[0]
+        cluster.kubectl("delete", deleted, "-n", namespace)
+        wait_for(lambda: deleted in _deployments(cluster, namespace) or None, 60, f"{deleted} recreated")
+        cluster.kubectl(
+            "patch", "modelpool", "banking77", "-n", namespace, "--type=json",
+            "-p", '[{"op": "replace", "path": "/spec/variants/0/maxReplicas", "value": 5}]',
+        )  # fmt: skip
+        wait_for(
+            lambda: (lambda g: g[0] == g[1] or None)(_observed(cluster, namespace)),
+            60,
+            "the pool's status at its new generation",
+        )
+        assert proc.poll() is None, log.read_text()[-4000:]
+    finally:
+        cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
+        stop_process(proc, grace=10, group=True)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-4000:]
