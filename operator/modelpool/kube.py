@@ -9,15 +9,13 @@ kubeconfig named by ``KUBECONFIG`` (first file) or ``~/.kube/config``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json as jsonlib
 import os
 import re
 import ssl
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,22 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from modelpool.kubeauth import (
+    TOKEN_REREAD_S,
+    ExecPlugin,
+    ExecPluginError,
+    RefreshedToken,
+    StaticToken,
+    Token,
+    TokenFile,
+    TokenSource,
+)
 from modelpool.scaling.metrics import record_kube_request
 
 Obj = dict[str, Any]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 FIELD_MANAGER = "modelpool-operator"
-TOKEN_REREAD_S = 60.0
-"""How long a token read from a file is used before the file is read again (client-go's period)."""
 
 
 class KubeError(Exception):
@@ -61,67 +67,17 @@ class Credentials:
     server: str
     verify: ssl.SSLContext | bool
     token: str | None = None
-    token_file: Path | None = None
-    """Where ``token`` was read from, to be read again as it rotates: the projected service-account
-    token (the kubelet replaces it before it expires) or a kubeconfig's ``tokenFile``."""
+    refresh: TokenSource | None = None
+    """Where ``token`` came from, to be asked for again as it rotates: the projected
+    service-account token's file, a kubeconfig's ``tokenFile``, or its exec credential plugin."""
 
     def auth(self, *, clock: Callable[[], float] = time.monotonic) -> httpx.Auth | None:
-        """What signs this login's requests: a bearer token kept fresh from ``token_file``; None
-        for a login by client certificate or none at all."""
-        if self.token_file is not None:
-            return FileToken(self.token_file, self.token, clock=clock)
+        """What signs this login's requests: a bearer token, kept fresh from ``refresh`` when it
+        rotates; None for a login by client certificate or none at all."""
+        if self.refresh is not None:
+            first = Token(self.token, TOKEN_REREAD_S) if self.token else None
+            return RefreshedToken(self.refresh, first, clock=clock)
         return StaticToken(self.token) if self.token else None
-
-
-class StaticToken(httpx.Auth):
-    """A bearer token given in the kubeconfig itself."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        yield request
-
-
-class FileToken(httpx.Auth):
-    """A bearer token read from a file, again every :data:`TOKEN_REREAD_S` and at once after a 401.
-
-    A pod's service-account token is projected with a lifetime (an hour by default) and the kubelet
-    replaces the file before it expires. The API server accepts an expired one only where it is
-    configured to extend their lifetime, and for at most that extension. Read once, the operator's
-    requests would fail with 401 from then on, so the file is read again as client-go does. A
-    request refused with 401 is sent once more if the file then holds another token; a file that
-    cannot be read keeps the last token."""
-
-    def __init__(
-        self, path: Path, token: str | None = None, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path = path
-        self._clock = clock
-        self._lock = threading.Lock()  # the lease's renew thread shares it with the preflight
-        self._token = token
-        self._read_at = clock() if token is not None else float("-inf")
-
-    def current(self, *, fresh: bool = False) -> str | None:
-        """The token, read from the file when it is older than the period (or ``fresh``)."""
-        with self._lock:
-            if fresh or self._clock() - self._read_at >= TOKEN_REREAD_S:
-                with contextlib.suppress(OSError):  # a passing error keeps the last token
-                    self._token = self.path.read_text().strip() or self._token
-                self._read_at = self._clock()
-            return self._token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.current()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            newer = self.current(fresh=True)
-            if newer and newer != token:
-                request.headers["Authorization"] = f"Bearer {newer}"
-                yield request
 
 
 def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
@@ -146,13 +102,18 @@ def _current(path: Path, context: str | None = None) -> tuple[Obj, Obj]:
     return cluster, user
 
 
-def _token_file(user: Obj, base: Path) -> Path | None:
-    """The user's ``tokenFile`` (relative to the kubeconfig's folder, as kubectl reads it) when it
-    has no ``token``."""
-    if user.get("token") or not user.get("tokenFile"):
+def _token_source(cluster: Obj, user: Obj, base: Path) -> TokenSource | None:
+    """Where the user's token comes from when it may change: its ``tokenFile`` (relative to the
+    kubeconfig's folder, as kubectl reads it) or its ``exec`` plugin; None for a ``token`` given
+    inline, or none. :class:`ExecPluginError` for an exec section that cannot be run."""
+    if user.get("token"):
         return None
-    path = Path(user["tokenFile"])
-    return path if path.is_absolute() else base / path
+    if user.get("tokenFile"):
+        path = Path(user["tokenFile"])
+        return TokenFile(path if path.is_absolute() else base / path)
+    if user.get("exec"):
+        return ExecPlugin.from_kubeconfig(user["exec"], base, cluster)
+    return None
 
 
 def kubeconfig_path() -> Path:
@@ -166,15 +127,18 @@ def in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (SA_DIR / "token").is_file()
 
 
-def kubeconfig_token_file() -> Path | None:
-    """The ``tokenFile`` of the kubeconfig's current user, when that is how it logs in (and this is
-    not a pod with a service account); None otherwise or when the kubeconfig cannot be read."""
+def kubeconfig_token_source() -> TokenSource | None:
+    """Where the kubeconfig's current user gets its token, when it is a file or a plugin (and this
+    is not a pod with a service account); None otherwise, or when the kubeconfig cannot be read
+    (the operator's own login, before kopf's, has said why)."""
     if in_cluster():
         return None
     path = kubeconfig_path()
     try:
-        return _token_file(_current(path)[1], path.parent)
+        return _token_source(*_current(path), path.parent)
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+    except ExecPluginError:
         return None
 
 
@@ -205,10 +169,10 @@ def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Crede
         if cert and key:
             ctx_ssl.load_cert_chain(cert, key)
         verify = ctx_ssl
-    token, token_file = user.get("token"), _token_file(user, base)
-    if token_file is not None:
-        token = token_file.read_text().strip()
-    return Credentials(server=server, verify=verify, token=token, token_file=token_file)
+    token, refresh = user.get("token"), _token_source(cluster, user, base)
+    if refresh is not None:
+        token = refresh.fetch().value
+    return Credentials(server=server, verify=verify, token=token, refresh=refresh)
 
 
 def credentials_in_cluster() -> Credentials:
@@ -220,7 +184,7 @@ def credentials_in_cluster() -> Credentials:
         server=f"https://{host}:{port}",
         verify=ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")),
         token=(SA_DIR / "token").read_text().strip(),
-        token_file=SA_DIR / "token",
+        refresh=TokenFile(SA_DIR / "token"),
     )
 
 
@@ -241,6 +205,8 @@ def load_credentials() -> Credentials:
         )
     try:
         return credentials_from_kubeconfig(path)
+    except ExecPluginError as err:
+        raise KubeConfigError(f"{source} {path} cannot be used: {err}") from err
     except (OSError, ssl.SSLError, ValueError, yaml.YAMLError) as err:
         why = " ".join(str(err).split())  # one line (a YAML error spans several)
         raise KubeConfigError(f"{source} {path} cannot be used: {type(err).__name__}: {why}") from err

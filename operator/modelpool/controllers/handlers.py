@@ -32,7 +32,7 @@ from modelpool.controllers.routed_slo import policy_latency_slo_ms, smallest_slo
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import GenerationFilter, Triggers
-from modelpool.kube import KubeClient, Obj, in_cluster, kubeconfig_token_file
+from modelpool.kube import KubeClient, Obj, in_cluster, kubeconfig_token_source
 from modelpool.scaling.metrics import observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
@@ -48,14 +48,15 @@ MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo | None:
     """The login kopf uses, the same as the operator's own client's: the pod's service account,
-    else the kubeconfig. kopf logs in again after a 401, and this reads the token file again then,
-    so a rotated service-account token is picked up. kopf's own kubeconfig login leaves out a
-    ``tokenFile``; it is read here."""
+    else the kubeconfig. kopf logs in again after a 401 (and before a plugin's token expires), and
+    this reads the token file or runs the plugin again then, so a rotated token is picked up.
+    kopf's own kubeconfig login leaves out ``tokenFile`` and ``exec``; they are read here."""
     if in_cluster():
         return kopf.login_with_service_account(settings=settings, logger=logger)
     info = kopf.login_with_kubeconfig(settings=settings, logger=logger)
-    if info is not None and info.token is None and (token_file := kubeconfig_token_file()) is not None:
-        info = dataclasses.replace(info, token=token_file.read_text().strip())
+    if info is not None and info.token is None and (source := kubeconfig_token_source()) is not None:
+        token = source.fetch()
+        info = dataclasses.replace(info, token=token.value, expiration=token.expires)
     return info
 
 

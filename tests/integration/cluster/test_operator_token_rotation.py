@@ -1,11 +1,12 @@
 """The operator keeps working when its token is rotated and the old one stops being valid.
 
 A pod's service-account token is projected with a lifetime; the kubelet writes a new one into the
-same file before the old one expires. Here, on the real local cluster, the operator logs in with a
-kubeconfig whose ``tokenFile`` holds a token bound to a Secret. The file is then given a new token
-bound to another Secret, and the first Secret is deleted, which makes the API server refuse the
-old token (401) from then on, as it refuses an expired one. The operator must go on reconciling:
-kopf (its watches and patches) and the operator's own client both read the new token.
+same file before the old one expires; a cloud's exec credential plugin gives a new one when asked.
+Here, on the real local cluster, the operator logs in with a kubeconfig whose ``tokenFile`` holds a
+token bound to a Secret, or whose exec plugin prints that file's token. The file is then given a
+new token bound to another Secret, and the first Secret is deleted, which makes the API server
+refuse the old token (401) from then on, as it refuses an expired one. The operator must go on
+reconciling: kopf (its watches and patches) and the operator's own client both use the new token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +71,42 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _kubeconfig(cluster: DevCluster, namespace: str, token_file: Path, out: Path) -> tuple[Path, str, Path]:
-    """A kubeconfig logging in with ``tokenFile``; with the server's URL and CA file."""
+PLUGIN = """#!{python}
+import json, pathlib
+token = pathlib.Path({token_file!r}).read_text().strip()
+credential = {{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential"}}
+print(json.dumps({{**credential, "status": {{"token": token}}}}))
+"""
+
+
+def _user(login: str, token_file: Path) -> dict[str, object]:
+    """A kubeconfig user that logs in with the token in ``token_file``: as its ``tokenFile``, or
+    through an exec credential plugin that prints it."""
+    if login == "tokenFile":
+        return {"tokenFile": str(token_file)}
+    plugin = token_file.with_name("plugin")
+    plugin.write_text(PLUGIN.format(python=sys.executable, token_file=str(token_file)))
+    plugin.chmod(0o755)
+    return {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": str(plugin),
+            "interactiveMode": "Never",
+        }
+    }
+
+
+def _kubeconfig(
+    cluster: DevCluster, namespace: str, user: dict[str, object], out: Path
+) -> tuple[Path, str, Path]:
+    """A kubeconfig logging in as ``user``; with the server's URL and CA file."""
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     server_entry = admin["clusters"][0]["cluster"]
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": server_entry}],
-        "users": [{"name": "sa", "user": {"tokenFile": str(token_file)}}],
+        "users": [{"name": "sa", "user": user}],
         "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
         "current-context": "sa",
     }
@@ -108,13 +137,15 @@ def _observed(cluster: DevCluster, namespace: str) -> tuple[int, int]:
     return pool["metadata"]["generation"], min(observed, default=0)
 
 
+@pytest.mark.parametrize("login", ["tokenFile", "exec"])
 def test_the_operator_goes_on_after_its_token_is_rotated_and_the_old_one_refused(
-    cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None
+    cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None, login: str
 ) -> None:
     token_file = tmp_path / "token"
     _write_atomically(token_file, _bound_token(cluster, namespace, "bind-1") + "\n")
     old_token = token_file.read_text().strip()
-    kubeconfig, server, ca = _kubeconfig(cluster, namespace, token_file, tmp_path / "kubeconfig")
+    user = _user(login, token_file)
+    kubeconfig, server, ca = _kubeconfig(cluster, namespace, user, tmp_path / "kubeconfig")
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}

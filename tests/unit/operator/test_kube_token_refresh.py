@@ -1,9 +1,16 @@
-"""A token read from a file (a pod's projected service-account token, a kubeconfig's ``tokenFile``)
-is read again as it rotates, by the operator's own client, its pre-start checks and kopf's login."""
+"""A token that rotates is asked for again: one read from a file (a pod's projected service-account
+token, a kubeconfig's ``tokenFile``) or given by an exec credential plugin, by the operator's own
+client, its pre-start checks and kopf's login."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import json
 import logging
+import os
+import re
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,7 +20,15 @@ import yaml
 
 from modelpool import kube
 from modelpool.controllers.handlers import login
-from modelpool.kube import TOKEN_REREAD_S, Credentials, FileToken, KubeClient, load_credentials, resource_path
+from modelpool.kube import Credentials, KubeClient, KubeConfigError, load_credentials, resource_path
+from modelpool.kubeauth import (
+    EXEC_EARLY_S,
+    EXEC_RETRY_S,
+    TOKEN_REREAD_S,
+    ExecPlugin,
+    RefreshedToken,
+    TokenFile,
+)
 from modelpool.startup import api_client
 
 SERVER = "http://127.0.0.1:9"
@@ -55,7 +70,7 @@ def token_file(tmp_path: Path) -> Path:
 
 def test_the_token_is_read_again_once_its_period_is_over(token_file: Path) -> None:
     clock, server = Clock(), ApiServer("one", "two")
-    with _client(FileToken(token_file, clock=clock), server) as http:
+    with _client(RefreshedToken(TokenFile(token_file), clock=clock), server) as http:
         http.get("/api")
         token_file.write_text("two\n")
         clock.now += TOKEN_REREAD_S - 1
@@ -69,7 +84,7 @@ def test_a_request_refused_with_401_is_sent_again_with_the_files_new_token(token
     """The kubelet rotated the token and the API server no longer takes the old one: the request is
     sent once more with the new one at once, without waiting for the period."""
     clock, server = Clock(), ApiServer("two")
-    auth = FileToken(token_file, clock=clock)
+    auth = RefreshedToken(TokenFile(token_file), clock=clock)
     with _client(auth, server) as http:
         assert http.get("/api").status_code == 401  # "one" refused, the file holds nothing newer
         token_file.write_text("two\n")
@@ -79,14 +94,14 @@ def test_a_request_refused_with_401_is_sent_again_with_the_files_new_token(token
 
 def test_a_401_with_no_newer_token_is_not_sent_again(token_file: Path) -> None:
     server = ApiServer()
-    with _client(FileToken(token_file, clock=Clock()), server) as http:
+    with _client(RefreshedToken(TokenFile(token_file), clock=Clock()), server) as http:
         assert http.get("/api").status_code == 401
     assert server.seen == ["one"]  # one try: a revoked login is not hammered
 
 
 def test_a_file_that_cannot_be_read_keeps_the_last_token(token_file: Path) -> None:
     clock, server = Clock(), ApiServer("one")
-    auth = FileToken(token_file, clock=clock)
+    auth = RefreshedToken(TokenFile(token_file), clock=clock)
     with _client(auth, server) as http:
         http.get("/api")
         token_file.unlink()
@@ -98,7 +113,7 @@ def test_a_file_that_cannot_be_read_keeps_the_last_token(token_file: Path) -> No
     assert server.seen == ["one", "one", "one"]
 
 
-def _kubeconfig(folder: Path, user: dict[str, str]) -> Path:
+def _kubeconfig(folder: Path, user: dict[str, object]) -> Path:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -125,12 +140,14 @@ def kubeconfig_with_token_file(tmp_path: Path, token_file: Path, monkeypatch: py
     return folder / "token"
 
 
-async def test_the_operators_client_follows_a_kubeconfigs_token_file(kubeconfig_with_token_file: Path) -> None:
+async def test_the_operators_client_follows_a_kubeconfigs_token_file(
+    kubeconfig_with_token_file: Path,
+) -> None:
     credentials = load_credentials()
-    assert credentials.token == "one" and credentials.token_file == kubeconfig_with_token_file
+    assert credentials.token == "one" and credentials.refresh == TokenFile(kubeconfig_with_token_file)
     server = ApiServer("two")
     client = KubeClient(credentials, transport=httpx.MockTransport(server))
-    kubeconfig_with_token_file.write_text("two\n")
+    await asyncio.to_thread(kubeconfig_with_token_file.write_text, "two\n")
     try:
         assert await client.list(resource_path("v1", "pods", "ns")) == []
     finally:
@@ -148,7 +165,7 @@ def test_the_pre_start_checks_follow_the_token_file_too(kubeconfig_with_token_fi
 
 def test_a_token_given_in_the_kubeconfig_is_sent_as_it_is(tmp_path: Path) -> None:
     credentials = kube.credentials_from_kubeconfig(_kubeconfig(tmp_path, {"token": "inline"}))
-    assert credentials.token_file is None
+    assert credentials.refresh is None
     server = ApiServer("inline")
     with _client(credentials.auth(), server) as http:
         assert http.get("/api").status_code == 200
@@ -185,3 +202,138 @@ def test_in_a_pod_kopf_logs_in_with_the_service_account(
     monkeypatch.setattr(kopf, "login_with_service_account", service_account)
     info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
     assert calls == ["service account"] and info is not None and info.token == "pod-token"
+
+
+PLUGIN = """#!{python}
+import json, os, pathlib, sys
+state = pathlib.Path(sys.argv[1])
+info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
+runs = state / "runs"
+runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))
+(state / "seen.json").write_text(json.dumps({{"info": info, "greeting": os.environ.get("GREETING")}}))
+status = {{"token": (state / "token").read_text().strip()}}
+if (state / "expires").exists():
+    status["expirationTimestamp"] = (state / "expires").read_text().strip()
+if (state / "fail").exists():
+    sys.exit((state / "fail").read_text())
+print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential", "status": status}}))
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$KUBECONFIG naming a kubeconfig whose user logs in with an exec plugin at ``./bin/plugin``
+    (relative to the kubeconfig); the plugin prints the token in the returned folder's ``token``."""
+    folder, state = tmp_path / "kube", tmp_path / "state"
+    (folder / "bin").mkdir(parents=True)
+    state.mkdir()
+    (state / "token").write_text("one\n")
+    script = folder / "bin" / "plugin"
+    script.write_text(PLUGIN.format(python=sys.executable))
+    script.chmod(0o755)
+    exec_spec = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": "./bin/plugin",
+        "args": [str(state)],
+        "env": [{"name": "GREETING", "value": "hello"}],
+        "interactiveMode": "IfAvailable",
+        "installHint": "install it from example.test",
+    }
+    path = _kubeconfig(folder, {"exec": exec_spec})
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return state
+
+
+def _runs(state: Path) -> int:
+    return int((state / "runs").read_text())
+
+
+def test_an_exec_plugin_gives_the_login_its_token(plugin: Path) -> None:
+    credentials = load_credentials()
+    assert credentials.token == "one" and isinstance(credentials.refresh, ExecPlugin)
+    seen = json.loads((plugin / "seen.json").read_text())
+    assert seen["greeting"] == "hello"  # the exec section's env
+    assert seen["info"] == {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "spec": {"interactive": False},
+    }
+
+
+def test_a_plugins_token_is_asked_for_again_before_it_expires(plugin: Path) -> None:
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=EXEC_EARLY_S + 30)
+    (plugin / "expires").write_text(expires.isoformat().replace("+00:00", "Z"))
+    source = load_credentials().refresh
+    assert isinstance(source, ExecPlugin)
+    first = source.fetch()
+    assert first.expires is not None and abs((first.expires - expires).total_seconds()) < 1
+    assert 25 < first.valid_s <= 30  # asked for again a minute before it expires
+    clock, server = Clock(), ApiServer("one", "two")
+    with _client(RefreshedToken(source, first, clock=clock), server) as http:
+        (plugin / "token").write_text("two\n")
+        http.get("/api")
+        clock.now += first.valid_s
+        http.get("/api")
+    assert server.seen == ["one", "two"]
+
+
+def test_a_401_runs_the_plugin_again_but_not_for_every_request(plugin: Path) -> None:
+    credentials = load_credentials()  # the plugin's first run
+    clock, server = Clock(), ApiServer("two")
+    with _client(credentials.auth(clock=clock), server) as http:
+        clock.now += EXEC_RETRY_S
+        (plugin / "token").write_text("two\n")
+        assert http.get("/api").status_code == 200  # "one" refused, the plugin run, "two" taken
+        assert _runs(plugin) == 2
+        server.valid = set()  # the login is revoked for good
+        clock.now += EXEC_RETRY_S
+        for _ in range(5):
+            assert http.get("/api").status_code == 401
+    assert _runs(plugin) == 3  # one more run for the five refusals, not five
+
+
+def test_a_plugin_that_fails_is_one_line_naming_it(plugin: Path) -> None:
+    (plugin / "fail").write_text("no credentials cached: run the-login-command first")
+    with pytest.raises(KubeConfigError) as caught:
+        load_credentials()
+    message = str(caught.value)
+    assert "./bin/plugin" in message and "exit 1" in message and "run the-login-command first" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            {"command": "no-such-plugin-anywhere"},
+            "not installed or not on PATH (install it from example.test)",
+        ),
+        ({"apiVersion": "client.authentication.k8s.io/v1alpha1"}, "give one of client.authentication"),
+        ({"interactiveMode": "Always"}, "needs a terminal"),
+    ],
+)
+def test_an_exec_section_that_cannot_work_is_named_with_the_fix(
+    plugin: Path, change: dict[str, str], named: str
+) -> None:
+    path = Path(os.environ["KUBECONFIG"])
+    config = yaml.safe_load(path.read_text())
+    config["users"][0]["user"]["exec"].update(change)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KubeConfigError, match=re.escape(named)):
+        load_credentials()
+
+
+def test_a_plugin_that_gives_a_certificate_and_no_token_is_refused(plugin: Path) -> None:
+    (plugin / "token").write_text("")
+    with pytest.raises(KubeConfigError, match="gave no token"):
+        load_credentials()
+
+
+def test_kopfs_login_runs_the_plugin_and_knows_when_its_token_expires(plugin: Path) -> None:
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    (plugin / "expires").write_text(expires.isoformat())
+    info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
+    assert info is not None and info.token == "one"
+    assert info.expiration is not None and abs((info.expiration - expires).total_seconds()) < 1
