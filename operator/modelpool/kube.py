@@ -70,12 +70,15 @@ class Credentials:
     refresh: TokenSource | None = None
     """Where ``token`` came from, to be asked for again as it rotates: the projected
     service-account token's file, a kubeconfig's ``tokenFile``, or its exec credential plugin."""
+    token_valid_s: float = TOKEN_REREAD_S
+    """How long ``token`` may be used before ``refresh`` is asked again (a plugin's token: until
+    shortly before it expires)."""
 
     def auth(self, *, clock: Callable[[], float] = time.monotonic) -> httpx.Auth | None:
         """What signs this login's requests: a bearer token, kept fresh from ``refresh`` when it
         rotates; None for a login by client certificate or none at all."""
         if self.refresh is not None:
-            first = Token(self.token, TOKEN_REREAD_S) if self.token else None
+            first = Token(self.token, self.token_valid_s) if self.token else None
             return RefreshedToken(self.refresh, first, clock=clock)
         return StaticToken(self.token) if self.token else None
 
@@ -169,10 +172,11 @@ def credentials_from_kubeconfig(path: Path, context: str | None = None) -> Crede
         if cert and key:
             ctx_ssl.load_cert_chain(cert, key)
         verify = ctx_ssl
-    token, refresh = user.get("token"), _token_source(cluster, user, base)
-    if refresh is not None:
-        token = refresh.fetch().value
-    return Credentials(server=server, verify=verify, token=token, refresh=refresh)
+    refresh = _token_source(cluster, user, base)
+    if refresh is None:
+        return Credentials(server=server, verify=verify, token=user.get("token"))
+    first = refresh.fetch()
+    return Credentials(server, verify, first.value, refresh, first.valid_s)
 
 
 def credentials_in_cluster() -> Credentials:

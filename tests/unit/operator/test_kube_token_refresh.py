@@ -265,18 +265,21 @@ def test_an_exec_plugin_gives_the_login_its_token(plugin: Path) -> None:
 def test_a_plugins_token_is_asked_for_again_before_it_expires(plugin: Path) -> None:
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=EXEC_EARLY_S + 30)
     (plugin / "expires").write_text(expires.isoformat().replace("+00:00", "Z"))
-    source = load_credentials().refresh
+    credentials = load_credentials()
+    source = credentials.refresh
     assert isinstance(source, ExecPlugin)
+    assert 25 < credentials.token_valid_s <= 30  # asked for again a minute before it expires
     first = source.fetch()
     assert first.expires is not None and abs((first.expires - expires).total_seconds()) < 1
-    assert 25 < first.valid_s <= 30  # asked for again a minute before it expires
     clock, server = Clock(), ApiServer("one", "two")
-    with _client(RefreshedToken(source, first, clock=clock), server) as http:
+    with _client(credentials.auth(clock=clock), server) as http:
         (plugin / "token").write_text("two\n")
         http.get("/api")
-        clock.now += first.valid_s
+        clock.now += credentials.token_valid_s - 1
         http.get("/api")
-    assert server.seen == ["one", "two"]
+        clock.now += 1
+        http.get("/api")
+    assert server.seen == ["one", "one", "two"]
 
 
 def test_a_401_runs_the_plugin_again_but_not_for_every_request(plugin: Path) -> None:
