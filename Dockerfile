@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 modelpool \
       --shell /usr/sbin/nologin modelpool
 USER 10001:10001
 WORKDIR /home/modelpool
-# 9090: operator /metrics (--metrics-port), 8081: kopf liveness (--liveness).
-EXPOSE 9090 8081
+# 9090: operator /metrics (--metrics-port), 8081: kopf liveness (--liveness), 8082: readiness (--readiness).
+EXPOSE 9090 8081 8082
 ENTRYPOINT ["modelpool"]
-CMD ["operator", "run", "--liveness", "http://0.0.0.0:8081/healthz", "--metrics-port", "9090"]
+CMD ["operator", "run", "--liveness", "http://0.0.0.0:8081/healthz", "--readiness", "http://0.0.0.0:8082/readyz", "--metrics-port", "9090"]

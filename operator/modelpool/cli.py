@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from modelpool.leader import DEFAULT_LEASE_NAME, LEASE_DURATION_S, RENEW_DEADLIN
 
 if TYPE_CHECKING:
     from modelpool.kube import Credentials
+    from modelpool.startup import Readiness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Subcommand groups contributed by the feature packages (each exposes register(subparsers)).
@@ -91,7 +93,7 @@ def log_level(text: str) -> str:
 
 def _operator(args: argparse.Namespace) -> int:
     from modelpool.kube import KubeConfigError, load_credentials
-    from modelpool.startup import config_problems, lease_config, preflight, serve_metrics
+    from modelpool.startup import Readiness, config_problems, lease_config, preflight, serve_metrics
 
     problems = config_problems(args)
     try:
@@ -107,53 +109,75 @@ def _operator(args: argparse.Namespace) -> int:
     if elector is not None:
         # Until kopf installs its own handler, SIGTERM ends the wait, or releases the lease just taken.
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # --readiness: served from now until the process ends (503 while it waits for the API server
+    # or a permission, 200 for a standby and once kopf runs).
+    readiness = Readiness(args.readiness, f"the API server at {credentials.server}").serve()
     serve_metrics(args.metrics_port)
+    if elector is not None:
+        return _lead(args, credentials, elector, readiness)
     try:
-        # Waits for the API server, the permissions and (a standby) the leader lease, serving
-        # --liveness meanwhile (then frees it for kopf).
-        refused = preflight(credentials, args.namespace or None, args.liveness, elector=elector)
+        # Waits for the API server and the permissions, serving --liveness meanwhile (then frees it
+        # for kopf).
+        refused = preflight(credentials, args.namespace or None, args.liveness, readiness=readiness)
     except KeyboardInterrupt:
         return 130
     if refused is not None:
         logging.getLogger("modelpool.operator").error("configuration: %s", refused)
         return 2
-    if elector is None:
-        _run_kopf(args)
-        return 0
-    return _lead(args, credentials, elector)
+    _run_kopf(args, readiness)
+    return 0
 
 
-def _run_kopf(args: argparse.Namespace) -> None:
+def _run_kopf(args: argparse.Namespace, readiness: Readiness) -> None:
     import kopf
 
     if args.prometheus_url:
         os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
     importlib.import_module("modelpool.controllers.handlers")
     use_kopf_logging(args.verbose)
-    # standalone: no kopf peering; with --leader-elect the Lease makes this replica the only one.
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        standalone=True,
-        liveness_endpoint=args.liveness,
-    )
+    started = threading.Event()  # set by kopf once its startup handlers ran: "ready: running"
+    readiness.running(started)
+    try:
+        # standalone: no kopf peering; with --leader-elect the Lease makes this replica the only one.
+        kopf.run(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or (),
+            standalone=True,
+            liveness_endpoint=args.liveness,
+            ready_flag=started,
+        )
+    finally:
+        readiness.not_ready("kopf stopped")  # the process ends now (a SIGTERM, or a crash)
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)  # unwinds through the finally that releases the lease
 
 
-def _lead(args: argparse.Namespace, credentials: Credentials, elector: Elector) -> int:
-    """Run kopf while this replica holds the leader lease: renew it meanwhile, release it after."""
+def _lead(args: argparse.Namespace, credentials: Credentials, elector: Elector, readiness: Readiness) -> int:
+    """Wait for the leader lease (after the API server and the permissions), then run kopf while this
+    replica holds it: renewed meanwhile, released after. The release is in a ``finally`` around the
+    wait too: a SIGTERM in the moment between the taking of the lease and kopf's start (or while the
+    answer to the taking is on its way) releases it as well, and the standby need not wait the lease
+    duration. A replica that never wrote itself into the lease releases nothing."""
     from modelpool.leadership import Leadership, LeaseApi
-    from modelpool.startup import api_client
+    from modelpool.startup import api_client, preflight
 
     lease = elector.config
+    log = logging.getLogger("modelpool.operator")
     with api_client(credentials) as http:
         leadership = Leadership(LeaseApi(http, lease, timeout=lease.timing.renew_deadline_s / 2), elector)
-        leadership.start()
         try:
-            _run_kopf(args)
+            # Waits for the API server, the permissions and (a standby) the leader lease, serving
+            # --liveness meanwhile (then frees it for kopf).
+            refused = preflight(
+                credentials, args.namespace or None, args.liveness, elector=elector, readiness=readiness
+            )
+            if refused is not None:
+                log.error("configuration: %s", refused)
+                return 2
+            leadership.start()
+            _run_kopf(args, readiness)
         except KeyboardInterrupt:
             return 130
         finally:
@@ -194,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("action", choices=["run"])
     op.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
     op.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8081/healthz")
+    op.add_argument(
+        "--readiness",
+        default=None,
+        help="serve whether this replica can do its job here, e.g. http://0.0.0.0:8082/readyz: 503 "
+        "while it waits for the API server or a permission, 200 for a standby and once kopf runs",
+    )
     op.add_argument("--verbose", action="store_true")
     op.add_argument(
         "--prometheus-url",

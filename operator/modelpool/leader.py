@@ -151,6 +151,10 @@ class Elector:
         self.observed_at: float | None = None
         self.lease: Obj | None = None
         """The Lease as last read or written (updates carry its resourceVersion)."""
+        self.claimed = False
+        """Whether this replica has made a write that names it the holder (:meth:`claim`): from
+        then on it may hold the lease, even before it knows (a SIGTERM while the answer was on its
+        way), and gives it up when it stops."""
 
     @property
     def identity(self) -> str:
@@ -194,6 +198,7 @@ class Elector:
         """The Lease to write to take or renew the lease observed last: the one read (kept whole,
         with its resourceVersion: the update fails with 409 Conflict if anyone wrote it since),
         else a new one to create. A new holder sets acquireTime and counts a transition."""
+        self.claimed = True
         stamp = micro_time(wall)
         old = self.observed
         ours = old is not None and old.holder == self.identity

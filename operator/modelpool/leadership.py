@@ -10,7 +10,9 @@ API calls (the blocking httpx client of startup.api_client) and the threads.
   deadline, or as soon as the leader reads another holder in it: kopf's graceful stop takes
   seconds, and the standby may lead once the lease duration has passed; the kubelet restarts the
   container, which then waits as a standby. :meth:`Leadership.release` gives the lease up after
-  kopf stopped on SIGTERM, so that a standby takes over within a retry period.
+  kopf stopped on SIGTERM, so that a standby takes over within a retry period; the CLI makes the
+  Leadership before the wait and releases in a ``finally`` around the wait and kopf, so a SIGTERM
+  between the taking of the lease and kopf's start releases it too.
 """
 
 from __future__ import annotations
@@ -213,9 +215,7 @@ class Leadership:
         self.clock = clock
         self.wall = wall
         self.on_lost = on_lost
-        # Counted from the last write of the lease (its taking, in wait_to_lead: same clock).
-        written_at = elector.observed_at if elector.leading and elector.observed_at is not None else clock()
-        self.deadline = RenewDeadline(self.config.timing.renew_deadline_s, written_at)
+        self.deadline = RenewDeadline(self.config.timing.renew_deadline_s, self._taken_at())
         self.last_problem = ""
         self.lost: str | None = None
         self._lost_lock = threading.Lock()
@@ -225,6 +225,12 @@ class Leadership:
         self._request_timeout_s = api.timeout
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _taken_at(self) -> float:
+        """When the lease was last written: its taking, in wait_to_lead (same clock); now when this
+        replica does not hold it yet (a Leadership made before the taking)."""
+        elector = self.elector
+        return elector.observed_at if elector.leading and elector.observed_at is not None else self.clock()
 
     def renew(self) -> bool:
         """One try to renew; whether it renewed. The lease last written is updated as it is (its
@@ -325,7 +331,8 @@ class Leadership:
                 return
 
     def start(self) -> Leadership:
-        """Renew in the background, from now on."""
+        """Renew in the background, from now on; the renew deadline counts from the taking."""
+        self.deadline.renewed(self._taken_at())
         for target, name in ((self._renew_loop, "leader-renew"), (self._watchdog, "leader-watchdog")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -342,8 +349,10 @@ class Leadership:
 
     def release(self) -> bool:
         """Give the lease up (no holder), when it is still this replica's: a standby takes over at
-        its next look, not after the lease duration. Whether it was released."""
-        if self.lost is not None:
+        its next look, not after the lease duration. Whether it was released. Nothing to do (no
+        request) for a replica that never wrote itself into the lease: a standby stopped while it
+        waits, or one that lost the lease."""
+        if self.lost is not None or not self.elector.claimed:
             return False
         self._stop.set()  # a renewal that starts from now on writes nothing
         with self._write_lock:  # and one in flight has finished

@@ -68,6 +68,30 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _endpoint_problem(
+    flag: str, url: str, example: str, chart_value: str, taken: dict[str, int | None]
+) -> tuple[int | None, str | None]:
+    """The port of a URL the operator serves (``--liveness``, ``--readiness``), and what is wrong
+    with it (None when nothing): not ``http://``, no port number, the port of another flag in
+    ``taken``, or a port it cannot listen on."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError as err:
+        return None, f"{flag}={url!r}: {err}: give e.g. {example}"
+    if parts.scheme != "http":
+        return port, f"{flag}={url!r} is not an http:// URL: give e.g. {example}"
+    for other, other_port in taken.items():
+        if port == other_port:
+            return (
+                port,
+                f"{flag} and {other} both use port {port}: give them two ports ({chart_value} in the chart)",
+            )
+    if (why := _bind_problem(parts.hostname or "localhost", port)) is not None:
+        return port, f"{flag}={url}: {why}: give a free port ({chart_value} in the chart)"
+    return port, None
+
+
 def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = None) -> list[str]:
     """What is wrong with the operator's flags and environment, one sentence each naming the flag or
     variable and the fix; empty when nothing is. The Kubernetes login is checked separately."""
@@ -103,25 +127,27 @@ def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = N
     port_source = "--metrics-port" if args.metrics_port is not None else f"${METRICS_PORT_ENV}"
     if metrics_port is not None and (why := _bind_problem(metrics_addr, metrics_port)) is not None:
         problems.append(f"{port_source}={metrics_port}: {why}: give a free port (metrics.port in the chart)")
+    live_port: int | None = None
     if args.liveness:
-        parts = urllib.parse.urlsplit(args.liveness)
-        try:
-            live_port = parts.port or 80
-        except ValueError as err:
-            problems.append(f"--liveness={args.liveness!r}: {err}: give e.g. http://0.0.0.0:8081/healthz")
-        else:
-            if parts.scheme != "http":
-                problems.append(
-                    f"--liveness={args.liveness!r} is not an http:// URL: give e.g. http://0.0.0.0:8081/healthz"
-                )
-            elif live_port == metrics_port:
-                problems.append(
-                    f"--liveness and --metrics-port both use port {live_port}: give them two ports"
-                )
-            elif (why := _bind_problem(parts.hostname or "localhost", live_port)) is not None:
-                problems.append(
-                    f"--liveness={args.liveness}: {why}: give a free port (liveness.port in the chart)"
-                )
+        live_port, why = _endpoint_problem(
+            "--liveness",
+            args.liveness,
+            "http://0.0.0.0:8081/healthz",
+            "liveness.port",
+            {port_source: metrics_port},
+        )
+        if why is not None:
+            problems.append(why)
+    if args.readiness:
+        _, why = _endpoint_problem(
+            "--readiness",
+            args.readiness,
+            "http://0.0.0.0:8082/readyz",
+            "readiness.port",
+            {"--liveness": live_port, port_source: metrics_port},
+        )
+        if why is not None:
+            problems.append(why)
     if getattr(args, "leader_elect", False):
         problems += _leader_election_problems(args, env)
     return problems
@@ -202,45 +228,34 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class WaitingLiveness:
-    """The ``--liveness`` URL, served while the operator waits before kopf starts (kopf serves it
-    once it runs): 200 and a line saying what the operator waits for. Without it a pod's liveness
-    probe fails while the operator waits for the API server or a permission, and the kubelet
-    restarts the container: the crash loop the wait avoids. The port is free again on exit."""
+class ProbeEndpoint:
+    """One URL the operator serves itself, ``http://host:port/path`` as kopf reads ``--liveness``: a
+    small stdlib HTTP server in a daemon thread that answers each GET of that path with what
+    ``answer`` says at that moment (an HTTP status and one line of text), and 404 elsewhere. The
+    liveness URL while the operator waits before kopf starts (:class:`WaitingLiveness`) and the
+    readiness URL (:class:`Readiness`) are two of these."""
 
-    def __init__(self, url: str | None, waiting_for: str) -> None:
+    def __init__(self, flag: str, url: str, answer: Callable[[], tuple[int, str]]) -> None:
+        self.flag = flag
         self.url = url
-        self.waiting_for = waiting_for
-        """What the first answer says: set before the server starts, so no probe sees less."""
+        self.answer = answer
         self._server: _Server | None = None
 
-    def __enter__(self) -> WaitingLiveness:
-        if self.url:
-            self._server = self._serve(self.url)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def say(self, waiting_for: str) -> None:
-        """What the operator waits for now, as the body of the next answer says."""
-        self.waiting_for = waiting_for
-
-    def _serve(self, url: str) -> _Server | None:
-        parts = urllib.parse.urlsplit(url)
+    def start(self) -> bool:
+        """Serve from now on; False, with one WARNING line, when the port cannot be had (it was
+        free when :func:`config_problems` looked)."""
+        parts = urllib.parse.urlsplit(self.url)
         host, port, path = parts.hostname or "localhost", parts.port or 80, parts.path or "/"  # as kopf
-        live = self
+        endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if urllib.parse.urlsplit(self.path).path != path:
                     self.send_error(404)
                     return
-                body = f"starting: waiting for {live.waiting_for}\n".encode()
-                self.send_response(200)
+                status, line = endpoint.answer()
+                body = f"{line}\n".encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -254,13 +269,122 @@ class WaitingLiveness:
             server_class = _Server6 if infos[0][0] == socket.AF_INET6 else _Server
             server = server_class((host, port), Handler)
         except OSError as err:
-            logger.warning("cannot serve --liveness=%s while waiting to start: %s", url, err)
-            return None
+            logger.warning("cannot serve %s=%s: %s", self.flag, self.url, err)
+            return False
         thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="waiting-liveness", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"serve{self.flag.removeprefix('-')}",
+            daemon=True,
         )
         thread.start()
-        return server
+        self._server = server
+        return True
+
+    def close(self) -> None:
+        """Stop serving: the port is free again on return."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class WaitingLiveness:
+    """The ``--liveness`` URL, served while the operator waits before kopf starts (kopf serves it
+    once it runs): 200 and a line saying what the operator waits for. Without it a pod's liveness
+    probe fails while the operator waits for the API server or a permission, and the kubelet
+    restarts the container: the crash loop the wait avoids. The port is free again on exit."""
+
+    def __init__(self, url: str | None, waiting_for: str) -> None:
+        self.url = url
+        self.waiting_for = waiting_for
+        """What the first answer says: set before the server starts, so no probe sees less."""
+        self._endpoint: ProbeEndpoint | None = None
+
+    def __enter__(self) -> WaitingLiveness:
+        if self.url:
+            endpoint = ProbeEndpoint("--liveness", self.url, self._answer)
+            self._endpoint = endpoint if endpoint.start() else None
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+    def say(self, waiting_for: str) -> None:
+        """What the operator waits for now, as the body of the next answer says."""
+        self.waiting_for = waiting_for
+
+    def _answer(self) -> tuple[int, str]:
+        return 200, f"starting: waiting for {self.waiting_for}"
+
+
+READY, NOT_READY = 200, 503
+STARTING_KOPF = "starting kopf"
+
+
+class Readiness:
+    """The ``--readiness`` URL: whether this replica can do its job, reconcile now or take over as a
+    standby, served by the operator itself from before its first wait until the process ends.
+
+    - ``503 not ready: waiting for <what>`` while it waits for what it cannot work without: the API
+      server, an essential permission (:func:`preflight`);
+    - ``200 ready: standby, the leader lease <ns>/<name> is held by <identity>`` for a standby whose
+      checks passed: it takes over when the leader stops;
+    - ``200 ready: starting kopf``, then ``200 ready: running`` once kopf has started (its
+      ``ready_flag``);
+    - ``503 not ready: kopf stopped`` in the moment between kopf's return (SIGTERM, a crash) and the
+      end of the process; after it, nothing answers.
+
+    The liveness URL answers 200 throughout the waits (the kubelet must not restart a pod that
+    waits); this one does not, so a rollout (maxSurge 1, maxUnavailable 0) does not count a new pod
+    that waits for a permission as available and terminate the old, working leader. Without a URL
+    nothing is served and :attr:`answer` still says what it would answer."""
+
+    def __init__(self, url: str | None, waiting_for: str) -> None:
+        self.url = url
+        self._state: tuple[int, str] = (NOT_READY, f"not ready: waiting for {waiting_for}")
+        """What the first answer says: set before the server starts, so no probe sees less."""
+        self._kopf: threading.Event | None = None
+        self._endpoint: ProbeEndpoint | None = None
+
+    def serve(self) -> Readiness:
+        """Serve the URL (when there is one) from now on, for the process's whole life."""
+        if self.url and self._endpoint is None:
+            endpoint = ProbeEndpoint("--readiness", self.url, lambda: self.answer)
+            self._endpoint = endpoint if endpoint.start() else None
+        return self
+
+    def close(self) -> None:
+        """Stop serving (tests; the operator serves until it exits)."""
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+    def __enter__(self) -> Readiness:
+        return self.serve()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def answer(self) -> tuple[int, str]:
+        """The HTTP status and the line the URL answers now."""
+        kopf = self._kopf
+        if kopf is not None:
+            return READY, "ready: running" if kopf.is_set() else f"ready: {STARTING_KOPF}"
+        return self._state
+
+    def not_ready(self, why: str) -> None:
+        self._kopf, self._state = None, (NOT_READY, f"not ready: {why}")
+
+    def ready(self, what: str) -> None:
+        self._kopf, self._state = None, (READY, f"ready: {what}")
+
+    def running(self, kopf_ready: threading.Event) -> None:
+        """kopf starts: ``ready: running`` once it sets ``kopf_ready`` (kopf.run's ready_flag)."""
+        self._kopf = kopf_ready
 
 
 def wait_for_api_server(
@@ -407,22 +531,45 @@ def preflight(
     transport: httpx.BaseTransport | None = None,
     elector: leader.Elector | None = None,
     clock: Callable[[], float] = time.monotonic,
+    readiness: Readiness | None = None,
 ) -> str | None:
     """What needs the API server before kopf starts: wait for it, say which ``namespaces`` do not
     exist, wait for the permissions (cluster-wide when ``namespaces`` is None), and with leader
     election (``elector``) wait until this replica holds the leader lease. None when kopf may
     start, else why it never can (the caller exits 2). The ``liveness`` URL is served meanwhile
-    (a standby answers 200 while it waits) and its port is free again on return, for kopf."""
-    lease_namespace = elector.config.namespace if elector is not None else None
+    (a standby answers 200 while it waits) and its port is free again on return, for kopf.
+    ``readiness`` (served by the caller) says ``not ready`` while the API server or a permission is
+    waited for, ``ready`` once the permissions are granted: a standby can take over."""
+    ready = readiness if readiness is not None else Readiness(None, "")
     live = WaitingLiveness(liveness, f"the API server at {credentials.server}")
+
+    def waiting(what: str) -> None:
+        live.say(what)
+        ready.not_ready(f"waiting for {what}")
+
+    waiting(live.waiting_for)
     with live, api_client(credentials, transport=transport) as http:
         refused = wait_for_api_server(http, sleep=sleep)
         if refused is not None:
             return refused
         absent = absent_namespaces(http, namespaces or ())
-        live.say("the operator's permissions")
+        waiting("the operator's permissions")
         present = None if namespaces is None else [ns for ns in namespaces if ns not in absent]
-        wait_for_permissions(http, present, sleep=sleep, report=live.say, lease_namespace=lease_namespace)
+        lease_namespace = elector.config.namespace if elector is not None else None
+        wait_for_permissions(http, present, sleep=sleep, report=waiting, lease_namespace=lease_namespace)
         if elector is not None:
-            wait_to_lead(LeaseApi(http, elector.config), elector, say=live.say, sleep=sleep, clock=clock)
+            lease = elector.config
+
+            def standby(waiting_for: str) -> None:
+                live.say(waiting_for)
+                holder = elector.holder
+                ready.ready(
+                    f"standby, the leader lease {lease} is held by {holder}"
+                    if holder
+                    else f"standby, reading the leader lease {lease}"
+                )
+
+            standby(f"the leader lease {lease}")
+            wait_to_lead(LeaseApi(http, lease), elector, say=standby, sleep=sleep, clock=clock)
+        ready.ready(STARTING_KOPF)
     return None

@@ -169,6 +169,15 @@ def healthy(url: str) -> bool:
     return response.status_code == 200 and not response.text.startswith("starting:")
 
 
+def answer(url: str) -> tuple[int, str] | None:
+    """The status and body a URL answers (an operator's readiness endpoint), None when nothing does."""
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.status_code, response.text
+
+
 def service_account_kubeconfig(cluster: DevCluster, namespace: str, name: str, out: Path) -> Path:
     """A kubeconfig for the cluster that authenticates with a fresh token of the ServiceAccount."""
     admin = yaml.safe_load(cluster.kubeconfig.read_text())

@@ -9,6 +9,7 @@ paused while these tests run. The failover times measured are printed (``pytest 
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import signal
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from integration.cluster.kubetools import (
+    answer,
     healthy,
     parse_metrics,
     service_account_kubeconfig,
@@ -35,6 +37,7 @@ from modelpool.builders.triton import LABEL_POOL
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import kill_process, stop_process
 from modelpool.devcluster.triton import free_port
+from modelpool.leader import micro_time
 
 pytestmark = pytest.mark.cluster
 
@@ -293,6 +296,59 @@ def test_without_leader_election_nothing_waits_and_no_lease_is_written(replicas:
         replicas.cluster.kubectl("get", "leases", "-n", replicas.lease_namespace, "-o", "name").stdout == ""
     )
     assert "leader lease" not in log.read_text()
+
+
+def test_a_standby_is_ready_naming_the_leader_and_running_once_it_leads(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    # A standby can take over: it is Ready (a rollout may count it as available), and says whom it
+    # waits for. The leader here is a Lease another holder renewed a moment ago, for an hour.
+    ns = f"le-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", ns)
+    now = micro_time(datetime.datetime.now(datetime.UTC))
+    held = {
+        "holderIdentity": "the-leader_0000",
+        "leaseDurationSeconds": 3600,
+        "acquireTime": now,
+        "renewTime": now,
+    }
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "modelpool-operator"},
+    }
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input_text=json.dumps({**lease, "spec": held}))
+    healthz, readyz = (f"http://127.0.0.1:{free_port()}/{path}" for path in ("healthz", "readyz"))
+    log = tmp_path / "operator-standby.log"
+    args = ["--namespace", ns, "--liveness", healthz, "--readiness", readyz]
+    args += ["--leader-elect", "--leader-election-namespace", ns]
+    proc = start_operator(log, {"KUBECONFIG": str(cluster.kubeconfig)}, *args)
+    try:
+        standby = f"ready: standby, the leader lease {ns}/modelpool-operator is held by the-leader_0000\n"
+        wait_for(lambda: answer(readyz) == (200, standby), 60, "readiness 200 as a standby")
+        assert answer(healthz) == (
+            200,
+            f"starting: waiting for the leader lease {ns}/modelpool-operator, held by the-leader_0000\n",
+        )
+        # The leader releases the lease: this replica leads, and kopf runs.
+        released = {"holderIdentity": "", "leaseDurationSeconds": 1}
+        cluster.kubectl(
+            "patch",
+            "lease",
+            "modelpool-operator",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": released}),
+        )
+        wait_for(lambda: answer(readyz) == (200, "ready: running\n"), 30, "readiness: running once it leads")
+        assert healthy(healthz)
+        assert proc.poll() is None
+    finally:
+        stop_process(proc, grace=20, group=True)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    assert "Traceback" not in log.read_text()
 
 
 # --- the chart --------------------------------------------------------------------------------

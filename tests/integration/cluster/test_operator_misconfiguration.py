@@ -24,7 +24,13 @@ import httpx
 import pytest
 import yaml
 
-from integration.cluster.kubetools import healthy, service_account_kubeconfig, start_operator, wait_for
+from integration.cluster.kubetools import (
+    answer,
+    healthy,
+    service_account_kubeconfig,
+    start_operator,
+    wait_for,
+)
 from integration.delivery.deliverytools import render
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
@@ -222,17 +228,21 @@ def _waiting_body(url: str) -> str | None:
 
 @contextlib.contextmanager
 def _operator_as_chart_sa(
-    cluster: DevCluster, namespace: str, tmp_path: Path, without: tuple[str, str] | None = None
+    cluster: DevCluster,
+    namespace: str,
+    tmp_path: Path,
+    without: tuple[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[tuple[Path, str, subprocess.Popen[bytes]]]:
     """(log, healthz URL, process) of an operator watching ``namespace`` as ServiceAccount ``op`` with the
-    chart's RBAC less ``without``; it must stay up throughout. On exit the sample pool is deleted,
-    the operator stopped and the RBAC's cluster-scoped part removed."""
+    chart's RBAC less ``without`` (and the flags ``extra``); it must stay up throughout. On exit the
+    sample pool is deleted, the operator stopped and the RBAC's cluster-scoped part removed."""
     _grant_chart_rbac(cluster, namespace, without=without)
     kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
-    proc = start_operator(log, env, "--namespace", namespace, "--liveness", healthz)
+    proc = start_operator(log, env, "--namespace", namespace, "--liveness", healthz, *extra)
     try:
         yield log, healthz, proc
         assert proc.poll() is None, log.read_text()
@@ -291,6 +301,36 @@ def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
         assert "grant it in the operator's Role/ClusterRole; the chart's rbac.yaml grants it" in line, line
     granted = [line for line in text.splitlines() if "permissions are granted after" in line]
     assert len(granted) == 1 and "INFO" in granted[0], granted
+
+
+def test_readiness_is_503_naming_a_missing_permission_while_liveness_is_200_then_200_once_granted(
+    cluster: DevCluster, namespace: str, tmp_path: Path
+) -> None:
+    # A pod that waits for a permission must stay alive (liveness 200, no restart) but not be
+    # Ready: a rolling update would otherwise terminate the old, working leader for it.
+    readyz = f"http://127.0.0.1:{free_port()}/readyz"
+    without = ("list", "pods")
+    extra = ("--readiness", readyz)
+    with _operator_as_chart_sa(cluster, namespace, tmp_path, without=without, extra=extra) as (
+        log,
+        healthz,
+        _,
+    ):
+        waiting = f"waiting for permissions: list pods in namespace {namespace}"
+
+        def naming_it() -> str | None:
+            body = _waiting_body(healthz)
+            return body if body is not None and waiting in body else None
+
+        body = wait_for(naming_it, 30, "/healthz naming list pods")
+        assert body == f"starting: {waiting}\n", body
+        assert answer(readyz) == (503, f"not ready: {waiting}\n")
+        time.sleep(3)  # the next checks: still missing, still not ready
+        assert answer(readyz) == (503, f"not ready: {waiting}\n")
+        _grant_chart_rbac(cluster, namespace)
+        wait_for(lambda: answer(readyz) == (200, "ready: running\n"), 60, "ready: running once granted")
+        assert healthy(healthz)  # kopf's own liveness endpoint now
+    assert "Traceback" not in log.read_text()
 
 
 def test_a_namespace_that_does_not_exist_is_one_warning_and_served_once_created(

@@ -73,6 +73,60 @@ def test_a_malformed_liveness_url_is_named(url: str) -> None:
     assert problem.startswith("--liveness=")
 
 
+def test_a_sound_readiness_url_has_no_problems() -> None:
+    live, ready, metrics = _free_ports(3)
+    assert (
+        _problems(
+            "--liveness",
+            f"http://127.0.0.1:{live}/healthz",
+            "--readiness",
+            f"http://127.0.0.1:{ready}/readyz",
+            "--metrics-port",
+            str(metrics),
+            MODELPOOL_METRICS_ADDR="127.0.0.1",
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize("url", ["0.0.0.0:8082", "https://0.0.0.0:8082/readyz", "http://0.0.0.0:99999/"])
+def test_a_malformed_readiness_url_is_named(url: str) -> None:
+    (problem,) = _problems("--readiness", url)
+    assert problem.startswith(f"--readiness={url!r}") and "http://0.0.0.0:8082/readyz" in problem, problem
+
+
+def test_a_readiness_port_in_use_is_named(busy_port: int) -> None:
+    (problem,) = _problems("--readiness", f"http://127.0.0.1:{busy_port}/readyz")
+    assert problem.startswith(f"--readiness=http://127.0.0.1:{busy_port}/readyz: cannot listen"), problem
+    assert problem.endswith("give a free port (readiness.port in the chart)"), problem
+
+
+def test_a_readiness_port_shared_with_liveness_or_metrics_is_named() -> None:
+    (port,) = _free_ports(1)
+    url = f"http://127.0.0.1:{port}/readyz"
+    (live,) = _problems("--readiness", url, "--liveness", f"http://127.0.0.1:{port}/healthz")
+    assert live.startswith(f"--readiness and --liveness both use port {port}: give them two ports"), live
+    (metrics,) = _problems(
+        "--readiness", url, MODELPOOL_METRICS_PORT=str(port), MODELPOOL_METRICS_ADDR="127.0.0.1"
+    )
+    assert metrics.startswith(f"--readiness and $MODELPOOL_METRICS_PORT both use port {port}"), metrics
+    (flag,) = _problems("--readiness", url, "--metrics-port", str(port), MODELPOOL_METRICS_ADDR="127.0.0.1")
+    assert flag.startswith(f"--readiness and --metrics-port both use port {port}"), flag
+    assert "readiness.port in the chart" in metrics
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free now, all different (held open together while they are picked)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_bad_metrics_port_env_is_named() -> None:
     (problem,) = _problems(MODELPOOL_METRICS_PORT="http")
     assert problem.startswith("$MODELPOOL_METRICS_PORT")

@@ -13,9 +13,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from modelpool.leader import Elector, LeaseConfig, LeaseRecord, RenewDeadline, T
 from modelpool.leadership import Leadership, LeaseApi, wait_to_lead
 from modelpool.permissions import SSAR_PATH, accesses
 from modelpool.scaling.metrics import REGISTRY
-from modelpool.startup import config_problems, preflight
+from modelpool.startup import Readiness, config_problems, preflight
 
 Obj = dict[str, Any]
 NS, NAME = "ops", "modelpool-operator"
@@ -607,6 +609,41 @@ def test_preflight_waits_for_the_lease_serving_liveness_as_a_standby(
     assert lease_reviews == {("get", NS), ("create", NS), ("update", NS)}
 
 
+def test_a_standby_is_ready_once_its_permissions_are_granted_and_names_the_holder() -> None:
+    fake, clock = FakeLeases(), Clock()
+    fake.held_by(OTHER)
+    server = FakeApiServer(fake, denied={f"update leases {NS}"})
+    readiness = Readiness(None, "the API server")
+    answers: list[tuple[int, str]] = []
+
+    def each_sleep() -> None:
+        answers.append(readiness.answer)
+        if len(clock.sleeps) == 1:
+            server.denied.clear()  # the permission is granted after the first check
+
+    clock.each_sleep = each_sleep
+    elector = Elector(config())
+    credentials = Credentials(server="https://k8s.test:6443", verify=False, token="t")
+    refused = preflight(
+        credentials,
+        None,
+        None,
+        sleep=clock.sleep,
+        transport=httpx.MockTransport(server),
+        elector=elector,
+        clock=clock,
+        readiness=readiness,
+    )
+    assert refused is None and elector.leading
+    # Without the permission it could not take over: not ready. With it, a standby: ready.
+    assert answers[0] == (
+        503,
+        f"not ready: waiting for permissions: update leases.coordination.k8s.io in namespace {NS}",
+    )
+    assert set(answers[1:]) == {(200, f"ready: standby, the leader lease {NS}/{NAME} is held by {OTHER}")}
+    assert readiness.answer == (200, "ready: starting kopf")  # it took the lease: kopf starts
+
+
 def test_the_lease_permissions_are_asked_for_only_with_leader_election() -> None:
     assert not [a for a in accesses(None) if a.rule.resource == "leases"]
     asked = [str(a) for a in accesses(["team-a"], lease_namespace="ops") if a.rule.resource == "leases"]
@@ -760,3 +797,82 @@ def test_a_renewal_in_flight_when_the_leader_stops_never_takes_the_released_leas
     assert fake.spec["holderIdentity"] == "", fake.writers
     assert fake.writers[-1][1] == "<released>", fake.writers  # no write after the release
     assert lost == []
+
+
+# --- stopping: the release, also right after the taking (cli) -----------------------------------
+
+
+def test_a_standby_that_stops_releases_nothing_and_asks_nothing() -> None:
+    fake = FakeLeases()
+    fake.held_by(OTHER)
+    elector = Elector(config())
+    elector.observe(fake.lease, 1000.0)  # it waited as a standby, then got SIGTERM
+    requests = fake.requests
+    assert not Leadership(api(fake), elector, on_lost=lambda _: None).release()
+    assert fake.requests == requests and fake.spec["holderIdentity"] == OTHER
+
+
+@pytest.fixture
+def _sigterm_handler_restored() -> Iterator[None]:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+class _SigtermWhenLeading(logging.Handler):
+    """Sends this process SIGTERM as the operator logs that it leads: within the moment between the
+    taking of the lease and the start of the renew thread and kopf."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("leading: "):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("when", ["answer-on-its-way", "lease-taken"])
+@pytest.mark.usefixtures("_sigterm_handler_restored")
+def test_a_sigterm_right_after_the_lease_is_taken_releases_it(
+    when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollout's SIGTERM in the fraction of a second after this replica took the lease, before the
+    renew thread and kopf started (or while the answer to the taking was still on its way): the
+    lease is released all the same, so the standby takes over at its next look, not after the lease
+    duration."""
+    from modelpool import cli, kube, startup
+
+    fake = FakeLeases()
+    server = FakeApiServer(fake)
+
+    def api_server(request: httpx.Request) -> httpx.Response:
+        response = server(request)
+        if when == "answer-on-its-way" and request.url.path == LEASES and response.status_code == 201:
+            os.kill(os.getpid(), signal.SIGTERM)  # the API server has stored it; the answer is lost
+        return response
+
+    real_client = startup.api_client
+    monkeypatch.setattr(
+        startup,
+        "api_client",
+        lambda credentials, transport=None: real_client(
+            credentials, transport=httpx.MockTransport(api_server)
+        ),
+    )
+    monkeypatch.setattr(
+        kube, "load_credentials", lambda: Credentials(server="https://k8s.test:6443", verify=False, token="t")
+    )
+    monkeypatch.setattr(cli, "_run_kopf", lambda *_: pytest.fail("kopf started after the SIGTERM"))
+    monkeypatch.delenv("MODELPOOL_METRICS_PORT", raising=False)
+    handler = _SigtermWhenLeading()
+    logging.getLogger("modelpool.operator").addHandler(handler)
+    try:
+        args = build_parser().parse_args(
+            ["operator", "run", "--leader-elect", "--leader-election-namespace", NS]
+        )
+        with pytest.raises(SystemExit) as stopped:
+            cli._operator(args)
+    finally:
+        logging.getLogger("modelpool.operator").removeHandler(handler)
+    assert stopped.value.code == 0
+    assert [method for method, _ in fake.writes] == ["POST", "PUT"], fake.writes  # taken, released
+    assert fake.spec["holderIdentity"] == "" and fake.spec["leaseDurationSeconds"] == 1

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
+import threading
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +23,11 @@ import pytest
 
 from integration.delivery.deliverytools import render
 from integration.delivery.permissions import rbac_grants
+from modelpool import cli
 from modelpool.devcluster.triton import free_port
 from modelpool.kube import Credentials
 from modelpool.permissions import SSAR_PATH, accesses
-from modelpool.startup import WaitingLiveness, preflight
+from modelpool.startup import Readiness, WaitingLiveness, preflight
 
 CREDENTIALS = Credentials(server="https://k8s.test:6443", verify=False, token="t")
 Obj = dict[str, Any]
@@ -78,27 +82,41 @@ class FakeApi:
 
 @dataclass
 class Sleeper:
-    """The waits' ``sleep``: records each delay, probes the liveness URL, runs ``then`` after the
-    n-th sleep."""
+    """The waits' ``sleep``: records each delay, probes the liveness URL (and the readiness URL),
+    runs ``then`` after the n-th sleep."""
 
     liveness: str | None = None
     then: dict[int, Callable[[], None]] = field(default_factory=dict)
     delays: list[float] = field(default_factory=list)
     probes: list[tuple[int, str]] = field(default_factory=list)
+    readiness: str | None = None
+    ready_probes: list[tuple[int, str]] = field(default_factory=list)
 
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
-        if self.liveness:
-            response = httpx.get(self.liveness, timeout=5)
-            self.probes.append((response.status_code, response.text))
+        for url, probes in ((self.liveness, self.probes), (self.readiness, self.ready_probes)):
+            if url:
+                response = httpx.get(url, timeout=5)
+                probes.append((response.status_code, response.text))
         if (action := self.then.get(len(self.delays))) is not None:
             action()
 
 
 def _run(
-    api: FakeApi, sleep: Sleeper, namespaces: list[str] | None = None, liveness: str | None = None
+    api: FakeApi,
+    sleep: Sleeper,
+    namespaces: list[str] | None = None,
+    liveness: str | None = None,
+    readiness: Readiness | None = None,
 ) -> str | None:
-    return preflight(CREDENTIALS, namespaces, liveness, sleep=sleep, transport=httpx.MockTransport(api))
+    return preflight(
+        CREDENTIALS,
+        namespaces,
+        liveness,
+        sleep=sleep,
+        transport=httpx.MockTransport(api),
+        readiness=readiness,
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -166,6 +184,98 @@ def test_liveness_port_is_freed_when_the_credentials_are_refused() -> None:
     port = free_port()
     refused = _run(FakeApi(api_status=401), Sleeper(), liveness=f"http://127.0.0.1:{port}/healthz")
     assert refused is not None and "401" in refused
+    assert _port_free(port)
+
+
+# --- the readiness URL ----------------------------------------------------------------------------
+
+
+def _urls() -> tuple[str, str]:
+    return f"http://127.0.0.1:{free_port()}/healthz", f"http://127.0.0.1:{free_port()}/readyz"
+
+
+def _get(url: str) -> tuple[int, str]:
+    response = httpx.get(url, timeout=5)
+    return response.status_code, response.text
+
+
+def test_readiness_is_503_while_the_api_server_is_away_though_liveness_is_200() -> None:
+    live, ready = _urls()
+    sleep = Sleeper(live, readiness=ready)
+    with Readiness(ready, f"the API server at {CREDENTIALS.server}") as readiness:
+        assert _get(ready) == (503, "not ready: waiting for the API server at https://k8s.test:6443\n")
+        assert _run(FakeApi(down=2), sleep, liveness=live, readiness=readiness) is None
+        assert [status for status, _ in sleep.probes] == [200, 200]
+        assert (
+            sleep.ready_probes
+            == [(503, "not ready: waiting for the API server at https://k8s.test:6443\n")] * 2
+        )
+        # The waits are over: kopf may start, and this replica can do its job.
+        assert _get(ready) == (200, "ready: starting kopf\n")
+    assert _port_free(int(ready.split(":")[2].split("/")[0]))
+
+
+def test_readiness_is_503_naming_a_missing_permission_and_200_once_granted() -> None:
+    live, ready = _urls()
+    api = FakeApi(denied={"list pods team-a"})
+    sleep = Sleeper(live, then={2: api.denied.clear}, readiness=ready)
+    with Readiness(ready, "the API server") as readiness:
+        assert _run(api, sleep, ["team-a"], liveness=live, readiness=readiness) is None
+        assert [status for status, _ in sleep.probes] == [200, 200]
+        assert (
+            sleep.ready_probes
+            == [(503, "not ready: waiting for permissions: list pods in namespace team-a\n")] * 2
+        )
+        assert _get(ready) == (200, "ready: starting kopf\n")
+
+
+def test_readiness_stays_503_when_the_credentials_are_refused() -> None:
+    readiness = Readiness(None, "the API server")
+    refused = _run(FakeApi(api_status=401), Sleeper(), readiness=readiness)
+    assert refused is not None and "401" in refused
+    assert readiness.answer == (503, "not ready: waiting for the API server at https://k8s.test:6443")
+
+
+def test_readiness_says_running_once_kopf_is_ready_and_not_ready_once_it_stopped() -> None:
+    readiness = Readiness(None, "the API server")
+    assert readiness.answer == (503, "not ready: waiting for the API server")
+    readiness.ready("standby, the leader lease ops/x is held by y")
+    assert readiness.answer == (200, "ready: standby, the leader lease ops/x is held by y")
+    kopf_ready = threading.Event()
+    readiness.running(kopf_ready)
+    assert readiness.answer == (200, "ready: starting kopf")
+    kopf_ready.set()
+    assert readiness.answer == (200, "ready: running")
+    readiness.not_ready("kopf stopped")
+    assert readiness.answer == (503, "not ready: kopf stopped")
+
+
+def test_run_kopf_passes_its_ready_flag_and_readiness_follows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    readiness = Readiness(None, "the API server")
+    seen: list[tuple[int, str]] = []
+
+    def run(**kwargs: Any) -> None:  # kopf.run: starts, sets its ready_flag, runs, stops
+        seen.append(readiness.answer)
+        kwargs["ready_flag"].set()
+        seen.append(readiness.answer)
+
+    monkeypatch.setattr(kopf, "run", run)
+    monkeypatch.setattr(cli, "use_kopf_logging", lambda verbose: None)
+    # The handlers are not the subject here: registering them is left out.
+    monkeypatch.setitem(sys.modules, "modelpool.controllers.handlers", types.ModuleType("handlers"))
+    args = cli.build_parser().parse_args(["operator", "run", "--readiness", "http://127.0.0.1:1/readyz"])
+    cli._run_kopf(args, readiness)
+    assert seen == [(200, "ready: starting kopf"), (200, "ready: running")]
+    assert readiness.answer == (503, "not ready: kopf stopped")
+
+
+def test_readiness_serves_only_its_path_and_frees_its_port() -> None:
+    port = free_port()
+    with Readiness(f"http://127.0.0.1:{port}/readyz", "something"):
+        assert _get(f"http://127.0.0.1:{port}/readyz") == (503, "not ready: waiting for something\n")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 404
     assert _port_free(port)
 
 
