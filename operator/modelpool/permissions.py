@@ -6,10 +6,11 @@ Where each comes from: kopf's watches and indexes (list, watch) and its finalize
 annotations (patch) in controllers/handlers.py; the reconcile loops' reads and writes through
 kube.KubeClient in controllers/pool_reconciler.py, policy_reconciler.py, profiles.py,
 routed_slo.py and status_io.py (get, list, server-side apply = create and patch, delete, merge-patch
-of /status); Events posted by kopf and the handlers (create); kopf's scan of the CRDs and, when it
-serves a list of namespaces, its namespace observer (kopf 1.45 _core/reactor/observation.py); with
-``--leader-elect``, the leader Lease in the operator's own namespace (leadership.py: get, create,
-update).
+of /status), and of the variants' PodDisruptionBudgets in controllers/disruption_budgets.py (listed,
+not watched: without them the rest is still reconciled); Events posted by kopf and the handlers
+(create); kopf's scan of the CRDs and, when it serves a list of namespaces, its namespace observer
+(kopf 1.45 _core/reactor/observation.py); with ``--leader-elect``, the leader Lease in the
+operator's own namespace (leadership.py: get, create, update).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ RULES: tuple[Rule, ...] = (
         essential=False,
     ),
     Rule("", "services", ("delete",), "the Service of a variant removed from a pool stays", essential=False),
+    Rule(
+        "policy",
+        "poddisruptionbudgets",
+        ("get", "list", "create", "patch", "delete"),
+        "no PodDisruptionBudgets: node drains are not bounded per variant (the pool's condition "
+        "DisruptionBudgetApplied says so)",
+        essential=False,
+    ),
     Rule("", "secrets", ("get",), "a policy's router admin token cannot be read", essential=False),
     Rule("", "events", ("create",), "no Events on pools and policies", essential=False),
     Rule(

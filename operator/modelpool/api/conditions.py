@@ -17,6 +17,7 @@ GPU_BUDGET_FITS = "GPUBudgetFits"
 METRICS_AVAILABLE = "MetricsAvailable"
 PROFILES_CURRENT = "ProfilesCurrent"
 PROGRAMMED = "Programmed"
+DISRUPTION_BUDGET_APPLIED = "DisruptionBudgetApplied"
 
 
 def now_rfc3339() -> str:

@@ -114,6 +114,11 @@ def _strip_nullable(schema: Schema) -> Schema:
     return schema
 
 
+def _defaults_to_none(prop: Any) -> bool:
+    """A property pydantic declares with ``default: null`` (a field ``X | None = None``)."""
+    return isinstance(prop, dict) and "default" in prop and prop["default"] is None
+
+
 def structural(node: Any, *, add_object_defaults: bool) -> Any:
     """Turn a resolved JSON Schema node into a Kubernetes structural schema node."""
     if isinstance(node, list):
@@ -141,12 +146,16 @@ def structural(node: Any, *, add_object_defaults: bool) -> Any:
         out.setdefault("type", "object")
         if add_object_defaults:
             required = set(out.get("required", []))
+            unset = {name for name, prop in node["properties"].items() if _defaults_to_none(prop)}
             for name, prop in out["properties"].items():
                 # An optional nested object without required fields defaults to {}, so the API
                 # server fills its own defaults (which CEL rules then see). Not where a CEL rule
                 # sits on the object itself: the API server checks rules against the default too.
+                # Nor for a field declared `X | None = None`: unset means something there (a
+                # variant's disruptionBudget, unset, is the pool's), so it stays absent.
                 if (
                     name not in required
+                    and name not in unset
                     and prop.get("type") == "object"
                     and "properties" in prop
                     and not prop.get("required")

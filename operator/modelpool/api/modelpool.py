@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, StrictInt, StrictStr, WithJsonSchema, model_validator
 
 from modelpool.api.base import (
     IMAGE_PATTERN,
@@ -189,6 +189,62 @@ class ProfileReference(ApiModel):
     )
 
 
+MAX_UNAVAILABLE_PERCENT_PATTERN = r"^(100|[1-9][0-9]?)%$"
+MAX_UNAVAILABLE_MESSAGE = (
+    "maxUnavailable must be a number of replicas from 1 to 1000 or a percentage from 1% to 100% "
+    "(e.g. 1 or 25%); 0 would refuse every eviction and so block node drains: to leave evictions "
+    "unbounded set enabled: false instead"
+)
+
+
+def _max_unavailable(value: int | str) -> int | str:
+    """The API's check (also the CRD's CEL rule) of an int-or-string maxUnavailable."""
+    if isinstance(value, int):
+        ok = 1 <= value <= 1000
+    else:
+        ok = re.fullmatch(MAX_UNAVAILABLE_PERCENT_PATTERN, value, flags=re.ASCII) is not None
+    if not ok:
+        raise ValueError(MAX_UNAVAILABLE_MESSAGE)
+    return value
+
+
+MaxUnavailable = Annotated[
+    StrictInt | StrictStr,
+    AfterValidator(_max_unavailable),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "maxLength": 4,  # "100%"; the API server bounds the CEL rule's cost by it
+            "x-kubernetes-validations": [
+                cel(
+                    "type(self) == int ? self >= 1 && self <= 1000 "
+                    f": self.matches(r'{MAX_UNAVAILABLE_PERCENT_PATTERN}')",
+                    MAX_UNAVAILABLE_MESSAGE,
+                )
+            ],
+        }
+    ),
+]
+"""A number of replicas or a percentage of them, like policy/v1's ``maxUnavailable``, never 0."""
+
+
+class DisruptionBudget(ApiModel):
+    """A PodDisruptionBudget per variant: how many of its Triton replicas voluntary evictions (node
+    drains, cluster upgrades, the cluster autoscaler removing a node) may take at once."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Create a PodDisruptionBudget for each variant; false removes them (evictions "
+        "are then unbounded, e.g. when you manage your own budget for these pods).",
+    )
+    max_unavailable: MaxUnavailable = Field(
+        default=1,
+        description="Replicas of a variant that evictions may take at once: a number (at least 1) "
+        "or a percentage of its replicas (1% to 100%, rounded up, so at least one). Never 0, and "
+        "there is no minAvailable: a budget that allows no eviction blocks node drains forever.",
+    )
+
+
 class Variant(ApiModel):
     """One variant (tier) of the model, run as its own Triton Deployment."""
 
@@ -226,6 +282,11 @@ class Variant(ApiModel):
     scaling: VariantScaling = Field(default_factory=VariantScaling)
     profile: ProfileReference | None = Field(
         default=None, description="Measured capability profile of this variant."
+    )
+    disruption_budget: DisruptionBudget | None = Field(
+        default=None,
+        description="This variant's disruption budget, in place of spec.disruptionBudget (the whole "
+        "object: fields it leaves out take their defaults, not the pool's).",
     )
 
 
@@ -396,6 +457,15 @@ class ModelPoolSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     scaling: PoolScaling = Field(default_factory=PoolScaling)
+    disruption_budget: DisruptionBudget = Field(
+        default_factory=DisruptionBudget,
+        description="The PodDisruptionBudget of every variant (see docs/scaling.md); a variant's own "
+        "disruptionBudget replaces it. On by default, one replica at a time.",
+    )
+
+    def disruption_budget_of(self, variant: Variant) -> DisruptionBudget:
+        """The budget that applies to ``variant``: its own, else the pool's."""
+        return variant.disruption_budget or self.disruption_budget
 
 
 class ScalerRecommendation(ApiModel):

@@ -1,4 +1,4 @@
-"""Pure builders for a variant's Triton Deployment and Service.
+"""Pure builders for a variant's Triton Deployment, Service and PodDisruptionBudget.
 
 Nothing here talks to the API server: the controllers call these with a parsed
 spec and get plain manifests back, which makes them trivial to test and to diff
@@ -28,7 +28,7 @@ ANNOTATION_MODEL_VERSION = "modelpool.dev/model-version"
 
 
 def child_name(pool: str, variant: str) -> str:
-    """Name of the Deployment and Service of ``variant`` in ``pool``."""
+    """Name of the Deployment, Service and PodDisruptionBudget of ``variant`` in ``pool``."""
     return f"{pool}-{variant}"
 
 
@@ -130,7 +130,7 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
 
 
 def child_metadata(pool: str, namespace: str, uid: str, variant: Variant) -> Manifest:
-    """Name, labels and controller reference shared by a variant's Deployment and Service."""
+    """Name, labels and controller reference shared by a variant's children."""
     return {
         "name": child_name(pool, variant.name),
         "namespace": namespace,
@@ -171,6 +171,31 @@ def build_service(pool: str, namespace: str, uid: str, variant: Variant) -> Mani
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
+        },
+    }
+
+
+def build_pod_disruption_budget(
+    pool: str, namespace: str, uid: str, spec: ModelPoolSpec, variant: Variant
+) -> Manifest | None:
+    """The PodDisruptionBudget that bounds how many of ``variant``'s replicas voluntary evictions
+    (node drains, cluster upgrades, the cluster autoscaler) take at once; None when its budget
+    (the variant's own, else the pool's) is off. It selects exactly the pods of the variant's
+    Deployment (the same selector)."""
+    budget = spec.disruption_budget_of(variant)
+    if not budget.enabled:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(pool, namespace, uid, variant),
+        "spec": {
+            "maxUnavailable": budget.max_unavailable,
+            "selector": {"matchLabels": selector_labels(pool, variant.name)},
+            # A replica that is not Ready (a model that does not load, an image that cannot be
+            # pulled) serves nothing: evicting it costs no capacity, and under the default policy
+            # (IfHealthyBudget) it could hold a node drain while the healthy replicas are short.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 

@@ -19,16 +19,19 @@ from modelpool.api import conditions as c
 from modelpool.api.base import API_VERSION, Condition, field_errors
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, Variant
 from modelpool.api.semantics import child_name_problems
-from modelpool.builders.triton import (
-    LABEL_POOL,
-    LABEL_VARIANT,
-    MANAGED_BY,
-    build_deployment,
-    build_service,
-    child_name,
-    is_subset,
-)
+from modelpool.builders.triton import build_deployment, build_service, child_name
 from modelpool.controllers.backoff import server_busy
+from modelpool.controllers.children import (
+    DEPLOYMENT,
+    SERVICE,
+    EventSink,
+    converge_child,
+    list_children,
+    pool_selector,
+    prune_children,
+    with_kind,
+)
+from modelpool.controllers.disruption_budgets import reconcile_budgets
 from modelpool.controllers.pool_status import (
     ChildIssues,
     ReplicaPlan,
@@ -44,19 +47,21 @@ from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
 logger = logging.getLogger(__name__)
 
-# (type, reason, message) -> posted as a Kubernetes Event on the pool.
-EventSink = Callable[[str, str, str], None]
-
-
-@dataclass(frozen=True)
-class ChildKind:
-    api_version: str
-    plural: str
-    kind: str
-
-
-DEPLOYMENT = ChildKind("apps/v1", "deployments", "Deployment")
-SERVICE = ChildKind("v1", "services", "Service")
+__all__ = [
+    "DEPLOYMENT",
+    "SERVICE",
+    "ApiChildReader",
+    "CachedChildReader",
+    "ChildReader",
+    "EventSink",
+    "PoolPass",
+    "RefreshingChildReader",
+    "hold_or_minimum",
+    "parse_status",
+    "pool_path",
+    "prune_removed",
+    "reconcile_pool",
+]
 
 
 def pool_path(namespace: str, name: str) -> str:
@@ -89,58 +94,14 @@ def hold_or_minimum(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> di
     return plans
 
 
-def _owned_by(obj: Obj, uid: str) -> bool:
-    return any(
-        ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences", [])
-    )
-
-
-async def converge_child(
-    kube: KubeClient,
-    kind: ChildKind,
-    manifest: Obj,
-    uid: str,
-    emit: EventSink,
-    issues: ChildIssues,
-    listed: Mapping[str, Obj],
-) -> Obj | None:
-    """Create the child if missing, correct it if it drifted, leave it alone otherwise.
-
-    ``listed`` holds the pool's children found by label; a name missing there is looked up
-    directly, so an object of someone else's that happens to have the name is never taken over.
-    """
-    name = manifest["metadata"]["name"]
-    namespace = manifest["metadata"]["namespace"]
-    path = resource_path(kind.api_version, kind.plural, namespace, name)
-    live = listed[name] if name in listed else await kube.get(path)
-    if live is not None and not _owned_by(live, uid):
-        issues.conflicts.append(
-            f"{kind.kind} {name} exists and is not owned by this pool; "
-            "delete or rename it, or rename the variant"
-        )
-        return None
-    if live is None:
-        created = await kube.apply(path, manifest)
-        emit("Normal", "Created", f"created {kind.kind} {name}")
-        return created
-    if is_subset(manifest, live):
-        return live
-    corrected = await kube.apply(path, manifest)
-    if not _only_replicas_differ(manifest, live):
-        emit("Normal", "Updated", f"updated {kind.kind} {name} to match the pool's spec")
-    return corrected
-
-
-def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:
-    """A scaling action (reported by its own Event), not a spec correction."""
-    if "replicas" not in manifest.get("spec", {}):
-        return False
-    without = {**manifest, "spec": {k: v for k, v in manifest["spec"].items() if k != "replicas"}}
-    return is_subset(without, live)
-
-
 class ChildReader(Protocol):
     """Where a pass reads the pool's children from: the API server, or the operator's watch cache."""
+
+    @property
+    def from_api_server(self) -> bool:
+        """Whether the children come from a LIST of the API server rather than a watch cache: the
+        pass then also reads (and corrects) what no watch follows, the PodDisruptionBudgets."""
+        ...
 
     async def children(self) -> dict[str, dict[str, Obj]]:
         """The pool's Deployments and Services by kind and name."""
@@ -149,12 +110,6 @@ class ChildReader(Protocol):
     async def pods(self) -> list[Obj]:
         """The pool's pods."""
         ...
-
-
-def _with_kind(kind: ChildKind, obj: Obj) -> Obj:
-    """Items of a LIST carry no apiVersion/kind; they are filled in so that listed or cached
-    objects compare with built manifests exactly as fetched ones do."""
-    return {"apiVersion": kind.api_version, "kind": kind.kind, **obj}
 
 
 @dataclass(frozen=True)
@@ -166,23 +121,17 @@ class ApiChildReader:
     pool: str
 
     @property
-    def selector(self) -> str:
-        """The pool's children, as the operator's watches select them (its managed-by label)."""
-        return f"{LABEL_POOL}={self.pool},app.kubernetes.io/managed-by={MANAGED_BY}"
+    def from_api_server(self) -> bool:
+        return True
 
     async def children(self) -> dict[str, dict[str, Obj]]:
         return {
-            kind.kind: {
-                obj["metadata"]["name"]: _with_kind(kind, obj)
-                for obj in await self.kube.list(
-                    resource_path(kind.api_version, kind.plural, self.namespace), self.selector
-                )
-            }
+            kind.kind: await list_children(self.kube, kind, self.namespace, self.pool)
             for kind in (DEPLOYMENT, SERVICE)
         }
 
     async def pods(self) -> list[Obj]:
-        return await self.kube.list(resource_path("v1", "pods", self.namespace), self.selector)
+        return await self.kube.list(resource_path("v1", "pods", self.namespace), pool_selector(self.pool))
 
 
 @dataclass(frozen=True)
@@ -198,10 +147,14 @@ class CachedChildReader:
     services: Callable[[], Iterable[Obj]]
     pod_list: Callable[[], Iterable[Obj]]
 
+    @property
+    def from_api_server(self) -> bool:
+        return False
+
     async def children(self) -> dict[str, dict[str, Obj]]:
         return {
-            DEPLOYMENT.kind: {o["metadata"]["name"]: _with_kind(DEPLOYMENT, o) for o in self.deployments()},
-            SERVICE.kind: {o["metadata"]["name"]: _with_kind(SERVICE, o) for o in self.services()},
+            DEPLOYMENT.kind: {o["metadata"]["name"]: with_kind(DEPLOYMENT, o) for o in self.deployments()},
+            SERVICE.kind: {o["metadata"]["name"]: with_kind(SERVICE, o) for o in self.services()},
         }
 
     async def pods(self) -> list[Obj]:
@@ -244,19 +197,13 @@ async def prune_removed(
     emit: EventSink,
     children: Mapping[str, Mapping[str, Obj]],
 ) -> None:
-    """Delete children of variants that are no longer in the spec (and only ours)."""
+    """Delete the Deployments and Services of variants no longer in the spec (and only ours)."""
+
+    def unwanted(variant: str | None) -> str | None:
+        return None if variant in keep else f"variant {variant} left the spec"
+
     for kind in (DEPLOYMENT, SERVICE):
-        for obj in children[kind.kind].values():
-            variant = obj["metadata"].get("labels", {}).get(LABEL_VARIANT)
-            if variant not in keep and _owned_by(obj, uid):
-                await kube.delete(
-                    resource_path(kind.api_version, kind.plural, namespace, obj["metadata"]["name"])
-                )
-                emit(
-                    "Normal",
-                    "Deleted",
-                    f"deleted {kind.kind} {obj['metadata']['name']}: variant {variant} left the spec",
-                )
+        await prune_children(kube, kind, namespace, uid, children[kind.kind], unwanted, emit)
 
 
 @dataclass(frozen=True)
@@ -357,12 +304,23 @@ async def reconcile_pool(
             children,
         )
     await prune_removed(kube, namespace, uid, {v.name for v in spec.variants}, emit, children)
+    conditions = await reconcile_budgets(
+        kube,
+        namespace,
+        name,
+        uid,
+        spec,
+        generation,
+        prev_conditions,
+        emit,
+        now(),
+        listing_pass=reader.from_api_server,
+    )
     pods = await reader.pods()
-    conditions = prev_conditions
     if outcome.metrics is not None:
         note = outcome.metrics
         conditions = c.set_condition(
-            prev_conditions,
+            conditions,
             c.METRICS_AVAILABLE,
             "True" if note.ok else "False",
             note.reason,

@@ -116,3 +116,66 @@ def test_unchanged_live_deployment_is_not_drift() -> None:
     assert b.is_subset(desired, live)
     edited = {**live, "spec": {**live["spec"], "replicas": 5}}
     assert not b.is_subset(desired, edited)
+
+
+def _with_budgets(pool: Any = None, **variant: Any) -> ModelPoolSpec:
+    wire = _spec(**variant).to_wire()
+    if pool is not None:
+        wire["disruptionBudget"] = pool
+    return ModelPoolSpec.model_validate(wire)
+
+
+def test_pod_disruption_budget_bounds_exactly_the_variants_pods_by_default() -> None:
+    spec = _spec()
+    variant = spec.variants[0]
+    pdb = b.build_pod_disruption_budget("bank", "ns", "uid-1", spec, variant)
+    dep = b.build_deployment("bank", "ns", "uid-1", spec, variant, replicas=2)
+    assert pdb is not None
+    assert (pdb["apiVersion"], pdb["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    # Named, labelled and owned like the variant's other children (garbage-collected with the pool).
+    assert pdb["metadata"] == dep["metadata"]
+    # The Deployment's selector, which its pod template carries: this variant's pods, no others.
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1  # on by default, one replica at a time
+    assert "minAvailable" not in pdb["spec"]  # minAvailable = replicas would block every drain
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+@pytest.mark.parametrize(
+    ("pool", "variant", "expected"),
+    [
+        ({"maxUnavailable": "25%"}, None, "25%"),
+        ({"maxUnavailable": 2}, None, 2),
+        ({"maxUnavailable": "25%"}, {"maxUnavailable": 3}, 3),  # the variant's own replaces the pool's
+        ({"maxUnavailable": "25%"}, {"enabled": True}, 1),  # the whole object: its defaults, not the pool's
+        ({"enabled": False}, None, None),
+        ({"enabled": False}, {"maxUnavailable": "50%"}, "50%"),
+        (None, {"enabled": False}, None),
+    ],
+)
+def test_pod_disruption_budget_follows_the_pool_or_the_variants_own(
+    pool: Any, variant: Any, expected: Any
+) -> None:
+    spec = _with_budgets(pool, **({"disruptionBudget": variant} if variant is not None else {}))
+    pdb = b.build_pod_disruption_budget("bank", "ns", "u", spec, spec.variants[0])
+    assert (pdb["spec"]["maxUnavailable"] if pdb is not None else None) == expected
+
+
+def test_unchanged_live_pod_disruption_budget_is_not_drift() -> None:
+    spec = _with_budgets({"maxUnavailable": "25%"})
+    desired = b.build_pod_disruption_budget("bank", "ns", "u", spec, spec.variants[0])
+    assert desired is not None
+    live = {
+        **desired,
+        "metadata": {**desired["metadata"], "generation": 1, "resourceVersion": "7"},
+        "status": {"currentHealthy": 2, "desiredHealthy": 1, "disruptionsAllowed": 1, "expectedPods": 2},
+    }
+    assert b.is_subset(desired, live)
+    assert not b.is_subset(desired, {**live, "spec": {**live["spec"], "maxUnavailable": "50%"}})
+    assert not b.is_subset(
+        desired, {**live, "spec": {**live["spec"], "unhealthyPodEvictionPolicy": "IfHealthyBudget"}}
+    )

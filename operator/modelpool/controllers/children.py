@@ -1,0 +1,117 @@
+"""A pool's children, whatever their kind: created when missing, corrected when drifted, never
+taken over from someone else, deleted when the spec no longer wants them.
+
+One code path serves the Deployments, Services and PodDisruptionBudgets: each is a manifest from
+a pure builder (:mod:`modelpool.builders.triton`) applied with server-side apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT, MANAGED_BY, is_subset
+from modelpool.controllers.pool_status import ChildIssues
+from modelpool.kube import KubeClient, Obj, resource_path
+
+# (type, reason, message) -> posted as a Kubernetes Event on the pool.
+EventSink = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    api_version: str
+    plural: str
+    kind: str
+
+
+DEPLOYMENT = ChildKind("apps/v1", "deployments", "Deployment")
+SERVICE = ChildKind("v1", "services", "Service")
+POD_DISRUPTION_BUDGET = ChildKind("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
+
+
+def pool_selector(pool: str) -> str:
+    """The pool's children, as the operator's watches select them (its managed-by label)."""
+    return f"{LABEL_POOL}={pool},app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def owned_by(obj: Obj, uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences", [])
+    )
+
+
+def with_kind(kind: ChildKind, obj: Obj) -> Obj:
+    """Items of a LIST carry no apiVersion/kind; they are filled in so that listed or cached
+    objects compare with built manifests exactly as fetched ones do."""
+    return {"apiVersion": kind.api_version, "kind": kind.kind, **obj}
+
+
+async def list_children(kube: KubeClient, kind: ChildKind, namespace: str, pool: str) -> dict[str, Obj]:
+    """The pool's children of ``kind`` by name: one LIST."""
+    items = await kube.list(resource_path(kind.api_version, kind.plural, namespace), pool_selector(pool))
+    return {obj["metadata"]["name"]: with_kind(kind, obj) for obj in items}
+
+
+async def converge_child(
+    kube: KubeClient,
+    kind: ChildKind,
+    manifest: Obj,
+    uid: str,
+    emit: EventSink,
+    issues: ChildIssues,
+    listed: Mapping[str, Obj],
+) -> Obj | None:
+    """Create the child if missing, correct it if it drifted, leave it alone otherwise.
+
+    ``listed`` holds the pool's children found by label; a name missing there is looked up
+    directly, so an object of someone else's that happens to have the name is never taken over.
+    """
+    name = manifest["metadata"]["name"]
+    namespace = manifest["metadata"]["namespace"]
+    path = resource_path(kind.api_version, kind.plural, namespace, name)
+    live = listed[name] if name in listed else await kube.get(path)
+    if live is not None and not owned_by(live, uid):
+        issues.conflicts.append(
+            f"{kind.kind} {name} exists and is not owned by this pool; "
+            "delete or rename it, or rename the variant"
+        )
+        return None
+    if live is None:
+        created = await kube.apply(path, manifest)
+        emit("Normal", "Created", f"created {kind.kind} {name}")
+        return created
+    if is_subset(manifest, live):
+        return live
+    corrected = await kube.apply(path, manifest)
+    if not _only_replicas_differ(manifest, live):
+        emit("Normal", "Updated", f"updated {kind.kind} {name} to match the pool's spec")
+    return corrected
+
+
+def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:
+    """A scaling action (reported by its own Event), not a spec correction."""
+    if "replicas" not in manifest.get("spec", {}):
+        return False
+    without = {**manifest, "spec": {k: v for k, v in manifest["spec"].items() if k != "replicas"}}
+    return is_subset(without, live)
+
+
+async def prune_children(
+    kube: KubeClient,
+    kind: ChildKind,
+    namespace: str,
+    uid: str,
+    listed: Mapping[str, Obj],
+    unwanted: Callable[[str | None], str | None],
+    emit: EventSink,
+) -> None:
+    """Delete the children of ``kind`` in ``listed`` that this pool owns and the spec no longer
+    wants: ``unwanted`` is given a child's variant (its label) and says why it goes, or None."""
+    for obj in listed.values():
+        name = obj["metadata"]["name"]
+        why = unwanted(obj["metadata"].get("labels", {}).get(LABEL_VARIANT))
+        if why is None or not owned_by(obj, uid):
+            continue
+        await kube.delete(resource_path(kind.api_version, kind.plural, namespace, name))
+        emit("Normal", "Deleted", f"deleted {kind.kind} {name}: {why}")
