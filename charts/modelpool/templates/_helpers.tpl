@@ -91,6 +91,7 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 - operator
 - run
 - --liveness=http://0.0.0.0:{{ .Values.liveness.port }}{{ .Values.liveness.path }}
+- --readiness=http://0.0.0.0:{{ include "modelpool.readinessPort" . }}{{ include "modelpool.readinessPath" . }}
 {{- range .Values.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
@@ -112,7 +113,8 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{/*
 Namespaced permissions the operator needs in every watched namespace (or cluster-wide):
   - its own resources: read, watch, patch (kopf finalizers and annotations), and their status;
-  - the children it owns: Deployments, Services and ConfigMaps (server-side apply, delete);
+  - the children it owns: Deployments, Services and ConfigMaps (server-side apply, delete), and
+    the variants' PodDisruptionBudgets (listed, not watched: get, list, create, patch, delete);
   - pods (readiness, router discovery) read-only; the router admin-token Secret read-only (get);
   - Events on pools and policies (kopf posts core/v1 Events; events.k8s.io for newer clients).
 */}}
@@ -129,6 +131,9 @@ Namespaced permissions the operator needs in every watched namespace (or cluster
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
@@ -213,11 +218,31 @@ replica, no Lease, Recreate) until the value is set.
 {{- end }}
 
 {{/*
+Port and path of the operator's readiness endpoint (--readiness), read nil-safely with the
+defaults of values.yaml: a release installed before the readiness values existed and upgraded with
+--reuse-values has no readiness key (or only the one set with --set), and gets 8082 and /readyz.
+*/}}
+{{- define "modelpool.readinessPort" -}}
+{{- (.Values.readiness | default dict).port | default 8082 | int }}
+{{- end }}
+
+{{- define "modelpool.readinessPath" -}}
+{{- (.Values.readiness | default dict).path | default "/readyz" }}
+{{- end }}
+
+{{/*
 Checks across values that values.schema.json cannot express; each failure names the values.
 */}}
 {{- define "modelpool.validate" -}}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.liveness.port)) }}
 {{- fail (printf "metrics.port and liveness.port are both %d: kopf's liveness endpoint and /metrics cannot share a port" (int .Values.metrics.port)) }}
+{{- end }}
+{{- $readinessPort := include "modelpool.readinessPort" . | int }}
+{{- if eq $readinessPort (int .Values.liveness.port) }}
+{{- fail (printf "readiness.port and liveness.port are both %d: the operator's readiness endpoint and kopf's liveness endpoint cannot share a port" $readinessPort) }}
+{{- end }}
+{{- if and .Values.metrics.enabled (eq $readinessPort (int .Values.metrics.port)) }}
+{{- fail (printf "readiness.port and metrics.port are both %d: the operator's readiness endpoint and /metrics cannot share a port" $readinessPort) }}
 {{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "modelpool.leaderElection" .)) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: without leader election every replica reconciles every pool; set leaderElection.enabled=true (one leader, hot standbys) or replicaCount to 0 or 1" (int .Values.replicaCount)) }}

@@ -24,15 +24,18 @@ NAMESPACED_NEEDED = [
     ),
     *_each(("deployments.apps", "services", "configmaps"), ALL_VERBS),
     *_each(("pods",), ("get", "list", "watch")),
+    *_each(("poddisruptionbudgets.policy",), ("get", "list", "create", "patch", "delete")),
     ("get", "secrets"),
     *_each(("events", "events.events.k8s.io"), ("create", "patch")),
 ]
 # Never granted, in any namespace: the operator reads one Secret by name and never writes
-# pods, its own custom resources' specs, or RBAC.
+# pods (nor evicts them), its own custom resources' specs, or RBAC.
 NAMESPACED_DENIED = [
     *_each(("secrets",), ("list", "watch", "create", "update", "patch", "delete")),
     *_each(("pods",), ("create", "update", "patch", "delete")),
     ("create", "pods/exec"),
+    ("create", "pods/eviction"),  # it bounds evictions, it never evicts
+    *_each(("poddisruptionbudgets.policy",), ("watch", "update")),  # listed per resync, applied
     *_each(("modelpools.modelpool.dev", "routingpolicies.modelpool.dev"), ("create", "update", "delete")),
     ("delete", "events"),
     ("create", "roles.rbac.authorization.k8s.io"),

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from integration.delivery import permissions as perm
 from integration.delivery.deliverytools import (
     CHART,
     by_kind,
     can_i,
+    documents,
     helm,
     helm_template,
     install_chart,
@@ -75,15 +79,17 @@ def test_default_render_is_cluster_wide_operator() -> None:
         "operator",
         "run",
         "--liveness=http://0.0.0.0:8081/healthz",
+        "--readiness=http://0.0.0.0:8082/readyz",
         "--metrics-port=9090",
         "--leader-elect",
         "--leader-election-id=modelpool",
     ]
-    # The probes hit kopf's liveness endpoint named in --liveness.
+    # The liveness probe hits kopf's liveness endpoint named in --liveness, the readiness probe the
+    # operator's own readiness endpoint named in --readiness (not Ready while it waits).
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"healthz": 8081, "metrics": 9090}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert ports == {"healthz": 8081, "readyz": 8082, "metrics": 9090}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}
     service = one(objs, "Service")
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
@@ -203,6 +209,10 @@ def test_digest_pins_the_image() -> None:
         ("prometheusUrl", '"prometheus:9090"', "prometheusUrl"),
         ("metrics.port", "70000", "port"),
         ("liveness.path", '"healthz"', "path"),
+        ("readiness.path", '"readyz"', "path"),
+        ("readiness.port", "0", "port"),
+        ("readiness.port", '"8082"', "port"),
+        ("readiness.probe", "{}", "probe"),
         ("resources.requests.cpu", '"lots"', "cpu"),
         ("rbac.create", '"yes"', "create"),
     ],
@@ -258,6 +268,98 @@ def test_a_release_from_before_leader_election_upgraded_with_reuse_values_stays_
     assert by_kind(objs, "Role") == []
     refused = helm_template(set_json={"leaderElection": "null", "replicaCount": "2"})
     assert refused.returncode != 0 and "leaderElection.enabled is false" in refused.stderr, refused.stderr
+
+
+def _readiness(objs: list[dict[str, Any]]) -> tuple[str, dict[str, Any], dict[str, int]]:
+    """The operator container's --readiness flag, readinessProbe and ports by name."""
+    container = operator_container(objs)
+    (flag,) = [a for a in container["args"] if a.startswith("--readiness=")]
+    return flag, container["readinessProbe"], {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def test_the_readiness_probe_asks_the_operators_readiness_endpoint() -> None:
+    flag, probe, ports = _readiness(
+        render(
+            set_json={
+                "readiness.port": "9100",
+                "readiness.path": '"/ready"',
+                "liveness.readinessProbe.periodSeconds": "3",
+            }
+        )
+    )
+    assert flag == "--readiness=http://0.0.0.0:9100/ready"
+    assert ports["readyz"] == 9100
+    assert probe["httpGet"] == {"path": "/ready", "port": "readyz"}
+    assert probe["periodSeconds"] == 3  # the timing stays under liveness.readinessProbe
+
+
+@pytest.mark.parametrize(
+    "readiness", ["null", '{"path": "/ready"}', '{"port": 9100}'], ids=["absent", "no-port", "no-path"]
+)
+def test_a_release_from_before_the_readiness_endpoint_upgraded_with_reuse_values_gets_it(
+    readiness: str,
+) -> None:
+    # `helm upgrade --reuse-values` renders the new templates with the old release's values, which
+    # have no readiness key (or only what --set gave it): each missing key reads as its default.
+    flag, probe, ports = _readiness(render(set_json={"readiness": readiness}))
+    given = json.loads(readiness) or {}
+    port, path = given.get("port", 8082), given.get("path", "/readyz")
+    assert flag == f"--readiness=http://0.0.0.0:{port}{path}"
+    assert ports["readyz"] == port
+    assert probe["httpGet"] == {"path": path, "port": "readyz"}
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        ({"readiness.port": "8081"}, "readiness.port and liveness.port are both 8081"),
+        ({"readiness.port": "9090"}, "readiness.port and metrics.port are both 9090"),
+        ({"readiness": "null", "liveness.port": "8082"}, "readiness.port and liveness.port are both 8082"),
+        ({"readiness": "null", "metrics.port": "8082"}, "readiness.port and metrics.port are both 8082"),
+    ],
+)
+def test_a_readiness_port_shared_with_another_is_refused_naming_the_values(
+    values: dict[str, str], refusal: str
+) -> None:
+    proc = helm_template(set_json=values)
+    assert proc.returncode != 0 and refusal in proc.stderr, proc.stderr
+
+
+def test_the_readiness_port_may_be_the_metrics_port_when_metrics_are_off() -> None:
+    flag, _, _ = _readiness(render(set_json={"metrics.enabled": "false", "readiness.port": "9090"}))
+    assert flag == "--readiness=http://0.0.0.0:9090/readyz"
+
+
+def test_a_real_reuse_values_upgrade_of_a_release_without_readiness_values_gets_the_endpoint(
+    cluster: DevCluster, namespaces: Callable[..., str], tmp_path: Path
+) -> None:
+    # What the render tests above stand for, with Helm itself: a release installed from a chart
+    # whose values.yaml has no readiness key (this chart before --readiness), upgraded to this one
+    # with --reuse-values, which renders with the old chart's values, not this one's defaults.
+    old = tmp_path / "modelpool"
+    shutil.copytree(CHART, old)
+    values = yaml.safe_load((old / "values.yaml").read_text())
+    values.pop("readiness", None)
+    (old / "values.yaml").write_text(yaml.safe_dump(values))
+    schema = json.loads((old / "values.schema.json").read_text())
+    schema["properties"].pop("readiness", None)
+    (old / "values.schema.json").write_text(json.dumps(schema))
+    ns = namespaces()
+    release = f"modelpool-{ns}"
+    proc = helm("install", release, str(old), "-n", ns, "--skip-crds", cluster=cluster)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        proc = helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", cluster=cluster)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        manifest = helm("get", "manifest", release, "-n", ns, cluster=cluster)
+        assert manifest.returncode == 0, manifest.stderr
+        flag, probe, ports = _readiness(documents(manifest.stdout))
+        assert flag == "--readiness=http://0.0.0.0:8082/readyz"
+        assert ports["readyz"] == 8082
+        assert probe["httpGet"] == {"path": "/readyz", "port": "readyz"}
+        assert probe["periodSeconds"] == values["liveness"]["readinessProbe"]["periodSeconds"]
+    finally:
+        helm("uninstall", release, "-n", ns, "--wait", "--timeout", "60s", cluster=cluster)
 
 
 def test_without_leader_election_one_replica_recreated() -> None:

@@ -44,6 +44,7 @@ SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 CROSS_FIELD = re.compile(
     r"resources\.requests\.\S+ \(.*\) is more than resources\.limits\.|"
     r"metrics\.port and liveness\.port are both|"
+    r"readiness\.port and (liveness|metrics)\.port are both|"
     r"metrics\.serviceMonitor\.scrapeTimeout \(.*\) is longer than metrics\.serviceMonitor\.interval|"
     r"replicaCount is \d+ but leaderElection\.enabled is false"
 )
@@ -150,6 +151,9 @@ def assert_consistent(objs: Sequence[Obj], values: Mapping[str, Any], release: s
         f"--liveness=http://0.0.0.0:{ports['healthz']}{container['livenessProbe']['httpGet']['path']}"
         in (container["args"])
     )
+    readiness = container["readinessProbe"]["httpGet"]
+    assert readiness["port"] == "readyz"
+    assert f"--readiness=http://0.0.0.0:{ports['readyz']}{readiness['path']}" in container["args"]
     env = [e["name"] for e in container["env"]]
     assert len(env) == len(set(env)), env
     watched = values.get("watchNamespaces", [])
@@ -183,6 +187,15 @@ def assert_consistent(objs: Sequence[Obj], values: Mapping[str, Any], release: s
     assert ("POD_NAMESPACE" in env) is leader_election
     if values.get("replicaCount", 1) > 1:
         assert leader_election
+    # The operator's PodDisruptionBudget: with a leader and standbys only (minAvailable 1 of 1 would
+    # block node drains), over exactly the Deployment's pods.
+    replicas = deployment["spec"]["replicas"]
+    budgets = _kind(objs, "PodDisruptionBudget")
+    assert len(budgets) == int(replicas >= 2 and values.get("podDisruptionBudget", {}).get("enabled", True))
+    for budget in budgets:
+        assert budget["metadata"]["namespace"] == namespace
+        assert budget["spec"]["selector"] == {"matchLabels": selector}
+        assert budget["spec"]["minAvailable"] == 1 < replicas
 
     for monitor in _kind(objs, "ServiceMonitor"):
         [service] = _kind(objs, "Service")
@@ -487,6 +500,16 @@ CROSS_REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("metrics-on-liveness-port", {"metrics": {"port": 8081}}, "metrics.port and liveness.port are both 8081"),
     (
+        "readiness-on-liveness-port",
+        {"readiness": {"port": 8081}},
+        "readiness.port and liveness.port are both 8081",
+    ),
+    (
+        "metrics-on-readiness-port",
+        {"metrics": {"port": 8082}},
+        "readiness.port and metrics.port are both 8082",
+    ),
+    (
         "replicas-without-leader-election",
         {"replicaCount": 2, "leaderElection": {"enabled": False}},
         "replicaCount is 2 but leaderElection.enabled is false",
@@ -562,6 +585,7 @@ def _values(team_a: str, team_b: str) -> st.SearchStrategy[dict[str, Any]]:
             "fullnameOverride": _name,
             "replicaCount": st.sampled_from([0, 1, 2, 3]),
             "leaderElection": st.fixed_dictionaries({"enabled": st.booleans()}),
+            "podDisruptionBudget": st.fixed_dictionaries({"enabled": st.booleans()}),
             "watchNamespaces": st.sampled_from([[], [team_a], [team_a, team_b]]),
             "prometheusUrl": st.sampled_from(
                 ["", "http://p:9090", "https://x.y/z?q=1&b=#f", "http://[::1]:9/"]
@@ -599,6 +623,9 @@ def _values(team_a: str, team_b: str) -> st.SearchStrategy[dict[str, Any]]:
                         {"enabled": st.just(False)}, optional={"labels": labels, "interval": _duration}
                     ),
                 }
+            ),
+            "readiness": st.fixed_dictionaries(
+                {}, optional={"port": st.integers(1, 65535), "path": st.sampled_from(["/readyz", "/r/0"])}
             ),
             "podMonitors": st.fixed_dictionaries(
                 {},

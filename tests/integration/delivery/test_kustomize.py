@@ -93,14 +93,33 @@ def test_production_overlay_pins_digest_and_runs_a_leader_and_a_standby() -> Non
     # The base's settings survive the patches.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
+    assert "--readiness=http://0.0.0.0:8082/readyz" in container["args"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}
     assert "--leader-elect" in container["args"]
 
 
+def test_production_overlay_keeps_a_replica_through_drains_as_the_chart_does() -> None:
+    """Two replicas: the PodDisruptionBudget the chart renders for replicaCount 2, the same object."""
+    objs = kustomize(OVERLAYS / "production")
+    chart = render(release="modelpool", namespace="modelpool-system", set_json={"replicaCount": "2"})
+    budget = one(objs, "PodDisruptionBudget")
+    assert budget == without_helm_labels(one(chart, "PodDisruptionBudget"))
+    assert (
+        budget["spec"]["selector"]["matchLabels"]
+        == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    assert by_kind(kustomize(BASE), "PodDisruptionBudget") == []  # one replica: none
+
+
+# namespace, 2 CRDs, ServiceAccount, 2 cluster RBAC, 2 leader-election RBAC, Service, Deployment;
+# production also the operator's PodDisruptionBudget (two replicas).
 @pytest.mark.parametrize(
-    "folder", [BASE, OVERLAYS / "dev", OVERLAYS / "production"], ids=["base", "dev", "production"]
+    ("folder", "objects"),
+    [(BASE, 10), (OVERLAYS / "dev", 10), (OVERLAYS / "production", 11)],
+    ids=["base", "dev", "production"],
 )
 def test_server_side_dry_run_apply(
-    folder: Path, cluster: DevCluster, namespaces: Callable[..., str], tmp_path: Path
+    folder: Path, objects: int, cluster: DevCluster, namespaces: Callable[..., str], tmp_path: Path
 ) -> None:
     # The manifests go into modelpool-system; to leave the shared cluster as it is, a throwaway
     # overlay moves them into a fresh namespace, and the API server only validates (dry run).
@@ -111,7 +130,6 @@ def test_server_side_dry_run_apply(
     proc = cluster.kubectl("apply", "--dry-run=server", "--server-side", "-k", str(tmp_path), check=False)
     assert proc.returncode == 0, proc.stderr
     applied = proc.stdout.splitlines()
-    # namespace, 2 CRDs, ServiceAccount, 2 cluster RBAC, 2 leader-election RBAC, Service, Deployment
-    assert len(applied) == 10, applied
+    assert len(applied) == objects, applied
     assert all(line.endswith("(server dry run)") for line in applied), applied
     assert "PodSecurity" not in proc.stderr, proc.stderr
