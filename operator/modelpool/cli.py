@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from modelpool.leader import DEFAULT_LEASE_NAME, LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, Elector
 
 if TYPE_CHECKING:
-    from modelpool.kube import Credentials
+    from modelpool.kubelogin import Credentials
     from modelpool.startup import Readiness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def log_level(text: str) -> str:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from modelpool.kube import KubeConfigError, load_credentials
+    from modelpool.kubelogin import KubeConfigError, load_credentials
     from modelpool.startup import Readiness, config_problems, lease_config, preflight, serve_metrics
 
     problems = config_problems(args)
@@ -124,11 +124,11 @@ def _operator(args: argparse.Namespace) -> int:
     if refused is not None:
         logging.getLogger("modelpool.operator").error("configuration: %s", refused)
         return 2
-    _run_kopf(args, readiness)
+    _run_kopf(args, credentials, readiness)
     return 0
 
 
-def _run_kopf(args: argparse.Namespace, readiness: Readiness) -> None:
+def _run_kopf(args: argparse.Namespace, credentials: Credentials, readiness: Readiness) -> None:
     import kopf
 
     if args.prometheus_url:
@@ -145,6 +145,7 @@ def _run_kopf(args: argparse.Namespace, readiness: Readiness) -> None:
             standalone=True,
             liveness_endpoint=args.liveness,
             ready_flag=started,
+            memo=kopf.Memo(credentials=credentials),  # kopf logs in as the checks before it did
         )
     finally:
         readiness.not_ready("kopf stopped")  # the process ends now (a SIGTERM, or a crash)
@@ -177,7 +178,7 @@ def _lead(args: argparse.Namespace, credentials: Credentials, elector: Elector, 
                 log.error("configuration: %s", refused)
                 return 2
             leadership.start()
-            _run_kopf(args, readiness)
+            _run_kopf(args, credentials, readiness)
         except KeyboardInterrupt:
             return 130
         finally:

@@ -18,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import json
+import logging
+import math
 import os
 import subprocess
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
 
 TOKEN_REREAD_S = 60.0
@@ -38,6 +42,9 @@ EXEC_TIMEOUT_S = 60.0
 EXEC_RETRY_S = 5.0
 """The least time between two runs of a plugin after a failure or a 401."""
 EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+INTERACTIVE_MODES = ("Never", "IfAvailable", "Always")
+
+logger = logging.getLogger("modelpool.kube")
 
 
 def _utc_now() -> datetime.datetime:
@@ -103,15 +110,26 @@ class ExecPlugin:
                 f"supported: give one of {', '.join(EXEC_API_VERSIONS)}"
             )
         mode = spec.get("interactiveMode") or "IfAvailable"
+        if mode not in INTERACTIVE_MODES:
+            raise ExecPluginError(
+                f"exec.interactiveMode {mode!r} of the kubeconfig user's plugin {spec['command']!r} is not "
+                f"one of {', '.join(INTERACTIVE_MODES)}: give Never or IfAvailable"
+            )
         if mode == "Always":
             raise ExecPluginError(
                 f"the kubeconfig user's plugin {spec['command']!r} needs a terminal (interactiveMode: "
                 "Always), which the operator never has: log in with a plugin or token that needs none"
             )
+        env = spec.get("env") or ()
+        if not all(isinstance(e, Mapping) and {"name", "value"} <= e.keys() for e in env):
+            raise ExecPluginError(
+                f"exec.env of the kubeconfig user's plugin {spec['command']!r} needs a name and a value "
+                "in each entry: give e.g. [{name: AWS_PROFILE, value: prod}]"
+            )
         return cls(
             command=spec["command"],
             args=tuple(str(a) for a in spec.get("args") or ()),
-            env={str(e["name"]): str(e["value"]) for e in spec.get("env") or ()},
+            env={str(e["name"]): str(e["value"]) for e in env},
             api_version=version,
             install_hint=str(spec.get("installHint") or ""),
             interactive_mode=mode,
@@ -125,9 +143,7 @@ class ExecPlugin:
             command = str(self.base / command)
         return [command, *self.args]
 
-    def fetch(
-        self, now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
-    ) -> Token:
+    def fetch(self, now: Callable[[], datetime.datetime] = _utc_now) -> Token:
         """Run the plugin and read its token; :class:`ExecPluginError` saying why not."""
         spec: dict[str, Any] = {"interactive": False}
         if self.cluster is not None:
@@ -157,6 +173,8 @@ class ExecPlugin:
                 f"the credential plugin {self.command!r} failed (exit {done.returncode}): "
                 f"{said or 'nothing on stderr'}"
             )
+        if said := " ".join(done.stderr.decode(errors="replace").split())[-500:]:
+            logger.info("credential plugin %s: %s", self.command, said)  # client-go passes it through
         return _exec_token(self.command, self.api_version, done.stdout, now())
 
 
@@ -217,75 +235,138 @@ TokenSource = TokenFile | ExecPlugin
 """Where a token that changes comes from."""
 
 
-class StaticToken(httpx.Auth):
+class _Due(enum.Enum):
+    DUE = "due"
+
+
+DUE = _Due.DUE
+"""What :meth:`Signer.cached` says when the token must be asked for (a file read, a plugin run)."""
+
+
+class Signer(httpx.Auth):
+    """Signs requests with a bearer token and, after a 401, sends them once more when a fresh
+    token differs: for httpx (blocking and async) and for aiohttp (:func:`aiohttp_middleware`, kopf's
+    session). One signer serves every client made from the same credentials."""
+
+    requires_request_body = True  # a request refused with 401 is sent again, so its body is kept
+
+    def current(self, *, fresh: bool = False) -> str | None:
+        """The token; ``fresh`` after a 401. May block (a file read, a plugin run)."""
+        raise NotImplementedError
+
+    def cached(self, *, fresh: bool = False) -> str | _Due | None:
+        """The token when it need not be asked for, else :data:`DUE`; never blocks."""
+        raise NotImplementedError
+
+    async def current_async(self, *, fresh: bool = False) -> str | None:
+        """:meth:`current`, with a file read or a plugin run (which may take seconds) on a thread:
+        the event loop serves everything else meanwhile."""
+        token = self.cached(fresh=fresh)
+        return await asyncio.to_thread(self.current, fresh=fresh) if token is DUE else token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.current()
+        _sign(request.headers, token)
+        response = yield request
+        if response.status_code == 401:
+            newer = self.current(fresh=True)
+            if newer and newer != token:
+                _sign(request.headers, newer)
+                yield request
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.current_async()
+        _sign(request.headers, token)
+        response = yield request
+        if response.status_code == 401:
+            newer = await self.current_async(fresh=True)
+            if newer and newer != token:
+                _sign(request.headers, newer)
+                yield request
+
+
+def _sign(headers: MutableMapping[str, str], token: str | None) -> None:
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+
+
+def aiohttp_middleware(signer: Signer) -> aiohttp.ClientMiddlewareType:
+    """The signer as an aiohttp client middleware: kopf's session signs each request with the
+    token the operator's own clients use, and sends a request refused with 401 once more when a
+    fresh token differs, so kopf sees a 401 only when even that is refused."""
+
+    async def sign(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        token = await signer.current_async()
+        _sign(request.headers, token)
+        response = await handler(request)
+        if response.status == 401:
+            newer = await signer.current_async(fresh=True)
+            if newer and newer != token:
+                response.release()
+                _sign(request.headers, newer)
+                response = await handler(request)
+        return response
+
+    return sign
+
+
+class StaticToken(Signer):
     """A bearer token given in the kubeconfig itself."""
 
     def __init__(self, token: str) -> None:
         self.token = token
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        yield request
+    def current(self, *, fresh: bool = False) -> str | None:
+        return self.token
+
+    def cached(self, *, fresh: bool = False) -> str | _Due | None:
+        return self.token
 
 
-class RefreshedToken(httpx.Auth):
-    """A bearer token from ``source``, asked for again once it is due and at once after a 401.
+class RefreshedToken(Signer):
+    """A bearer token from ``source``, asked for again once it is due, and after a 401 unless it
+    was asked for less than the source's ``retry_s`` ago (a login the API server refuses for good
+    does not run a plugin for every request; a file is cheap to read again).
 
-    A request refused with 401 is sent once more if the source then gives another token. A source
-    that fails keeps the last token (the kubelet swaps its file atomically, and a plugin may fail
-    for a moment); with none yet, the request goes without one and the API server says 401."""
+    A source that fails keeps the last token (the kubelet swaps its file atomically, and a plugin
+    may fail for a moment) and is asked again after ``retry_s``; with no token yet, the request
+    goes without one and the API server says 401. Threads and the event loop share it: the token
+    is read without a lock, and one lock lets one caller at a time ask the source, the others
+    taking what it got."""
 
     def __init__(
         self, source: TokenSource, first: Token | None = None, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.source = source
         self._clock = clock
-        self._lock = threading.Lock()  # the lease's renew thread shares it with the preflight
-        self._token = first.value if first is not None else None
-        self._due = clock() + first.valid_s if first is not None else float("-inf")
-        self._asked = clock() if first is not None else float("-inf")
+        self._asking = threading.Lock()
+        now = clock()
+        self._state: tuple[str | None, float, float] = (
+            (first.value, now + first.valid_s, now) if first is not None else (None, -math.inf, -math.inf)
+        )
+        """(token, when it is due, when the source was last asked), replaced as a whole."""
+
+    def _due(self, fresh: bool) -> bool:
+        _, due, asked = self._state
+        now = self._clock()
+        return now >= due or (fresh and now - asked >= self.source.retry_s)
+
+    def cached(self, *, fresh: bool = False) -> str | _Due | None:
+        token = self._state[0]
+        return DUE if self._due(fresh) else token
 
     def current(self, *, fresh: bool = False) -> str | None:
-        """The token, asked for again when it is due, or when ``fresh`` (after a 401) unless it
-        was asked for less than the source's ``retry_s`` ago: a login the API server refuses for
-        good does not run a plugin for every request."""
-        with self._lock:
+        if not self._due(fresh):
+            return self._state[0]
+        with self._asking:
+            if not self._due(fresh):  # another caller asked while this one waited
+                return self._state[0]
             now = self._clock()
-            if now >= self._due or (fresh and now - self._asked >= self.source.retry_s):
-                self._asked = now
-                with contextlib.suppress(OSError, ValueError, ExecPluginError):
-                    token = self.source.fetch()
-                    self._token, self._due = token.value, now + token.valid_s
-                self._due = max(self._due, now + self.source.retry_s)  # a failure is not retried at once
-            return self._token
-
-    def _cached(self) -> str | bool | None:
-        """The token when it is not due (no need to ask), else False."""
-        with self._lock:
-            return self._token if self._clock() < self._due else False
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.current()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            newer = self.current(fresh=True)
-            if newer and newer != token:
-                request.headers["Authorization"] = f"Bearer {newer}"
-                yield request
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        """As :meth:`auth_flow`, with the file read or the plugin run (which may take a second) on
-        a thread: the operator's event loop serves everything else meanwhile."""
-        token = self._cached()
-        if token is False:
-            token = await asyncio.to_thread(self.current)
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            newer = await asyncio.to_thread(self.current, fresh=True)
-            if newer and newer != token:
-                request.headers["Authorization"] = f"Bearer {newer}"
-                yield request
+            token, due, _ = self._state
+            with contextlib.suppress(OSError, ValueError, ExecPluginError):
+                got = self.source.fetch()
+                token, due = got.value, now + got.valid_s
+            self._state = (token, max(due, now + self.source.retry_s), now)
+            return token

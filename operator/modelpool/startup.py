@@ -23,7 +23,7 @@ from modelpool import leader, permissions
 from modelpool.cli import port_number
 from modelpool.controllers.backoff import report_due
 from modelpool.controllers.scaling_planner import EXTRA_MATCHERS_ENV, PROMETHEUS_URL_ENV
-from modelpool.kube import Credentials
+from modelpool.kubelogin import Credentials
 from modelpool.leadership import LeaseApi, wait_to_lead
 from modelpool.scaling.metrics import REGISTRY
 
@@ -215,6 +215,7 @@ def api_client(credentials: Credentials, *, transport: httpx.BaseTransport | Non
         base_url=credentials.server,
         verify=credentials.verify,
         auth=credentials.auth(),
+        proxy=credentials.proxy,
         timeout=10,
         transport=transport,
     )

@@ -8,7 +8,7 @@ most one resync period.
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -20,6 +20,7 @@ import kopf
 from modelpool.api.base import GROUP, VERSION
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.backoff import FailureStreak, api_unavailable, forbidden, report_due
+from modelpool.controllers.kopf_login import Relogins, kopf_session
 from modelpool.controllers.policy_reconciler import reconcile_policy
 from modelpool.controllers.pool_reconciler import (
     ApiChildReader,
@@ -32,7 +33,9 @@ from modelpool.controllers.routed_slo import policy_latency_slo_ms, smallest_slo
 from modelpool.controllers.router_push import PUSH_TIMEOUT_SECONDS
 from modelpool.controllers.scaling_planner import GpuPoolMember, ScalingPlanner, gpu_pool_member
 from modelpool.controllers.triggers import GenerationFilter, Triggers
-from modelpool.kube import KubeClient, Obj, in_cluster, kubeconfig_token_source
+from modelpool.kube import KubeClient, Obj
+from modelpool.kubeauth import EXEC_RETRY_S
+from modelpool.kubelogin import Credentials, load_credentials
 from modelpool.scaling.metrics import observe_reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
@@ -45,19 +48,22 @@ ROUTER_LABEL = "modelpool.dev/router"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-@kopf.on.login()
-def login(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo | None:
-    """The login kopf uses, the same as the operator's own client's: the pod's service account,
-    else the kubeconfig. kopf logs in again after a 401 (and before a plugin's token expires), and
-    this reads the token file or runs the plugin again then, so a rotated token is picked up.
-    kopf's own kubeconfig login leaves out ``tokenFile`` and ``exec``; they are read here."""
-    if in_cluster():
-        return kopf.login_with_service_account(settings=settings, logger=logger)
-    info = kopf.login_with_kubeconfig(settings=settings, logger=logger)
-    if info is not None and info.token is None and (source := kubeconfig_token_source()) is not None:
-        token = source.fetch()
-        info = dataclasses.replace(info, token=token.value, expiration=token.expires)
-    return info
+@kopf.on.login(backoff=EXEC_RETRY_S)
+async def login(memo: kopf.Memo, **_: Any) -> kopf.AiohttpSession:
+    """kopf's connection, from the operator's own credentials and signer
+    (:mod:`modelpool.controllers.kopf_login`): the CLI's, else read here."""
+    relogins = memo.setdefault("relogins", Relogins())
+    await relogins.pace()
+    return kopf_session(await credentials_of(memo))
+
+
+async def credentials_of(memo: kopf.Memo) -> Credentials:
+    """The credentials the CLI read and checked before kopf started (``kopf.run(memo=...)``), else
+    read now (kopf run some other way), off the event loop: a plugin may take seconds."""
+    credentials = memo.get("credentials")
+    if not isinstance(credentials, Credentials):
+        credentials = memo["credentials"] = await asyncio.to_thread(load_credentials)
+    return credentials
 
 
 @kopf.on.startup()
@@ -71,7 +77,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Re-list periodically even if the watch stream looks healthy: a lost watch converges.
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
-    memo["kube"] = KubeClient.from_environment()
+    memo["kube"] = KubeClient(await credentials_of(memo))
     memo["http"] = httpx.AsyncClient(timeout=PUSH_TIMEOUT_SECONDS)
     memo["planner"] = ScalingPlanner()
 

@@ -20,7 +20,7 @@ from integration.cluster.kubetools import Kube, service_account_kubeconfig, star
 from integration.delivery.deliverytools import render
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
-from modelpool.kube import credentials_from_kubeconfig
+from modelpool.kubelogin import credentials_from_kubeconfig
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,8 @@ from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.controllers.pool_reconciler import DEPLOYMENT, SERVICE, _converge_variant
 from modelpool.controllers.pool_status import ChildIssues
 from modelpool.devcluster.cluster import DevCluster
-from modelpool.kube import KubeClient, KubeError, credentials_from_kubeconfig, resource_path
+from modelpool.kube import KubeClient, KubeError, resource_path
+from modelpool.kubelogin import credentials_from_kubeconfig
 
 SPEC = ModelPoolSpec.model_validate(
     {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from integration.cluster.kubetools import Kube
 from modelpool.controllers.routed_slo import load_routed_latency_slo_s
-from modelpool.kube import KubeClient, credentials_from_kubeconfig
+from modelpool.kube import KubeClient
+from modelpool.kubelogin import credentials_from_kubeconfig
 from unit.operator.helpers import routing_policy
 
 

@@ -7,7 +7,8 @@ import json
 import httpx
 import pytest
 
-from modelpool.kube import Credentials, KubeClient, request_kind, resource_path
+from modelpool.kube import KubeClient, request_kind, resource_path
+from modelpool.kubelogin import Credentials
 from modelpool.scaling.metrics import REGISTRY
 
 POOLS = ("modelpool.dev/v1alpha1", "modelpools")

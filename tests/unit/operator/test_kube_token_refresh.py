@@ -1,6 +1,6 @@
 """A token that rotates is asked for again: one read from a file (a pod's projected service-account
 token, a kubeconfig's ``tokenFile``) or given by an exec credential plugin, by the operator's own
-client, its pre-start checks and kopf's login."""
+client and its pre-start checks (kopf's session: test_kube_login.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ import sys
 from pathlib import Path
 
 import httpx
-import kopf
 import pytest
 import yaml
 
-from modelpool import kube
-from modelpool.controllers.handlers import login
-from modelpool.kube import Credentials, KubeClient, KubeConfigError, load_credentials, resource_path
+from modelpool.kube import KubeClient, resource_path
 from modelpool.kubeauth import (
     EXEC_EARLY_S,
     EXEC_RETRY_S,
@@ -28,6 +25,13 @@ from modelpool.kubeauth import (
     ExecPlugin,
     RefreshedToken,
     TokenFile,
+)
+from modelpool.kubelogin import (
+    Credentials,
+    KubeConfigError,
+    credentials_from_kubeconfig,
+    load_credentials,
+    signer,
 )
 from modelpool.startup import api_client
 
@@ -164,44 +168,13 @@ def test_the_pre_start_checks_follow_the_token_file_too(kubeconfig_with_token_fi
 
 
 def test_a_token_given_in_the_kubeconfig_is_sent_as_it_is(tmp_path: Path) -> None:
-    credentials = kube.credentials_from_kubeconfig(_kubeconfig(tmp_path, {"token": "inline"}))
+    credentials = credentials_from_kubeconfig(_kubeconfig(tmp_path, {"token": "inline"}))
     assert credentials.refresh is None
     server = ApiServer("inline")
     with _client(credentials.auth(), server) as http:
         assert http.get("/api").status_code == 200
     assert server.seen == ["inline"]
     assert Credentials(server=SERVER, verify=False).auth() is None  # client certificates, or none
-
-
-def test_kopfs_login_reads_the_kubeconfigs_token_file_at_each_login(kubeconfig_with_token_file: Path) -> None:
-    """kopf's own kubeconfig login leaves out ``tokenFile``, so kopf would watch anonymously; and
-    kopf logs in again after a 401, when the file holds the rotated token."""
-    settings, logger = kopf.OperatorSettings(), logging.getLogger("test")
-    first = login(settings=settings, logger=logger)
-    assert first is not None and first.server == SERVER and first.token == "one"
-    kubeconfig_with_token_file.write_text("two\n")
-    again = login(settings=settings, logger=logger)
-    assert again is not None and again.token == "two"
-
-
-def test_in_a_pod_kopf_logs_in_with_the_service_account(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kubeconfig_with_token_file: Path
-) -> None:
-    """Both clients use the same identity: the service account first, as the operator's own client."""
-    sa = tmp_path / "sa"
-    sa.mkdir()
-    (sa / "token").write_text("pod-token\n")
-    monkeypatch.setattr(kube, "SA_DIR", sa)
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    calls: list[str] = []
-
-    def service_account(**_: object) -> kopf.ConnectionInfo:
-        calls.append("service account")
-        return kopf.ConnectionInfo(server="https://10.0.0.1:443", token="pod-token")
-
-    monkeypatch.setattr(kopf, "login_with_service_account", service_account)
-    info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
-    assert calls == ["service account"] and info is not None and info.token == "pod-token"
 
 
 PLUGIN = """#!{python}
@@ -272,7 +245,7 @@ def test_a_plugins_token_is_asked_for_again_before_it_expires(plugin: Path) -> N
     first = source.fetch()
     assert first.expires is not None and abs((first.expires - expires).total_seconds()) < 1
     clock, server = Clock(), ApiServer("one", "two")
-    with _client(credentials.auth(clock=clock), server) as http:
+    with _client(signer(credentials, clock=clock), server) as http:
         (plugin / "token").write_text("two\n")
         http.get("/api")
         clock.now += credentials.token_valid_s - 1
@@ -285,7 +258,7 @@ def test_a_plugins_token_is_asked_for_again_before_it_expires(plugin: Path) -> N
 def test_a_401_runs_the_plugin_again_but_not_for_every_request(plugin: Path) -> None:
     credentials = load_credentials()  # the plugin's first run
     clock, server = Clock(), ApiServer("two")
-    with _client(credentials.auth(clock=clock), server) as http:
+    with _client(signer(credentials, clock=clock), server) as http:
         clock.now += EXEC_RETRY_S
         (plugin / "token").write_text("two\n")
         assert http.get("/api").status_code == 200  # "one" refused, the plugin run, "two" taken
@@ -315,6 +288,11 @@ def test_a_plugin_that_fails_is_one_line_naming_it(plugin: Path) -> None:
         ),
         ({"apiVersion": "client.authentication.k8s.io/v1alpha1"}, "give one of client.authentication"),
         ({"interactiveMode": "Always"}, "needs a terminal"),
+        ({"interactiveMode": "Sometimes"}, "give Never or IfAvailable"),
+        (
+            {"env": [{"name": "GREETING"}]},
+            "exec.env of the kubeconfig user's plugin './bin/plugin' needs a name",
+        ),
     ],
 )
 def test_an_exec_section_that_cannot_work_is_named_with_the_fix(
@@ -334,9 +312,70 @@ def test_a_plugin_that_gives_a_certificate_and_no_token_is_refused(plugin: Path)
         load_credentials()
 
 
-def test_kopfs_login_runs_the_plugin_and_knows_when_its_token_expires(plugin: Path) -> None:
-    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-    (plugin / "expires").write_text(expires.isoformat())
-    info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
-    assert info is not None and info.token == "one"
-    assert info.expiration is not None and abs((info.expiration - expires).total_seconds()) < 1
+def test_a_request_with_a_streamed_body_is_sent_again_after_a_401(token_file: Path) -> None:
+    """The body is read before the first try, so the second sends it whole (not StreamConsumed)."""
+    bodies: list[bytes] = []
+    server = ApiServer("two")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read())
+        return server(request)
+
+    auth = RefreshedToken(TokenFile(token_file), clock=Clock())
+    with httpx.Client(base_url=SERVER, auth=auth, transport=httpx.MockTransport(answer)) as http:
+        token_file.write_text("two\n")
+        auth.current()  # "two" is read now: make the server refuse it once, then take it
+        server.valid = {"three"}
+        token_file.write_text("three\n")
+        response = http.post("/api", content=iter([b"a", b"b"]))
+    assert response.status_code == 200
+    assert bodies == [b"ab", b"ab"] and server.seen == ["two", "three"]
+
+
+SLOW_PLUGIN = """#!{python}
+import json, time
+time.sleep(1.0)
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                   "status": {{"token": "slow"}}}}))
+"""
+
+
+async def test_a_slow_plugin_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """One caller runs the plugin (a second here) on a thread; another request on the event loop
+    meanwhile waits for it on a thread too: the loop goes on serving."""
+    script = tmp_path / "slow"
+    await asyncio.to_thread(script.write_text, SLOW_PLUGIN.format(python=sys.executable))
+    script.chmod(0o755)
+    plugin = ExecPlugin(command=str(script))
+    auth = RefreshedToken(plugin)
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = asyncio.create_task(tick())
+    first = asyncio.create_task(asyncio.to_thread(auth.current))  # a thread asks the plugin
+    await asyncio.sleep(0.2)
+    assert await auth.current_async() == "slow"  # waits for that run, off the loop
+    assert await first == "slow"
+    stop.set()
+    await ticker
+    assert max(gaps) < 0.3, max(gaps)
+
+
+def test_what_a_plugin_says_on_stderr_when_it_succeeds_is_logged(
+    plugin: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Path(os.environ["KUBECONFIG"]).parent / "bin" / "plugin"
+    script.write_text(
+        script.read_text().replace("runs = state", "sys.stderr.write('using cached login\\n')\nruns = state")
+    )
+    with caplog.at_level(logging.INFO, logger="modelpool.kube"):
+        assert load_credentials().token == "one"
+    assert any("using cached login" in r.getMessage() for r in caplog.records), caplog.text

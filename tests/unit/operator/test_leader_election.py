@@ -28,7 +28,7 @@ import pytest
 from modelpool import leader
 from modelpool.cli import build_parser
 from modelpool.devcluster.triton import free_port
-from modelpool.kube import Credentials
+from modelpool.kubelogin import Credentials
 from modelpool.leader import Elector, LeaseConfig, LeaseRecord, RenewDeadline, Timing
 from modelpool.leadership import Leadership, LeaseApi, wait_to_lead
 from modelpool.permissions import SSAR_PATH, accesses
@@ -839,7 +839,7 @@ def test_a_sigterm_right_after_the_lease_is_taken_releases_it(
     renew thread and kopf started (or while the answer to the taking was still on its way): the
     lease is released all the same, so the standby takes over at its next look, not after the lease
     duration."""
-    from modelpool import cli, kube, startup
+    from modelpool import cli, kubelogin, startup
 
     fake = FakeLeases()
     server = FakeApiServer(fake)
@@ -859,7 +859,9 @@ def test_a_sigterm_right_after_the_lease_is_taken_releases_it(
         ),
     )
     monkeypatch.setattr(
-        kube, "load_credentials", lambda: Credentials(server="https://k8s.test:6443", verify=False, token="t")
+        kubelogin,
+        "load_credentials",
+        lambda: Credentials(server="https://k8s.test:6443", verify=False, token="t"),
     )
     monkeypatch.setattr(cli, "_run_kopf", lambda *_: pytest.fail("kopf started after the SIGTERM"))
     monkeypatch.delenv("MODELPOOL_METRICS_PORT", raising=False)

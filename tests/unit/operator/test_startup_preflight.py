@@ -25,7 +25,7 @@ from integration.delivery.deliverytools import render
 from integration.delivery.permissions import rbac_grants
 from modelpool import cli
 from modelpool.devcluster.triton import free_port
-from modelpool.kube import Credentials
+from modelpool.kubelogin import Credentials
 from modelpool.permissions import SSAR_PATH, accesses
 from modelpool.startup import Readiness, WaitingLiveness, preflight
 
@@ -266,7 +266,7 @@ def test_run_kopf_passes_its_ready_flag_and_readiness_follows_it(monkeypatch: py
     # The handlers are not the subject here: registering them is left out.
     monkeypatch.setitem(sys.modules, "modelpool.controllers.handlers", types.ModuleType("handlers"))
     args = cli.build_parser().parse_args(["operator", "run", "--readiness", "http://127.0.0.1:1/readyz"])
-    cli._run_kopf(args, readiness)
+    cli._run_kopf(args, CREDENTIALS, readiness)
     assert seen == [(200, "ready: starting kopf"), (200, "ready: running")]
     assert readiness.answer == (503, "not ready: kopf stopped")
 
