@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from integration.cluster.chart_rbac import ANY_VERB, drop_chart_rbac, grant_chart_rbac
 from integration.cluster.kubetools import Kube, service_account_kubeconfig, start_operator, wait_for
-from integration.delivery.deliverytools import render
-from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
 from modelpool.kubelogin import credentials_from_kubeconfig
 
@@ -198,49 +197,10 @@ def test_a_deleted_budget_comes_back_and_one_turned_off_goes(kube: Kube) -> None
 # --- without access to PodDisruptionBudgets -------------------------------------------------------
 
 
-def _grant(cluster: DevCluster, namespace: str, *, budgets: bool) -> None:
-    """ServiceAccount ``op`` with the chart's RBAC for ``namespace``, without the rule for
-    PodDisruptionBudgets unless ``budgets``; applied again, it changes the grant."""
-    rendered = render(set_json={"watchNamespaces": json.dumps([namespace])})
-    role = next(o for o in rendered if o["kind"] == "Role" and o["metadata"]["namespace"] == namespace)
-    rules = [r for r in role["rules"] if budgets or "poddisruptionbudgets" not in r["resources"]]
-    assert len(rules) == len(role["rules"]) - (0 if budgets else 1)
-    cluster_rules = next(o for o in rendered if o["kind"] == "ClusterRole")["rules"]
-    rbac, name = "rbac.authorization.k8s.io/v1", f"modelpool-pdb-{namespace}"
-    subjects = [{"kind": "ServiceAccount", "name": "op", "namespace": namespace}]
-    items = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op", "namespace": namespace}},
-        {
-            "apiVersion": rbac,
-            "kind": "Role",
-            "metadata": {"name": "op", "namespace": namespace},
-            "rules": rules,
-        },
-        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name}, "rules": cluster_rules},
-        {
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": {"name": "op", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
-            "subjects": subjects,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": subjects,
-        },
-    ]
-    cluster.kubectl(
-        "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    )
-
-
 @contextlib.contextmanager
 def _operator_without_budget_access(kube: Kube, tmp_path: Path) -> Iterator[Path]:
     """The operator's log; it watches the test's namespace as ``op``, without access to budgets."""
-    _grant(kube.cluster, kube.namespace, budgets=False)
+    grant_chart_rbac(kube.cluster, kube.namespace, without=(ANY_VERB, "poddisruptionbudgets"))
     kubeconfig = service_account_kubeconfig(
         kube.cluster, kube.namespace, "op", tmp_path / "sa-kubeconfig.yaml"
     )
@@ -253,8 +213,7 @@ def _operator_without_budget_access(kube: Kube, tmp_path: Path) -> Iterator[Path
     finally:
         kube.run("delete", "modelpool", "--all", "--wait=false", check=False)
         stop_process(proc, grace=20, group=True)
-        name = f"modelpool-pdb-{kube.namespace}"
-        kube.cluster.kubectl("delete", f"clusterrole/{name}", f"clusterrolebinding/{name}", check=False)
+        drop_chart_rbac(kube.cluster, kube.namespace)
 
 
 def test_without_access_to_budgets_the_pool_is_reconciled_and_it_is_said_once(
@@ -286,7 +245,7 @@ def test_without_access_to_budgets_the_pool_is_reconciled_and_it_is_said_once(
         assert len(preflight) == 1 and "WARNING" in preflight[0] and "starts without" in preflight[0], text
 
         # Granted: the next listing pass applies the budgets, no restart needed.
-        _grant(kube.cluster, kube.namespace, budgets=True)
+        grant_chart_rbac(kube.cluster, kube.namespace)
         wait_for(lambda: _condition(kube, "bank", "Applied"), 30, "DisruptionBudgetApplied=True/Applied")
         assert set(_budgets(kube, "bank")) == {"bank-small", "bank-large"}
     assert "Traceback" not in log.read_text()

@@ -11,7 +11,6 @@ that does not exist yet (one warning, its pools reconciled once it is created).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import subprocess
 import threading
@@ -24,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from integration.cluster.chart_rbac import drop_chart_rbac, grant_chart_rbac
 from integration.cluster.kubetools import (
     answer,
     healthy,
@@ -31,7 +31,6 @@ from integration.cluster.kubetools import (
     start_operator,
     wait_for,
 )
-from integration.delivery.deliverytools import render
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
 from modelpool.devcluster.triton import free_port
@@ -153,65 +152,6 @@ def test_an_api_server_not_up_yet_is_waited_for_in_few_lines(
     assert "ERROR" not in running, text
 
 
-def _grant_chart_rbac(cluster: DevCluster, namespace: str, without: tuple[str, str] | None = None) -> None:
-    """ServiceAccount ``op`` in ``namespace`` with the chart's RBAC for it (rendered from the chart),
-    less one ``(verb, resource)`` when ``without`` is given; applied again, it grants that back."""
-    rendered = render(set_json={"watchNamespaces": json.dumps([namespace])})
-    rules = next(o for o in rendered if o["kind"] == "Role" and o["metadata"]["namespace"] == namespace)[
-        "rules"
-    ]
-    cluster_rules = next(o for o in rendered if o["kind"] == "ClusterRole")["rules"]
-    if without is not None:
-        verb, resource = without
-        for rule in rules:
-            if resource in rule["resources"]:
-                rule["verbs"] = [v for v in rule["verbs"] if v != verb]
-    rbac = "rbac.authorization.k8s.io/v1"
-    subject = [{"kind": "ServiceAccount", "name": "op", "namespace": namespace}]
-    cluster_name = f"modelpool-misconfig-{namespace}"
-    objs = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op", "namespace": namespace}},
-        {
-            "apiVersion": rbac,
-            "kind": "Role",
-            "metadata": {"name": "op", "namespace": namespace},
-            "rules": rules,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": {"name": "op", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
-            "subjects": subject,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRole",
-            "metadata": {"name": cluster_name},
-            "rules": cluster_rules,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": cluster_name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
-            "subjects": subject,
-        },
-    ]
-    cluster.kubectl(
-        "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
-    )
-
-
-def _drop_cluster_rbac(cluster: DevCluster, namespace: str) -> None:
-    cluster.kubectl(
-        "delete",
-        f"clusterrole/modelpool-misconfig-{namespace}",
-        f"clusterrolebinding/modelpool-misconfig-{namespace}",
-        check=False,
-    )
-
-
 def _deployments(cluster: DevCluster, namespace: str) -> int:
     return len(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split())
 
@@ -237,7 +177,7 @@ def _operator_as_chart_sa(
     """(log, healthz URL, process) of an operator watching ``namespace`` as ServiceAccount ``op`` with the
     chart's RBAC less ``without`` (and the flags ``extra``); it must stay up throughout. On exit the
     sample pool is deleted, the operator stopped and the RBAC's cluster-scoped part removed."""
-    _grant_chart_rbac(cluster, namespace, without=without)
+    grant_chart_rbac(cluster, namespace, without=without)
     kubeconfig = service_account_kubeconfig(cluster, namespace, "op", tmp_path / "sa-kubeconfig.yaml")
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
@@ -249,7 +189,7 @@ def _operator_as_chart_sa(
     finally:
         cluster.kubectl("delete", "modelpool", "banking77", "-n", namespace, "--wait=false", check=False)
         stop_process(proc, grace=10, group=True)
-        _drop_cluster_rbac(cluster, namespace)
+        drop_chart_rbac(cluster, namespace)
 
 
 def test_a_missing_permission_is_named_without_a_traceback_each_pass(
@@ -261,7 +201,7 @@ def test_a_missing_permission_is_named_without_a_traceback_each_pass(
     # test below): here it is revoked once kopf runs, and the reconcile loop must say so.
     with _operator_as_chart_sa(cluster, namespace, tmp_path) as (log, healthz, _):
         wait_for(lambda: healthy(healthz), 60, "kopf's liveness endpoint")
-        _grant_chart_rbac(cluster, namespace, without=("patch", "modelpools/status"))
+        grant_chart_rbac(cluster, namespace, without=("patch", "modelpools/status"))
         cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
         wait_for(lambda: "modelpools/status" in log.read_text(), 30, "a log line naming modelpools/status")
         # The rest still works: the pool's Deployments are written (apply needs no status patch).
@@ -289,7 +229,7 @@ def test_a_missing_list_permission_is_named_and_waited_for_until_granted(
         time.sleep(4)  # the 2nd and 3rd checks: still missing, nothing reconciled
         assert _deployments(cluster, namespace) == 0
         assert proc.poll() is None, log.read_text()
-        _grant_chart_rbac(cluster, namespace)
+        grant_chart_rbac(cluster, namespace)
         wait_for(lambda: _deployments(cluster, namespace) == 3, 60, "the pool's 3 Deployments once granted")
         assert healthy(healthz)
     text = log.read_text()
@@ -327,7 +267,7 @@ def test_readiness_is_503_naming_a_missing_permission_while_liveness_is_200_then
         assert answer(readyz) == (503, f"not ready: {waiting}\n")
         time.sleep(3)  # the next checks: still missing, still not ready
         assert answer(readyz) == (503, f"not ready: {waiting}\n")
-        _grant_chart_rbac(cluster, namespace)
+        grant_chart_rbac(cluster, namespace)
         wait_for(lambda: answer(readyz) == (200, "ready: running\n"), 60, "ready: running once granted")
         assert healthy(healthz)  # kopf's own liveness endpoint now
     assert "Traceback" not in log.read_text()
