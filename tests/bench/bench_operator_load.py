@@ -51,7 +51,16 @@ SAMPLE = REPO / "manifests" / "samples" / "modelpool-bursty.yaml"
 NAMESPACE = "load-bench"
 SCRAPE_S = 0.5
 LOAD_RPS = 20.0
-KINDS = ("modelpools", "routingpolicies", "deployments", "services", "events", "configmaps", "pods")
+KINDS = (
+    "modelpools",
+    "routingpolicies",
+    "deployments",
+    "services",
+    "poddisruptionbudgets",
+    "events",
+    "configmaps",
+    "pods",
+)
 
 
 def cpu_seconds(pid: int) -> float:
