@@ -62,6 +62,22 @@ RULES: tuple[Rule, ...] = (
         "kopf watches policies and adds its finalizer",
     ),
     Rule(GROUP, "routingpolicies/status", ("patch",), "the policy's status"),
+    Rule(
+        GROUP,
+        "modelpools/finalizers",
+        ("update",),
+        "where the API server enforces owner references' permissions (OpenShift), no child of a pool "
+        "can be created: its ownerReference blocks the pool's deletion",
+        essential=False,
+    ),
+    Rule(
+        GROUP,
+        "routingpolicies/finalizers",
+        ("update",),
+        "where the API server enforces owner references' permissions (OpenShift), no policy's router "
+        "ConfigMap can be created",
+        essential=False,
+    ),
     Rule("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the pool's Deployments"),
     Rule("", "services", ("get", "list", "watch", "create", "patch"), "the pool's Services"),
     Rule("", "pods", ("list", "watch"), "kopf's index of the pool's pods, the router pods"),

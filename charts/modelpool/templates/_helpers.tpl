@@ -113,6 +113,8 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{/*
 Namespaced permissions the operator needs in every watched namespace (or cluster-wide):
   - its own resources: read, watch, patch (kopf finalizers and annotations), and their status;
+  - update of their finalizers subresource: where the API server enforces owner references'
+    permissions (OpenShift), a child whose ownerReference has blockOwnerDeletion needs it;
   - the children it owns: Deployments, Services and ConfigMaps (server-side apply, delete), and
     the variants' PodDisruptionBudgets (listed, not watched: get, list, create, patch, delete);
   - pods (readiness, router discovery) read-only; the router admin-token Secret read-only (get);
@@ -125,6 +127,9 @@ Namespaced permissions the operator needs in every watched namespace (or cluster
 - apiGroups: ["modelpool.dev"]
   resources: ["modelpools/status", "routingpolicies/status"]
   verbs: ["get", "patch", "update"]
+- apiGroups: ["modelpool.dev"]
+  resources: ["modelpools/finalizers", "routingpolicies/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]

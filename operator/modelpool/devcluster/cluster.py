@@ -61,6 +61,12 @@ def fake_gpu_node(
     }
 
 
+ADMISSION_PLUGINS = ("OwnerReferencesPermissionEnforcement",)
+"""Admission plugins the local API server runs on top of its defaults. OpenShift enforces owner
+references' permissions: setting ``blockOwnerDeletion`` on a child needs ``update`` of the owner's
+``finalizers``. Enforced here too, the operator's RBAC is tested as it works there."""
+
+
 @dataclass
 class DevCluster:
     """A kwok cluster with the binary runtime, isolated in its own kwok workdir."""
@@ -136,6 +142,8 @@ class DevCluster:
                 "cluster",
                 "--runtime",
                 "binary",
+                "--extra-args",
+                f"kube-apiserver=enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
                 "--kube-apiserver-binary",
                 str(bins / "kube-apiserver"),
                 "--kube-controller-manager-binary",

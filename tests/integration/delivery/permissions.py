@@ -22,6 +22,9 @@ NAMESPACED_NEEDED = [
         ("modelpools.modelpool.dev/status", "routingpolicies.modelpool.dev/status"),
         ("get", "patch", "update"),
     ),
+    # Children carry blockOwnerDeletion: an API server that enforces owner references' permissions
+    # (OpenShift; the local test cluster too) needs this to create them.
+    *_each(("modelpools.modelpool.dev/finalizers", "routingpolicies.modelpool.dev/finalizers"), ("update",)),
     *_each(("deployments.apps", "services", "configmaps"), ALL_VERBS),
     *_each(("pods",), ("get", "list", "watch")),
     *_each(("poddisruptionbudgets.policy",), ("get", "list", "create", "patch", "delete")),
