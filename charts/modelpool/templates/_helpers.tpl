@@ -111,14 +111,19 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{- end }}
 
 {{/*
-Namespaced permissions the operator needs in every watched namespace (or cluster-wide):
-  - its own resources: read, watch, patch (kopf finalizers and annotations), and their status;
+Namespaced permissions the operator needs in every watched namespace (or cluster-wide), exactly
+operator/modelpool/permissions.py's RULES (a unit test checks both ways):
+  - its own resources: read, watch, patch (kopf finalizers and annotations), and patch of their
+    status (every write is a PATCH: server-side apply or merge patch, never an update);
   - update of their finalizers subresource: where the API server enforces owner references'
     permissions (OpenShift), a child whose ownerReference has blockOwnerDeletion needs it;
-  - the children it owns: Deployments, Services and ConfigMaps (server-side apply, delete), and
-    the variants' PodDisruptionBudgets (listed, not watched: get, list, create, patch, delete);
-  - pods (readiness, router discovery) read-only; the router admin-token Secret read-only (get);
-  - Events on pools and policies (kopf posts core/v1 Events; events.k8s.io for newer clients).
+  - the children it owns: Deployments and Services (watched for kopf's indexes, server-side apply,
+    delete of a removed variant's), the policy's router ConfigMap (get, create, patch; removed
+    with its policy by the garbage collector), profile ConfigMaps read by name, and the variants'
+    PodDisruptionBudgets (listed, not watched: get, list, create, patch, delete);
+  - pods listed and watched (readiness, router discovery); the router admin-token Secret read by
+    name (get);
+  - Events on pools and policies (kopf posts core/v1 Events).
 */}}
 {{- define "modelpool.namespacedRules" -}}
 - apiGroups: ["modelpool.dev"]
@@ -126,39 +131,42 @@ Namespaced permissions the operator needs in every watched namespace (or cluster
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["modelpool.dev"]
   resources: ["modelpools/status", "routingpolicies/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["modelpool.dev"]
   resources: ["modelpools/finalizers", "routingpolicies/finalizers"]
   verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
-Cluster-scoped reads kopf needs in every mode: it scans the CRDs to resolve the resources it
+Cluster-scoped reads kopf needs in every mode: it lists and watches the CRDs to resolve the resources it
 serves (without this it logs a warning and cannot see CRD changes). Namespaced mode adds the
 namespace list/watch in rbac.yaml.
 */}}
 {{- define "modelpool.crdRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/*

@@ -18,16 +18,18 @@ def _cluster_name(namespace: str) -> str:
 
 
 def _without(rules: list[dict[str, Any]], verb: str, resource: str) -> list[dict[str, Any]]:
-    """The rules less ``verb`` on ``resource`` (:data:`ANY_VERB`: the resource altogether)."""
+    """The rules less ``verb`` on ``resource`` (:data:`ANY_VERB`: the resource altogether); the
+    other resources of a rule keep all its verbs, and a rule left with no verb goes."""
     kept = []
     for rule in rules:
         if resource not in rule["resources"]:
             kept.append(rule)
-        elif verb == ANY_VERB:
-            if rest := [r for r in rule["resources"] if r != resource]:
-                kept.append({**rule, "resources": rest})
-        else:
-            kept.append({**rule, "verbs": [v for v in rule["verbs"] if v != verb]})
+            continue
+        if others := [r for r in rule["resources"] if r != resource]:
+            kept.append({**rule, "resources": others})
+        verbs = [] if verb == ANY_VERB else [v for v in rule["verbs"] if v != verb]
+        if verbs:
+            kept.append({**rule, "resources": [resource], "verbs": verbs})
     return kept
 
 

@@ -18,24 +18,28 @@ def _each(resources: tuple[str, ...], verbs: tuple[str, ...]) -> list[tuple[str,
 # Needed in every watched namespace.
 NAMESPACED_NEEDED = [
     *_each(("modelpools.modelpool.dev", "routingpolicies.modelpool.dev"), ("get", "list", "watch", "patch")),
-    *_each(
-        ("modelpools.modelpool.dev/status", "routingpolicies.modelpool.dev/status"),
-        ("get", "patch", "update"),
-    ),
+    *_each(("modelpools.modelpool.dev/status", "routingpolicies.modelpool.dev/status"), ("patch",)),
     # Children carry blockOwnerDeletion: an API server that enforces owner references' permissions
     # (OpenShift; the local test cluster too) needs this to create them.
     *_each(("modelpools.modelpool.dev/finalizers", "routingpolicies.modelpool.dev/finalizers"), ("update",)),
-    *_each(("deployments.apps", "services", "configmaps"), ALL_VERBS),
-    *_each(("pods",), ("get", "list", "watch")),
+    *_each(("deployments.apps", "services"), ("get", "list", "watch", "create", "patch", "delete")),
+    *_each(("configmaps",), ("get", "create", "patch")),
+    *_each(("pods",), ("list", "watch")),
     *_each(("poddisruptionbudgets.policy",), ("get", "list", "create", "patch", "delete")),
     ("get", "secrets"),
-    *_each(("events", "events.events.k8s.io"), ("create", "patch")),
+    ("create", "events"),
 ]
 # Never granted, in any namespace: the operator reads one Secret by name and never writes
 # pods (nor evicts them), its own custom resources' specs, or RBAC.
 NAMESPACED_DENIED = [
     *_each(("secrets",), ("list", "watch", "create", "update", "patch", "delete")),
-    *_each(("pods",), ("create", "update", "patch", "delete")),
+    *_each(("pods",), ("get", "create", "update", "patch", "delete")),
+    # Every write is a PATCH (server-side apply, merge patch): no update; no reads it never makes.
+    *_each(("deployments.apps", "services", "configmaps"), ("update",)),
+    *_each(("configmaps",), ("list", "watch", "delete")),
+    *_each(("modelpools.modelpool.dev/status", "routingpolicies.modelpool.dev/status"), ("get", "update")),
+    *_each(("events",), ("patch", "update")),
+    *_each(("events.events.k8s.io",), ("create", "patch")),
     ("create", "pods/exec"),
     ("create", "pods/eviction"),  # it bounds evictions, it never evicts
     *_each(("poddisruptionbudgets.policy",), ("watch", "update")),  # listed per resync, applied
@@ -47,12 +51,14 @@ NAMESPACED_DENIED = [
     ("create", "serviceaccounts"),
 ]
 # Cluster-scoped reads kopf needs in every mode (CRD scanning).
-CLUSTER_NEEDED = _each(("customresourcedefinitions.apiextensions.k8s.io",), ("get", "list", "watch"))
+CLUSTER_NEEDED = _each(("customresourcedefinitions.apiextensions.k8s.io",), ("list", "watch"))
 # Only an operator that serves a list of namespaces observes them (kopf's namespace_observer);
 # a cluster-wide one does not.
 NAMESPACED_MODE_ONLY = _each(("namespaces",), ("list", "watch"))
 CLUSTER_DENIED = [
-    *_each(("customresourcedefinitions.apiextensions.k8s.io",), ("create", "patch", "update", "delete")),
+    *_each(
+        ("customresourcedefinitions.apiextensions.k8s.io",), ("get", "create", "patch", "update", "delete")
+    ),
     *_each(("namespaces",), ("create", "delete", "patch")),
     ("create", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

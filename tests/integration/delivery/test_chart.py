@@ -135,7 +135,7 @@ def test_namespaced_render_uses_roles_per_namespace() -> None:
     # Cluster-scoped: only the CRD reads and kopf's namespace observation (list/watch).
     cluster_role = one(objs, "ClusterRole")
     assert [(r["resources"], r["verbs"]) for r in cluster_role["rules"]] == [
-        (["customresourcedefinitions"], ["get", "list", "watch"]),
+        (["customresourcedefinitions"], ["list", "watch"]),
         (["namespaces"], ["list", "watch"]),
     ]
     assert all("namespaces" not in r["resources"] for role in roles for r in role["rules"])

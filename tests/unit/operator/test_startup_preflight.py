@@ -26,7 +26,7 @@ from integration.delivery.permissions import rbac_grants
 from modelpool import cli
 from modelpool.devcluster.triton import free_port
 from modelpool.kubelogin import Credentials
-from modelpool.permissions import SSAR_PATH, accesses
+from modelpool.permissions import RULES, SSAR_PATH, accesses
 from modelpool.startup import Readiness, WaitingLiveness, preflight
 
 CREDENTIALS = Credentials(server="https://k8s.test:6443", verify=False, token="t")
@@ -434,6 +434,29 @@ def test_the_chart_namespaced_roles_grant_every_rule() -> None:
         assert _missing(rules, [namespace], cluster_scoped=False) == []
     (cluster_role,) = [o for o in rendered if o["kind"] == "ClusterRole"]
     assert _missing(cluster_role["rules"], ["team-a"], cluster_scoped=True) == []
+
+
+def _beyond_the_rules(rbac_rules: Iterable[Obj]) -> list[str]:
+    """What RBAC rules grant that no rule of :data:`permissions.RULES` asks for."""
+    asked = {(rule.group, rule.resource, verb) for rule in RULES for verb in rule.verbs}
+    return [
+        f"{verb} {resource} ({group or 'core'})"
+        for rule in rbac_rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        if (group, resource, verb) not in asked
+    ]
+
+
+@pytest.mark.parametrize("watch", [None, ["team-a"]], ids=["cluster-wide", "namespaced"])
+def test_the_chart_grants_nothing_the_rules_do_not_ask_for(watch: list[str] | None) -> None:
+    """Least privilege: every verb the chart grants is one the operator uses (and checks at the
+    start); an update, a get or a delete it never sends is not granted."""
+    rendered = render(set_json={"watchNamespaces": json.dumps(watch)} if watch is not None else None)
+    for obj in rendered:
+        if obj["kind"] in ("ClusterRole", "Role"):
+            assert _beyond_the_rules(obj["rules"]) == [], obj["metadata"]["name"]
 
 
 @pytest.mark.parametrize("watch", [None, ["team-a"]], ids=["cluster-wide", "namespaced"])
