@@ -571,19 +571,27 @@ class FakeApiServer:
         return self.leases(request)
 
 
-def test_preflight_waits_for_the_lease_serving_liveness_as_a_standby(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@dataclass
+class StandbyStart:
+    """A standby's preflight: the lease held by another replica that stops renewing it, and
+    ``update leases`` refused at the first permission check, granted at the second."""
+
+    fake: FakeLeases
+    server: FakeApiServer
+    elector: Elector
+    refused: str | None
+
+
+def _standby_start(
+    observe: Callable[[], None], liveness: str | None = None, readiness: Readiness | None = None
+) -> StandbyStart:
+    """Run the preflight, calling ``observe`` at each of its waits."""
     fake, clock = FakeLeases(), Clock()
     fake.held_by(OTHER)
     server = FakeApiServer(fake, denied={f"update leases {NS}"})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/healthz"
-    probes: list[tuple[int, str]] = []
 
     def each_sleep() -> None:
-        response = httpx.get(url, timeout=5)
-        probes.append((response.status_code, response.text))
+        observe()
         if len(clock.sleeps) == 1:
             server.denied.clear()  # the permission is granted after the first check
 
@@ -593,48 +601,41 @@ def test_preflight_waits_for_the_lease_serving_liveness_as_a_standby(
     refused = preflight(
         credentials,
         None,
-        url,
-        sleep=clock.sleep,
-        transport=httpx.MockTransport(server),
-        elector=elector,
-        clock=clock,
-    )
-    assert refused is None and elector.leading and fake.spec["holderIdentity"] == ME
-    assert all(status == 200 for status, _ in probes)
-    assert "waiting for permissions: update leases.coordination.k8s.io in namespace ops" in probes[0][1]
-    assert probes[1][1] == f"starting: waiting for the leader lease {NS}/{NAME}, held by {OTHER}\n"
-    # Unchanged for 15 s by the local clock, counted from the first look: then taken.
-    assert probes[-1][1].endswith(f"held by {OTHER}\n")
-    lease_reviews = {(r["verb"], r.get("namespace")) for r in server.reviews if r["resource"] == "leases"}
-    assert lease_reviews == {("get", NS), ("create", NS), ("update", NS)}
-
-
-def test_a_standby_is_ready_once_its_permissions_are_granted_and_names_the_holder() -> None:
-    fake, clock = FakeLeases(), Clock()
-    fake.held_by(OTHER)
-    server = FakeApiServer(fake, denied={f"update leases {NS}"})
-    readiness = Readiness(None, "the API server")
-    answers: list[tuple[int, str]] = []
-
-    def each_sleep() -> None:
-        answers.append(readiness.answer)
-        if len(clock.sleeps) == 1:
-            server.denied.clear()  # the permission is granted after the first check
-
-    clock.each_sleep = each_sleep
-    elector = Elector(config())
-    credentials = Credentials(server="https://k8s.test:6443", verify=False, token="t")
-    refused = preflight(
-        credentials,
-        None,
-        None,
+        liveness,
         sleep=clock.sleep,
         transport=httpx.MockTransport(server),
         elector=elector,
         clock=clock,
         readiness=readiness,
     )
-    assert refused is None and elector.leading
+    return StandbyStart(fake, server, elector, refused)
+
+
+def test_preflight_waits_for_the_lease_serving_liveness_as_a_standby() -> None:
+    url = f"http://127.0.0.1:{free_port()}/healthz"
+    probes: list[tuple[int, str]] = []
+
+    def probe() -> None:
+        response = httpx.get(url, timeout=5)
+        probes.append((response.status_code, response.text))
+
+    start = _standby_start(probe, liveness=url)
+    assert start.refused is None and start.elector.leading and start.fake.spec["holderIdentity"] == ME
+    assert all(status == 200 for status, _ in probes)
+    assert "waiting for permissions: update leases.coordination.k8s.io in namespace ops" in probes[0][1]
+    assert probes[1][1] == f"starting: waiting for the leader lease {NS}/{NAME}, held by {OTHER}\n"
+    # Unchanged for 15 s by the local clock, counted from the first look: then taken.
+    assert probes[-1][1].endswith(f"held by {OTHER}\n")
+    reviews = start.server.reviews
+    lease_reviews = {(r["verb"], r.get("namespace")) for r in reviews if r["resource"] == "leases"}
+    assert lease_reviews == {("get", NS), ("create", NS), ("update", NS)}
+
+
+def test_a_standby_is_ready_once_its_permissions_are_granted_and_names_the_holder() -> None:
+    readiness = Readiness(None, "the API server")
+    answers: list[tuple[int, str]] = []
+    start = _standby_start(lambda: answers.append(readiness.answer), readiness=readiness)
+    assert start.refused is None and start.elector.leading
     # Without the permission it could not take over: not ready. With it, a standby: ready.
     assert answers[0] == (
         503,
