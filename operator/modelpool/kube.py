@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from modelpool.kubelogin import Credentials, load_credentials
+from modelpool.kubelogin import Credentials
 from modelpool.scaling.metrics import record_kube_request
 
 Obj = dict[str, Any]
@@ -105,10 +105,6 @@ class KubeClient:
             timeout=timeout,
             transport=transport,
         )
-
-    @classmethod
-    def from_environment(cls) -> KubeClient:
-        return cls(load_credentials())
 
     async def close(self) -> None:
         await self._http.aclose()
