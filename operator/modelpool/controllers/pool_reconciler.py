@@ -32,6 +32,7 @@ from modelpool.controllers.children import (
     with_kind,
 )
 from modelpool.controllers.disruption_budgets import reconcile_budgets
+from modelpool.controllers.pod_failures import FAILURE_REASONS
 from modelpool.controllers.pool_status import (
     ChildIssues,
     ReplicaPlan,
@@ -341,7 +342,19 @@ async def reconcile_pool(
     if status_write_due(status, raw_status):
         await write_status(kube, pool_path(namespace, name), status, raw_status)
     _report_rejections(issues, prev_conditions, emit)
+    _report_failures(status.conditions, prev_conditions, emit)
     return PoolPass(status, outcome.next_decision_in)
+
+
+def _report_failures(conditions: list[Condition], prev_conditions: list[Condition], emit: EventSink) -> None:
+    """A Warning Event when Degraded turns to failing containers (or to another kind of failure):
+    once per change, not once per pass while they keep failing."""
+    now = c.find(conditions, c.DEGRADED)
+    if now is None or now.status != "True" or now.reason not in FAILURE_REASONS:
+        return
+    before = c.find(prev_conditions, c.DEGRADED)
+    if before is None or before.status != "True" or before.reason != now.reason:
+        emit("Warning", now.reason, now.message)
 
 
 def _report_rejections(issues: ChildIssues, prev_conditions: list[Condition], emit: EventSink) -> None:

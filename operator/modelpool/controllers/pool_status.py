@@ -10,6 +10,12 @@ from modelpool.api import conditions as c
 from modelpool.api.base import Condition
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, ScalerMemory, VariantStatus
 from modelpool.builders.triton import LABEL_VARIANT
+from modelpool.controllers.pod_failures import (
+    ContainerFailure,
+    container_failures,
+    failure_message,
+    failure_reason,
+)
 
 Obj = Mapping[str, Any]
 
@@ -77,6 +83,7 @@ def compute_status(
     not_ready: list[str] = []
     rolling: list[str] = []
     unschedulable: list[str] = []
+    failures: list[ContainerFailure] = []
     for variant in spec.variants:
         plan = plans[variant.name]
         dep = deployments.get(variant.name) or {}
@@ -93,6 +100,7 @@ def compute_status(
             msg = unschedulable_message(pod)
             if msg is not None:
                 unschedulable.append(f"{pod['metadata']['name']}: {msg}")
+        failures += container_failures(variant.name, active)
         if ready < plan.replicas:
             not_ready.append(f"{variant.name} {ready}/{plan.replicas}")
         if not dep or observed < dep_generation or updated < plan.replicas or len(active) != plan.replicas:
@@ -155,10 +163,17 @@ def compute_status(
                 )
         put(c.GPU_BUDGET_FITS, True, "Fits", f"{requested} of {budget} GPUs{where} requested")
 
+    problems: list[tuple[str, str]] = []
     if issues.conflicts:
-        put(c.DEGRADED, True, "ChildConflict", "; ".join(issues.conflicts))
-    elif unschedulable:
-        put(c.DEGRADED, True, "PodsUnschedulable", f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}")
+        problems.append(("ChildConflict", "; ".join(issues.conflicts)))
+    if failures:
+        index = {v.name: i for i, v in enumerate(spec.variants)}
+        problems.append((failure_reason(failures), failure_message(failures, index)))
+    if unschedulable:
+        problems.append(("PodsUnschedulable", f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}"))
+    if problems:
+        # The first problem names the reason; the message says every kind there is.
+        put(c.DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))
     else:
         put(c.DEGRADED, False, "AsExpected", "no problems observed")
 

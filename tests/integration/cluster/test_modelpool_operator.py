@@ -134,6 +134,73 @@ def test_more_gpus_than_nodes_have_shows_pending_pods_and_budget_condition(kube:
     kube.cluster.kubectl("delete", "nodes", "-l", f"test-pool={kube.namespace}", "--wait=false")
 
 
+def test_crashing_triton_containers_are_degraded_with_the_field_to_fix(kube: Kube) -> None:
+    """A replica that keeps crashing says why in Degraded (OOMKilled: raise the memory) and in one
+    Warning Event, and Degraded clears once it runs. kwok plays the kubelet here, so the test writes
+    the container status a kubelet writes for a container killed for memory; kwok leaves a
+    Running pod's status alone."""
+    kube.apply(
+        pool_manifest(
+            "crash",
+            variants=[{"name": "small", "tier": "small", "model": {"name": "s", "repository": "/models"}}],
+        )
+    )
+    wait_for(lambda: ready(kube, "crash"), 90, "pool crash Ready")
+    pod = kube.list("pods", "modelpool.dev/pool=crash")[0]
+    name, image = pod["metadata"]["name"], pod["spec"]["containers"][0]["image"]
+
+    def container_status(state: Obj, ready: bool, last: Obj | None = None) -> str:
+        status: Obj = {
+            "name": "triton",
+            "image": image,
+            "imageID": "",
+            "ready": ready,
+            "restartCount": 3 if last else 0,
+            "state": state,
+        }
+        if last:
+            status["lastState"] = last
+        conditions = [{"type": t, "status": str(ready)} for t in ("Ready", "ContainersReady")]
+        return json.dumps(
+            {"status": {"phase": "Running", "conditions": conditions, "containerStatuses": [status]}}
+        )
+
+    oom = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "message": "I1124 loading model s\n"}}
+    crashing = container_status({"waiting": {"reason": "CrashLoopBackOff"}}, False, oom)
+    kube.run("patch", "pod", name, "--subresource=status", "--type=merge", "-p", crashing)
+
+    def degraded(reason: str) -> Obj | None:
+        cond = kube.condition("modelpool", "crash", "Degraded")
+        return cond if cond and cond["reason"] == reason else None
+
+    cond = wait_for(lambda: degraded("ContainersCrashing"), 60, "Degraded=ContainersCrashing")
+    assert cond["status"] == "True"
+    assert f"small: pod {name} container triton CrashLoopBackOff (OOMKilled)" in cond["message"]
+    assert "exit code 137, 3 restart(s), last log: I1124 loading model s" in cond["message"]
+    assert "raise spec.variants[0].resources.memory" in cond["message"]
+    assert kube.condition("modelpool", "crash", "Ready")["status"] == "False"  # type: ignore[index]
+    warnings = wait_for(
+        lambda: [e for e in kube.events("crash") if e["reason"] == "ContainersCrashing"] or None,
+        30,
+        "a ContainersCrashing Event",
+    )
+    assert warnings[0]["type"] == "Warning" and "resources.memory" in warnings[0]["message"]
+
+    kube.run(
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        container_status({"running": {}}, True),
+    )
+    wait_for(lambda: degraded("AsExpected"), 60, "Degraded=AsExpected after the container runs")
+    wait_for(lambda: ready(kube, "crash"), 60, "pool crash Ready again")
+    repeated = [e for e in kube.events("crash") if e["reason"] == "ContainersCrashing"]
+    assert len(repeated) == 1 and repeated[0].get("count", 1) == 1  # one Event, not one per pass
+
+
 def test_minimums_over_budget_report_the_condition(kube: Kube) -> None:
     kube.apply(pool_manifest("tight", gpuPool={"gpuBudget": 2}))
     cond = wait_for(
