@@ -13,6 +13,7 @@ failed start the kubelet copies the tail of Triton's log (``failed to load 'x': 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,20 @@ class ContainerFailure:
     """Exit code, restarts and the quoted message, or the kubelet's message."""
 
 
+_GLOG = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+"""Triton's log prefix (glog): severity, date, time, thread, file:line."""
+
+
 def _last_lines(text: str) -> str:
+    """The last two error lines of a log tail (Triton's ``E…`` lines and its closing ``error: …``),
+    else its last two lines, without glog prefixes, cut to _QUOTE_CHARS from the front."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    quoted = " | ".join(lines[-2:])
+    errors = [
+        line
+        for line in lines
+        if ((m := _GLOG.match(line)) and m.group(1) in "EF") or line.lower().startswith("error")
+    ]
+    quoted = " | ".join(_GLOG.sub("", line).strip('"') for line in (errors or lines)[-2:])
     if len(quoted) > _QUOTE_CHARS:
         quoted = "…" + quoted[-_QUOTE_CHARS:]
     return quoted

@@ -24,10 +24,14 @@ SPEC = ModelPoolSpec.model_validate(
     }
 )
 PLANS = {"small": ReplicaPlan(1, "min"), "large": ReplicaPlan(1, "min")}
-TRITON_LOG = (
-    "I1124 10:00:00.1 server.cc:674] loading model l\n"
-    "E1124 10:00:01.2 model_repository_manager.cc:1335] failed to load 'l': "
-    "Invalid argument: unable to find 'model.py' for model 'l'\n"
+TRITON_LOG = (  # the tail of a real tritonserver 2.51 log (the wheel's), model missing from its repository
+    "E1124 11:40:03.449369 5406 model_repository_manager.cc:1415] \"failed to poll model 'l': model not "
+    'found in any model repository."\n'
+    "| strict_readiness                 | 1    |\n"
+    "+----------------------------------+------+\n\n"
+    'I1124 11:40:03.451066 5406 server.cc:305] "Waiting for in-flight requests to complete."\n'
+    'I1124 11:40:03.451115 5406 server.cc:345] "Timeout 30: Found 0 live models and 0 in-flight '
+    'non-inference requests"\n'
     "error: creating server: Internal - failed to load all models\n"
 )
 
@@ -70,9 +74,11 @@ def test_a_crash_loop_names_the_pod_the_exit_the_log_and_the_model_field() -> No
         "1 pod(s) failing: large: pod l-1 container triton CrashLoopBackOff (Error)"
     )
     assert "exit code 1, 4 restart(s)" in cond.message
-    # The last two log lines (FallbackToLogsOnError), not the first.
-    assert "failed to load all models" in cond.message and "unable to find 'model.py'" in cond.message
-    assert "loading model l" not in cond.message
+    # The last two error lines of the log tail (FallbackToLogsOnError), without the glog prefix.
+    assert (
+        "last log: failed to poll model 'l': model not found in any model repository. | error: creating "
+        "server: Internal - failed to load all models)"
+    ) in cond.message
     assert "check spec.variants[1].model (repository, name, version)" in cond.message
     assert "kubectl logs l-1 -c triton --previous" in cond.message
     assert cond.observed_generation == 2
