@@ -67,6 +67,17 @@ references' permissions: setting ``blockOwnerDeletion`` on a child needs ``updat
 ``finalizers``. Enforced here too, the operator's RBAC is tested as it works there."""
 
 
+KWOKCTL_CONFIG = """\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  bindAddress: 127.0.0.1
+"""
+"""kwokctl's settings: every component (etcd, kube-apiserver, the controller-manager, the scheduler,
+kwok) listens on loopback only. kwokctl's default is 0.0.0.0, which would offer an etcd without
+authentication to the whole network."""
+
+
 @dataclass
 class DevCluster:
     """A kwok cluster with the binary runtime, isolated in its own kwok workdir."""
@@ -137,7 +148,12 @@ class DevCluster:
             if self.exists():
                 self.delete()
             bins = toolchain.bin_dir()
+            config = self.workdir / "kwokctl.yaml"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(KWOKCTL_CONFIG)
             args = [
+                "--config",
+                str(config),
                 "create",
                 "cluster",
                 "--runtime",
