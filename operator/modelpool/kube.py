@@ -1,7 +1,8 @@
 """A small typed async client for the Kubernetes API (httpx).
 
 kopf watches and dispatches; this client does the few reads and writes the
-controllers make: get, list, create, server-side apply, merge-patch, delete.
+controllers make: get, list, create, server-side apply, merge-patch, delete, and the
+router's one watch (its Services' EndpointSlices).
 It logs in as :mod:`modelpool.kubelogin` reads the login.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +20,7 @@ from modelpool.kubelogin import Credentials
 from modelpool.scaling.metrics import record_kube_request
 
 Obj = dict[str, Any]
+Items = list[Obj]
 
 FIELD_MANAGER = "modelpool-operator"
 
@@ -85,6 +88,19 @@ def _body(obj: Any) -> bytes | None:
     return _YAML_ESCAPES.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
+def _error(response: httpx.Response) -> KubeError:
+    """The API server's refusal, from its Status body where it sent one."""
+    causes: tuple[str, ...] = ()
+    try:
+        body = response.json()
+        reason, message = str(body.get("reason", "")), str(body.get("message", response.text))
+        details = body.get("details") or {}
+        causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
+    except (ValueError, AttributeError):
+        reason, message = response.reason_phrase, response.text
+    return KubeError(response.status_code, reason, message, causes)
+
+
 class KubeClient:
     """The operator's reads and writes; one pooled HTTP/1.1 client."""
 
@@ -96,6 +112,7 @@ class KubeClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Accept": "application/json", "User-Agent": "modelpool-operator"}
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=credentials.server,
             verify=credentials.verify,
@@ -122,15 +139,7 @@ class KubeClient:
         record_kube_request(*request_kind(method, path))
         response = await self._http.request(method, path, content=_body(json), params=params, headers=headers)
         if response.status_code >= 400:
-            causes: tuple[str, ...] = ()
-            try:
-                body = response.json()
-                reason, message = str(body.get("reason", "")), str(body.get("message", response.text))
-                details = body.get("details") or {}
-                causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
-            except (ValueError, AttributeError):
-                reason, message = response.reason_phrase, response.text
-            raise KubeError(response.status_code, reason, message, causes)
+            raise _error(response)
         result: Obj = response.json()
         return result
 
@@ -144,9 +153,51 @@ class KubeClient:
             raise
 
     async def list(self, path: str, label_selector: str | None = None) -> list[Obj]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        items: list[Obj] = (await self._request("GET", path, params=params)).get("items", [])
+        items, _ = await self.list_at(path, label_selector)
         return items
+
+    async def list_at(self, path: str, label_selector: str | None = None) -> tuple[Items, str]:
+        """The items and the list's resourceVersion, where a :meth:`watch` goes on from."""
+        params = {"labelSelector": label_selector} if label_selector else None
+        listed = await self._request("GET", path, params=params)
+        items: Items = listed.get("items") or []
+        return items, str((listed.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch(
+        self, path: str, resource_version: str, label_selector: str | None = None, timeout_s: int = 300
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """The events (ADDED, MODIFIED, DELETED, BOOKMARK) after ``resource_version``, as the
+        API server streams them, until it ends the watch after about ``timeout_s`` (the caller
+        watches again from the last event's resourceVersion).
+
+        Raises :class:`KubeError` for a refused watch and for an ERROR event: 410 Gone when
+        ``resource_version`` is too old (the caller lists again).
+        """
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_s),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        record_kube_request("watch", request_kind("GET", path)[1])
+        # The stream is quiet while nothing changes: only the API server's own timeout ends it.
+        timeout = httpx.Timeout(self._timeout, read=timeout_s + self._timeout)
+        async with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise _error(response)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                event = jsonlib.loads(line)
+                kind, obj = str(event.get("type", "")), event.get("object") or {}
+                if kind == "ERROR":
+                    raise KubeError(
+                        int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", ""))
+                    )
+                yield kind, obj
 
     async def apply(self, path: str, body: Obj, *, force: bool = True) -> Obj:
         """Server-side apply as the operator's field manager (takes over conflicting fields)."""

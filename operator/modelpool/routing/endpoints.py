@@ -2,9 +2,11 @@
 
 * :class:`StaticSource`: the URLs in the config (pod URLs, or one Service URL).
 * :class:`EndpointSliceSource`: watches ``discovery.k8s.io/v1`` EndpointSlices labelled
-  ``kubernetes.io/service-name=<service>`` with kr8s and keeps the *ready* endpoints, as the
+  ``kubernetes.io/service-name=<service>`` and keeps the *ready* endpoints, as the
   Gateway API Inference Extension's endpoint picker does, so the router balances per
-  replica and a replica that stops being ready leaves at once.
+  replica and a replica that stops being ready leaves at once. It logs in as the operator does
+  (:mod:`modelpool.kubelogin`: the pod's service account, its token read again as the kubelet
+  rotates it, or a kubeconfig) and watches with the operator's client (:mod:`modelpool.kube`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import httpx
+
+from modelpool.kube import KubeClient, KubeError, resource_path
+from modelpool.kubelogin import load_credentials
 from modelpool.routing.breaker import CircuitBreaker
 from modelpool.routing.config import BreakerConfig
 from modelpool.routing.config import EndpointSliceSource as SliceConfig
@@ -88,16 +94,38 @@ def ready_urls_from_slices(slices: Iterable[dict[str, Any]], port: int | str) ->
     return sorted(urls)
 
 
-class EndpointSliceSource:
-    """Ready endpoints of a Service, kept current by a kr8s watch (re-listed after errors)."""
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 30.0
+"""A failed list or watch is tried again after 1 s, doubling while it keeps failing."""
 
-    def __init__(self, config: SliceConfig, on_change: Callable[[], None] = lambda: None) -> None:
+
+def _client() -> KubeClient:
+    return KubeClient(load_credentials())
+
+
+class EndpointSliceSource:
+    """Ready endpoints of a Service, kept current by a watch (listed again after a 410 Gone)."""
+
+    def __init__(
+        self,
+        config: SliceConfig,
+        on_change: Callable[[], None] = lambda: None,
+        client: Callable[[], KubeClient] = _client,
+        watch_timeout_s: int = 300,
+    ) -> None:
         self.config = config
+        self._watch_timeout_s = watch_timeout_s
         self._on_change = on_change
+        self._make_client = client
         self._slices: dict[str, dict[str, Any]] = {}
         self._urls: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
+        self._retry = RETRY_MIN_S
+        self._version: str | None = None
+        """The resourceVersion the next watch goes on from; None: list first."""
+        self.lists = 0
+        """How many times the slices were listed: once, and once more per 410 Gone."""
 
     def urls(self) -> list[str]:
         """Replaced, never mutated, when the endpoints change (callers compare by identity)."""
@@ -122,40 +150,70 @@ class EndpointSliceSource:
             self._task = None
 
     async def _run(self) -> None:
-        import kr8s.asyncio  # lazy: only in-cluster routers need it
+        kube: KubeClient | None = None
+        try:
+            while True:
+                try:
+                    kube = kube or self._make_client()
+                    await self._follow(kube)
+                except Exception as err:
+                    await self._failed(err)
+        finally:
+            if kube is not None:
+                await kube.close()
 
-        selector = {"kubernetes.io/service-name": self.config.service}
+    async def _failed(self, err: Exception) -> None:
+        """Said, then tried again (from the last version seen) after a pause that doubles while the
+        failures go on. A broken connection (an API server restarting) is said at INFO the first
+        time; a refusal (401, 403) and a failure that lasts are WARNINGs."""
+        lost = isinstance(err, httpx.TransportError) and self._retry == RETRY_MIN_S
+        logger.log(
+            logging.INFO if lost else logging.WARNING,
+            "EndpointSlice watch for service %s/%s failed (%s: %s); trying again in %g s",
+            self.config.namespace,
+            self.config.service,
+            type(err).__name__,
+            err,
+            self._retry,
+        )
+        await asyncio.sleep(self._retry)
+        self._retry = min(self._retry * 2, RETRY_MAX_S)
+
+    async def _follow(self, kube: KubeClient) -> None:
+        """List (first, and after a 410 Gone), then watch from the last version seen, again each
+        time the API server ends the watch."""
+        path = resource_path("discovery.k8s.io/v1", "endpointslices", self.config.namespace)
+        selector = f"kubernetes.io/service-name={self.config.service}"
         while True:
-            try:
-                api = await kr8s.asyncio.api()
-                listed: dict[str, dict[str, Any]] = {}
-                async for obj in api.get(
-                    "endpointslices.discovery.k8s.io",
-                    namespace=self.config.namespace,
-                    label_selector=selector,
-                ):
-                    if not isinstance(obj, dict):
-                        listed[obj.name] = obj.raw
-                self._slices = listed
+            if self._version is None:
+                items, self._version = await kube.list_at(path, selector)
+                self.lists += 1
+                self._slices = {str(obj["metadata"]["name"]): obj for obj in items}
                 self._update()
                 self.synced.set()
-                async for event, obj in api.watch(
-                    "endpointslices.discovery.k8s.io",
-                    namespace=self.config.namespace,
-                    label_selector=selector,
-                ):
-                    if event == "DELETED":
-                        self._slices.pop(obj.name, None)
+                self._retry = RETRY_MIN_S
+            try:
+                async for kind, obj in kube.watch(path, self._version, selector, self._watch_timeout_s):
+                    self._version = str(obj.get("metadata", {}).get("resourceVersion") or self._version)
+                    self._retry = RETRY_MIN_S
+                    if kind == "BOOKMARK":
+                        continue
+                    name = str(obj["metadata"]["name"])
+                    if kind == "DELETED":
+                        self._slices.pop(name, None)
                     else:
-                        self._slices[obj.name] = obj.raw
+                        self._slices[name] = obj
                     self._update()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                logger.warning(
-                    "EndpointSlice watch for %s failed (%s); retrying in 1 s", self.config.service, err
+            except KubeError as err:
+                if err.status != 410:
+                    raise
+                logger.info(
+                    "EndpointSlice watch for service %s/%s: %s; listing again",
+                    self.config.namespace,
+                    self.config.service,
+                    err.message,
                 )
-                await asyncio.sleep(1.0)
+                self._version = None
 
 
 def make_source(variant_endpoints: list[str], slice_config: SliceConfig | None) -> EndpointSource:

@@ -12,18 +12,15 @@ signer, which reads the new token.
 
 from __future__ import annotations
 
-import base64
 import json
-import ssl
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
+from integration.cluster.bound_tokens import answers, bound_token, token_kubeconfig, write_atomically
 from integration.cluster.kubetools import healthy, start_operator, wait_for
 from modelpool.devcluster.cluster import DevCluster
 from modelpool.devcluster.processes import stop_process
@@ -48,28 +45,6 @@ def namespace(cluster: DevCluster) -> Iterator[str]:
     yield name
     cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _bound_token(cluster: DevCluster, namespace: str, secret: str) -> str:
-    """A token of ``op`` that is valid only while Secret ``secret`` exists."""
-    cluster.kubectl("create", "secret", "generic", secret, "-n", namespace)
-    return cluster.kubectl(
-        "create",
-        "token",
-        "op",
-        "-n",
-        namespace,
-        "--bound-object-kind=Secret",
-        f"--bound-object-name={secret}",
-        "--duration=10m",
-    ).stdout.strip()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """As the kubelet's atomic writer does: the file is replaced, never half written."""
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 PLUGIN = """#!{python}
@@ -97,37 +72,6 @@ def _user(login: str, token_file: Path) -> dict[str, object]:
     }
 
 
-def _kubeconfig(
-    cluster: DevCluster, namespace: str, user: dict[str, object], out: Path
-) -> tuple[Path, str, Path]:
-    """A kubeconfig logging in as ``user``; with the server's URL and CA file."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server_entry = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": server_entry}],
-        "users": [{"name": "sa", "user": user}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
-        "current-context": "sa",
-    }
-    out.write_text(yaml.safe_dump(config))
-    out.chmod(0o600)
-    ca = out.with_name("ca.crt")
-    ca_path = server_entry.get("certificate-authority")
-    if ca_path:
-        ca.write_text((cluster.kubeconfig.parent / ca_path).read_text())
-    else:
-        ca.write_bytes(base64.b64decode(server_entry["certificate-authority-data"]))
-    return out, server_entry["server"], ca
-
-
-def _answers(server: str, ca: Path, token: str) -> int:
-    context = ssl.create_default_context(cafile=str(ca))
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.get(f"{server}/api", headers=headers, verify=context).status_code
-
-
 def _deployments(cluster: DevCluster, namespace: str) -> list[str]:
     return cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()
 
@@ -148,10 +92,10 @@ def test_the_operator_goes_on_after_its_token_is_rotated_and_the_old_one_refused
     cluster: DevCluster, namespace: str, tmp_path: Path, paused_session_operator: None, login: str
 ) -> None:
     token_file = tmp_path / "token"
-    _write_atomically(token_file, _bound_token(cluster, namespace, "bind-1") + "\n")
+    write_atomically(token_file, bound_token(cluster, namespace, "bind-1") + "\n")
     old_token = token_file.read_text().strip()
     user = _user(login, token_file)
-    kubeconfig, server, ca = _kubeconfig(cluster, namespace, user, tmp_path / "kubeconfig")
+    kubeconfig, server, ca = token_kubeconfig(cluster, namespace, user, tmp_path / "kubeconfig")
     log = tmp_path / "operator.log"
     healthz = f"http://127.0.0.1:{free_port()}/healthz"
     env = {"KUBECONFIG": str(kubeconfig), "MODELPOOL_RESYNC_SECONDS": "1"}
@@ -161,9 +105,9 @@ def test_the_operator_goes_on_after_its_token_is_rotated_and_the_old_one_refused
         cluster.kubectl("apply", "-n", namespace, "-f", str(POOL))
         wait_for(lambda: len(_deployments(cluster, namespace)) == 3, 30, "the pool's 3 Deployments")
 
-        _write_atomically(token_file, _bound_token(cluster, namespace, "bind-2") + "\n")
+        write_atomically(token_file, bound_token(cluster, namespace, "bind-2") + "\n")
         cluster.kubectl("delete", "secret", "bind-1", "-n", namespace)
-        wait_for(lambda: _answers(server, ca, old_token) == 401 or None, 30, "the old token refused")
+        wait_for(lambda: answers(server, ca, old_token) == 401 or None, 30, "the old token refused")
 
         # The operator's own client writes children; kopf watches them and patches its annotations.
         deleted = _deployments(cluster, namespace)[0]
