@@ -121,19 +121,23 @@ def wait_to_lead(
     elector: Elector,
     *,
     say: Callable[[str], None] = lambda _: None,
+    unreadable: Callable[[str], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], datetime.datetime] = utc_now,
 ) -> None:
     """Return once this replica holds the lease: created when absent, taken when released or
     expired (by the local clock), with the update carrying the resourceVersion read (a 409 means
-    another standby took it first: wait on). ``say`` tells the liveness URL what it waits for."""
+    another standby took it first: wait on). ``say`` tells the liveness and readiness URLs what it
+    waits for after each read of the lease; ``unreadable`` says why a read failed (a standby that
+    cannot read the lease cannot take over either)."""
     config = elector.config
     LEADER.labels(lease=str(config)).set(0)
     started = clock()
     announced = False
     failures = 0
     while True:
+        failed: LeaseError | None = None
         try:
             elector.observe(api.get(), clock())
             if elector.may_take(clock()):
@@ -152,6 +156,7 @@ def wait_to_lead(
         except Conflict:
             pass  # another replica wrote it between our read and our write: read it again
         except LeaseError as err:
+            failed = err
             failures += 1
             if report_due(failures):
                 logger.warning(
@@ -162,7 +167,9 @@ def wait_to_lead(
                     failures,
                 )
         holder = elector.holder
-        if holder:
+        if failed is not None:
+            unreadable(f"the leader lease {config} cannot be read: {failed}")
+        elif holder:
             say(f"the leader lease {config}, held by {holder}")
             if not announced:
                 announced = True

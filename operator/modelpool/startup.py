@@ -333,6 +333,8 @@ class Readiness:
       server, an essential permission (:func:`preflight`);
     - ``200 ready: standby, the leader lease <ns>/<name> is held by <identity>`` for a standby whose
       checks passed: it takes over when the leader stops;
+    - ``503 not ready: the leader lease <ns>/<name> cannot be read: <error>`` for a standby whose last
+      read of the lease failed (the API server away from it): it could not take over either;
     - ``200 ready: starting kopf``, then ``200 ready: running`` once kopf has started (its
       ``ready_flag``);
     - ``503 not ready: kopf stopped`` in the moment between kopf's return (SIGTERM, a crash) and the
@@ -570,7 +572,13 @@ def preflight(
                     else f"standby, reading the leader lease {lease}"
                 )
 
+            def unreadable(why: str) -> None:
+                live.say(f"the leader lease {lease}")  # alive: it waits, and reads again
+                ready.not_ready(why)
+
             standby(f"the leader lease {lease}")
-            wait_to_lead(LeaseApi(http, lease), elector, say=standby, sleep=sleep, clock=clock)
+            wait_to_lead(
+                LeaseApi(http, lease), elector, say=standby, unreadable=unreadable, sleep=sleep, clock=clock
+            )
         ready.ready(STARTING_KOPF)
     return None

@@ -583,10 +583,13 @@ class StandbyStart:
 
 
 def _standby_start(
-    observe: Callable[[], None], liveness: str | None = None, readiness: Readiness | None = None
+    observe: Callable[[], None],
+    liveness: str | None = None,
+    readiness: Readiness | None = None,
+    fake: FakeLeases | None = None,
 ) -> StandbyStart:
     """Run the preflight, calling ``observe`` at each of its waits."""
-    fake, clock = FakeLeases(), Clock()
+    fake, clock = fake or FakeLeases(), Clock()
     fake.held_by(OTHER)
     server = FakeApiServer(fake, denied={f"update leases {NS}"})
 
@@ -643,6 +646,30 @@ def test_a_standby_is_ready_once_its_permissions_are_granted_and_names_the_holde
     )
     assert set(answers[1:]) == {(200, f"ready: standby, the leader lease {NS}/{NAME} is held by {OTHER}")}
     assert readiness.answer == (200, "ready: starting kopf")  # it took the lease: kopf starts
+
+
+def test_a_standby_that_cannot_read_the_lease_is_not_ready_until_it_reads_it_again() -> None:
+    """A standby cut off from the API server could not take over either: a rollout must not count
+    it as available and stop the working leader (before: it stayed ready, naming the holder it
+    read last)."""
+    readiness = Readiness(None, "the API server")
+    fake = FakeLeases()
+    answers: list[tuple[int, str]] = []
+
+    def observe() -> None:
+        answers.append(readiness.answer)
+        if len(answers) == 3:
+            fake.fail = 2  # the next two reads of the lease fail
+
+    start = _standby_start(observe, readiness=readiness, fake=fake)
+    assert start.refused is None and start.elector.leading
+    standby = (200, f"ready: standby, the leader lease {NS}/{NAME} is held by {OTHER}")
+    unreadable = (
+        503,
+        f"not ready: the leader lease {NS}/{NAME} cannot be read: get lease {NS}/{NAME}: HTTP 500 "
+        "Internal Server Error etcdserver: request timed out",
+    )
+    assert answers[1:6] == [standby, standby, unreadable, unreadable, standby], answers
 
 
 def test_the_lease_permissions_are_asked_for_only_with_leader_election() -> None:
