@@ -298,7 +298,7 @@ def test_without_leader_election_nothing_waits_and_no_lease_is_written(replicas:
     assert "leader lease" not in log.read_text()
 
 
-def test_a_standby_is_ready_naming_the_leader_and_running_once_it_leads(
+def test_a_standby_is_ready_naming_the_leader_unready_without_the_api_server_and_running_once_it_leads(
     cluster: DevCluster, tmp_path: Path
 ) -> None:
     # A standby can take over: it is Ready (a rollout may count it as available), and says whom it
@@ -330,6 +330,24 @@ def test_a_standby_is_ready_naming_the_leader_and_running_once_it_leads(
             200,
             f"starting: waiting for the leader lease {ns}/modelpool-operator, held by the-leader_0000\n",
         )
+        # The API server goes away: the standby cannot read the lease, so it could not take over
+        # either, and is not ready (but alive) until it reads the lease again.
+        cluster.stop_component("kube-apiserver")
+        try:
+            unreadable = f"not ready: the leader lease {ns}/modelpool-operator cannot be read: "
+            wait_for(
+                lambda: ((a := answer(readyz)) and a[0] == 503 and a[1].startswith(unreadable)) or None,
+                30,
+                "readiness 503 while the lease cannot be read",
+            )
+            assert answer(healthz) == (
+                200,
+                f"starting: waiting for the leader lease {ns}/modelpool-operator\n",
+            )
+        finally:
+            cluster.start_component("kube-apiserver")
+            cluster.ensure_running()
+        wait_for(lambda: answer(readyz) == (200, standby), 60, "readiness 200 as a standby again")
         # The leader releases the lease: this replica leads, and kopf runs.
         released = {"holderIdentity": "", "leaseDurationSeconds": 1}
         cluster.kubectl(
