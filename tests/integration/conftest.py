@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def cluster() -> Iterator[DevCluster]:
     yield dev
     if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
         dev.delete()
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster) -> Iterator[str]:
+    """A namespace of the test's own, deleted after it (without waiting)."""
+    name = f"ns-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

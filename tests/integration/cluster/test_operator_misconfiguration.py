@@ -41,14 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 POOL = REPO_ROOT / "manifests" / "samples" / "modelpool-banking77.yaml"
 
 
-@pytest.fixture
-def namespace(cluster: DevCluster) -> Iterator[str]:
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def test_a_missing_kubeconfig_is_one_line_and_exit_2(tmp_path: Path) -> None:
     log = tmp_path / "operator.log"
     missing = tmp_path / "no-such-kubeconfig"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from pathlib import Path
 
 import httpx
@@ -47,23 +46,35 @@ async def _until(source: EndpointSliceSource, want: list[str], seconds: float = 
     return source.urls()
 
 
-async def test_watch_follows_ready_endpoints(cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+BOTH = ["http://10.244.0.5:8000", "http://10.244.0.6:8000"]
+ONE = ["http://10.244.0.5:8000"]
+
+
+async def _start_on_both(cluster: DevCluster, namespace: str, source: EndpointSliceSource) -> None:
+    """Slice ``small-a`` with both endpoints ready, then the source started: it sees both."""
+    cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", True))
+    await source.start()
+    assert await _until(source, BOTH) == BOTH
+
+
+async def _one_unready(cluster: DevCluster, namespace: str, source: EndpointSliceSource) -> None:
+    """The second endpoint stops being ready: the source follows."""
+    cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", False))
+    assert await _until(source, ONE) == ONE
+
+
+async def test_watch_follows_ready_endpoints(
+    cluster: DevCluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    namespace = f"router-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", namespace)
     source = EndpointSliceSource(SliceConfig(service="small", namespace=namespace, port="http"))
     try:
-        cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", True))
-        await source.start()
-        both = ["http://10.244.0.5:8000", "http://10.244.0.6:8000"]
-        assert await _until(source, both) == both
-        cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", False))
-        assert await _until(source, ["http://10.244.0.5:8000"]) == ["http://10.244.0.5:8000"]
+        await _start_on_both(cluster, namespace, source)
+        await _one_unready(cluster, namespace, source)
         cluster.kubectl("delete", "endpointslice", "small-a", "-n", namespace)
         assert await _until(source, []) == []
     finally:
         await source.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _compact_etcd(cluster: DevCluster) -> int:
@@ -80,26 +91,20 @@ def _compact_etcd(cluster: DevCluster) -> int:
 
 
 async def test_a_watch_past_a_compaction_and_an_api_server_restart_lists_again(
-    cluster: DevCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    cluster: DevCluster, namespace: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The API server restarts while the router watches, and etcd has compacted the versions it
     last saw: the new watch from its last version is refused with 410 Gone (``too old resource
     version``, the real API server's answer), and the router lists again and follows on."""
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    namespace = f"router-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", namespace)
     source = EndpointSliceSource(SliceConfig(service="small", namespace=namespace, port="http"))
     try:
-        cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", True))
         with caplog.at_level(logging.INFO, logger="modelpool.routing.endpoints"):
-            await source.start()
-            both = ["http://10.244.0.5:8000", "http://10.244.0.6:8000"]
-            assert await _until(source, both) == both
+            await _start_on_both(cluster, namespace, source)
             cluster.kubectl("create", "configmap", "later", "-n", namespace)  # etcd's revision moves on
             _compact_etcd(cluster)
             await asyncio.to_thread(cluster.restart_component, "kube-apiserver")
-            cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", False))
-            assert await _until(source, ["http://10.244.0.5:8000"]) == ["http://10.244.0.5:8000"]
+            await _one_unready(cluster, namespace, source)
         assert source.lists == 2
         gone = [r.getMessage() for r in caplog.records if "listing again" in r.getMessage()]
         assert len(gone) == 1 and "too old resource version" in gone[0], caplog.text
@@ -110,46 +115,37 @@ async def test_a_watch_past_a_compaction_and_an_api_server_restart_lists_again(
         assert not refused, caplog.text
     finally:
         await source.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 async def test_the_watch_goes_on_after_its_token_is_rotated_and_the_old_one_refused(
-    cluster: DevCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cluster: DevCluster,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """In a pod the router logs in with its projected service-account token, which the kubelet
     replaces before it expires. Here its kubeconfig's ``tokenFile`` gets a new token and the old
     one is revoked; the watches made after that (one every 2 s here) must log in with the new one.
+    The service account may list and watch EndpointSlices, no more (docs/router.md's Role).
     """
-    namespace = f"router-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl("create", "serviceaccount", "op", "-n", namespace)
-    cluster.kubectl(
-        "create", "role", "slices", "-n", namespace, "--verb=list,watch", "--resource=endpointslices"
-    )
-    cluster.kubectl(
-        "create",
-        "rolebinding",
-        "slices",
-        "-n",
-        namespace,
-        "--role=slices",
-        f"--serviceaccount={namespace}:op",
-    )
+    verbs = ["--verb=list,watch", "--resource=endpointslices"]
+    cluster.kubectl("create", "role", "slices", "-n", namespace, *verbs)
+    binding = ["--role=slices", f"--serviceaccount={namespace}:op"]
+    cluster.kubectl("create", "rolebinding", "slices", "-n", namespace, *binding)
     token_file = tmp_path / "token"
     write_atomically(token_file, bound_token(cluster, namespace, "bind-1") + "\n")
     old_token = token_file.read_text().strip()
-    kubeconfig, server, ca = token_kubeconfig(
-        cluster, namespace, {"tokenFile": str(token_file)}, tmp_path / "kc"
-    )
+    user = {"tokenFile": str(token_file)}
+    kubeconfig, server, ca = token_kubeconfig(cluster, namespace, user, tmp_path / "kc")
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    config = SliceConfig(service="small", namespace=namespace, port="http")
-    source = EndpointSliceSource(config, watch_timeout_s=2)
+    source = EndpointSliceSource(
+        SliceConfig(service="small", namespace=namespace, port="http"), watch_timeout_s=2
+    )
     try:
-        cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", True))
         with caplog.at_level(logging.INFO, logger="modelpool.routing.endpoints"):
-            await source.start()
-            both = ["http://10.244.0.5:8000", "http://10.244.0.6:8000"]
-            assert await _until(source, both) == both
+            await _start_on_both(cluster, namespace, source)
             write_atomically(token_file, bound_token(cluster, namespace, "bind-2") + "\n")
             cluster.kubectl("delete", "secret", "bind-1", "-n", namespace)
             for _ in range(300):
@@ -158,11 +154,9 @@ async def test_the_watch_goes_on_after_its_token_is_rotated_and_the_old_one_refu
                 await asyncio.sleep(0.1)
             assert answers(server, ca, old_token) == 401
             await asyncio.sleep(4)  # two watches end and start again, with the refused token at first
-            cluster.kubectl("apply", "-f", "-", input_text=_slice(namespace, "small-a", False))
-            assert await _until(source, ["http://10.244.0.5:8000"]) == ["http://10.244.0.5:8000"]
+            await _one_unready(cluster, namespace, source)
         # The 401 was answered by reading the token again and sending the watch once more.
         assert source.lists == 1
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     finally:
         await source.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
