@@ -36,7 +36,7 @@ from modelpool.controllers.triggers import GenerationFilter, Triggers
 from modelpool.kube import KubeClient, Obj
 from modelpool.kubeauth import EXEC_RETRY_S
 from modelpool.kubelogin import Credentials, load_credentials
-from modelpool.scaling.metrics import observe_reconcile
+from modelpool.scaling.metrics import forget_conditions, observe_reconcile, record_conditions
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
 ERROR_BACKOFF_SECONDS = 5.0
@@ -295,7 +295,11 @@ async def run_pool(
         except Exception:
             children.relist()
             raise
-        return None if result is None else (result.next_in or RESYNC_SECONDS)
+        if result is None:
+            forget_conditions("ModelPool", ns, name)
+            return None
+        record_conditions("ModelPool", ns, name, ((c.type, c.status) for c in result.status.conditions))
+        return result.next_in or RESYNC_SECONDS
 
     try:
         await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
@@ -304,6 +308,7 @@ async def run_pool(
         # that does calls forget too): drop its scaler memory and metric series here as well.
         if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
             planner.forget(ns, name)
+            forget_conditions("ModelPool", ns, name)
 
 
 @kopf.daemon(GROUP, VERSION, "routingpolicies", cancellation_timeout=10.0)
@@ -323,6 +328,14 @@ async def run_policy(
     async def once(emit: EventSink) -> float | None:
         with observe_reconcile("routingpolicy"):
             result = await reconcile_policy(kube, http, ns, name, emit)
-        return None if result is None else RESYNC_SECONDS
+        if result is None:
+            forget_conditions("RoutingPolicy", ns, name)
+            return None
+        record_conditions("RoutingPolicy", ns, name, ((c.type, c.status) for c in result.conditions))
+        return RESYNC_SECONDS
 
-    await _reconcile_loop(POLICY_TRIGGERS, ns, name, body, logger, stopped, once)
+    try:
+        await _reconcile_loop(POLICY_TRIGGERS, ns, name, body, logger, stopped, once)
+    finally:
+        if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:
+            forget_conditions("RoutingPolicy", ns, name)

@@ -3,7 +3,10 @@
 The lead exposes them with ``prometheus_client.start_http_server(port, registry=REGISTRY)`` and calls
 :func:`record_pool` after each :func:`modelpool.scaling.decide`, :func:`forget_pool` when a pool is
 deleted or stops scaling, :func:`observe_reconcile` around each reconcile, and :func:`record_error`
-on failures.
+on failures. After each pass over a pool or policy it calls :func:`record_conditions` with the
+status the pass wrote (or found already written), and :func:`forget_conditions` once the object is
+gone: ``modelpool_status_condition``, the conditions as kube-state-metrics exports those of built-in
+kinds, is what the chart's alerting rules read (``charts/modelpool/files/alerts/``).
 
 The per-variant series carry ``namespace``, ``pool`` and ``variant``: one operator serves pools of
 every namespace, and two of them may share a name. A deleted pool's series, and those of a variant
@@ -14,11 +17,12 @@ shows no pools that are gone and the series do not pile up as pools come and go.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from modelpool import __version__
 from modelpool.scaling.types import PoolDecision
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -74,6 +78,23 @@ KUBE_REQUESTS = Counter(
     ["verb", "resource"],
     registry=REGISTRY,
 )
+
+STATUS_CONDITION = Gauge(
+    "modelpool_status_condition",
+    "The conditions of each ModelPool and RoutingPolicy in its status, as the leader last wrote them: "
+    "1 for the condition's status (True, False or Unknown), 0 for the two others "
+    "(as kube-state-metrics' kube_pod_status_condition).",
+    ["namespace", "name", "kind", "type", "status"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "modelpool_build_info",
+    "1, labelled with the operator's version: every replica, leader or standby, exports it from its "
+    "start, so its absence means Prometheus sees no operator at all.",
+    ["version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__).set(1)
 
 
 def action_of(desired: int, current: int, held: bool) -> str:
@@ -142,3 +163,37 @@ def record_kube_request(verb: str, resource: str) -> None:
 def record_error(controller: str, kind: str) -> None:
     """Count one reconcile error."""
     ERRORS.labels(controller=controller, kind=kind).inc()
+
+
+CONDITION_STATUSES = ("True", "False", "Unknown")
+_conditions: dict[tuple[str, str, str], set[str]] = {}
+"""The condition types each object (kind, namespace, name) has series for."""
+
+
+def record_conditions(kind: str, namespace: str, name: str, conditions: Iterable[tuple[str, str]]) -> None:
+    """Expose the (type, status) conditions of one object's status: three series per type, 1 for its
+    status and 0 for the others, and remove the series of types the status no longer has. A status
+    outside True/False/Unknown (a hand-edited one) counts as Unknown."""
+    key = (kind, namespace, name)
+    current = dict(conditions)
+    for gone in _conditions.get(key, set()) - current.keys():
+        _remove_condition(kind, namespace, name, gone)
+    _conditions[key] = set(current)
+    for type_, status in current.items():
+        shown = status if status in CONDITION_STATUSES else "Unknown"
+        for value in CONDITION_STATUSES:
+            STATUS_CONDITION.labels(namespace=namespace, name=name, kind=kind, type=type_, status=value).set(
+                1.0 if value == shown else 0.0
+            )
+
+
+def forget_conditions(kind: str, namespace: str, name: str) -> None:
+    """Remove every condition series of an object that is gone."""
+    for type_ in _conditions.pop((kind, namespace, name), set()):
+        _remove_condition(kind, namespace, name, type_)
+
+
+def _remove_condition(kind: str, namespace: str, name: str, type_: str) -> None:
+    for status in CONDITION_STATUSES:
+        with suppress(KeyError):
+            STATUS_CONDITION.remove(namespace, name, kind, type_, status)

@@ -1,0 +1,561 @@
+"""The operator's alerting rules (charts/modelpool/files/alerts/prometheusrule.yaml): valid for the
+real ``promtool`` (Debian's prometheus package, which .ci/setup.sh installs), each alert seen firing
+and not firing on series shaped as the operator exports them (``promtool test rules``), each with
+a runbook in docs/install.md, reading only series the operator exports; and the one file is what
+the Helm chart (only with ``prometheusRule.enabled``) and the kustomize component ship.
+
+The promtool unit tests are written here as data: for each alert, input series and the alerts
+expected at given times (an empty list: none firing). Their annotations are expanded from the rule
+file's templates, which use only ``{{ $labels.<name> }}`` and ``{{ $value }}`` (a test checks that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+import modelpool.leadership  # noqa: F401  (registers modelpool_leader in the operator's registry)
+from integration.delivery.deliverytools import (
+    CHART,
+    MANIFESTS,
+    REPO_ROOT,
+    Obj,
+    by_kind,
+    helm_template,
+    kustomize,
+    one,
+    render,
+)
+from modelpool.devcluster.cluster import DevCluster
+from modelpool.scaling.metrics import REGISTRY
+
+pytestmark = pytest.mark.prometheus
+
+RULES_FILE = CHART / "files" / "alerts" / "prometheusrule.yaml"
+COMPONENT = MANIFESTS / "components" / "alerts"
+INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
+RUNBOOK_BASE = "https://github.com/modelpool/modelpool/blob/main/docs/install.md#"
+PROMTOOL = Path("/usr/bin/promtool")
+SEVERITIES = {"info", "warning", "critical"}
+TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+SCRAPED = {"job": "modelpool", "instance": "10.0.0.7:9090"}  # what Prometheus adds to each series
+
+
+def rule_object() -> Obj:
+    obj: Obj = yaml.safe_load(RULES_FILE.read_text())
+    return obj
+
+
+def alerting_rules() -> list[Obj]:
+    return [r for g in rule_object()["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    if not PROMTOOL.is_file():
+        pytest.fail(f"{PROMTOOL} is missing: install Debian's prometheus package (.ci/setup.sh does)")
+    return subprocess.run(
+        [str(PROMTOOL), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The promtool unit tests, as data
+
+
+def cond(kind: str, namespace: str, name: str, type_: str, status: str, values: str) -> tuple[str, str]:
+    labels = {"namespace": namespace, "name": name, "kind": kind, "type": type_, "status": status}
+    return series("modelpool_status_condition", labels, values)
+
+
+def series(metric: str, labels: dict[str, str], values: str) -> tuple[str, str]:
+    body = ",".join(f'{k}="{v}"' for k, v in {**SCRAPED, **labels}.items())
+    return f"{metric}{{{body}}}", values
+
+
+def condition_of(kind: str, namespace: str, name: str, type_: str, true: str) -> list[tuple[str, str]]:
+    """The three series of one condition: ``true`` for status True, its complement for False."""
+    false = re.sub(r"(?<![x+\d])([01])", lambda m: "0" if m.group(1) == "1" else "1", true)
+    return [
+        cond(kind, namespace, name, type_, "True", true),
+        cond(kind, namespace, name, type_, "False", false),
+        cond(kind, namespace, name, type_, "Unknown", zeros(true)),
+    ]
+
+
+def zeros(values: str) -> str:
+    return re.sub(r"(?<![x+\d])[0-9]+", "0", values)
+
+
+@dataclass
+class Case:
+    """Series, and the alert's firing label sets at each time (value for ``$value``)."""
+
+    alert: str
+    what: str
+    input_series: list[tuple[str, str]]
+    expect: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+
+POOL = "ModelPool"
+POLICY = "RoutingPolicy"
+CASES = [
+    Case(
+        "ModelPoolNotReady",
+        "a pool not Ready (False, or Unknown) for 15m fires, also across a failover of the leader; "
+        "a Ready pool, one Ready again after 10m and one deleted (its series gone) do not",
+        [
+            *condition_of(POOL, "team-a", "stuck", "Ready", "0x30"),
+            *condition_of(POOL, "team-a", "fine", "Ready", "1x30"),
+            *condition_of(POOL, "team-a", "recovered", "Ready", "0x10 1x20"),
+            cond(POOL, "team-b", "unknown", "Ready", "True", "0x30"),
+            cond(POOL, "team-b", "unknown", "Ready", "False", "0x30"),
+            cond(POOL, "team-b", "unknown", "Ready", "Unknown", "1x30"),
+            *condition_of(POOL, "team-a", "deleted", "Ready", "0x5 stale"),
+            # The leader's series end (stale) at a failover, and the new leader's start 1m later.
+            *condition_of(POOL, "team-c", "handed-over", "Ready", "0x8 stale"),
+            *[
+                (s.replace("10.0.0.7", "10.0.0.9"), v)
+                for s, v in condition_of(POOL, "team-c", "handed-over", "Ready", "_x10 0x20")
+            ],
+            # Another condition of the stuck pool changes nothing.
+            *condition_of(POOL, "team-a", "stuck", "Degraded", "1x30"),
+        ],
+        {
+            "14m": [],
+            "16m": [
+                ({"namespace": "team-a", "name": "stuck"}, 0),
+                ({"namespace": "team-b", "name": "unknown"}, 0),
+                ({"namespace": "team-c", "name": "handed-over"}, 0),
+            ],
+        },
+    ),
+    Case(
+        "ModelPoolScalingHeld",
+        "MetricsAvailable False for 10m fires; True, or False for 5m only, does not",
+        [
+            *condition_of(POOL, "team-a", "blind", "MetricsAvailable", "0x20"),
+            *condition_of(POOL, "team-a", "fine", "MetricsAvailable", "1x20"),
+            *condition_of(POOL, "team-a", "blip", "MetricsAvailable", "1x5 0x5 1x10"),
+        ],
+        {"9m": [], "11m": [({"namespace": "team-a", "name": "blind"}, 1)]},
+    ),
+    Case(
+        "ModelPoolReplicasCutByBudget",
+        "replicas cut for 30m fire (per variant, with the count); none cut, or cut for 10m, do not",
+        [
+            series(
+                "modelpool_scaling_cut_replicas",
+                {"namespace": "team-a", "pool": "p", "variant": "large"},
+                "2x40",
+            ),
+            series(
+                "modelpool_scaling_cut_replicas",
+                {"namespace": "team-a", "pool": "p", "variant": "small"},
+                "0x40",
+            ),
+            series(
+                "modelpool_scaling_cut_replicas",
+                {"namespace": "team-b", "pool": "p", "variant": "large"},
+                "3x10 0x30",
+            ),
+        ],
+        {"29m": [], "31m": [({"namespace": "team-a", "pool": "p", "variant": "large"}, 2)]},
+    ),
+    Case(
+        "ModelPoolGPUBudgetDoesNotFit",
+        "GPUBudgetFits False for 15m fires; True does not",
+        [
+            *condition_of(POOL, "team-a", "tight", "GPUBudgetFits", "0x20"),
+            *condition_of(POOL, "team-a", "roomy", "GPUBudgetFits", "1x20"),
+        ],
+        {"14m": [], "16m": [({"namespace": "team-a", "name": "tight"}, 1)]},
+    ),
+    Case(
+        "ModelPoolRoutingPolicyNotProgrammed",
+        "a policy not Programmed, or not Accepted, for 15m fires for that condition; a healthy "
+        "policy, a pool's conditions and a policy's Ready alone do not",
+        [
+            *condition_of(POLICY, "team-a", "unpushed", "Accepted", "1x20"),
+            *condition_of(POLICY, "team-a", "unpushed", "ResolvedRefs", "1x20"),
+            *condition_of(POLICY, "team-a", "unpushed", "Programmed", "0x20"),
+            *condition_of(POLICY, "team-a", "invalid", "Accepted", "0x20"),
+            *condition_of(POLICY, "team-a", "healthy", "Accepted", "1x20"),
+            *condition_of(POLICY, "team-a", "healthy", "ResolvedRefs", "1x20"),
+            *condition_of(POLICY, "team-a", "healthy", "Programmed", "1x20"),
+            *condition_of(POLICY, "team-a", "healthy", "Ready", "0x20"),
+            *condition_of(POOL, "team-a", "pool", "Accepted", "0x20"),
+        ],
+        {
+            "14m": [],
+            "16m": [
+                ({"namespace": "team-a", "name": "unpushed", "type": "Programmed"}, 0),
+                ({"namespace": "team-a", "name": "invalid", "type": "Accepted"}, 0),
+            ],
+        },
+    ),
+    Case(
+        "ModelPoolReconcileErrors",
+        "errors that go on for 15m fire; errors that stopped, and a counter that stays, do not",
+        [
+            series(
+                "modelpool_reconcile_errors_total",
+                {"controller": "modelpool", "kind": "KubeError"},
+                "0+1x40",
+            ),
+            series(
+                "modelpool_reconcile_errors_total",
+                {"controller": "routingpolicy", "kind": "HTTPError"},
+                "0+1x4 5x40",
+            ),
+            series(
+                "modelpool_reconcile_errors_total",
+                {"controller": "routingpolicy", "kind": "ValueError"},
+                "7x40",
+            ),
+        ],
+        {"14m": [], "20m": [({"controller": "modelpool", "kind": "KubeError"}, 0.1)]},
+    ),
+    Case(
+        "ModelPoolOperatorAbsent",
+        "no operator scraped for 10m fires",
+        [series("modelpool_build_info", {"version": "0.1.0"}, "1x5")],
+        {"8m": [], "14m": [], "22m": [({}, 1)]},
+    ),
+    Case(
+        "ModelPoolOperatorAbsent",
+        "an operator, leader or standby, scraped all along does not fire",
+        [
+            series("modelpool_build_info", {"version": "0.1.0"}, "1x10 _x30"),
+            series("modelpool_build_info", {"version": "0.1.0", "instance": "10.0.0.8:9090"}, "_x5 1x35"),
+        ],
+        {"22m": [], "40m": []},
+    ),
+    Case(
+        "ModelPoolOperatorNoLeader",
+        "no replica leading for 5m fires; one leader of two replicas, and a failover, do not",
+        [
+            series("modelpool_leader", {"lease": "ops/lost", "instance": "a"}, "1x10 0x20"),
+            series("modelpool_leader", {"lease": "ops/lost", "instance": "b"}, "0x30"),
+            series("modelpool_leader", {"lease": "ops/failover", "instance": "a"}, "1x10 0x20"),
+            series("modelpool_leader", {"lease": "ops/failover", "instance": "b"}, "0x12 1x18"),
+            series("modelpool_leader", {"lease": "ops/steady", "instance": "a"}, "1x30"),
+            series("modelpool_leader", {"lease": "ops/steady", "instance": "b"}, "0x30"),
+        ],
+        {"9m": [], "14m": [], "17m": [({"lease": "ops/lost"}, 0)]},
+    ),
+    Case(
+        "ModelPoolOperatorMultipleLeaders",
+        "two replicas leading for 5m fires; one leader of two replicas does not",
+        [
+            series("modelpool_leader", {"lease": "ops/split", "instance": "a"}, "1x30"),
+            series("modelpool_leader", {"lease": "ops/split", "instance": "b"}, "0x10 1x20"),
+            series("modelpool_leader", {"lease": "ops/steady", "instance": "a"}, "1x30"),
+            series("modelpool_leader", {"lease": "ops/steady", "instance": "b"}, "0x30"),
+        ],
+        {"12m": [], "17m": [({"lease": "ops/split"}, 2)]},
+    ),
+]
+
+
+def expand(text: str, labels: dict[str, str], value: float) -> str:
+    def one_template(match: re.Match[str]) -> str:
+        expr = match.group(1)
+        if expr == "$value":
+            return f"{value:g}"
+        return labels.get(expr.removeprefix("$labels."), "")
+
+    return TEMPLATE.sub(one_template, text)
+
+
+def promtool_tests(rules_name: str) -> Obj:
+    rules = {r["alert"]: r for r in alerting_rules()}
+    tests = []
+    for case in CASES:
+        rule = rules[case.alert]
+        alerts = []
+        for at, firing in case.expect.items():
+            expected = [
+                {
+                    "exp_labels": {**labels, **rule.get("labels", {})},
+                    "exp_annotations": {k: expand(v, labels, value) for k, v in rule["annotations"].items()},
+                }
+                for labels, value in firing
+            ]
+            alerts.append({"eval_time": at, "alertname": case.alert, "exp_alerts": expected})
+        tests.append(
+            {
+                "name": f"{case.alert}: {case.what}",
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in case.input_series],
+                "alert_rule_test": alerts,
+            }
+        )
+    return {"rule_files": [rules_name], "evaluation_interval": "1m", "tests": tests}
+
+
+def write_rules(folder: Path, spec: Obj) -> Path:
+    """The rule file Prometheus reads: the PrometheusRule's spec (``groups:``)."""
+    path = folder / "modelpool-alerts.rules.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_promtool_tests(folder: Path, spec: Obj) -> subprocess.CompletedProcess[str]:
+    rules = write_rules(folder, spec)
+    tests = folder / "modelpool-alerts.test.yaml"
+    tests.write_text(yaml.safe_dump(promtool_tests(rules.name), sort_keys=False))
+    return promtool("test", "rules", tests.name, cwd=folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# promtool
+
+
+def test_promtool_checks_the_rules(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path, rule_object()["spec"])
+    proc = promtool("check", "rules", rules.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(alerting_rules())} rules found" in proc.stdout
+
+
+def test_every_alert_fires_and_stays_quiet_as_the_promtool_tests_expect(tmp_path: Path) -> None:
+    proc = run_promtool_tests(tmp_path, rule_object()["spec"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    names = [r["alert"] for r in alerting_rules()]
+    assert len(names) == len(set(names))
+    firing = {c.alert for c in CASES for f in c.expect.values() if f}
+    quiet = {c.alert for c in CASES for f in c.expect.values() if not f}
+    assert firing == quiet == set(names)
+
+
+@pytest.mark.parametrize(
+    ("alert", "old", "new"),
+    [
+        ("ModelPoolNotReady", "for: 15m", "for: 10m"),  # the 14m case would fire
+        ("ModelPoolOperatorNoLeader", "< 1", "< 2"),  # one leader of two replicas is normal
+        ("ModelPoolRoutingPolicyNotProgrammed", "Accepted|ResolvedRefs|Programmed", "Programmed"),
+        ("ModelPoolNotReady", "[2m]", "[10s]"),  # the failover would restart the for: clock
+    ],
+)
+def test_the_promtool_tests_catch_a_changed_rule(alert: str, old: str, new: str, tmp_path: Path) -> None:
+    """The promtool tests can fail: a rule changed in a way that matters is caught."""
+    spec = rule_object()["spec"]
+    [rule] = [r for g in spec["groups"] for r in g["rules"] if r.get("alert") == alert]
+    key = "for" if old.startswith("for:") else "expr"
+    text = f"for: {rule['for']}" if key == "for" else rule["expr"]
+    assert old in text
+    changed = text.replace(old, new)
+    rule[key] = changed.removeprefix("for: ") if key == "for" else changed
+    proc = run_promtool_tests(tmp_path, spec)
+    assert proc.returncode != 0, f"promtool accepted the changed {alert}:\n{proc.stdout}"
+    assert alert in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# What each alert carries
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as '-'."""
+    headings = [line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda r: r["alert"])
+def test_each_alert_says_what_to_do_and_links_its_runbook(rule: Obj) -> None:
+    assert rule["alert"].startswith("ModelPool")
+    assert re.fullmatch(r"\d+[smh]", rule["for"]), rule.get("for")
+    assert rule["labels"]["severity"] in SEVERITIES
+    notes = rule["annotations"]
+    assert set(notes) == {"summary", "description", "runbook_url"}
+    assert len(notes["description"]) > 150, "the description says what to check and how to fix it"
+    for text in notes.values():
+        for expr in TEMPLATE.findall(text):
+            assert expr == "$value" or re.fullmatch(r"\$labels\.\w+", expr), expr
+    assert notes["runbook_url"] == RUNBOOK_BASE + rule["alert"].lower()
+    assert rule["alert"].lower() in _anchors(INSTALL_DOC.read_text()), "docs/install.md has its runbook"
+
+
+def _exported_names() -> set[str]:
+    """The series names the operator's registry exports (families of no sample yet included)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {
+        family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def test_the_alerts_read_only_series_the_operator_exports() -> None:
+    exported = _exported_names()
+    assert "modelpool_status_condition" in exported and "modelpool_leader" in exported
+    used = {
+        name for rule in alerting_rules() for name in re.findall(r"\b(modelpool_[a-z_]+)\b", rule["expr"])
+    }
+    assert used and used <= exported, sorted(used - exported)
+
+
+# ---------------------------------------------------------------------------------------------
+# One source: the chart and the kustomize component
+
+
+def _spec_text() -> str:
+    text = RULES_FILE.read_text()
+    return text[text.index("\nspec:\n") + 1 :]
+
+
+def test_the_chart_renders_no_prometheus_rule_by_default() -> None:
+    assert by_kind(render(), "PrometheusRule") == []
+    assert by_kind(render(set_json={"prometheusRule.enabled": "false"}), "PrometheusRule") == []
+
+
+def test_the_chart_renders_the_rules_verbatim_when_enabled() -> None:
+    proc = helm_template(
+        release="ops",
+        namespace="monitoring-x",
+        set_json={"prometheusRule.enabled": "true", "prometheusRule.additionalLabels": '{"release": "kp"}'},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rule = one([o for o in yaml.safe_load_all(proc.stdout) if o], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["name"] == "ops-modelpool"
+    assert rule["metadata"]["namespace"] == "monitoring-x"
+    labels = rule["metadata"]["labels"]
+    assert labels["release"] == "kp" and labels["app.kubernetes.io/instance"] == "ops"
+    assert rule["spec"] == rule_object()["spec"]
+    assert _spec_text() in proc.stdout  # byte for byte, the file's spec to its end
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"prometheusRule.enabled": '"yes"'}, "/prometheusRule/enabled"),
+        ({"prometheusRule.additionalLabels": '{"bad key": "x"}'}, "/prometheusRule/additionalLabels"),
+        ({"prometheusRule.namespace": '"x"'}, "/prometheusRule"),
+    ],
+)
+def test_the_schema_refuses_bad_prometheus_rule_values(values: dict[str, str], named: str) -> None:
+    proc = helm_template(set_json=values)
+    assert proc.returncode != 0, f"{values} was accepted"
+    assert f"at '{named}'" in proc.stderr, proc.stderr
+
+
+def test_the_kustomize_component_ships_the_same_rule(tmp_path: Path) -> None:
+    """An overlay of the production overlay with the component: the file's PrometheusRule, as it is."""
+    repo = Path(os.path.relpath(REPO_ROOT, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(repo / "manifests" / "overlays" / "production")],
+                "components": [str(repo / COMPONENT.relative_to(REPO_ROOT))],
+            }
+        )
+    )
+    objs = kustomize(tmp_path)
+    assert one(objs, "PrometheusRule") == rule_object()
+    assert one(objs, "Deployment")["metadata"]["name"] == "modelpool"  # the overlay is all there
+    assert by_kind(kustomize(MANIFESTS / "overlays" / "production"), "PrometheusRule") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The API server accepts both, typed as prometheus-operator types a PrometheusRule
+
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+CRD_NAME = "prometheusrules.monitoring.coreos.com"
+
+
+def _prometheus_rule_crd() -> Obj:
+    """The fields a PrometheusRule's rules have in prometheus-operator's CRD (monitoring.coreos.com/v1),
+    unknown ones refused."""
+    strings = {"type": "object", "additionalProperties": {"type": "string"}}
+    duration = {"type": "string", "pattern": DURATION}
+    rule = {
+        "type": "object",
+        "required": ["expr"],
+        "properties": {
+            "alert": {"type": "string"},
+            "record": {"type": "string"},
+            "expr": {"x-kubernetes-int-or-string": True},
+            "for": duration,
+            "keep_firing_for": duration,
+            "labels": strings,
+            "annotations": strings,
+        },
+    }
+    group = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "interval": duration,
+            "rules": {"type": "array", "items": rule},
+        },
+    }
+    spec = {"type": "object", "properties": {"groups": {"type": "array", "items": group}}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {
+                "kind": "PrometheusRule",
+                "plural": "prometheusrules",
+                "listKind": "PrometheusRuleList",
+                "singular": "prometheusrule",
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def prometheus_rule_crd(cluster: DevCluster) -> Iterator[None]:
+    """prometheus-operator's PrometheusRule CRD (the fields above) where the cluster has none."""
+    present = cluster.kubectl("get", f"crd/{CRD_NAME}", check=False).returncode == 0
+    if not present:
+        cluster.kubectl("create", "-f", "-", input_text=json.dumps(_prometheus_rule_crd()))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    yield
+    if not present:
+        cluster.kubectl("delete", f"crd/{CRD_NAME}", "--wait=false", check=False)
+
+
+@pytest.mark.cluster
+def test_the_api_server_accepts_the_rendered_and_the_kustomized_rule(
+    cluster: DevCluster, prometheus_rule_crd: None, namespaces: Callable[..., str]
+) -> None:
+    ns = namespaces()
+    proc = helm_template(namespace=ns, set_json={"prometheusRule.enabled": "true"})
+    assert proc.returncode == 0, proc.stderr
+    rendered = one([o for o in yaml.safe_load_all(proc.stdout) if o], "PrometheusRule")
+    kustomized = {**rule_object(), "metadata": {**rule_object()["metadata"], "namespace": ns}}
+    kustomized["metadata"]["name"] = f"kustomized-{uuid.uuid4().hex[:6]}"
+    for obj in (rendered, kustomized):
+        applied = cluster.kubectl(
+            "apply", "--dry-run=server", "--server-side", "-o", "json", "-f", "-",
+            input_text=json.dumps(obj), check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, f"the API server refused the PrometheusRule:\n{applied.stderr}"
+        assert json.loads(applied.stdout)["spec"] == rule_object()["spec"]
