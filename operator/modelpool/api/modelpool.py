@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, StrictStr, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 
 from modelpool.api.base import (
     IMAGE_PATTERN,
@@ -52,6 +60,40 @@ def _unique_env(env: list[EnvVar]) -> list[EnvVar]:
     return env
 
 
+RESERVED_TRITON_FLAGS: dict[str, str] = {
+    "--model-repository": "set model.repository instead",
+    "--model-store": "set model.repository instead",
+    "--model-control-mode": "ModelPool loads the variant's one model explicitly",
+    "--load-model": "set model.name instead",
+    "--http-port": "the probes, the Service and the router use 8000",
+    "--grpc-port": "the Service uses 8001",
+    "--metrics-port": "the scaler's Prometheus scrapes 8002",
+    "--allow-metrics": "the scaler reads Triton's metrics",
+    "--allow-http": "the probes and the router speak HTTP",
+    "--strict-readiness": "a replica must not be Ready before its model is",
+}
+"""tritonserver flags ModelPool sets itself, and why each may not be given again in triton.args."""
+_RESERVED_ARG = re.compile("^(" + "|".join(RESERVED_TRITON_FLAGS) + ")([= ].*)?$")
+"""A reserved flag alone, with ``=value``, or with its value after a space (the flags hold only
+letters and dashes, so the pattern needs no escapes, in Python or in CEL)."""
+RESERVED_ARGS_MESSAGE = (
+    "triton.args may not set a flag ModelPool sets itself: "
+    + ", ".join(RESERVED_TRITON_FLAGS)
+    + "; use model.repository and model.name for the model, and remove the others"
+)
+
+
+def _no_reserved_args(args: list[str]) -> list[str]:
+    for arg in args:
+        if m := _RESERVED_ARG.match(arg.strip()):
+            flag = m.group(1)
+            raise ValueError(
+                f"{arg!r}: {flag} is set by ModelPool ({RESERVED_TRITON_FLAGS[flag]}); remove it from "
+                "triton.args"
+            )
+    return args
+
+
 class TritonSpec(ApiModel):
     """How to run Triton Inference Server for a variant."""
 
@@ -62,10 +104,21 @@ class TritonSpec(ApiModel):
         pattern=IMAGE_PATTERN,
         description="Triton server image (no leading or trailing whitespace).",
     )
-    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    args: Annotated[list[Annotated[str, Field(max_length=1024)]], AfterValidator(_no_reserved_args)] = Field(
         default_factory=list,
         max_length=32,
-        description="Extra tritonserver arguments, appended after the ones ModelPool sets.",
+        description="Extra tritonserver arguments, appended after the ones ModelPool sets. The flags "
+        "ModelPool sets itself are refused: " + ", ".join(RESERVED_TRITON_FLAGS) + ".",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                dict[str, JsonValue](
+                    cel(
+                        f"self.all(a, !a.trim().matches('{_RESERVED_ARG.pattern}'))",
+                        RESERVED_ARGS_MESSAGE,
+                    )
+                )
+            ]
+        },
     )
     env: Annotated[list[EnvVar], AfterValidator(_unique_env)] = Field(
         default_factory=list,
@@ -245,6 +298,101 @@ class DisruptionBudget(ApiModel):
     )
 
 
+HOSTNAME_KEY = "kubernetes.io/hostname"
+ZONE_KEY = "topology.kubernetes.io/zone"
+TOPOLOGY_KEY_MESSAGE = f"every topology key must be a node label key: {LABEL_KEY_HINT}"
+TOPOLOGY_KEYS_EMPTY_MESSAGE = (
+    "topologyKeys must name at least one node label key (e.g. kubernetes.io/hostname); to turn "
+    "spreading off set enabled: false instead"
+)
+TOPOLOGY_KEYS_REPEATED_MESSAGE = (
+    "topologyKeys must not repeat a key (the API server refuses a pod with two spread constraints "
+    "on one key); list each key once"
+)
+
+
+def _topology_key(key: str) -> str:
+    if not is_label_key(key):
+        raise ValueError(TOPOLOGY_KEY_MESSAGE)
+    return key
+
+
+def _topology_keys(keys: list[str]) -> list[str]:
+    """The API's check (also the CRD's CEL rules) of a list of topology keys."""
+    if not keys:
+        raise ValueError(TOPOLOGY_KEYS_EMPTY_MESSAGE)
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{TOPOLOGY_KEYS_REPEATED_MESSAGE}, repeated: {repeated}")
+    return keys
+
+
+TopologyKey = Annotated[
+    str,
+    AfterValidator(_topology_key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 317,  # a 253-character prefix, '/' and a 63-character name; bounds the rule's cost
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.matches(r'{LABEL_KEY_PATTERN}') && "
+                    f"(!self.contains('/') || self.matches(r'{LABEL_PREFIX_PATTERN}'))",
+                    TOPOLOGY_KEY_MESSAGE,
+                )
+            ],
+        }
+    ),
+]
+"""A node label key to spread over, checked as the API server checks a pod's ``topologyKey``."""
+
+
+class TopologySpread(ApiModel):
+    """How the scheduler spreads each variant's Triton replicas over nodes and zones (pod topology
+    spread constraints), so that one node or zone failing takes only part of a variant. The
+    constraints count the variant's own pods only, and only those of its current rollout."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Add one topology spread constraint per topology key to each variant's pods; "
+        "false removes them and leaves placement to the scheduler's built-in default (a weak "
+        "preference only: maxSkew 3 per node and 5 per zone, soft, weighed against free CPU and "
+        "memory). Turning it on or off, like any change here, rolls the variant's pods once.",
+    )
+    when_unsatisfiable: Literal["ScheduleAnyway", "DoNotSchedule"] = Field(
+        default="ScheduleAnyway",
+        description="ScheduleAnyway (soft): the scheduler prefers the nodes that keep the spread "
+        "but places a replica anyway, so a small or full cluster still runs every replica. "
+        "DoNotSchedule (hard): a replica that would exceed maxSkew stays Pending, and nodes "
+        "lacking any of the topology keys get no replica at all.",
+    )
+    max_skew: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Most replicas of a variant one node (or zone) may hold beyond the domain with "
+        "the fewest; 1 is an even spread.",
+    )
+    topology_keys: Annotated[list[TopologyKey], AfterValidator(_topology_keys)] = Field(
+        default=[HOSTNAME_KEY],
+        max_length=8,
+        description="Node label keys to spread over, one constraint each, all applied together; "
+        "each key at most once, at least one. The default, kubernetes.io/hostname, is on every "
+        "node. On a cluster over several zones add topology.kubernetes.io/zone: the scheduler "
+        "then counts only the nodes that carry every key listed, so a node without a zone label "
+        "gets no replica (DoNotSchedule) or is not spread over at all (ScheduleAnyway), which is "
+        "why zones are not in the default (kind, k3d and many bare-metal clusters have none).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                dict[str, JsonValue](cel("size(self) > 0", TOPOLOGY_KEYS_EMPTY_MESSAGE)),
+                dict[str, JsonValue](
+                    cel("self.all(k, self.exists_one(x, x == k))", TOPOLOGY_KEYS_REPEATED_MESSAGE)
+                ),
+            ]
+        },
+    )
+
+
 class Variant(ApiModel):
     """One variant (tier) of the model, run as its own Triton Deployment."""
 
@@ -287,6 +435,12 @@ class Variant(ApiModel):
         default=None,
         description="This variant's disruption budget, in place of spec.disruptionBudget (the whole "
         "object: fields it leaves out take their defaults, not the pool's).",
+    )
+    topology_spread: TopologySpread | None = Field(
+        default=None,
+        description="How this variant's replicas spread over nodes and zones, in place of "
+        "spec.topologySpread (the whole object: fields it leaves out take their defaults, not the "
+        "pool's).",
     )
 
 
@@ -463,9 +617,20 @@ class ModelPoolSpec(ApiModel):
         "disruptionBudget replaces it. On by default, one replica at a time.",
     )
 
+    topology_spread: TopologySpread = Field(
+        default_factory=TopologySpread,
+        description="How every variant's replicas spread over nodes and zones (see docs/scaling.md); "
+        "a variant's own topologySpread replaces it. On by default: soft (ScheduleAnyway), maxSkew 1, "
+        "over kubernetes.io/hostname and topology.kubernetes.io/zone.",
+    )
+
     def disruption_budget_of(self, variant: Variant) -> DisruptionBudget:
         """The budget that applies to ``variant``: its own, else the pool's."""
         return variant.disruption_budget or self.disruption_budget
+
+    def topology_spread_of(self, variant: Variant) -> TopologySpread:
+        """The spreading that applies to ``variant``: its own, else the pool's."""
+        return variant.topology_spread or self.topology_spread
 
 
 class ScalerRecommendation(ApiModel):

@@ -25,6 +25,8 @@ LABEL_POOL = "modelpool.dev/pool"
 LABEL_VARIANT = "modelpool.dev/variant"
 LABEL_TIER = "modelpool.dev/tier"
 ANNOTATION_MODEL_VERSION = "modelpool.dev/model-version"
+POD_TEMPLATE_HASH = "pod-template-hash"
+"""The label the Deployment controller puts on each ReplicaSet's pods (one value per template)."""
 
 
 def child_name(pool: str, variant: str) -> str:
@@ -115,6 +117,9 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
         "startupProbe": _probe("/v2/health/ready", period=10, failures=60),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        # A Triton that exits (a model that fails to load) writes no termination message: the
+        # kubelet then keeps the tail of its log, which the pool's Degraded condition quotes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if variant.triton.env:
         # The API server drops an empty value (omitempty): sent, it would look drifted on every pass.
@@ -126,7 +131,37 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
         pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
     if spec.gpu_pool.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in spec.gpu_pool.tolerations]
+    pod_spec["topologySpreadConstraints"] = topology_spread_constraints(pool, spec, variant)
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def topology_spread_constraints(pool: str, spec: ModelPoolSpec, variant: Variant) -> list[Manifest]:
+    """One constraint per topology key of the spreading that applies to ``variant`` (its own, else
+    the pool's); an empty list when it is off.
+
+    They count exactly the variant's pods (the Deployment's selector) of the same ReplicaSet
+    (``matchLabelKeys: [pod-template-hash]``, which the Deployment controller sets), so while a
+    rollout surges, the old ReplicaSet's pods, about to go, do not push the new ones onto the
+    same nodes. ``nodeTaintsPolicy: Honor`` leaves out the nodes the pods cannot go to, a cordoned
+    node among them: under ``DoNotSchedule`` a drained node, still counted with no replica, would
+    otherwise keep the evicted replica Pending until the node is back. Off, the list is empty:
+    the API server stores no such field, and :func:`is_subset` takes an empty list for an absent
+    field, while a live Deployment that still has constraints differs and is corrected.
+    """
+    spread = spec.topology_spread_of(variant)
+    if not spread.enabled:
+        return []
+    return [
+        {
+            "maxSkew": spread.max_skew,
+            "topologyKey": key,
+            "whenUnsatisfiable": spread.when_unsatisfiable,
+            "labelSelector": {"matchLabels": selector_labels(pool, variant.name)},
+            "matchLabelKeys": [POD_TEMPLATE_HASH],
+            "nodeTaintsPolicy": "Honor",
+        }
+        for key in spread.topology_keys
+    ]
 
 
 def child_metadata(pool: str, namespace: str, uid: str, variant: Variant) -> Manifest:
@@ -204,10 +239,14 @@ def is_subset(desired: Any, live: Any) -> bool:
     """True when every field ``desired`` sets has the same value in ``live``.
 
     Fields the API server defaults (imagePullPolicy, terminationMessagePath, ...) are
-    ignored, so an unchanged child never looks drifted; lists must match item by item.
+    ignored, so an unchanged child never looks drifted; lists must match item by item. An empty
+    list matches an absent field (the API server omits empty lists), so a builder that emits ``[]``
+    clears what it set before: a live non-empty list then differs.
     """
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+        return isinstance(live, dict) and all(
+            is_subset(v, live[k]) if k in live else v == [] for k, v in desired.items()
+        )
     if isinstance(desired, list):
         return (
             isinstance(live, list)

@@ -45,6 +45,15 @@ def _pod_active(pod: Obj) -> bool:
     ).get("deletionTimestamp")
 
 
+SPREAD_REFUSAL = "didn't match pod topology spread constraints"
+"""The scheduler's words for nodes a DoNotSchedule spread keeps a pod off."""
+SPREAD_HINT = (
+    "the topology spread (whenUnsatisfiable: DoNotSchedule) keeps it off the nodes that have room: "
+    "set spec.topologySpread.whenUnsatisfiable to ScheduleAnyway, raise its maxSkew, or add nodes "
+    "in another domain"
+)
+
+
 def unschedulable_message(pod: Obj) -> str | None:
     """The scheduler's message when a pod cannot be placed, else None."""
     for cond in pod.get("status", {}).get("conditions", []) or []:
@@ -133,7 +142,10 @@ def compute_status(
         min_gpus += shared.others_min_gpus
         whose = f"all variants of the pools sharing GPU pool {spec.gpu_pool.name!r}"
     requested = sum(plans[v.name].replicas * v.gpus_per_replica for v in spec.variants)
-    gpu_unschedulable = [m for m in unschedulable if spec.gpu_pool.resource_name in m]
+    # A pod the spread keeps off the nodes with free GPUs is not short of GPUs: said in Degraded.
+    gpu_unschedulable = [
+        m for m in unschedulable if spec.gpu_pool.resource_name in m and SPREAD_REFUSAL not in m
+    ]
     if min_gpus > budget:
         put(
             c.GPU_BUDGET_FITS,
@@ -170,7 +182,10 @@ def compute_status(
         index = {v.name: i for i, v in enumerate(spec.variants)}
         problems.append((failure_reason(failures), failure_message(failures, index)))
     if unschedulable:
-        problems.append(("PodsUnschedulable", f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}"))
+        pending = f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}"
+        if any(SPREAD_REFUSAL in m for m in unschedulable):
+            pending += f"; {SPREAD_HINT}"
+        problems.append(("PodsUnschedulable", pending))
     if problems:
         # The first problem names the reason; the message says every kind there is.
         put(c.DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))

@@ -1,4 +1,5 @@
-"""Pure builders: the Triton Deployment and Service of a variant."""
+"""Pure builders: the Triton Deployment, Service and PodDisruptionBudget of a variant, and the
+topology spread constraints of its pods."""
 
 from __future__ import annotations
 
@@ -102,6 +103,12 @@ def test_builders_are_pure() -> None:
         ({"memory": "1Gi"}, {"memory": "1G"}, False),
         ({"image": "a"}, {}, False),
         ({"c": [{"name": "x"}]}, {"c": [{"name": "x", "imagePullPolicy": "IfNotPresent"}]}, True),
+        # The API server omits an empty list: [] matches an absent field, not a non-empty one.
+        ({"a": []}, {}, True),
+        ({"a": []}, {"a": []}, True),
+        ({"a": []}, {"a": [{"k": 1}]}, False),
+        ({"a": [1]}, {}, False),
+        ({"a": {}}, {}, False),
     ],
 )
 def test_is_subset(desired: Any, live: Any, expected: bool) -> None:
@@ -179,3 +186,103 @@ def test_unchanged_live_pod_disruption_budget_is_not_drift() -> None:
     assert not b.is_subset(
         desired, {**live, "spec": {**live["spec"], "unhealthyPodEvictionPolicy": "IfHealthyBudget"}}
     )
+
+
+def _with_spread(pool: Any = None, **variant: Any) -> ModelPoolSpec:
+    wire = _spec(**variant).to_wire()
+    if pool is not None:
+        wire["topologySpread"] = pool
+    return ModelPoolSpec.model_validate(wire)
+
+
+def _constraints(spec: ModelPoolSpec) -> Any:
+    dep = b.build_deployment("bank", "ns", "u", spec, spec.variants[0], replicas=2)
+    return dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+def test_replicas_spread_softly_over_nodes_by_default_and_over_zones_when_asked() -> None:
+    spec = _spec()
+    dep = b.build_deployment("bank", "ns", "u", spec, spec.variants[0], replicas=2)
+    assert [c["topologyKey"] for c in dep["spec"]["template"]["spec"]["topologySpreadConstraints"]] == [
+        "kubernetes.io/hostname"
+    ]
+    wire = spec.to_wire()
+    wire["topologySpread"] = {"topologyKeys": ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]}
+    zoned = ModelPoolSpec.model_validate(wire)
+    dep = b.build_deployment("bank", "ns", "u", zoned, zoned.variants[0], replicas=2)
+    pod = dep["spec"]["template"]
+    constraints = pod["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in constraints] == [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    ]
+    for c in constraints:
+        assert (c["maxSkew"], c["whenUnsatisfiable"]) == (1, "ScheduleAnyway")
+        # Exactly this variant's pods (the Deployment's selector, which the template's labels match)...
+        assert c["labelSelector"] == dep["spec"]["selector"]
+        assert c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        # ...of the same ReplicaSet: a rollout's old pods do not count against the new ones. The
+        # API server refuses a key that is in both matchLabelKeys and the selector.
+        assert c["matchLabelKeys"] == ["pod-template-hash"]
+        assert "pod-template-hash" not in c["labelSelector"]["matchLabels"]
+        # Nodes the pods cannot go to (a cordoned node) are not counted as empty domains.
+        assert c["nodeTaintsPolicy"] == "Honor"
+        assert "nodeAffinityPolicy" not in c  # Honor, the default: only the GPU pool's nodes count
+        assert "minDomains" not in c  # refused by the API server with ScheduleAnyway
+
+
+@pytest.mark.parametrize(
+    ("pool", "variant", "expected"),
+    [
+        (
+            {"whenUnsatisfiable": "DoNotSchedule"},
+            None,
+            [("kubernetes.io/hostname", 1, "DoNotSchedule")],
+        ),
+        (
+            {"topologyKeys": ["kubernetes.io/hostname"], "maxSkew": 2},
+            None,
+            [("kubernetes.io/hostname", 2, "ScheduleAnyway")],
+        ),
+        # The variant's own replaces the pool's as a whole: what it leaves out takes its default.
+        (
+            {"whenUnsatisfiable": "DoNotSchedule", "maxSkew": 3},
+            {"topologyKeys": ["example.com/rack"]},
+            [("example.com/rack", 1, "ScheduleAnyway")],
+        ),
+        ({"enabled": False}, None, []),
+        (
+            {"enabled": False},
+            {"topologyKeys": ["kubernetes.io/hostname"]},
+            [("kubernetes.io/hostname", 1, "ScheduleAnyway")],
+        ),
+        (None, {"enabled": False}, []),
+    ],
+)
+def test_topology_spread_follows_the_pool_or_the_variants_own(pool: Any, variant: Any, expected: Any) -> None:
+    spec = _with_spread(pool, **({"topologySpread": variant} if variant is not None else {}))
+    got = [(c["topologyKey"], c["maxSkew"], c["whenUnsatisfiable"]) for c in _constraints(spec)]
+    assert got == expected
+
+
+def test_spreading_off_matches_a_deployment_without_constraints_and_removes_live_ones() -> None:
+    """Off, the template asks for no constraint: a Deployment the API server stores without the
+    field is unchanged (so an upgrade with spreading off does not roll the pods), and one that
+    still has the constraints it had while on is corrected."""
+    on = _spec()
+    off = _with_spread({"enabled": False})
+    desired = b.build_deployment("bank", "ns", "u", off, off.variants[0], 2)
+    assert desired["spec"]["template"]["spec"]["topologySpreadConstraints"] == []
+    stored_spec = {
+        k: v for k, v in desired["spec"]["template"]["spec"].items() if k != "topologySpreadConstraints"
+    }
+    stored = {
+        **desired,
+        "spec": {**desired["spec"], "template": {**desired["spec"]["template"], "spec": stored_spec}},
+    }
+    assert b.is_subset(desired, stored)
+    was_on = b.build_deployment("bank", "ns", "u", on, on.variants[0], 2)
+    assert not b.is_subset(desired, was_on)
+    # And the other way: turned on, a Deployment without constraints has drifted.
+    assert not b.is_subset(was_on, stored)
+    assert b.is_subset(was_on, was_on)

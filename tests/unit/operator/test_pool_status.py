@@ -205,3 +205,21 @@ def test_decisions_that_move_only_reasons_and_memory_are_written_every_ten_secon
     assert status_write_due(_decided(base, 110.0, "keep 1->1: demand 2.5 req/s"), stored)  # 10 s old
     assert status_write_due(_decided(base, 101.0, "scale up 1->2: demand 30 req/s", replicas=2), stored)
     assert status_write_due(_decided(base, 101.0, "keep"), None)  # nothing stored yet
+
+
+def test_a_pod_the_spread_keeps_off_free_nodes_is_not_short_of_gpus() -> None:
+    """Seen on the real scheduler (tests/integration/cluster/test_topology_spread.py): with
+    DoNotSchedule, the nodes with room are refused for the spread and the others for their GPUs."""
+    msg = (
+        "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) didn't match pod topology "
+        "spread constraints. preemption: 0/4 nodes are available: 4 No preemption victims found."
+    )
+    pods = [_pod("small", "s-1", "n1"), _pod("large", "l-1", None, unschedulable=msg)]
+    status = compute_status(
+        _spec(), 1, _plans(), {"small": _dep(1, 1), "large": _dep(0, 1)}, pods, [], ChildIssues(), NOW
+    )
+    budget = c.find(status.conditions, c.GPU_BUDGET_FITS)
+    assert budget is not None and budget.status == "True" and budget.reason == "Fits"
+    degraded = c.find(status.conditions, c.DEGRADED)
+    assert degraded is not None and degraded.reason == "PodsUnschedulable"
+    assert "set spec.topologySpread.whenUnsatisfiable to ScheduleAnyway" in degraded.message
