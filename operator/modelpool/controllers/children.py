@@ -7,6 +7,8 @@ a pure builder (:mod:`modelpool.builders.triton`) applied with server-side apply
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +30,25 @@ class ChildKind:
 DEPLOYMENT = ChildKind("apps/v1", "deployments", "Deployment")
 SERVICE = ChildKind("v1", "services", "Service")
 POD_DISRUPTION_BUDGET = ChildKind("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
+
+
+SPEC_HASH = "modelpool.dev/spec-hash"
+"""Annotation on each child: a hash of what the operator last applied (without the replica count).
+
+The drift check compares only the fields a manifest sets (the API server adds defaults), so a
+field the spec stops setting (the last toleration, a nodeSelector key, every env var) would never
+look drifted and would stay. The hash changes when anything the operator wants changes, removals
+included, and the server-side apply that follows drops what it no longer sets."""
+
+
+def stamped(manifest: Obj) -> Obj:
+    """``manifest`` with its :data:`SPEC_HASH` annotation."""
+    spec = {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}
+    text = json.dumps({**manifest, "spec": spec}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    metadata = manifest["metadata"]
+    annotations = {**metadata.get("annotations", {}), SPEC_HASH: digest}
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 
 def pool_selector(pool: str) -> str:
@@ -62,11 +83,13 @@ async def converge_child(
     issues: ChildIssues,
     listed: Mapping[str, Obj],
 ) -> Obj | None:
-    """Create the child if missing, correct it if it drifted, leave it alone otherwise.
+    """Create the child if missing, correct it if it drifted or the spec changed (its
+    :data:`SPEC_HASH`), leave it alone otherwise.
 
     ``listed`` holds the pool's children found by label; a name missing there is looked up
     directly, so an object of someone else's that happens to have the name is never taken over.
     """
+    manifest = stamped(manifest)
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"]["namespace"]
     path = resource_path(kind.api_version, kind.plural, namespace, name)

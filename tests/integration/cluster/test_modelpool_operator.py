@@ -201,6 +201,37 @@ def test_crashing_triton_containers_are_degraded_with_the_field_to_fix(kube: Kub
     assert len(repeated) == 1 and repeated[0].get("count", 1) == 1  # one Event, not one per pass
 
 
+def test_fields_the_spec_stops_setting_leave_the_deployment(kube: Kube) -> None:
+    """A nodeSelector key and the only toleration removed from the pool are removed from the
+    Deployment too (before the spec hash, the drift check saw nothing missing and kept them)."""
+    selector = {"nvidia.com/gpu.present": "true", "gpu-class": "a100"}
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    variant = {"name": "small", "tier": "small", "model": {"name": "s", "repository": "/models"}}
+    gpu_pool = {"gpuBudget": 4, "nodeSelector": selector, "tolerations": [toleration]}
+    kube.apply(pool_manifest("trim", gpuPool=gpu_pool, variants=[variant]))
+
+    def template() -> Obj | None:
+        dep = kube.get("deployment", "trim-small")
+        return dep["spec"]["template"]["spec"] if dep else None
+
+    pod = wait_for(lambda: (t := template()) and "tolerations" in t and t, 60, "the Deployment")
+    assert pod["nodeSelector"] == selector and pod["tolerations"] == [toleration]
+    kube.apply(
+        pool_manifest(
+            "trim",
+            gpuPool={"gpuBudget": 4, "nodeSelector": {"nvidia.com/gpu.present": "true"}},
+            variants=[variant],
+        )
+    )
+    pod = wait_for(
+        lambda: (t := template()) and "tolerations" not in t and "gpu-class" not in t["nodeSelector"] and t,
+        60,
+        "the removed key and toleration gone from the Deployment",
+    )
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    wait_for(lambda: ready(kube, "trim"), 90, "pool trim Ready on the nodes it selects now")
+
+
 def test_minimums_over_budget_report_the_condition(kube: Kube) -> None:
     kube.apply(pool_manifest("tight", gpuPool={"gpuBudget": 2}))
     cond = wait_for(
@@ -403,6 +434,11 @@ INVALID: list[tuple[str, Any, str]] = [
     ("missing model", {"model": None}, "spec.variants[0].model"),
     ("zero max", {"maxReplicas": 0, "minReplicas": 0}, "spec.variants[0].maxReplicas"),
     ("unknown field", {"replicaz": 3}, 'unknown field "spec.variants[0].replicaz"'),
+    (
+        "a flag ModelPool sets",
+        {"triton": {"args": ["--log-verbose=1", " --http-port=9000"]}},
+        "spec.variants[0].triton.args: Invalid value: triton.args may not set a flag ModelPool sets itself",
+    ),
 ]
 
 

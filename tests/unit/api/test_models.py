@@ -63,6 +63,36 @@ def test_invalid_variant_names_the_field(variant: dict[str, object], field: str)
     assert field in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("arg", "fix"),
+    [
+        (
+            "--http-port=9000",
+            "--http-port is set by ModelPool (the probes, the Service and the router use 8000)",
+        ),
+        (
+            "--model-repository=s3://b/m",
+            "--model-repository is set by ModelPool (set model.repository instead)",
+        ),
+        ("--load-model", "--load-model is set by ModelPool (set model.name instead)"),
+        (" --strict-readiness false", "--strict-readiness is set by ModelPool"),
+        ("--allow-metrics=false", "--allow-metrics is set by ModelPool (the scaler reads Triton's metrics)"),
+    ],
+)
+def test_a_flag_modelpool_sets_is_refused_in_triton_args_naming_the_fix(arg: str, fix: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ModelPoolSpec.model_validate(_pool(triton={"args": ["--log-verbose=1", arg]}))
+    assert "variants.0.triton.args" in str(info.value) and fix in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "arg", ["--log-verbose=1", "--http-thread-count=8", "--grpc-infer-allocation-pool-size=8"]
+)
+def test_other_triton_flags_pass(arg: str) -> None:
+    """Flags that only start like a reserved one (--http-thread-count, --grpc-…) are the user's."""
+    assert ModelPoolSpec.model_validate(_pool(triton={"args": [arg]})).variants[0].triton.args == [arg]
+
+
 @pytest.mark.parametrize(("query", "valid"), PROMQL_CASES)
 def test_query_placeholders_are_checked_as_the_reader_renders_them(query: str, valid: bool) -> None:
     """The API's rule (also a CEL rule in the CRD) accepts exactly what the reader can render."""

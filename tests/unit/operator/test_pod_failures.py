@@ -167,3 +167,10 @@ def test_one_warning_event_per_change_of_failure_not_per_pass() -> None:
     report(degraded("True", "ImagePullFailed"), degraded("True", "ContainersCrashing"))
     report(degraded("True", "ContainersCrashing"), [])
     assert [e[1] for e in posted] == ["ContainersCrashing", "ImagePullFailed", "ContainersCrashing"]
+
+
+def test_the_triton_container_keeps_its_log_tail_when_it_fails() -> None:
+    from modelpool.builders.triton import build_pod_template
+
+    container = build_pod_template("bank", SPEC, SPEC.variants[1])["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
