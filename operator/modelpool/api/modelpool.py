@@ -73,23 +73,36 @@ RESERVED_TRITON_FLAGS: dict[str, str] = {
     "--strict-readiness": "a replica must not be Ready before its model is",
 }
 """tritonserver flags ModelPool sets itself, and why each may not be given again in triton.args."""
-_RESERVED_ARG = re.compile("^(" + "|".join(RESERVED_TRITON_FLAGS) + ")([= ].*)?$")
-"""A reserved flag alone, with ``=value``, or with its value after a space (the flags hold only
-letters and dashes, so the pattern needs no escapes, in Python or in CEL)."""
+_FLAG_NAME = "^--[^= ]+"
+"""The option name of an argument (``--http-port`` of ``--http-port=9000`` or ``--http-port 9000``);
+the same RE2 pattern in CEL's ``find``."""
 RESERVED_ARGS_MESSAGE = (
-    "triton.args may not set a flag ModelPool sets itself: "
+    "triton.args may not set a flag ModelPool sets itself, nor an abbreviation of one (tritonserver "
+    "takes any unambiguous prefix): "
     + ", ".join(RESERVED_TRITON_FLAGS)
     + "; use model.repository and model.name for the model, and remove the others"
 )
+_RESERVED_ARGS_RULE = (
+    "self.all(a, !(a.find('" + _FLAG_NAME + "') != '' && "
+    "[" + ", ".join(f"'{flag}'" for flag in RESERVED_TRITON_FLAGS) + "]"
+    ".exists(f, f.startsWith(a.find('" + _FLAG_NAME + "')))))"
+)
+"""The API server's form of :func:`_no_reserved_args`."""
 
 
 def _no_reserved_args(args: list[str]) -> list[str]:
+    """Refuse an argument whose option name is a reserved flag or a prefix of one: tritonserver
+    parses its options with getopt_long, which takes ``--http-p=9000`` for ``--http-port=9000``.
+    (An argument that does not start with ``--``, a leading space included, is no option to it.)"""
     for arg in args:
-        if m := _RESERVED_ARG.match(arg.strip()):
-            flag = m.group(1)
+        if not (m := re.match(_FLAG_NAME, arg)):
+            continue
+        hit = [flag for flag in RESERVED_TRITON_FLAGS if flag.startswith(m.group())]
+        if hit:
+            named = hit[0] if m.group() == hit[0] else f"{m.group()}, an abbreviation of {' or '.join(hit)},"
             raise ValueError(
-                f"{arg!r}: {flag} is set by ModelPool ({RESERVED_TRITON_FLAGS[flag]}); remove it from "
-                "triton.args"
+                f"{arg!r}: {named} is set by ModelPool ({RESERVED_TRITON_FLAGS[hit[0]]}); remove it "
+                "from triton.args"
             )
     return args
 
@@ -113,7 +126,7 @@ class TritonSpec(ApiModel):
             "x-kubernetes-validations": [
                 dict[str, JsonValue](
                     cel(
-                        f"self.all(a, !a.trim().matches('{_RESERVED_ARG.pattern}'))",
+                        _RESERVED_ARGS_RULE,
                         RESERVED_ARGS_MESSAGE,
                     )
                 )
@@ -621,7 +634,8 @@ class ModelPoolSpec(ApiModel):
         default_factory=TopologySpread,
         description="How every variant's replicas spread over nodes and zones (see docs/scaling.md); "
         "a variant's own topologySpread replaces it. On by default: soft (ScheduleAnyway), maxSkew 1, "
-        "over kubernetes.io/hostname and topology.kubernetes.io/zone.",
+        "over kubernetes.io/hostname (add topology.kubernetes.io/zone to topologyKeys on a cluster "
+        "over zones).",
     )
 
     def disruption_budget_of(self, variant: Variant) -> DisruptionBudget:

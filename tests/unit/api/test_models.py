@@ -75,7 +75,10 @@ def test_invalid_variant_names_the_field(variant: dict[str, object], field: str)
             "--model-repository is set by ModelPool (set model.repository instead)",
         ),
         ("--load-model", "--load-model is set by ModelPool (set model.name instead)"),
-        (" --strict-readiness false", "--strict-readiness is set by ModelPool"),
+        ("--strict-readiness false", "--strict-readiness is set by ModelPool"),
+        # tritonserver's getopt_long takes any unambiguous prefix of a long option.
+        ("--http-p=9000", "--http-p, an abbreviation of --http-port, is set by ModelPool"),
+        ("--model-control=poll", "--model-control, an abbreviation of --model-control-mode, is set"),
         ("--allow-metrics=false", "--allow-metrics is set by ModelPool (the scaler reads Triton's metrics)"),
     ],
 )
@@ -86,10 +89,19 @@ def test_a_flag_modelpool_sets_is_refused_in_triton_args_naming_the_fix(arg: str
 
 
 @pytest.mark.parametrize(
-    "arg", ["--log-verbose=1", "--http-thread-count=8", "--grpc-infer-allocation-pool-size=8"]
+    "arg",
+    [
+        "--log-verbose=1",
+        "--http-thread-count=8",
+        "--grpc-infer-allocation-pool-size=8",
+        "--strict-model-config=false",
+        "--model-load-thread-count=2",
+        " --http-port=9000",
+    ],
 )
 def test_other_triton_flags_pass(arg: str) -> None:
-    """Flags that only start like a reserved one (--http-thread-count, --grpc-…) are the user's."""
+    """Flags that only start like a reserved one (--http-thread-count, --grpc-…) are the user's, and
+    an argument that does not start with -- is no option to tritonserver."""
     assert ModelPoolSpec.model_validate(_pool(triton={"args": [arg]})).variants[0].triton.args == [arg]
 
 
