@@ -116,8 +116,34 @@ def test_a_container_that_just_exited_is_crashing_and_a_clean_exit_is_not() -> N
     assert [f.state for f in container_failures("v", [_pod("v", "p", exited)])] == ["Error"]
     clean = {"state": {"terminated": {"reason": "Completed", "exitCode": 0}}}
     starting = {"state": {"waiting": {"reason": "ContainerCreating"}}}
-    running_after_crash = {"restartCount": 3, "state": {"running": {}}, "lastState": _crashing()["lastState"]}
-    assert container_failures("v", [_pod("v", "p", s) for s in (clean, starting, running_after_crash)]) == []
+    ready_after_crash = {
+        "restartCount": 3,
+        "ready": True,
+        "state": {"running": {}},
+        "lastState": _crashing()["lastState"],
+    }
+    assert container_failures("v", [_pod("v", "p", s) for s in (clean, starting, ready_after_crash)]) == []
+
+
+def test_a_crash_loop_stays_degraded_through_its_restarts_with_one_event() -> None:
+    """A crash loop passes through `running` (not ready, loading its model) at every restart:
+    that still counts, so Degraded does not flap and post an Event per crash."""
+    from modelpool.controllers.pool_reconciler import _report_failures
+
+    restarted = {"restartCount": 4, "state": {"running": {}}, "lastState": _crashing()["lastState"]}
+    posted: list[tuple[str, ...]] = []
+    previous: list[Condition] = []
+    for container in (_crashing(), restarted, _crashing(), restarted):
+        deps = {"small": {"status": {"readyReplicas": 0}}, "large": {"status": {"readyReplicas": 0}}}
+        status = compute_status(
+            SPEC, 2, PLANS, deps, [_pod("large", "l-1", container)], previous, ChildIssues(), NOW
+        )
+        _report_failures(status.conditions, previous, lambda *event: posted.append(event))
+        cond = c.find(status.conditions, c.DEGRADED)
+        assert cond is not None and cond.reason == "ContainersCrashing", cond
+        previous = status.conditions
+    assert "restarted after Error (exit code 1, 4 restart(s)" in cond.message
+    assert [e[1] for e in posted] == ["ContainersCrashing"]
 
 
 def test_failures_and_unschedulable_pods_are_both_said() -> None:
