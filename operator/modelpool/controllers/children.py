@@ -107,9 +107,21 @@ async def converge_child(
     if is_subset(manifest, live):
         return live
     corrected = await kube.apply(path, manifest)
-    if not _only_replicas_differ(manifest, live):
+    if not _only_replicas_differ(manifest, live) and not _only_stamped(manifest, live):
         emit("Normal", "Updated", f"updated {kind.kind} {name} to match the pool's spec")
     return corrected
+
+
+def _only_stamped(manifest: Obj, live: Obj) -> bool:
+    """A child from before :data:`SPEC_HASH` that matches the spec: it gets the annotation, which
+    is no change to report (the first pass after an upgrade would post one Event per child)."""
+    if SPEC_HASH in live["metadata"].get("annotations", {}):
+        return False
+    annotations = {k: v for k, v in manifest["metadata"]["annotations"].items() if k != SPEC_HASH}
+    metadata = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    if annotations:
+        metadata["annotations"] = annotations
+    return is_subset({**manifest, "metadata": metadata}, live)
 
 
 def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:

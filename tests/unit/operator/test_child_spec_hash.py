@@ -46,9 +46,12 @@ def _deployment(**gpu_pool: Any) -> Obj:
     return build_deployment("bank", "ns", UID, spec, spec.variants[0], replicas=2)
 
 
-async def _converge(kube: RecordingKube, manifest: Obj, live: Obj) -> None:
+async def _converge(kube: RecordingKube, manifest: Obj, live: Obj) -> list[tuple[str, ...]]:
+    """Converge the child; the Events it posted."""
     listed = {manifest["metadata"]["name"]: live}
-    await converge_child(kube, DEPLOYMENT, manifest, UID, lambda *_: None, ChildIssues(), listed)  # type: ignore[arg-type]
+    events: list[tuple[str, ...]] = []
+    await converge_child(kube, DEPLOYMENT, manifest, UID, lambda *e: events.append(e), ChildIssues(), listed)  # type: ignore[arg-type]
+    return events
 
 
 async def test_a_removed_node_selector_key_and_the_last_toleration_are_applied_away() -> None:
@@ -60,7 +63,8 @@ async def test_a_removed_node_selector_key_and_the_last_toleration_are_applied_a
     assert kube.applied == []  # unchanged: nothing sent
 
     after = _deployment(nodeSelector={"gpu": "a100"})
-    await _converge(kube, after, live)
+    events = await _converge(kube, after, live)
+    assert [e[1] for e in events] == ["Updated"]  # a real change: said
     (sent,) = kube.applied
     pod = sent["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "a100"} and "tolerations" not in pod
@@ -74,7 +78,8 @@ async def test_the_hash_ignores_the_replica_count_and_a_child_without_it_is_stam
         == stamped({**manifest, "spec": {**manifest["spec"], "replicas": 9}})["metadata"]["annotations"]
     )
     kube = RecordingKube()
-    await _converge(kube, manifest, _stored(manifest))  # made by an operator before the hash
+    events = await _converge(kube, manifest, _stored(manifest))  # made by an operator before the hash
     assert len(kube.applied) == 1 and SPEC_HASH in kube.applied[0]["metadata"]["annotations"]
+    assert events == []  # only stamped: no Event per child after an upgrade
     await _converge(kube, manifest, _stored(kube.applied[0]))
     assert len(kube.applied) == 1
