@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import httpx
 
 from modelpool.kube import KubeClient, KubeError, resource_path
-from modelpool.kubelogin import load_credentials
+from modelpool.kubelogin import Credentials, load_credentials
 from modelpool.routing.breaker import CircuitBreaker
 from modelpool.routing.config import BreakerConfig
 from modelpool.routing.config import EndpointSliceSource as SliceConfig
@@ -99,8 +100,20 @@ RETRY_MAX_S = 30.0
 """A failed list or watch is tried again after 1 s, doubling while it keeps failing."""
 
 
-def _client() -> KubeClient:
-    return KubeClient(load_credentials())
+QUICK_END_S = 1.0
+"""A watch that ends this soon without a single event is paused after like a failure (a proxy or
+an API server that closes watches at once would otherwise be asked again in a tight loop)."""
+
+_credentials: Credentials | None = None
+"""The router's login, read once (off the event loop) and shared by every source: one signer, so
+one token file read or plugin run serves them all."""
+
+
+async def _client() -> KubeClient:
+    global _credentials
+    if _credentials is None:
+        _credentials = await asyncio.to_thread(load_credentials)
+    return KubeClient(_credentials)
 
 
 class EndpointSliceSource:
@@ -110,7 +123,7 @@ class EndpointSliceSource:
         self,
         config: SliceConfig,
         on_change: Callable[[], None] = lambda: None,
-        client: Callable[[], KubeClient] = _client,
+        client: Callable[[], Awaitable[KubeClient]] = _client,
         watch_timeout_s: int = 300,
     ) -> None:
         self.config = config
@@ -154,7 +167,7 @@ class EndpointSliceSource:
         try:
             while True:
                 try:
-                    kube = kube or self._make_client()
+                    kube = kube or await self._make_client()
                     await self._follow(kube)
                 except Exception as err:
                     await self._failed(err)
@@ -176,6 +189,11 @@ class EndpointSliceSource:
             err,
             self._retry,
         )
+        await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait the current retry delay, and double it for the next time (up to RETRY_MAX_S); an
+        event from the API server sets it back to RETRY_MIN_S."""
         await asyncio.sleep(self._retry)
         self._retry = min(self._retry * 2, RETRY_MAX_S)
 
@@ -191,9 +209,10 @@ class EndpointSliceSource:
                 self._slices = {str(obj["metadata"]["name"]): obj for obj in items}
                 self._update()
                 self.synced.set()
-                self._retry = RETRY_MIN_S
+            began, events = time.monotonic(), 0
             try:
                 async for kind, obj in kube.watch(path, self._version, selector, self._watch_timeout_s):
+                    events += 1
                     self._version = str(obj.get("metadata", {}).get("resourceVersion") or self._version)
                     self._retry = RETRY_MIN_S
                     if kind == "BOOKMARK":
@@ -214,6 +233,11 @@ class EndpointSliceSource:
                     err.message,
                 )
                 self._version = None
+                if events == 0:
+                    await self._pause()  # 410 again right after a list: not in a tight loop
+                continue
+            if events == 0 and time.monotonic() - began < QUICK_END_S:
+                await self._pause()
 
 
 def make_source(variant_endpoints: list[str], slice_config: SliceConfig | None) -> EndpointSource:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -71,10 +71,12 @@ def _broken(_: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused")
 
 
-def _client(server: Server) -> Callable[[], KubeClient]:
-    return lambda: KubeClient(
-        Credentials(server="http://127.0.0.1:9", verify=False), transport=httpx.MockTransport(server)
-    )
+def _client(server: Server) -> Callable[[], Awaitable[KubeClient]]:
+    async def make() -> KubeClient:
+        credentials = Credentials(server="http://127.0.0.1:9", verify=False)
+        return KubeClient(credentials, transport=httpx.MockTransport(server))
+
+    return make
 
 
 async def _run(server: Server, monkeypatch: pytest.MonkeyPatch) -> EndpointSliceSource:
@@ -180,3 +182,39 @@ async def test_the_client_raises_an_error_event_as_a_kube_error() -> None:
             pass
     assert (raised.value.status, raised.value.reason) == (410, "Expired")
     await kube.close()
+
+
+async def test_watches_that_end_at_once_empty_are_paused_between_not_a_tight_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy (or an API server shutting down) that answers every watch with an empty 200, and a
+    410 right after each list: each is asked again only after the growing pause (before: 2,000
+    watches in 0.5 s, the event loop starved)."""
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(endpoints.asyncio, "sleep", sleep)
+    gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+    server = Server(
+        [
+            _listed("10"),
+            _watched(),
+            _watched(),
+            _watched(("ERROR", gone)),
+            _listed("20"),
+            _watched(("ERROR", gone)),
+            _listed("30"),
+        ]
+    )
+    source = EndpointSliceSource(
+        SliceConfig(service="small", namespace="ns", port="http"), client=_client(server)
+    )
+    await source.start()
+    await asyncio.wait_for(server.done.wait(), 5)
+    await source.stop()
+    assert sleeps == [1.0, 2.0, 4.0, 8.0]
+    assert source.lists == 3
