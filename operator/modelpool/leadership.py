@@ -129,8 +129,8 @@ def wait_to_lead(
     """Return once this replica holds the lease: created when absent, taken when released or
     expired (by the local clock), with the update carrying the resourceVersion read (a 409 means
     another standby took it first: wait on). ``say`` tells the liveness and readiness URLs what it
-    waits for after each read of the lease; ``unreadable`` says why a read failed (a standby that
-    cannot read the lease cannot take over either)."""
+    waits for after each read of the lease; ``unreadable`` says why a read (or the taking of an
+    expired lease) failed: a standby that cannot read or take the lease cannot take over either."""
     config = elector.config
     LEADER.labels(lease=str(config)).set(0)
     started = clock()
@@ -138,8 +138,10 @@ def wait_to_lead(
     failures = 0
     while True:
         failed: LeaseError | None = None
+        doing = "read"
         try:
             elector.observe(api.get(), clock())
+            doing = "taken"
             if elector.may_take(clock()):
                 sent = clock()  # the renew deadline counts from before the write: conservative
                 elector.written(api.write(elector.claim(wall())), sent)
@@ -168,7 +170,7 @@ def wait_to_lead(
                 )
         holder = elector.holder
         if failed is not None:
-            unreadable(f"the leader lease {config} cannot be read: {failed}")
+            unreadable(f"the leader lease {config} cannot be {doing}: {failed}")
         elif holder:
             say(f"the leader lease {config}, held by {holder}")
             if not announced:

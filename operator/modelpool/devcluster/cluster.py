@@ -143,7 +143,11 @@ class DevCluster:
         return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
     def create(self, nodes: int = 2, gpus_per_node: int = 8, wait_seconds: int = 180) -> None:
-        """Start the control plane (or reuse a running one) and register the fake GPU nodes."""
+        """Start the control plane (or reuse a running one that listens on loopback only) and
+        register the fake GPU nodes."""
+        if self.is_up() and not self.loopback_only():
+            # Made before KWOKCTL_CONFIG: every port open to the network, etcd's too. Made anew.
+            self.delete()
         if not self.is_up():
             if self.exists():
                 self.delete()
@@ -214,6 +218,14 @@ class DevCluster:
     @property
     def cluster_dir(self) -> Path:
         return self.workdir / "clusters" / self.name
+
+    def loopback_only(self) -> bool:
+        """Whether every component's addresses are 127.0.0.1 (kwokctl's ``bindAddress``)."""
+        try:
+            args = [str(a) for comp in self.components() for a in comp.get("args") or []]
+        except (OSError, StopIteration, yaml.YAMLError):
+            return False
+        return not any("0.0.0.0" in a for a in args)
 
     def components(self) -> list[dict[str, Any]]:
         """The components as ``kwokctl`` recorded them in the cluster's ``kwok.yaml``, in start

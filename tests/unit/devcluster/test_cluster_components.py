@@ -74,3 +74,25 @@ def test_ensure_running_starts_what_exited_as_the_kubelet_would(tmp_path: Path) 
     finally:
         for name in ("kube-controller-manager", "kube-scheduler"):
             cluster.stop_component(name)
+
+
+def test_a_cluster_listening_beyond_loopback_is_told_apart(tmp_path: Path) -> None:
+    """A cluster made before kwokctl's bindAddress was set listens on 0.0.0.0: create() makes it
+    anew instead of reusing it."""
+    cluster = _cluster(tmp_path, ["etcd"])
+    assert cluster.loopback_only()
+    config, stage = yaml.safe_load_all((cluster.cluster_dir / "kwok.yaml").read_text())
+    config["components"][0]["args"].append("--listen-client-urls=http://0.0.0.0:32765")
+    (cluster.cluster_dir / "kwok.yaml").write_text(yaml.safe_dump_all([config, stage]))
+    assert not cluster.loopback_only()
+    assert not DevCluster(name="none", workdir=tmp_path / "absent").loopback_only()
+
+
+def test_kwokctl_is_told_to_bind_every_component_to_loopback() -> None:
+    from modelpool.devcluster.cluster import KWOKCTL_CONFIG
+
+    assert yaml.safe_load(KWOKCTL_CONFIG) == {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": {"bindAddress": "127.0.0.1"},
+    }
