@@ -6,7 +6,10 @@ deleted or stops scaling, :func:`observe_reconcile` around each reconcile, and :
 on failures. After each pass over a pool or policy it calls :func:`record_conditions` with the
 status the pass wrote (or found already written), and :func:`forget_conditions` once the object is
 gone: ``modelpool_status_condition``, the conditions as kube-state-metrics exports those of built-in
-kinds, is what the chart's alerting rules read (``charts/modelpool/files/alerts/``).
+kinds, is what the chart's alerting rules read (``charts/modelpool/files/alerts/``). With a
+policy's conditions it calls :func:`record_policy_objectives` with the policy's spec (its cap on the
+large tier's share, which ``ModelPoolLargeShareAboveCap`` compares with the routers' answers), and
+:func:`forget_policy_objectives` when the policy is gone.
 
 The per-variant series carry ``namespace``, ``pool`` and ``variant``: one operator serves pools of
 every namespace, and two of them may share a name. A deleted pool's series, and those of a variant
@@ -85,6 +88,15 @@ STATUS_CONDITION = Gauge(
     "1 for the condition's status (True, False or Unknown), 0 for the two others "
     "(as kube-state-metrics' kube_pod_status_condition).",
     ["namespace", "name", "kind", "type", "status"],
+    registry=REGISTRY,
+)
+POLICY_MAX_LARGE_SHARE = Gauge(
+    "modelpool_routingpolicy_max_large_share_ratio",
+    "The cap each RoutingPolicy sets on the share of its pool's answers the large tier gives "
+    "(spec.objectives.maxLargeSharePercent / 100, 0 to 1), as the leader last read it; absent "
+    "where the policy sets none. `pool` is the policy's spec.poolRef.name, the `pool` label of the "
+    "routers' modelpool_router_requests_total.",
+    ["namespace", "name", "pool"],
     registry=REGISTRY,
 )
 BUILD_INFO = Gauge(
@@ -197,3 +209,32 @@ def _remove_condition(kind: str, namespace: str, name: str, type_: str) -> None:
     for status in CONDITION_STATUSES:
         with suppress(KeyError):
             STATUS_CONDITION.remove(namespace, name, kind, type_, status)
+
+
+_policy_caps: dict[tuple[str, str], str] = {}
+"""The pool each policy (namespace, name) has a cap series for."""
+
+
+def record_policy_objectives(
+    namespace: str, name: str, pool: str, max_large_share_percent: int | None
+) -> None:
+    """Expose one RoutingPolicy's cap on the large tier's share as a ratio (percent / 100), or
+    remove its series where it sets none; a series of the pool it named before is removed."""
+    key = (namespace, name)
+    before = _policy_caps.get(key)
+    if before is not None and (before != pool or max_large_share_percent is None):
+        forget_policy_objectives(namespace, name)
+    if max_large_share_percent is None:
+        return
+    _policy_caps[key] = pool
+    POLICY_MAX_LARGE_SHARE.labels(namespace=namespace, name=name, pool=pool).set(
+        max_large_share_percent / 100
+    )
+
+
+def forget_policy_objectives(namespace: str, name: str) -> None:
+    """Remove the objective series of a policy that is gone (or no longer valid)."""
+    pool = _policy_caps.pop((namespace, name), None)
+    if pool is not None:
+        with suppress(KeyError):
+            POLICY_MAX_LARGE_SHARE.remove(namespace, name, pool)

@@ -3,6 +3,8 @@ on the real local cluster, scraped by a real Prometheus (Debian's ``/usr/bin/pro
 127.0.0.1, scraping only the operator's 127.0.0.1 metrics ports) that loads the rules of
 charts/modelpool/files/alerts/prometheusrule.yaml. A pool whose pods no node can take is not
 Ready, and ModelPoolNotReady fires for it, read from Prometheus' HTTP API; a Ready pool's does not.
+A RoutingPolicy's cap on the large tier's share is on the operator's /metrics as long as the policy
+sets it (ModelPoolLargeShareAboveCap's operator side; its router side is the promtool tests').
 
 To keep the tests short, the rules are a copy written to a temporary folder in which every
 ``for:`` is 10 s instead of minutes (and Prometheus scrapes and evaluates every second); the
@@ -226,6 +228,58 @@ def test_not_ready_pool_fires_model_pool_not_ready_and_a_ready_pool_does_not(
     query = f'modelpool_status_condition{{namespace="{ns}",name="stuck"}}'
     wait_for(lambda: not prom.value(query), 30, "the deleted pool's series gone from Prometheus")
     assert prom.value(f'modelpool_status_condition{{namespace="{ns}",name="healthy"}}')
+
+
+def capped_policy(cap: int) -> Obj:
+    """A RoutingPolicy of pool healthy, capping its large tier's share at ``cap`` percent."""
+    return {
+        "apiVersion": "modelpool.dev/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "capped"},
+        "spec": {
+            "poolRef": {"name": "healthy"},
+            "mode": "weighted",
+            "weights": [{"variant": "small", "weight": 1}],
+            "routerSelector": {"matchLabels": {"app": "no-router"}},
+            "objectives": {"maxLargeSharePercent": cap},
+        },
+    }
+
+
+def test_the_operator_exports_a_policys_large_share_cap_until_it_is_removed(
+    kube: Kube, operator: OperatorProcess
+) -> None:
+    """modelpool_routingpolicy_max_large_share_ratio, which ModelPoolLargeShareAboveCap compares
+    with the routers' answers: the cap of a real policy, on the real operator's /metrics, labelled
+    with the policy's namespace and pool; changed with the spec, gone with the cap and the policy."""
+    url = operator.metrics_url
+    assert url is not None
+    ns = kube.namespace
+    metric = "modelpool_routingpolicy_max_large_share_ratio"
+
+    def cap_lines() -> list[str]:
+        text = httpx.get(url, timeout=5).text
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith(metric + "{") and f'namespace="{ns}"' in line
+        ]
+
+    def cap() -> float | None:
+        lines = cap_lines()
+        return samples(url, metric, namespace=ns, name="capped", pool="healthy") if lines else None
+
+    kube.apply(capped_policy(30))  # its pool need not exist: the cap is the spec's
+    wait_for(lambda: cap() == 0.3, 30, "the policy's cap (30%) as 0.3")
+    kube.apply(capped_policy(45))
+    wait_for(lambda: cap() == 0.45, 30, "the changed cap (45%) as 0.45")
+    kube.run("patch", "routingpolicy", "capped", "--type=json", "-p",
+             '[{"op": "remove", "path": "/spec/objectives/maxLargeSharePercent"}]')  # fmt: skip
+    wait_for(lambda: not cap_lines(), 30, "no series once the cap is removed")
+    kube.apply(capped_policy(20))
+    wait_for(lambda: cap() == 0.2, 30, "the cap set again")
+    kube.run("delete", "routingpolicy", "capped", "--wait=true", "--timeout=60s")
+    wait_for(lambda: not cap_lines(), 30, "no series once the policy is deleted")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The operator's alerting rules (charts/modelpool/files/alerts/prometheusrule.yaml): valid for the
 real ``promtool`` (Debian's prometheus package, which .ci/setup.sh installs), each alert seen firing
-and not firing on series shaped as the operator exports them (``promtool test rules``), each with
-a runbook in docs/install.md, reading only series the operator exports; and the one file is what
-the Helm chart (only with ``prometheusRule.enabled``) and the kustomize component ship.
+and not firing on series shaped as the operator (or, scraped from the router pods, the router)
+exports them (``promtool test rules``), each with a runbook in docs/install.md, reading only series
+the operator or the router exports; and the one file is what the Helm chart (only with
+``prometheusRule.enabled``) and the kustomize component ship.
 
 The promtool unit tests are written here as data: for each alert, input series and the alerts
 expected at given times (an empty list: none firing). Their annotations are expanded from the rule
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 import modelpool.leadership  # noqa: F401  (registers modelpool_leader in the operator's registry)
 from integration.delivery.deliverytools import (
@@ -36,6 +38,7 @@ from integration.delivery.deliverytools import (
     render,
 )
 from modelpool.devcluster.cluster import DevCluster
+from modelpool.routing.metrics import RouterMetrics
 from modelpool.scaling.metrics import REGISTRY
 
 pytestmark = pytest.mark.prometheus
@@ -95,6 +98,43 @@ def zeros(values: str) -> str:
     return re.sub(r"(?<![x+\d])[0-9]+", "0", values)
 
 
+ROUTER_SCRAPE = {"job": "team/modelpool-router", "container": "router", "endpoint": "http"}
+
+
+def router_requests(
+    namespace: str, pool: str, variant: str, tier: str, values: str, pod: str = "router-0"
+) -> tuple[str, str]:
+    """A router's answers as a PodMonitor scrape labels them: ``namespace`` is the router pod's
+    (Prometheus' target label; the router exports none), ``pool`` the router's own label."""
+    labels = {**ROUTER_SCRAPE, "instance": f"{pod}:8080", "namespace": namespace, "pod": pod}
+    return series(
+        "modelpool_router_requests_total", {**labels, "pool": pool, "variant": variant, "tier": tier}, values
+    )
+
+
+def router_answers(
+    namespace: str, pool: str, large: str, small: str, pod: str = "router-0"
+) -> list[tuple[str, str]]:
+    """One router's answers from a large and a small variant (each its tier)."""
+    return [
+        router_requests(namespace, pool, "large", "large", large, pod),
+        router_requests(namespace, pool, "small", "small", small, pod),
+    ]
+
+
+def large_share_cap(
+    namespace: str, name: str, pool: str, values: str, instance: str | None = None
+) -> tuple[str, str]:
+    """The operator's series of one policy's cap (its namespace and poolRef kept by honorLabels)."""
+    labels = {
+        "namespace": namespace,
+        "name": name,
+        "pool": pool,
+        **({"instance": instance} if instance else {}),
+    }
+    return series("modelpool_routingpolicy_max_large_share_ratio", labels, values)
+
+
 @dataclass
 class Case:
     """Series, and the alert's firing label sets at each time (value for ``$value``)."""
@@ -137,6 +177,35 @@ CASES = [
                 ({"namespace": "team-c", "name": "handed-over"}, 0),
             ],
         },
+    ),
+    Case(
+        "ModelPoolNotReady",
+        "scraped without honorLabels (the pool's namespace in exported_namespace, the operator's in "
+        "namespace): two pools named bank in two namespaces stay apart, and the one not Ready fires "
+        "under its own namespace",
+        [
+            *[
+                series(
+                    "modelpool_status_condition",
+                    {
+                        "namespace": "modelpool-system",
+                        "exported_namespace": pool_ns,
+                        "name": "bank",
+                        "kind": POOL,
+                        "type": "Ready",
+                        "status": status,
+                    },
+                    values,
+                )
+                for pool_ns, ready in (("team-a", "0x30"), ("team-b", "1x30"))
+                for status, values in (
+                    ("True", ready),
+                    ("False", ready.replace("0x", "Z").replace("1x", "0x").replace("Z", "1x")),
+                    ("Unknown", "0x30"),
+                )
+            ],
+        ],
+        {"14m": [], "16m": [({"namespace": "team-a", "name": "bank"}, 0)]},
     ),
     Case(
         "ModelPoolScalingHeld",
@@ -201,6 +270,43 @@ CASES = [
                 ({"namespace": "team-a", "name": "invalid", "type": "Accepted"}, 0),
             ],
         },
+    ),
+    Case(
+        "ModelPoolLargeShareAboveCap",
+        "a pool whose routers (two pods) answer 60% from the large tier for 15m fires against a "
+        "policy capping it at 50%, also across a failover of the leader, and not against another "
+        "policy of the pool capping it at 90%",
+        [
+            *router_answers("team-a", "intents", large="0+3x40", small="0+2x40", pod="router-0"),
+            *router_answers("team-a", "intents", large="0+3x40", small="0+2x40", pod="router-1"),
+            large_share_cap("team-a", "strict", "intents", "0.5x8 stale"),
+            # The new leader's series, from another operator pod, 2m after the old one's ended.
+            large_share_cap("team-a", "strict", "intents", "_x10 0.5x30", instance="10.0.0.9:9090"),
+            large_share_cap("team-a", "loose", "intents", "0.9x40"),
+        ],
+        {
+            "14m": [],
+            "17m": [({"namespace": "team-a", "name": "strict", "pool": "intents"}, 0.6)],
+            "30m": [({"namespace": "team-a", "name": "strict", "pool": "intents"}, 0.6)],
+        },
+    ),
+    Case(
+        "ModelPoolLargeShareAboveCap",
+        "a share below the cap, a pool whose policy sets no cap (though a pool of the same name in "
+        "another namespace has one), a pool with no traffic, one whose cap was removed, and one "
+        "whose large tier answers nothing do not fire",
+        [
+            *router_answers("team-b", "intents", large="0+1x40", small="0+3x40"),
+            large_share_cap("team-b", "policy", "intents", "0.5x40"),
+            *router_answers("team-c", "intents", large="0+9x40", small="0+1x40"),
+            *router_answers("team-d", "intents", large="5x40", small="7x40"),
+            large_share_cap("team-d", "policy", "intents", "0.1x40"),
+            *router_answers("team-e", "intents", large="0+4x40", small="0+1x40"),
+            large_share_cap("team-e", "policy", "intents", "0.5x5 stale"),
+            router_requests("team-f", "intents", "small", "small", "0+5x40"),
+            large_share_cap("team-f", "policy", "intents", "0x40"),
+        ],
+        {"17m": [], "30m": []},
     ),
     Case(
         "ModelPoolReconcileErrors",
@@ -348,6 +454,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         ("ModelPoolOperatorNoLeader", "< 1", "< 2"),  # one leader of two replicas is normal
         ("ModelPoolRoutingPolicyNotProgrammed", "Accepted|ResolvedRefs|Programmed", "Programmed"),
         ("ModelPoolNotReady", "[2m]", "[10s]"),  # the failover would restart the for: clock
+        ("ModelPoolLargeShareAboveCap", 'tier="large"', 'tier="small"'),  # the small tier's share
+        ("ModelPoolLargeShareAboveCap", "[2m]", "[10s]"),  # the failover would restart the for: clock
+        ("ModelPoolLargeShareAboveCap", "group_right", "group_left"),  # two policies of one pool
     ],
 )
 def test_the_promtool_tests_catch_a_changed_rule(alert: str, old: str, new: str, tmp_path: Path) -> None:
@@ -389,21 +498,58 @@ def test_each_alert_says_what_to_do_and_links_its_runbook(rule: Obj) -> None:
     assert rule["alert"].lower() in _anchors(INSTALL_DOC.read_text()), "docs/install.md has its runbook"
 
 
-def _exported_names() -> set[str]:
-    """The series names the operator's registry exports (families of no sample yet included)."""
+def _exported_names(registry: CollectorRegistry) -> set[str]:
+    """The series names a registry exports (families of no sample yet included)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     return {
-        family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))
+        family.name + suffix for family in registry.collect() for suffix in suffixes.get(family.type, ("",))
     }
 
 
-def test_the_alerts_read_only_series_the_operator_exports() -> None:
-    exported = _exported_names()
-    assert "modelpool_status_condition" in exported and "modelpool_leader" in exported
+def _router_names() -> set[str]:
+    """The series names a router exports (its registry, before any request)."""
+    metrics = RouterMetrics("pool", generation=lambda: 0, endpoint_states=lambda: [])
+    return _exported_names(metrics.registry)
+
+
+def test_the_alerts_read_only_series_the_operator_or_the_router_exports() -> None:
+    operator, router = _exported_names(REGISTRY), _router_names()
+    assert "modelpool_status_condition" in operator and "modelpool_leader" in operator
+    assert "modelpool_routingpolicy_max_large_share_ratio" in operator
+    assert "modelpool_router_requests_total" in router
     used = {
         name for rule in alerting_rules() for name in re.findall(r"\b(modelpool_[a-z_]+)\b", rule["expr"])
     }
-    assert used and used <= exported, sorted(used - exported)
+    assert used and used <= operator | router, sorted(used - operator - router)
+    by_router = {n for n in used if n.startswith("modelpool_router_")}
+    assert by_router <= router, "a router_ series must be the router's, not the operator's"
+
+
+def test_the_router_series_the_alerts_read_carry_the_labels_they_join_on() -> None:
+    """ModelPoolLargeShareAboveCap sums the routers' answers by (namespace, pool) and filters on
+    tier: the router exports pool and tier (namespace is the scrape's target label, so the router
+    must not export one of its own, which the PodMonitor would rename to exported_namespace)."""
+    metrics = RouterMetrics("intents", generation=lambda: 0, endpoint_states=lambda: [])
+    metrics.answered("large", "large", cost=20.0, baseline_cost=20.0)
+    [family] = [f for f in metrics.registry.collect() if f.name == "modelpool_router_requests"]
+    [sample] = family.samples
+    assert sample.labels == {"pool": "intents", "variant": "large", "tier": "large"}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            assert "namespace" not in sample.labels, family.name
+
+
+def test_the_chart_scrapes_the_routers_with_the_labels_the_large_share_rule_joins_on() -> None:
+    """ModelPoolLargeShareAboveCap joins the routers' series and the operator's on (namespace,
+    pool): the router PodMonitor keeps Prometheus' target `namespace` (the pod's: no honorLabels,
+    no relabelling), and the operator's ServiceMonitor keeps the operator's (the policy's)."""
+    objs = render(set_json={"podMonitors.router.enabled": "true", "metrics.serviceMonitor.enabled": "true"})
+    [router] = [m for m in by_kind(objs, "PodMonitor") if m["metadata"]["name"].endswith("-router")]
+    [endpoint] = router["spec"]["podMetricsEndpoints"]
+    assert not endpoint.get("honorLabels")
+    assert not endpoint.get("relabelings") and not endpoint.get("metricRelabelings")
+    [monitor] = by_kind(objs, "ServiceMonitor")
+    assert all(e.get("honorLabels") is True for e in monitor["spec"]["endpoints"])
 
 
 # ---------------------------------------------------------------------------------------------
