@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -104,16 +105,17 @@ QUICK_END_S = 1.0
 """A watch that ends this soon without a single event is paused after like a failure (a proxy or
 an API server that closes watches at once would otherwise be asked again in a tight loop)."""
 
-_credentials: Credentials | None = None
+_credentials: dict[str | None, Credentials] = {}
 """The router's login, read once (off the event loop) and shared by every source: one signer, so
-one token file read or plugin run serves them all."""
+one token file read or plugin run serves them all. Keyed by ``$KUBECONFIG``, the one input that
+picks another login in a process (tests set it per test)."""
 
 
 async def _client() -> KubeClient:
-    global _credentials
-    if _credentials is None:
-        _credentials = await asyncio.to_thread(load_credentials)
-    return KubeClient(_credentials)
+    key = os.environ.get("KUBECONFIG")
+    if key not in _credentials:
+        _credentials[key] = await asyncio.to_thread(load_credentials)
+    return KubeClient(_credentials[key])
 
 
 class EndpointSliceSource:

@@ -158,5 +158,16 @@ async def test_the_watch_goes_on_after_its_token_is_rotated_and_the_old_one_refu
         # The 401 was answered by reading the token again and sending the watch once more.
         assert source.lists == 1
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        # And it was this service account that watched (not a login read before): without its
+        # RoleBinding the next watch is refused.
+        cluster.kubectl("delete", "rolebinding", "slices", "-n", namespace)
+        with caplog.at_level(logging.INFO, logger="modelpool.routing.endpoints"):
+            for _ in range(100):
+                if any("403" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.1)
+        assert any(f"system:serviceaccount:{namespace}:op" in r.getMessage() for r in caplog.records), (
+            caplog.text
+        )
     finally:
         await source.stop()
