@@ -100,10 +100,12 @@ def _failure(variant: str, pod: str, status: Obj) -> ContainerFailure | None:
         # Between a crash and the back-off: the container has just exited.
         ended, detail = _terminated_detail(terminated, restarts)
         return ContainerFailure(variant, pod, name, REASON_CRASH, ended, detail)
-    if state.get("running") is not None and not status.get("ready") and last and last.get("exitCode", 0) != 0:
-        # Restarted after a crash and not ready yet (loading its model again): a crash loop runs
-        # through this state at every restart, so it still counts, or Degraded would flap (and
-        # post an Event) at each one. It stops counting once the container is ready.
+    restarting = state.get("running") is not None and status.get("started") is False
+    if restarting and last and last.get("exitCode", 0) != 0:
+        # Restarted after a crash and not started yet (its startup probe waits for the model to
+        # load again): a crash loop runs through this state at every restart, so it still counts,
+        # or Degraded would flap (and post an Event) at each one. Once started it no longer counts,
+        # so a readiness dip days after an old crash is no crash loop.
         ended, detail = _terminated_detail(last, restarts)
         return ContainerFailure(variant, pod, name, REASON_CRASH, f"restarted after {ended}", detail)
     return None

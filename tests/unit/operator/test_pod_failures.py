@@ -122,7 +122,10 @@ def test_a_container_that_just_exited_is_crashing_and_a_clean_exit_is_not() -> N
         "state": {"running": {}},
         "lastState": _crashing()["lastState"],
     }
-    assert container_failures("v", [_pod("v", "p", s) for s in (clean, starting, ready_after_crash)]) == []
+    # Started long after an old crash, briefly not ready (a readiness dip): no crash loop.
+    dip_after_old_crash = {**ready_after_crash, "ready": False, "started": True}
+    pods = [_pod("v", "p", s) for s in (clean, starting, ready_after_crash, dip_after_old_crash)]
+    assert container_failures("v", pods) == []
 
 
 def test_a_crash_loop_stays_degraded_through_its_restarts_with_one_event() -> None:
@@ -130,7 +133,12 @@ def test_a_crash_loop_stays_degraded_through_its_restarts_with_one_event() -> No
     that still counts, so Degraded does not flap and post an Event per crash."""
     from modelpool.controllers.pool_reconciler import _report_failures
 
-    restarted = {"restartCount": 4, "state": {"running": {}}, "lastState": _crashing()["lastState"]}
+    restarted = {
+        "restartCount": 4,
+        "started": False,
+        "state": {"running": {}},
+        "lastState": _crashing()["lastState"],
+    }
     posted: list[tuple[str, ...]] = []
     previous: list[Condition] = []
     for container in (_crashing(), restarted, _crashing(), restarted):
