@@ -105,17 +105,25 @@ QUICK_END_S = 1.0
 """A watch that ends this soon without a single event is paused after like a failure (a proxy or
 an API server that closes watches at once would otherwise be asked again in a tight loop)."""
 
-_credentials: dict[str | None, Credentials] = {}
+_credentials: dict[str | None, asyncio.Future[Credentials]] = {}
 """The router's login, read once (off the event loop) and shared by every source: one signer, so
-one token file read or plugin run serves them all. Keyed by ``$KUBECONFIG``, the one input that
-picks another login in a process (tests set it per test)."""
+one token file read or plugin run serves them all. Sources that start together await the same
+read; a read that fails is dropped, to be tried again. Keyed by ``$KUBECONFIG``, the one input
+that picks another login in a process (tests set it per test)."""
 
 
 async def _client() -> KubeClient:
     key = os.environ.get("KUBECONFIG")
-    if key not in _credentials:
-        _credentials[key] = await asyncio.to_thread(load_credentials)
-    return KubeClient(_credentials[key])
+    loading = _credentials.get(key)
+    if loading is None:
+        loading = _credentials[key] = asyncio.ensure_future(asyncio.to_thread(load_credentials))
+    try:
+        credentials = await asyncio.shield(loading)
+    except Exception:
+        if _credentials.get(key) is loading:
+            del _credentials[key]
+        raise
+    return KubeClient(credentials)
 
 
 class EndpointSliceSource:
@@ -205,6 +213,7 @@ class EndpointSliceSource:
         path = resource_path("discovery.k8s.io/v1", "endpointslices", self.config.namespace)
         selector = f"kubernetes.io/service-name={self.config.service}"
         while True:
+            listed = self._version is None
             if self._version is None:
                 items, self._version = await kube.list_at(path, selector)
                 self.lists += 1
@@ -235,8 +244,8 @@ class EndpointSliceSource:
                     err.message,
                 )
                 self._version = None
-                if events == 0:
-                    await self._pause()  # 410 again right after a list: not in a tight loop
+                if listed:
+                    await self._pause()  # 410 right after a list: not in a tight loop
                 continue
             if events == 0 and time.monotonic() - began < QUICK_END_S:
                 await self._pause()

@@ -216,5 +216,35 @@ async def test_watches_that_end_at_once_empty_are_paused_between_not_a_tight_loo
     await source.start()
     await asyncio.wait_for(server.done.wait(), 5)
     await source.stop()
-    assert sleeps == [1.0, 2.0, 4.0, 8.0]
+    # Two empty watches: 1 s, 2 s. The 410 of a resumed watch relists at once (the API server is
+    # there); the 410 right after that list: 4 s.
+    assert sleeps == [1.0, 2.0, 4.0]
     assert source.lists == 3
+
+
+async def test_sources_that_start_together_share_one_read_of_the_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []
+
+    def load() -> Credentials:
+        reads.append(1)
+        return Credentials(server="http://127.0.0.1:9", verify=False)
+
+    monkeypatch.setattr(endpoints, "load_credentials", load)
+    monkeypatch.setattr(endpoints, "_credentials", {})
+    clients = await asyncio.gather(*(endpoints._client() for _ in range(5)))
+    assert len(reads) == 1
+    for client in clients:
+        await client.close()
+
+    def broken() -> Credentials:
+        raise OSError("no kubeconfig")
+
+    monkeypatch.setattr(endpoints, "_credentials", {})
+    monkeypatch.setattr(endpoints, "load_credentials", broken)
+    with pytest.raises(OSError):
+        await endpoints._client()
+    monkeypatch.setattr(endpoints, "load_credentials", load)
+    await (await endpoints._client()).close()  # a failed read is read again
+    assert len(reads) == 2
