@@ -121,7 +121,8 @@ def _only_stamped(manifest: Obj, live: Obj) -> bool:
     metadata = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
     if annotations:
         metadata["annotations"] = annotations
-    return is_subset({**manifest, "metadata": metadata}, live)
+    spec = {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}  # a scaling action
+    return is_subset({**manifest, "metadata": metadata, "spec": spec}, live)
 
 
 def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:

@@ -83,3 +83,11 @@ async def test_the_hash_ignores_the_replica_count_and_a_child_without_it_is_stam
     assert events == []  # only stamped: no Event per child after an upgrade
     await _converge(kube, manifest, _stored(kube.applied[0]))
     assert len(kube.applied) == 1
+
+
+async def test_a_child_from_before_the_hash_being_scaled_is_stamped_without_an_updated_event() -> None:
+    manifest = _deployment()
+    old = _stored({**manifest, "spec": {**manifest["spec"], "replicas": 1}})
+    kube = RecordingKube()
+    assert await _converge(kube, manifest, old) == []  # the scaling has its own Scaled Event
+    assert kube.applied[0]["spec"]["replicas"] == 2
