@@ -16,10 +16,8 @@ from typing import Any
 
 import httpx
 import kopf
-from pydantic import ValidationError
 
 from modelpool.api.base import GROUP, VERSION
-from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.builders.triton import LABEL_POOL, MANAGED_BY
 from modelpool.controllers.backoff import FailureStreak, api_unavailable, forbidden, report_due
 from modelpool.controllers.kopf_login import Relogins, kopf_session
@@ -43,7 +41,6 @@ from modelpool.scaling.metrics import (
     forget_policy_objectives,
     observe_reconcile,
     record_conditions,
-    record_policy_objectives,
 )
 
 RESYNC_SECONDS = float(os.environ.get("MODELPOOL_RESYNC_SECONDS", "30"))
@@ -333,17 +330,6 @@ async def run_policy(
     http: httpx.AsyncClient = memo["http"]
     ns = namespace or ""
 
-    def record_objectives() -> None:
-        """The policy's cap on the large tier's share (ModelPoolLargeShareAboveCap compares the
-        routers' answers with it), from the body kopf keeps live for this daemon: the spec the
-        pass read, or a newer one. A spec that does not validate (not Accepted) exports none."""
-        try:
-            spec = RoutingPolicySpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError:
-            forget_policy_objectives(ns, name)
-            return
-        record_policy_objectives(ns, name, spec.pool_ref.name, spec.objectives.max_large_share_percent)
-
     async def once(emit: EventSink) -> float | None:
         with observe_reconcile("routingpolicy"):
             result = await reconcile_policy(kube, http, ns, name, emit)
@@ -352,7 +338,6 @@ async def run_policy(
             forget_policy_objectives(ns, name)
             return None
         record_conditions("RoutingPolicy", ns, name, ((c.type, c.status) for c in result.conditions))
-        record_objectives()
         return RESYNC_SECONDS
 
     try:

@@ -40,6 +40,7 @@ from modelpool.controllers.routing_config import (
 )
 from modelpool.controllers.status_io import parse_stored, write_status
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
+from modelpool.scaling.metrics import forget_policy_objectives, record_policy_objectives
 
 CONFIG_KEY = "config.json"
 
@@ -149,7 +150,10 @@ async def reconcile_policy(
     try:
         spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
     except ValidationError as err:
+        forget_policy_objectives(namespace, name)  # not Accepted: no cap to alert on
         return await refuse(c.ACCEPTED, "InvalidSpec", field_errors(err, "spec") + "; fix that field")
+    # The cap ModelPoolLargeShareAboveCap compares the routers' answers with (leader only: passes).
+    record_policy_objectives(namespace, name, spec.pool_ref.name, spec.objectives.max_large_share_percent)
     if named := policy_name_problems(name):
         return await refuse(c.ACCEPTED, named[0].reason, named[0].message)
     accepted = (c.ACCEPTED, True, "Valid", "spec is valid")

@@ -6,10 +6,10 @@ deleted or stops scaling, :func:`observe_reconcile` around each reconcile, and :
 on failures. After each pass over a pool or policy it calls :func:`record_conditions` with the
 status the pass wrote (or found already written), and :func:`forget_conditions` once the object is
 gone: ``modelpool_status_condition``, the conditions as kube-state-metrics exports those of built-in
-kinds, is what the chart's alerting rules read (``charts/modelpool/files/alerts/``). With a
-policy's conditions it calls :func:`record_policy_objectives` with the policy's spec (its cap on the
-large tier's share, which ``ModelPoolLargeShareAboveCap`` compares with the routers' answers), and
-:func:`forget_policy_objectives` when the policy is gone.
+kinds, is what the chart's alerting rules read (``charts/modelpool/files/alerts/``). A policy's
+pass calls :func:`record_policy_objectives` with the spec it has just read and validated (its cap on
+the large tier's share, which ``ModelPoolLargeShareAboveCap`` compares with the routers' answers),
+and :func:`forget_policy_objectives` when that spec is invalid or the policy is gone.
 
 The per-variant series carry ``namespace``, ``pool`` and ``variant``: one operator serves pools of
 every namespace, and two of them may share a name. A deleted pool's series, and those of a variant

@@ -4,7 +4,6 @@ to; changed with the cap, moved with the pool, removed with the cap and with a d
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -12,6 +11,7 @@ from prometheus_client import generate_latest
 from modelpool.api.routingpolicy import RoutingPolicyStatus
 from modelpool.controllers import handlers
 from modelpool.scaling.metrics import REGISTRY, forget_policy_objectives, record_policy_objectives
+from unit.operator.test_spec_edge_cases import _policy, _reconcile
 
 METRIC = "modelpool_routingpolicy_max_large_share_ratio"
 
@@ -100,47 +100,45 @@ class _Logger:
     def log(self, *args: object) -> None: ...
 
 
-async def test_the_policy_daemon_exports_the_cap_of_its_spec_and_drops_it(monkeypatch: Any) -> None:
-    """run_policy, after each pass, exports the cap of the policy's (live) spec; a cap removed from
-    the spec, a spec that no longer validates and a policy gone remove the series."""
+def test_each_policy_pass_exports_the_cap_of_the_spec_it_read() -> None:
+    """The real reconcile_policy, on the spec it reads from the API server (a fake one here): the
+    cap, changed, removed from the spec, and gone with a spec that does not validate (not
+    Accepted), then back."""
+    exported = []
+    for policy in (
+        _policy(objectives={"maxLargeSharePercent": 25}),
+        _policy(objectives={"maxLargeSharePercent": 40}),
+        _policy(),
+        _policy(objectives={"maxLargeSharePercent": 10}, mode="nonsense"),
+        _policy(objectives={"maxLargeSharePercent": 10}),
+    ):
+        _reconcile("capped", policy)
+        exported.append(_cap("ns", "capped", "bank"))
+    assert exported == [0.25, 0.4, None, None, 0.1]
+    forget_policy_objectives("ns", "capped")
+
+
+async def test_the_policy_daemon_drops_the_cap_when_a_pass_finds_the_policy_gone(monkeypatch: Any) -> None:
     ns, name = "obj-daemon", "policy"
-    spec: dict[str, Any] = {
-        "poolRef": {"name": "intents"},
-        "mode": "weighted",
-        "weights": [{"variant": "small", "weight": 1}],
-        "routerSelector": {"matchLabels": {"app": "router"}},
-        "objectives": {"maxLargeSharePercent": 25},
-    }
-    body: dict[str, Any] = {"metadata": {"namespace": ns, "name": name}, "spec": spec}
-    seen: list[float | None] = []
-    edits: list[Callable[[], object]] = [
-        lambda: None,
-        lambda: spec["objectives"].update(maxLargeSharePercent=40),
-        lambda: spec["objectives"].pop("maxLargeSharePercent"),
-        lambda: spec["objectives"].update(maxLargeSharePercent=10),
-        lambda: spec.update(mode="nonsense"),  # invalid: not Accepted, so no cap
-        lambda: spec.update(mode="weighted"),
-    ]
+    passes: list[int] = []
 
     async def reconcile(*_: object) -> RoutingPolicyStatus | None:
-        seen.append(_cap(ns, name, "intents"))  # what the pass before exported
-        if not edits:
-            return None  # the policy is gone
-        edits.pop(0)()
-        handlers.POLICY_TRIGGERS.poke(ns, name)  # the next pass at once
-        return RoutingPolicyStatus()
+        passes.append(1)
+        if len(passes) == 1:
+            record_policy_objectives(ns, name, "intents", 25)  # what a pass over a capped spec does
+            handlers.POLICY_TRIGGERS.poke(ns, name)  # the next pass at once
+            return RoutingPolicyStatus()
+        assert _cap(ns, name, "intents") == 0.25
+        return None  # the policy is gone
 
     monkeypatch.setattr(handlers, "reconcile_policy", reconcile)
     run_policy: Any = handlers.run_policy  # the daemon as kopf calls it (kwargs only)
     await run_policy(
         namespace=ns,
         name=name,
-        body=body,
+        body={"metadata": {"namespace": ns, "name": name}, "spec": {}},
         memo={"kube": None, "http": None},
         logger=_Logger(),
         stopped=_Stopped(),
     )
-    # each pass sees what the one before exported: nothing yet, 25, 40, none (removed), 10,
-    # none (invalid), 10 (valid again)
-    assert seen == [None, 0.25, 0.4, None, 0.1, None, 0.1]
-    assert _lines(ns) == []  # the pass that found the policy gone removed it
+    assert len(passes) == 2 and _lines(ns) == []
