@@ -41,10 +41,14 @@ look drifted and would stay. The hash changes when anything the operator wants c
 included, and the server-side apply that follows drops what it no longer sets."""
 
 
+def _without_replicas(manifest: Obj) -> Obj:
+    """``manifest`` less ``spec.replicas``, which the scaler sets and which is no spec change."""
+    return {**manifest, "spec": {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}}
+
+
 def stamped(manifest: Obj) -> Obj:
     """``manifest`` with its :data:`SPEC_HASH` annotation."""
-    spec = {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}
-    text = json.dumps({**manifest, "spec": spec}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_without_replicas(manifest), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     metadata = manifest["metadata"]
     annotations = {**metadata.get("annotations", {}), SPEC_HASH: digest}
@@ -121,16 +125,14 @@ def _only_stamped(manifest: Obj, live: Obj) -> bool:
     metadata = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
     if annotations:
         metadata["annotations"] = annotations
-    spec = {k: v for k, v in manifest.get("spec", {}).items() if k != "replicas"}  # a scaling action
-    return is_subset({**manifest, "metadata": metadata, "spec": spec}, live)
+    return is_subset(_without_replicas({**manifest, "metadata": metadata}), live)
 
 
 def _only_replicas_differ(manifest: Obj, live: Obj) -> bool:
     """A scaling action (reported by its own Event), not a spec correction."""
     if "replicas" not in manifest.get("spec", {}):
         return False
-    without = {**manifest, "spec": {k: v for k, v in manifest["spec"].items() if k != "replicas"}}
-    return is_subset(without, live)
+    return is_subset(_without_replicas(manifest), live)
 
 
 async def prune_children(
