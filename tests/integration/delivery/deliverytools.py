@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,51 @@ def uninstall_chart(cluster: DevCluster, release: str, namespace: str, cluster_o
     assert leftovers == [], leftovers
     # CRDs from the chart's crds/ are never deleted by Helm (pools would be lost).
     assert cluster.kubectl("get", "crd", "modelpools.modelpool.dev", check=False).returncode == 0
+
+
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+"""prometheus-operator's pattern for a duration field (monitoring.coreos.com/v1)."""
+
+
+def monitoring_crd(kind: str, plural: str, spec: Obj) -> Obj:
+    """A prometheus-operator CRD (monitoring.coreos.com/v1) whose ``spec`` has the schema given: the
+    fields a test needs typed as prometheus-operator types them, for a cluster that has none."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List", "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
+                }
+            ],
+        },
+    }
+
+
+@contextmanager
+def crds_where_missing(cluster: DevCluster, crds: Sequence[Obj]) -> Iterator[None]:
+    """Create those of ``crds`` the cluster lacks (Established before the body runs) and delete
+    them after; CRDs already there are left alone."""
+    names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+    missing = [
+        (crd, name)
+        for crd, name in zip(crds, names, strict=True)
+        if cluster.kubectl("get", name, check=False).returncode
+    ]
+    for crd, _ in missing:
+        cluster.kubectl("create", "-f", "-", input_text=json.dumps(crd))
+    if missing:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(n for _, n in missing))
+    try:
+        yield
+    finally:
+        for _, name in missing:
+            cluster.kubectl("delete", name, "--wait=false", check=False)

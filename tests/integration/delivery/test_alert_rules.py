@@ -29,11 +29,14 @@ import modelpool.leadership  # noqa: F401  (registers modelpool_leader in the op
 from integration.delivery.deliverytools import (
     CHART,
     MANIFESTS,
+    PROM_DURATION,
     REPO_ROOT,
     Obj,
     by_kind,
+    crds_where_missing,
     helm_template,
     kustomize,
+    monitoring_crd,
     one,
     render,
 )
@@ -619,15 +622,12 @@ def test_the_kustomize_component_ships_the_same_rule(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # The API server accepts both, typed as prometheus-operator types a PrometheusRule
 
-DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
-CRD_NAME = "prometheusrules.monitoring.coreos.com"
-
 
 def _prometheus_rule_crd() -> Obj:
     """The fields a PrometheusRule's rules have in prometheus-operator's CRD (monitoring.coreos.com/v1),
     unknown ones refused."""
     strings = {"type": "object", "additionalProperties": {"type": "string"}}
-    duration = {"type": "string", "pattern": DURATION}
+    duration = {"type": "string", "pattern": PROM_DURATION}
     rule = {
         "type": "object",
         "required": ["expr"],
@@ -651,41 +651,14 @@ def _prometheus_rule_crd() -> Obj:
         },
     }
     spec = {"type": "object", "properties": {"groups": {"type": "array", "items": group}}}
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {
-                "kind": "PrometheusRule",
-                "plural": "prometheusrules",
-                "listKind": "PrometheusRuleList",
-                "singular": "prometheusrule",
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
-                }
-            ],
-        },
-    }
+    return monitoring_crd("PrometheusRule", "prometheusrules", spec)
 
 
 @pytest.fixture
 def prometheus_rule_crd(cluster: DevCluster) -> Iterator[None]:
     """prometheus-operator's PrometheusRule CRD (the fields above) where the cluster has none."""
-    present = cluster.kubectl("get", f"crd/{CRD_NAME}", check=False).returncode == 0
-    if not present:
-        cluster.kubectl("create", "-f", "-", input_text=json.dumps(_prometheus_rule_crd()))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-    yield
-    if not present:
-        cluster.kubectl("delete", f"crd/{CRD_NAME}", "--wait=false", check=False)
+    with crds_where_missing(cluster, [_prometheus_rule_crd()]):
+        yield
 
 
 @pytest.mark.cluster

@@ -26,10 +26,13 @@ from integration.delivery.deliverytools import (
     CHART,
     KUBE_VERSION,
     MANIFESTS,
+    PROM_DURATION,
     Obj,
+    crds_where_missing,
     helm,
     install_chart,
     kustomize,
+    monitoring_crd,
     uninstall_chart,
 )
 from modelpool.controllers.handlers import ROUTER_LABEL
@@ -38,7 +41,6 @@ from modelpool.devcluster.cluster import DevCluster
 pytestmark = pytest.mark.cluster
 
 # prometheus-operator's Duration (monitoring.coreos.com/v1).
-PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 # Render-time refusals of combinations the schema cannot express (templates/_helpers.tpl).
 CROSS_FIELD = re.compile(
@@ -258,24 +260,7 @@ def _monitor_crd(kind: str, plural: str, endpoints: str) -> Obj:
         },
         "required": [endpoints] if kind == "ServiceMonitor" else [],
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List", "singular": kind.lower()},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
-                }
-            ],
-        },
-    }
+    return monitoring_crd(kind, plural, spec)
 
 
 @pytest.fixture(scope="module")
@@ -284,17 +269,8 @@ def monitor_crds(cluster: DevCluster) -> Iterator[None]:
         _monitor_crd("PodMonitor", "podmonitors", "podMetricsEndpoints"),
         _monitor_crd("ServiceMonitor", "servicemonitors", "endpoints"),
     ]
-    names = [f"crd/{c['metadata']['name']}" for c in crds]
-    missing = [
-        c for c, n in zip(crds, names, strict=True) if cluster.kubectl("get", n, check=False).returncode
-    ]
-    for crd in missing:
-        cluster.kubectl("create", "-f", "-", input_text=json.dumps(crd))
-    if missing:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    yield
-    for crd in missing:
-        cluster.kubectl("delete", f"crd/{crd['metadata']['name']}", "--wait=false", check=False)
+    with crds_where_missing(cluster, crds):
+        yield
 
 
 class Spaces:
