@@ -187,7 +187,7 @@ async def reconcile_policy(
     old_generation = previous.weights_generation if previous else 0
     try:
         candidate = build_router_config(
-            namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers
+            namespace, spec.pool_ref.name, spec, pool, plan, old_generation, tiers, policy_name=name
         )
     except ValidationError as err:  # a combination no check above foresaw: reported, not retried
         message = f"{field_errors(err, 'router config')}; fix the policy or pool {spec.pool_ref.name!r}"

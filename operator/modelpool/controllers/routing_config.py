@@ -214,8 +214,10 @@ def build_router_config(
     weights: WeightPlan,
     generation: int,
     tiers: list[EffectiveTier] | None = None,
+    *,
+    policy_name: str | None = None,
 ) -> RouterConfig:
-    """The RouterConfig every router of the policy runs."""
+    """The RouterConfig every router of the policy runs (``policy_name`` labels their metrics)."""
     variants = [
         VariantConfig(
             name=v.name,
@@ -246,6 +248,7 @@ def build_router_config(
     return RouterConfig(
         generation=generation,
         pool=pool_name,
+        policy=policy_name,
         mode=spec.mode,
         model_name=spec.model_name or pool_name,
         variants=variants,

@@ -143,6 +143,12 @@ class RouterConfig(_Model):
 
     generation: int = Field(ge=0, description="Increases with each change the operator pushes.")
     pool: str = Field(min_length=1, max_length=253)
+    policy: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="The RoutingPolicy that programs this router; labels its metrics (policy).",
+    )
     mode: Mode
     model_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     variants: list[VariantConfig] = Field(min_length=1, max_length=16)

@@ -4,7 +4,8 @@ The hot path only bumps plain Python numbers (a dict entry, a bisect into bucket
 a custom collector turns them into Prometheus families at scrape time.  That keeps the
 per-request cost of metrics to about a microsecond.
 
-Names (all prefixed ``modelpool_router_``, labelled with ``pool``):
+Names (all prefixed ``modelpool_router_``, labelled with ``pool`` and ``policy``, the RoutingPolicy
+that programs the router; ``policy`` is absent while no policy has pushed a config):
 
 * ``requests_total{variant,tier}``: client requests answered, by the variant that answered;
 * ``responses_total{code}``: client responses by HTTP status;
@@ -67,8 +68,10 @@ class RouterMetrics:
         generation: Callable[[], int],
         endpoint_states: Callable[[], list[tuple[str, str, bool]]],
         registry: CollectorRegistry | None = None,
+        policy: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.pool = pool
+        self.policy = policy
         self.generation = generation
         self.endpoint_states = endpoint_states
         self.registry = registry or CollectorRegistry()
@@ -144,28 +147,31 @@ class RouterMetrics:
         self.cache_results[result] = self.cache_results.get(result, 0) + 1
 
 
+Identity = dict[str, str]  # the labels every series carries: pool, and policy once known
+
+
 def _counter(
-    name: str, doc: str, labels: list[str], samples: dict[Any, float], pool: str
+    name: str, doc: str, labels: list[str], samples: dict[Any, float], ident: Identity
 ) -> CounterMetricFamily:
-    family = CounterMetricFamily(_P + name, doc, labels=["pool", *labels])
+    family = CounterMetricFamily(_P + name, doc, labels=[*ident, *labels])
     for key, value in samples.items():
         parts = key if isinstance(key, tuple) else (key,)
-        family.add_metric([pool, *(str(p) for p in parts)], value)
+        family.add_metric([*ident.values(), *(str(p) for p in parts)], value)
     return family
 
 
-def _gauge(name: str, doc: str, value: float, pool: str) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(_P + name, doc, labels=["pool"])
-    family.add_metric([pool], value)
+def _gauge(name: str, doc: str, value: float, ident: Identity) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(_P + name, doc, labels=list(ident))
+    family.add_metric(list(ident.values()), value)
     return family
 
 
 def _histogram(
-    name: str, doc: str, labels: list[str], hists: dict[tuple[str, ...], Hist], pool: str
+    name: str, doc: str, labels: list[str], hists: dict[tuple[str, ...], Hist], ident: Identity
 ) -> Metric:
-    family = HistogramMetricFamily(_P + name, doc, labels=["pool", *labels])
+    family = HistogramMetricFamily(_P + name, doc, labels=[*ident, *labels])
     for key, hist in hists.items():
-        family.add_metric([pool, *key], hist.buckets(), hist.total)
+        family.add_metric([*ident.values(), *key], hist.buckets(), hist.total)
     return family
 
 
@@ -176,7 +182,9 @@ class _Exporter(Collector):
         self._m = metrics
 
     def collect(self) -> Iterator[Metric]:
-        m, pool = self._m, self._m.pool
+        m = self._m
+        policy = m.policy()
+        pool = {"pool": m.pool, **({"policy": policy} if policy else {})}
         decided = m.cascade_accepted + m.cascade_escalated
         yield _counter(
             "requests", "Requests answered, by variant", ["variant", "tier"], dict(m.requests), pool
@@ -209,8 +217,8 @@ class _Exporter(Collector):
         yield _gauge("config_generation", "Generation of the active config", float(m.generation()), pool)
         endpoints = GaugeMetricFamily(
             _P + "endpoint_available", "1 when the endpoint's circuit breaker lets requests through",
-            labels=["pool", "variant", "endpoint"],
+            labels=[*pool, "variant", "endpoint"],
         )  # fmt: skip
         for variant, url, up in m.endpoint_states():
-            endpoints.add_metric([pool, variant, url], 1.0 if up else 0.0)
+            endpoints.add_metric([*pool.values(), variant, url], 1.0 if up else 0.0)
         yield endpoints

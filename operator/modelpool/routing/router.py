@@ -204,7 +204,11 @@ class Router:
         self._breaker_config = config.breaker  # for endpoints created from now on
         self.table = self._build(config)
         self.metrics = RouterMetrics(
-            config.pool, lambda: self.table.config.generation, self._endpoint_states, metrics_registry
+            config.pool,
+            lambda: self.table.config.generation,
+            self._endpoint_states,
+            metrics_registry,
+            policy=lambda: self.table.config.policy,
         )
 
     # ---------------------------------------------------------------- config

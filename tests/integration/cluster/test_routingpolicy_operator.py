@@ -184,6 +184,16 @@ def test_weights_are_pushed_to_a_real_router_pod(kube: Kube, tmp_path: Path) -> 
         status = kube.get("routingpolicy", "route")["status"]  # type: ignore[index]
         router = status["routers"][0]
         assert (router["pod"], router["generation"], router["programmed"]) == ("bank-router-0", 1, True)
+        # The push names the policy, and the router labels its series with it (the large-share
+        # alert joins them to the policy's cap on it).
+        assert active["config"]["policy"] == "route"
+        scraped = httpx.get(f"http://{ip}:{ROUTER_PORT}/metrics", timeout=5).text
+        generation = [
+            line for line in scraped.splitlines() if line.startswith("modelpool_router_config_generation{")
+        ]
+        assert generation == ['modelpool_router_config_generation{policy="route",pool="bank"} 1.0'], (
+            generation
+        )
 
         # A bad push (all weights zero) is refused by the router and the old weights stay.
         bad = dict(active["config"], generation=99)

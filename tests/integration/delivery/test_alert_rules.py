@@ -7,7 +7,8 @@ the operator or the router exports; and the one file is what the Helm chart (onl
 
 The promtool unit tests are written here as data: for each alert, input series and the alerts
 expected at given times (an empty list: none firing). Their annotations are expanded from the rule
-file's templates, which use only ``{{ $labels.<name> }}`` and ``{{ $value }}`` (a test checks that).
+file's templates, which use only ``{{ $labels.<name> }}`` and ``{{ $value }}`` (or
+``{{ $value | humanizePercentage }}``; a test checks that).
 """
 
 from __future__ import annotations
@@ -105,23 +106,29 @@ ROUTER_SCRAPE = {"job": "team/modelpool-router", "container": "router", "endpoin
 
 
 def router_requests(
-    namespace: str, pool: str, variant: str, tier: str, values: str, pod: str = "router-0"
+    namespace: str,
+    pool: str,
+    variant: str,
+    tier: str,
+    values: str,
+    pod: str = "router-0",
+    policy: str | None = "policy",
 ) -> tuple[str, str]:
     """A router's answers as a PodMonitor scrape labels them: ``namespace`` is the router pod's
-    (Prometheus' target label; the router exports none), ``pool`` the router's own label."""
+    (Prometheus' target label; the router exports none), ``pool`` and ``policy`` the router's own
+    labels (no ``policy`` before a policy has programmed it)."""
     labels = {**ROUTER_SCRAPE, "instance": f"{pod}:8080", "namespace": namespace, "pod": pod}
-    return series(
-        "modelpool_router_requests_total", {**labels, "pool": pool, "variant": variant, "tier": tier}, values
-    )
+    own = {"pool": pool, **({"policy": policy} if policy else {}), "variant": variant, "tier": tier}
+    return series("modelpool_router_requests_total", {**labels, **own}, values)
 
 
 def router_answers(
-    namespace: str, pool: str, large: str, small: str, pod: str = "router-0"
+    namespace: str, pool: str, large: str, small: str, pod: str = "router-0", policy: str | None = "policy"
 ) -> list[tuple[str, str]]:
     """One router's answers from a large and a small variant (each its tier)."""
     return [
-        router_requests(namespace, pool, "large", "large", large, pod),
-        router_requests(namespace, pool, "small", "small", small, pod),
+        router_requests(namespace, pool, "large", "large", large, pod, policy),
+        router_requests(namespace, pool, "small", "small", small, pod, policy),
     ]
 
 
@@ -276,28 +283,38 @@ CASES = [
     ),
     Case(
         "ModelPoolLargeShareAboveCap",
-        "a pool whose routers (two pods) answer 60% from the large tier for 15m fires against a "
-        "policy capping it at 50%, also across a failover of the leader, and not against another "
-        "policy of the pool capping it at 90%",
+        "a policy whose routers (two pods) answer 60% from the large tier for 15m fires against its "
+        "cap of 50%, also across a failover of the leader; another policy of the same pool whose "
+        "own router answers 10% from the large tier does not fire against the same cap (the pool's "
+        "share, 7 of 15, would not fire at all)",
         [
-            *router_answers("team-a", "intents", large="0+3x40", small="0+2x40", pod="router-0"),
-            *router_answers("team-a", "intents", large="0+3x40", small="0+2x40", pod="router-1"),
+            *router_answers(
+                "team-a", "intents", large="0+3x40", small="0+2x40", pod="router-0", policy="strict"
+            ),
+            *router_answers(
+                "team-a", "intents", large="0+3x40", small="0+2x40", pod="router-1", policy="strict"
+            ),
+            *router_answers(
+                "team-a", "intents", large="0+1x40", small="0+9x40", pod="router-2", policy="other"
+            ),
             large_share_cap("team-a", "strict", "intents", "0.5x8 stale"),
             # The new leader's series, from another operator pod, 2m after the old one's ended.
             large_share_cap("team-a", "strict", "intents", "_x10 0.5x30", instance="10.0.0.9:9090"),
-            large_share_cap("team-a", "loose", "intents", "0.9x40"),
+            large_share_cap("team-a", "other", "intents", "0.5x40"),
         ],
         {
             "14m": [],
-            "17m": [({"namespace": "team-a", "name": "strict", "pool": "intents"}, 0.6)],
-            "30m": [({"namespace": "team-a", "name": "strict", "pool": "intents"}, 0.6)],
+            "17m": [({"namespace": "team-a", "name": "strict", "pool": "intents", "policy": "strict"}, 0.6)],
+            "30m": [({"namespace": "team-a", "name": "strict", "pool": "intents", "policy": "strict"}, 0.6)],
         },
     ),
     Case(
         "ModelPoolLargeShareAboveCap",
-        "a share below the cap, a pool whose policy sets no cap (though a pool of the same name in "
-        "another namespace has one), a pool with no traffic, one whose cap was removed, and one "
-        "whose large tier answers nothing do not fire",
+        "a share below the cap, a policy that sets no cap (though a policy of the same name in "
+        "another namespace has one), a policy with no traffic, one whose cap was removed, one whose "
+        "large tier answers nothing, one whose routers keep to its cap while another policy's "
+        "routers of the same pool do not (the pool's share, 10 of 20, would fire), and routers no "
+        "policy has programmed yet (no policy label) do not fire",
         [
             *router_answers("team-b", "intents", large="0+1x40", small="0+3x40"),
             large_share_cap("team-b", "policy", "intents", "0.5x40"),
@@ -308,6 +325,13 @@ CASES = [
             large_share_cap("team-e", "policy", "intents", "0.5x5 stale"),
             router_requests("team-f", "intents", "small", "small", "0+5x40"),
             large_share_cap("team-f", "policy", "intents", "0x40"),
+            *router_answers("team-g", "intents", large="0+1x40", small="0+9x40", policy="capped"),
+            *router_answers(
+                "team-g", "intents", large="0+9x40", small="0+1x40", pod="router-1", policy="free"
+            ),
+            large_share_cap("team-g", "capped", "intents", "0.4x40"),
+            *router_answers("team-h", "intents", large="0+9x40", small="0+1x40", policy=None),
+            large_share_cap("team-h", "policy", "intents", "0.5x40"),
         ],
         {"17m": [], "30m": []},
     ),
@@ -380,6 +404,8 @@ def expand(text: str, labels: dict[str, str], value: float) -> str:
         expr = match.group(1)
         if expr == "$value":
             return f"{value:g}"
+        if expr == "$value | humanizePercentage":  # Prometheus: humanize(100 * value) + "%"
+            return f"{value * 100:.4g}%"
         return labels.get(expr.removeprefix("$labels."), "")
 
     return TEMPLATE.sub(one_template, text)
@@ -459,7 +485,8 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         ("ModelPoolNotReady", "[2m]", "[10s]"),  # the failover would restart the for: clock
         ("ModelPoolLargeShareAboveCap", 'tier="large"', 'tier="small"'),  # the small tier's share
         ("ModelPoolLargeShareAboveCap", "[2m]", "[10s]"),  # the failover would restart the for: clock
-        ("ModelPoolLargeShareAboveCap", "group_right", "group_left"),  # two policies of one pool
+        ("ModelPoolLargeShareAboveCap", "group_right", "group_left"),  # the policy's name is lost
+        ("ModelPoolLargeShareAboveCap", "by (namespace, pool, policy)", "by (namespace, pool)"),  # pool-wide
     ],
 )
 def test_the_promtool_tests_catch_a_changed_rule(alert: str, old: str, new: str, tmp_path: Path) -> None:
@@ -496,7 +523,9 @@ def test_each_alert_says_what_to_do_and_links_its_runbook(rule: Obj) -> None:
     assert len(notes["description"]) > 150, "the description says what to check and how to fix it"
     for text in notes.values():
         for expr in TEMPLATE.findall(text):
-            assert expr == "$value" or re.fullmatch(r"\$labels\.\w+", expr), expr
+            assert expr in ("$value", "$value | humanizePercentage") or re.fullmatch(
+                r"\$labels\.\w+", expr
+            ), expr
     assert notes["runbook_url"] == RUNBOOK_BASE + rule["alert"].lower()
     assert rule["alert"].lower() in _anchors(INSTALL_DOC.read_text()), "docs/install.md has its runbook"
 
@@ -529,17 +558,28 @@ def test_the_alerts_read_only_series_the_operator_or_the_router_exports() -> Non
 
 
 def test_the_router_series_the_alerts_read_carry_the_labels_they_join_on() -> None:
-    """ModelPoolLargeShareAboveCap sums the routers' answers by (namespace, pool) and filters on
-    tier: the router exports pool and tier (namespace is the scrape's target label, so the router
-    must not export one of its own, which the PodMonitor would rename to exported_namespace)."""
-    metrics = RouterMetrics("intents", generation=lambda: 0, endpoint_states=lambda: [])
+    """ModelPoolLargeShareAboveCap sums the routers' answers by (namespace, pool, policy) and
+    filters on tier: the router exports pool, policy and tier (namespace is the scrape's target
+    label, so the router must not export one of its own, which the PodMonitor would rename to
+    exported_namespace)."""
+    policy: list[str | None] = [None]
+    metrics = RouterMetrics(
+        "intents", generation=lambda: 0, endpoint_states=lambda: [], policy=lambda: policy[0]
+    )
     metrics.answered("large", "large", cost=20.0, baseline_cost=20.0)
-    [family] = [f for f in metrics.registry.collect() if f.name == "modelpool_router_requests"]
-    [sample] = family.samples
-    assert sample.labels == {"pool": "intents", "variant": "large", "tier": "large"}
+
+    def labels() -> dict[str, str]:
+        [family] = [f for f in metrics.registry.collect() if f.name == "modelpool_router_requests"]
+        [sample] = family.samples
+        return sample.labels
+
+    assert labels() == {"pool": "intents", "variant": "large", "tier": "large"}  # no policy label yet
+    policy[0] = "strict"  # the operator's push names the policy
+    assert labels() == {"pool": "intents", "policy": "strict", "variant": "large", "tier": "large"}
     for family in metrics.registry.collect():
         for sample in family.samples:
             assert "namespace" not in sample.labels, family.name
+            assert sample.labels["policy"] == "strict", family.name
 
 
 def test_the_chart_scrapes_the_routers_with_the_labels_the_large_share_rule_joins_on() -> None:
