@@ -17,6 +17,7 @@ from modelpool.devcluster.cluster import DevCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART = REPO_ROOT / "charts" / "modelpool"
+RULES_FILE = CHART / "files" / "alerts" / "prometheusrule.yaml"  # the alerting rules, one source
 MANIFESTS = REPO_ROOT / "manifests"
 # What `helm template` assumes when no cluster is asked (the chart requires kubeVersion >= 1.27).
 KUBE_VERSION = "1.36.3"
@@ -213,6 +214,37 @@ def monitoring_crd(kind: str, plural: str, spec: Obj) -> Obj:
             ],
         },
     }
+
+
+def prometheus_rule_crd_stub() -> Obj:
+    """The fields a PrometheusRule's rules have in prometheus-operator's CRD (monitoring.coreos.com/v1),
+    unknown ones refused."""
+    strings = {"type": "object", "additionalProperties": {"type": "string"}}
+    duration = {"type": "string", "pattern": PROM_DURATION}
+    rule = {
+        "type": "object",
+        "required": ["expr"],
+        "properties": {
+            "alert": {"type": "string"},
+            "record": {"type": "string"},
+            "expr": {"x-kubernetes-int-or-string": True},
+            "for": duration,
+            "keep_firing_for": duration,
+            "labels": strings,
+            "annotations": strings,
+        },
+    }
+    group = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "interval": duration,
+            "rules": {"type": "array", "items": rule},
+        },
+    }
+    spec = {"type": "object", "properties": {"groups": {"type": "array", "items": group}}}
+    return monitoring_crd("PrometheusRule", "prometheusrules", spec)
 
 
 @contextmanager

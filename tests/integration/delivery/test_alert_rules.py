@@ -28,17 +28,16 @@ from prometheus_client import CollectorRegistry
 
 import modelpool.leadership  # noqa: F401  (registers modelpool_leader in the operator's registry)
 from integration.delivery.deliverytools import (
-    CHART,
     MANIFESTS,
-    PROM_DURATION,
     REPO_ROOT,
+    RULES_FILE,
     Obj,
     by_kind,
     crds_where_missing,
     helm_template,
     kustomize,
-    monitoring_crd,
     one,
+    prometheus_rule_crd_stub,
     render,
 )
 from modelpool.devcluster.cluster import DevCluster
@@ -47,7 +46,6 @@ from modelpool.scaling.metrics import REGISTRY
 
 pytestmark = pytest.mark.prometheus
 
-RULES_FILE = CHART / "files" / "alerts" / "prometheusrule.yaml"
 COMPONENT = MANIFESTS / "components" / "alerts"
 INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 RUNBOOK_BASE = "https://github.com/modelpool/modelpool/blob/main/docs/install.md#"
@@ -663,41 +661,10 @@ def test_the_kustomize_component_ships_the_same_rule(tmp_path: Path) -> None:
 # The API server accepts both, typed as prometheus-operator types a PrometheusRule
 
 
-def _prometheus_rule_crd() -> Obj:
-    """The fields a PrometheusRule's rules have in prometheus-operator's CRD (monitoring.coreos.com/v1),
-    unknown ones refused."""
-    strings = {"type": "object", "additionalProperties": {"type": "string"}}
-    duration = {"type": "string", "pattern": PROM_DURATION}
-    rule = {
-        "type": "object",
-        "required": ["expr"],
-        "properties": {
-            "alert": {"type": "string"},
-            "record": {"type": "string"},
-            "expr": {"x-kubernetes-int-or-string": True},
-            "for": duration,
-            "keep_firing_for": duration,
-            "labels": strings,
-            "annotations": strings,
-        },
-    }
-    group = {
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "minLength": 1},
-            "interval": duration,
-            "rules": {"type": "array", "items": rule},
-        },
-    }
-    spec = {"type": "object", "properties": {"groups": {"type": "array", "items": group}}}
-    return monitoring_crd("PrometheusRule", "prometheusrules", spec)
-
-
 @pytest.fixture
 def prometheus_rule_crd(cluster: DevCluster) -> Iterator[None]:
-    """prometheus-operator's PrometheusRule CRD (the fields above) where the cluster has none."""
-    with crds_where_missing(cluster, [_prometheus_rule_crd()]):
+    """prometheus-operator's PrometheusRule CRD (the fields its rules have) where the cluster has none."""
+    with crds_where_missing(cluster, [prometheus_rule_crd_stub()]):
         yield
 
 

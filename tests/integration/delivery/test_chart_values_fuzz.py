@@ -27,12 +27,14 @@ from integration.delivery.deliverytools import (
     KUBE_VERSION,
     MANIFESTS,
     PROM_DURATION,
+    RULES_FILE,
     Obj,
     crds_where_missing,
     helm,
     install_chart,
     kustomize,
     monitoring_crd,
+    prometheus_rule_crd_stub,
     uninstall_chart,
 )
 from modelpool.controllers.handlers import ROUTER_LABEL
@@ -206,6 +208,16 @@ def assert_consistent(objs: Sequence[Obj], values: Mapping[str, Any], release: s
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
             p["name"] for p in service["spec"]["ports"]
         }
+    # The alerting rules: only when enabled, in the release's namespace, with the extra labels,
+    # and the file's rules as they are.
+    rule_values = values.get("prometheusRule", {})
+    rules = _kind(objs, "PrometheusRule")
+    assert len(rules) == int(rule_values.get("enabled", False))
+    for rule in rules:
+        assert rule["metadata"]["namespace"] == namespace
+        assert rule["metadata"]["name"] == deployment["metadata"]["name"]
+        assert rule_values.get("additionalLabels", {}).items() <= rule["metadata"]["labels"].items()
+        assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text())["spec"]
     for monitor in _kind(objs, "PodMonitor"):
         which = monitor["metadata"]["name"].rsplit("-", 1)[1]
         settings_ = values.get("podMonitors", {}).get(which, {})
@@ -268,6 +280,7 @@ def monitor_crds(cluster: DevCluster) -> Iterator[None]:
     crds = [
         _monitor_crd("PodMonitor", "podmonitors", "podMetricsEndpoints"),
         _monitor_crd("ServiceMonitor", "servicemonitors", "endpoints"),
+        prometheus_rule_crd_stub(),
     ]
     with crds_where_missing(cluster, crds):
         yield
@@ -602,6 +615,9 @@ def _values(team_a: str, team_b: str) -> st.SearchStrategy[dict[str, Any]]:
             ),
             "readiness": st.fixed_dictionaries(
                 {}, optional={"port": st.integers(1, 65535), "path": st.sampled_from(["/readyz", "/r/0"])}
+            ),
+            "prometheusRule": st.fixed_dictionaries(
+                {"enabled": st.booleans()}, optional={"additionalLabels": labels}
             ),
             "podMonitors": st.fixed_dictionaries(
                 {},
