@@ -24,21 +24,29 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The CRDs live in crds/ (kubectl, kustomize) and, identical, in the Helm chart's crds/.
 # (folder, with a Kustomization): crds/ is also a kustomize base; the chart's copy is plain.
 CRD_DIRS = ((REPO_ROOT / "crds", True), (REPO_ROOT / "charts" / "modelpool" / "crds", False))
+API_REFERENCE = REPO_ROOT / "docs" / "api-reference.md"  # every field, from the same schemas
 PLUGIN_MODULES = ("modelpool.routing.cli", "modelpool.models.cli", "modelpool.scaling.cli")
 
 
 def _crds(args: argparse.Namespace) -> int:
     from modelpool.api import crdgen
+    from modelpool.api.refdoc import render_reference
 
     outs = [(Path(p), False) for p in args.out] if args.out else list(CRD_DIRS)
+    reference = None if args.out else API_REFERENCE
     if args.check:
         stale = [path for out, kustomize in outs for path in crdgen.stale(out, kustomize)]
+        if reference and (not reference.is_file() or reference.read_text() != render_reference()):
+            stale.append(reference)
         for path in stale:
             print(f"{path} differs from the models; run `modelpool crds generate`", file=sys.stderr)
         return 1 if stale else 0
     for out, kustomize in outs:
         for path in crdgen.generate(out, kustomize):
             print(f"wrote {path}")
+    if reference:
+        reference.write_text(render_reference())
+        print(f"wrote {reference}")
     return 0
 
 

@@ -48,8 +48,13 @@ Quantity = Annotated[
 class EnvVar(ApiModel):
     """An environment variable for the Triton container."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = Field(default="", max_length=4096)
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        description="Name of the environment variable in the Triton container.",
+    )
+    value: str = Field(default="", max_length=4096, description="Its value.")
 
 
 def _unique_env(env: list[EnvVar]) -> list[EnvVar]:
@@ -487,10 +492,19 @@ class Toleration(ApiModel):
         pattern=f"^({LABEL_KEY_PATTERN[1:-1]})?$",
         description="Taint key (a label key); empty with operator Exists tolerates every taint.",
     )
-    operator: Literal["Exists", "Equal"] = "Equal"
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Equal matches key and value; Exists matches any value of the key."
+    )
     value: LabelValue | None = Field(default=None, description="Taint value (a label value) for Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; unset tolerates every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="With effect NoExecute: how long a replica stays on a node after the taint appears; "
+        "unset stays for good.",
+    )
 
     @model_validator(mode="after")
     def _as_the_api_server(self) -> Toleration:
@@ -651,20 +665,20 @@ class ScalerRecommendation(ApiModel):
     """One raw recommendation of the scaler, kept for its stabilisation windows."""
 
     t: float = Field(description="When it was made (Unix seconds).")
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0, description="Replicas it asked for.")
 
 
 class BurstShortfall(ApiModel):
     """Deprecated: the burst reserve's history before it replayed windows; ignored when read."""
 
-    replicas_short: float = Field(ge=0)
-    weight: float = Field(ge=0)
+    replicas_short: float = Field(ge=0, description="Deprecated; ignored.")
+    weight: float = Field(ge=0, description="Deprecated; ignored.")
 
 
 class BurstLate(ApiModel):
     """One entry of the burst reserve's history: recent windows replayed with more replicas."""
 
-    extra_replicas: int = Field(ge=0)
+    extra_replicas: int = Field(ge=0, description="Replicas beyond those the window had.")
     requests: float = Field(
         ge=0, description="Decayed requests that would have been late with that many more."
     )
@@ -675,13 +689,17 @@ class ScalerMemory(ApiModel):
     neither forgets the stabilisation windows nor the burst reserve (see docs/scaling.md)."""
 
     decided_at: float = Field(description="Time of the last decision (Unix seconds).")
-    last_demand_rps: float = Field(default=0.0, ge=0)
+    last_demand_rps: float = Field(
+        default=0.0, ge=0, description="Demand estimate of the last decision (requests per second)."
+    )
     recommendations: list[ScalerRecommendation] = Field(
         default_factory=list,
         description="Recommendations that still decide a stabilisation window (newest last; at most "
         "two per replica count).",
     )
-    bursts_updated_at: float | None = None
+    bursts_updated_at: float | None = Field(
+        default=None, description="When the burst reserve last replayed a window (Unix seconds)."
+    )
     burst_requests: float = Field(default=0.0, ge=0, description="Decayed requests the reserve has seen.")
     burst_late: list[BurstLate] = Field(
         default_factory=list,
@@ -697,10 +715,10 @@ class ScalerMemory(ApiModel):
 class VariantStatus(ApiModel):
     """Observed state of one variant."""
 
-    name: str
-    tier: Tier
-    desired_replicas: int = 0
-    ready_replicas: int = 0
+    name: str = Field(description="The variant's name in spec.variants.")
+    tier: Tier = Field(description="Its tier.")
+    desired_replicas: int = Field(default=0, description="Replicas the operator set on its Deployment.")
+    ready_replicas: int = Field(default=0, description="Replicas ready to serve.")
     gpus: int = Field(default=0, description="GPUs held by the variant's scheduled replicas.")
     reason: str = Field(
         default="",
@@ -716,12 +734,15 @@ class VariantStatus(ApiModel):
 class ModelPoolStatus(ApiModel):
     """Observed state of a ModelPool."""
 
-    observed_generation: int = 0
-    gpu_budget: int = 0
+    observed_generation: int = Field(default=0, description="metadata.generation this status describes.")
+    gpu_budget: int = Field(
+        default=0, description="GPUs this pool may hold (its share of a shared GPU pool)."
+    )
     gpus_requested: int = Field(default=0, description="GPUs the desired replicas need.")
     gpus_in_use: int = Field(default=0, description="GPUs held by scheduled replicas.")
     variants: list[VariantStatus] = Field(
         default_factory=list,
+        description="Each variant's replicas, GPUs and the reason for its replica count.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     conditions: Conditions

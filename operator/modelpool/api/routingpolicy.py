@@ -80,7 +80,12 @@ class TieredRouting(ApiModel):
     )
 
     scorer: ComplexityScorer = Field(default_factory=ComplexityScorer)
-    tiers: list[TierRoute] = Field(min_length=1, max_length=8)
+    tiers: list[TierRoute] = Field(
+        min_length=1,
+        max_length=8,
+        description="Complexity bands in ascending order, the last ending at 100; each names the variant "
+        "(or cascade) that answers it.",
+    )
 
 
 class CascadeRouting(ApiModel):
@@ -190,39 +195,46 @@ class RoutingPolicySpec(ApiModel):
 class EffectiveWeight(ApiModel):
     """A weight as programmed, with why it differs from the spec."""
 
-    variant: str
-    weight: int
-    reason: str = ""
+    variant: str = Field(description="Name of a variant of the pool.")
+    weight: int = Field(description="Weight the routers run.")
+    reason: str = Field(default="", description="Why it differs from spec.weights (empty when it does not).")
 
 
 class EffectiveTier(ApiModel):
     """A complexity band as programmed, with why its target differs from the spec."""
 
-    max_complexity_percent: int
-    target: str
-    reason: str = ""
+    max_complexity_percent: int = Field(description="Upper end of the band (0 to 100).")
+    target: str = Field(description="The variant, or cascade, that answers the band.")
+    reason: str = Field(
+        default="", description="Why the target differs from the spec's (empty when it does not)."
+    )
 
 
 class RouterStatus(ApiModel):
     """What one router pod runs."""
 
-    pod: str
-    generation: int = 0
-    programmed: bool = False
-    message: str = ""
+    pod: str = Field(description="Name of the router pod.")
+    generation: int = Field(default=0, description="Config generation the router runs.")
+    programmed: bool = Field(default=False, description="Whether it runs weightsGeneration.")
+    message: str = Field(default="", description="The last push's outcome.")
 
 
 class RoutingPolicyStatus(ApiModel):
     """Observed state of a RoutingPolicy."""
 
-    observed_generation: int = 0
+    observed_generation: int = Field(default=0, description="metadata.generation this status describes.")
     weights_generation: int = Field(default=0, description="Generation of the config pushed to routers.")
     config_digest: str = Field(default="", description="Digest of the routers' config at weightsGeneration.")
-    effective_weights: list[EffectiveWeight] = Field(default_factory=list)
+    effective_weights: list[EffectiveWeight] = Field(
+        default_factory=list,
+        description="Weights as programmed after the pool's capacity and the objectives.",
+    )
     effective_tiers: list[EffectiveTier] = Field(
         default_factory=list, description="Tiered mode's bands after the profiles' per-bucket accuracy."
     )
-    routers: list[RouterStatus] = Field(default_factory=list)
+    routers: list[RouterStatus] = Field(
+        default_factory=list, description="The router pods the policy selects and what each runs."
+    )
     conditions: Conditions
 
 
