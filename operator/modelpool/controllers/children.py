@@ -55,9 +55,18 @@ def stamped(manifest: Obj) -> Obj:
     return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 
+POOL_LABELS = (LABEL_POOL, "app.kubernetes.io/managed-by")
+
+
 def pool_selector(pool: str) -> str:
     """The pool's children, as the operator's watches select them (its managed-by label)."""
-    return f"{LABEL_POOL}={pool},app.kubernetes.io/managed-by={MANAGED_BY}"
+    return ",".join(f"{key}={value}" for key, value in zip(POOL_LABELS, (pool, MANAGED_BY), strict=True))
+
+
+def selected_by_pool(obj: Obj, pool: str) -> bool:
+    """Whether :func:`pool_selector` selects ``obj`` (for objects listed without it)."""
+    labels = obj["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in zip(POOL_LABELS, (pool, MANAGED_BY), strict=True))
 
 
 def owned_by(obj: Obj, uid: str) -> bool:

@@ -8,6 +8,10 @@ are read with one LIST on the passes that list the other children from the API s
 resync period) and on a pass that sees a generation of the spec the condition has not seen yet (an
 edit takes effect at once). A budget deleted or edited by hand is restored within a resync period.
 A pass that does not read them keeps the condition as it was, so the status does not flap.
+
+A budget of someone else's that already selects a variant's pods wins: the API server refuses to
+evict a pod that two budgets select (every drain of its node would then stop at it), so the
+variant gets none of ModelPool's while that one does (``OverlappingBudget``).
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ from collections.abc import Sequence
 from modelpool.api import conditions as c
 from modelpool.api.base import Condition, ConditionStatus
 from modelpool.api.modelpool import ModelPoolSpec
-from modelpool.builders.triton import build_pod_disruption_budget
+from modelpool.builders.triton import build_pod_disruption_budget, build_pod_template
 from modelpool.controllers.backoff import forbidden, server_busy
 from modelpool.controllers.children import (
     POD_DISRUPTION_BUDGET,
     EventSink,
     converge_child,
-    list_children,
+    owned_by,
     prune_children,
+    selected_by_pool,
+    with_kind,
 )
+from modelpool.controllers.label_selectors import selector_matches
 from modelpool.controllers.pool_status import ChildIssues
-from modelpool.kube import KubeClient, KubeError, Obj
+from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 from modelpool.permissions import RULES
 
 PDB_RULE = next(r for r in RULES if r.resource == POD_DISRUPTION_BUDGET.plural)
@@ -87,12 +94,20 @@ async def _converge(
         manifest = build_pod_disruption_budget(pool, namespace, uid, spec, variant)
         if manifest is not None:
             wanted[variant.name] = manifest
-    try:
-        listed = await list_children(kube, POD_DISRUPTION_BUDGET, namespace, pool)
+    try:  # every budget of the namespace: the pool's own, and any other that selects its pods
+        every = await kube.list(
+            resource_path(POD_DISRUPTION_BUDGET.api_version, POD_DISRUPTION_BUDGET.plural, namespace)
+        )
     except KubeError as err:
         if not wanted and forbidden(err):
             return _off(spec)  # off, and nothing the operator may see to remove
         return _refused(err)
+    listed = {
+        o["metadata"]["name"]: with_kind(POD_DISRUPTION_BUDGET, o) for o in every if selected_by_pool(o, pool)
+    }
+    overlaps = _overlapping(pool, spec, [o for o in every if not owned_by(o, uid)], set(wanted))
+    for name in overlaps:
+        del wanted[name]
     issues = ChildIssues()
     refusals: list[KubeError] = []
     for manifest in wanted.values():
@@ -106,6 +121,8 @@ async def _converge(
     def unwanted(variant: str | None) -> str | None:
         if variant in wanted:
             return None
+        if variant in overlaps:
+            return f"PodDisruptionBudget {', '.join(overlaps[variant])} selects its pods"
         return "its disruptionBudget is off" if variant in names else f"variant {variant} left the spec"
 
     try:
@@ -117,6 +134,8 @@ async def _converge(
         return _refused(refusals[0])
     if issues.conflicts:
         return "False", "ChildConflict", "; ".join(issues.conflicts)
+    if overlaps:
+        return "False", "OverlappingBudget", _overlap_message(spec, overlaps)
     if not wanted:
         return _off(spec)
     budgets = ", ".join(
@@ -126,6 +145,39 @@ async def _converge(
         for v in spec.variants
     )
     return "True", "Applied", f"PodDisruptionBudgets: {budgets}"
+
+
+def _overlapping(
+    pool: str, spec: ModelPoolSpec, others: Sequence[Obj], variants: set[str]
+) -> dict[str, list[str]]:
+    """Variant -> the names of the budgets not the pool's that select its pods (those it has)."""
+    found: dict[str, list[str]] = {}
+    for variant in spec.variants:
+        if variant.name not in variants:
+            continue
+        labels = build_pod_template(pool, spec, variant)["metadata"]["labels"]
+        names = sorted(
+            o["metadata"]["name"]
+            for o in others
+            if selector_matches((o.get("spec") or {}).get("selector"), labels)
+        )
+        if names:
+            found[variant.name] = names
+    return found
+
+
+def _overlap_message(spec: ModelPoolSpec, overlaps: dict[str, list[str]]) -> str:
+    index = {v.name: i for i, v in enumerate(spec.variants)}
+    parts = [
+        f"variant {name}: PodDisruptionBudget {', '.join(others)} already selects its pods, so ModelPool "
+        f"keeps none of its own for it; delete or narrow {', '.join(others)} to use ModelPool's, or set "
+        f"spec.variants[{index[name]}].disruptionBudget.enabled: false to keep yours"
+        for name, others in overlaps.items()
+    ]
+    return (
+        "; ".join(parts) + " (the API server refuses to evict a pod that two budgets select, which "
+        "would stop every drain of its node)"
+    )
 
 
 def _raise_unless_refused(err: KubeError) -> None:

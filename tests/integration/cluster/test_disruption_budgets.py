@@ -194,6 +194,83 @@ def test_a_deleted_budget_comes_back_and_one_turned_off_goes(kube: Kube) -> None
     assert len(kube.list("deployments", "modelpool.dev/pool=bank")) == 2
 
 
+# --- someone else's budget over the same pods ------------------------------------------------------
+
+
+def _their_budget(name: str, match: Obj) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name},
+        "spec": {"maxUnavailable": 1, "selector": match},
+    }
+
+
+def test_a_budget_of_someone_elses_over_a_variants_pods_wins_and_is_reported(kube: Kube) -> None:
+    """A team's own budget that selects a variant's pods: the API server refuses to evict a pod that
+    two budgets select (500), so with ModelPool's as well no drain could take it. The variant's own
+    budget goes while theirs is there, the condition names theirs and the fix, the other variant
+    keeps its budget, the pod can be evicted, and ModelPool's budget is back once theirs is gone."""
+    # The premise, on the real API server: a pod that two budgets select cannot be evicted at all.
+    probe = {"app": "two-budgets"}
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "probe", "labels": probe},
+            "spec": {"nodeSelector": {"type": "kwok"}, "containers": [{"name": "c", "image": "probe"}]},
+        }
+    )
+    for name in ("probe-a", "probe-b"):
+        kube.apply(_their_budget(name, {"matchLabels": probe}))
+    # (A pod that is not Running is evicted without looking at budgets.)
+    wait_for(
+        lambda: (kube.get("pod", "probe") or {}).get("status", {}).get("phase") == "Running" or None,
+        60,
+        "probe Running",
+    )
+    refused = _evict(kube, "probe")
+    assert refused.status_code == 500, refused.text
+    assert "more than one PodDisruptionBudget" in refused.json()["message"], refused.text
+
+    kube.apply(_pool("shared", [_variant("small"), _variant("large", tier="large")]))
+    wait_for(lambda: _condition(kube, "shared", "Applied"), 60, "DisruptionBudgetApplied=True/Applied")
+    wait_for(lambda: set(_budgets(kube, "shared")) == {"shared-small", "shared-large"}, 10, "two budgets")
+
+    # Theirs selects the small variant's pods by an expression (and not the large one's).
+    match = {
+        "matchLabels": {"modelpool.dev/pool": "shared"},
+        "matchExpressions": [{"key": "modelpool.dev/tier", "operator": "In", "values": ["small"]}],
+    }
+    kube.apply(_their_budget("team-guard", match))
+    cond = wait_for(lambda: _condition(kube, "shared", "OverlappingBudget"), 30, "OverlappingBudget")
+    assert cond["status"] == "False"
+    assert "variant small: PodDisruptionBudget team-guard already selects its pods" in cond["message"]
+    assert "spec.variants[0].disruptionBudget.enabled: false" in cond["message"], cond
+    assert "large" not in cond["message"].split("(")[0], cond
+    wait_for(lambda: set(_budgets(kube, "shared")) == {"shared-large"}, 30, "only shared-large's budget left")
+    assert kube.get("pdb", "team-guard") is not None  # theirs is never touched
+    events = [e for e in kube.events("shared") if e["reason"] in ("OverlappingBudget", "Deleted")]
+    assert any(e["reason"] == "OverlappingBudget" and e["type"] == "Warning" for e in events), events
+    assert any("team-guard selects its pods" in e["message"] for e in events), events
+
+    # With one budget over it, the pod can be evicted (with two the API server answers 500).
+    wait_for(lambda: _counted(kube, "team-guard", 1, 1), 60, "the disruption controller's count of theirs")
+    [pod] = [
+        p["metadata"]["name"]
+        for p in kube.list("pods", "modelpool.dev/pool=shared,modelpool.dev/variant=small")
+    ]
+    evicted = _evict(kube, pod)
+    assert evicted.status_code == 201, evicted.text
+
+    # Theirs gone: ModelPool's is back.
+    kube.run("delete", "pdb", "team-guard", "--wait=true")
+    wait_for(lambda: _condition(kube, "shared", "Applied"), 30, "DisruptionBudgetApplied=True/Applied again")
+    wait_for(
+        lambda: set(_budgets(kube, "shared")) == {"shared-small", "shared-large"}, 10, "two budgets again"
+    )
+
+
 # --- without access to PodDisruptionBudgets -------------------------------------------------------
 
 
