@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelpool.cli import log_level
 from modelpool.routing.config import ConfigError
-from modelpool.routing.httpserver import DRAIN_SECONDS
+from modelpool.routing.httpserver import DRAIN_SECONDS, IDLE_TIMEOUT_S
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,11 +39,26 @@ def _add_commands(router: argparse.ArgumentParser) -> None:
         help=f"on SIGTERM, answer what was received for at most this long before exiting (default "
         f"{DRAIN_SECONDS:g}, under a pod's default 30 s grace period)",
     )  # fmt: skip
+    serve.add_argument(
+        "--idle-timeout-seconds", type=_positive_seconds, default=IDLE_TIMEOUT_S,
+        help=f"close a client keep-alive connection with no request for this long (default "
+        f"{IDLE_TIMEOUT_S:g}; keep it above the idle timeout of the load balancer or client pool in front)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="INFO", type=log_level)
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate a RouterConfig file and print the problems")
     check.add_argument("config", type=Path)
     check.set_defaults(func=_check)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -53,7 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve(args.config, args.host, args.port, args.admin_token_file, args.drain_seconds)
+        serve(
+            args.config, args.host, args.port, args.admin_token_file, args.drain_seconds,
+            args.idle_timeout_seconds,
+        )  # fmt: skip
     except ConfigError as err:
         print(f"error: config {args.config} is not usable: {err}", file=sys.stderr)
         return 2

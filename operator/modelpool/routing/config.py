@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 # One vocabulary with the CRDs: the operator renders RouterConfigs from them.
@@ -56,6 +57,30 @@ class EndpointSliceSource(_Model):
     scheme: Literal["http"] = "http"
 
 
+def _check_base_url(url: str) -> str:
+    """An endpoint's base URL as the upstream client can use it: ``http://host[:port]``, the port
+    in 1..65535.  Checked here, so a push with a typo gets a 422 naming the field instead of a
+    variant that silently loses its endpoints when the router builds them."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:  # "Port out of range 0-65535", a port that is not a number, bad IPv6
+        problem = str(err)
+    else:
+        if parts.scheme != "http" or not url.startswith("http://"):
+            problem = "only http:// is supported"
+        elif not parts.hostname:
+            problem = "no host"
+        elif port is not None and not 1 <= port <= 65535:
+            problem = f"port {port} is not in 1..65535"
+        else:
+            return url
+    raise ValueError(f"{url!r} is not an http:// base URL (e.g. http://10.0.0.7:8000): {problem}")
+
+
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+
+
 class VariantConfig(_Model):
     """One variant of the pool as the router sees it."""
 
@@ -64,7 +89,7 @@ class VariantConfig(_Model):
     triton_model: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     cost: float = Field(default=1.0, ge=0, description="Relative cost of one request (any unit).")
     weight: int = Field(default=0, ge=0, le=1_000_000, description="Share in weighted mode; 0 sends nothing.")
-    endpoints: list[str] = Field(
+    endpoints: list[BaseUrl] = Field(
         default_factory=list, description="Static base URLs (pods or a Service URL)."
     )
     endpoint_slice: EndpointSliceSource | None = None
@@ -72,9 +97,6 @@ class VariantConfig(_Model):
 
     @model_validator(mode="after")
     def _check_endpoints(self) -> VariantConfig:
-        for url in self.endpoints:
-            if not url.startswith("http://") or len(url) <= len("http://"):
-                raise ValueError(f"endpoints: {url!r} is not an http:// base URL (e.g. http://10.0.0.7:8000)")
         if not self.endpoints and self.endpoint_slice is None:
             raise ValueError("give endpoints (static URLs) or endpointSlice (a Service to watch)")
         return self

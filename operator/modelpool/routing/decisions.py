@@ -23,9 +23,9 @@ class Band(Protocol):
 def keeps_draft(confidence: float | None, accept_threshold: float) -> bool:
     """Cascade: keep the draft's answer when its confidence reaches the threshold.
 
-    A draft answer without readable probabilities cannot be judged and is kept.
+    A draft answer without readable probabilities cannot be judged and is escalated.
     """
-    return confidence is None or confidence >= accept_threshold
+    return confidence is not None and confidence >= accept_threshold
 
 
 def tier_target(score: float, tiers: Sequence[Band]) -> str:

@@ -26,7 +26,14 @@ MAX_HEAD_BYTES = 64 * 1024
 """Request line and headers: more gets 431 (httptools would buffer them without a bound)."""
 READ_TIMEOUT_S = 60.0
 """A client that sends nothing for this long in the middle of a request gets 408 and is closed
-(nginx's client_header_timeout and client_body_timeout); an idle keep-alive connection stays."""
+(nginx's client_body_timeout)."""
+HEAD_TIMEOUT_S = 60.0
+"""A request whose line and headers are not complete this long after their first byte gets 408
+and is closed, however slowly they trickle in (nginx's client_header_timeout)."""
+IDLE_TIMEOUT_S = 75.0
+"""A keep-alive connection with no request for this long is closed (nginx's keepalive_timeout);
+above the 60 s idle timeout of common load balancers and client pools, so they close first."""
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 2.0
 DRAIN_SECONDS = 25.0
 """How long a stopping server answers what it has received: under a pod's default 30 s grace."""
@@ -101,21 +108,30 @@ def encode_response(resp: Response, keep_alive: bool) -> bytes:
 class _Connections:
     """The open connections of one listener, and whether it is draining."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout_s: float,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.open: set[_HttpProtocol] = set()
         self.draining = False
         self.last_change = loop.time()  # a connection opened or closed, or the drain began
         self.read_timeout_s = read_timeout_s
+        self.head_timeout_s = head_timeout_s
+        self.idle_timeout_s = idle_timeout_s
 
     async def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Refuse the requests whose client stalled mid-way (a timer per request would cost the
-        hot path; a look at every connection a few times per timeout costs nothing per request)."""
-        timeout = self.read_timeout_s
+        """Refuse the requests whose client stalled mid-way or whose head takes too long, and close
+        the keep-alive connections idle for too long (a timer per request would cost the hot path;
+        a look at every connection a few times per timeout costs nothing per request)."""
+        shortest = min(self.read_timeout_s, self.head_timeout_s, self.idle_timeout_s)
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            await asyncio.sleep(min(1.0, shortest / 4))
             now = loop.time()
             for conn in list(self.open):
-                conn.refuse_if_stalled(now, timeout)
+                conn.sweep(now, self.read_timeout_s, self.head_timeout_s, self.idle_timeout_s)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -158,6 +174,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._in_head = False  # between a message's first byte and the end of its headers
         self._in_message = False  # between a message's first byte and its end
         self._last_read = loop.time()
+        self._last_write = self._last_read  # the last response written
+        self._head_started = self._last_read  # the first byte of the current head
+        self._continue_due = False  # an `Expect: 100-continue` waits for the responses before it
         self._head_bytes = 0  # bytes of the current head, counted by whole chunks after its first
         self._head_size = 0  # its request line and headers as parsed
         self._begun = 0  # messages begun on this connection
@@ -207,12 +226,16 @@ class _HttpProtocol(asyncio.Protocol):
                 self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse_head()
+        elif self._continue_due:
+            self._send_continue()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._begun += 1
         self._in_message = True
         self._in_head = True
+        self._head_started = self._loop.time()
+        self._continue_due = False
         self._head_bytes = 0
         self._head_size = 0
         self._url = b""
@@ -237,6 +260,16 @@ class _HttpProtocol(asyncio.Protocol):
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             self._refuse(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes")
+            return  # the final answer instead of 100 Continue
+        expect = self._headers.get(b"expect")
+        if expect is not None and expect.strip().lower() == b"100-continue":
+            parser = self._parser
+            assert parser is not None  # httptools calls back from feed_data only
+            if parser.get_http_version() != "1.0":  # RFC 9110 10.1.1: ignored in HTTP/1.0
+                # the client waits for it before it sends the body (curl: a second, for bodies
+                # over 1 MiB): written once this chunk is parsed, unless the body came with it,
+                # or after the responses still owed before this request
+                self._continue_due = True
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -249,6 +282,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._continue_due = False  # the body is here: the client did not wait for it
         if self._refused:
             return
         path, _, query = self._url.partition(b"?")
@@ -291,11 +325,38 @@ class _HttpProtocol(asyncio.Protocol):
         requests already pipelined behind it."""
         return keep_alive and (not self._draining or bool(self._queue))
 
-    def refuse_if_stalled(self, now: float, timeout: float) -> None:
-        """408 for a request its client stopped sending for ``timeout`` seconds (not while this
-        side paused reading because too many requests were pipelined)."""
-        if self._in_message and not self._refused and not self._paused and now - self._last_read > timeout:
-            self._refuse(408, f"the client sent nothing for {timeout:g}s in the middle of its request")
+    def sweep(self, now: float, read_timeout: float, head_timeout: float, idle_timeout: float) -> None:
+        """408 for a request its client stopped sending for ``read_timeout`` seconds, or whose
+        head is not complete ``head_timeout`` seconds after it began (not while this side paused
+        reading because too many requests were pipelined); close a keep-alive connection that
+        has had nothing to do for ``idle_timeout`` seconds since its last response (or since it
+        opened)."""
+        if self._refused or self._paused:
+            return
+        if self._in_message:
+            if now - self._last_read > read_timeout:
+                self._refuse(
+                    408, f"the client sent nothing for {read_timeout:g}s in the middle of its request"
+                )
+            elif self._in_head and now - self._head_started > head_timeout:
+                self._refuse(408, f"the request line and headers took over {head_timeout:g}s")
+        elif (
+            not self._answering
+            and not self._queue
+            and now - max(self._last_read, self._last_write) > idle_timeout
+            and self._transport is not None
+        ):
+            self._transport.close()  # between requests: nothing to answer, the client reconnects
+
+    def _send_continue(self) -> None:
+        """``100 Continue`` for the message being read, once every response before it is out (an
+        interim response written earlier would read as one to an earlier request)."""
+        transport = self._transport
+        if not self._continue_due or self._answering or self._queue or transport is None:
+            return
+        self._continue_due = False
+        if not self._refused and not transport.is_closing():
+            transport.write(_CONTINUE)
 
     def _refuse_head(self) -> None:
         self._refuse(431, f"request line and headers are over the limit of {MAX_HEAD_BYTES} bytes")
@@ -327,6 +388,7 @@ class _HttpProtocol(asyncio.Protocol):
             return
         keep_alive = self._keep_open(self._keep_alive_now)
         transport.write(encode_response(response, keep_alive))
+        self._last_write = self._loop.time()
         if not keep_alive:
             transport.close()
             return
@@ -335,6 +397,8 @@ class _HttpProtocol(asyncio.Protocol):
                 self._worker = self._loop.create_task(self._work())
             else:
                 self._wake()
+        elif self._continue_due:
+            self._send_continue()
 
     def _wake(self) -> None:
         """Let the worker go on when it waits for the next request."""
@@ -365,9 +429,12 @@ class _HttpProtocol(asyncio.Protocol):
                     return
                 keep_alive = self._keep_open(keep_alive)
                 transport.write(encode_response(response, keep_alive))
+                self._last_write = self._loop.time()
                 if not keep_alive:
                     transport.close()
                     return
+                if self._continue_due and not queue:
+                    self._send_continue()
                 if self._paused and len(queue) <= _MAX_PIPELINED // 2:
                     self._paused = False
                     transport.resume_reading()
@@ -428,11 +495,14 @@ async def start_server(
     backlog: int = 1024,
     now: NowHandler | None = None,
     read_timeout_s: float = READ_TIMEOUT_S,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> HttpServer:
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
-    :data:`NowHandler`)."""
+    :data:`NowHandler`); the timeouts are those of :data:`READ_TIMEOUT_S`, :data:`HEAD_TIMEOUT_S`
+    and :data:`IDLE_TIMEOUT_S`."""
     loop = asyncio.get_running_loop()
-    connections = _Connections(loop, read_timeout_s)
+    connections = _Connections(loop, read_timeout_s, head_timeout_s, idle_timeout_s)
     server = await loop.create_server(
         lambda: _HttpProtocol(handler, max_body, loop, connections, now),
         host,

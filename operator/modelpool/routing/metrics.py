@@ -15,7 +15,10 @@ that programs the router; ``policy`` is absent while no policy has pushed a conf
 * ``request_latency_seconds``: histogram of the whole routed request;
 * ``complexity_score``: histogram of tiered mode's per-request scores;
 * ``cascade_decisions_total{outcome}`` (accepted|escalated|escalation_failed),
-  ``cascade_escalations_total``, ``cascade_acceptance_ratio``;
+  ``cascade_escalations_total`` (drafts the verifier re-answered: ``escalated`` only; an escalation
+  that failed kept the draft's answer), ``cascade_acceptance_ratio`` (accepted / every cascade
+  decision: the share of drafts confident enough to keep; a draft kept only because its escalation
+  failed was not accepted);
 * ``large_tier_share``: share of answered requests the large tier answered (collaboration ratio);
 * ``cost_spent_total``, ``cost_all_large_total``, ``cost_saved``: cost actually spent, cost had
   everything gone to the large variant, and their difference;
@@ -86,8 +89,9 @@ class RouterMetrics:
         self.cache_results: dict[str, int] = {}
         self.answers = 0
         self.large_answers = 0
-        self.cascade_accepted = 0
-        self.cascade_escalated = 0
+        self.cascade_accepted = 0  # drafts at or above acceptThreshold
+        self.cascade_escalated = 0  # drafts the verifier re-answered
+        self.cascade_decided = 0  # every cascade decision (accepted, escalated, escalation_failed)
         self.cost_spent = 0.0
         self.cost_baseline = 0.0
         self.registry.register(_Exporter(self))
@@ -137,9 +141,10 @@ class RouterMetrics:
     def cascade(self, outcome: str) -> None:
         """accepted, escalated or escalation_failed."""
         self.cascade_outcomes[outcome] = self.cascade_outcomes.get(outcome, 0) + 1
+        self.cascade_decided += 1
         if outcome == "accepted":
             self.cascade_accepted += 1
-        else:
+        elif outcome == "escalated":
             self.cascade_escalated += 1
 
     def cache(self, hit: bool) -> None:
@@ -185,7 +190,7 @@ class _Exporter(Collector):
         m = self._m
         policy = m.policy()
         pool = {"pool": m.pool, **({"policy": policy} if policy else {})}
-        decided = m.cascade_accepted + m.cascade_escalated
+        decided = m.cascade_decided
         yield _counter(
             "requests", "Requests answered, by variant", ["variant", "tier"], dict(m.requests), pool
         )
@@ -204,7 +209,8 @@ class _Exporter(Collector):
         yield _counter(
             "cascade_escalations", "Drafts the verifier re-answered", [], {(): m.cascade_escalated}, pool
         )
-        yield _gauge("cascade_acceptance_ratio", "Share of cascade drafts kept",
+        yield _gauge("cascade_acceptance_ratio",
+                     "Share of cascade decisions that kept the draft at acceptThreshold (accepted / all)",
                      m.cascade_accepted / decided if decided else 0.0, pool)  # fmt: skip
         yield _gauge("large_tier_share", "Share of answered requests the large tier answered",
                      m.large_answers / m.answers if m.answers else 0.0, pool)  # fmt: skip

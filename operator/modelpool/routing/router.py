@@ -99,12 +99,18 @@ class VariantRuntime:
         """Current endpoints (re-resolved when the source's URLs change)."""
         urls = self.source.urls()
         if urls is not self._urls:
-            self._urls = urls
+            # built first: a URL the client refuses raises here again on the next call, instead of
+            # leaving the variant without endpoints for good
             self._endpoints = [self._router.endpoint(self.config.triton_model, u) for u in urls]
+            self._urls = urls
         return self._endpoints
 
     def available(self) -> list[Endpoint]:
         return [e for e in self.endpoints() if e.breaker.allows()]
+
+    def can_take(self) -> bool:
+        """Has some endpoint whose breaker lets a request through."""
+        return any(e.breaker.allows() for e in self.endpoints())
 
     def attempt_order(self) -> list[Endpoint]:
         """Available endpoints in the order to try: the least busy first (round robin among equals),
@@ -138,7 +144,8 @@ class RoutingTable:
             if config.mode == "weighted"
             else None
         )
-        self.scorer: ComplexityScorer | None = load_scorer(config.scorer) if config.mode == "tiered" else None
+        self.weighted = [v for v in self.variants.values() if v.config.weight > 0]  # the SWRR's items
+        self.scorer: ComplexityScorer | None = _load_scorer(config) if config.mode == "tiered" else None
         self.scorer_blocking = self.scorer is not None and is_blocking(self.scorer)
         self.cache: TTLCache[Response] | None = (
             TTLCache(config.cache.max_entries, config.cache.ttl_seconds) if config.cache.enabled else None
@@ -156,6 +163,17 @@ class RoutingTable:
             (v for v in others if TIER_ORDER[v.tier] < mine), key=lambda v: (-TIER_ORDER[v.tier], v.name)
         )
         return [first, *upward, *downward]
+
+
+def _load_scorer(config: RouterConfig) -> ComplexityScorer:
+    """The config's scorer; :class:`ConfigError` (field ``scorer``) when it cannot be loaded, whatever
+    the factory raised (a scorer file of ``{}`` gives a KeyError), so a push gets 422 and the file
+    watch goes on."""
+    try:
+        return load_scorer(config.scorer)
+    except Exception as err:
+        logger.warning("config generation %d: cannot load the scorer", config.generation, exc_info=True)
+        raise ConfigError([{"field": "scorer", "message": f"{type(err).__name__}: {err}"}]) from None
 
 
 def _upstream_headers(
@@ -236,10 +254,7 @@ class Router:
                 sources[v.name] = source
             else:
                 sources[v.name] = StaticSource(v.endpoints)
-        try:
-            return RoutingTable(config, self, sources)
-        except (ValueError, OSError, ImportError, RuntimeError) as err:  # the scorer cannot be loaded
-            raise ConfigError([{"field": "scorer", "message": f"{type(err).__name__}: {err}"}]) from None
+        return RoutingTable(config, self, sources)
 
     def apply(self, config: RouterConfig) -> bool:
         """Replace the active config; False when it is the same generation and content (no-op).
@@ -264,6 +279,8 @@ class Router:
             b = config.breaker
             for ep in self._endpoints.values():  # the endpoints kept across the push too
                 ep.breaker.configure(b.failure_threshold, b.open_seconds, b.max_open_seconds)
+                if ep.breaker.state is BreakerState.OPEN:  # a lower threshold opened it: probe it
+                    self._breaker_opened.set()
         for name, variant in self.table.variants.items():
             newer = table.variants.get(name)
             if newer is not None and newer.config.triton_model == variant.config.triton_model:
@@ -564,29 +581,31 @@ class Router:
             hl = request_headers.get(_HL)
             header_length = None if hl is None else parse_header_length(hl)
             request = parse_request(body, header_length) if table.parse_requests else None
-            cache_key = None
+            cache_key = cached = None
             if table.cache is not None:
                 cache_key = hashlib.blake2b(
                     str(header_length).encode() + b"|" + body, digest_size=16
                 ).digest()
                 cached = table.cache.get(cache_key)
                 self.metrics.cache(cached is not None)
-                if cached is not None:
-                    hit_headers = [*cached.headers, (b"x-modelpool-cache", b"hit")]
-                    return Response(cached.status, cached.body, hit_headers, cached.content_type)
-            headers = _upstream_headers(request_headers, header_length)
-            mode = table.config.mode
-            if mode == "weighted":
-                order, endpoints = self._pick_weighted(table)
-                response = await self._weighted(
-                    table, order, endpoints, [], False, headers, body, header_length, request is not None
-                )
-            elif request is None:  # pragma: no cover - parse_requests is set for these modes
-                raise AssertionError("tiered and cascade modes parse requests")
-            elif mode == "cascade":
-                response = await self._cascade(table, request, body, headers)
+            if cached is not None:  # no early return: the response metrics below count it too
+                hit_headers = [*cached.headers, (b"x-modelpool-cache", b"hit")]
+                response = Response(cached.status, cached.body, hit_headers, cached.content_type)
+                cache_key = None  # nothing new to store
             else:
-                response = await self._tiered(table, request, body, headers)
+                headers = _upstream_headers(request_headers, header_length)
+                mode = table.config.mode
+                if mode == "weighted":
+                    order, endpoints = self._pick_weighted(table)
+                    response = await self._weighted(
+                        table, order, endpoints, [], False, headers, body, header_length, request is not None
+                    )
+                elif request is None:  # pragma: no cover - parse_requests is set for these modes
+                    raise AssertionError("tiered and cascade modes parse requests")
+                elif mode == "cascade":
+                    response = await self._cascade(table, request, body, headers)
+                else:
+                    response = await self._tiered(table, request, body, headers)
         except BadRequest as err:
             response = error_response(err.status, str(err))
         except NoAnswer as err:
@@ -610,8 +629,11 @@ class Router:
             return False
         started = time.perf_counter()
         hl = request_headers.get(_HL)
+        parsed = table.parse_requests  # validateRequests: true
         try:
             header_length = None if hl is None else parse_header_length(hl)
+            if parsed:
+                parse_request(body, header_length)
         except BadRequest:
             return False  # infer() answers it
         headers = _upstream_headers(request_headers, header_length)
@@ -627,7 +649,7 @@ class Router:
                     if reason is None:
                         assert resp is not None
                         answer = Answer(variant, resp)
-                        response = self._weighted_response(table, answer, body, header_length, False)
+                        response = self._weighted_response(table, answer, body, header_length, parsed)
                         self.metrics.response(response.status, time.perf_counter() - started)
                         respond(response)
                         return
@@ -637,7 +659,7 @@ class Router:
                     timed_out = isinstance(error, UpstreamTimeout)
                     later = self._weighted(
                         table, order if rest else order[1:], rest or None, [reason], timed_out,
-                        headers, body, header_length, False,
+                        headers, body, header_length, parsed,
                     )  # fmt: skip
                     self._answer_later(later, started, respond)
                 except Exception:
@@ -647,23 +669,31 @@ class Router:
             if ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered):
                 return True
             ep.outstanding -= 1  # not after has_idle(); but never leave a request unanswered
-        work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, False)
+        work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, parsed)
         self._answer_later(work, started, respond)
         return True
 
     def _pick_weighted(self, table: RoutingTable) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
         """Smooth weighted round robin: the picked variant's fallback order and its endpoints
-        (``None``: none is available, so its share went to a variant that can answer)."""
+        (``None``: it has none available).
+
+        One pick per request, among the variants that can take it: a variant with no available
+        endpoint is left out of the round (its score stands still), so its share goes to the others
+        in proportion to their weights, and the sequence stays deterministic.  When none can take
+        it, the pick is among all (the request then fails over and gets 503)."""
         swrr = table.swrr
         assert swrr is not None
-        name = swrr.pick()
+        weighted = table.weighted
+        for i, variant in enumerate(weighted):
+            if not variant.can_take():
+                ready = [v.name for v in weighted[i + 1 :] if v.can_take()]
+                name = swrr.pick([v.name for v in weighted[:i]] + ready) or swrr.pick()
+                break
+        else:
+            name = swrr.pick()
         assert name is not None
-        endpoints: list[Endpoint] | None = table.variants[name].attempt_order()
-        if not endpoints:
-            ready = [v.name for v in table.variants.values() if v.available()]
-            name = swrr.pick(ready) or name
-            endpoints = None
-        return table.fallbacks[name], endpoints
+        endpoints = table.variants[name].attempt_order()
+        return table.fallbacks[name], endpoints or None
 
     async def _weighted(
         self,
@@ -740,7 +770,7 @@ class Router:
                 except UpstreamError as err:
                     reasons.append(f"{variant.name} at {ep.url}: {err}")
                     continue
-                if resp.status in _RETRYABLE_STATUS:
+                if _is_not_served(resp):  # as for inference: 502/503/504, or the model is not loaded there
                     reasons.append(f"{variant.name} at {ep.url}: HTTP {resp.status}")
                     continue
                 return _client_response(Answer(variant, resp))

@@ -30,6 +30,7 @@ from prometheus_client import generate_latest
 from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
 from modelpool.routing.httpserver import (
     DRAIN_SECONDS,
+    IDLE_TIMEOUT_S,
     HttpServer,
     Request,
     Respond,
@@ -207,6 +208,8 @@ class RouterApp:
                     self.apply(config)
             except (ConfigError, ConfigRejected) as err:
                 logger.warning("ignoring config file %s: %s", self._config_path, err)
+            except Exception:  # whatever goes wrong with one version of the file, keep watching
+                logger.exception("ignoring config file %s: applying it failed", self._config_path)
 
 
 @dataclass
@@ -240,12 +243,16 @@ async def start_router(
     port: int = 0,
     admin_token: str | None = None,
     config_path: Path | None = None,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> RunningRouter:
-    """Build a router for ``config`` and serve it on ``host:port`` (0 picks a free port)."""
+    """Build a router for ``config`` and serve it on ``host:port`` (0 picks a free port); a client
+    connection with no request for ``idle_timeout_s`` seconds is closed."""
     router = Router(config)
     await router.start()
     app = RouterApp(router, admin_token, config_path)
-    server = await start_server(app.handle, host, port, app.max_body, now=app.handle_now)
+    server = await start_server(
+        app.handle, host, port, app.max_body, now=app.handle_now, idle_timeout_s=idle_timeout_s
+    )
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
     logger.info(
         "router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, server.port
@@ -259,17 +266,19 @@ def serve(
     port: int,
     admin_token_file: Path | None,
     drain_seconds: float = DRAIN_SECONDS,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> None:
     """Run the router until SIGINT/SIGTERM, then drain: answer every request already received
     (and any that arrive meanwhile, one per connection) before exiting, for at most
-    ``drain_seconds`` (uses uvloop when installed)."""
+    ``drain_seconds``; idle client connections are closed after ``idle_timeout_s`` (uses uvloop
+    when installed)."""
     import signal
 
     config = load_config_file(config_path)  # never start empty: a bad file is an error
     token = read_admin_token(admin_token_file)
 
     async def main() -> None:
-        running = await start_router(config, host, port, token, config_path)
+        running = await start_router(config, host, port, token, config_path, idle_timeout_s)
         # Fewer, later cyclic-GC passes over long-lived objects: steadier tail latency.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)

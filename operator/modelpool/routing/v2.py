@@ -124,6 +124,8 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(f"malformed JSON in {what}: {err}") from None
+    except RecursionError:
+        raise BadRequest(f"malformed JSON in {what}: {_TOO_DEEP}") from None
     if not isinstance(data, dict):
         raise BadRequest(f"{what} must be a JSON object, got {type(data).__name__}")
     return data
@@ -249,8 +251,18 @@ def _check_parameters(params: Any, rules: dict[str, tuple[Callable[[Any], bool],
             raise BadRequest(f"{where}.{key}: must be {what}, got {params[key]!r}")
 
 
+_TOO_DEEP = "arrays or objects nested too deeply"
+
+
 def parse_request(body: bytes, header_length: int | None) -> InferBody:
     """Parse and validate an inference request body (structure only; the model checks names)."""
+    try:
+        return _parse_request(body, header_length)
+    except RecursionError:  # nesting json.loads takes but the recursive checks cannot walk
+        raise BadRequest(f"the inference request: {_TOO_DEEP}") from None
+
+
+def _parse_request(body: bytes, header_length: int | None) -> InferBody:
     head, binary = split_body(body, header_length)
     header = _load_json(head, "the inference request")
     inputs = header.get("inputs")
@@ -313,6 +325,13 @@ def _flatten(data: Any) -> list[Any]:
 
 def request_texts(body: InferBody) -> list[str]:
     """The strings of input ``TEXT`` (BYTES), JSON or binary; BadRequest when there is none."""
+    try:
+        return _request_texts(body)
+    except RecursionError:
+        raise BadRequest(f"inputs: {_TOO_DEEP}") from None
+
+
+def _request_texts(body: InferBody) -> list[str]:
     inputs: list[dict[str, Any]] = body.header["inputs"]
     for i, tensor in enumerate(inputs):
         if tensor.get("name") != TEXT_INPUT:
@@ -376,7 +395,7 @@ def confidence(body: InferBody) -> float | None:
                 return None
             width = int(shape[-1]) if shape and int(shape[-1]) > 0 else values.size
             return float(values.reshape(-1, width).max(axis=1).min())
-        except (ValueError, TypeError, KeyError):  # BadRequest is a ValueError
+        except (ValueError, TypeError, KeyError, RecursionError):  # BadRequest is a ValueError
             return None
     return None
 

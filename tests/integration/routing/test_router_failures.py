@@ -114,6 +114,26 @@ async def test_timeouts_give_504_and_nothing_reachable_gives_503(
     assert (await http.get(f"{down.url}/v2/models/intents/ready")).status_code in (200, 503)
 
 
+async def test_metadata_skips_a_replica_that_does_not_serve_the_model(
+    tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
+) -> None:
+    """A metadata GET was resent only after 502/503/504: a replica without the model (one still
+    loading it) answered every other GET with Triton's 404 "unknown model", as the first endpoint
+    of the large variant here, a Triton that serves only echo_small, does."""
+    variants = router_config(tritons).to_json()["variants"]
+    variants[1]["endpoints"] = [tritons["small_a"].http_url, tritons["large"].http_url]
+    router = await make_router(router_config(tritons, "weighted", variants=variants))
+    not_served = await http.get(f"{tritons['small_a'].http_url}/v2/models/echo_large")
+    assert not_served.status_code == 404 and "unknown model" in not_served.text, not_served.text  # Triton
+    answers = [await http.get(f"{router.url}/v2/models/intents") for _ in range(4)]
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    assert {r.headers["x-modelpool-variant"] for r in answers} == {"large"}
+    assert answers[0].json()["name"] == "intents"
+    configs = [await http.get(f"{router.url}/v2/models/intents/config") for _ in range(4)]
+    assert [r.status_code for r in configs] == [200] * 4, [r.text for r in configs]
+    assert {r.json()["name"] for r in configs} == {"echo_large"}
+
+
 async def test_cascade_keeps_draft_answer_when_verifier_is_down(
     tritons: dict[str, TritonProcess], make_router: Any, http: httpx.AsyncClient
 ) -> None:

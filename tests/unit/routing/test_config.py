@@ -122,3 +122,25 @@ def test_parse_bytes_json_yaml_and_garbage(tmp_path: Path) -> None:
     assert load_config_file(path).generation == 1
     with pytest.raises(ConfigError, match="cannot read"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:80000", "Port out of range 0-65535"),  # a typo the prefix check let through
+        ("http://127.0.0.1:0", "port 0 is not in 1..65535"),
+        ("http://127.0.0.1:http", "Port could not be cast to integer value"),
+        ("http://:8000", "no host"),
+        ("https://10.0.0.1:8000", "only http:// is supported"),
+    ],
+)
+def test_endpoint_urls_the_router_cannot_use_are_refused_naming_the_field(url: str, problem: str) -> None:
+    """Until the router built the endpoint (after a push was accepted), nothing looked past the
+    ``http://`` prefix: the variant then lost every endpoint."""
+    data = copy.deepcopy(BASE)
+    data["variants"][1]["endpoints"] = ["http://10.0.0.1:8000", url]
+    (found,) = _fields(data)
+    assert found.startswith(f"variants.1.endpoints.1: {url!r} is not an http:// base URL"), found
+    assert problem in found
+    data["variants"][1]["endpoints"] = ["http://10.0.0.1:8000", "http://[fd00::1]:8000", "http://large-svc"]
+    assert parse_config(data).variants[1].endpoints[2] == "http://large-svc"

@@ -145,6 +145,49 @@ async def test_a_client_that_stalls_mid_request_gets_408_and_a_slow_one_is_serve
         srv.close()
 
 
+async def test_idle_keep_alive_connections_are_closed_and_busy_ones_kept() -> None:
+    """An idle client connection stayed open for as long as the client kept it (forever for a
+    client that forgot it): now one with no request for the idle timeout is closed."""
+    srv = await start_server(_slow, "127.0.0.1", 0, lambda: 1 << 20, idle_timeout_s=0.4)
+    try:
+        never = await _connect(srv)  # opened, nothing sent
+        idle_reader, idle_writer = await _connect(srv)
+        _send(idle_writer, 0)
+        assert (await _response(idle_reader)).startswith(b"HTTP/1.1 200")
+        busy_reader, busy_writer = await _connect(srv)
+        _send(busy_writer, 1000)  # in flight longer than the idle timeout: not idle
+        assert await asyncio.wait_for(idle_reader.read(), 2) == b""
+        assert await asyncio.wait_for(never[0].read(), 2) == b""
+        assert (await _response(busy_reader)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.2)  # under the timeout since that response: still open
+        _send(busy_writer, 0)
+        assert (await _response(busy_reader)).startswith(b"HTTP/1.1 200")
+        for writer in (never[1], idle_writer, busy_writer):
+            writer.close()
+    finally:
+        srv.close()
+
+
+async def test_a_head_that_trickles_in_past_the_head_timeout_gets_408() -> None:
+    """A client sending its head a byte at a time, never silent for the read timeout, held the
+    connection as long as it liked."""
+    srv = await start_server(_slow, "127.0.0.1", 0, lambda: 1 << 20, read_timeout_s=5.0, head_timeout_s=0.5)
+    try:
+        reader, writer = await _connect(srv)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for byte in b"GET /wait/0 HTTP/1.1\r\nhost: x\r\n":  # 34 bytes over 1.7 s
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        answer = await asyncio.wait_for(reader.read(), 3)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:60]
+        assert b"request line and headers took over 0.5s" in answer
+        assert loop.time() - started < 3.0
+        writer.close()
+    finally:
+        srv.close()
+
+
 async def test_closed_client_connections_are_freed_without_the_cycle_collector(server: HttpServer) -> None:
     """``serve()`` collects cycles rarely (thresholds 50,000): a client connection's protocol in a
     reference cycle with its HTTP parser stayed in memory until a collection, one per connection

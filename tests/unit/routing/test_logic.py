@@ -252,3 +252,11 @@ def test_new_breaker_thresholds_keep_an_open_breakers_state_and_bound_its_wait()
     clock.now = 5.0
     b.on_probe(False)
     assert b.open_until == pytest.approx(5.0 + 5.0)  # doubled, capped by the new maximum
+
+
+def test_the_cascade_escalates_a_draft_it_cannot_judge() -> None:
+    """docs/router.md: an output the cascade cannot read escalates; a confidence of None kept it."""
+    from modelpool.routing.decisions import keeps_draft
+
+    assert not keeps_draft(None, 0.7)
+    assert keeps_draft(0.7, 0.7) and not keeps_draft(0.69, 0.7)

@@ -252,3 +252,15 @@ def test_compressed_bodies_decode_within_the_limit() -> None:
     with pytest.raises(BadRequest, match="'br' is not supported; use gzip, deflate or identity") as br:
         decode_content(plain, b"br", 1 << 20)
     assert br.value.status == 415
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_deeply_nested_requests_are_bad_requests(depth: int) -> None:
+    """A RecursionError (json.loads past its depth, or the checks walking nested ``data``) was no
+    BadRequest: the router answered 500 and did not count the response."""
+    nested = "[" * depth + '"x"' + "]" * depth
+    raw = ('{"inputs":[{"name":"TEXT","datatype":"BYTES","shape":[1],"data":' + nested + "}]}").encode()
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        parse_request(raw, None)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        parse_response(b'{"outputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None)
