@@ -30,7 +30,12 @@ DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .inf/.nan (or a NaN from a failed measurement) is refused, naming
+    # the field ("capacityPerReplicaRps: Input should be a finite number"): an infinite capacity
+    # would size every demand to one replica.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
 
 class LatencyFigures(_Model):

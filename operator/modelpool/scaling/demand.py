@@ -14,22 +14,27 @@ would overflow the sizing)."""
 
 
 def _clock_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
-    """Timestamps no Prometheus writes: not finite, not increasing along the rate series, or
-    further in the future than ``stale_after_s`` (the clocks of Prometheus and the caller apart)."""
-    stamps = [p.t for p in metrics.rate_series]
+    """Timestamps no Prometheus writes: not finite, not increasing along a rate series, or
+    further in the future than ``stale_after_s`` (the clocks of Prometheus and the caller apart).
+
+    The messages carry no timestamp or age: they become the pool's ``MetricsAvailable`` condition,
+    and a number that changes at every decision would rewrite the status at every decision."""
+    rate_series = (metrics.rate_series, metrics.served_series)
+    stamps = [p.t for series in rate_series for p in series]
     if metrics.newest_sample_t is not None:
         stamps.append(metrics.newest_sample_t)
     for t in stamps:
         if not math.isfinite(t):
             return f"metrics absurd: sample timestamp = {t}"
-    for a, b in itertools.pairwise(p.t for p in metrics.rate_series):
-        if b <= a:
-            return f"metrics absurd: rate series timestamps go from {a:.3f} to {b:.3f}, not forward"
+    for series in rate_series:
+        for a, b in itertools.pairwise(p.t for p in series):
+            if b <= a:
+                return "metrics absurd: rate series timestamps repeat or go back, not forward"
     ahead = max(stamps, default=now) - now
     if ahead > settings.stale_after_s:
         return (
-            f"metrics absurd: a sample {ahead:.0f}s in the future (> staleAfter "
-            f"{settings.stale_after_s:.0f}s): are the clocks of Prometheus and the operator apart?"
+            f"metrics absurd: a sample more than staleAfter {settings.stale_after_s:.0f}s in the "
+            "future: are the clocks of Prometheus and the operator apart?"
         )
     return None
 
@@ -39,11 +44,11 @@ def _size_problem(metrics: VariantMetrics, settings: VariantSettings) -> str | N
     that would need more than ``max_plausible_rps`` to drain."""
     for label, value in (("queue time", metrics.queue_time_s), ("compute time", metrics.compute_time_s)):
         if value is not None and value > MAX_PLAUSIBLE_SECONDS:
-            return f"metrics absurd: {label} = {value:g}s per request (> {MAX_PLAUSIBLE_SECONDS:g}s)"
+            return f"metrics absurd: {label} ~{value:.0e}s per request (> {MAX_PLAUSIBLE_SECONDS:g}s)"
     pending = metrics.pending_requests
     if pending is not None and pending > settings.max_plausible_rps * settings.backlog_drain_s:
         return (
-            f"metrics absurd: {pending:g} pending requests would need more than maxPlausibleRps "
+            f"metrics absurd: ~{pending:.0e} pending requests would need more than maxPlausibleRps "
             f"{settings.max_plausible_rps:.0f} to drain within {settings.backlog_drain_s:g}s"
         )
     return None
@@ -53,18 +58,19 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
     """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable."""
     if metrics.problem:
         return metrics.problem
-    if not metrics.rate_series and metrics.router_rps is None:
+    if not metrics.rate_series and not metrics.served_series and metrics.router_rps is None:
         return "metrics missing: no request-rate samples from Triton or the router"
     if metrics.newest_sample_t is None:
         return "metrics missing: no sample timestamp"
     clock = _clock_problem(metrics, settings, now)
     if clock is not None:
         return clock
-    age = now - metrics.newest_sample_t
-    if age > settings.stale_after_s:
-        return f"metrics stale: newest sample {age:.0f}s old (> staleAfter {settings.stale_after_s:.0f}s)"
+    if now - metrics.newest_sample_t > settings.stale_after_s:
+        # No age in the message: it would change at every decision of a lasting outage.
+        return f"metrics stale: newest sample older than staleAfter {settings.stale_after_s:.0f}s"
     values: dict[str, list[float | None]] = {
         "request rate": [p.rps for p in metrics.rate_series],
+        "served rate": [p.rps for p in metrics.served_series],
         "router rate": [metrics.router_rps],
         "queue time": [metrics.queue_time_s],
         "compute time": [metrics.compute_time_s],
@@ -74,19 +80,75 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
         for value in series:
             if value is None:
                 continue
-            if not math.isfinite(value) or value < 0:
+            if not math.isfinite(value):
                 return f"metrics absurd: {label} = {value}"
-    rates = [p.rps for p in metrics.rate_series] + [metrics.router_rps or 0.0]
+            if value < 0:
+                return f"metrics absurd: {label} is negative"
+    rates = [p.rps for series in (metrics.rate_series, metrics.served_series) for p in series]
+    rates.append(metrics.router_rps or 0.0)
     if max(rates) > settings.max_plausible_rps:
         return (
-            f"metrics absurd: request rate {max(rates):.0f} req/s > maxPlausibleRps "
+            f"metrics absurd: request rate ~{max(rates):.0e} req/s > maxPlausibleRps "
             f"{settings.max_plausible_rps:.0f}"
         )
     return _size_problem(metrics, settings)
 
 
+def _fresh(series: tuple[RatePoint, ...], settings: VariantSettings, now: float) -> bool:
+    return bool(series) and now - series[-1].t <= settings.stale_after_s
+
+
+def observed_metrics(metrics: VariantMetrics, settings: VariantSettings, now: float) -> VariantMetrics:
+    """The metrics with the one rate series the decision uses (``served_series`` emptied).
+
+    With both the router's arrival series (``rate_series``) and Triton's served series, a series
+    counts only while its own newest point is at most ``stale_after_s`` old (a router that stopped
+    being scraped leaves its last rate behind), and of the fresh ones the one whose newest rate is
+    larger is used, the router's on a tie. The router counts arrivals, so it is normally the larger;
+    when it is not, part of the router is unscraped or traffic bypasses it, and its rate would
+    size the variant for a fraction of what it serves. With neither fresh the router's is kept
+    (the stale check on ``newest_sample_t`` is :func:`metrics_problem`'s)."""
+    if not metrics.served_series:
+        return metrics
+    router = replace(metrics, served_series=(), served_window_s=None)
+    served = replace(
+        router,
+        rate_series=metrics.served_series,
+        rate_window_s=metrics.served_window_s,
+        router_rps=None,
+    )
+    router_fresh = _fresh(metrics.rate_series, settings, now)
+    served_fresh = _fresh(metrics.served_series, settings, now)
+    if router_fresh and served_fresh:
+        return served if metrics.served_series[-1].rps > metrics.rate_series[-1].rps else router
+    if served_fresh or not metrics.rate_series:
+        return served
+    return router
+
+
+def capacity_problem(
+    capacity: float | None, metrics: VariantMetrics, settings: VariantSettings
+) -> str | None:
+    """Why a per-replica capacity must not size the variant: not finite, or above
+    ``max_plausible_rps`` (one replica serving more than any plausible rate would size every
+    demand to one replica). ``None`` when it is usable or unknown."""
+    if capacity is None or (math.isfinite(capacity) and capacity <= settings.max_plausible_rps):
+        return None
+    limit = f"maxPlausibleRps {settings.max_plausible_rps:.0f}"
+    if settings.capacity_per_replica_rps is not None:
+        return (
+            f"capacity absurd: capacityPerReplicaRps = {capacity:g} req/s, must be a finite number "
+            f"<= {limit}; fix the setting or the variant's profile"
+        )
+    return (
+        f"metrics absurd: compute time ~{metrics.compute_time_s or 0.0:.0e}s per request makes one "
+        f"replica serve more than {limit} req/s"
+    )
+
+
 def capacity_per_replica(metrics: VariantMetrics, settings: VariantSettings) -> float | None:
-    """Requests/s one replica serves at full load: the setting, else instances / compute time."""
+    """Requests/s one replica serves at full load: the setting, else instances / compute time
+    (check it with :func:`capacity_problem`)."""
     if settings.capacity_per_replica_rps is not None:
         return settings.capacity_per_replica_rps
     if metrics.compute_time_s is not None and metrics.compute_time_s > 0:

@@ -149,18 +149,28 @@ def _sample(raw: Any, promql: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class VariantTarget:
-    """Which series belong to one variant: Triton label matchers and router label matchers."""
+    """Which series belong to one variant: Triton label matchers and router label matchers.
+
+    ``namespace``, when set, adds ``namespace="<namespace>"`` to both selectors (the target label
+    prometheus-operator's PodMonitors attach), so that pools of several namespaces serving the same
+    model name do not read each other's series; empty adds nothing (a scrape that attaches no
+    ``namespace`` label)."""
 
     model: str
     variant: str
     extra_matchers: str = ""
     pool: str = ""
+    namespace: str = ""
+
+    def _with_common(self, base: str) -> str:
+        if self.namespace:
+            base = f'{base},namespace="{self.namespace}"'
+        return f"{base},{self.extra_matchers}" if self.extra_matchers else base
 
     @property
     def selector(self) -> str:
         """Label matchers for Triton's series."""
-        base = f'model="{self.model}"'
-        return f"{base},{self.extra_matchers}" if self.extra_matchers else base
+        return self._with_common(f'model="{self.model}"')
 
     @property
     def router_selector(self) -> str:
@@ -168,7 +178,7 @@ class VariantTarget:
         base = f'variant="{self.variant}"'
         if self.pool:
             base = f'pool="{self.pool}",{base}'
-        return f"{base},{self.extra_matchers}" if self.extra_matchers else base
+        return self._with_common(base)
 
 
 class PrometheusReader:
@@ -299,10 +309,15 @@ class PrometheusReader:
             )
         except (PrometheusError, ValueError) as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
+        # Both rate series are kept: the router's counts arrivals (it keeps counting when replicas
+        # saturate), Triton's counts what was served (it sees traffic that bypasses the router, and
+        # all of it when only some routers are scraped). The decision uses the fresh, larger one.
         return VariantMetrics(
             rate_series=router_series or served_series,
             rate_window_s=self.points_window_s(t.router_rate if router_series else t.served_rate),
             router_rps=router_series[-1].rps if router_series else None,
+            served_series=served_series if router_series else (),
+            served_window_s=self.points_window_s(t.served_rate) if router_series else None,
             queue_time_s=queue,
             compute_time_s=compute,
             pending_requests=pending,

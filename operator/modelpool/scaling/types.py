@@ -114,14 +114,19 @@ class RatePoint:
 class VariantMetrics:
     """What Prometheus says about one variant right now.
 
-    ``rate_series`` is the recent served-request rate (Triton ``nv_inference_request_success``),
-    oldest first. ``router_rps`` is the rate the router sends to this variant (arrivals, which keep
-    counting when the replicas are saturated or at zero). Averages are per request over the rate
+    ``rate_series`` is the recent request rate, oldest first: the router's arrival rate when
+    ``router_rps`` is set (its newest point), else Triton's served rate
+    (``nv_inference_request_success``). ``router_rps`` is the rate the router sends to this variant
+    (arrivals, which keep counting when the replicas are saturated or at zero). ``served_series``
+    is Triton's served rate when the reader has both it and the router's series (``rate_series``
+    is then the router's): the router may be scraped only in part, or traffic may bypass it, so
+    the decision uses whichever of the two is fresh and larger
+    (:func:`modelpool.scaling.demand.observed_metrics`). Averages are per request over the rate
     window. ``None`` means the series is absent. ``problem`` is set by the reader when it could not
     read the metrics at all (the decision then holds). ``rate_window_s`` is how many seconds of
     requests each point of ``rate_series`` counts (the ``rate()`` window, so points closer together
     than it share requests); ``None`` when each point counts only the requests since the one before
-    (``irate`` read once per scrape).
+    (``irate`` read once per scrape). ``served_window_s`` is the same for ``served_series``.
     """
 
     rate_series: tuple[RatePoint, ...] = ()
@@ -132,6 +137,8 @@ class VariantMetrics:
     newest_sample_t: float | None = None
     problem: str | None = None
     rate_window_s: float | None = None
+    served_series: tuple[RatePoint, ...] = ()
+    served_window_s: float | None = None
 
     @property
     def latest_rps(self) -> float | None:

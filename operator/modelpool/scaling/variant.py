@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modelpool.scaling.demand import (
     Demand,
     capacity_per_replica,
+    capacity_problem,
     estimate_demand,
     metrics_problem,
+    observed_metrics,
 )
 from modelpool.scaling.queueing import max_rate_for_replicas, replicas_for_target
 from modelpool.scaling.reserve import MAX_EXTRA, RESERVE_SHARE, record_window, reserve_replicas
@@ -51,13 +53,16 @@ def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
     last = vi.previous.replicas if vi.previous is not None else vi.current_replicas
     held = _clamp(max(last, vi.current_replicas), s.min_replicas, s.max_replicas)
     previous = vi.previous
+    capacity = s.capacity_per_replica_rps
+    if capacity_problem(capacity, vi.metrics, s) is not None:
+        capacity = None  # an absurd setting is the reason to hold: the budget must not use it either
     return VariantWish(
         settings=s,
         current=vi.current_replicas,
         floor=held,
         wish=held,
         demand_rps=previous.last_demand_rps if previous is not None else 0.0,
-        capacity_rps=s.capacity_per_replica_rps,
+        capacity_rps=capacity,
         reason=f"holding {held} replicas: {problem}",
         held=True,
         history=previous.recommendations if previous is not None else (),
@@ -197,9 +202,13 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     problem = metrics_problem(vi.metrics, s, now)
     if problem is not None:
         return hold_wish(vi, problem)
+    capacity = capacity_per_replica(vi.metrics, s)
+    problem = capacity_problem(capacity, vi.metrics, s)
+    if problem is not None:
+        return hold_wish(vi, problem)
+    vi = replace(vi, metrics=observed_metrics(vi.metrics, s, now))
     demand = estimate_demand(vi.metrics, s, vi.expected_extra_rps)
     idle = demand.total_rps <= 0  # a backlog keeps a tier from scaling to zero
-    capacity = capacity_per_replica(vi.metrics, s)
     if capacity is None:
         if demand.total_rps > 0:
             return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time")

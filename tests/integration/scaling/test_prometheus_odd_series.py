@@ -1,9 +1,12 @@
 """Careless per-pool query overrides against a real Prometheus (Debian's /usr/bin/prometheus).
 
-A tiny exporter on 127.0.0.1 serves Triton's request counter for two pods of one model. Without
+A tiny exporter on 127.0.0.1 serves Triton's request counter for two pods of one model, and the
+counter of one router of several (the others unscraped) that sent them 2 req/s. Without
 ``sum()`` the served rate comes back as two series: the reader took the first pod's rate (and the
 pool scaled down); now the pool holds and the problem names the field. ``pending: "0"`` is a
-scalar answer (a TypeError before), a range selector a matrix (a KeyError before).
+scalar answer (a TypeError before), a range selector a matrix (a KeyError before). The reader
+keeps Triton's 25 req/s beside the router's 2 (it kept the router's alone, and the pool scaled
+down to what that one router saw).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 
 from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, decide
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
@@ -26,7 +30,8 @@ STARTED = time.time()
 
 
 class Exporter(BaseHTTPRequestHandler):
-    """Two pods serving 5 and 20 req/s (counters grow with the wall clock)."""
+    """Two pods serving 5 and 20 req/s, and one router that sent 2 req/s (counters grow with the
+    wall clock)."""
 
     def do_GET(self) -> None:
         elapsed = time.time() - STARTED
@@ -38,6 +43,8 @@ class Exporter(BaseHTTPRequestHandler):
             ),
             "# TYPE nv_inference_pending_request_count gauge",
             'nv_inference_pending_request_count{model="small",pod="a"} 0',
+            "# TYPE modelpool_router_upstream_requests_total counter",
+            f'modelpool_router_upstream_requests_total{{pool="bank",variant="small"}} {2.0 * elapsed:.3f}',
         ]
         body = ("\n".join(lines) + "\n").encode()
         self.send_response(200)
@@ -77,7 +84,7 @@ async def _read(prom: PrometheusProcess, templates: QueryTemplates) -> Any:
 async def test_a_served_rate_without_sum_holds_and_names_the_field(prometheus: PrometheusProcess) -> None:
     aggregated = await _read(prometheus, QueryTemplates())
     assert aggregated.problem is None
-    assert aggregated.rate_series and aggregated.rate_series[-1].rps == pytest.approx(25.0, rel=0.2)
+    assert aggregated.served_series and aggregated.served_series[-1].rps == pytest.approx(25.0, rel=0.2)
     careless = QueryTemplates(served_rate="rate(nv_inference_request_success{$selector}[$window])")
     metrics = await _read(prometheus, careless)
     print(f"\n{metrics.problem}")
@@ -100,3 +107,22 @@ async def test_a_range_selector_override_names_the_field(prometheus: PrometheusP
     assert metrics.problem is not None
     assert "spec.scaling.queries.pending" in metrics.problem
     assert "returned a range vector, expected an instant vector" in metrics.problem
+
+
+async def test_triton_serving_more_than_the_scraped_router_sees_sizes_the_pool(
+    prometheus: PrometheusProcess,
+) -> None:
+    """The router's 2 req/s and Triton's 25 are both read; the pool is sized for 25 (at 10 req/s
+    per replica, 4 replicas), where it scaled 4 -> 1 on the router's 2 before."""
+    metrics = await _read(prometheus, QueryTemplates())
+    assert metrics.problem is None
+    assert metrics.router_rps == pytest.approx(2.0, rel=0.2)
+    s = VariantSettings(
+        name="small", capacity_per_replica_rps=10.0, scale_down_stabilization_s=0.0, burst_reserve=False
+    )
+    pool = PoolInput("bank", (VariantInput(s, metrics, 4),))
+    d = decide(ScalingInput.single(pool), time.time()).pools["bank"].variants[0]
+    print(f"\n{d.reason}")
+    assert not d.held, d.reason
+    assert d.desired_replicas >= 3, d.reason
+    assert metrics.served_series[-1].rps == pytest.approx(25.0, rel=0.2)

@@ -313,7 +313,7 @@ QUIET = series(*((NOW - 30 + 2 * i, 1.0) for i in range(16)))
         (VariantMetrics(QUIET, newest_sample_t=math.inf), "timestamp = inf"),
         (VariantMetrics(series((math.nan, 1.0), (NOW, 1.0)), newest_sample_t=NOW), "timestamp = nan"),
         # A clock an hour ahead passes any staleness test: scaled down before.
-        (VariantMetrics(QUIET, newest_sample_t=NOW + 3600), "3600s in the future"),
+        (VariantMetrics(QUIET, newest_sample_t=NOW + 3600), "more than staleAfter 30s in the future"),
         # Newest point first: the oldest (1 req/s) was taken as the current rate; scaled down before.
         (VariantMetrics(series((NOW, 40.0), (NOW - 2, 1.0)), newest_sample_t=NOW), "not forward"),
     ],

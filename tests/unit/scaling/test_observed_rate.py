@@ -1,0 +1,156 @@
+"""The observed rate is the larger of the router's arrival rate and Triton's served rate, each
+used only while its own newest point is fresh (docs/scaling.md, *The algorithm*, step 2)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from modelpool.scaling import (
+    PoolInput,
+    RatePoint,
+    ScalingInput,
+    VariantInput,
+    VariantMetrics,
+    VariantState,
+    decide,
+    demand,
+)
+from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+
+from .helpers import NOW, one, only, settings
+
+
+def flat(rps: float, end: float = NOW, points: int = 8, step: float = 4.0) -> tuple[RatePoint, ...]:
+    return tuple(RatePoint(end - step * (points - 1 - i), rps) for i in range(points))
+
+
+def both(router: float, served: float, router_end: float = NOW, served_end: float = NOW) -> VariantMetrics:
+    """Metrics as the reader returns them when it has the router's and Triton's series."""
+    router_series = flat(router, router_end)
+    return VariantMetrics(
+        rate_series=router_series,
+        router_rps=router_series[-1].rps,
+        served_series=flat(served, served_end),
+        queue_time_s=0.001,
+        pending_requests=0.0,
+        newest_sample_t=NOW,
+        rate_window_s=4.0,
+        served_window_s=4.0,
+    )
+
+
+def test_a_served_rate_above_a_partly_scraped_router_sizes_the_variant() -> None:
+    """One router of several scraped says 5 req/s while Triton serves 800: the variant was scaled
+    down 10 -> 1 on the router's 5 req/s before."""
+    d = only(
+        one(
+            both(router=5.0, served=800.0),
+            current=10,
+            scale_down_stabilization_s=0,
+            capacity_per_replica_rps=100.0,
+            burst_reserve=False,
+        )
+    )
+    assert not d.held
+    assert d.desired_replicas >= 9, d.reason
+    assert d.demand_rps == pytest.approx(800.0)
+    assert "rate 800.0" in d.reason
+
+
+def test_on_good_data_the_router_series_decides_as_before() -> None:
+    """Replicas saturated: the router counts 60 arrivals, Triton serves 48. The decision is the one
+    made from the router's series alone (as the benchmark's simulator feeds it)."""
+    m = both(router=60.0, served=48.0)
+    alone = replace(m, served_series=(), served_window_s=None)
+    with_served = only(one(m, current=4))
+    without = only(one(alone, current=4))
+    assert with_served.desired_replicas == without.desired_replicas
+    assert with_served.reason == without.reason
+    assert with_served.demand_rps == pytest.approx(60.0)
+
+
+def test_the_router_series_wins_a_tie_and_counts_arrivals() -> None:
+    m = demand.observed_metrics(both(router=20.0, served=20.0), settings(), NOW)
+    assert m.router_rps == 20.0
+    assert m.served_series == ()
+    assert m.rate_series == flat(20.0)
+
+
+def test_the_larger_served_series_is_used_with_its_own_window() -> None:
+    m = replace(both(router=5.0, served=50.0), served_window_s=None)  # irate served, rate() router
+    used = demand.observed_metrics(m, settings(), NOW)
+    assert used.rate_series == flat(50.0)
+    assert used.rate_window_s is None
+    assert used.router_rps is None  # the series counts served requests, not arrivals
+
+
+@pytest.mark.parametrize(
+    ("router_end", "served_end", "expected"),
+    [
+        # The router stopped being scraped 60 s ago at 800 req/s; Triton serves 5 now.
+        (NOW - 60, NOW, 5.0),
+        # Triton's series stopped 60 s ago at 800; the router counts 5 arrivals now.
+        (NOW, NOW - 60, 5.0),
+    ],
+)
+def test_a_stale_series_does_not_count(router_end: float, served_end: float, expected: float) -> None:
+    router = 800.0 if router_end < NOW else 5.0
+    served = 800.0 if served_end < NOW else 5.0
+    m = demand.observed_metrics(
+        both(router, served, router_end, served_end), settings(stale_after_s=30.0), NOW
+    )
+    assert m.latest_rps == expected
+    assert m.served_series == ()
+
+
+def test_absurd_values_in_the_served_series_hold() -> None:
+    previous = VariantState(replicas=7, decided_at=NOW - 10)
+    m = replace(both(router=5.0, served=1.0), served_series=(RatePoint(NOW - 4, 1.0), RatePoint(NOW, -2.0)))
+    d = only(one(m, current=5, previous=previous))
+    assert d.held and d.desired_replicas == 7
+    assert "metrics absurd: served rate is negative" in d.reason
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """A Prometheus whose router series says 4-5 req/s and Triton's 700-800."""
+    q = request.url.params["query"]
+    if q.startswith("(sum(rate(modelpool_router_upstream_requests_total"):
+        result = [{"metric": {}, "values": [[100, "4"], [102, "5"]]}]
+    elif q.startswith("(sum(rate(nv_inference_request_success"):
+        result = [{"metric": {}, "values": [[100, "700"], [102, "800"]]}]
+    elif "timestamp" in q:
+        result = [{"metric": {}, "value": [104, "103.5"]}]
+    elif "compute_infer" in q:
+        result = [{"metric": {}, "value": [104, "0.01"]}]
+    else:
+        result = [{"metric": {}, "value": [104, "0"]}]
+    return httpx.Response(200, json={"status": "success", "data": {"resultType": "x", "result": result}})
+
+
+def _reader() -> PrometheusReader:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_answer))
+    return PrometheusReader("http://prom.invalid", client=client, rate_window_s=2.0)
+
+
+async def test_read_and_decided_the_variant_is_sized_for_what_triton_serves() -> None:
+    """Reader and decision together, as the operator runs them: 10 -> 1 before."""
+    m = await _reader().read_variant(VariantTarget(model="small", variant="small", pool="bank"))
+    s = replace(settings(capacity_per_replica_rps=None), scale_down_stabilization_s=0.0, burst_reserve=False)
+    pool = PoolInput("pool", (VariantInput(s, m, 10),))
+    d = decide(ScalingInput.single(pool), 104.0).pools["pool"].variants[0]
+    assert not d.held, d.reason
+    assert d.desired_replicas >= 8, d.reason  # 800 req/s at 100 req/s per replica
+
+
+async def test_the_reader_keeps_both_series() -> None:
+    """Before, the reader kept the router's series only whenever it had one."""
+    m = await _reader().read_variant(VariantTarget(model="small", variant="small", pool="bank"))
+    assert m.problem is None
+    assert [p.rps for p in m.rate_series] == [4.0, 5.0]
+    assert m.router_rps == 5.0
+    assert [p.rps for p in m.served_series] == [700.0, 800.0]
+    assert m.served_window_s == 2.0
+    assert demand.observed_metrics(m, settings(), 104.0).latest_rps == 800.0
