@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelpool.dev"
@@ -81,6 +81,41 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters: its start (which names the cause) and a marker
+    saying how much was left out (``… (1184 more characters)``). Shorter text is returned as is.
+
+    Status text is built from what the operator cannot bound (Prometheus' series labels, the names
+    of every pool sharing a GPU pool, a user's query); the API server refuses a status whose text
+    exceeds the field's ``maxLength``, so a status never holds more than that."""
+    if len(text) <= limit:
+        return text
+    kept = limit
+    while True:  # the marker's length depends on the count it gives: shrink until both agree
+        marker = f" \u2026 ({len(text) - kept} more characters)"
+        fits = max(0, limit - len(marker))
+        if fits >= kept:
+            break
+        kept = fits
+    return text[:kept] + marker if kept + len(marker) <= limit else text[:limit]
+
+
+def shortened(limit: int) -> BeforeValidator:
+    """The validator of a status text field: text longer than ``limit`` is cut by :func:`shorten`
+    instead of refused (a status is built from the operator's observations and must always be
+    writable)."""
+
+    def cut(value: Any) -> Any:
+        return shorten(value, limit) if isinstance(value, str) else value
+
+    return BeforeValidator(cut)
+
+
+REASON_MAX_LENGTH = 1024
+"""The longest ``reason`` a condition or a variant's status holds (the CRD's maxLength)."""
+MESSAGE_MAX_LENGTH = 32768
+"""The longest condition ``message`` (metav1.Condition's maxLength)."""
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -89,11 +124,13 @@ class Condition(ApiModel):
 
     type: str = Field(max_length=316, description="Type of condition in CamelCase, e.g. Ready.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(
-        max_length=1024,
+    reason: Annotated[str, shortened(REASON_MAX_LENGTH)] = Field(
+        max_length=REASON_MAX_LENGTH,
         description="A programmatic identifier in CamelCase for the condition's last transition.",
     )
-    message: str = Field(default="", max_length=32768, description="A human readable message.")
+    message: Annotated[str, shortened(MESSAGE_MAX_LENGTH)] = Field(
+        default="", max_length=MESSAGE_MAX_LENGTH, description="A human readable message."
+    )
     last_transition_time: str = Field(
         description="When the condition last changed status (RFC 3339).",
     )

@@ -53,6 +53,11 @@ def set_condition(
     return sorted(out, key=lambda c: c.type)
 
 
+def remove_condition(conditions: Sequence[Condition], type_: str) -> list[Condition]:
+    """Return ``conditions`` without ``type_`` (for a condition about something no longer there)."""
+    return [c for c in conditions if c.type != type_]
+
+
 def is_true(conditions: Sequence[Condition], type_: str) -> bool:
     cond = find(conditions, type_)
     return cond is not None and cond.status == "True"

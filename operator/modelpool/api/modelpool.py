@@ -20,6 +20,7 @@ from modelpool.api.base import (
     LABEL_KEY_HINT,
     LABEL_KEY_PATTERN,
     LABEL_PREFIX_PATTERN,
+    REASON_MAX_LENGTH,
     ApiModel,
     Conditions,
     ConfigMapKeyReference,
@@ -29,6 +30,7 @@ from modelpool.api.base import (
     check_label_keys,
     is_label_key,
     label_keys_rule,
+    shortened,
     with_rules,
 )
 
@@ -720,10 +722,11 @@ class VariantStatus(ApiModel):
     desired_replicas: int = Field(default=0, description="Replicas the operator set on its Deployment.")
     ready_replicas: int = Field(default=0, description="Replicas ready to serve.")
     gpus: int = Field(default=0, description="GPUs held by the variant's scheduled replicas.")
-    reason: str = Field(
+    reason: Annotated[str, shortened(REASON_MAX_LENGTH)] = Field(
         default="",
-        max_length=1024,
-        description="Why desiredReplicas is what it is (while the replicas stay, refreshed every 10 s).",
+        max_length=REASON_MAX_LENGTH,
+        description="Why desiredReplicas is what it is (while the replicas stay, refreshed every 10 s); "
+        "a longer one is cut, its start kept.",
     )
     capacity_shortfall_rps: int = Field(
         default=0, description="Requests per second the variant lacks under the GPU budget."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT, MANAGED_BY, is_subset
@@ -152,11 +152,20 @@ async def prune_children(
     listed: Mapping[str, Obj],
     unwanted: Callable[[str | None], str | None],
     emit: EventSink,
+    expected: Collection[str] = (),
 ) -> None:
     """Delete the children of ``kind`` in ``listed`` that this pool owns and the spec no longer
-    wants: ``unwanted`` is given a child's variant (its label) and says why it goes, or None."""
+    wants: ``unwanted`` is given a child's variant (its label) and says why it goes, or None.
+
+    A child named in ``expected`` (the name the spec gives a child of a variant it still holds) is
+    never deleted, whatever its labels say: ``listed`` is read before the pass converged the
+    children, so a variant label removed or changed by hand, which that pass just restored, would
+    otherwise read as a variant that left the spec, and the child would be deleted and recreated.
+    """
     for obj in listed.values():
         name = obj["metadata"]["name"]
+        if name in expected:
+            continue
         why = unwanted(obj["metadata"].get("labels", {}).get(LABEL_VARIANT))
         if why is None or not owned_by(obj, uid):
             continue

@@ -126,7 +126,8 @@ async def _converge(
         return "its disruptionBudget is off" if variant in names else f"variant {variant} left the spec"
 
     try:
-        await prune_children(kube, POD_DISRUPTION_BUDGET, namespace, uid, listed, unwanted, emit)
+        expected = {manifest["metadata"]["name"] for manifest in wanted.values()}
+        await prune_children(kube, POD_DISRUPTION_BUDGET, namespace, uid, listed, unwanted, emit, expected)
     except KubeError as err:
         _raise_unless_refused(err)
         refusals.append(err)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -80,14 +81,44 @@ def build_config_map(namespace: str, policy: str, uid: str, config_json: str) ->
     }
 
 
-async def _admin_token(kube: KubeClient, namespace: str, policy: str, spec: RoutingPolicySpec) -> str | None:
+@dataclass(frozen=True)
+class AdminToken:
+    """The routers' admin token as the policy's Secret holds it: the token, or what is wrong."""
+
+    secret: str
+    key: str
+    token: str | None = None
+    problem: str | None = None  # None with no token: the Secret or its key is missing
+
+
+def _token_problem(raw: str) -> str | None:
+    """Why the Secret's value cannot be the routers' admin token, or None."""
+    try:
+        text = base64.b64decode(raw).decode()
+    except ValueError:  # not base64 (binascii.Error), or not UTF-8 (UnicodeDecodeError)
+        return "is not UTF-8 text"
+    token = text.strip()
+    if not token:
+        return "is empty"
+    if not (token.isascii() and token.isprintable()):
+        # The token travels in an HTTP header ("Authorization: Bearer ..."): printable ASCII only.
+        return "holds characters an HTTP header cannot carry (only printable ASCII)"
+    return None
+
+
+async def _admin_token(kube: KubeClient, namespace: str, policy: str, spec: RoutingPolicySpec) -> AdminToken:
     ref_name = (
         spec.admin_token_secret_ref.name if spec.admin_token_secret_ref else default_token_secret(policy)
     )
     key = spec.admin_token_secret_ref.key if spec.admin_token_secret_ref else "token"
     secret = await kube.get(resource_path("v1", "secrets", namespace, ref_name))
-    raw = (secret or {}).get("data", {}).get(key)
-    return base64.b64decode(raw).decode().strip() if raw else None
+    raw = ((secret or {}).get("data") or {}).get(key)
+    if not raw:
+        return AdminToken(ref_name, key)
+    problem = _token_problem(raw) if isinstance(raw, str) else "is not a string"
+    if problem is not None:
+        return AdminToken(ref_name, key, problem=problem)
+    return AdminToken(ref_name, key, token=base64.b64decode(raw).decode().strip())
 
 
 def _status(
@@ -218,22 +249,28 @@ async def reconcile_policy(
 
     selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
     pods = await kube.list(resource_path("v1", "pods", namespace), selector)
-    token = await _admin_token(kube, namespace, name, spec) if pods else None
-    if pods and token is None:
-        secret = (
-            spec.admin_token_secret_ref.name if spec.admin_token_secret_ref else default_token_secret(name)
-        )
-        routers = [
-            RouterStatus(pod=p["metadata"]["name"], message=f"admin token Secret {secret} missing")
-            for p in pods
-        ]
-        programmed = (
-            False,
-            "AdminTokenMissing",
-            f"Secret {secret} with the routers' admin token is missing; "
-            "create it (key 'token') or set spec.adminTokenSecretRef",
-        )
+    admin = await _admin_token(kube, namespace, name, spec) if pods else None
+    if admin is not None and admin.token is None:
+        if admin.problem is None:
+            why = f"admin token Secret {admin.secret} missing"
+            programmed = (
+                False,
+                "AdminTokenMissing",
+                f"Secret {admin.secret} with the routers' admin token (key {admin.key!r}) is missing; "
+                "create it or set spec.adminTokenSecretRef",
+            )
+        else:
+            why = f"admin token Secret {admin.secret} key {admin.key!r} {admin.problem}"
+            programmed = (
+                False,
+                "AdminTokenInvalid",
+                f"key {admin.key!r} of Secret {admin.secret} with the routers' admin token "
+                f"{admin.problem}; store the token as printable ASCII text (the routers read the same "
+                "Secret) or set spec.adminTokenSecretRef",
+            )
+        routers = [RouterStatus(pod=p["metadata"]["name"], message=why) for p in pods]
     else:
+        token = admin.token if admin is not None else None
         routers = await push_all(http, pods, spec.router_port, token or "", candidate) if pods else []
         programmed = _programmed(routers, candidate.generation, cm["metadata"]["name"])
     ok, reason, message = programmed

@@ -37,6 +37,7 @@ from modelpool.controllers.pool_status import (
     ChildIssues,
     ReplicaPlan,
     compute_status,
+    hold,
     rejected_status,
     status_write_due,
 )
@@ -83,15 +84,10 @@ def hold_or_minimum(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> di
         if before is None:
             plans[variant.name] = ReplicaPlan(variant.min_replicas, "minReplicas (no decision yet)")
             continue
-        replicas = min(max(before.desired_replicas, variant.min_replicas), variant.max_replicas)
-        reason = (
-            before.reason
-            if replicas == before.desired_replicas
-            else f"clamped to [{variant.min_replicas}, {variant.max_replicas}]"
+        stored = ReplicaPlan(
+            before.desired_replicas, before.reason, before.capacity_shortfall_rps, memory=before.scaler
         )
-        plans[variant.name] = ReplicaPlan(
-            replicas, reason or "held", before.capacity_shortfall_rps, memory=before.scaler
-        )
+        plans[variant.name] = hold(variant, stored)
     return plans
 
 
@@ -197,14 +193,19 @@ async def prune_removed(
     keep: set[str],
     emit: EventSink,
     children: Mapping[str, Mapping[str, Obj]],
+    pool: str,
 ) -> None:
-    """Delete the Deployments and Services of variants no longer in the spec (and only ours)."""
+    """Delete the Deployments and Services of variants no longer in the spec (and only ours).
+
+    A child named as the child of a variant in ``keep`` is never deleted, whatever its variant
+    label (see :func:`prune_children`)."""
 
     def unwanted(variant: str | None) -> str | None:
         return None if variant in keep else f"variant {variant} left the spec"
 
+    expected = {child_name(pool, variant) for variant in keep}
     for kind in (DEPLOYMENT, SERVICE):
-        await prune_children(kube, kind, namespace, uid, children[kind.kind], unwanted, emit)
+        await prune_children(kube, kind, namespace, uid, children[kind.kind], unwanted, emit, expected)
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ async def reconcile_pool(
             issues,
             children,
         )
-    await prune_removed(kube, namespace, uid, {v.name for v in spec.variants}, emit, children)
+    await prune_removed(kube, namespace, uid, {v.name for v in spec.variants}, emit, children, name)
     conditions = await reconcile_budgets(
         kube,
         namespace,
@@ -330,7 +331,9 @@ async def reconcile_pool(
             now(),
         )
     profile_note = profile_condition(profiles)
-    if profile_note is not None:
+    if profile_note is None:  # no variant references a profile (any more): nothing to report on
+        conditions = c.remove_condition(conditions, c.PROFILES_CURRENT)
+    else:
         ok, reason, message = profile_note
         conditions = c.set_condition(
             conditions, c.PROFILES_CURRENT, "True" if ok else "False", reason, message, generation, now()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelpool.api import conditions as c
 from modelpool.api.base import Condition
-from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, ScalerMemory, VariantStatus
+from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, ScalerMemory, Variant, VariantStatus
 from modelpool.builders.triton import LABEL_VARIANT
 from modelpool.controllers.pod_failures import (
     ContainerFailure,
@@ -28,6 +28,17 @@ class ReplicaPlan:
     reason: str
     shortfall_rps: int = 0
     memory: ScalerMemory | None = None
+
+
+def hold(variant: Variant, before: ReplicaPlan) -> ReplicaPlan:
+    """``before`` kept for ``variant`` between decisions, clamped to its [minReplicas, maxReplicas]
+    (which the spec may have changed since)."""
+    replicas = min(max(before.replicas, variant.min_replicas), variant.max_replicas)
+    if replicas != before.replicas:
+        return replace(
+            before, replicas=replicas, reason=f"clamped to [{variant.min_replicas}, {variant.max_replicas}]"
+        )
+    return replace(before, reason=before.reason or "held")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from modelpool.api.modelpool import (
     ScalerRecommendation,
     Variant,
 )
-from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool
+from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import decide
@@ -259,6 +259,11 @@ class ScalingPlanner:
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
+    _last: dict[tuple[str, str], tuple[float, dict[str, ReplicaPlan]]] = field(default_factory=dict)
+    """Each pool's latest decision (when, and its plans), which the passes until the next decision
+    keep when the stored status does not show it yet: a pass that applied a decision and failed
+    before writing the status (or whose status write was refused) is retried within the interval,
+    and the retry must not apply the older decision the status still holds."""
     _granted: dict[str, dict[str, int]] = field(default_factory=dict)
     """GPUs each pool's latest decision granted, per shared GPU pool (``namespace/name`` keys).
 
@@ -322,6 +327,7 @@ class ScalingPlanner:
         scaling_metrics.forget_pool(namespace, name)
         self._states.pop((namespace, name), None)
         self._decided_at.pop((namespace, name), None)
+        self._last.pop((namespace, name), None)
         self._release_reader((namespace, name))
         self._drop_grant(namespace, name)
 
@@ -330,6 +336,25 @@ class ScalingPlanner:
         that no longer decides claims nothing beyond its minimums, which the index counts."""
         _drop_member(self._claims, f"{namespace}/{name}")
         _drop_member(self._granted, f"{namespace}/{name}")
+
+    def _held(
+        self,
+        key: tuple[str, str],
+        spec: ModelPoolSpec,
+        previous: ModelPoolStatus | None,
+        held: dict[str, ReplicaPlan],
+    ) -> dict[str, ReplicaPlan]:
+        """The plans of a pass between decisions: ``held`` (the decision in the stored status),
+        unless this planner's latest decision is newer than the stored status (see ``_last``).
+        A status another operator wrote after that decision (a change of leader) is newer and wins."""
+        last = self._last.get(key)
+        if last is None:
+            return held
+        decided_at, plans = last
+        stored = [v.scaler.decided_at for v in (previous.variants if previous else []) if v.scaler]
+        if stored and max(stored) >= decided_at:
+            return held
+        return {v.name: hold(v, plans[v.name]) if v.name in plans else held[v.name] for v in spec.variants}
 
     def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
         key = f"{namespace}/{name}"
@@ -395,6 +420,7 @@ class ScalingPlanner:
         clock = time.time() if now is None else now
         if not spec.scaling.enabled:
             self._drop_grant(namespace, name)  # back at its minimums: the index counts it from now on
+            self._last.pop(key, None)  # at its minimums: a decision made before is no longer held
             self._release_reader(key)
             scaling_metrics.forget_pool(namespace, name)  # it no longer decides: no gauges that lie
             return ScalingOutcome(
@@ -417,7 +443,9 @@ class ScalingPlanner:
         interval = float(spec.scaling.interval_seconds)
         since = clock - self._decided_at.get(key, float("-inf"))
         if since < interval:
-            return ScalingOutcome(held, None, next_decision_in=interval - since)
+            return ScalingOutcome(
+                self._held(key, spec, previous, held), None, next_decision_in=interval - since
+            )
 
         reader = self.reader(url, spec, key)
         needs_routed_slo = any(v.scaling.target_latency_ms is None for v in spec.variants)
@@ -468,6 +496,7 @@ class ScalingPlanner:
             )
             for v in pool_decision.variants
         }
+        self._last[key] = (clock, plans)
         scaled = [
             f"{v.name} {v.current_replicas}->{v.desired_replicas}: {v.reason}"
             for v in pool_decision.variants

@@ -159,7 +159,7 @@ def allocate_shared(
     free = max(0, budget - shared.held_gpus)
     capped = [replace(c, wish=min(c.wish, joint.grants[c.key].replicas)) for c in claims]
     own = allocate(capped, free, gpu_pool)
-    others = ", ".join(shared.members) or "no other pool"
+    others = _some(shared.members)
     grants: dict[tuple[str, str], Grant] = {}
     for c in claims:
         share, now = joint.grants[c.key], own.grants[c.key]
@@ -173,6 +173,19 @@ def allocate_shared(
         grants[c.key] = Grant(now.replicas, reason, _shortfall(c, now.replicas))
     report = f"{joint.report}; shared with {others}, holding {shared.held_gpus} GPUs"
     return Allocation(grants, report)
+
+
+NAMED_MEMBERS = 3
+"""How many of the other pools on a shared GPU pool a reason or report names: the rest are counted
+(a reason lists them on every cut variant, and a variant's reason holds at most 1024 characters)."""
+
+
+def _some(names: Sequence[str], most: int = NAMED_MEMBERS) -> str:
+    """``a, b, c and 14 more``: the first ``most`` names and how many others there are."""
+    if not names:
+        return "no other pool"
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _neg(key: tuple[str, str]) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelpool.api import conditions as c
+from modelpool.api.base import shorten
 from modelpool.api.modelpool import ModelPoolSpec, ScalerMemory
 from modelpool.api.routingpolicy import RoutingPolicySpec
 from modelpool.api.semantics import child_name_problems, routing_reference_problems
@@ -18,6 +19,7 @@ from modelpool.controllers.pool_status import (
 )
 
 NOW = "2026-01-01T00:00:00Z"
+MARK = " \u2026 ("
 
 
 def _spec(budget: int = 8, small_min: int = 1) -> ModelPoolSpec:
@@ -223,3 +225,37 @@ def test_a_pod_the_spread_keeps_off_free_nodes_is_not_short_of_gpus() -> None:
     degraded = c.find(status.conditions, c.DEGRADED)
     assert degraded is not None and degraded.reason == "PodsUnschedulable"
     assert "set spec.topologySpread.whenUnsatisfiable to ScheduleAnyway" in degraded.message
+
+
+def test_shorten_keeps_the_start_and_says_how_much_was_cut() -> None:
+    assert shorten("short", 1024) == "short"
+    assert shorten("x" * 1024, 1024) == "x" * 1024
+    for length in (1025, 1030, 5000, 10**6):
+        text = "cause: " + "x" * (length - 7)
+        cut = shorten(text, 1024)
+        assert len(cut) == 1024, length
+        assert cut.startswith("cause: x")
+        kept = cut.index(MARK)
+        assert cut.endswith(f"{MARK}{length - kept} more characters)"), cut[-40:]
+    assert shorten("abcdef" * 10, 10) == "abcdefabcd"  # no room for the marker: a plain cut
+
+
+def test_reasons_and_messages_too_long_for_their_fields_are_cut_not_refused() -> None:
+    """A hold reason quoting Prometheus' series labels (1184 characters) made compute_status raise
+    after the pass had applied the new replica count, so the pool's status was never written and
+    the retried pass undid the decision. Reasons and messages are cut to their fields' limits
+    (1024 characters, 32768 for a condition's message), keeping the start that names the cause."""
+    long_reason = "holding 2 replicas: metrics missing: " + "{'pod': 'demo-small-7c9f8d6b5d'}, " * 40
+    plans = {"small": ReplicaPlan(2, long_reason), "large": ReplicaPlan(1, "min")}
+    pods = [_pod("small", f"s-{i}", None, "0/3 nodes are available: " + "n" * 40_000) for i in range(2)]
+    status = compute_status(_spec(), 1, plans, {}, pods, [], ChildIssues(), NOW)
+    reason = status.variants[0].reason
+    assert len(long_reason) > 1024 and len(reason) == 1024
+    assert reason.startswith("holding 2 replicas: metrics missing: ")
+    kept = reason.index(MARK)
+    assert reason.endswith(f"({len(long_reason) - kept} more characters)")
+    degraded = c.find(status.conditions, c.DEGRADED)
+    assert degraded is not None and degraded.reason == "PodsUnschedulable"
+    assert len(degraded.message) == 32768 and degraded.message.startswith("2 pod(s) pending: s-0: ")
+    assert degraded.message.endswith("more characters)")
+    assert len(c.set_condition([], c.READY, "False", "R" * 2000, "m", 1, NOW)[0].reason) == 1024

@@ -133,7 +133,7 @@ async def test_load_scales_up_and_is_paced_by_the_interval() -> None:
     assert any(line.startswith("small 1->") for line in outcome.scaled)
     calls = reader.calls
     again = await planner.plan("ns", "p", _spec(), None, {"small": 5, "large": 1}, HELD, now=now + 3)
-    assert again.plans == HELD and again.metrics is None  # not due: the last decision holds
+    assert again.plans == outcome.plans and again.metrics is None  # not due: the last decision holds
     assert reader.calls == calls
     assert again.next_decision_in is not None and 6.9 < again.next_decision_in < 7.1
 
@@ -467,3 +467,66 @@ async def test_a_pool_grows_into_gpus_another_gives_up_only_once_the_index_shows
     held["team-a/chat"] = {v: p.replicas for v, p in chat.items()}  # chat's status lands
     code = await _planned_gpus(planner, specs, held, "team-b/code", now + 10)
     assert sum(p.replicas for p in code.values()) == 8 - shrunk
+
+
+async def test_a_pass_between_decisions_keeps_the_latest_decision_the_status_does_not_show_yet() -> None:
+    """A pass decided 1 -> 5 replicas, applied them, and failed before its status was written (a
+    status the API server refused, a conflict): the pass retried within the decision interval read
+    the stored status, still at the older decision, and applied 1 again (6 -> 1 -> 6 replicas on
+    the next decision). Between decisions the planner's own latest decision holds unless the stored
+    status is newer (a status another operator wrote after a change of leader)."""
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(45.0, now), "m-large": _metrics(1.0, now)})
+    planner = _planner(reader)
+    decided = await planner.plan("ns", "p", _spec(), None, {"small": 1, "large": 1}, HELD, now=now)
+    assert decided.plans["small"].replicas >= 5
+    stored_before = ModelPoolStatus(
+        variants=[VariantStatus(name="small", tier="small", desired_replicas=1, reason="held")]
+    )
+    retry = await planner.plan("ns", "p", _spec(), stored_before, {"small": 5, "large": 1}, HELD, now=now + 5)
+    assert retry.metrics is None  # no decision: the latest one holds
+    assert retry.plans["small"] == decided.plans["small"]
+    # A spec that lowered maxReplicas since: the held decision is clamped to it.
+    lowered = _spec()
+    lowered = lowered.model_copy(
+        update={"variants": [lowered.variants[0], lowered.variants[1].model_copy(update={"max_replicas": 2})]}
+    )
+    clamped = await planner.plan(
+        "ns", "p", lowered, stored_before, {"small": 5, "large": 1}, HELD, now=now + 6
+    )
+    assert clamped.plans["small"].replicas == 2 and clamped.plans["small"].reason == "clamped to [1, 2]"
+    # A stored status decided after this planner's decision (another operator led meanwhile) wins.
+    memory = decided.plans["small"].memory
+    assert memory is not None
+    newer = memory.model_copy(update={"decided_at": now + 4})
+    stored_newer = ModelPoolStatus(
+        variants=[VariantStatus(name="small", tier="small", desired_replicas=3, scaler=newer)]
+    )
+    theirs = {"small": ReplicaPlan(3, "theirs"), "large": ReplicaPlan(1, "held")}
+    again = await planner.plan(
+        "ns", "p", _spec(), stored_newer, {"small": 3, "large": 1}, theirs, now=now + 7
+    )
+    assert again.plans == theirs
+
+
+async def test_a_cut_reason_names_a_few_of_the_pools_sharing_the_gpu_pool_and_counts_the_others() -> None:
+    """The reason of a variant waiting for GPUs listed every other pool on the shared GPU pool: 17
+    pools made it longer than the 1024 characters the status field takes, and the status write
+    failed. It names three and counts the rest, and the MetricsAvailable report does the same."""
+    now = 1_000.0
+    reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
+    planner = _planner(reader)
+    others = [f"team-{i:02d}-inference/customer-support-classifier" for i in range(17)]
+    holder = GpuPoolMember("zz/holder", 8, 6)  # holds 6 of the 8 GPUs: the pool must wait for them
+    planner.members = lambda _gpu_pool: [*(GpuPoolMember(pool, 8, 0) for pool in others), holder]
+    wire = _spec().to_wire()
+    wire["gpuPool"]["name"] = "shared"
+    spec = ModelPoolSpec.model_validate(wire)
+    outcome = await planner.plan("ns", "p", spec, None, {"small": 1, "large": 1}, HELD, now=now)
+    cut = [plan.reason for plan in outcome.plans.values() if "once the pools sharing" in plan.reason]
+    assert cut, outcome.plans
+    for reason in cut:
+        assert len(reason) <= 1024
+        assert f"({others[0]}, {others[1]}, {others[2]} and 15 more)" in reason, reason
+        assert others[3] not in reason
+    assert outcome.metrics is not None and "and 15 more" in outcome.metrics.message

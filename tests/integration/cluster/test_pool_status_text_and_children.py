@@ -1,0 +1,124 @@
+"""On the real API server: a hold reason longer than the CRD's 1024 characters still gets the
+pool's status written (cut, its start kept); a child whose variant label was edited by hand is
+corrected, not deleted; ProfilesCurrent goes when no variant references a profile any more."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from integration.cluster.kubetools import Kube, wait_for
+from integration.cluster.test_modelpool_operator import pool_manifest, ready
+
+pytestmark = pytest.mark.cluster
+Obj = dict[str, Any]
+
+
+class _ManySeries(BaseHTTPRequestHandler):
+    """A Prometheus answering every query with three series of long labels: the scaler holds,
+    and its reason quotes the query and the series' labels (well over 1024 characters)."""
+
+    def do_GET(self) -> None:
+        labels = {"namespace": "ml-serving-production", "node": "gke-ml-prod-a100-pool-2-" + "x" * 600}
+        result = [
+            {"metric": {**labels, "pod": f"p{i}"}, "values": [[1, "1"]], "value": [1, "1"]} for i in range(3)
+        ]
+        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def many_series_prometheus() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ManySeries)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_reason_longer_than_the_field_is_cut_and_the_status_written(
+    kube: Kube, many_series_prometheus: str
+) -> None:
+    """compute_status used to raise on the 1024-character limit, after the pass had applied its
+    replicas: the status was never written (and the API server would refuse it anyway)."""
+    manifest = pool_manifest(
+        "longreason", scaling={"intervalSeconds": 1, "prometheusURL": many_series_prometheus}
+    )
+    manifest["spec"]["variants"] = manifest["spec"]["variants"][:1]
+    kube.apply(manifest)
+
+    def cut_reason() -> str | None:
+        pool = kube.get("modelpool", "longreason") or {}
+        variants = (pool.get("status") or {}).get("variants") or []
+        reason = str(variants[0].get("reason", "")) if variants else ""
+        return reason if reason.endswith("more characters)") else None
+
+    reason = wait_for(cut_reason, 60, "the status with the cut reason")
+    assert len(reason) == 1024
+    assert reason.startswith("holding ")
+    metrics = kube.condition("modelpool", "longreason", "MetricsAvailable")
+    assert metrics is not None and metrics["reason"] == "MetricsUnavailable"
+
+
+def test_a_child_whose_variant_label_was_removed_is_corrected_not_deleted(kube: Kube) -> None:
+    kube.apply(pool_manifest("drift", scaling={"enabled": False}))
+    wait_for(lambda: ready(kube, "drift"), 90, "pool Ready")
+    before = {kind: kube.get(kind, "drift-small") for kind in ("deployment", "service")}
+    for kind in before:
+        kube.run("label", kind, "drift-small", "modelpool.dev/variant-")
+
+    def restored() -> bool | None:
+        labels = [
+            (kube.get(kind, "drift-small") or {}).get("metadata", {}).get("labels", {}) for kind in before
+        ]
+        return all(label.get("modelpool.dev/variant") == "small" for label in labels) or None
+
+    wait_for(restored, 30, "the variant labels restored")
+    kube.run("annotate", "modelpool", "drift", "poke=1", "--overwrite")  # one more pass, to be sure
+    wait_for(lambda: ready(kube, "drift"), 30, "pool Ready")
+    for kind, old in before.items():
+        now = kube.get(kind, "drift-small")
+        assert now is not None and old is not None
+        assert now["metadata"]["uid"] == old["metadata"]["uid"], f"{kind} was deleted and recreated"
+    assert [e["message"] for e in kube.events("drift") if e["reason"] == "Deleted"] == []
+
+
+def test_profiles_current_goes_with_the_last_profile_reference(kube: Kube) -> None:
+    manifest = pool_manifest("profless", scaling={"enabled": False})
+    manifest["spec"]["variants"] = manifest["spec"]["variants"][:1]
+    manifest["spec"]["variants"][0]["profile"] = {
+        "configMapKeyRef": {"name": "profiles", "key": "small.yaml"}
+    }
+    kube.apply(manifest)
+    missing = wait_for(
+        lambda: (cond := kube.condition("modelpool", "profless", "ProfilesCurrent")) and cond,
+        30,
+        "ProfilesCurrent",
+    )
+    assert missing["reason"] == "ProfileMissing"
+    del manifest["spec"]["variants"][0]["profile"]
+    kube.apply(manifest)
+
+    def gone() -> bool | None:
+        pool = kube.get("modelpool", "profless") or {}
+        status = pool.get("status") or {}
+        if status.get("observedGeneration") != pool.get("metadata", {}).get("generation"):
+            return None
+        return all(cond["type"] != "ProfilesCurrent" for cond in status.get("conditions", [])) or None
+
+    wait_for(gone, 30, "ProfilesCurrent removed")
