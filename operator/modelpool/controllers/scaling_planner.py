@@ -460,6 +460,7 @@ class ScalingPlanner:
             metrics: VariantMetrics = await reader.read_variant(
                 VariantTarget(
                     pool=name,
+                    namespace=namespace,
                     model=variant.model.name,
                     variant=variant.name,
                     extra_matchers=self.extra_matchers,

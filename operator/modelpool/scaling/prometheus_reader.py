@@ -151,10 +151,10 @@ def _sample(raw: Any, promql: str) -> tuple[float, float]:
 class VariantTarget:
     """Which series belong to one variant: Triton label matchers and router label matchers.
 
-    ``namespace``, when set, adds ``namespace="<namespace>"`` to both selectors (the target label
-    prometheus-operator's PodMonitors attach), so that pools of several namespaces serving the same
-    model name do not read each other's series; empty adds nothing (a scrape that attaches no
-    ``namespace`` label)."""
+    ``namespace``, when set, adds ``namespace=~"<namespace>|"`` to both selectors: series of that
+    namespace (the target label prometheus-operator's PodMonitors attach) or of none (a scrape that
+    attaches no ``namespace`` label still works), so that pools of several namespaces serving the
+    same model name do not read each other's series; empty adds nothing."""
 
     model: str
     variant: str
@@ -163,8 +163,8 @@ class VariantTarget:
     namespace: str = ""
 
     def _with_common(self, base: str) -> str:
-        if self.namespace:
-            base = f'{base},namespace="{self.namespace}"'
+        if self.namespace:  # a DNS label: no regex metacharacters to escape
+            base = f'{base},namespace=~"{self.namespace}|"'
         return f"{base},{self.extra_matchers}" if self.extra_matchers else base
 
     @property

@@ -6,7 +6,8 @@ counter of one router of several (the others unscraped) that sent them 2 req/s. 
 pool scaled down); now the pool holds and the problem names the field. ``pending: "0"`` is a
 scalar answer (a TypeError before), a range selector a matrix (a KeyError before). The reader
 keeps Triton's 25 req/s beside the router's 2 (it kept the router's alone, and the pool scaled
-down to what that one router saw).
+down to what that one router saw). A pool of another namespace serving the same model name, whose
+series carry their namespace, is not read with this pool's (its 100 req/s were added before).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,7 +27,7 @@ from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
-TARGET = VariantTarget(model="small", variant="small", pool="bank")
+TARGET = VariantTarget(model="small", variant="small", pool="bank", namespace="team-a")
 STARTED = time.time()
 
 
@@ -41,10 +43,14 @@ class Exporter(BaseHTTPRequestHandler):
                 f'nv_inference_request_success{{model="small",pod="{pod}"}} {rps * elapsed:.3f}'
                 for pod, rps in (("a", 5.0), ("b", 20.0))
             ),
+            # Another tenant's pool of the same name and model, its series labelled with its namespace.
+            f'nv_inference_request_success{{model="small",namespace="team-b",pod="c"}} {100.0 * elapsed:.3f}',
             "# TYPE nv_inference_pending_request_count gauge",
             'nv_inference_pending_request_count{model="small",pod="a"} 0',
             "# TYPE modelpool_router_upstream_requests_total counter",
             f'modelpool_router_upstream_requests_total{{pool="bank",variant="small"}} {2.0 * elapsed:.3f}',
+            f'modelpool_router_upstream_requests_total{{namespace="team-b",pool="bank",variant="small"}} '
+            f"{50.0 * elapsed:.3f}",
         ]
         body = ("\n".join(lines) + "\n").encode()
         self.send_response(200)
@@ -73,10 +79,10 @@ def prometheus() -> Iterator[PrometheusProcess]:
         server.server_close()
 
 
-async def _read(prom: PrometheusProcess, templates: QueryTemplates) -> Any:
+async def _read(prom: PrometheusProcess, templates: QueryTemplates, target: VariantTarget = TARGET) -> Any:
     reader = PrometheusReader(prom.url, templates=templates, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
     try:
-        return await reader.read_variant(TARGET)
+        return await reader.read_variant(target)
     finally:
         await reader.aclose()
 
@@ -126,3 +132,18 @@ async def test_triton_serving_more_than_the_scraped_router_sees_sizes_the_pool(
     assert not d.held, d.reason
     assert d.desired_replicas >= 3, d.reason
     assert metrics.served_series[-1].rps == pytest.approx(25.0, rel=0.2)
+
+
+async def test_a_pool_reads_its_own_namespace_and_unlabelled_series_only(
+    prometheus: PrometheusProcess,
+) -> None:
+    """team-a's pool reads the unlabelled pods (25 req/s) and router (2), not team-b's 100 and 50;
+    team-b's pool reads its own on top of the unlabelled ones; without a namespace, everything."""
+    own = await _read(prometheus, QueryTemplates())
+    assert own.served_series[-1].rps == pytest.approx(25.0, rel=0.2)
+    assert own.router_rps == pytest.approx(2.0, rel=0.2)
+    other = await _read(prometheus, QueryTemplates(), replace(TARGET, namespace="team-b"))
+    assert other.served_series[-1].rps == pytest.approx(125.0, rel=0.2)
+    assert other.router_rps == pytest.approx(52.0, rel=0.2)
+    everything = await _read(prometheus, QueryTemplates(), replace(TARGET, namespace=""))
+    assert everything.served_series[-1].rps == pytest.approx(125.0, rel=0.2)

@@ -29,9 +29,11 @@ class FakeReader:
     def __init__(self, by_model: dict[str, VariantMetrics]) -> None:
         self.by_model = by_model
         self.calls = 0
+        self.targets: list[VariantTarget] = []
 
     async def read_variant(self, target: VariantTarget, at: float | None = None) -> VariantMetrics:
         self.calls += 1
+        self.targets.append(target)
         return self.by_model[target.model]
 
     async def aclose(self) -> None:
@@ -530,3 +532,14 @@ async def test_a_cut_reason_names_a_few_of_the_pools_sharing_the_gpu_pool_and_co
         assert f"({others[0]}, {others[1]}, {others[2]} and 15 more)" in reason, reason
         assert others[3] not in reason
     assert outcome.metrics is not None and "and 15 more" in outcome.metrics.message
+
+
+async def test_each_pool_reads_the_series_of_its_own_namespace() -> None:
+    """Two tenants' pools may serve the same model name: the selectors carry the pool's namespace
+    (series of no namespace still match, for scrapes that attach none)."""
+    now = 1_000_000.0
+    reader = FakeReader({"m-small": _metrics(5, now), "m-large": _metrics(1, now)})
+    planner = _planner(reader)
+    await planner.plan("team-a", "p", _spec(), None, {"small": 1, "large": 1}, HELD, now=now)
+    assert {(t.pool, t.namespace) for t in reader.targets} == {("p", "team-a")}
+    assert all('namespace=~"team-a|"' in t.selector for t in reader.targets)

@@ -37,16 +37,16 @@ def test_default_templates_render_triton_and_router_queries() -> None:
 
 
 def test_a_target_with_a_namespace_selects_only_that_namespace() -> None:
-    """Groundwork for pools of several namespaces serving one model name: the operator does not
-    pass the namespace yet (controllers/scaling_planner.py), so no selector changes by default."""
+    """Pools of several namespaces serving one model name: the operator passes the pool's namespace
+    (controllers/scaling_planner.py); series of no namespace (a scrape that attaches none) match too."""
     plain = VariantTarget(model="small", variant="small", pool="bank")
     assert plain.selector == 'model="small"'
     assert plain.router_selector == 'pool="bank",variant="small"'
     scoped = VariantTarget(
         model="small", variant="small", pool="bank", namespace="prod", extra_matchers='x="y"'
     )
-    assert scoped.selector == 'model="small",namespace="prod",x="y"'
-    assert scoped.router_selector == 'pool="bank",variant="small",namespace="prod",x="y"'
+    assert scoped.selector == 'model="small",namespace=~"prod|",x="y"'
+    assert scoped.router_selector == 'pool="bank",variant="small",namespace=~"prod|",x="y"'
 
 
 def test_bad_template_placeholder_names_the_field() -> None:
