@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -16,54 +15,27 @@ import pytest
 from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
 from modelpool.routing.server import RunningRouter, start_router
+from unit.routing.fake_upstream import FakeUpstream
 
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
 
 
-@dataclass
-class FakeTriton:
+class FakeTriton(FakeUpstream):
     """Answers ``POST .../infer`` with ``status`` after ``delay_s``; counts the requests it got."""
 
-    name: str
-    status: int = 200
-    delay_s: float = 0.0
-    requests: int = 0
-    url: str = ""
-    _server: asyncio.Server | None = field(default=None, repr=False)
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.status = 200
+        self.delay_s = 0.0
+        self.requests = 0
 
-    async def start(self) -> FakeTriton:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
-                self.requests += 1
-                await asyncio.sleep(self.delay_s)
-                body = json.dumps({"model_name": self.name, "outputs": []}).encode()
-                if self.status != 200:
-                    body = json.dumps({"error": f"{self.name} is not ready"}).encode()
-                writer.write(
-                    b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (self.status, len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def answer(self, method: bytes, path: bytes, body: bytes) -> tuple[int, bytes]:
+        self.requests += 1
+        await asyncio.sleep(self.delay_s)
+        if self.status != 200:
+            return self.status, json.dumps({"error": f"{self.name} is not ready"}).encode()
+        return self.status, json.dumps({"model_name": self.name, "outputs": []}).encode()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from modelpool.routing.breaker import BreakerState
 from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
 from modelpool.routing.server import RouterApp, RunningRouter, start_router
+from unit.routing.fake_upstream import FakeUpstream, Handler
 
-Handler = Callable[[bytes, bytes, bytes], tuple[int, bytes]]
 OK = json.dumps(
     {"model_name": "x", "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
 )
@@ -28,50 +28,11 @@ BODY = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data"
 TOKEN = "t0ken"
 
 
-class Fake:
+class Fake(FakeUpstream):
     """A Triton stand-in: ``handler(method, path, body) -> (status, body)``; logs what it got."""
 
     def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.log: list[tuple[bytes, bytes, bytes]] = []
-        self.url = ""
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> Fake:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                method, path, _ = lines[0].split(b" ", 2)
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in lines
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                body = await reader.readexactly(length) if length else b""
-                self.log.append((method, path, body))
-                status, out = self.handler(method, path, body)
-                writer.write(
-                    b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (status, len(out), out)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        super().__init__(handler)
 
 
 @contextlib.asynccontextmanager
