@@ -4,7 +4,8 @@ on the real local cluster, scraped by a real Prometheus (Debian's ``/usr/bin/pro
 charts/modelpool/files/alerts/prometheusrule.yaml. A pool whose pods no node can take is not
 Ready, and ModelPoolNotReady fires for it, read from Prometheus' HTTP API; a Ready pool's does not.
 A RoutingPolicy's cap on the large tier's share is on the operator's /metrics as long as the policy
-sets it (ModelPoolLargeShareAboveCap's operator side; its router side is the promtool tests').
+sets it (ModelPoolLargeShareAboveCap's operator side; test_large_share_alert.py runs it end to end
+with real routers).
 
 To keep the tests short, the rules are a copy written to a temporary folder in which every
 ``for:`` is 10 s instead of minutes (and Prometheus scrapes and evaluates every second); the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,18 @@ class Prometheus:
     """A real Prometheus on 127.0.0.1 that scrapes the given 127.0.0.1 targets every second and
     evaluates the operator's rules (their ``for:`` shortened) every second."""
 
-    def __init__(self, folder: Path, targets: list[str]) -> None:
-        assert all(t.startswith("127.0.0.1:") for t in targets)
+    def __init__(
+        self, folder: Path, targets: list[str], extra_jobs: Sequence[Obj] = (), rules: Path = RULES
+    ) -> None:
+        """``targets``: the operator's metrics ports (job ``modelpool-operator``); ``extra_jobs``:
+        more scrape jobs (127.0.0.1 targets only); ``rules``: the rules file (a broken copy shows
+        that a test can fail)."""
+        jobs = [{"job_name": "modelpool-operator", "static_configs": [{"targets": targets}]}, *extra_jobs]
+        every = [t for job in jobs for static in job["static_configs"] for t in static["targets"]]
+        assert all(t.startswith("127.0.0.1:") for t in every), every
         if not PROMETHEUS.is_file():
             pytest.fail(f"{PROMETHEUS} is missing: install Debian's prometheus package (.ci/setup.sh does)")
-        spec = yaml.safe_load(RULES.read_text())["spec"]
+        spec = yaml.safe_load(rules.read_text())["spec"]
         for group in spec["groups"]:
             for rule in group["rules"]:
                 if "for" in rule:
@@ -61,7 +69,7 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
             "rule_files": ["rules.yaml"],
-            "scrape_configs": [{"job_name": "modelpool-operator", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": jobs,
         }
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.port = free_port()
@@ -82,7 +90,11 @@ class Prometheus:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        wait_for(self._rules_loaded, 60, "Prometheus ready with the operator's rules")
+        try:
+            wait_for(self._rules_loaded, 60, "Prometheus ready with the operator's rules")
+        except BaseException:
+            self.stop()
+            raise
 
     def get(self, path: str, **params: str) -> Any:
         response = httpx.get(f"{self.url}{path}", params=params, timeout=5)
@@ -98,6 +110,11 @@ class Prometheus:
             return False
         rules = [r for g in groups for r in g["rules"]]
         return bool(rules) and all(r["health"] != "err" for r in rules)
+
+    def targets_up(self, job: str) -> bool:
+        active = self.get("/api/v1/targets", state="active")["activeTargets"]
+        mine = [t for t in active if t["labels"]["job"] == job]
+        return bool(mine) and all(t["health"] == "up" for t in mine)
 
     def alerts(self, name: str, namespace: str) -> list[Obj]:
         """The alerts called ``name`` (pending or firing) of one namespace."""
