@@ -21,6 +21,7 @@ import gc
 import hmac
 import logging
 import os
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MODELPOOL_ROUTER_ADMIN_TOKEN"
 _MODELS = b"/v2/models/"
+# The GETs under /v2/models/<model> that go on to a variant (Triton's routes; nothing else, so a
+# crafted suffix such as /../../metrics reaches no other path of the upstream).
+_METADATA = re.compile(rb"(/versions/[0-9]+)?")
+_MODEL_GET = re.compile(rb"(/versions/[0-9]+)?(/ready|/config|/stats|/trace/setting)?")
 _ENCODING = b"content-encoding"
 _SERVER_METADATA = {"name": "modelpool-router", "version": "1", "extensions": ["binary_tensor_data"]}
 _METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -118,8 +123,14 @@ class RouterApp:
                 if rest == b"/ready":
                     ready = self.router.model_ready()
                     return Response(200 if ready else 503)
-                if rest == b"" or rest.startswith(b"/"):
+                if _MODEL_GET.fullmatch(rest):
                     return await self._model_get(rest)
+                if rest.startswith(b"/"):
+                    return error_response(
+                        404,
+                        f"no route for GET {path.decode('utf-8', 'replace')}: a model's GETs are its "
+                        "metadata, /ready, /config, /stats and /trace/setting, after /versions/<n> or not",
+                    )
         if path.startswith(_MODELS):
             name = path[len(_MODELS) :].split(b"/", 1)[0].decode("utf-8", "replace")
             return error_response(
@@ -144,7 +155,7 @@ class RouterApp:
 
     async def _model_get(self, rest: bytes) -> Response:
         response = await self.router.forward_get(rest.decode())
-        if rest == b"" and response.status == 200:  # metadata: name the pool's model
+        if _METADATA.fullmatch(rest) and response.status == 200:  # metadata: name the pool's model
             import json
 
             with contextlib.suppress(ValueError):

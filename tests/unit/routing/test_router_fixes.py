@@ -335,3 +335,43 @@ def test_escalations_count_only_drafts_the_verifier_answered() -> None:
     assert _metric(text, "modelpool_router_cascade_escalations_total") == 1
     assert _metric(text, "modelpool_router_cascade_acceptance_ratio") == pytest.approx(0.25)
     assert _metric(text, 'modelpool_router_cascade_decisions_total{outcome="escalation_failed"') == 2
+
+
+async def _raw_get(url: str, path: str) -> tuple[int, dict[str, Any]]:
+    """GET ``path`` as sent, dot segments and all (httpx would normalize them away)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+async def test_model_gets_reach_only_tritons_model_routes_and_versioned_metadata_is_renamed() -> None:
+    """A GET under /v2/models/<model> went on with any suffix (``/../../metrics`` too), and the
+    metadata of ``/versions/<n>`` kept the variant's Triton model name."""
+    meta = json.dumps({"name": "m_large", "versions": ["1"], "platform": "x", "inputs": [], "outputs": []})
+    async with _fakes(lambda *_: (200, meta.encode())) as (fake,):
+        config = _config("weighted", _variant("large", "large", [fake.url]))
+        async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
+            versioned = await client.get("/v2/models/m/versions/1")
+            config_get = await client.get("/v2/models/m/versions/1/config")
+            crafted = [
+                await _raw_get(running.url, "/v2/models/m" + suffix)
+                for suffix in (
+                    "/../../metrics",
+                    "/versions/1/../../../v2/repository",
+                    "/unknown",
+                    "/versions/x",
+                )
+            ]
+    assert versioned.status_code == 200 and versioned.json()["name"] == "m"
+    assert config_get.status_code == 200
+    assert [status for status, _ in crafted] == [404] * 4
+    assert all("a model's GETs are" in body["error"] for _, body in crafted), crafted
+    asked = [path for _, path, _ in fake.log]
+    assert asked == [b"/v2/models/m_large/versions/1", b"/v2/models/m_large/versions/1/config"], asked
