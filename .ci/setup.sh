@@ -12,6 +12,7 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 # 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts), wrk.
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+"${MODELPOOL_PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)  # Debian splits it off
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v wrk >/dev/null || need_apt+=(wrk)  # load generator of tests/bench/bench_router.py
@@ -20,10 +21,11 @@ if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # Debian starts these as services on install; the project runs its own instances.
-  (systemctl stop prometheus nginx 2>/dev/null || service prometheus stop 2>/dev/null || true) >/dev/null
-  pkill -x prometheus 2>/dev/null || true
-  pkill -x nginx 2>/dev/null || true
+  # Debian starts these as services on install; the project runs its own instances. Only the
+  # services are stopped: other checkouts' test processes of the same name are left alone.
+  for service in prometheus nginx; do
+    (systemctl disable --now "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true) >/dev/null
+  done
 fi
 
 # 2. Python environment, keyed by the dependency lists in pyproject.toml.
@@ -50,6 +52,10 @@ if [[ ! -f "$venv/.complete" ]]; then
 fi
 # The project itself is not installed into the shared environment: several checkouts may use
 # it at once, so each runs its own code through PYTHONPATH=<checkout>/operator (the Makefile sets it).
+if [[ -e "$here/.venv" && ! -L "$here/.venv" ]]; then
+  echo "setup: $here/.venv is a directory, not the link this script manages; move it away and run again" >&2
+  exit 1
+fi
 ln -sfn "$venv" "$here/.venv"
 
 # 3. Control plane binaries (kube-apiserver, controller-manager, scheduler, kubectl,

@@ -181,11 +181,16 @@ creates it when absent, updates it to take, renew and release it).
 
 {{/*
 Name of the metrics Service: <fullname>-metrics. A Service name is a DNS-1035 label (at most 63
-characters, no dots), stricter than the names of the other objects: the full name is cut to 55
-characters to keep the "-metrics" suffix, and the dots Helm allows in release names become "-".
+characters, no dots, starting with a letter), stricter than the names of the other objects: the
+full name is cut to 55 characters to keep the "-metrics" suffix, the dots Helm allows in release
+names become "-", and a name that starts with a digit (release `1st`) gets an "m" in front.
 */}}
 {{- define "modelpool.metricsServiceName" -}}
-{{- $base := include "modelpool.fullname" . | replace "." "-" | trunc 55 | trimSuffix "-" }}
+{{- $base := include "modelpool.fullname" . | replace "." "-" }}
+{{- if regexMatch "^[0-9]" $base }}
+{{- $base = printf "m%s" $base }}
+{{- end }}
+{{- $base = $base | trunc 55 | trimSuffix "-" }}
 {{- printf "%s-metrics" $base }}
 {{- end }}
 

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART = REPO_ROOT / "charts" / "modelpool"
 RULES_FILE = CHART / "files" / "alerts" / "prometheusrule.yaml"  # the alerting rules, one source
 MANIFESTS = REPO_ROOT / "manifests"
-# What `helm template` assumes when no cluster is asked (the chart requires kubeVersion >= 1.27).
+# What `helm template` assumes when no cluster is asked (the chart requires kubeVersion >= 1.28).
 KUBE_VERSION = "1.36.3"
 # Labels only Helm puts on objects: the kustomize base carries every other one.
 HELM_ONLY_LABELS = frozenset({"helm.sh/chart", "app.kubernetes.io/managed-by"})

@@ -167,7 +167,7 @@ def assert_consistent(objs: Sequence[Obj], values: Mapping[str, Any], release: s
 
     for service in _kind(objs, "Service"):
         name = service["metadata"]["name"]
-        assert len(name) <= 63 and "." not in name, name  # a DNS-1035 label
+        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name), name  # a DNS-1035 label
         assert service["spec"]["selector"] == selector
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
 
