@@ -265,6 +265,9 @@ Checks across values that values.schema.json cannot express; each failure names 
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "modelpool.leaderElection" .)) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: without leader election every replica reconciles every pool; set leaderElection.enabled=true (one leader, hot standbys) or replicaCount to 0 or 1" (int .Values.replicaCount)) }}
 {{- end }}
+{{- if and .Values.rbac.create (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "serviceAccount.name is empty while serviceAccount.create is false: name the ServiceAccount the operator runs as; the chart would otherwise bind the operator's roles to the namespace's default ServiceAccount, which every pod there runs as" }}
+{{- end }}
 {{- $envNames := list "MODELPOOL_RESYNC_SECONDS" }}
 {{- if include "modelpool.leaderElection" . }}
 {{- $envNames = append $envNames "POD_NAMESPACE" }}

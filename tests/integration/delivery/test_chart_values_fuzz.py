@@ -50,7 +50,8 @@ CROSS_FIELD = re.compile(
     r"metrics\.port and liveness\.port are both|"
     r"readiness\.port and (liveness|metrics)\.port are both|"
     r"metrics\.serviceMonitor\.scrapeTimeout \(.*\) is longer than metrics\.serviceMonitor\.interval|"
-    r"replicaCount is \d+ but leaderElection\.enabled is false"
+    r"replicaCount is \d+ but leaderElection\.enabled is false|"
+    r"serviceAccount\.name is empty while serviceAccount\.create is false"
 )
 
 
@@ -507,6 +508,11 @@ CROSS_REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "pod-namespace-env-with-leader-election",
         {"extraEnv": [{"name": "POD_NAMESPACE", "value": "x"}]},
         "extraEnv[0].name POD_NAMESPACE is set twice (the chart sets it to the pod's namespace",
+    ),
+    (
+        "existing-service-account-unnamed",
+        {"serviceAccount": {"create": False}},
+        "serviceAccount.name is empty while serviceAccount.create is false: name the ServiceAccount",
     ),
     (
         "scrape-timeout-above-interval",
