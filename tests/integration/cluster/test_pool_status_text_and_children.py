@@ -5,50 +5,33 @@ corrected, not deleted; ProfilesCurrent goes when no variant references a profil
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from integration.cluster.kubetools import Kube, wait_for
 from integration.cluster.test_modelpool_operator import pool_manifest, ready
+from unit.scaling.fake_prometheus import FakePrometheus
 
 pytestmark = pytest.mark.cluster
 Obj = dict[str, Any]
 
 
-class _ManySeries(BaseHTTPRequestHandler):
-    """A Prometheus answering every query with three series of long labels: the scaler holds,
-    and its reason quotes the query and the series' labels (well over 1024 characters)."""
-
-    def do_GET(self) -> None:
-        labels = {"namespace": "ml-serving-production", "node": "gke-ml-prod-a100-pool-2-" + "x" * 600}
-        result = [
-            {"metric": {**labels, "pod": f"p{i}"}, "values": [[1, "1"]], "value": [1, "1"]} for i in range(3)
-        ]
-        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+def _many_series(_query: str) -> tuple[int, bytes]:
+    """Every query answered with three series of long labels: the scaler holds, and its reason
+    quotes the query and the series' labels (well over 1024 characters)."""
+    labels = {"namespace": "ml-serving-production", "node": "gke-ml-prod-a100-pool-2-" + "x" * 600}
+    result = [
+        {"metric": {**labels, "pod": f"p{i}"}, "values": [[1, "1"]], "value": [1, "1"]} for i in range(3)
+    ]
+    return 200, json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
 
 
 @pytest.fixture
 def many_series_prometheus() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ManySeries)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with FakePrometheus(_many_series).serving() as fake:
+        yield fake.url
 
 
 def test_a_reason_longer_than_the_field_is_cut_and_the_status_written(

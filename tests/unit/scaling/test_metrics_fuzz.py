@@ -11,11 +11,8 @@ import asyncio
 import itertools
 import json
 import math
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,37 +30,15 @@ from modelpool.scaling import (
     decide,
 )
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+from unit.scaling.fake_prometheus import FakePrometheus
 
 NOW = 1_700_000_000.0
 HELD = 4  # replicas of the last decision and of the Deployment in every case below
 TARGET = VariantTarget(model="small", variant="small", pool="bank")
 
-Answer = Callable[[str], tuple[int, bytes]]
-"""What the fake Prometheus answers to one query: (HTTP status, body)."""
 
-
-class FakePrometheus:
-    """An HTTP server on 127.0.0.1 answering ``/api/v1/query`` with ``answer(query)``."""
-
-    def __init__(self) -> None:
-        self.answer: Answer = lambda _q: (200, b"{}")
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlparse(self.path).query).get("query", [""])[0]
-                status, body = owner.answer(query)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+class FuzzPrometheus(FakePrometheus):
+    """The fake Prometheus, read through a reader of the scaler's."""
 
     def read(self, templates: QueryTemplates | None = None, url: str | None = None) -> VariantMetrics:
         """One ``read_variant`` through a reader of its own (its own client and event loop)."""
@@ -79,16 +54,9 @@ class FakePrometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus() -> Iterator[FakePrometheus]:
-    fake = FakePrometheus()
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def prometheus() -> Iterator[FuzzPrometheus]:
+    with FuzzPrometheus().serving() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        thread.join(timeout=5)
 
 
 def is_series_query(query: str) -> bool:
@@ -126,7 +94,7 @@ def assert_holds(metrics: VariantMetrics, *words: str) -> VariantDecision:
     return d
 
 
-def test_a_quiet_variant_scales_down_so_the_cases_below_would_too(prometheus: FakePrometheus) -> None:
+def test_a_quiet_variant_scales_down_so_the_cases_below_would_too(prometheus: FuzzPrometheus) -> None:
     prometheus.answer = healthy
     metrics = prometheus.read()
     assert metrics.problem is None
@@ -137,7 +105,7 @@ def test_a_quiet_variant_scales_down_so_the_cases_below_would_too(prometheus: Fa
 # --- the reader: one answer of each odd kind (each raised, or was misread, before the fix) ---
 
 
-def test_several_series_for_a_rate_hold_and_name_the_field(prometheus: FakePrometheus) -> None:
+def test_several_series_for_a_rate_hold_and_name_the_field(prometheus: FuzzPrometheus) -> None:
     """An override without sum(): one series per Triton pod. The reader took the first pod's rate
     (here 1 of 41 req/s) and the pool scaled down; now it holds and says which field to fix."""
 
@@ -161,7 +129,7 @@ def test_several_series_for_a_rate_hold_and_name_the_field(prometheus: FakeProme
     assert_holds(metrics, "servedRate")
 
 
-def test_a_scalar_answer_is_its_value(prometheus: FakePrometheus) -> None:
+def test_a_scalar_answer_is_its_value(prometheus: FuzzPrometheus) -> None:
     """``pending: "0"`` (or ``scalar(...)``): Prometheus answers resultType scalar. It raised TypeError."""
 
     def answer(query: str) -> tuple[int, bytes]:
@@ -173,7 +141,7 @@ def test_a_scalar_answer_is_its_value(prometheus: FakePrometheus) -> None:
     assert metrics.pending_requests == 0.0
 
 
-def test_a_range_vector_where_a_value_is_expected_names_the_field(prometheus: FakePrometheus) -> None:
+def test_a_range_vector_where_a_value_is_expected_names_the_field(prometheus: FuzzPrometheus) -> None:
     """``pending: "x{$selector}[1m]"`` returns a matrix to an instant query. It raised KeyError."""
 
     def answer(query: str) -> tuple[int, bytes]:
@@ -204,7 +172,7 @@ def test_a_range_vector_where_a_value_is_expected_names_the_field(prometheus: Fa
         (ok("string", [NOW, "x"]), "returned 'string'"),
     ],
 )
-def test_malformed_answers_become_a_problem(prometheus: FakePrometheus, body: bytes, words: str) -> None:
+def test_malformed_answers_become_a_problem(prometheus: FuzzPrometheus, body: bytes, words: str) -> None:
     prometheus.answer = lambda q: (200, body) if not is_series_query(q) else healthy(q)
     metrics = prometheus.read()
     assert metrics.problem is not None and words in metrics.problem
@@ -218,7 +186,7 @@ def test_malformed_answers_become_a_problem(prometheus: FakePrometheus, body: by
         ("http://127.0.0.1:99999", "unreachable"),  # an ExceptionGroup(OverflowError) escaped before
     ],
 )
-def test_a_bad_prometheus_url_is_a_problem(prometheus: FakePrometheus, url: str, words: str) -> None:
+def test_a_bad_prometheus_url_is_a_problem(prometheus: FuzzPrometheus, url: str, words: str) -> None:
     metrics = prometheus.read(url=url)
     assert metrics.problem is not None and words in metrics.problem
     assert_holds(metrics)
@@ -265,7 +233,7 @@ answers = st.tuples(
 @settings(max_examples=60, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(series_answer=answers, value_answer=answers, quiet_answers=st.booleans())
 def test_any_answer_is_metrics_or_a_problem_and_never_a_scale_down_when_unusable(
-    prometheus: FakePrometheus,
+    prometheus: FuzzPrometheus,
     series_answer: tuple[int, bytes],
     value_answer: tuple[int, bytes],
     quiet_answers: bool,
