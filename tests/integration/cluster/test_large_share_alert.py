@@ -156,9 +156,13 @@ def test_large_share_above_the_policys_cap_fires_for_that_policy_only(
 
     def exported_caps() -> dict[str, float] | None:
         assert operator.metrics_url is not None
+        try:  # the operator, started for this module, may not serve /metrics yet
+            text = httpx.get(operator.metrics_url, timeout=5).text
+        except httpx.TransportError:
+            return None
         found = {
             labels["name"]: value
-            for name, labels, value in parse_metrics(httpx.get(operator.metrics_url, timeout=5).text)
+            for name, labels, value in parse_metrics(text)
             if name == "modelpool_routingpolicy_max_large_share_ratio" and labels.get("namespace") == ns
         }
         return found if found == {"capped": 0.3, "roomy": 1.0, "thrifty": 0.3} else None
