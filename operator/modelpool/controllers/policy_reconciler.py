@@ -91,19 +91,18 @@ class AdminToken:
     problem: str | None = None  # None with no token: the Secret or its key is missing
 
 
-def _token_problem(raw: str) -> str | None:
-    """Why the Secret's value cannot be the routers' admin token, or None."""
+def _decode_token(raw: str) -> tuple[str | None, str | None]:
+    """The Secret's value as the routers' admin token, or why it cannot be one: (token, problem)."""
     try:
-        text = base64.b64decode(raw).decode()
+        token = base64.b64decode(raw).decode().strip()
     except ValueError:  # not base64 (binascii.Error), or not UTF-8 (UnicodeDecodeError)
-        return "is not UTF-8 text"
-    token = text.strip()
+        return None, "is not UTF-8 text"
     if not token:
-        return "is empty"
+        return None, "is empty"
     if not (token.isascii() and token.isprintable()):
         # The token travels in an HTTP header ("Authorization: Bearer ..."): printable ASCII only.
-        return "holds characters an HTTP header cannot carry (only printable ASCII)"
-    return None
+        return None, "holds characters an HTTP header cannot carry (only printable ASCII)"
+    return token, None
 
 
 async def _admin_token(kube: KubeClient, namespace: str, policy: str, spec: RoutingPolicySpec) -> AdminToken:
@@ -115,10 +114,8 @@ async def _admin_token(kube: KubeClient, namespace: str, policy: str, spec: Rout
     raw = ((secret or {}).get("data") or {}).get(key)
     if not raw:
         return AdminToken(ref_name, key)
-    problem = _token_problem(raw) if isinstance(raw, str) else "is not a string"
-    if problem is not None:
-        return AdminToken(ref_name, key, problem=problem)
-    return AdminToken(ref_name, key, token=base64.b64decode(raw).decode().strip())
+    token, problem = _decode_token(raw) if isinstance(raw, str) else (None, "is not a string")
+    return AdminToken(ref_name, key, token=token, problem=problem)
 
 
 def _status(
