@@ -259,9 +259,9 @@ class ScalingPlanner:
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
-    _last: dict[tuple[str, str], tuple[float, dict[str, ReplicaPlan]]] = field(default_factory=dict)
-    """Each pool's latest decision (when, and its plans), which the passes until the next decision
-    keep when the stored status does not show it yet: a pass that applied a decision and failed
+    _last: dict[tuple[str, str], dict[str, ReplicaPlan]] = field(default_factory=dict)
+    """Each pool's latest decision (its plans, made at ``_decided_at``), which the passes until the
+    next decision keep when the stored status does not show it yet: a pass that applied a decision and failed
     before writing the status (or whose status write was refused) is retried within the interval,
     and the retry must not apply the older decision the status still holds."""
     _granted: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -347,10 +347,10 @@ class ScalingPlanner:
         """The plans of a pass between decisions: ``held`` (the decision in the stored status),
         unless this planner's latest decision is newer than the stored status (see ``_last``).
         A status another operator wrote after that decision (a change of leader) is newer and wins."""
-        last = self._last.get(key)
-        if last is None:
+        plans = self._last.get(key)
+        if plans is None:
             return held
-        decided_at, plans = last
+        decided_at = self._decided_at[key]
         stored = [v.scaler.decided_at for v in (previous.variants if previous else []) if v.scaler]
         if stored and max(stored) >= decided_at:
             return held
@@ -497,7 +497,7 @@ class ScalingPlanner:
             )
             for v in pool_decision.variants
         }
-        self._last[key] = (clock, plans)
+        self._last[key] = plans
         scaled = [
             f"{v.name} {v.current_replicas}->{v.desired_replicas}: {v.reason}"
             for v in pool_decision.variants
