@@ -23,6 +23,20 @@ chart name; truncated to 63 characters.
 {{- end }}
 
 {{/*
+Name of the leader Lease: the default full name (<release>-<chart>, or <release> when it already
+contains the chart name), whatever nameOverride and fullnameOverride say. The release name is fixed
+for the release's life, so an upgrade that renames the objects keeps the Lease: the old pods hand
+it over as they stop, and two operators never lead at once.
+*/}}
+{{- define "modelpool.leaseName" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
 Chart label value: <name>-<version>.
 */}}
 {{- define "modelpool.chart" -}}
@@ -106,7 +120,7 @@ Container args of `modelpool [--log-level L] operator run ...`, built from the v
 {{- end }}
 {{- if include "modelpool.leaderElection" . }}
 - --leader-elect
-- --leader-election-id={{ include "modelpool.fullname" . }}
+- --leader-election-id={{ include "modelpool.leaseName" . }}
 {{- end }}
 {{- end }}
 

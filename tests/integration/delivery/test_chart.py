@@ -224,6 +224,24 @@ def test_schema_rejects_bad_value(key: str, value: str, named: str) -> None:
     assert named in proc.stderr, proc.stderr
 
 
+def test_the_lease_name_does_not_follow_name_overrides() -> None:
+    """An upgrade that renames the objects keeps the Lease: old and new pods never lead at once."""
+
+    def name_and_lease(release: str, **overrides: str) -> tuple[str, list[str]]:
+        objs = render(release=release, set_json={"replicaCount": "2", **overrides})
+        args = operator_container(objs)["args"]
+        lease = [
+            a.removeprefix("--leader-election-id=") for a in args if a.startswith("--leader-election-id=")
+        ]
+        return one(objs, "Deployment")["metadata"]["name"], lease
+
+    renamed = {"fullnameOverride": '"ops-operator"'}
+    assert name_and_lease("modelpool") == ("modelpool", ["modelpool"])
+    assert name_and_lease("modelpool", **renamed) == ("ops-operator", ["modelpool"])
+    assert name_and_lease("prod") == ("prod-modelpool", ["prod-modelpool"])
+    assert name_and_lease("prod", nameOverride='"mp"') == ("prod-mp", ["prod-modelpool"])
+
+
 def test_leader_election_renders_the_lease_role_the_flag_and_a_rolling_update() -> None:
     objs = render(namespace="ops", set_json={"replicaCount": "3"})
     deployment = one(objs, "Deployment")
