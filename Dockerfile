@@ -12,10 +12,14 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependencies come from the hashed lock (`make image-lock`), so a rebuild installs the same
+# files or fails; the build backend is in the lock too, and builds ModelPool without isolation.
+COPY image-requirements.txt pyproject.toml README.md ./
 COPY operator/ operator/
 RUN python -m venv /opt/modelpool \
- && /opt/modelpool/bin/pip install . \
+ && /opt/modelpool/bin/pip install --require-hashes --no-deps -r image-requirements.txt \
+ && /opt/modelpool/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/modelpool/bin/pip check \
  && /opt/modelpool/bin/modelpool --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART = REPO_ROOT / "charts" / "modelpool"
@@ -77,9 +81,54 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
 def test_dockerfile_runs_modelpool_as_non_root_without_torch() -> None:
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert "FROM ${PYTHON_IMAGE}" in text and "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    assert "pip install ." in text and "torch" not in text.split("pip install .")[1].split("\n")[0]
+    install_lines = [line for line in text.splitlines() if "pip install" in line]
+    assert install_lines == [
+        " && /opt/modelpool/bin/pip install --require-hashes --no-deps -r image-requirements.txt \\",
+        " && /opt/modelpool/bin/pip install --no-deps --no-build-isolation . \\",
+    ]
     assert "USER 10001:10001" in text
     assert 'ENTRYPOINT ["modelpool"]' in text
     # The chart's pod securityContext runs as the image's user.
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["podSecurityContext"]["runAsUser"] == 10001
+
+
+def _image_lock() -> dict[str, tuple[str, list[str]]]:
+    """image-requirements.txt as {name: (version, sha256 hashes)}."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in (REPO_ROOT / "image-requirements.txt").read_text().splitlines():
+        if pin := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = canonicalize_name(pin[1])
+            pins[name] = (pin[2], [])
+        elif digest := re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line):
+            pins[name][1].append(digest[1])
+    return pins
+
+
+def test_the_image_lock_pins_every_core_dependency_and_the_build_backend_with_hashes() -> None:
+    """The Dockerfile installs only the lock (--require-hashes): it must satisfy pyproject.toml."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    wanted = [Requirement(r) for r in project["project"]["dependencies"]]
+    wanted += [Requirement(r) for r in project["build-system"]["requires"]]
+    lock = _image_lock()
+    assert len(lock) >= len(wanted)
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req} is not in image-requirements.txt; run `make image-lock`"
+        version = lock[name][0]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"image-requirements.txt pins {name}=={version}, outside {req}; run `make image-lock`"
+        )
+    assert all(hashes for _, hashes in lock.values()), "a pin without a hash fails --require-hashes"
+    extras = {
+        canonicalize_name(Requirement(r).name)
+        for deps in project["project"]["optional-dependencies"].values()
+        for r in deps
+    }
+    assert not (extras & set(lock)) - {canonicalize_name(r.name) for r in wanted}, (
+        "extras leaked into the image"
+    )
+    lines = (REPO_ROOT / "image-requirements.txt").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("-")], "machine-local pip options in the lock"
+    assert "!image-requirements.txt" in (REPO_ROOT / ".dockerignore").read_text().splitlines()
