@@ -198,7 +198,7 @@ def _lead(args: argparse.Namespace, credentials: Credentials, elector: Elector, 
 def _demo(args: argparse.Namespace) -> int:
     from modelpool.demo import run_demo
 
-    return int(run_demo(hold_seconds=args.hold))
+    return int(run_demo(hold_seconds=args.hold, cluster_name=args.name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds to keep the operator running after the demo "
         "(default: until Ctrl-C on a terminal, else 0)",
+    )
+    demo.add_argument(
+        "--name", default="modelpool", help="the local cluster to start or reuse (default %(default)s)"
     )
     demo.set_defaults(func=_demo)
 

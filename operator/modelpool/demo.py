@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.cluster import DEFAULT_NAME, DevCluster
 from modelpool.devcluster.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +49,8 @@ def start_operator(cluster: DevCluster, log_path: Path) -> subprocess.Popen[byte
     )
 
 
-def run_demo(hold_seconds: float | None = None) -> int:
-    cluster = DevCluster()
+def run_demo(hold_seconds: float | None = None, cluster_name: str = DEFAULT_NAME) -> int:
+    cluster = DevCluster(name=cluster_name)
     _say("starting the local control plane (kwokctl --runtime binary, 2 fake nodes x 8 nvidia.com/gpu)")
     started = time.monotonic()
     cluster.create(nodes=2, gpus_per_node=8)
@@ -91,6 +91,8 @@ def run_demo(hold_seconds: float | None = None) -> int:
             if proc.returncode == 0 and not json.loads(proc.stdout)["metadata"].get("deletionTimestamp"):
                 break
             time.sleep(0.5)
+        else:
+            raise TimeoutError(f"deployment {pool}-large was not recreated within 60 s")
         print(f"recreated after {time.monotonic() - t0:.1f} s")
         _wait_ready(cluster, pool, timeout=120)
         print(cluster.kubectl("-n", NAMESPACE, "get", "modelpool", pool, "-o", "wide").stdout)
@@ -118,7 +120,7 @@ def run_demo(hold_seconds: float | None = None) -> int:
     finally:
         stop_process(operator, grace=15)
     _say(
-        "done; the cluster keeps running (`modelpool devcluster down` removes it). "
+        f"done; the cluster keeps running (`modelpool devcluster down --name {cluster_name}` removes it). "
         f"KUBECONFIG={cluster.kubeconfig}"
     )
     return 0
