@@ -186,12 +186,18 @@ async def _reconcile_loop(
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
     reconcile: Callable[[EventSink], Awaitable[float | None]],
+    *,
+    absent_ends: bool = True,
 ) -> None:
     """Run ``reconcile`` when poked, when it asks (seconds it returns) or every RESYNC_SECONDS.
 
-    ``reconcile`` returns None once the object is gone, which ends the loop. A failed pass is
-    retried after ERROR_BACKOFF_SECONDS, doubling while the failures go on, up to one resync
-    period (:mod:`modelpool.controllers.backoff`); a poke still wakes the loop at once.
+    ``reconcile`` returns None when the object is not there (not found, or being deleted). With
+    ``absent_ends`` that ends the loop; without, the loop looks again, backing off as after a
+    failure, until kopf's ``stopped`` flag ends it: kopf stops the daemon of a deleted object, and a
+    404 can also come from the API server not serving the resource's version for a moment (a CRD
+    being updated). A failed pass is retried after ERROR_BACKOFF_SECONDS, doubling while the
+    failures go on, up to one resync period (:mod:`modelpool.controllers.backoff`); a poke still
+    wakes the loop at once.
     """
 
     def emit(type_: str, reason: str, message: str) -> None:
@@ -200,57 +206,85 @@ async def _reconcile_loop(
         level = logging.WARNING if type_ == "Warning" else logging.INFO
         logger.log(level, "%s %s/%s: %s", reason, namespace, name, message)
 
-    streak = FailureStreak(ERROR_BACKOFF_SECONDS, RESYNC_SECONDS)
+    where = f"{namespace}/{name}"
+    failures = FailureStreak(ERROR_BACKOFF_SECONDS, RESYNC_SECONDS)
+    absences = FailureStreak(ERROR_BACKOFF_SECONDS, RESYNC_SECONDS)
     trigger = triggers.get(namespace, name)
     try:
         while not stopped:
             trigger.clear()
-            delay = RESYNC_SECONDS
             try:
                 wanted = await reconcile(emit)
-                if (ended := streak.succeeded()) is not None:
-                    logger.info(
-                        "reconcile of %s/%s succeeded again after %d failed passes (%.1f s)",
-                        namespace,
-                        name,
-                        *ended,
-                    )
-                if wanted is None:
-                    return
-                delay = min(RESYNC_SECONDS, max(wanted, 0.5))
             except Exception as err:  # keep the loop alive, report, retry with backoff
-                delay = streak.failed()
-                if api_unavailable(err):
-                    # Not the object's fault, and no API server to post an Event to: one line, no
-                    # traceback, and fewer lines the longer it lasts (at the 1st, 2nd, 4th... failure).
-                    if report_due(streak.failures):
-                        logger.warning(
-                            "API server unavailable for %s/%s (%s: %s); failed passes %d, next in %.0f s",
-                            namespace,
-                            name,
-                            type(err).__name__,
-                            err,
-                            streak.failures,
-                            delay,
-                        )
-                elif forbidden(err):
-                    # The operator's RBAC lacks a permission: a traceback each pass says nothing more
-                    # than the API server's sentence, which names the verb and resource. One line (and
-                    # Event) at the 1st, 2nd, 4th... failure while it lasts.
-                    if report_due(streak.failures):
-                        message = (
-                            f"permission missing: {err.message}; grant it to the operator's "
-                            f"ServiceAccount (the chart's RBAC rules); failed passes {streak.failures}, "
-                            f"next in {delay:.0f} s"
-                        )
-                        logger.error("reconcile of %s/%s failed: %s", namespace, name, message)
-                        kopf.event(body, type="Warning", reason="Forbidden", message=message)
+                delay = failures.failed()
+                _report_failure(err, failures.failures, delay, where, body, logger, emit)
+            else:
+                if (ended := failures.succeeded()) is not None:
+                    logger.info(
+                        "reconcile of %s succeeded again after %d failed passes (%.1f s)", where, *ended
+                    )
+                if wanted is None and (absent_ends or stopped):
+                    return
+                if wanted is None:
+                    delay = absences.failed()
+                    _report_absence(absences.failures, delay, where, body, logger)
                 else:
-                    logger.exception("reconcile of %s/%s failed", namespace, name)
-                    emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}")
+                    if (ended := absences.succeeded()) is not None:
+                        logger.info("%s found again after %d passes without it (%.1f s)", where, *ended)
+                    delay = min(RESYNC_SECONDS, max(wanted, 0.5))
             await triggers.wait(trigger, stopped_flag=stopped, seconds=delay)
     finally:
         triggers.forget(namespace, name, trigger)
+
+
+def _report_failure(
+    err: Exception,
+    failures: int,
+    delay: float,
+    where: str,
+    body: kopf.Body,
+    logger: kopf.Logger,
+    emit: EventSink,
+) -> None:
+    """Log a failed pass, and post it as a Warning Event, at the 1st, 2nd, 4th, 8th... failure of a
+    streak (:func:`report_due`): fewer lines and Events the longer it lasts, still one per
+    doubling. Only an unexpected failure's traceback is logged at every pass, for its defect."""
+    unexpected = not api_unavailable(err) and not forbidden(err)
+    if unexpected:
+        logger.exception("reconcile of %s failed", where)
+    if not report_due(failures):
+        return
+    streak = f"failed passes {failures}, next in {delay:.0f} s"
+    if api_unavailable(err):
+        # Not the object's fault, and no API server to post an Event to (kopf would post the queued
+        # ones in a burst once it is back): one line, no traceback.
+        logger.warning("API server unavailable for %s (%s: %s); %s", where, type(err).__name__, err, streak)
+    elif forbidden(err):
+        # The operator's RBAC lacks a permission: a traceback says nothing more than the API
+        # server's sentence, which names the verb and resource.
+        message = (
+            f"permission missing: {err.message}; grant it to the operator's ServiceAccount "
+            f"(the chart's RBAC rules); {streak}"
+        )
+        logger.error("reconcile of %s failed: %s", where, message)
+        kopf.event(body, type="Warning", reason="Forbidden", message=message)
+    else:
+        emit("Warning", "ReconcileError", f"{type(err).__name__}: {err}; {streak}")
+
+
+def _report_absence(passes: int, delay: float, where: str, body: kopf.Body, logger: kopf.Logger) -> None:
+    """Log a pass that did not find its object, at the 1st, 2nd, 4th... such pass in a row: not
+    for an object being deleted (kopf stops its daemon), else it is a 404 while kopf still sees the
+    object, e.g. its resource's version not served for a moment during a CRD update."""
+    if body.get("metadata", {}).get("deletionTimestamp") or not report_due(passes):
+        return
+    logger.warning(
+        "%s not found (the API server answered 404) while kopf still watches it; looking again in "
+        "%.0f s (passes without it: %d) until it is found or kopf stops this loop",
+        where,
+        delay,
+        passes,
+    )
 
 
 @kopf.daemon(GROUP, VERSION, "modelpools", cancellation_timeout=10.0)
@@ -307,7 +341,8 @@ async def run_pool(
         return result.next_in or RESYNC_SECONDS
 
     try:
-        await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
+        # A pass that finds the pool absent does not end the loop: kopf stops it once the pool is deleted.
+        await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once, absent_ends=False)
     finally:
         # kopf stops the daemon of a deleted pool, often before a pass sees the pool gone (the pass
         # that does calls forget too): drop its scaler memory and metric series here as well.

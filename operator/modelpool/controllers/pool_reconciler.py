@@ -32,13 +32,14 @@ from modelpool.controllers.children import (
     with_kind,
 )
 from modelpool.controllers.disruption_budgets import reconcile_budgets
-from modelpool.controllers.pod_failures import FAILURE_REASONS
 from modelpool.controllers.pool_status import (
     ChildIssues,
     ReplicaPlan,
     compute_status,
+    container_problem,
     hold,
     rejected_status,
+    reported_failure,
     status_write_due,
 )
 from modelpool.controllers.profiles import load_profiles, profile_condition
@@ -345,19 +346,18 @@ async def reconcile_pool(
     if status_write_due(status, raw_status):
         await write_status(kube, pool_path(namespace, name), status, raw_status)
     _report_rejections(issues, prev_conditions, emit)
-    _report_failures(status.conditions, prev_conditions, emit)
+    _report_failures(container_problem(spec, pods), prev_conditions, emit)
     return PoolPass(status, outcome.next_decision_in)
 
 
-def _report_failures(conditions: list[Condition], prev_conditions: list[Condition], emit: EventSink) -> None:
-    """A Warning Event when Degraded turns to failing containers (or to another kind of failure):
-    once per change, not once per pass while they keep failing."""
-    now = c.find(conditions, c.DEGRADED)
-    if now is None or now.status != "True" or now.reason not in FAILURE_REASONS:
-        return
-    before = c.find(prev_conditions, c.DEGRADED)
-    if before is None or before.status != "True" or before.reason != now.reason:
-        emit("Warning", now.reason, now.message)
+def _report_failures(
+    failure: tuple[str, str] | None, prev_conditions: list[Condition], emit: EventSink
+) -> None:
+    """A Warning Event when containers start failing, or fail in another way (``failure``: their
+    reason and message): once per change, not once per pass while they keep failing, and whatever
+    reason Degraded leads with (a ChildConflict at the same time names them only in its message)."""
+    if failure is not None and failure[0] != reported_failure(prev_conditions):
+        emit("Warning", *failure)
 
 
 def _report_rejections(issues: ChildIssues, prev_conditions: list[Condition], emit: EventSink) -> None:

@@ -11,7 +11,7 @@ from modelpool.api.base import Condition
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, ScalerMemory, Variant, VariantStatus
 from modelpool.builders.triton import LABEL_VARIANT
 from modelpool.controllers.pod_failures import (
-    ContainerFailure,
+    FAILURE_REASONS,
     container_failures,
     failure_message,
     failure_reason,
@@ -103,7 +103,6 @@ def compute_status(
     not_ready: list[str] = []
     rolling: list[str] = []
     unschedulable: list[str] = []
-    failures: list[ContainerFailure] = []
     for variant in spec.variants:
         plan = plans[variant.name]
         dep = deployments.get(variant.name) or {}
@@ -120,7 +119,6 @@ def compute_status(
             msg = unschedulable_message(pod)
             if msg is not None:
                 unschedulable.append(f"{pod['metadata']['name']}: {msg}")
-        failures += container_failures(variant.name, active)
         if ready < plan.replicas:
             not_ready.append(f"{variant.name} {ready}/{plan.replicas}")
         if not dep or observed < dep_generation or updated < plan.replicas or len(active) != plan.replicas:
@@ -189,17 +187,16 @@ def compute_status(
     problems: list[tuple[str, str]] = []
     if issues.conflicts:
         problems.append(("ChildConflict", "; ".join(issues.conflicts)))
-    if failures:
-        index = {v.name: i for i, v in enumerate(spec.variants)}
-        problems.append((failure_reason(failures), failure_message(failures, index)))
+    failing = container_problem(spec, pods)
+    if failing is not None:
+        problems.append(failing)
     if unschedulable:
         pending = f"{len(unschedulable)} pod(s) pending: {unschedulable[0]}"
         if any(SPREAD_REFUSAL in m for m in unschedulable):
             pending += f"; {SPREAD_HINT}"
         problems.append(("PodsUnschedulable", pending))
     if problems:
-        # The first problem names the reason; the message says every kind there is.
-        put(c.DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))
+        put(c.DEGRADED, True, problems[0][0], degraded_message(problems))
     else:
         put(c.DEGRADED, False, "AsExpected", "no problems observed")
 
@@ -222,6 +219,40 @@ def compute_status(
         variants=variants,
         conditions=conds,
     )
+
+
+def container_problem(spec: ModelPoolSpec, pods: Sequence[Obj]) -> tuple[str, str] | None:
+    """(reason, message) for the failing containers of the variants' active pods, else None."""
+    failures = [
+        failure
+        for variant in spec.variants
+        for failure in container_failures(
+            variant.name, [p for p in _variant_pods(pods, variant.name) if _pod_active(p)]
+        )
+    ]
+    if not failures:
+        return None
+    index = {v.name: i for i, v in enumerate(spec.variants)}
+    return failure_reason(failures), failure_message(failures, index)
+
+
+def degraded_message(problems: Sequence[tuple[str, str]]) -> str:
+    """Degraded's message for (reason, message) problems, the first the condition's reason: every
+    message, each after the first behind its reason (``...; ContainersCrashing: 1 pod(s) failing:
+    ...``), so a later pass can tell which kinds were reported (:func:`reported_failure`)."""
+    (_, first), *others = problems
+    return "; ".join([first, *(f"{reason}: {message}" for reason, message in others)])
+
+
+def reported_failure(conditions: Sequence[Condition]) -> str | None:
+    """The container-failure reason a True Degraded condition reports, as its reason or behind
+    another one (a ChildConflict leads), else None."""
+    degraded = c.find(conditions, c.DEGRADED)
+    if degraded is None or degraded.status != "True":
+        return None
+    if degraded.reason in FAILURE_REASONS:
+        return degraded.reason
+    return next((r for r in FAILURE_REASONS if f"; {r}: " in degraded.message), None)
 
 
 def rejected_status(

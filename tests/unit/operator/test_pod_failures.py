@@ -10,7 +10,7 @@ from modelpool.api import conditions as c
 from modelpool.api.base import Condition
 from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.controllers.pod_failures import container_failures, failure_message
-from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status
+from modelpool.controllers.pool_status import ChildIssues, ReplicaPlan, compute_status, container_problem
 
 NOW = "2026-11-24T00:00:00Z"
 
@@ -143,10 +143,9 @@ def test_a_crash_loop_stays_degraded_through_its_restarts_with_one_event() -> No
     previous: list[Condition] = []
     for container in (_crashing(), restarted, _crashing(), restarted):
         deps = {"small": {"status": {"readyReplicas": 0}}, "large": {"status": {"readyReplicas": 0}}}
-        status = compute_status(
-            SPEC, 2, PLANS, deps, [_pod("large", "l-1", container)], previous, ChildIssues(), NOW
-        )
-        _report_failures(status.conditions, previous, lambda *event: posted.append(event))
+        pods = [_pod("large", "l-1", container)]
+        status = compute_status(SPEC, 2, PLANS, deps, pods, previous, ChildIssues(), NOW)
+        _report_failures(container_problem(SPEC, pods), previous, lambda *event: posted.append(event))
         cond = c.find(status.conditions, c.DEGRADED)
         assert cond is not None and cond.reason == "ContainersCrashing", cond
         previous = status.conditions
@@ -189,18 +188,21 @@ def test_one_warning_event_per_change_of_failure_not_per_pass() -> None:
 
     posted: list[tuple[str, ...]] = []
 
-    def report(now: list[Condition], before: list[Condition]) -> None:
-        _report_failures(now, before, lambda *event: posted.append(event))
+    def report(failure: tuple[str, str] | None, before: list[Condition]) -> None:
+        _report_failures(failure, before, lambda *event: posted.append(event))
 
-    report(degraded("True", "ContainersCrashing"), degraded("False", "AsExpected"))
-    assert posted == [("Warning", "ContainersCrashing", "ContainersCrashing: pod l-1")]
-    report(degraded("True", "ContainersCrashing"), degraded("True", "ContainersCrashing"))
-    report(degraded("True", "PodsUnschedulable"), degraded("False", "AsExpected"))
-    report(degraded("False", "AsExpected"), degraded("True", "ContainersCrashing"))
-    assert len(posted) == 1  # still crashing, not a container failure, recovered: no Event
-    report(degraded("True", "ImagePullFailed"), degraded("True", "ContainersCrashing"))
-    report(degraded("True", "ContainersCrashing"), [])
-    assert [e[1] for e in posted] == ["ContainersCrashing", "ImagePullFailed", "ContainersCrashing"]
+    crashing = ("ContainersCrashing", "1 pod(s) failing: large: pod l-1")
+    report(crashing, degraded("False", "AsExpected"))
+    assert posted == [("Warning", "ContainersCrashing", "1 pod(s) failing: large: pod l-1")]
+    report(crashing, degraded("True", "ContainersCrashing"))
+    report(None, degraded("False", "AsExpected"))
+    report(None, degraded("True", "ContainersCrashing"))
+    assert len(posted) == 1  # still crashing, no container failure, recovered: no Event
+    report(("ImagePullFailed", "pull"), degraded("True", "ContainersCrashing"))
+    report(crashing, [])
+    report(crashing, degraded("True", "PodsUnschedulable"))
+    expected = ["ContainersCrashing", "ImagePullFailed", "ContainersCrashing", "ContainersCrashing"]
+    assert [e[1] for e in posted] == expected
 
 
 def test_the_triton_container_keeps_its_log_tail_when_it_fails() -> None:

@@ -16,7 +16,7 @@ from modelpool.builders.triton import LABEL_VARIANT
 from modelpool.controllers import scaling_planner
 from modelpool.controllers.pool_reconciler import pool_path, reconcile_pool
 from modelpool.controllers.scaling_planner import ScalingPlanner
-from modelpool.kube import KubeClient, KubeError, Obj
+from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 from modelpool.scaling.prometheus_reader import VariantTarget
 from modelpool.scaling.types import RatePoint, VariantMetrics
 from unit.operator.test_disruption_budgets import DEPLOYMENTS, NS, PDBS, POOL, SERVICES, UID, FakeKube
@@ -161,3 +161,69 @@ async def test_profiles_current_goes_when_no_variant_references_a_profile() -> N
 
 def _conditions(kube: FakeKube) -> list[Condition]:
     return [Condition.model_validate(x) for x in kube.objects[pool_path(NS, POOL)]["status"]["conditions"]]
+
+
+class RefusingServicesKube(FakeKube):
+    """Refuses every apply of a Service while ``refusing`` (as an admission webhook would)."""
+
+    refusing = True
+
+    async def apply(self, path: str, body: Obj, *, force: bool = True) -> Obj:
+        if self.refusing and path.startswith(SERVICES):
+            raise KubeError(422, "Invalid", "denied by policy-webhook")
+        return await super().apply(path, body, force=force)
+
+
+def _failing_pod(waiting: str, restarts: int) -> Obj:
+    labels = {"modelpool.dev/pool": POOL, "app.kubernetes.io/managed-by": "modelpool", LABEL_VARIANT: "small"}
+    terminated = {"reason": "Error", "exitCode": 1, "message": "error: creating server"}
+    container = {
+        "name": "triton",
+        "ready": False,
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": waiting}},
+        "lastState": {"terminated": terminated},
+    }
+    return {
+        "metadata": {"name": f"{POOL}-small-0", "labels": labels},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "containerStatuses": [container]},
+    }
+
+
+async def test_failing_containers_get_their_event_while_a_child_conflict_leads_degraded() -> None:
+    """A refused child (ChildConflict) is Degraded's reason; crashing containers at the same time
+    were only named in its message and got no Event of their own. They get one per change of
+    failure, not one per pass, whichever reason leads (and none again when the conflict goes)."""
+    kube = RefusingServicesKube({pool_path(NS, POOL): _pool()})
+    pod = f"{resource_path('v1', 'pods', NS)}/{POOL}-small-0"
+    events: list[Event] = []
+
+    def failures() -> list[str]:
+        return [e[1] for e in events if e[1] in ("ContainersCrashing", "ImagePullFailed")]
+
+    kube.objects[pod] = _failing_pod("CrashLoopBackOff", 3)
+    await _pass(kube, events)
+    assert failures() == ["ContainersCrashing"]
+    degraded = c.find(_conditions(kube), c.DEGRADED)
+    assert degraded is not None and degraded.reason == "ChildConflict"
+    assert "; ContainersCrashing: 1 pod(s) failing: small: pod bank-small-0" in degraded.message
+    crash = next(e for e in events if e[1] == "ContainersCrashing")
+    assert crash[0] == "Warning" and crash[2].startswith("1 pod(s) failing: small: pod bank-small-0")
+
+    kube.objects[pod] = _failing_pod("CrashLoopBackOff", 4)  # one more restart: the same failure
+    await _pass(kube, events)
+    assert failures() == ["ContainersCrashing"]
+
+    kube.objects[pod] = _failing_pod("ImagePullBackOff", 4)  # another kind of failure
+    await _pass(kube, events)
+    await _pass(kube, events)
+    assert failures() == ["ContainersCrashing", "ImagePullFailed"]
+
+    kube.refusing = False  # the conflict goes: the failure leads Degraded, already reported
+    await _pass(kube, events)
+    degraded = c.find(_conditions(kube), c.DEGRADED)
+    assert degraded is not None and degraded.reason == "ImagePullFailed"
+    kube.refusing = True  # and comes back
+    await _pass(kube, events)
+    assert failures() == ["ContainersCrashing", "ImagePullFailed"]
