@@ -66,6 +66,11 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._trial_in_flight = True
 
+    def on_cancel(self) -> None:
+        """A request sent here was abandoned before its answer (its client left): neither a
+        success nor a failure, but a half-open breaker's trial slot is free again."""
+        self._trial_in_flight = False
+
     def probe_due(self) -> bool:
         """Open and its wait is over: time for an active probe."""
         return self.state is BreakerState.OPEN and self._clock() >= self.open_until

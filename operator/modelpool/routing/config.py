@@ -136,10 +136,17 @@ class ScorerConfig(_Model):
 
 
 class CacheConfig(_Model):
-    """Response cache for identical requests (bounded LRU with TTL)."""
+    """Response cache for identical requests (LRU bounded by entries and bytes, with a TTL)."""
 
     enabled: bool = False
     max_entries: int = Field(default=1024, ge=1, le=1_000_000)
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        le=64 * 1024 * 1024 * 1024,
+        description="Bytes of cached responses (bodies and headers) the router keeps at most; the "
+        "least recently used go first, and a response bigger than this is not cached.",
+    )
     ttl_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
 

@@ -23,6 +23,7 @@ import httpx
 
 from modelpool.kube import KubeClient, KubeError, resource_path
 from modelpool.kubelogin import Credentials, load_credentials
+from modelpool.routing.balancing import stable_hash
 from modelpool.routing.breaker import CircuitBreaker
 from modelpool.routing.config import BreakerConfig
 from modelpool.routing.config import EndpointSliceSource as SliceConfig
@@ -32,12 +33,14 @@ logger = logging.getLogger(__name__)
 
 
 class Endpoint:
-    """One replica's base URL with its connections, breaker and in-flight count."""
+    """One replica's base URL with its connections, breaker, in-flight count and the hash that
+    places sequences on it (rendezvous hashing of the URL)."""
 
-    __slots__ = ("breaker", "client", "outstanding", "url")
+    __slots__ = ("breaker", "client", "hrw", "outstanding", "url")
 
     def __init__(self, url: str, breaker: BreakerConfig) -> None:
         self.url = url.rstrip("/")
+        self.hrw = stable_hash(self.url.encode())
         self.client = EndpointClient(self.url)
         self.breaker = CircuitBreaker(
             breaker.failure_threshold, breaker.open_seconds, breaker.max_open_seconds

@@ -2,8 +2,9 @@
 
 It parses requests with keep-alive and pipelining (answered in order), refuses bodies over a
 size limit with 413 as soon as the headers or the body show it, and hands each complete
-request to an async handler.  No framework sits between the socket and the router, which
-keeps the added latency low (see docs/router.md for the measurements).
+request to an async handler.  When the client goes away, the request it waits for is cancelled
+(the handler's task, or what a :data:`NowHandler` returned).  No framework sits between the
+socket and the router, which keeps the added latency low (see docs/router.md for the measurements).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -69,12 +70,18 @@ def error_response(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
 
+class Cancellable(Protocol):
+    """Work in flight for a request (an :class:`asyncio.Task` is one)."""
+
+    def cancel(self) -> object: ...
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 Respond = Callable[[Response], None]
-NowHandler = Callable[[Request, Respond], bool]
-"""Takes a request on the spot (True) and later calls ``respond`` once, or leaves it to the
-:data:`Handler` (False).  Used only while the connection has nothing else in flight, so
-responses keep the requests' order."""
+NowHandler = Callable[[Request, Respond], Cancellable | None]
+"""Takes a request on the spot and later calls ``respond`` once, returning what to cancel should
+the client go away before that; or leaves it to the :data:`Handler` (None).  Used only while the
+connection has nothing else in flight, so responses keep the requests' order."""
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # "HTTP/1.1 200 OK\r\ncontent-type: " by status, filled as statuses are seen
@@ -161,6 +168,8 @@ class _HttpProtocol(asyncio.Protocol):
         # arrives while nothing is in flight may be taken on the spot by ``now`` instead.
         self._answering = False  # a request is being answered (by the worker or on the spot)
         self._keep_alive_now = True  # of the request taken on the spot
+        self._in_flight: Cancellable | None = None  # the work for the request taken on the spot
+        self._last_keep_alive = True  # did the last complete request ask to keep the connection
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._url = b""
@@ -191,19 +200,36 @@ class _HttpProtocol(asyncio.Protocol):
         self._draining = connections.draining
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: the request being answered is cancelled (nobody can read its
+        answer; a router's upstream work for it stops), the queued ones are dropped."""
         self._parser = None
         self._connections.open.discard(self)
         self._connections.last_change = self._loop.time()
         self._closing = True
         self._queue.clear()
+        if self._answering:
+            in_flight, self._in_flight = self._in_flight, None
+            if in_flight is not None:
+                in_flight.cancel()
+            elif self._worker is not None:
+                self._worker.cancel()
         self._wake()
 
     def eof_received(self) -> bool:
-        """The client shut its sending side (a half-close): answer what it has sent, then close.
+        """The client shut its sending side.  A socket shows a client that closed the connection
+        and one that only shut its sending side (a half-close) alike, so the requests tell them
+        apart:
 
-        Returning True keeps the transport open for those answers; the connection then closes
-        as a draining one does. With nothing received to answer, asyncio closes it at once.
+        * after a request that said it is the connection's last (``Connection: close``, or
+          HTTP/1.0 without keep-alive), a half-close is how such a client says it is done
+          (``nc -N``, HTTP/1.0 tools): answer what it has sent, then close (True keeps the
+          transport open for those answers; the connection then closes as a draining one does);
+        * after a keep-alive request, or in the middle of one, the client is gone: close now
+          (False), which cancels the request in flight (:meth:`connection_lost`), as nginx (499)
+          and Go's servers do.
         """
+        if self._in_message or self._last_keep_alive or self._refused:
+            return False
         self._draining = True
         return self._answering or bool(self._queue)
 
@@ -290,17 +316,20 @@ class _HttpProtocol(asyncio.Protocol):
         parser = self._parser
         assert parser is not None  # httptools calls back from feed_data only
         request = Request(parser.get_method(), path, query, self._headers, body)
-        keep_alive = parser.should_keep_alive()
+        self._last_keep_alive = keep_alive = parser.should_keep_alive()
         queue = self._queue
         if self._now is not None and not self._answering and not queue:
             self._answering = True
             self._keep_alive_now = keep_alive
             try:
-                if self._now(request, self._respond_now):
-                    return
+                in_flight = self._now(request, self._respond_now)
             except Exception:
                 logger.exception("handler failed for %s %s", request.method, request.path)
                 self._respond_now(error_response(500, "internal router error; see the router log"))
+                return
+            if in_flight is not None:
+                if self._answering:  # not answered at once
+                    self._in_flight = in_flight
                 return
             self._answering = False
         queue.append((request, keep_alive))
@@ -383,6 +412,7 @@ class _HttpProtocol(asyncio.Protocol):
     def _respond_now(self, response: Response) -> None:
         """Write the response of the request taken on the spot; then go on with any queued."""
         self._answering = False
+        self._in_flight = None
         transport = self._transport
         if transport is None or transport.is_closing():
             return

@@ -9,6 +9,10 @@ that programs the router; ``policy`` is absent while no policy has pushed a conf
 
 * ``requests_total{variant,tier}``: client requests answered, by the variant that answered;
 * ``responses_total{code}``: client responses by HTTP status;
+* ``client_disconnects_total{variant,tier}``: requests whose client left before the answer; the
+  upstream attempt in flight (``variant``) was cancelled, and nothing else counted them (no
+  response, no upstream error, nothing for the breaker).  ``variant`` and ``tier`` are empty for a
+  request cut off before any attempt (while a scorer ran in a thread);
 * ``upstream_requests_total{variant}`` / ``upstream_errors_total{variant,kind}``: attempts sent
   to variants and their failures (kind: timeout, connect, http_5xx, not_served);
 * ``upstream_latency_seconds{variant}``: histogram of one attempt's latency;
@@ -87,6 +91,7 @@ class RouterMetrics:
         self.scores = Hist(SCORE_BUCKETS)
         self.cascade_outcomes: dict[str, int] = {}
         self.cache_results: dict[str, int] = {}
+        self.client_disconnects: dict[tuple[str, str], int] = {}
         self.answers = 0
         self.large_answers = 0
         self.cascade_accepted = 0  # drafts at or above acceptThreshold
@@ -99,8 +104,8 @@ class RouterMetrics:
     def forget_variants(self, keep: Collection[str]) -> None:
         """Drop the per-variant numbers of variants no longer configured (their series leave
         /metrics), so a router whose variants change over its life does not grow without bound."""
-        for samples in (self.requests, self.errors):
-            for key in [k for k in samples if k[0] not in keep]:
+        for samples in (self.requests, self.errors, self.client_disconnects):
+            for key in [k for k in samples if k[0] and k[0] not in keep]:
                 del samples[key]
         for per_variant in (self.upstream, self.upstream_latency):
             for name in [n for n in per_variant if n not in keep]:
@@ -134,6 +139,11 @@ class RouterMetrics:
         hist = self.latency
         hist.counts[bisect_left(hist.bounds, seconds)] += 1  # hist.observe(seconds), inline
         hist.total += seconds
+
+    def client_disconnect(self, variant: str, tier: str) -> None:
+        """A client left while its request was waiting on ``variant`` (``""``: on no upstream)."""
+        key = (variant, tier)
+        self.client_disconnects[key] = self.client_disconnects.get(key, 0) + 1
 
     def score(self, value: float) -> None:
         self.scores.observe(value)
@@ -195,6 +205,13 @@ class _Exporter(Collector):
             "requests", "Requests answered, by variant", ["variant", "tier"], dict(m.requests), pool
         )
         yield _counter("responses", "Client responses by status", ["code"], dict(m.responses), pool)
+        yield _counter(
+            "client_disconnects",
+            "Requests whose client left before the answer (their upstream work was cancelled)",
+            ["variant", "tier"],
+            dict(m.client_disconnects),
+            pool,
+        )
         yield _counter("upstream_requests", "Attempts sent to variants", ["variant"], dict(m.upstream), pool)
         yield _counter(
             "upstream_errors", "Failed attempts by kind", ["variant", "kind"], dict(m.errors), pool

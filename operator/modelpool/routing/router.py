@@ -23,16 +23,22 @@ from typing import Any
 
 from modelpool.api.modelpool import TIER_ORDER
 from modelpool.api.routingpolicy import CASCADE_TARGET
-from modelpool.routing.balancing import SmoothWeightedRoundRobin, pick_least_outstanding
+from modelpool.routing.balancing import (
+    SmoothWeightedRoundRobin,
+    pick_least_outstanding,
+    rendezvous_order,
+    stable_hash,
+    weighted_rendezvous_order,
+)
 from modelpool.routing.breaker import BreakerState
 from modelpool.routing.cache import TTLCache
 from modelpool.routing.config import ConfigError, RouterConfig, VariantConfig
 from modelpool.routing.decisions import keeps_draft, tier_target
 from modelpool.routing.endpoints import Endpoint, EndpointSliceSource, EndpointSource, StaticSource
-from modelpool.routing.httpserver import Response, error_response
+from modelpool.routing.httpserver import Cancellable, Response, error_response
 from modelpool.routing.metrics import RouterMetrics
 from modelpool.routing.scoring import ComplexityScorer, is_blocking, load_scorer
-from modelpool.routing.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from modelpool.routing.upstream import UpstreamCall, UpstreamError, UpstreamResponse, UpstreamTimeout
 from modelpool.routing.v2 import (
     PROBABILITIES_OUTPUT,
     BadRequest,
@@ -41,10 +47,12 @@ from modelpool.routing.v2 import (
     confidence,
     drop_output,
     ensure_output,
+    find_sequence,
     parse_header_length,
     parse_request,
     parse_response,
     request_texts,
+    sequence_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ class VariantRuntime:
         self.timeout = config.timeout_ms / 1000.0
         self.path = f"/v2/models/{config.triton_model}/infer".encode()
         self.name_bytes = config.name.encode()
+        self.hrw = stable_hash(self.name_bytes)  # where sequences go (rendezvous hashing)
         self.source = source
         self._router = router
         self._urls: list[str] = []
@@ -129,6 +138,19 @@ class VariantRuntime:
         first = pick_least_outstanding(candidates, self._rr)
         return [first, *(c for c in candidates if c is not first)]
 
+    def sequence_order(self, sequence: int) -> list[Endpoint]:
+        """Available endpoints in the order a sequence (its id's :func:`stable_hash`) tries them:
+        by rendezvous hashing over all the variant's endpoints, so each request of the sequence goes
+        to the same one, the next ones only when it is down.  Callers must not change the list."""
+        endpoints = self.endpoints()
+        if len(endpoints) == 1:
+            return endpoints if endpoints[0].breaker.allows() else []
+        return [e for e in rendezvous_order(sequence, endpoints) if e.breaker.allows()]
+
+    def order_for(self, sequence: int | None) -> list[Endpoint]:
+        """:meth:`sequence_order` for a sequence, else :meth:`attempt_order`."""
+        return self.attempt_order() if sequence is None else self.sequence_order(sequence)
+
 
 class RoutingTable:
     """Everything derived from one config generation."""
@@ -145,10 +167,17 @@ class RoutingTable:
             else None
         )
         self.weighted = [v for v in self.variants.values() if v.config.weight > 0]  # the SWRR's items
+        # where sequences go, by weighted rendezvous hashing: the variants with a weight, in any
+        # mode; with none (tiered and cascade modes need none), the baseline (large) variant
+        self.sequence_variants: list[tuple[VariantRuntime, float]] = [
+            (v, float(v.config.weight)) for v in self.weighted
+        ] or [(self.variants[config.baseline_variant().name], 1.0)]
         self.scorer: ComplexityScorer | None = _load_scorer(config) if config.mode == "tiered" else None
         self.scorer_blocking = self.scorer is not None and is_blocking(self.scorer)
         self.cache: TTLCache[Response] | None = (
-            TTLCache(config.cache.max_entries, config.cache.ttl_seconds) if config.cache.enabled else None
+            TTLCache(config.cache.max_entries, config.cache.ttl_seconds, max_bytes=config.cache.max_bytes)
+            if config.cache.enabled
+            else None
         )
         self.fallbacks = {name: self._fallback_order(v) for name, v in self.variants.items()}
         self.parse_requests = config.mode != "weighted" or bool(config.validate_requests)
@@ -206,6 +235,91 @@ def _is_not_served(resp: UpstreamResponse) -> bool:
         return False
     lowered = resp.body[:512].lower()
     return any(m in lowered for m in _NOT_SERVED_MARKERS)
+
+
+def _response_size(response: Response) -> int:
+    """What a cached response holds, in bytes (body and headers; the per-entry overhead of a few
+    hundred bytes is left out)."""
+    return len(response.body) + sum(len(n) + len(v) for n, v in response.headers) + len(response.content_type)
+
+
+class _OnTheSpot:
+    """A weighted request :meth:`Router.infer_now` forwards on callbacks: called with the first
+    attempt's answer; :meth:`cancel` when its client has left.  Its fields are what a closure would
+    hold (one object instead of a closure's cells)."""
+
+    __slots__ = ("attempt_started", "body", "call", "endpoints", "header_length", "headers", "known",
+                 "order", "parsed", "respond", "router", "sequence", "started", "table", "task")  # fmt: skip
+
+    def __init__(
+        self,
+        router: Router,
+        table: RoutingTable,
+        order: list[VariantRuntime],
+        endpoints: list[Endpoint],
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        header_length: int | None,
+        parsed: bool,
+        sequence: int | None,
+        started: float,
+        respond: Callable[[Response], None],
+    ) -> None:
+        self.router = router
+        self.table = table
+        self.order = order
+        self.endpoints = endpoints
+        self.known = order[0].endpoints()  # to see whether a push changes them meanwhile
+        self.headers = headers
+        self.body = body
+        self.header_length = header_length
+        self.parsed = parsed
+        self.sequence = sequence
+        self.started = started
+        self.respond = respond
+        self.attempt_started = 0.0
+        self.call: UpstreamCall | None = None  # the first attempt, until it ends
+        self.task: asyncio.Task[Response] | None = None  # the retries, after it failed
+
+    def __call__(self, resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
+        """The first attempt's answer: respond, or go on with the retries in a task."""
+        self.call = None
+        router, table, variant, ep = self.router, self.table, self.order[0], self.endpoints[0]
+        try:
+            reason = router._attempt_end(variant, ep, self.attempt_started, resp, error)
+            if reason is None:
+                assert resp is not None
+                response = router._weighted_response(
+                    table, Answer(variant, resp), self.body, self.header_length, self.parsed
+                )
+                router.metrics.response(response.status, time.perf_counter() - self.started)
+                self.respond(response)
+                return
+            rest = self.endpoints[1:]
+            if variant.endpoints() is not self.known:  # a push or the EndpointSlice changed them
+                rest = [e for e in variant.order_for(self.sequence) if e is not ep]
+            timed_out = isinstance(error, UpstreamTimeout)
+            later = router._weighted(
+                table, self.order if rest else self.order[1:], rest or None, [reason], timed_out,
+                self.headers, self.body, self.header_length, self.parsed, self.sequence,
+            )  # fmt: skip
+            self.task = router._answer_later(later, self.started, self.respond)
+        except Exception:
+            logger.exception("routing an inference request failed")
+            self.respond(error_response(500, "internal router error; see the router log"))
+
+    def cancel(self) -> None:
+        """The client left before the answer: cancel the attempt in flight (its upstream connection
+        is closed) or the task that took over; nothing is answered."""
+        task = self.task
+        if task is not None:
+            task.cancel()  # _first_answer books the attempt it cuts
+            return
+        call = self.call
+        if call is not None:
+            self.call = None
+            call.cancel()
+            self.router._attempt_cut(self.order[0], self.endpoints[0])
 
 
 class Router:
@@ -420,6 +534,14 @@ class Router:
             self._breaker_opened.set()
         return f"{variant.name} at {ep.url}: {kind} ({detail})"
 
+    def _attempt_cut(self, variant: VariantRuntime, ep: Endpoint) -> None:
+        """The client left while the attempt was in flight, and it was cancelled: counted as a
+        client disconnect only, neither an answer nor a failure (the breaker's half-open trial
+        slot, if it had it, is free again)."""
+        ep.outstanding -= 1
+        ep.breaker.on_cancel()
+        self.metrics.client_disconnect(variant.name, variant.tier)
+
     async def _first_answer(
         self,
         order: Sequence[VariantRuntime],
@@ -428,13 +550,16 @@ class Router:
         first_endpoints: list[Endpoint] | None = None,
         failed: list[str] | None = None,
         timed_out: bool = False,
+        sequence: int | None = None,
     ) -> Answer:
         """Try the variants in order (each one's endpoints, least busy first) until one answers.
 
         ``first_endpoints``: the endpoints of ``order[0]`` still to try, when the caller already
         has them.  ``failed``: reasons of attempts the caller already made (they count against
         ``retry.maxAttempts``), ``timed_out`` whether the last of them timed out.  A failure is
-        a reason in the final :class:`NoAnswer`.
+        a reason in the final :class:`NoAnswer`.  ``sequence``: a sequence request's hash; each
+        variant's endpoints are then tried in the sequence's own order.  Cancelled (the client
+        left), it cancels the attempt in flight.
         """
         reasons = failed if failed is not None else []
         attempts_left = self.table.config.retry.max_attempts - len(reasons)
@@ -442,7 +567,7 @@ class Router:
             if first_endpoints is not None:
                 endpoints, first_endpoints = first_endpoints, None
             else:
-                endpoints = variant.attempt_order()
+                endpoints = variant.order_for(sequence)
             if not endpoints:
                 known = variant.endpoints()
                 reasons.append(
@@ -465,6 +590,9 @@ class Router:
                     resp = await ep.client.request(b"POST", variant.path, headers, body, variant.timeout)
                 except UpstreamError as err:
                     error = err
+                except asyncio.CancelledError:
+                    self._attempt_cut(variant, ep)
+                    raise
                 except BaseException:
                     ep.outstanding -= 1
                     raise
@@ -477,7 +605,7 @@ class Router:
                 tried.append(ep)
                 if variant.endpoints() is not known:  # a push or the EndpointSlice changed them
                     known = variant.endpoints()
-                    endpoints, i = [e for e in variant.attempt_order() if e not in tried], 0
+                    endpoints, i = [e for e in variant.order_for(sequence) if e not in tried], 0
         raise NoAnswer(504 if timed_out else 503, reasons)
 
     # ---------------------------------------------------------------- modes
@@ -558,7 +686,11 @@ class Router:
         assert table.scorer is not None
         texts = request_texts(request)
         if table.scorer_blocking:
-            scores = await asyncio.to_thread(table.scorer.score, texts)
+            try:
+                scores = await asyncio.to_thread(table.scorer.score, texts)
+            except asyncio.CancelledError:  # the client left before any upstream attempt
+                self.metrics.client_disconnect("", "")
+                raise
         else:
             scores = table.scorer.score(texts)
         for s in scores:
@@ -568,6 +700,16 @@ class Router:
         if target == CASCADE_TARGET:
             return await self._cascade(table, request, raw, headers, complexity=round(score, 4))
         return await self._direct(table, target, raw, headers, complexity=round(score, 4))
+
+    async def _sequence(
+        self, table: RoutingTable, sequence: int, raw: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Response:
+        """Tiered and cascade modes: a sequence request goes to its sequence's variant and endpoint
+        (no scoring, no cascade: every request of a sequence must reach one Triton instance)."""
+        order, endpoints = self._pick_sequence(table, sequence)
+        answer = await self._first_answer(order, headers, raw, endpoints, sequence=sequence)
+        self._account(table, answer.variant, answer.variant.cost)
+        return self._annotated(table, answer, variant=answer.variant.name, escalated=False)
 
     def _account(self, table: RoutingTable, variant: VariantRuntime, cost: float) -> None:
         self.metrics.answered(variant.name, variant.tier, cost, table.baseline_cost)
@@ -581,8 +723,10 @@ class Router:
             hl = request_headers.get(_HL)
             header_length = None if hl is None else parse_header_length(hl)
             request = parse_request(body, header_length) if table.parse_requests else None
+            seq = sequence_key(request.header) if request is not None else find_sequence(body, header_length)
+            sequence = None if seq is None else stable_hash(seq)
             cache_key = cached = None
-            if table.cache is not None:
+            if table.cache is not None and sequence is None:  # a sequence's answers depend on its state
                 cache_key = hashlib.blake2b(
                     str(header_length).encode() + b"|" + body, digest_size=16
                 ).digest()
@@ -596,10 +740,16 @@ class Router:
                 headers = _upstream_headers(request_headers, header_length)
                 mode = table.config.mode
                 if mode == "weighted":
-                    order, endpoints = self._pick_weighted(table)
+                    if sequence is None:
+                        order, endpoints = self._pick_weighted(table)
+                    else:
+                        order, endpoints = self._pick_sequence(table, sequence)
                     response = await self._weighted(
-                        table, order, endpoints, [], False, headers, body, header_length, request is not None
-                    )
+                        table, order, endpoints, [], False, headers, body, header_length, request is not None,
+                        sequence,
+                    )  # fmt: skip
+                elif sequence is not None:
+                    response = await self._sequence(table, sequence, body, headers)
                 elif request is None:  # pragma: no cover - parse_requests is set for these modes
                     raise AssertionError("tiered and cascade modes parse requests")
                 elif mode == "cascade":
@@ -612,66 +762,56 @@ class Router:
             response = self._no_answer_response(table, err)
         else:
             if cache_key is not None and table.cache is not None and response.status == 200:
-                table.cache.put(cache_key, response)
+                table.cache.put(cache_key, response, _response_size(response))
         self.metrics.response(response.status, time.perf_counter() - started)
         return response
 
     def infer_now(
         self, body: bytes, request_headers: dict[bytes, bytes], respond: Callable[[Response], None]
-    ) -> bool:
+    ) -> Cancellable | None:
         """The hot path: a weighted-mode request forwarded on callbacks, with no task and no
         coroutine, when the picked endpoint has an idle connection.  ``respond`` gets the
-        response once.  Anything else (a failed first attempt, no idle connection) goes on in
-        the same way :meth:`infer` does, in a task.  False when :meth:`infer` must take it (other
-        modes, the response cache)."""
+        response once, unless the returned handle is cancelled first (the client left: the
+        upstream attempt, or the task that took over, is cancelled).  Anything else (a failed first
+        attempt, no idle connection) goes on in the same way :meth:`infer` does, in a task.  None
+        when :meth:`infer` must take it (other modes, the response cache)."""
         table = self.table
         if table.config.mode != "weighted" or table.cache is not None:
-            return False
+            return None
         started = time.perf_counter()
         hl = request_headers.get(_HL)
         parsed = table.parse_requests  # validateRequests: true
         try:
             header_length = None if hl is None else parse_header_length(hl)
             if parsed:
-                parse_request(body, header_length)
+                seq = sequence_key(parse_request(body, header_length).header)
+            else:
+                seq = find_sequence(body, header_length)
         except BadRequest:
-            return False  # infer() answers it
+            return None  # infer() answers it
         headers = _upstream_headers(request_headers, header_length)
-        order, endpoints = self._pick_weighted(table)
+        if seq is None:
+            sequence = None
+            order, endpoints = self._pick_weighted(table)
+        else:
+            sequence = stable_hash(seq)
+            order, endpoints = self._pick_sequence(table, sequence)
         if endpoints and endpoints[0].client.has_idle():
             variant, ep = order[0], endpoints[0]
-            known = variant.endpoints()
-            attempt_started = self._attempt_begin(ep)
-
-            def answered(resp: UpstreamResponse | None, error: UpstreamError | None) -> None:
-                try:
-                    reason = self._attempt_end(variant, ep, attempt_started, resp, error)
-                    if reason is None:
-                        assert resp is not None
-                        answer = Answer(variant, resp)
-                        response = self._weighted_response(table, answer, body, header_length, parsed)
-                        self.metrics.response(response.status, time.perf_counter() - started)
-                        respond(response)
-                        return
-                    rest = endpoints[1:]
-                    if variant.endpoints() is not known:  # a push or the EndpointSlice changed them
-                        rest = [e for e in variant.attempt_order() if e is not ep]
-                    timed_out = isinstance(error, UpstreamTimeout)
-                    later = self._weighted(
-                        table, order if rest else order[1:], rest or None, [reason], timed_out,
-                        headers, body, header_length, parsed,
-                    )  # fmt: skip
-                    self._answer_later(later, started, respond)
-                except Exception:
-                    logger.exception("routing an inference request failed")
-                    respond(error_response(500, "internal router error; see the router log"))
-
-            if ep.client.start(b"POST", variant.path, headers, body, variant.timeout, answered):
-                return True
+            spot = _OnTheSpot(
+                self, table, order, endpoints, headers, body, header_length, parsed, sequence, started,
+                respond,
+            )  # fmt: skip
+            spot.attempt_started = self._attempt_begin(ep)
+            call = ep.client.start(b"POST", variant.path, headers, body, variant.timeout, spot)
+            if call is not None:
+                spot.call = call
+                return spot
             ep.outstanding -= 1  # not after has_idle(); but never leave a request unanswered
-        work = self._weighted(table, order, endpoints, [], False, headers, body, header_length, parsed)
-        self._answer_later(work, started, respond)
-        return True
+        work = self._weighted(
+            table, order, endpoints, [], False, headers, body, header_length, parsed, sequence
+        )
+        return self._answer_later(work, started, respond)
 
     def _pick_weighted(self, table: RoutingTable) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
         """Smooth weighted round robin: the picked variant's fallback order and its endpoints
@@ -695,6 +835,22 @@ class Router:
         endpoints = table.variants[name].attempt_order()
         return table.fallbacks[name], endpoints or None
 
+    def _pick_sequence(
+        self, table: RoutingTable, sequence: int
+    ) -> tuple[list[VariantRuntime], list[Endpoint] | None]:
+        """Where a sequence request (``sequence``: its id's :func:`stable_hash`) goes: its variant's
+        fallback order and that variant's endpoints in the sequence's order (``None``: none
+        available).  No state: weighted rendezvous hashing over ``table.sequence_variants`` picks
+        the variant (each with the share of sequences its weight gives it), rendezvous hashing over
+        its endpoints the endpoint, so every request of a sequence, on any router, goes to the same
+        Triton instance, and only the sequences of an endpoint that leaves (or whose breaker opens)
+        move, each to its own next choice.  A variant that cannot take requests is passed over
+        the same way; when none can, the first choice (the request then fails over and gets 503)."""
+        ranked = weighted_rendezvous_order(sequence, table.sequence_variants)
+        variant = next((v for v in ranked if v.can_take()), ranked[0])
+        endpoints = variant.sequence_order(sequence)
+        return table.fallbacks[variant.name], endpoints or None
+
     async def _weighted(
         self,
         table: RoutingTable,
@@ -706,10 +862,11 @@ class Router:
         body: bytes,
         header_length: int | None,
         parsed: bool,
+        sequence: int | None = None,
     ) -> Response:
         """A weighted request from its pick (and any failed attempts) to the client's response."""
         try:
-            answer = await self._first_answer(order, headers, body, endpoints, failed, timed_out)
+            answer = await self._first_answer(order, headers, body, endpoints, failed, timed_out, sequence)
         except NoAnswer as err:
             return self._no_answer_response(table, err)
         return self._weighted_response(table, answer, body, header_length, parsed)
@@ -738,10 +895,12 @@ class Router:
 
     def _answer_later(
         self, work: Coroutine[Any, Any, Response], started: float, respond: Callable[[Response], None]
-    ) -> None:
+    ) -> asyncio.Task[Response]:
+        """Answer in a task (cancelled when the client leaves; then nothing is answered)."""
         task = asyncio.get_running_loop().create_task(work)
         self._answering.add(task)
         task.add_done_callback(partial(self._answered_later, started, respond))
+        return task
 
     def _answered_later(
         self, started: float, respond: Callable[[Response], None], task: asyncio.Task[Response]

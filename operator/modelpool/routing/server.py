@@ -32,6 +32,7 @@ from modelpool.routing.config import ConfigError, RouterConfig, load_config_file
 from modelpool.routing.httpserver import (
     DRAIN_SECONDS,
     IDLE_TIMEOUT_S,
+    Cancellable,
     HttpServer,
     Request,
     Respond,
@@ -92,11 +93,11 @@ class RouterApp:
             return self._infer(req)
         return self._handle(req)
 
-    def handle_now(self, req: Request, respond: Respond) -> bool:
+    def handle_now(self, req: Request, respond: Respond) -> Cancellable | None:
         """Inference requests the router can forward on the spot (see :meth:`Router.infer_now`)."""
         if req.path == self._infer_path and req.method == b"POST" and _ENCODING not in req.headers:
             return self.router.infer_now(req.body, req.headers, respond)
-        return False
+        return None
 
     def _infer(self, req: Request) -> Awaitable[Response]:
         if _ENCODING in req.headers:

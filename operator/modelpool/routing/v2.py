@@ -290,6 +290,38 @@ def _parse_request(body: bytes, header_length: int | None) -> InferBody:
     return InferBody(header, binary, header_length is not None)
 
 
+_SEQUENCE_ID = b'"sequence_id"'
+
+
+def sequence_key(header: dict[str, Any]) -> bytes | None:
+    """The request's ``parameters.sequence_id`` as bytes (``i<n>`` for an integer, ``s<text>`` for
+    a string: Triton keeps the two kinds apart), or None when it is no sequence request (absent,
+    0, empty, or of a type Triton refuses)."""
+    params = header.get("parameters")
+    if not isinstance(params, dict):
+        return None
+    seq = params.get("sequence_id")
+    if type(seq) is int:  # not a bool
+        return b"i%d" % seq if seq else None
+    if type(seq) is str and seq:
+        return b"s" + seq.encode("utf-8", "surrogatepass")
+    return None
+
+
+def find_sequence(body: bytes, header_length: int | None) -> bytes | None:
+    """:func:`sequence_key` of a body the router does not parse otherwise: a substring search of
+    its JSON part first (C speed; most requests stop here), and only when ``"sequence_id"`` is in it
+    the JSON part is decoded.  None for anything that does not decode (Triton answers it)."""
+    end = len(body) if header_length is None or not 0 <= header_length <= len(body) else header_length
+    if body.find(_SEQUENCE_ID, 0, end) < 0:
+        return None
+    try:
+        header = json.loads(body[:end] if end < len(body) else body)
+    except (ValueError, RecursionError):
+        return None
+    return sequence_key(header) if isinstance(header, dict) else None
+
+
 def _binary_offsets(tensors: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """Where each binary tensor lies in the binary part: name -> (offset, size)."""
     offsets: dict[str, tuple[int, int]] = {}

@@ -1,9 +1,12 @@
 """A small HTTP/1.1 server on 127.0.0.1 standing in for Triton in the router's unit tests: keep-alive,
-Content-Length bodies, every request logged, each answered by :meth:`FakeUpstream.answer`."""
+Content-Length bodies, every request logged, each answered by :meth:`FakeUpstream.answer`; with
+``watch_close``, a request whose connection the client closes while it is answered is cut off and
+logged in ``abandoned``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 Handler = Callable[[bytes, bytes, bytes], tuple[int, bytes]]
@@ -14,9 +17,11 @@ class FakeUpstream:
     """Answers each request with ``handler(method, path, body)``; a subclass may override
     :meth:`answer` instead (to wait, or to count)."""
 
-    def __init__(self, handler: Handler | None = None) -> None:
+    def __init__(self, handler: Handler | None = None, watch_close: bool = False) -> None:
         self.handler = handler
+        self.watch_close = watch_close
         self.log: list[tuple[bytes, bytes, bytes]] = []
+        self.abandoned: list[tuple[bytes, bytes, bytes]] = []  # cut off by a close (watch_close)
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -45,7 +50,13 @@ class FakeUpstream:
                 )
                 body = await reader.readexactly(length) if length else b""
                 self.log.append((method, path, body))
-                status, out = await self.answer(method, path, body)
+                if self.watch_close:
+                    answered = await self._answer_or_close(reader, method, path, body)
+                    if answered is None:
+                        return
+                    status, out = answered
+                else:
+                    status, out = await self.answer(method, path, body)
                 writer.write(
                     b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                     % (status, len(out), out)
@@ -55,6 +66,24 @@ class FakeUpstream:
             pass
         finally:
             writer.close()
+
+    async def _answer_or_close(
+        self, reader: asyncio.StreamReader, method: bytes, path: bytes, body: bytes
+    ) -> tuple[int, bytes] | None:
+        """:meth:`answer`, unless the client closes the connection first (None; the request is
+        logged in ``abandoned``).  A client that sends more before its answer (the router never
+        does) counts as gone too."""
+        answering = asyncio.ensure_future(self.answer(method, path, body))
+        closed = asyncio.ensure_future(reader.read(1))
+        await asyncio.wait({answering, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if answering.done():
+            closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closed  # the reader is free for the next request
+            return answering.result()
+        answering.cancel()
+        self.abandoned.append((method, path, body))
+        return None
 
     def close(self) -> None:
         if self._server is not None:

@@ -44,6 +44,16 @@ def test_valid_config_round_trips() -> None:
     assert config.cache.enabled is False
 
 
+def test_cache_max_bytes_defaults_to_64_mib_and_must_be_positive() -> None:
+    assert parse_config(BASE).cache.max_bytes == 64 * 1024 * 1024
+    config = parse_config(_with(cache={"enabled": True, "maxBytes": 4096}))
+    assert config.cache.max_bytes == 4096
+    assert config.to_json()["cache"]["maxBytes"] == 4096
+    for bad in (0, -1):
+        (problem,) = _fields(_with(cache={"maxBytes": bad}))
+        assert problem == "cache.maxBytes: Input should be greater than 0"
+
+
 def test_negative_weight_names_the_variant_field() -> None:
     data = copy.deepcopy(BASE)
     data["variants"][1]["weight"] = -1

@@ -4,6 +4,8 @@ client's half-close; it bounds a request's head and how long a client may stall 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,22 +81,60 @@ async def test_drain_gives_up_at_its_limit(server: HttpServer) -> None:
     writer.close()
 
 
-async def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server: HttpServer) -> None:
+async def test_a_client_that_half_closes_after_its_last_request_gets_every_answer(server: HttpServer) -> None:
     """Some clients shut their sending side once the request is out (``nc -N``, HTTP/1.0 tools).
-    Until the twelfth session the server closed on that EOF and dropped the requests in flight."""
-    reader, writer = await _connect(server)
-    _send(writer, 200)
-    _send(writer, 0)  # pipelined behind it
-    writer.write_eof()
-    first, second = await _response(reader), await _response(reader)
-    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
-    assert b"connection: close" in second
-    assert await asyncio.wait_for(reader.read(), 1) == b""
-    writer.close()
+    Until the twelfth session the server closed on that EOF and dropped the requests in flight.
+    After a request that says it is the last (``Connection: close``, or HTTP/1.0), such an EOF is a
+    half-close; after a keep-alive request it is a client that left (the next test)."""
+    for last in (
+        b"GET /wait/0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /wait/0 HTTP/1.0\r\n\r\n",
+    ):
+        reader, writer = await _connect(server)
+        _send(writer, 200)
+        writer.write(last)  # pipelined behind it
+        writer.write_eof()
+        first, second = await _response(reader), await _response(reader)
+        assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" in second
+        assert await asyncio.wait_for(reader.read(), 1) == b""
+        writer.close()
     idle_reader, idle_writer = await _connect(server)
     idle_writer.write_eof()  # nothing sent: closed at once
     assert await asyncio.wait_for(idle_reader.read(), 1) == b""
     idle_writer.close()
+
+
+async def test_a_client_that_leaves_cancels_the_request_it_waits_for() -> None:
+    """A client that closes its connection (an EOF after a keep-alive request, or a reset) while
+    its request is answered: the handler is cancelled at once, not run to its end for nobody."""
+    cancelled: list[bytes] = []
+
+    async def handler(request: Request) -> Response:
+        try:
+            return await _slow(request)
+        except asyncio.CancelledError:
+            cancelled.append(request.path)
+            raise
+
+    srv = await start_server(handler, "127.0.0.1", 0, lambda: 1 << 20)
+    try:
+        for reset in (False, True):
+            _reader, writer = await _connect(srv)
+            _send(writer, 5000)
+            await asyncio.sleep(0.1)
+            if reset:  # SO_LINGER 0: the close sends RST
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+            for _ in range(50):
+                if len(cancelled) == reset + 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert cancelled == [b"/wait/5000"] * (reset + 1)
+        assert srv.open_connections == 0
+    finally:
+        srv.close()
 
 
 async def test_request_heads_over_the_limit_get_431_in_one_chunk_or_many(server: HttpServer) -> None:

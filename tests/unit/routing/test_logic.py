@@ -121,6 +121,28 @@ def test_cache_lru_and_ttl() -> None:
         TTLCache(0, 1.0)
 
 
+def test_cache_is_bounded_by_bytes_least_recently_used_first() -> None:
+    """Before, only the number of entries was bounded: 1,024 responses of any size."""
+    cache: TTLCache[str] = TTLCache(100, 10.0, clock=_Clock(), max_bytes=1000)
+    cache.put(b"a", "A", 400)
+    cache.put(b"b", "B", 400)
+    assert cache.get(b"a") == "A"  # a is now most recent
+    cache.put(b"c", "C", 400)  # 1,200 bytes: evicts b, the least recently used
+    assert (cache.get(b"b"), cache.get(b"a"), cache.get(b"c")) == (None, "A", "C")
+    assert cache.size == 800
+    cache.put(b"a", "A2", 100)  # replacing an entry replaces its size
+    assert cache.size == 500
+    cache.put(b"big", "BIG", 1001)  # bigger than the bound on its own: not cached, nothing evicted
+    assert cache.get(b"big") is None
+    assert (cache.get(b"a"), cache.get(b"c"), cache.size) == ("A2", "C", 500)
+    cache.put(b"c", "C2", 2000)  # nor kept under its key from before
+    assert (cache.get(b"c"), cache.size) == (None, 100)
+    cache.put(b"all", "ALL", 1000)  # exactly the bound: everything else goes
+    assert (len(cache), cache.size) == (1, 1000)
+    with pytest.raises(ValueError, match="max_bytes"):
+        TTLCache(1, 1.0, max_bytes=0)
+
+
 def test_heuristic_scorer_orders_texts() -> None:
     scorer = load_scorer(ScorerConfig())
     assert isinstance(scorer, ComplexityScorer)

@@ -267,6 +267,34 @@ async def test_cache_hits_are_counted_in_the_response_metrics() -> None:
     assert len(fake.log) == 1
 
 
+async def test_the_response_cache_is_bounded_by_bytes() -> None:
+    """``cache.maxBytes``: least recently used responses go when the bytes are over it, and one
+    bigger than it is not cached at all (before, 1,024 entries of any size were kept)."""
+
+    def sized(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes]:
+        size = json.loads(body)["inputs"][0]["data"][0]  # the answer's size, in bytes
+        return 200, json.dumps({"outputs": [], "pad": "x" * (size - 26)}).encode()
+
+    def request(size: int) -> dict[str, Any]:
+        return {"inputs": [{"name": "N", "datatype": "INT32", "shape": [1], "data": [size]}]}
+
+    async with _fakes(sized) as (fake,):
+        config = _config("weighted", _variant("small", "small", [fake.url]),
+                         cache={"enabled": True, "maxBytes": 3000})  # fmt: skip
+        async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
+
+            async def cached(size: int) -> bool:
+                resp = await client.post("/v2/models/m/infer", json=request(size))
+                assert resp.status_code == 200 and len(resp.content) == size
+                return resp.headers.get("x-modelpool-cache") == "hit"
+
+            assert [await cached(4000), await cached(4000)] == [False, False]  # over the bound
+            assert [await cached(1000), await cached(1001), await cached(1000)] == [False, False, True]
+            assert await cached(1002) is False  # 3,000 bytes of bodies and headers: 1001 goes
+            assert [await cached(1000), await cached(1002), await cached(1001)] == [True, True, False]
+    assert len(fake.log) == 6
+
+
 @pytest.mark.parametrize("mode", ["tiered", "weighted"])
 async def test_deeply_nested_json_gets_400_and_is_counted(
     mode: str, caplog: pytest.LogCaptureFixture
