@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from modelpool.models.paths import banking77_dir
+from modelpool.models.paths import default_dataset
 
 DEFAULT_TRAINED = Path("out/models/trained")
 DEFAULT_REPOSITORY = Path("out/models/repository")
@@ -19,6 +19,7 @@ DEFAULT_PROFILES = Path("out/models/profiles")
 
 
 Command = Callable[[argparse.Namespace], int]
+_VARIANT_NAMES = frozenset({"small", "quantized", "int8", "large"})  # int8 = quantized (its model suffix)
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +31,16 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
     return value
+
+
+def _queue_delay(text: str) -> tuple[str | None, int]:
+    """An argparse type: ``MICROSECONDS`` (every variant) or ``VARIANT=MICROSECONDS``."""
+    variant, _, value = text.rpartition("=")
+    if variant and variant not in _VARIANT_NAMES:
+        raise argparse.ArgumentTypeError(f"{text!r}: the variant is one of {sorted(_VARIANT_NAMES)}")
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give microseconds (a whole number, 0 or more)")
+    return (variant or None), int(value)
 
 
 def _model_name(text: str) -> str:
@@ -46,10 +57,11 @@ def _reports_input_errors(command: Command) -> Command:
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         from modelpool.models.data import DatasetError
+        from modelpool.models.measure import ProfileError
 
         try:
             return command(args)
-        except (DatasetError, FileNotFoundError, NotADirectoryError) as err:
+        except (DatasetError, ProfileError, FileNotFoundError, NotADirectoryError) as err:
             print(f"modelpool models {args.models_command}: error: {err}", file=sys.stderr)
             return 2
 
@@ -75,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
     from modelpool.models.train import TrainOptions, train_variants
 
     report = train_variants(
-        TrainOptions(data=args.data or banking77_dir(), out=args.out, seed=args.seed, limit=args.limit)
+        TrainOptions(data=args.data or default_dataset(), out=args.out, seed=args.seed, limit=args.limit)
     )
     print(json.dumps(report, indent=1))
     return 0
@@ -91,22 +103,37 @@ def _train_scorer(args: argparse.Namespace) -> int:
             f"--trained {args.trained}: no {' or '.join(missing)}; run `modelpool models train --out "
             f"{args.trained}` first"
         )
-    options = TrainOptions(data=args.data or banking77_dir(), out=args.out, seed=args.seed, limit=args.limit)
+    options = TrainOptions(
+        data=args.data or default_dataset(), out=args.out, seed=args.seed, limit=args.limit
+    )
     print(json.dumps(train_complexity_scorer(options, args.trained), indent=1))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from modelpool.models.export import export_repository, gpu_available
+    from modelpool.models.export import DEFAULT_QUEUE_DELAY_US, export_repository, gpu_available
+    from modelpool.models.runtime import Variant
 
     gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
-    for version in export_repository(args.trained, args.out, args.name, gpu=gpu):
+    delays = {v: DEFAULT_QUEUE_DELAY_US for v in Variant}
+    for name, microseconds in args.queue_delay_us or []:  # later entries win
+        for variant in Variant if name is None else [Variant("quantized" if name == "int8" else name)]:
+            delays[variant] = microseconds
+    versions = export_repository(args.trained, args.out, args.name, gpu=gpu, queue_delay_us=delays)
+    for version in versions:
         print(f"{version.name}: digest {version.digest} -> {args.out / version.name}")
     return 0
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from modelpool.models.measure import ProfileSettings, profile_repository, write_profiles
+    from modelpool.models.measure import (
+        ProfileError,
+        ProfileSettings,
+        models_label_mismatch,
+        profile_repository,
+        repository_models,
+        write_profiles,
+    )
     from modelpool.models.profile import render_table
     from modelpool.models.train import load_limited
 
@@ -115,12 +142,33 @@ def _profile(args: argparse.Namespace) -> int:
             f"--repository {args.repository}: no such folder; run `modelpool models export --out "
             f"{args.repository}` first"
         )
-    splits = load_limited(args.data or banking77_dir(), args.limit, args.seed)
-    models = args.models or sorted(
-        p.name for p in args.repository.iterdir() if (p / "config.pbtxt").is_file()
-    )
+    available = repository_models(args.repository)
+    if not available:
+        raise NotADirectoryError(
+            f"--repository {args.repository}: no models in it (no <model>/config.pbtxt); run "
+            f"`modelpool models export --out {args.repository}` first"
+        )
+    unknown = [m for m in args.models or [] if m not in available]
+    if unknown:
+        raise FileNotFoundError(
+            f"--models {' '.join(unknown)}: not in --repository {args.repository}, which holds "
+            f"{' '.join(available)}"
+        )
+    models = args.models or available
+    data = args.data or default_dataset()
+    splits = load_limited(data, args.limit, args.seed, training=False)
+    for model in models:  # before minutes of tritonserver: accuracy needs the model's own labels
+        mismatch = models_label_mismatch(args.repository / model, splits.test.label_names)
+        if mismatch:
+            raise ProfileError(
+                f"--repository {args.repository}: model {model} does not answer with the labels of "
+                f"--data {data}: {mismatch}; profile it on the data set it was trained on"
+            )
     settings = ProfileSettings(
-        latency_requests=args.requests, concurrent_requests=2 * args.requests, concurrency=args.concurrency
+        latency_requests=args.requests,
+        concurrent_requests=2 * args.requests,
+        concurrency=args.concurrency,
+        client_processes=args.client_processes,
     )
     profiles = profile_repository(
         args.repository, models, splits.test, f"{splits.name}/test", args.scorer, settings
@@ -155,7 +203,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--name", type=_model_name, default="banking77", help="model name prefix: <name>-small|int8|large"
     )
     export.add_argument(
-        "--device", choices=["auto", "cpu", "gpu"], default="auto", help="KIND_GPU for large if gpu"
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="cpu",
+        help="gpu: the large model's instances are KIND_GPU; auto: gpu when this machine has CUDA "
+        "(the serving pods may not); default: cpu",
+    )
+    export.add_argument(
+        "--queue-delay-us",
+        type=_queue_delay,
+        action="append",
+        metavar="[VARIANT=]US",
+        help="dynamic batching max_queue_delay_microseconds, for every variant or one "
+        "(small|int8|large; repeatable; default: 0, a lone request runs at once)",
     )
     export.set_defaults(func=_reports_input_errors(_export))
 
@@ -173,6 +233,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     profile.add_argument(
         "--concurrency", type=_positive_int, default=8, help="requests in flight for the concurrent run"
+    )
+    profile.add_argument(
+        "--client-processes",
+        type=_positive_int,
+        default=2,
+        help="client processes sharing the concurrent run's threads (default: 2)",
     )
     profile.set_defaults(func=_reports_input_errors(_profile))
 

@@ -20,6 +20,8 @@ TEXT_COLUMN = "text"
 LABEL_COLUMNS = ("label", "category", "intent")
 
 IntArray = npt.NDArray[np.int64]
+TEST_FRACTION = 0.2  # of each label's rows, when one CSV is split into train and test
+MIN_ROWS_FOR_TEST = 3  # rows a label needs for round(rows * TEST_FRACTION) >= 1
 
 
 class DatasetError(ValueError):
@@ -66,7 +68,18 @@ class DatasetSplits:
 def _read_rows(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file; give a CSV with columns '{TEXT_COLUMN}' and 'label'")
-    with path.open(newline="", encoding="utf-8") as handle:
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} cannot be decoded); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _parse_rows(path: Path) -> tuple[list[str], list[str]]:
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first header
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
         if TEXT_COLUMN not in fields:
@@ -114,7 +127,9 @@ def load_csv(path: Path, label_names: Sequence[str] | None = None) -> LabelledTe
 def load_label_names(path: Path) -> tuple[str, ...]:
     """Read ``categories.json``: a JSON list of distinct label names."""
     try:
-        names = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc}); give a JSON list of label names") from exc
     if (
@@ -134,7 +149,15 @@ def load_dataset(path: Path) -> DatasetSplits:
     path = Path(path)
     if path.is_file():
         data = load_csv(path)
-        train_idx, test_idx = stratified_split(data.labels, 0.2, seed=0)
+        train_idx, test_idx = stratified_split(data.labels, TEST_FRACTION, seed=0)
+        if len(test_idx) == 0:
+            largest = int(np.bincount(data.labels).max())
+            raise DatasetError(
+                f"{path}: {len(data)} rows leave the test split empty (each label gives "
+                f"{TEST_FRACTION:.0%} of its rows, rounded, to the test split; the largest label has "
+                f"{largest}); give at least {MIN_ROWS_FOR_TEST} rows of some label, or a folder with "
+                "train.csv and test.csv"
+            )
         return DatasetSplits(data.subset(train_idx), data.subset(test_idx), path.stem)
     if not path.is_dir():
         raise DatasetError(
@@ -172,11 +195,50 @@ def train_validation_split(
 
 
 def limit_rows(data: LabelledTexts, limit: int | None, seed: int) -> LabelledTexts:
-    """A seeded stratified sample of about ``limit`` rows (all rows when ``limit`` is None): each
-    class keeps its share rounded to whole rows, so the total can be a few rows off."""
+    """A seeded stratified sample of about ``limit`` rows (all rows when ``limit`` is None).
+
+    Each label keeps its share rounded to whole rows, but at least one row, so the total can be a
+    few rows off and no label present in ``data`` is lost while ``limit`` is at least the number of
+    labels. With fewer rows than labels, ``limit`` labels (chosen by ``seed``) keep one row each.
+    """
     if limit is None or limit >= len(data):
         return data
     if limit <= 0:
         raise DatasetError(f"--limit {limit} must be positive")
-    _, keep = stratified_split(data.labels, limit / len(data), seed)
-    return data.subset(keep)
+    rng = np.random.default_rng(seed)
+    present = np.unique(data.labels)
+    if limit < len(present):
+        chosen = np.sort(rng.choice(present, size=limit, replace=False))
+        keep = [int(rng.choice(np.flatnonzero(data.labels == label))) for label in chosen]
+        return data.subset(sorted(keep))
+    fraction = limit / len(data)
+    kept: list[int] = []
+    for label in present:  # the same draws as ``stratified_split``: the same rows where both keep some
+        rows = rng.permutation(np.flatnonzero(data.labels == label))
+        kept.extend(rows[: max(1, round(len(rows) * fraction))].tolist())
+    return data.subset(sorted(kept))
+
+
+def describe_labels(names: Sequence[str], shown: int = 3) -> str:
+    """``"77 labels ['a', 'b', 'c', ...]"``: a label list short enough for a one-line message."""
+    head = ", ".join(repr(n) for n in names[:shown])
+    return f"{len(names)} labels [{head}{', ...' if len(names) > shown else ''}]"
+
+
+def label_mismatch(model: Sequence[str], data: Sequence[str]) -> str | None:
+    """How a model's label list differs from a data set's (None when equal, order included): label
+    ``i`` of a model means label ``i`` of the data only when both lists are the same."""
+    model, data = tuple(model), tuple(data)
+    if model == data:
+        return None
+    if set(model) == set(data) and len(model) == len(data):
+        i = next(i for i, (a, b) in enumerate(zip(model, data, strict=True)) if a != b)
+        return f"the same {len(model)} labels in another order (label {i}: {model[i]!r} vs {data[i]!r})"
+    only = sorted(set(model) - set(data)) or sorted(set(data) - set(model))
+    side = "the model" if set(model) - set(data) else "the data"
+    return f"{describe_labels(model)} vs {describe_labels(data)} ({only[0]!r} only in {side})"
+
+
+def labels_present(data: LabelledTexts) -> int:
+    """Number of distinct labels that have at least one row in ``data``."""
+    return len(np.unique(data.labels))

@@ -6,11 +6,15 @@ so that head training and distillation do not re-encode the same texts.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import io
 import os
-from collections.abc import Sequence
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,15 +100,17 @@ def serialized_size_bytes(module: Any) -> int:
 
 
 class EmbeddingCache:
-    """Embeddings of texts by one encoder, kept in ``<cache>/embeddings-<key>.npz`` across runs."""
+    """Embeddings of texts by one encoder, kept in ``<cache>/embeddings-<key>.npz`` across runs.
+
+    Several processes may share the file (two trainings, a training and a benchmark): a save takes
+    an exclusive lock (``fcntl.flock`` on ``<file>.lock``), merges the entries saved by others since
+    this cache read the file, writes a temporary file of its own in the same folder and renames it
+    over the file, so a reader sees the old or the new file, never half of one, and no entry is lost.
+    """
 
     def __init__(self, key: str, directory: Path | None = None) -> None:
         self.path = (directory or cache_dir()) / f"embeddings-{key}.npz"
-        self._vectors: dict[str, FloatArray] = {}
-        if self.path.is_file():
-            with np.load(self.path, allow_pickle=False) as stored:
-                for text, vector in zip(stored["texts"].tolist(), stored["vectors"], strict=True):
-                    self._vectors[str(text)] = vector
+        self._vectors: dict[str, FloatArray] = _read_cache(self.path)
 
     def embed(self, texts: Sequence[str], encode: Any, batch_size: int = 64) -> FloatArray:
         """Vectors of ``texts``; missing ones are computed with ``encode(list[str]) -> array`` and saved."""
@@ -123,9 +129,45 @@ class EmbeddingCache:
         return np.stack([self._vectors[t] for t in texts]).astype(np.float32)
 
     def _save(self) -> None:
-        texts = list(self._vectors)
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp, texts=np.array(texts, dtype=np.str_), vectors=np.stack([self._vectors[t] for t in texts])
-        )
-        tmp.replace(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            for text, vector in _read_cache(self.path).items():  # saved by another process meanwhile
+                self._vectors.setdefault(text, vector)
+            texts = list(self._vectors)
+            handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    np.savez(
+                        out,
+                        texts=np.array(texts, dtype=np.str_),
+                        vectors=np.stack([self._vectors[t] for t in texts]),
+                    )
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+
+def _read_cache(path: Path) -> dict[str, FloatArray]:
+    """The entries of a cache file; none when it is missing or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {
+                str(text): vector
+                for text, vector in zip(stored["texts"].tolist(), stored["vectors"], strict=True)
+            }
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -9,6 +9,11 @@ Layout (one model per variant, named ``<name>-small``, ``<name>-int8`` and ``<na
 
 ``VERSION.json`` holds the model digest (SHA-256 over the artifacts and the encoder weights) and the
 creation time; capability profiles record both so a stale profile can be detected.
+
+Dynamic batching waits ``max_queue_delay_microseconds`` (default 0) for more requests before a batch
+runs: with 0 a lone request runs at once, and requests that queue while the instance is busy still
+run together as one batch. A positive delay is worth it only when batches must grow beyond what
+queues on its own.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from modelpool.models.runtime import Variant
 PACKAGE_DIR = Path(__file__).resolve().parent
 VERSION_FILE = "VERSION.json"
 DEFAULT_MAX_BATCH = 64
-DEFAULT_QUEUE_DELAY_US = 1000
+DEFAULT_QUEUE_DELAY_US = 0  # a lone request is not held back waiting for company
 DEFAULT_TORCH_THREADS = 1  # intra-op threads per model instance; scale with instances/replicas instead
 _GPU_CAPABLE = frozenset({Variant.LARGE})
 
@@ -91,8 +97,11 @@ def render_config(
     max_batch_size: int,
     instances: int = 1,
     torch_threads: int = DEFAULT_TORCH_THREADS,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> str:
     """``config.pbtxt`` text for one variant, following the project's model I/O contract."""
+    if queue_delay_us < 0:
+        raise ValueError(f"queue delay {queue_delay_us} µs: give 0 or more microseconds")
     kind = "KIND_GPU" if gpu and variant in _GPU_CAPABLE else "KIND_CPU"
     return "\n".join(
         [
@@ -105,7 +114,7 @@ def render_config(
             '  { name: "LABEL", data_type: TYPE_INT64, dims: [ 1 ] }',
             "]",
             f"instance_group [ {{ kind: {kind}, count: {instances} }} ]",
-            f"dynamic_batching {{ max_queue_delay_microseconds: {DEFAULT_QUEUE_DELAY_US} }}",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
             f'parameters: {{ key: "variant" value: {{ string_value: "{variant.value}" }} }}',
             f'parameters: {{ key: "model_digest" value: {{ string_value: "{digest}" }} }}',
             f'parameters: {{ key: "torch_threads" value: {{ string_value: "{torch_threads}" }} }}',
@@ -133,6 +142,7 @@ def export_variant(
     gpu: bool = False,
     max_batch_size: int = DEFAULT_MAX_BATCH,
     instances: int = 1,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> ModelVersion:
     """Write one variant of the trained-model folder ``trained`` into ``repository``."""
     from modelpool.models.encoder import encoder_digest
@@ -164,6 +174,7 @@ def export_variant(
         gpu=gpu,
         max_batch_size=max_batch_size,
         instances=instances,
+        queue_delay_us=queue_delay_us,
     )
     (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
     return version
@@ -177,11 +188,27 @@ def export_repository(
     *,
     gpu: bool = False,
     max_batch_size: int = DEFAULT_MAX_BATCH,
+    queue_delay_us: int | Mapping[Variant, int] = DEFAULT_QUEUE_DELAY_US,
 ) -> list[ModelVersion]:
-    """Export every variant in ``variants`` from ``trained`` into the Triton repository ``repository``."""
+    """Export every variant in ``variants`` from ``trained`` into the Triton repository ``repository``;
+    ``queue_delay_us`` is one delay for all or a delay per variant (the default for the others)."""
+
+    def delay(variant: Variant) -> int:
+        if isinstance(queue_delay_us, Mapping):
+            return queue_delay_us.get(variant, DEFAULT_QUEUE_DELAY_US)
+        return queue_delay_us
+
     repository.mkdir(parents=True, exist_ok=True)
     return [
-        export_variant(trained, repository, v, prefix, gpu=gpu, max_batch_size=max_batch_size)
+        export_variant(
+            trained,
+            repository,
+            v,
+            prefix,
+            gpu=gpu,
+            max_batch_size=max_batch_size,
+            queue_delay_us=delay(v),
+        )
         for v in variants
     ]
 
@@ -196,6 +223,28 @@ def read_version(model_dir: Path) -> ModelVersion:
         dt.datetime.fromisoformat(data["created"]),
         int(data["num_classes"]),
     )
+
+
+def read_label_names(model_dir: Path) -> tuple[str, ...]:
+    """The label names an exported model answers with (index ``i`` of ``PROBABILITIES`` is label ``i``),
+    from its artifacts (``small.json``, or ``large.json`` for the int8 and large variants)."""
+    from modelpool.models.large import LARGE_META
+    from modelpool.models.small import SMALL_META
+
+    variant = read_version(model_dir).variant
+    meta = model_dir / "1" / "artifacts" / (SMALL_META if variant is Variant.SMALL else LARGE_META)
+    return tuple(json.loads(meta.read_text(encoding="utf-8"))["label_names"])
+
+
+def read_instance_device(model_dir: Path) -> str:
+    """Where Triton runs the model's instances by its ``config.pbtxt``: ``gpu`` when an instance group
+    is ``KIND_GPU``, ``auto`` for ``KIND_AUTO`` or no kind, else ``cpu``."""
+    kinds = set(re.findall(r"\bkind\s*:\s*KIND_([A-Z]+)", (model_dir / "config.pbtxt").read_text("utf-8")))
+    if "GPU" in kinds:
+        return "gpu"
+    if not kinds or "AUTO" in kinds:
+        return "auto"
+    return "cpu"
 
 
 def gpu_available() -> bool:

@@ -142,11 +142,29 @@ def save_large(directory: Path, head: Any, label_names: Sequence[str], config: H
     (directory / LARGE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
+def check_encoder(directory: Path, meta: dict[str, Any]) -> None:
+    """Refuse a head trained on other encoder weights than the installed ones: its inputs would be
+    embeddings from another space, and every answer silently wrong."""
+    recorded = (meta.get("encoder") or {}).get("digest")
+    if not recorded:
+        return
+    installed = encoder_digest()
+    if installed != recorded:
+        raise RuntimeError(
+            f"{directory / LARGE_META}: the head was trained on encoder weights with digest {recorded}, "
+            f"but the installed {ENCODER_PACKAGE} has {installed}; install the encoder it was trained "
+            "with, or retrain and re-export the model"
+        )
+
+
 def load_large(directory: Path, quantized: bool = False, device: str = "cpu") -> EncoderClassifier:
-    """Load the large variant from ``directory``; ``quantized`` applies dynamic int8 to the whole module."""
+    """Load the large variant from ``directory``; ``quantized`` applies dynamic int8 to the whole module.
+
+    Raises ``RuntimeError`` when the installed encoder is not the one the head was trained on."""
     import torch
 
     meta = json.loads((directory / LARGE_META).read_text(encoding="utf-8"))
+    check_encoder(directory, meta)
     label_names = meta["label_names"]
     config = HeadTrainingConfig(**meta["head"])
     head = build_head(len(label_names), config)

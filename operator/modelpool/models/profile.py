@@ -2,8 +2,12 @@
 
 ``CapabilityProfile`` is the stable, documented format (camelCase in JSON/YAML, as in Kubernetes
 objects). A ModelPool variant can carry it inline or point at a ConfigMap holding it; the operator
-reads ``capacityPerReplicaRps`` as the scaler's default capacity, ``accuracyByBucket`` for tier
-thresholds, and ``modelDigest``/``modelCreated`` to report a missing or stale profile.
+reads ``capacityPerReplicaRps`` as the scaler's default capacity and ``accuracyByBucket`` for tier
+thresholds, and reports a profile as stale when its ``modelName`` is not the variant's
+``spec.model.name`` or, where the variant sets ``spec.model.digest``, its ``modelDigest`` differs
+(``modelpool.controllers.profiles.staleness``). ``CapabilityProfile.staleness(digest, created)``
+is the same check against an exported model's ``VERSION.json``, for tools; the operator does not
+call it (a pool's spec has no export time).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +62,15 @@ class BucketAccuracy(_Model):
     accuracy: float | None = Field(default=None, ge=0, le=1, description="None when the bucket is empty.")
 
 
+class ConcurrentClient(_Model):
+    """How the concurrent run's load was generated."""
+
+    processes: int = Field(ge=1, description="Client processes sending requests at once.")
+    threads: int = Field(
+        ge=1, description="Client threads in all (one request in flight each), split evenly over processes."
+    )
+
+
 class CapabilityProfile(_Model):
     """Measured capabilities of one variant of one model (format version ``modelpool.dev/v1alpha1``)."""
 
@@ -81,6 +95,10 @@ class CapabilityProfile(_Model):
         description="Sustainable single-item req/s of one replica (measured throughput; apply headroom).",
     )
     memory_rss_bytes: int = Field(ge=0, description="Resident memory of the model's Python stub process.")
+    concurrent_client: ConcurrentClient | None = Field(
+        default=None,
+        description="Client processes x threads of the concurrent run (absent in older profiles).",
+    )
 
     def staleness(self, model_digest: str, model_created: dt.datetime) -> str | None:
         """Why this profile does not describe the given model version, or None when it does."""
@@ -144,12 +162,39 @@ def bucket_accuracy(
     return out
 
 
+@dataclass
+class TimedRun:
+    """What one run of single-item requests measured: per-request seconds of the answered ones and
+    when each answer came, the errors of the failed ones, and the run's start and end (times are
+    ``time.monotonic()``, comparable across processes of one machine)."""
+
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    started: float = 0.0
+    ended: float = 0.0
+    answered_at: list[float] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        """Seconds from the first request sent to the last answer."""
+        return self.ended - self.started
+
+    @property
+    def requests(self) -> int:
+        """Requests sent (answered or failed)."""
+        return len(self.latencies) + len(self.failures)
+
+
 def timed_requests(
-    make_sender: Callable[[], Callable[[str], Any]], texts: Sequence[str], concurrency: int
-) -> tuple[list[float], float]:
+    make_sender: Callable[[], Callable[[str], Any]],
+    texts: Sequence[str],
+    concurrency: int,
+    ready: Callable[[], None] | None = None,
+) -> TimedRun:
     """Send each text as its own request from ``concurrency`` threads, each with its own sender from
-    ``make_sender()``; returns (per-request seconds, wall seconds)."""
-    latencies: list[float] = []
+    ``make_sender()``. A request that raises counts as failed (its error is kept) and its thread goes
+    on. ``ready()``, if given, is called once the senders exist, before the clock starts."""
+    run = TimedRun()
     lock = threading.Lock()
     queue = list(texts)
 
@@ -162,18 +207,28 @@ def timed_requests(
                     return
                 text = queue.pop()
             start = time.perf_counter()
-            send(text)
+            try:
+                send(text)
+            except Exception as err:  # any error of one request: counted, not fatal to the run
+                with lock:
+                    run.failures.append(f"{type(err).__name__}: {err}")
+                continue
             elapsed = time.perf_counter() - start
+            answered = time.monotonic()
             with lock:
-                latencies.append(elapsed)
+                run.latencies.append(elapsed)
+                run.answered_at.append(answered)
 
     threads = [threading.Thread(target=worker, args=(send,), daemon=True) for send in senders]
-    wall_start = time.perf_counter()
+    if ready is not None:
+        ready()
+    run.started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies, time.perf_counter() - wall_start
+    run.ended = time.monotonic()
+    return run
 
 
 def stub_rss_bytes(server_pid: int, model: str) -> int:

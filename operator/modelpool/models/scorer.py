@@ -30,6 +30,7 @@ from modelpool.models.torchutil import module_base, optimizer_step, sparse_and_d
 FloatArray = npt.NDArray[np.float32]
 SCORER_WEIGHTS = "scorer.pt"
 SCORER_META = "scorer.json"
+DENSE_STATS = 4  # confidence features before the class one-hot: top, margin, entropy, length
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,17 @@ def load_scorer(path: str | Path) -> TorchComplexityScorer:
     meta = json.loads((directory / SCORER_META).read_text(encoding="utf-8"))
     raw = meta["config"]
     config = ScorerTrainingConfig(**{**raw, "hashing": hashing_from_dict(raw["hashing"])})
-    net = ScorerNet(config.hashing.buckets, config.embedding, int(meta["dense"]), config.hidden)
+    small = SmallPredictor.load(directory)
+    dense = int(meta["dense"])
+    if dense != DENSE_STATS + len(small.label_names):
+        raise ValueError(
+            f"{directory}: the scorer network takes {dense - DENSE_STATS} classes but its small model has "
+            f"{len(small.label_names)}: it was trained with --data other than the --trained model's; "
+            "retrain it with `modelpool models train-scorer` on the model's own data set"
+        )
+    net = ScorerNet(config.hashing.buckets, config.embedding, dense, config.hidden)
     net.load_state_dict(torch.load(directory / SCORER_WEIGHTS, map_location="cpu", weights_only=True))
-    return TorchComplexityScorer(SmallPredictor.load(directory), net.eval(), config)
+    return TorchComplexityScorer(small, net.eval(), config)
 
 
 def roc_auc(scores: Sequence[float] | FloatArray, positives: npt.NDArray[np.bool_]) -> float:

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelpool.models.data import DatasetSplits, LabelledTexts, limit_rows, load_dataset
+from modelpool.models.data import (
+    DatasetError,
+    DatasetSplits,
+    LabelledTexts,
+    label_mismatch,
+    labels_present,
+    limit_rows,
+    load_dataset,
+)
 from modelpool.models.encoder import (
     EmbeddingCache,
     count_modules,
@@ -61,16 +69,39 @@ class TrainOptions:
     head: HeadTrainingConfig = field(default_factory=HeadTrainingConfig)
 
 
-def load_limited(data: Path, limit: int | None, seed: int) -> DatasetSplits:
-    """The data set, with at most ``limit`` training rows and ``ceil(limit/3)`` test rows when given."""
+def load_limited(data: Path, limit: int | None, seed: int, *, training: bool = True) -> DatasetSplits:
+    """The data set, with about ``limit`` training rows and ``ceil(limit/3)`` test rows when given.
+
+    Refused with a ``DatasetError`` before any work: a split left empty, and, when ``training``,
+    a ``limit`` below the number of training labels (some label would have no training row).
+    """
     splits = load_dataset(data)
-    if limit is None:
-        return splits
-    return DatasetSplits(
-        limit_rows(splits.train, limit, seed),
-        limit_rows(splits.test, math.ceil(limit / 3), seed),
-        splits.name,
-    )
+    if limit is not None:
+        labels = labels_present(splits.train)
+        if training and limit < labels:
+            raise DatasetError(
+                f"--limit {limit} is fewer than the {labels} labels of {splits.name}'s training split: "
+                f"give --limit {labels} or more (one training row per label), or leave it out"
+            )
+        splits = DatasetSplits(
+            limit_rows(splits.train, limit, seed),
+            limit_rows(splits.test, math.ceil(limit / 3), seed),
+            splits.name,
+        )
+    for part, rows in (("training", splits.train), ("test", splits.test)):
+        if len(rows) == 0:  # not reachable through load_dataset and limit_rows; kept as the contract
+            raise DatasetError(f"{data}: the {part} split has no rows; give a data set with some")
+    return splits
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None (JSON null) when it is NaN or infinite: JSON has no NaN."""
+    return value if math.isfinite(value) else None
+
+
+def write_json_report(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as strict JSON (a NaN or infinity left in it raises instead of being written)."""
+    path.write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
 
 
 class Embedder:
@@ -151,12 +182,12 @@ def train_variants(options: TrainOptions, log: Callable[[str], None] = print) ->
         "train_rows": len(train),
         "test_rows": len(test),
         "accuracy": {
-            "small": accuracy(p_small, test.labels),
-            "quantized": accuracy(p_quant, test.labels),
-            "large": accuracy(p_large, test.labels),
-            "teacher_out_of_fold_train": accuracy(teacher, train.labels),
+            "small": finite_or_none(accuracy(p_small, test.labels)),
+            "quantized": finite_or_none(accuracy(p_quant, test.labels)),
+            "large": finite_or_none(accuracy(p_large, test.labels)),
+            "teacher_out_of_fold_train": finite_or_none(accuracy(teacher, train.labels)),
         },
-        "small_agrees_with_large": float((p_small.argmax(1) == p_large.argmax(1)).mean()),
+        "small_agrees_with_large": finite_or_none(float((p_small.argmax(1) == p_large.argmax(1)).mean())),
         "single_item_ms_in_process": costs,
         "large_over_small_cost": costs["large"] / max(costs["small"], 1e-9),
         "size_bytes": {
@@ -167,7 +198,7 @@ def train_variants(options: TrainOptions, log: Callable[[str], None] = print) ->
         "linear_modules": {"large": count_modules(large), "quantized": count_modules(quantized)},
         "max_abs_probability_change_int8": float(np.abs(p_quant - p_large).max()) if len(test) else 0.0,
     }
-    (options.out / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json_report(options.out / REPORT_FILE, report)
     return report
 
 
@@ -199,6 +230,14 @@ def train_complexity_scorer(
     """
     splits = load_limited(options.data, options.limit, options.seed)
     train, test = splits.train, splits.test
+    small = SmallPredictor.load(trained)
+    mismatch = label_mismatch(small.label_names, train.label_names)
+    if mismatch:  # checked before minutes of cross-fitting and before anything is saved
+        raise DatasetError(
+            f"--trained {trained} and --data {options.data} disagree on the labels: {mismatch}; "
+            f"give the --data it was trained on, or train it on this data first "
+            f"(`modelpool models train --data {options.data}`)"
+        )
     embed = Embedder()
     head_config = HeadTrainingConfig(**{**options.head.__dict__, "seed": options.seed})
     x_train = embed(train.texts)
@@ -211,7 +250,6 @@ def train_complexity_scorer(
         **{**(config or ScorerTrainingConfig()).__dict__, "seed": options.seed}
     )
     net = train_scorer_net(train.texts, oof, wrong, scorer_config)
-    small = SmallPredictor.load(trained)
     scorer = TorchComplexityScorer(small, net, scorer_config)
     scorer.save(options.out)
     test_texts = list(test.texts)
@@ -223,10 +261,11 @@ def train_complexity_scorer(
         "test_rows": len(test),
         "out_of_fold_small_error": float(wrong.mean()),
         "test_small_error": float(test_wrong.mean()),
-        "auc_scorer": roc_auc(scores, test_wrong),
-        "auc_one_minus_confidence": roc_auc(1.0 - p_small.max(axis=1), test_wrong),
+        # null when the test split holds only right (or only wrong) small answers: AUC is undefined
+        "auc_scorer": finite_or_none(roc_auc(scores, test_wrong)),
+        "auc_one_minus_confidence": finite_or_none(roc_auc(1.0 - p_small.max(axis=1), test_wrong)),
     }
-    (options.out / "scorer-report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json_report(options.out / "scorer-report.json", report)
     np.savez(
         options.out / VALIDATION_FILE,
         small=oof,

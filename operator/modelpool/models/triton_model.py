@@ -29,6 +29,14 @@ def _texts(request: Any) -> list[str]:
     return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in raw]
 
 
+def instance_device(args: dict[str, str]) -> str:
+    """The torch device of this model instance: ``cuda:<model_instance_device_id>`` for a KIND_GPU
+    instance (Triton gives each instance of a multi-GPU group its own device id), else ``cpu``."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+    return "cpu"
+
+
 class TritonPythonModel:
     """Serves one variant."""
 
@@ -36,7 +44,7 @@ class TritonPythonModel:
         """Load the variant named by the ``variant`` parameter onto this instance's device."""
         config = json.loads(args["model_config"])
         variant = config["parameters"]["variant"]["string_value"]
-        device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
+        device = instance_device(args)
         threads = config["parameters"].get("torch_threads", {}).get("string_value", "")
         if threads and variant != "small":
             import torch

@@ -10,7 +10,7 @@ import pytest
 from modelpool.models.export import read_version
 from modelpool.models.measure import ProfileSettings, complexity_scores, profile_model, write_profiles
 from modelpool.models.paths import banking77_dir
-from modelpool.models.profile import CapabilityProfile, render_table
+from modelpool.models.profile import CapabilityProfile, ConcurrentClient, render_table
 from modelpool.models.train import load_limited
 
 from .conftest import LIMIT, Built
@@ -31,6 +31,8 @@ def test_profile_of_small_variant(built: Built, triton: Any, tmp_path: Any) -> N
     assert profile.items == len(test) and 0.2 < profile.accuracy <= 1.0
     assert sum(b.items for b in profile.accuracy_by_bucket) == len(test)
     assert profile.latency_batch1.requests == 30 and profile.latency_concurrent.concurrency == 4
+    assert profile.concurrent_client == ConcurrentClient(processes=2, threads=4)  # the default client setup
+    assert profile.device == "cpu" and profile.latency_concurrent.requests == 60
     assert 0 < profile.latency_batch1.p50_ms <= profile.latency_batch1.p95_ms
     assert profile.throughput_rps > 10 and profile.memory_rss_bytes > 20 * 2**20
     write_profiles([profile], tmp_path)
@@ -77,3 +79,30 @@ def test_profile_command_writes_every_model(
     large = CapabilityProfile.load(out / "banking77-large.profile.json")
     small = CapabilityProfile.load(out / "banking77-small.profile.json")
     assert large.latency_batch1.p50_ms > small.latency_batch1.p50_ms
+
+
+def test_a_model_triton_cannot_load_is_named_without_a_traceback(
+    built: Built, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from modelpool.models.cli import main
+
+    repository = tmp_path / "repository"
+    shutil.copytree(built.repository / "banking77-small", repository / "banking77-small")
+    (repository / "banking77-small" / "1" / "artifacts" / "small.npz").unlink()  # initialize() fails
+    args = [
+        "models",
+        "profile",
+        "--repository",
+        str(repository),
+        "--limit",
+        "30",
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "modelpool models profile: error: tritonserver could not load the models: " in err, err
+    assert "banking77-small" in err and "small.npz" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()

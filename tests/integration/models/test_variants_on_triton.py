@@ -43,9 +43,9 @@ def test_variant_answers_by_contract_and_matches_in_process(built: Built, triton
     _contract(probs, labels, len(TEXTS), 77)
     local = load_variant(variant, built.trained).predict_proba(TEXTS)
     assert np.allclose(probs, local, atol=1e-4)
-    assert (
-        read_version(built.repository / name).digest in (built.repository / name / "config.pbtxt").read_text()
-    )
+    config = (built.repository / name / "config.pbtxt").read_text()
+    assert read_version(built.repository / name).digest in config
+    assert "max_queue_delay_microseconds: 0" in config  # a lone request is not held back
 
 
 def test_quantized_is_a_different_module_than_large(built: Built, triton: Any) -> None:

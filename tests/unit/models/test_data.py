@@ -10,6 +10,7 @@ import pytest
 
 from modelpool.models.data import (
     DatasetError,
+    LabelledTexts,
     limit_rows,
     load_csv,
     load_dataset,
@@ -17,6 +18,7 @@ from modelpool.models.data import (
     train_validation_split,
 )
 from modelpool.models.paths import banking77_dir
+from modelpool.models.train import load_limited
 
 
 def _write(path: Path, text: str) -> Path:
@@ -110,3 +112,52 @@ def test_the_model_cache_lives_under_the_projects_cache_root(
     monkeypatch.setenv("MODELPOOL_CACHE", str(tmp_path))
     assert cache_root() == tmp_path
     assert cache_dir() == tmp_path / "models" and cache_dir().is_dir()
+
+
+def test_a_bom_at_the_start_of_a_csv_is_not_part_of_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\nhello,a\nbye,b\n")  # as spreadsheet programs save UTF-8
+    assert load_csv(path).texts == ("hello", "bye")
+
+
+def test_a_csv_that_is_not_utf8_is_named_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncafé,a\nbye,b\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin1\.csv: not UTF-8 text .*0xe9.*save the file as UTF-8"):
+        load_csv(path)
+
+
+def test_limit_keeps_a_row_of_every_label_where_it_can() -> None:
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 40 + [3] * 40 + [4] * 40 + [5] * 2, dtype=np.int64)
+    data = LabelledTexts(tuple(f"t{i}" for i in range(len(labels))), labels, tuple("abcdef"))
+    sample = limit_rows(data, 20, seed=0)  # label 5's share is 0.2 of a row: it still keeps one
+    assert sorted(set(sample.labels.tolist())) == [0, 1, 2, 3, 4, 5] and 20 <= len(sample) <= 26
+    fewer = limit_rows(data, 3, seed=0)  # fewer rows than labels: one row each of 3 labels
+    assert len(fewer) == 3 and len(set(fewer.labels.tolist())) == 3
+    assert limit_rows(data, 3, seed=0).texts == fewer.texts  # seeded
+
+
+def test_limit_600_keeps_the_documented_banking77_sample() -> None:
+    splits = load_limited(banking77_dir(), 600, 0)  # docs/models.md: 603 training and 231 test rows
+    assert (len(splits.train), len(splits.test)) == (603, 231)
+
+
+def test_a_limit_that_leaves_a_split_empty_is_refused_or_fixed() -> None:
+    with pytest.raises(
+        DatasetError, match=r"--limit 20 is fewer than the 77 labels .* give --limit 77 or more"
+    ):
+        load_limited(banking77_dir(), 20, 0)
+    splits = load_limited(banking77_dir(), 100, 0)  # was: 99 training rows, 0 test rows
+    assert len(np.unique(splits.train.labels)) == 77 and len(splits.test) == 34
+    profile_only = load_limited(banking77_dir(), 20, 0, training=False)  # profile needs test rows only
+    assert len(profile_only.test) == 7
+
+
+def test_a_csv_too_small_for_a_test_split_is_refused_with_the_minimum(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{label}\n" for i in range(2) for label in ("card", "transfer", "fx"))
+    path = _write(tmp_path / "tiny.csv", "text,label\n" + rows)
+    with pytest.raises(DatasetError, match=r"tiny\.csv: 6 rows leave the test split empty.*at least 3 rows"):
+        load_dataset(path)
+    _write(path, "text,label\n" + rows + "text 2,card\n")  # a label with 3 rows gives one to test
+    splits = load_dataset(path)
+    assert (len(splits.train), len(splits.test)) == (6, 1)
