@@ -212,7 +212,11 @@ class VariantScaling(ApiModel):
         default=300, ge=0, le=3600, description="Window over which scale-down takes the highest wish."
     )
     tolerance_percent: int = Field(
-        default=10, ge=0, le=100, description="Changes in need smaller than this are ignored."
+        default=10,
+        ge=0,
+        le=99,
+        description="Changes in need smaller than this are ignored (below 100: 100 would ignore every "
+        "change).",
     )
     scale_to_zero: bool = Field(
         default=False,
@@ -711,6 +715,12 @@ class ScalerMemory(ApiModel):
         default_factory=list,
         description="Deprecated (written before the reserve replayed windows); ignored, and with it "
         "burstRequests, so the reserve learns anew.",
+    )
+    capacity_per_replica_rps: float | None = Field(
+        default=None,
+        ge=0,
+        description="Capacity of one replica last measured from the compute time (requests per "
+        "second): sizes the variant while none of its replicas serves to measure it.",
     )
 
 

@@ -4,8 +4,9 @@ Reads each variant's live metrics from Prometheus, maps the ModelPool spec onto 
 scaler's settings, and keeps the decision state (stabilisation windows, burst reserve) between
 passes: in memory, and in each variant's status (``scaler``) so that a restarted operator goes on
 from it.
-Decisions are made at most every ``spec.scaling.intervalSeconds``; between them the last
-decision holds. Without metrics nothing ever scales down.
+Decisions are made at most every ``spec.scaling.intervalSeconds`` (paced on the monotonic clock);
+between them the last decision holds. Without metrics nothing ever scales down, and neither do
+settings the scaler refuses.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from modelpool.api.modelpool import (
 from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
-from modelpool.scaling.decide import decide
+from modelpool.scaling.decide import LAST_TIER_SERVING, decide, serving_floors
 from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
 from modelpool.scaling.stabilization import compact
 from modelpool.scaling.types import (
     BurstHistory,
+    PoolDecision,
     PoolInput,
     ScalingInput,
+    SettingsError,
     VariantInput,
     VariantMetrics,
     VariantSettings,
@@ -96,9 +99,8 @@ def gpu_pool_member(
     }
     try:
         held = minimum = 0
-        for variant_name, variant in variants.items():
-            gpus = int(variant.get("gpusPerReplica", 1))
-            floor = int(variant.get("minReplicas", 1))
+        for variant_name, floor in _raw_floors(variants).items():
+            gpus = int(variants[variant_name].get("gpusPerReplica", 1))
             replicas = desired.get(variant_name)
             held += (replicas if _is_count(replicas) else floor) * gpus
             minimum += floor * gpus
@@ -106,6 +108,22 @@ def gpu_pool_member(
     except (TypeError, ValueError):
         return None  # not a valid spec: the pool holds and says so, and claims no share meanwhile
     return {shared: GpuPoolMember(f"{namespace}/{name}", budget, held, minimum)}
+
+
+def _raw_floors(variants: Mapping[Any, Mapping[str, Any]]) -> dict[Any, int]:
+    """Each variant's floor, read from the raw spec: its minReplicas within ``serving_floors``
+    (in tier order, as :func:`tier_order`; an unknown tier last). Raises TypeError or ValueError
+    on values no valid spec has."""
+    ordered = sorted(
+        variants.items(),
+        key=lambda kv: (
+            TIER_ORDER.get(str(kv[1].get("tier")), len(TIER_ORDER)),
+            int(kv[1].get("cost", 1)),
+            str(kv[0]),
+        ),
+    )
+    floors = serving_floors([int(v.get("minReplicas", 1)) for _, v in ordered])
+    return {variant_name: floor for (variant_name, _), floor in zip(ordered, floors, strict=True)}
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -192,6 +210,7 @@ def memory_from_state(state: VariantState) -> ScalerMemory:
         bursts_updated_at=state.bursts.updated_at,
         burst_requests=state.bursts.arrivals,
         burst_late=[BurstLate(extra_replicas=k, requests=n) for k, n in state.bursts.late],
+        capacity_per_replica_rps=state.capacity_rps,
     )
 
 
@@ -211,6 +230,7 @@ def state_from_memory(memory: ScalerMemory, replicas: int) -> VariantState:
                 late=tuple((b.extra_replicas, b.requests) for b in memory.burst_late),
             )
         ),
+        capacity_rps=memory.capacity_per_replica_rps,
     )
 
 
@@ -227,8 +247,57 @@ def expected_overflow(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> 
     return extra
 
 
+def serving_plans(spec: ModelPoolSpec, plans: Mapping[str, ReplicaPlan]) -> dict[str, ReplicaPlan]:
+    """``plans`` within the floor every decision keeps (``decide.serving_floors``): when every
+    variant's minReplicas is 0, the last tier (the final fallback) runs at least one replica."""
+    ordered = tier_order(spec)
+    floors = serving_floors([v.min_replicas for v in ordered])
+    kept = dict(plans)
+    for variant, floor in zip(ordered, floors, strict=True):
+        plan = kept.get(variant.name)
+        if plan is not None and plan.replicas < floor:
+            kept[variant.name] = replace(plan, replicas=floor, reason=f"{plan.reason}; {LAST_TIER_SERVING}")
+    return kept
+
+
 def minimum_plans(spec: ModelPoolSpec, reason: str) -> dict[str, ReplicaPlan]:
-    return {v.name: ReplicaPlan(v.min_replicas, reason) for v in spec.variants}
+    """Every variant at its minReplicas, within :func:`serving_plans`."""
+    return serving_plans(spec, {v.name: ReplicaPlan(v.min_replicas, reason) for v in spec.variants})
+
+
+def settings_problem(settings: Iterable[VariantSettings]) -> str | None:
+    """The first setting the scaler refuses (its ``SettingsError``, naming the field and the fix),
+    or None."""
+    for one in settings:
+        try:
+            one.validate()
+        except SettingsError as err:
+            return str(err)
+    return None
+
+
+def scaled_lines(decision: PoolDecision, before: Mapping[str, ReplicaPlan]) -> list[str]:
+    """One line per variant this decision scales, for the Scaled Events: its Deployment is not at
+    the desired count and the count differs from the previous decision (``before``). A Deployment
+    that does not converge, or a hold above the current count, repeats the previous decision at
+    every decision and is reported once."""
+    return [
+        f"{v.name} {v.current_replicas}->{v.desired_replicas}: {v.reason}"
+        for v in decision.variants
+        if v.changed and (v.name not in before or before[v.name].replicas != v.desired_replicas)
+    ]
+
+
+@dataclass(frozen=True)
+class LastDecision:
+    """A pool's latest decision in this planner: its plans and when it was made, on two clocks."""
+
+    plans: dict[str, ReplicaPlan]
+    decided_at: float
+    """Wall clock (Unix seconds), as the stored status' ``decidedAt``, which it is compared with."""
+    paced_at: float
+    """Pacing clock (``time.monotonic()``): when the next decision is due. A wall clock stepped
+    back (NTP, a VM restored) would otherwise hold every pass for as long as it went back."""
 
 
 def _drop_member(by_gpu_pool: dict[str, dict[str, Any]], pool: str) -> None:
@@ -247,7 +316,6 @@ class ScalingPlanner:
     default_prometheus_url: str | None = field(default_factory=lambda: os.environ.get(PROMETHEUS_URL_ENV))
     extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
-    _decided_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
     _reader_of: dict[tuple[str, str], tuple[str, int, float, QueryTemplates]] = field(default_factory=dict)
     """The reader configuration each pool (namespace, name) reads with: a configuration no pool
@@ -258,10 +326,12 @@ class ScalingPlanner:
     with a client of its own kept sockets open for every configuration ever seen."""
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """The pacing clock (see ``LastDecision.paced_at``)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
-    _last: dict[tuple[str, str], dict[str, ReplicaPlan]] = field(default_factory=dict)
-    """Each pool's latest decision (its plans, made at ``_decided_at``), which the passes until the
-    next decision keep when the stored status does not show it yet: a pass that applied a decision and failed
+    _last: dict[tuple[str, str], LastDecision] = field(default_factory=dict)
+    """Each pool's latest decision, which paces the next one and which the passes until then keep
+    when the stored status does not show it yet: a pass that applied a decision and failed
     before writing the status (or whose status write was refused) is retried within the interval,
     and the retry must not apply the older decision the status still holds."""
     _granted: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -285,6 +355,11 @@ class ScalingPlanner:
         index is taken over all of them) and reach back over the longest trend window and one
         look-ahead plus two steps: the burst reserve counts the arrivals of the last look-ahead from
         them. The benchmark's series follow the same rule.
+
+        The pool declares no scrape interval, but its rate window must hold two scrapes
+        (``rateWindowSeconds``: at least twice the scrape interval), so a scrape may take up to half
+        the window: with the step, that is how old a healthy sample may be
+        (:func:`modelpool.scaling.demand.stale_after_s`).
         """
         scaling = spec.scaling
         overrides = {k: v for k, v in scaling.queries.model_dump().items() if v is not None}
@@ -308,6 +383,7 @@ class ScalingPlanner:
                 series_span_s=span_s,
                 step_s=step_s,
                 client=self._http,
+                scrape_interval_s=rate_window_s / 2,
             )
         return self._readers[key]
 
@@ -323,10 +399,10 @@ class ScalingPlanner:
             self._http = None
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop all that is kept of a pool that is gone, its metric series included."""
+        """Drop all that is kept of a pool that is gone, or whose scaling is switched off, its
+        metric series included: switched on again, it starts afresh, as in a new operator."""
         scaling_metrics.forget_pool(namespace, name)
         self._states.pop((namespace, name), None)
-        self._decided_at.pop((namespace, name), None)
         self._last.pop((namespace, name), None)
         self._release_reader((namespace, name))
         self._drop_grant(namespace, name)
@@ -346,15 +422,26 @@ class ScalingPlanner:
     ) -> dict[str, ReplicaPlan]:
         """The plans of a pass between decisions: ``held`` (the decision in the stored status),
         unless this planner's latest decision is newer than the stored status (see ``_last``).
-        A status another operator wrote after that decision (a change of leader) is newer and wins."""
-        plans = self._last.get(key)
-        if plans is None:
-            return held
-        decided_at = self._decided_at[key]
+        A status another operator wrote after that decision (a change of leader) is newer and wins.
+        Either way within :func:`serving_plans`."""
+        last = self._last.get(key)
+        if last is None:
+            return serving_plans(spec, held)
         stored = [v.scaler.decided_at for v in (previous.variants if previous else []) if v.scaler]
-        if stored and max(stored) >= decided_at:
-            return held
-        return {v.name: hold(v, plans[v.name]) if v.name in plans else held[v.name] for v in spec.variants}
+        if stored and max(stored) >= last.decided_at:
+            return serving_plans(spec, held)
+        plans = last.plans
+        kept = {v.name: hold(v, plans[v.name]) if v.name in plans else held[v.name] for v in spec.variants}
+        return serving_plans(spec, kept)
+
+    def _due_in(self, key: tuple[str, str], paced: float, interval: float) -> float:
+        """Seconds until the pool's next decision is due (0 or less: now). A pacing clock behind
+        the last decision (a caller's clock stepped back) counts as due."""
+        last = self._last.get(key)
+        if last is None:
+            return 0.0
+        since = paced - last.paced_at
+        return 0.0 if since < 0 else interval - since
 
     def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
         key = f"{namespace}/{name}"
@@ -409,20 +496,26 @@ class ScalingPlanner:
         now: float | None = None,
         ready: Mapping[str, int] | None = None,
         routed_latency_slo: Callable[[], Awaitable[float | None]] | None = None,
+        paced: float | None = None,
     ) -> ScalingOutcome:
         """Plans for this pass: a fresh decision when one is due, else ``held``.
 
         ``ready`` holds each Deployment's ready replicas (what really served, for the burst reserve);
         ``routed_latency_slo`` reads the routing policies' latency SLO for the pool (see
         settings_for), called only when a decision is made and some variant sets no targetLatencyMs.
+        ``now`` is the wall clock of the decision (Unix seconds, the clock of the metrics' and the
+        stored memory's timestamps; default ``time.time()``); ``paced`` is the pacing clock's
+        reading (default ``self.monotonic()``, or ``now`` where the caller gives only that: a
+        replay or a test drives one clock).
         """
         key = (namespace, name)
         clock = time.time() if now is None else now
+        if paced is None:
+            paced = self.monotonic() if now is None else now
         if not spec.scaling.enabled:
-            self._drop_grant(namespace, name)  # back at its minimums: the index counts it from now on
-            self._last.pop(key, None)  # at its minimums: a decision made before is no longer held
-            self._release_reader(key)
-            scaling_metrics.forget_pool(namespace, name)  # it no longer decides: no gauges that lie
+            # At its minimums: the index counts it from now on, a decision made before is no longer
+            # held, no gauges that lie, and switched on again it starts afresh (no old memory).
+            self.forget(namespace, name)
             return ScalingOutcome(
                 minimum_plans(spec, "scaling disabled: minReplicas"),
                 MetricsNote(
@@ -432,7 +525,7 @@ class ScalingPlanner:
         url = spec.scaling.prometheus_url or self.default_prometheus_url
         if not url:
             return ScalingOutcome(
-                held,
+                serving_plans(spec, held),
                 MetricsNote(
                     False,
                     "PrometheusNotConfigured",
@@ -441,20 +534,24 @@ class ScalingPlanner:
                 ),
             )
         interval = float(spec.scaling.interval_seconds)
-        since = clock - self._decided_at.get(key, float("-inf"))
-        if since < interval:
-            return ScalingOutcome(
-                self._held(key, spec, previous, held), None, next_decision_in=interval - since
-            )
+        due_in = self._due_in(key, paced, interval)
+        if due_in > 0:
+            return ScalingOutcome(self._held(key, spec, previous, held), None, next_decision_in=due_in)
 
         reader = self.reader(url, spec, key)
         needs_routed_slo = any(v.scaling.target_latency_ms is None for v in spec.variants)
         routed_latency_slo_s = (
             await routed_latency_slo() if routed_latency_slo is not None and needs_routed_slo else None
         )
+        capacities = profile_capacity or {}
+        settings = {
+            v.name: settings_for(v, capacities.get(v.name), routed_latency_slo_s) for v in spec.variants
+        }
+        problem = settings_problem(settings.values())
+        if problem is not None:
+            return self._refused(key, spec, previous, held, problem, interval)
         states = self._states.get(key) or restored_states(previous, clock)
         extra = expected_overflow(spec, previous)
-        capacities = profile_capacity or {}
         inputs = []
         for variant in tier_order(spec):
             metrics: VariantMetrics = await reader.read_variant(
@@ -464,11 +561,12 @@ class ScalingPlanner:
                     model=variant.model.name,
                     variant=variant.name,
                     extra_matchers=self.extra_matchers,
+                    ready_replicas=(ready or {}).get(variant.name),  # to tell a partial Triton scrape
                 )
             )
             inputs.append(
                 VariantInput(
-                    settings=settings_for(variant, capacities.get(variant.name), routed_latency_slo_s),
+                    settings=settings[variant.name],
                     metrics=metrics,
                     current_replicas=current.get(variant.name, held[variant.name].replicas),
                     previous=states.get(variant.name),
@@ -486,7 +584,7 @@ class ScalingPlanner:
                 v.desired_replicas * gpus[v.name] for v in pool_decision.variants
             )
         scaling_metrics.record_pool(namespace, name, pool_decision)
-        self._decided_at[key] = clock
+        before = self._held(key, spec, previous, held)  # the previous decision, for the Events
         self._states[key] = {v.name: v.state for v in pool_decision.variants if v.state is not None}
         plans = {
             v.name: ReplicaPlan(
@@ -497,12 +595,8 @@ class ScalingPlanner:
             )
             for v in pool_decision.variants
         }
-        self._last[key] = plans
-        scaled = [
-            f"{v.name} {v.current_replicas}->{v.desired_replicas}: {v.reason}"
-            for v in pool_decision.variants
-            if v.changed
-        ]
+        self._last[key] = LastDecision(plans, clock, paced)
+        scaled = scaled_lines(pool_decision, before)
         if pool_decision.metrics_held:
             note = MetricsNote(
                 False, "MetricsUnavailable", f"holding the last decision: {pool_decision.held_reason}"
@@ -518,3 +612,23 @@ class ScalingPlanner:
                 True, "MetricsFresh", f"decided from {url}{routed}; {pool_decision.budget_message}"
             )
         return ScalingOutcome(plans, note, scaled, next_decision_in=interval)
+
+    def _refused(
+        self,
+        key: tuple[str, str],
+        spec: ModelPoolSpec,
+        previous: ModelPoolStatus | None,
+        held: dict[str, ReplicaPlan],
+        problem: str,
+        interval: float,
+    ) -> ScalingOutcome:
+        """A pass whose settings the scaler refuses: no decision, the replicas hold, and the
+        MetricsAvailable condition names the field and the fix (checked again at every interval,
+        so a profile or RoutingPolicy that changes is picked up)."""
+        logger.debug("pool %s/%s: scaling settings refused: %s", *key, problem)
+        note = MetricsNote(
+            False,
+            "InvalidSettings",
+            f"the scaler refuses the spec: {problem}; replicas hold their last decision until it is fixed",
+        )
+        return ScalingOutcome(self._held(key, spec, previous, held), note, next_decision_in=interval)

@@ -3,10 +3,13 @@
     with PrometheusProcess({"triton": ["127.0.0.1:8002"]}, scrape_interval_s=1.0) as prom:
         httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"})
 
-The configuration (static targets per job, one scrape interval) and the TSDB live in a temporary
-folder removed on ``stop()``. ``start()`` waits for ``/-/ready`` with a deadline and raises
-``RuntimeError`` with the log tail if it is not ready in time; ``stop()`` ends the process by PID
-(SIGTERM, then SIGKILL).
+The configuration (static targets per job, one scrape interval, and per job the target labels to
+attach, as ``labels``) and the TSDB live in a temporary folder removed on ``stop()``. A static job
+attaches no ``namespace``, ``modelpool_dev_pool`` or ``modelpool_dev_variant`` label unless given
+one: the scaler then counts its Triton series for every variant of their model name (the chart's
+PodMonitor attaches them from each pod; ``labels`` does the same for a local Triton).
+``start()`` waits for ``/-/ready`` with a deadline and raises ``RuntimeError`` with the log tail
+if it is not ready in time; ``stop()`` ends the process by PID (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -29,20 +32,32 @@ DEFAULT_BINARY = Path("/usr/bin/prometheus")
 
 
 def prometheus_config(
-    jobs: Mapping[str, Sequence[str]], scrape_interval_s: float, metrics_path: str = "/metrics"
+    jobs: Mapping[str, Sequence[str]],
+    scrape_interval_s: float,
+    metrics_path: str = "/metrics",
+    labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, object]:
-    """The ``prometheus.yml`` content: one static job per entry of ``jobs`` (``host:port`` targets)."""
+    """The ``prometheus.yml`` content: one static job per entry of ``jobs`` (``host:port`` targets),
+    with the target labels ``labels`` names for the job (e.g. ``{"modelpool_dev_pool": "chat",
+    "modelpool_dev_variant": "small", "namespace": "prod"}``, as the chart's PodMonitors attach)."""
     interval = f"{int(scrape_interval_s * 1000)}ms"
     for job, targets in jobs.items():
         for target in targets:
             host, _, port = target.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"job {job!r}: target {target!r} must be host:port, e.g. 127.0.0.1:8002")
+    for job in labels or {}:
+        if job not in jobs:
+            raise ValueError(f"labels for job {job!r}, which is not one of the jobs {sorted(jobs)}")
+
+    def group(job: str) -> dict[str, object]:
+        attached = dict((labels or {}).get(job, {}))
+        return {"targets": list(jobs[job]), **({"labels": attached} if attached else {})}
+
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
         "scrape_configs": [
-            {"job_name": job, "metrics_path": metrics_path, "static_configs": [{"targets": list(targets)}]}
-            for job, targets in jobs.items()
+            {"job_name": job, "metrics_path": metrics_path, "static_configs": [group(job)]} for job in jobs
         ],
     }
 
@@ -70,6 +85,7 @@ class PrometheusProcess(LocalProcess):
         binary: Path = DEFAULT_BINARY,
         startup_timeout: float = 30.0,
         metrics_path: str = "/metrics",
+        labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if not binary.exists():
             raise FileNotFoundError(
@@ -84,6 +100,8 @@ class PrometheusProcess(LocalProcess):
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.metrics_path = metrics_path
+        self.labels = {job: dict(attached) for job, attached in (labels or {}).items()}
+        prometheus_config(self.jobs, scrape_interval_s, metrics_path, self.labels)  # refuse bad input now
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -132,7 +150,9 @@ class PrometheusProcess(LocalProcess):
         self._dir = Path(tempfile.mkdtemp(prefix="modelpool-prometheus-"))
         config = self._dir / "prometheus.yml"
         config.write_text(
-            yaml.safe_dump(prometheus_config(self.jobs, self.scrape_interval_s, self.metrics_path))
+            yaml.safe_dump(
+                prometheus_config(self.jobs, self.scrape_interval_s, self.metrics_path, self.labels)
+            )
         )
         command = [
             str(self.binary),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 
 from modelpool.scaling.budget import Allocation, Claim, allocate, allocate_shared
@@ -27,21 +28,39 @@ def _wish(vi: VariantInput, now: float) -> VariantWish:
         return hold_wish(vi, f"metrics absurd: sizing failed on them ({exc})")
 
 
+LAST_TIER_SERVING = "kept at 1 as the last tier serving"
+"""The note of a replica count that :func:`serving_floors` raised."""
+
+
+def serving_floors(floors: Sequence[int]) -> tuple[int, ...]:
+    """The variants' floors (routing order: the last is the final fallback tier), with the last
+    one raised to 1 when every floor is zero: some tier must always serve, whatever the budget says.
+
+    The one rule for every path that sets replicas: :func:`decide` (on each decision's floors) and
+    the operator's passes without a decision (on the spec's ``minReplicas``)."""
+    if floors and all(f <= 0 for f in floors):
+        return (*floors[:-1], 1)
+    return tuple(floors)
+
+
+def _with_floor(wish: VariantWish, floor: int) -> VariantWish:
+    """``wish`` with its floor raised to ``floor`` (noted in the reason where it raises the wish)."""
+    if floor <= wish.floor:
+        return wish
+    note = f"; {LAST_TIER_SERVING}" if wish.wish < floor else ""
+    return replace(wish, floor=floor, wish=max(floor, wish.wish), reason=wish.reason + note)
+
+
 def _pool_wishes(pool: PoolInput, now: float) -> list[VariantWish]:
-    """Wishes of a pool's variants; the last tier's floor is 1 when every tier's floor is zero."""
+    """Wishes of a pool's variants, within :func:`serving_floors`."""
     for vi in pool.variants:
         vi.settings.validate()
     names = [vi.settings.name for vi in pool.variants]
     if len(set(names)) != len(names):
         raise ValueError(f"pool {pool.name!r}: variant names must be unique, got {names}")
     wishes = [_wish(vi, now) for vi in pool.variants]
-    if wishes and all(w.floor == 0 for w in wishes):
-        # Some tier must always serve: the last one (the final fallback) never goes below 1,
-        # whatever the budget says.
-        last = wishes[-1]
-        note = "; kept at 1 as the last tier serving" if last.wish == 0 else ""
-        wishes[-1] = replace(last, floor=1, wish=max(1, last.wish), reason=last.reason + note)
-    return wishes
+    floors = serving_floors([w.floor for w in wishes])
+    return [_with_floor(w, f) for w, f in zip(wishes, floors, strict=True)]
 
 
 def _claim(pool: PoolInput, wish: VariantWish) -> Claim:
@@ -71,6 +90,7 @@ def _decision(pool: PoolInput, wish: VariantWish, allocation: Allocation, now: f
         recommendations=wish.history,
         last_demand_rps=wish.demand_rps,
         bursts=wish.bursts,
+        capacity_rps=wish.measured_capacity_rps,
     )
     return VariantDecision(
         name=wish.settings.name,

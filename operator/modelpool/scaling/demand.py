@@ -54,8 +54,35 @@ def _size_problem(metrics: VariantMetrics, settings: VariantSettings) -> str | N
     return None
 
 
+def stale_after_s(metrics: VariantMetrics, settings: VariantSettings) -> float:
+    """How old the newest sample may be before the metrics are stale: ``settings.stale_after_s``
+    (30 s by default), or, where the reader's series are sparser, one scrape interval (the newest
+    sample's age at most) plus one step (a margin: a scrape takes time, and the series' newest point
+    is up to one step old). So a rate window of 240 s, read every 60 s at a scrape of up to 120 s,
+    allows 180 s: a fixed 30 s held every decision made while the newest scrape was older."""
+    sampled = (metrics.scrape_interval_s or 0.0) + (metrics.step_s or 0.0)
+    return max(settings.stale_after_s, sampled)
+
+
+def _partial_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
+    """Why Triton's series are partial: fewer of the variant's scrape targets export them than it
+    has ready replicas (a target down, or a pod not scraped yet), so their sum undercounts what the
+    variant serves and would scale it down. ``None`` when they are complete or uncounted, or when
+    the decision's rate is the router's (its arrivals do not depend on Triton's targets)."""
+    targets, expected = metrics.triton_targets, metrics.expected_targets
+    if targets is None or expected is None or targets >= expected:
+        return None
+    if observed_metrics(metrics, settings, now).router_rps is not None:
+        return None
+    return (
+        f"metrics partial: Triton's series come from {targets} scrape target(s) for {expected} ready "
+        "replicas (a target down, or not scraped yet?), so the served rate misses the others' requests"
+    )
+
+
 def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
-    """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable."""
+    """Why these metrics must not drive a decision (missing, stale, absurd or partial), or ``None``
+    if usable."""
     if metrics.problem:
         return metrics.problem
     if not metrics.rate_series and not metrics.served_series and metrics.router_rps is None:
@@ -65,9 +92,10 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
     clock = _clock_problem(metrics, settings, now)
     if clock is not None:
         return clock
-    if now - metrics.newest_sample_t > settings.stale_after_s:
+    limit = stale_after_s(metrics, settings)
+    if now - metrics.newest_sample_t > limit:
         # No age in the message: it would change at every decision of a lasting outage.
-        return f"metrics stale: newest sample older than staleAfter {settings.stale_after_s:.0f}s"
+        return f"metrics stale: newest sample older than staleAfter {limit:.0f}s"
     values: dict[str, list[float | None]] = {
         "request rate": [p.rps for p in metrics.rate_series],
         "served rate": [p.rps for p in metrics.served_series],
@@ -91,23 +119,29 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
             f"metrics absurd: request rate ~{max(rates):.0e} req/s > maxPlausibleRps "
             f"{settings.max_plausible_rps:.0f}"
         )
-    return _size_problem(metrics, settings)
+    return _size_problem(metrics, settings) or _partial_problem(metrics, settings, now)
 
 
-def _fresh(series: tuple[RatePoint, ...], settings: VariantSettings, now: float) -> bool:
-    return bool(series) and now - series[-1].t <= settings.stale_after_s
+def _fresh(
+    series: tuple[RatePoint, ...], metrics: VariantMetrics, settings: VariantSettings, now: float
+) -> bool:
+    """The series' newest point is at most :func:`stale_after_s` old, plus one step: Prometheus
+    aligns a subquery's points to multiples of the step, so its newest point is up to a step older
+    than the newest sample."""
+    slack = metrics.step_s or 0.0
+    return bool(series) and now - series[-1].t <= stale_after_s(metrics, settings) + slack
 
 
 def observed_metrics(metrics: VariantMetrics, settings: VariantSettings, now: float) -> VariantMetrics:
     """The metrics with the one rate series the decision uses (``served_series`` emptied).
 
     With both the router's arrival series (``rate_series``) and Triton's served series, a series
-    counts only while its own newest point is at most ``stale_after_s`` old (a router that stopped
-    being scraped leaves its last rate behind), and of the fresh ones the one whose newest rate is
-    larger is used, the router's on a tie. The router counts arrivals, so it is normally the larger;
-    when it is not, part of the router is unscraped or traffic bypasses it, and its rate would
-    size the variant for a fraction of what it serves. With neither fresh the router's is kept
-    (the stale check on ``newest_sample_t`` is :func:`metrics_problem`'s)."""
+    counts only while its own newest point is at most :func:`stale_after_s` plus one step old (a
+    router that stopped being scraped leaves its last rate behind), and of the fresh ones the one
+    whose newest rate is larger is used, the router's on a tie. The router counts arrivals, so it
+    is normally the larger; when it is not, part of the router is unscraped or traffic bypasses
+    it, and its rate would size the variant for a fraction of what it serves. With neither fresh
+    the router's is kept (the stale check on ``newest_sample_t`` is :func:`metrics_problem`'s)."""
     if not metrics.served_series:
         return metrics
     router = replace(metrics, served_series=(), served_window_s=None)
@@ -117,8 +151,8 @@ def observed_metrics(metrics: VariantMetrics, settings: VariantSettings, now: fl
         rate_window_s=metrics.served_window_s,
         router_rps=None,
     )
-    router_fresh = _fresh(metrics.rate_series, settings, now)
-    served_fresh = _fresh(metrics.served_series, settings, now)
+    router_fresh = _fresh(metrics.rate_series, metrics, settings, now)
+    served_fresh = _fresh(metrics.served_series, metrics, settings, now)
     if router_fresh and served_fresh:
         return served if metrics.served_series[-1].rps > metrics.rate_series[-1].rps else router
     if served_fresh or not metrics.rate_series:

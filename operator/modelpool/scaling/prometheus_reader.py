@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from string import Template
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from modelpool.api.modelpool import PROMQL_PLACEHOLDER_HINT, MetricQueries
+from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT
 from modelpool.scaling.types import RatePoint, VariantMetrics
 
 _T = TypeVar("_T")
@@ -57,7 +59,11 @@ class QueryTemplates:
     """PromQL templates for one pool (``string.Template`` syntax: ``$selector``, ``$window``, ...)."""
 
     served_rate: str = "sum(rate(nv_inference_request_success{$selector}[$window]))"
-    router_rate: str = "sum(rate(modelpool_router_upstream_requests_total{$router_selector}[$window]))"
+    router_rate: str = (
+        "sum(rate(modelpool_router_upstream_requests_total{$router_selector}[$window])) "
+        "+ (sum(rate(modelpool_router_unavailable_requests_total{$router_selector}[$window])) or vector(0)) "
+        "or sum(rate(modelpool_router_unavailable_requests_total{$router_selector}[$window]))"
+    )
     queue_time_s: str = (
         "sum(rate(nv_inference_queue_duration_us{$selector}[$window])) "
         "/ sum(rate(nv_inference_request_success{$selector}[$window])) / 1e6"
@@ -69,7 +75,8 @@ class QueryTemplates:
     pending: str = "sum(nv_inference_pending_request_count{$selector})"
     newest_sample: str = (
         "max(timestamp(nv_inference_request_success{$selector}) "
-        "or timestamp(modelpool_router_upstream_requests_total{$router_selector}))"
+        "or timestamp(modelpool_router_upstream_requests_total{$router_selector}) "
+        "or timestamp(modelpool_router_unavailable_requests_total{$router_selector}))"
     )
 
     def render(self, field: str, **values: str) -> str:
@@ -81,6 +88,11 @@ class QueryTemplates:
             raise ValueError(
                 f"{query_field(field)}: unknown or malformed placeholder ({exc}); {PROMQL_PLACEHOLDER_HINT}"
             ) from exc
+
+
+TRITON_TARGETS = "count(count by (instance) (nv_inference_request_success{$selector}))"
+"""How many scrape targets export a variant's Triton series now: not a pool's to override (it is
+read only with the default ``served_rate``, to tell a partial scrape; see :class:`VariantTarget`)."""
 
 
 def series_query(instant: str, span: str, step: str) -> str:
@@ -147,6 +159,27 @@ def _sample(raw: Any, promql: str) -> tuple[float, float]:
     return _number(raw[0], "timestamp", promql), _number(raw[1], "value", promql)
 
 
+def target_label(pod_label: str) -> str:
+    """The name a pod label gets as a target label (prometheus-operator's ``podTargetLabels``):
+    every character other than a letter, a digit or ``_`` becomes ``_``."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+POOL_LABEL = target_label(LABEL_POOL)
+"""``modelpool_dev_pool``: the Triton pods' ``modelpool.dev/pool`` label on their series (the chart's
+Triton PodMonitor attaches it)."""
+VARIANT_LABEL = target_label(LABEL_VARIANT)
+"""``modelpool_dev_variant``: the pods' ``modelpool.dev/variant`` label on their series."""
+
+
+def _this_or_none(label: str, value: str) -> str:
+    """A matcher for series whose ``label`` is ``value`` or that have no such label: a regex, with
+    ``value`` taken literally (escaped for RE2, then for the PromQL string)."""
+    literal = re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", value)
+    quoted = literal.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{label}=~"{quoted}|"'
+
+
 @dataclass(frozen=True)
 class VariantTarget:
     """Which series belong to one variant: Triton label matchers and router label matchers.
@@ -154,13 +187,26 @@ class VariantTarget:
     ``namespace``, when set, adds ``namespace=~"<namespace>|"`` to both selectors: series of that
     namespace (the target label prometheus-operator's PodMonitors attach) or of none (a scrape that
     attaches no ``namespace`` label still works), so that pools of several namespaces serving the
-    same model name do not read each other's series; empty adds nothing."""
+    same model name do not read each other's series; empty adds nothing.
+
+    ``pool``, when set, adds ``modelpool_dev_pool=~"<pool>|",modelpool_dev_variant=~"<variant>|"``
+    to the Triton selector the same way: the series of this variant's own pods (the target labels
+    the chart's Triton PodMonitor makes of the pods' ``modelpool.dev/pool`` and
+    ``modelpool.dev/variant`` labels) or of a scrape that attaches neither, so that two variants (or
+    two pools of one namespace) loading the same model name do not read each other's served rate,
+    queue, compute time and pending requests. The router's series carry ``pool`` and ``variant``
+    of their own.
+
+    ``ready_replicas``, when set, is how many of the variant's pods should export Triton's series
+    (the Deployment's ready replicas): the reader then counts the Triton targets it sees, and
+    :func:`modelpool.scaling.demand.metrics_problem` holds when some are missing."""
 
     model: str
     variant: str
     extra_matchers: str = ""
     pool: str = ""
     namespace: str = ""
+    ready_replicas: int | None = None
 
     def _with_common(self, base: str) -> str:
         if self.namespace:  # a DNS label: no regex metacharacters to escape
@@ -170,7 +216,11 @@ class VariantTarget:
     @property
     def selector(self) -> str:
         """Label matchers for Triton's series."""
-        return self._with_common(f'model="{self.model}"')
+        base = f'model="{self.model}"'
+        if self.pool:
+            own = (_this_or_none(POOL_LABEL, self.pool), _this_or_none(VARIANT_LABEL, self.variant))
+            base = ",".join((base, *own))
+        return self._with_common(base)
 
     @property
     def router_selector(self) -> str:
@@ -194,12 +244,18 @@ class PrometheusReader:
         step_s: float = 2.0,
         timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
+        scrape_interval_s: float | None = None,
     ) -> None:
+        """``scrape_interval_s``: the longest scrape interval of the series read; unset, half the
+        rate window (``rate()`` needs two samples in its window, so a pool's window is at least two
+        scrapes). With ``step_s`` it tells :func:`modelpool.scaling.demand.stale_after_s` how old a
+        healthy series' newest sample may be."""
         self.base_url = base_url.rstrip("/")
         self.templates = templates or QueryTemplates()
         self.rate_window_s = rate_window_s
         self.series_span_s = series_span_s
         self.step_s = step_s
+        self.scrape_interval_s = rate_window_s / 2 if scrape_interval_s is None else scrape_interval_s
         self._client = client or httpx.AsyncClient(timeout=timeout_s)
         self._own_client = client is None
 
@@ -301,11 +357,12 @@ class PrometheusReader:
             router_series, served_series = await asyncio.gather(
                 named("router_rate", self.series), named("served_rate", self.series)
             )
-            queue, compute, pending, newest = await asyncio.gather(
+            queue, compute, pending, newest, targets = await asyncio.gather(
                 *(
                     named(name, self.scalar)
                     for name in ("queue_time_s", "compute_time_s", "pending", "newest_sample")
-                )
+                ),
+                self._triton_targets(target, values, at),
             )
         except (PrometheusError, ValueError) as exc:
             return VariantMetrics(problem=f"metrics missing: {exc}")
@@ -322,4 +379,24 @@ class PrometheusReader:
             compute_time_s=compute,
             pending_requests=pending,
             newest_sample_t=newest,
+            step_s=self.step_s,
+            scrape_interval_s=self.scrape_interval_s,
+            triton_targets=None if targets is None else int(targets),
+            expected_targets=target.ready_replicas if targets is not None else None,
         )
+
+    async def _triton_targets(
+        self, target: VariantTarget, values: dict[str, str], at: float | None
+    ) -> int | None:
+        """How many scrape targets export the variant's Triton series, where it can tell a partial
+        scrape: with the default served rate (an override may read other series) and two ready
+        replicas or more (with one, a target that is down leaves no Triton series at all, which the
+        other checks see). ``None`` when not counted, or when no Triton series is there."""
+        if (
+            target.ready_replicas is None
+            or target.ready_replicas < 2
+            or self.templates.served_rate != QueryTemplates.served_rate
+        ):
+            return None
+        count = await self.scalar(Template(TRITON_TARGETS).substitute(values), at)
+        return None if count is None else round(count)

@@ -81,7 +81,10 @@ class VariantSettings:
                 f"{prefix} sloAttainment={self.slo_attainment} must be in [0.5, 1), e.g. 0.99"
             )
         if not 0.0 <= self.tolerance < 1.0:
-            raise SettingsError(f"{prefix} tolerance={self.tolerance} must be in [0, 1), e.g. 0.1")
+            raise SettingsError(
+                f"{prefix} tolerancePercent={self.tolerance * 100:g} must be in [0, 100), e.g. 10 "
+                "(100 would ignore every change of demand); lower it"
+            )
         for fname in (
             "scale_up_stabilization_s",
             "scale_down_stabilization_s",
@@ -127,6 +130,14 @@ class VariantMetrics:
     requests each point of ``rate_series`` counts (the ``rate()`` window, so points closer together
     than it share requests); ``None`` when each point counts only the requests since the one before
     (``irate`` read once per scrape). ``served_window_s`` is the same for ``served_series``.
+
+    How old healthy samples may be (:func:`modelpool.scaling.demand.stale_after_s`): ``step_s``
+    is the spacing of the series' points (the reader's subquery step, aligned by Prometheus to its
+    multiples, so the newest point is up to one step old) and ``scrape_interval_s`` the longest
+    scrape interval of the series (the newest sample is up to one scrape old); ``None`` for neither.
+    ``triton_targets`` is how many scrape targets export the variant's Triton series and
+    ``expected_targets`` how many should (its ready replicas); fewer is a partial scrape
+    (:func:`modelpool.scaling.demand.metrics_problem`). ``None`` when not counted.
     """
 
     rate_series: tuple[RatePoint, ...] = ()
@@ -139,6 +150,10 @@ class VariantMetrics:
     rate_window_s: float | None = None
     served_series: tuple[RatePoint, ...] = ()
     served_window_s: float | None = None
+    step_s: float | None = None
+    scrape_interval_s: float | None = None
+    triton_targets: int | None = None
+    expected_targets: int | None = None
 
     @property
     def latest_rps(self) -> float | None:
@@ -177,7 +192,9 @@ class VariantState:
 
     ``recommendations`` holds ``(t, replicas)`` of recent raw recommendations, used for the
     stabilisation windows (the same scheme as the Kubernetes HPA behaviour API); ``bursts`` what the
-    burst reserve learned (:mod:`modelpool.scaling.reserve`).
+    burst reserve learned (:mod:`modelpool.scaling.reserve`); ``capacity_rps`` the last capacity of
+    one replica measured from the compute time, which sizes the variant while no replica of it
+    serves (at zero replicas there is no compute time to measure).
     """
 
     replicas: int
@@ -185,6 +202,7 @@ class VariantState:
     recommendations: tuple[tuple[float, int], ...] = ()
     last_demand_rps: float = 0.0
     bursts: BurstHistory = field(default_factory=BurstHistory)
+    capacity_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +275,10 @@ class VariantDecision:
 
     @property
     def changed(self) -> bool:
-        """True when this decision scales the variant (emit a Kubernetes Event)."""
+        """True when the Deployment must be patched (desired differs from the current count).
+
+        The operator emits its Scaled Event only when the desired count also differs from the
+        previous decision, so a Deployment that does not converge is not reported at every decision."""
         return self.desired_replicas != self.current_replicas
 
 

@@ -20,7 +20,10 @@ from modelpool.scaling.types import BurstHistory, VariantInput, VariantSettings
 
 @dataclass(frozen=True)
 class VariantWish:
-    """Replicas wished by one variant, the floor it may never go below, and why."""
+    """Replicas wished by one variant, the floor it may never go below, and why.
+
+    ``measured_capacity_rps`` is the capacity of one replica to remember for when no replica serves
+    (the latest measured from the compute time, else the one remembered before)."""
 
     settings: VariantSettings
     current: int
@@ -32,6 +35,7 @@ class VariantWish:
     held: bool
     history: History
     bursts: BurstHistory = field(default_factory=BurstHistory)
+    measured_capacity_rps: float | None = None
 
     def servable_rps(self, replicas: int) -> float:
         """Arrival rate ``replicas`` replicas serve within the variant's queue-time target."""
@@ -67,6 +71,7 @@ def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
         held=True,
         history=previous.recommendations if previous is not None else (),
         bursts=previous.bursts if previous is not None else BurstHistory(),
+        measured_capacity_rps=previous.capacity_rps if previous is not None else None,
     )
 
 
@@ -127,6 +132,47 @@ def _planned_demand(vi: VariantInput, demand: Demand, capacity: float) -> tuple[
         f"(<= target {vi.settings.target_queue_time_s:g}s) on the {_serving(vi)} ready: none added for it"
     )
     return demand.without_backlog(), note
+
+
+def _remembered_capacity(vi: VariantInput) -> float | None:
+    """The capacity of one replica measured before, when it is still a usable number."""
+    remembered = vi.previous.capacity_rps if vi.previous is not None else None
+    if remembered is None or not 0 < remembered <= vi.settings.max_plausible_rps:
+        return None  # unknown, or not a capacity (NaN fails both comparisons)
+    return remembered
+
+
+def _measured_capacity(vi: VariantInput, capacity: float | None) -> float | None:
+    """What to remember as the measured capacity: ``capacity`` when it comes from the compute time
+    (not from the setting or a profile), else what was remembered before."""
+    if capacity is not None and vi.settings.capacity_per_replica_rps is None:
+        return capacity
+    return _remembered_capacity(vi)
+
+
+def _sizing_capacity(vi: VariantInput, capacity: float | None) -> tuple[float | None, str]:
+    """The capacity to size with, and a note when it is not today's: ``capacity`` (set, or measured
+    now), else, while no replica serves to measure it, the one last measured."""
+    if capacity is not None or _serving(vi) > 0:
+        return capacity, ""
+    remembered = _remembered_capacity(vi)
+    if remembered is None:
+        return None, ""
+    return remembered, f"; capacity {remembered:.1f} req/s per replica as last measured (none serves now)"
+
+
+def _unmeasured(vi: VariantInput, demand: Demand) -> tuple[int, str]:
+    """Replicas for a demand no replica can measure the capacity for yet: none serves (at zero
+    replicas, or every replica still starting), so there is no compute time. Start
+    ``max(1, minReplicas)`` from zero, or keep the replicas that are starting, until one serves
+    and measures it."""
+    s = vi.settings
+    current = vi.current_replicas
+    start = _clamp(max(current, 1), s.min_replicas, s.max_replicas)
+    rate = f"demand {demand.total_rps:.3g} req/s, capacity not yet measured"
+    if current == 0:
+        return start, f"starting {start} replica{'' if start == 1 else 's'} from zero: {rate}"
+    return start, f"keeping {start} until a replica is ready to measure it: {rate}"
 
 
 def _recommend(vi: VariantInput, demand: Demand, capacity: float) -> tuple[int, int, str]:
@@ -206,17 +252,20 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     problem = capacity_problem(capacity, vi.metrics, s)
     if problem is not None:
         return hold_wish(vi, problem)
+    measured = _measured_capacity(vi, capacity)
     vi = replace(vi, metrics=observed_metrics(vi.metrics, s, now))
     demand = estimate_demand(vi.metrics, s, vi.expected_extra_rps)
     idle = demand.total_rps <= 0  # a backlog keeps a tier from scaling to zero
+    capacity, remembered = _sizing_capacity(vi, capacity)
     if capacity is None:
-        if demand.total_rps > 0:
+        if demand.total_rps > 0 and _serving(vi) > 0:
             return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time")
-        steady, surge, why = 0, 0, "no demand"
+        steady, why = _unmeasured(vi, demand) if demand.total_rps > 0 else (0, "no demand")
+        surge = steady
     else:
         demand, drained = _planned_demand(vi, demand, capacity)
         steady, surge, why = _recommend(vi, demand, capacity)
-        why += drained
+        why += drained + remembered
     floor = 0 if (s.scale_to_zero and idle) else s.min_replicas
     recommendation = _clamp(steady, floor, s.max_replicas)
     history = vi.previous.recommendations if vi.previous is not None else ()
@@ -257,6 +306,7 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         held=False,
         history=history,
         bursts=bursts,
+        measured_capacity_rps=measured,
     )
 
 

@@ -27,7 +27,7 @@ from integration.delivery.deliverytools import (
     uninstall_chart,
 )
 from modelpool.api.modelpool import ModelPoolSpec
-from modelpool.builders.triton import build_deployment
+from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT, build_deployment
 from modelpool.controllers.handlers import ROUTER_LABEL
 from modelpool.devcluster.cluster import DevCluster
 
@@ -182,6 +182,12 @@ def test_pod_monitors_select_the_pods_whose_metrics_the_scaler_reads() -> None:
     port = triton["spec"]["podMetricsEndpoints"][0]["port"]
     assert port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     assert triton["spec"]["namespaceSelector"] == {"any": True}
+    # The pods' pool and variant become target labels (modelpool_dev_pool, modelpool_dev_variant),
+    # which the scaler's Triton selector names (scaling/prometheus_reader.py): two variants loading
+    # one model name read only their own pods' series.
+    assert triton["spec"]["podTargetLabels"] == [LABEL_POOL, LABEL_VARIANT]
+    assert {LABEL_POOL, LABEL_VARIANT} <= pod["metadata"]["labels"].keys()
+    assert "podTargetLabels" not in router["spec"]  # the router's series carry pool and variant
     assert router["spec"]["selector"]["matchLabels"] == {ROUTER_LABEL: "true"}
     assert router["spec"]["podMetricsEndpoints"][0]["port"] == "http"  # the port docs/router.md names
     assert router["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}

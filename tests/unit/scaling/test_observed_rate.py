@@ -154,3 +154,101 @@ async def test_the_reader_keeps_both_series() -> None:
     assert [p.rps for p in m.served_series] == [700.0, 800.0]
     assert m.served_window_s == 2.0
     assert demand.observed_metrics(m, settings(), 104.0).latest_rps == 800.0
+
+
+def aligned(rps: float, newest: float, step: float, points: int = 8) -> tuple[RatePoint, ...]:
+    """A subquery's points: multiples of ``step`` ending at ``newest``."""
+    return tuple(RatePoint(newest - step * (points - 1 - i), rps) for i in range(points))
+
+
+def test_a_series_of_a_long_window_counts_while_its_newest_point_is_a_step_old() -> None:
+    """rateWindowSeconds 240: the reader's step is 60 s and its scrape at most 120 s, so the newest
+    point of a series is up to 60 s old. At 45 s old, neither series counted as fresh (30 s), the
+    router's 5 req/s (one router of several scraped) was used instead of Triton's 800, and the
+    variant went 90 -> 2 (/tmp/scaling_review/r11_fresh_step.py)."""
+    now = 10_045.0
+    m = VariantMetrics(
+        rate_series=aligned(5.0, 10_000.0, 60.0),
+        router_rps=5.0,
+        rate_window_s=240.0,
+        served_series=aligned(800.0, 10_000.0, 60.0),
+        served_window_s=240.0,
+        newest_sample_t=now - 3,
+        queue_time_s=0.0,
+        pending_requests=0.0,
+        step_s=60.0,
+        scrape_interval_s=120.0,
+    )
+    assert demand.observed_metrics(m, settings(), now).latest_rps == 800.0
+    d = only(one(m, current=90, max_replicas=100, scale_down_stabilization_s=0), now)
+    assert not d.held, d.reason
+    assert d.desired_replicas >= 81, d.reason
+    # A step and a staleness limit later (60 + 180 s) the series no longer count: the router's is
+    # kept, and the newest sample's age is metrics_problem's to judge.
+    assert demand.observed_metrics(m, settings(), 10_000.0 + 241).latest_rps == 5.0
+
+
+def test_the_staleness_limit_follows_the_step_and_the_scrape_interval() -> None:
+    """30 s, or one scrape interval plus one step where the reader's series are sparser; without
+    them (the benchmark's and the simulator's metrics) the setting alone, as before."""
+    s = settings()
+    assert demand.stale_after_s(VariantMetrics(), s) == 30.0
+    assert demand.stale_after_s(VariantMetrics(step_s=0.5, scrape_interval_s=1.0), s) == 30.0
+    assert demand.stale_after_s(VariantMetrics(step_s=15.0, scrape_interval_s=30.0), s) == 45.0
+    assert demand.stale_after_s(VariantMetrics(step_s=60.0, scrape_interval_s=120.0), s) == 180.0
+    assert demand.stale_after_s(VariantMetrics(step_s=60.0), settings(stale_after_s=90.0)) == 90.0
+
+
+def test_a_60s_scrape_with_a_240s_window_holds_no_decision() -> None:
+    """Decisions every 15 s at a 60 s scrape: the newest sample is 7-52 s old, and the decisions
+    made while it was over 30 s old held, half of them (/tmp/scaling_review/r7_stale30.py: 20/40)."""
+    held = 0
+    for decision in range(0, 600, 15):
+        now = 10_000.0 + decision + 7
+        newest = 10_000.0 + 60 * ((decision + 7) // 60)
+        m = VariantMetrics(
+            rate_series=aligned(50.0, newest, 60.0, points=4),
+            newest_sample_t=newest,
+            step_s=60.0,
+            scrape_interval_s=120.0,
+        )
+        d = only(one(m, current=2, max_replicas=8), now)
+        held += d.held
+        assert d.held or d.desired_replicas >= 6, d.reason
+    assert held == 0
+
+
+@pytest.mark.parametrize(
+    ("router", "served", "partial"),
+    [
+        (None, 60.0, True),  # Triton's sum is the rate: a target missing undercounts it
+        (120.0, 60.0, False),  # the router's arrivals are the rate: Triton's targets do not size it
+        (50.0, 60.0, True),  # Triton's partial sum is still larger than the router's: it is used
+    ],
+)
+def test_fewer_triton_targets_than_ready_replicas_hold_where_triton_sizes_the_variant(
+    router: float | None, served: float, partial: bool
+) -> None:
+    base = (
+        both(router, served)
+        if router is not None
+        else VariantMetrics(
+            rate_series=flat(served), queue_time_s=0.001, pending_requests=0.0, newest_sample_t=NOW
+        )
+    )
+    m = replace(base, triton_targets=1, expected_targets=2)
+    problem = demand.metrics_problem(m, settings(), NOW)
+    assert (problem is not None) == partial, problem
+    if partial:
+        assert problem == (
+            "metrics partial: Triton's series come from 1 scrape target(s) for 2 ready replicas "
+            "(a target down, or not scraped yet?), so the served rate misses the others' requests"
+        )
+        d = only(one(m, current=2, previous=VariantState(replicas=2, decided_at=NOW - 10)))
+        assert d.held and d.desired_replicas == 2
+    for complete in (
+        replace(m, triton_targets=2),
+        replace(m, triton_targets=3),
+        replace(m, expected_targets=None),
+    ):
+        assert demand.metrics_problem(complete, settings(), NOW) is None

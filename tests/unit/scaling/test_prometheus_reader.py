@@ -9,10 +9,13 @@ import pytest
 
 from modelpool.devcluster.prometheus import prometheus_config
 from modelpool.scaling.prometheus_reader import (
+    POOL_LABEL,
+    VARIANT_LABEL,
     PrometheusReader,
     QueryTemplates,
     VariantTarget,
     series_query,
+    target_label,
 )
 
 TARGET = VariantTarget(model="small", variant="small", extra_matchers='namespace="prod"')
@@ -39,14 +42,70 @@ def test_default_templates_render_triton_and_router_queries() -> None:
 def test_a_target_with_a_namespace_selects_only_that_namespace() -> None:
     """Pools of several namespaces serving one model name: the operator passes the pool's namespace
     (controllers/scaling_planner.py); series of no namespace (a scrape that attaches none) match too."""
-    plain = VariantTarget(model="small", variant="small", pool="bank")
+    plain = VariantTarget(model="small", variant="small")
     assert plain.selector == 'model="small"'
-    assert plain.router_selector == 'pool="bank",variant="small"'
+    assert plain.router_selector == 'variant="small"'
     scoped = VariantTarget(
         model="small", variant="small", pool="bank", namespace="prod", extra_matchers='x="y"'
     )
-    assert scoped.selector == 'model="small",namespace=~"prod|",x="y"'
+    assert scoped.selector == (
+        'model="small",modelpool_dev_pool=~"bank|",modelpool_dev_variant=~"small|",namespace=~"prod|",x="y"'
+    )
     assert scoped.router_selector == 'pool="bank",variant="small",namespace=~"prod|",x="y"'
+
+
+def test_a_target_with_a_pool_selects_its_own_pods_series_or_unlabelled_ones() -> None:
+    """Two variants (or two pools of one namespace) loading one model name: each reads the series
+    its own pods' target labels name (the chart's Triton PodMonitor attaches modelpool.dev/pool and
+    modelpool.dev/variant, sanitized), or series with neither label (a static scrape config)."""
+    small = VariantTarget(model="llama", variant="small", pool="chat")
+    large = VariantTarget(model="llama", variant="large", pool="chat")
+    assert (POOL_LABEL, VARIANT_LABEL) == ("modelpool_dev_pool", "modelpool_dev_variant")
+    assert small.selector == 'model="llama",modelpool_dev_pool=~"chat|",modelpool_dev_variant=~"small|"'
+    assert large.selector == 'model="llama",modelpool_dev_pool=~"chat|",modelpool_dev_variant=~"large|"'
+    # The router's series carry pool and variant of their own.
+    assert large.router_selector == 'pool="chat",variant="large"'
+    # A name is matched literally: a dot (allowed in object names) is not a wildcard.
+    dotted = VariantTarget(model="llama", variant="small", pool="chat.v2")
+    assert r'modelpool_dev_pool=~"chat\\.v2|"' in dotted.selector  # PromQL "\\." is RE2 "\."
+    assert target_label("modelpool.dev/pool") == "modelpool_dev_pool"
+
+
+async def test_the_reader_reports_its_step_and_scrape_interval() -> None:
+    """How old a healthy sample may be: the step and the longest scrape interval, half the rate
+    window unless given (docs/scaling.md, Prometheus queries)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success", "data": {"result": []}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    default = PrometheusReader("http://prom.invalid", client=client, rate_window_s=240.0, step_s=60.0)
+    m = await default.read_variant(TARGET)
+    assert (m.step_s, m.scrape_interval_s) == (60.0, 120.0)
+    given = PrometheusReader("http://prom.invalid", client=client, step_s=0.5, scrape_interval_s=0.5)
+    assert (await given.read_variant(TARGET)).scrape_interval_s == 0.5
+
+
+@pytest.mark.parametrize(("count", "targets"), [("2", 2), (None, None)])
+async def test_the_reader_counts_the_triton_targets_of_two_ready_replicas_or_more(
+    count: str | None, targets: int | None
+) -> None:
+    queries: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        q = request.url.params["query"]
+        queries.append(q)
+        result = [{"metric": {}, "value": [104, count]}] if q.startswith("count(") and count else []
+        return httpx.Response(200, json={"status": "success", "data": {"result": result}})
+
+    reader = _prometheus(httpx.MockTransport(answer))
+    target = VariantTarget(model="llama", variant="small", pool="chat", ready_replicas=3)
+    m = await reader.read_variant(target)
+    assert (m.triton_targets, m.expected_targets) == (targets, 3 if targets is not None else None)
+    assert (
+        'count(count by (instance) (nv_inference_request_success{model="llama",'
+        'modelpool_dev_pool=~"chat|",modelpool_dev_variant=~"small|"}))'
+    ) in queries
 
 
 def test_bad_template_placeholder_names_the_field() -> None:
@@ -186,3 +245,16 @@ def test_prometheus_config_and_bad_target() -> None:
     assert cfg["scrape_configs"][0]["static_configs"] == [{"targets": ["127.0.0.1:8002"]}]  # type: ignore[index]
     with pytest.raises(ValueError, match="must be host:port"):
         prometheus_config({"triton": ["localhost"]}, 1.0)
+
+
+def test_prometheus_config_attaches_a_jobs_target_labels() -> None:
+    """A local Triton can carry the labels the chart's PodMonitor attaches to a pod's series."""
+    own = {"modelpool_dev_pool": "chat", "modelpool_dev_variant": "small", "namespace": "prod"}
+    cfg = prometheus_config(
+        {"small": ["127.0.0.1:8002"], "static": ["127.0.0.1:8003"]}, 1.0, labels={"small": own}
+    )
+    small, static = cfg["scrape_configs"]  # type: ignore[misc]
+    assert small["static_configs"] == [{"targets": ["127.0.0.1:8002"], "labels": own}]
+    assert static["static_configs"] == [{"targets": ["127.0.0.1:8003"]}]
+    with pytest.raises(ValueError, match="labels for job 'large'"):
+        prometheus_config({"small": ["127.0.0.1:8002"]}, 1.0, labels={"large": own})

@@ -1,0 +1,175 @@
+"""Which Triton series a variant reads, against a real Prometheus (Debian's /usr/bin/prometheus).
+
+Tiny exporters on 127.0.0.1 stand in for Triton pods that all load the model ``llama``: two pods
+of pool ``chat``'s variant ``small`` (20 req/s each), one of its variant ``large`` (2 req/s),
+scraped with the target labels the chart's Triton PodMonitor attaches (``modelpool_dev_pool``,
+``modelpool_dev_variant``, ``namespace``), and one pod scraped by a static job without them
+(5 req/s). Selected by model name alone, large read 47 req/s and small 47; now each reads its own
+pods' series and the unlabelled pod's (which a setup without the labels still counts, as before).
+
+Then one of small's two scrape targets goes down: Triton's sum drops to the other pod's 20 req/s
+while the newest sample stays fresh, so without a router the variant would scale down on half of
+its data. With its two ready replicas counted, ``decide`` holds and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from modelpool.devcluster.prometheus import PrometheusProcess
+from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, VariantState, decide
+from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+from modelpool.scaling.types import VariantMetrics
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
+
+STARTED = time.time()
+SMALL = VariantTarget(model="llama", variant="small", pool="chat", namespace="prod")
+LARGE = replace(SMALL, variant="large")
+
+
+@dataclass
+class Pod:
+    """One Triton pod's exporter: ``nv_inference_request_success{model="llama"}`` growing at ``rps``."""
+
+    rps: float
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        rps = self.rps
+
+        class Exporter(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                count = rps * (time.time() - STARTED)
+                body = (
+                    "# TYPE nv_inference_request_success counter\n"
+                    f'nv_inference_request_success{{model="llama",version="1"}} {count:.3f}\n'
+                    "# TYPE nv_inference_pending_request_count gauge\n"
+                    'nv_inference_pending_request_count{model="llama",version="1"} 0\n'
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def own_labels(variant: str) -> dict[str, str]:
+    """The target labels the chart's Triton PodMonitor attaches to a pod of pool chat's ``variant``."""
+    return {"modelpool_dev_pool": "chat", "modelpool_dev_variant": variant, "namespace": "prod"}
+
+
+@dataclass
+class Setup:
+    prometheus: PrometheusProcess
+    small_b: Pod
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[Setup]:
+    small_a, small_b, large, static = Pod(20.0), Pod(20.0), Pod(2.0), Pod(5.0)
+    jobs = {
+        "small": [small_a.start(), small_b.start()],
+        "large": [large.start()],
+        "static": [static.start()],
+    }
+    prom = PrometheusProcess(
+        jobs, scrape_interval_s=1.0, labels={"small": own_labels("small"), "large": own_labels("large")}
+    )
+    try:
+        prom.start()
+        time.sleep(4.0)  # a few scrapes: rate() needs two samples in its window
+        yield Setup(prom, small_b)
+    finally:
+        prom.stop()
+        for pod in (small_a, small_b, large, static):
+            pod.stop()
+
+
+async def _read(prom: PrometheusProcess, target: VariantTarget) -> VariantMetrics:
+    reader = PrometheusReader(prom.url, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
+    try:
+        return await reader.read_variant(target)
+    finally:
+        await reader.aclose()
+
+
+def _rate(metrics: VariantMetrics) -> float:
+    assert metrics.problem is None, metrics.problem
+    assert metrics.rate_series, metrics
+    return metrics.rate_series[-1].rps
+
+
+async def test_two_variants_of_one_model_read_their_own_pods_and_unlabelled_ones(setup: Setup) -> None:
+    """small: its two pods (40) and the unlabelled one (5); large: its pod (2) and the unlabelled
+    one. Selected by model and namespace alone (the target as the operator built it before), both
+    read all 47 req/s."""
+    small, large = await asyncio.gather(_read(setup.prometheus, SMALL), _read(setup.prometheus, LARGE))
+    print(f"\nsmall {_rate(small):.1f} req/s, large {_rate(large):.1f} req/s")
+    assert _rate(small) == pytest.approx(45.0, abs=1.0)
+    assert _rate(large) == pytest.approx(7.0, abs=1.0)
+    model_wide = await _read(setup.prometheus, replace(LARGE, pool=""))
+    assert _rate(model_wide) == pytest.approx(47.0, abs=1.0)
+    # Another pool of the namespace with a variant of the same name reads the unlabelled pod only.
+    other_pool = await _read(setup.prometheus, replace(SMALL, pool="code"))
+    assert _rate(other_pool) == pytest.approx(5.0, abs=1.0)
+
+
+async def test_a_partial_scrape_of_a_variants_pods_holds(setup: Setup) -> None:
+    """small has two ready replicas; one's scrape target goes down. Triton's sum (the other pod's
+    20 req/s) stays fresh: sized on it the variant scaled down; counted against its two ready
+    replicas, it holds. (The unlabelled pod is left out with ``job="small"``: a series without the
+    labels counts as one of every variant's targets, and would hide the missing one.)"""
+    s = VariantSettings(
+        name="small",
+        capacity_per_replica_rps=10.0,
+        target_queue_time_s=1.0,
+        scale_down_stabilization_s=0.0,
+        burst_reserve=False,
+    )
+    counted = replace(SMALL, ready_replicas=2, extra_matchers='job="small"')
+    before = await _read(setup.prometheus, counted)
+    assert (before.triton_targets, before.expected_targets) == (2, 2)
+    setup.small_b.stop()
+    await asyncio.sleep(5.0)  # the failed scrape marks its series stale; the 3 s window forgets it
+    metrics = await _read(setup.prometheus, counted)
+    now = time.time()
+    print(f"\nafter: {_rate(metrics):.1f} req/s from {metrics.triton_targets} target(s)")
+    assert _rate(before) == pytest.approx(40.0, abs=1.0)
+    assert _rate(metrics) == pytest.approx(20.0, abs=1.0)
+    assert metrics.newest_sample_t is not None and now - metrics.newest_sample_t < 3.0
+    assert (metrics.triton_targets, metrics.expected_targets) == (1, 2)
+
+    def decided(m: VariantMetrics) -> Any:
+        previous = VariantState(replicas=5, decided_at=now - 10)
+        pool = PoolInput("chat", (VariantInput(s, m, 5, previous, ready_replicas=2),))
+        return decide(ScalingInput.single(pool), now).pools["chat"].variants[0]
+
+    uncounted = decided(replace(metrics, triton_targets=None, expected_targets=None))
+    print(uncounted.reason)
+    assert not uncounted.held and uncounted.desired_replicas < 5, uncounted.reason  # the bug
+    held = decided(metrics)
+    print(held.reason)
+    assert held.held and held.desired_replicas == 5, held.reason
+    assert "metrics partial" in held.reason
