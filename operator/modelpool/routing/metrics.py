@@ -15,6 +15,11 @@ that programs the router; ``policy`` is absent while no policy has pushed a conf
   request cut off before any attempt (while a scorer ran in a thread);
 * ``upstream_requests_total{variant}`` / ``upstream_errors_total{variant,kind}``: attempts sent
   to variants and their failures (kind: timeout, connect, http_5xx, not_served);
+* ``unavailable_requests_total{variant}``: requests the policy meant for a variant that had no
+  available endpoint then (none listed, e.g. scaled to zero, or every breaker open); they went to
+  another variant or failed, and were never an attempt on it.  The scaler adds them to the
+  variant's ``upstream_requests_total`` as its demand, so a tier at zero replicas is seen; created
+  at 0 for every configured variant on each config change, so its rate exists before any demand;
 * ``upstream_latency_seconds{variant}``: histogram of one attempt's latency;
 * ``request_latency_seconds``: histogram of the whole routed request;
 * ``complexity_score``: histogram of tiered mode's per-request scores;
@@ -85,6 +90,7 @@ class RouterMetrics:
         self.requests: dict[tuple[str, str], int] = {}
         self.responses: dict[int, int] = {}
         self.upstream: dict[str, int] = {}
+        self.unavailable: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.upstream_latency: dict[str, Hist] = {}
         self.latency = Hist(LATENCY_BUCKETS)
@@ -107,9 +113,19 @@ class RouterMetrics:
         for samples in (self.requests, self.errors, self.client_disconnects):
             for key in [k for k in samples if k[0] and k[0] not in keep]:
                 del samples[key]
-        for per_variant in (self.upstream, self.upstream_latency):
+        for per_variant in (self.upstream, self.unavailable, self.upstream_latency):
             for name in [n for n in per_variant if n not in keep]:
                 del per_variant[name]
+
+    def expect_variants(self, names: Collection[str]) -> None:
+        """Export ``unavailable_requests_total`` at 0 for each configured variant that has none yet,
+        so that Prometheus has a rate for it (0) before the first request it could not take."""
+        for name in names:
+            self.unavailable.setdefault(name, 0)
+
+    def unavailable_request(self, variant: str) -> None:
+        """A request the policy meant for ``variant`` found no available endpoint there."""
+        self.unavailable[variant] = self.unavailable.get(variant, 0) + 1
 
     def attempt(self, variant: str, seconds: float, error_kind: str | None) -> None:
         """One upstream attempt finished."""
@@ -213,6 +229,13 @@ class _Exporter(Collector):
             pool,
         )
         yield _counter("upstream_requests", "Attempts sent to variants", ["variant"], dict(m.upstream), pool)
+        yield _counter(
+            "unavailable_requests",
+            "Requests meant for a variant that had no available endpoint (they went elsewhere or failed)",
+            ["variant"],
+            dict(m.unavailable),
+            pool,
+        )
         yield _counter(
             "upstream_errors", "Failed attempts by kind", ["variant", "kind"], dict(m.errors), pool
         )

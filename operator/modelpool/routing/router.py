@@ -167,6 +167,14 @@ class RoutingTable:
             else None
         )
         self.weighted = [v for v in self.variants.values() if v.config.weight > 0]  # the SWRR's items
+        # weighted mode, while some variant cannot take requests: the round over every weighted
+        # variant that says which one each request was meant for (its own state, so the round
+        # among the available ones, ``swrr``, keeps its sequence); see Router._pick_weighted
+        self.meant = (
+            SmoothWeightedRoundRobin([(v.name, v.weight) for v in config.variants])
+            if config.mode == "weighted"
+            else None
+        )
         # where sequences go, by weighted rendezvous hashing: the variants with a weight, in any
         # mode; with none (tiered and cascade modes need none), the baseline (large) variant
         self.sequence_variants: list[tuple[VariantRuntime, float]] = [
@@ -342,6 +350,7 @@ class Router:
             metrics_registry,
             policy=lambda: self.table.config.policy,
         )
+        self.metrics.expect_variants(self.table.variants)
 
     # ---------------------------------------------------------------- config
     @property
@@ -402,6 +411,7 @@ class Router:
                 variant.source = newer.source
         self.table = table
         self.metrics.forget_variants(table.variants)
+        self.metrics.expect_variants(table.variants)
         self._forget_unused()
         if self._started:
             for variant in table.variants.values():
@@ -612,6 +622,7 @@ class Router:
     async def _direct(
         self, table: RoutingTable, name: str, raw: bytes, headers: list[tuple[bytes, bytes]], **params: Any
     ) -> Response:
+        self._meant_for(table.variants[name])  # the tier the score chose
         answer = await self._first_answer(table.fallbacks[name], headers, raw)
         self._account(table, answer.variant, answer.variant.cost)
         return self._annotated(table, answer, variant=answer.variant.name, **params)
@@ -642,6 +653,7 @@ class Router:
             draft_body, hl = request.encode()
             draft_headers = _upstream_headers({b"content-type": headers[0][1]}, hl)
         order = [draft, verifier] if table.config.retry.cross_variant else [draft]
+        self._meant_for(draft)
         first = await self._first_answer(order, draft_headers, draft_body)
         if first.variant is not draft or first.response.status != 200:
             # the draft could not answer; whoever did is the answer (no cascade decision)
@@ -660,6 +672,7 @@ class Router:
             return self._annotated(
                 table, first, drop=added, variant=draft.name, escalated=False, confidence=conf, **params
             )
+        self._meant_for(verifier)  # the escalation
         try:
             second = await self._first_answer(table.fallbacks[verifier.name][:1] + [
                 v for v in table.fallbacks[verifier.name][1:] if v is not draft
@@ -710,6 +723,13 @@ class Router:
         answer = await self._first_answer(order, headers, raw, endpoints, sequence=sequence)
         self._account(table, answer.variant, answer.variant.cost)
         return self._annotated(table, answer, variant=answer.variant.name, escalated=False)
+
+    def _meant_for(self, variant: VariantRuntime) -> None:
+        """The policy chose ``variant`` for a request: count it in ``unavailable_requests_total``
+        when the variant has no available endpoint (none listed, e.g. at zero replicas, or every
+        breaker open), so its demand shows although no attempt goes to it."""
+        if not variant.can_take():
+            self.metrics.unavailable_request(variant.name)
 
     def _account(self, table: RoutingTable, variant: VariantRuntime, cost: float) -> None:
         self.metrics.answered(variant.name, variant.tier, cost, table.baseline_cost)
@@ -820,14 +840,26 @@ class Router:
         One pick per request, among the variants that can take it: a variant with no available
         endpoint is left out of the round (its score stands still), so its share goes to the others
         in proportion to their weights, and the sequence stays deterministic.  When none can take
-        it, the pick is among all (the request then fails over and gets 503)."""
+        it, the pick is among all (the request then fails over and gets 503).
+
+        While some variant cannot take requests, a second round over every weighted variant
+        (``table.meant``, with state of its own) says which one the request was meant for by the
+        weights; when that one cannot take it, the request counts in its
+        ``unavailable_requests_total`` (its demand, which the scaler reads: a variant at zero
+        replicas gets no attempt).  With every variant available (the usual case) neither the
+        second round nor the count costs anything."""
         swrr = table.swrr
         assert swrr is not None
         weighted = table.weighted
         for i, variant in enumerate(weighted):
             if not variant.can_take():
-                ready = [v.name for v in weighted[i + 1 :] if v.can_take()]
-                name = swrr.pick([v.name for v in weighted[:i]] + ready) or swrr.pick()
+                ready = [v.name for v in weighted[:i]]
+                ready += [v.name for v in weighted[i + 1 :] if v.can_take()]
+                name = swrr.pick(ready) or swrr.pick()
+                assert table.meant is not None
+                meant = table.meant.pick()
+                if meant is not None and meant not in ready:
+                    self.metrics.unavailable_request(meant)
                 break
         else:
             name = swrr.pick()
@@ -845,9 +877,13 @@ class Router:
         its endpoints the endpoint, so every request of a sequence, on any router, goes to the same
         Triton instance, and only the sequences of an endpoint that leaves (or whose breaker opens)
         move, each to its own next choice.  A variant that cannot take requests is passed over
-        the same way; when none can, the first choice (the request then fails over and gets 503)."""
+        the same way (and the request counts in the first choice's ``unavailable_requests_total``);
+        when none can, the first choice (the request then fails over and gets 503)."""
         ranked = weighted_rendezvous_order(sequence, table.sequence_variants)
-        variant = next((v for v in ranked if v.can_take()), ranked[0])
+        variant = ranked[0]
+        if not variant.can_take():
+            self.metrics.unavailable_request(variant.name)
+            variant = next((v for v in ranked[1:] if v.can_take()), variant)
         endpoints = variant.sequence_order(sequence)
         return table.fallbacks[variant.name], endpoints or None
 

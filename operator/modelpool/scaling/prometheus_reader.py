@@ -4,7 +4,8 @@ The PromQL is a set of templates (:class:`QueryTemplates`) with ``$selector`` (l
 the variant's Triton series, e.g. ``model="small",namespace="prod"``), ``$router_selector`` (label
 matchers of the router's series), ``$window`` (the ``rate()`` window) and, for series, ``$span`` and
 ``$step`` (subquery range and resolution). Defaults read Triton's ``nv_inference_*`` metrics and
-the router's ``modelpool_router_upstream_requests_total{variant=...}``; a pool may override any of them.
+the router's ``modelpool_router_upstream_requests_total{variant=...}`` (plus
+``modelpool_router_unavailable_requests_total``: a tier at zero); a pool may override any of them.
 
 Query failures never raise out of :meth:`PrometheusReader.read_variant`: they come back as
 ``VariantMetrics(problem=...)``, which makes :func:`modelpool.scaling.decide` hold the last decision.

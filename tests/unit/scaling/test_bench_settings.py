@@ -25,7 +25,11 @@ import bench_autoscaling as bench  # noqa: E402
 
 URL = "http://prometheus:9090"
 IRATE = "sum(irate(nv_inference_request_success{$selector}[$window]))"
-ROUTER_IRATE = "sum(irate(modelpool_router_upstream_requests_total{$router_selector}[$window]))"
+ROUTER_IRATE = (
+    "sum(irate(modelpool_router_upstream_requests_total{$router_selector}[$window])) + "
+    "(sum(irate(modelpool_router_unavailable_requests_total{$router_selector}[$window])) or vector(0)) "
+    "or sum(irate(modelpool_router_unavailable_requests_total{$router_selector}[$window]))"
+)
 
 
 def _bench_default_pool(slo_ms: int = 2000) -> dict[str, Any]:
