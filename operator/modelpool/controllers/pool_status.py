@@ -163,6 +163,17 @@ def compute_status(
             f"minReplicas of {whose} need {min_gpus} GPUs but spec.gpuPool.gpuBudget is {budget}; "
             "raise gpuBudget or lower minReplicas (minimums are kept regardless)",
         )
+    elif requested > budget:
+        # A scaling decision never grants more than the budget beyond the minimums: these are
+        # replicas kept from before the budget was lowered (or the pool joined a shared GPU pool).
+        put(
+            c.GPU_BUDGET_FITS,
+            False,
+            "HeldAboveBudget",
+            f"replicas kept from an earlier decision request {requested} GPUs but the budget is {budget} "
+            f"(minReplicas of {whose} need {min_gpus}); the next scaling decision cuts them to the budget, "
+            "never below minReplicas (while none is made, MetricsAvailable says why, they are kept)",
+        )
     elif gpu_unschedulable:
         put(
             c.GPU_BUDGET_FITS,

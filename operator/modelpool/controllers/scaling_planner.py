@@ -33,7 +33,13 @@ from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import LAST_TIER_SERVING, decide, serving_floors
-from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+from modelpool.scaling.demand import stale_after_s
+from modelpool.scaling.prometheus_reader import (
+    PrometheusError,
+    PrometheusReader,
+    QueryTemplates,
+    VariantTarget,
+)
 from modelpool.scaling.stabilization import compact
 from modelpool.scaling.types import (
     BurstHistory,
@@ -300,13 +306,32 @@ class LastDecision:
     back (NTP, a VM restored) would otherwise hold every pass for as long as it went back."""
 
 
-def _drop_member(by_gpu_pool: dict[str, dict[str, Any]], pool: str) -> None:
-    """Remove ``pool`` from every shared GPU pool's map, and the maps it leaves empty (a GPU pool
-    whose last member is gone is not kept either)."""
+def _drop_member(by_gpu_pool: dict[str, dict[str, Any]], pool: str, keep: str | None = None) -> None:
+    """Remove ``pool`` from every shared GPU pool's map but ``keep``'s, and the maps it leaves empty
+    (a GPU pool whose last member is gone is not kept either)."""
     for gpu_pool in list(by_gpu_pool):
+        if gpu_pool == keep:
+            continue
         by_gpu_pool[gpu_pool].pop(pool, None)
         if not by_gpu_pool[gpu_pool]:
             del by_gpu_pool[gpu_pool]
+
+
+def looks_stale(metrics: VariantMetrics, settings: VariantSettings, now: float) -> bool:
+    """Whether the newest sample is older than the staleness limit by the operator's clock ``now``
+    (where it is worth asking Prometheus' clock: :func:`prometheus_time`)."""
+    newest = metrics.newest_sample_t
+    return metrics.problem is None and newest is not None and now - newest > stale_after_s(metrics, settings)
+
+
+async def prometheus_time(reader: PrometheusReader) -> float | None:
+    """Prometheus' clock (its ``time()``), or None when it does not answer. Asked once per
+    decision, and only when a variant's metrics look stale by the operator's clock: a clock ahead
+    of Prometheus' makes every sample look old, which the hold reason then says."""
+    try:
+        return await reader.scalar("time()")
+    except (PrometheusError, ValueError):
+        return None
 
 
 @dataclass
@@ -407,11 +432,13 @@ class ScalingPlanner:
         self._release_reader((namespace, name))
         self._drop_grant(namespace, name)
 
-    def _drop_grant(self, namespace: str, name: str) -> None:
+    def _drop_grant(self, namespace: str, name: str, keep: str | None = None) -> None:
         """Forget the pool's latest claims and what its decision granted (see ``_granted``): a pool
-        that no longer decides claims nothing beyond its minimums, which the index counts."""
-        _drop_member(self._claims, f"{namespace}/{name}")
-        _drop_member(self._granted, f"{namespace}/{name}")
+        that no longer decides claims nothing beyond its minimums, which the index counts. With
+        ``keep`` (the shared GPU pool it names now), only on the GPU pools it left: moved back to
+        one later, its old claims and grant would count until its next decision there."""
+        _drop_member(self._claims, f"{namespace}/{name}", keep)
+        _drop_member(self._granted, f"{namespace}/{name}", keep)
 
     def _held(
         self,
@@ -512,6 +539,7 @@ class ScalingPlanner:
         clock = time.time() if now is None else now
         if paced is None:
             paced = self.monotonic() if now is None else now
+        self._drop_grant(namespace, name, keep=spec.gpu_pool.name or None)  # GPU pools it left
         if not spec.scaling.enabled:
             # At its minimums: the index counts it from now on, a decision made before is no longer
             # held, no gauges that lie, and switched on again it starts afresh (no old memory).
@@ -553,6 +581,7 @@ class ScalingPlanner:
         states = self._states.get(key) or restored_states(previous, clock)
         extra = expected_overflow(spec, previous)
         inputs = []
+        theirs: list[float | None] = []  # Prometheus' clock, asked at most once per decision
         for variant in tier_order(spec):
             metrics: VariantMetrics = await reader.read_variant(
                 VariantTarget(
@@ -564,6 +593,10 @@ class ScalingPlanner:
                     ready_replicas=(ready or {}).get(variant.name),  # to tell a partial Triton scrape
                 )
             )
+            if looks_stale(metrics, settings[variant.name], clock):
+                if not theirs:
+                    theirs.append(await prometheus_time(reader))
+                metrics = replace(metrics, prometheus_now=theirs[0])
             inputs.append(
                 VariantInput(
                     settings=settings[variant.name],

@@ -5,13 +5,16 @@ out one replica at a time to the replica that adds the most value per GPU, where
 ``priority x (extra req/s served within the queue-time target)`` and the price is
 ``gpusPerReplica x cost``. Replicas that only add headroom (demand is already served) come last.
 Ties are broken by (pool, variant) name, so the same input always gives the same allocation.
-When even the floors exceed the budget every variant keeps its floor and the report says by how
-many GPUs the budget is short.
+The budget is never exceeded for a hold: when the floors do not fit because held replicas raise
+them above the minimums (a budget lowered, or a pool joining a shared GPU pool, while its metrics
+are out), only the minimums are kept for sure and the held replicas compete by value like any
+other, the lowest value per GPU cut first. When even the minimums exceed the budget every variant
+keeps its minimum and the report says by how many GPUs the budget is short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 HEADROOM_VALUE = 1e-6
@@ -29,6 +32,14 @@ class Claim:
     cost: float
     demand_rps: float
     servable_rps: Callable[[int], float]
+    minimum: int | None = None
+    """The least the budget may grant: the spec's minimum (within ``serving_floors``) where a hold
+    raised ``floor`` above it; ``None`` = ``floor``."""
+
+    @property
+    def least(self) -> int:
+        """The replicas granted whatever the budget (:attr:`minimum`, at most :attr:`floor`)."""
+        return max(0, self.floor if self.minimum is None else min(self.minimum, self.floor))
 
 
 @dataclass(frozen=True)
@@ -81,33 +92,61 @@ def _name(key: tuple[str, str]) -> str:
 
 
 def allocate(claims: Sequence[Claim], budget: int | None, gpu_pool: str = "default") -> Allocation:
-    """Grant replicas to ``claims`` within ``budget`` GPUs (``None`` = unlimited)."""
+    """Grant replicas to ``claims`` within ``budget`` GPUs (``None`` = unlimited).
+
+    Floors that fit are granted first. Held replicas that do not fit are cut: then only each
+    claim's :attr:`Claim.least` is granted first, and the held replicas compete with the wishes by
+    value per GPU. Only minimums above the budget are granted beyond it."""
     ordered = sorted(claims, key=lambda c: c.key)
-    granted = {c.key: max(c.floor, 0) for c in ordered}
     if budget is None:
         unlimited = {c.key: Grant(c.wish, "", _shortfall(c, c.wish)) for c in ordered}
         return Allocation(unlimited, f"GPU pool {gpu_pool!r}: no budget set")
     floor_gpus = sum(c.floor * c.gpus_per_replica for c in ordered)
-    if floor_gpus > budget:
+    if floor_gpus <= budget:
+        return _by_value(ordered, budget, gpu_pool)
+    least_gpus = sum(c.least * c.gpus_per_replica for c in ordered)
+    held_note = (
+        f"; held replicas ({floor_gpus} GPUs with the minimums) cut to them"
+        if least_gpus < floor_gpus
+        else ""
+    )
+    if least_gpus > budget:
         short = {
             c.key: Grant(
-                c.floor,
+                c.least,
                 (
-                    f"budget short: minimums need {floor_gpus} GPUs > budget {budget} in GPU pool "
+                    f"budget short: minimums need {least_gpus} GPUs > budget {budget} in GPU pool "
                     f"{gpu_pool!r}; raise the budget or lower minReplicas"
                 )
-                if c.wish > c.floor
+                if max(c.wish, c.floor) > c.least
                 else "",
-                _shortfall(c, c.floor),
+                _shortfall(c, c.least),
             )
             for c in ordered
         }
         report = (
-            f"GPU pool {gpu_pool!r}: minimums need {floor_gpus} GPUs but the budget is {budget} "
-            f"({floor_gpus - budget} short); every variant held at its minimum"
+            f"GPU pool {gpu_pool!r}: minimums need {least_gpus} GPUs but the budget is {budget} "
+            f"({least_gpus - budget} short); every variant held at its minimum{held_note}"
         )
         return Allocation(short, report)
-    left = budget - floor_gpus
+    held = {c.key: c.floor for c in ordered if c.floor > c.least}
+    relaxed = [replace(c, floor=c.least, wish=max(c.wish, c.floor), minimum=None) for c in ordered]
+    return _by_value(relaxed, budget, gpu_pool, held, floor_gpus)
+
+
+def _by_value(
+    ordered: Sequence[Claim],
+    budget: int,
+    gpu_pool: str,
+    held: Mapping[tuple[str, str], int] | None = None,
+    held_gpus: int = 0,
+) -> Allocation:
+    """Floors first, then one replica at a time by value per GPU, within ``budget`` (the floors
+    fit). ``held``: the replicas holds asked for above the floors (``held_gpus`` GPUs with the
+    floors), which the budget could not take; their cuts say so."""
+    held = held or {}
+    granted = {c.key: max(c.floor, 0) for c in ordered}
+    left = budget - sum(c.floor * c.gpus_per_replica for c in ordered)
     blocked: set[tuple[str, str]] = set()
     winners: dict[tuple[str, str], float] = {}
     while True:
@@ -131,14 +170,23 @@ def allocate(claims: Sequence[Claim], budget: int | None, gpu_pool: str = "defau
         reason = ""
         if n < c.wish:
             cut_names.append(f"{_name(c.key)} -{c.wish - n}")
-            reason = (
-                f"budget: {n} of {c.wish} wished replicas granted; GPU pool {gpu_pool!r} "
-                f"({budget} GPUs) went to higher value per GPU (this variant: priority {c.priority:g}, "
-                f"cost {c.cost:g}, {c.gpus_per_replica} GPU/replica)"
-            )
+            this = f"priority {c.priority:g}, cost {c.cost:g}, {c.gpus_per_replica} GPU/replica"
+            if c.key in held:
+                reason = (
+                    f"budget: {n} of {c.wish} held replicas kept; held replicas need {held_gpus} GPUs "
+                    f"> budget {budget} in GPU pool {gpu_pool!r}, so they are cut to it, never below "
+                    f"minReplicas, the lowest value per GPU first (this variant: {this})"
+                )
+            else:
+                reason = (
+                    f"budget: {n} of {c.wish} wished replicas granted; GPU pool {gpu_pool!r} "
+                    f"({budget} GPUs) went to higher value per GPU (this variant: {this})"
+                )
         grants[c.key] = Grant(n, reason, _shortfall(c, n))
     used = budget - left
     report = f"GPU pool {gpu_pool!r}: {used}/{budget} GPUs allocated"
+    if held:
+        report += f" (held replicas need {held_gpus} GPUs: cut to the budget, never below minReplicas)"
     if cut_names:
         report += "; cut " + ", ".join(cut_names)
     return Allocation(grants, report)
@@ -157,7 +205,7 @@ def allocate_shared(
     if budget is None:
         return Allocation({c.key: joint.grants[c.key] for c in claims}, joint.report)
     free = max(0, budget - shared.held_gpus)
-    capped = [replace(c, wish=min(c.wish, joint.grants[c.key].replicas)) for c in claims]
+    capped = [_within(c, joint.grants[c.key].replicas) for c in claims]
     own = allocate(capped, free, gpu_pool)
     others = _some(shared.members)
     grants: dict[tuple[str, str], Grant] = {}
@@ -173,6 +221,13 @@ def allocate_shared(
         grants[c.key] = Grant(now.replicas, reason, _shortfall(c, now.replicas))
     report = f"{joint.report}; shared with {others}, holding {shared.held_gpus} GPUs"
     return Allocation(grants, report)
+
+
+def _within(claim: Claim, share: int) -> Claim:
+    """``claim`` asking at most ``share`` replicas: its wish, and a held floor the joint allocation
+    cut (the share is never below :attr:`Claim.least`)."""
+    floor = max(claim.least, min(claim.floor, share))
+    return replace(claim, wish=min(claim.wish, share), floor=floor)
 
 
 NAMED_MEMBERS = 3

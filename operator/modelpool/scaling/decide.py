@@ -16,7 +16,7 @@ from modelpool.scaling.types import (
     VariantInput,
     VariantState,
 )
-from modelpool.scaling.variant import VariantWish, hold_wish, wish_for
+from modelpool.scaling.variant import VariantWish, hold_reason, hold_wish, wish_for
 
 
 def _wish(vi: VariantInput, now: float) -> VariantWish:
@@ -25,7 +25,7 @@ def _wish(vi: VariantInput, now: float) -> VariantWish:
     try:
         return wish_for(vi, now)
     except ArithmeticError as exc:
-        return hold_wish(vi, f"metrics absurd: sizing failed on them ({exc})")
+        return hold_wish(vi, f"metrics absurd: sizing failed on them ({exc})", now)
 
 
 LAST_TIER_SERVING = "kept at 1 as the last tier serving"
@@ -43,16 +43,26 @@ def serving_floors(floors: Sequence[int]) -> tuple[int, ...]:
     return tuple(floors)
 
 
-def _with_floor(wish: VariantWish, floor: int) -> VariantWish:
-    """``wish`` with its floor raised to ``floor`` (noted in the reason where it raises the wish)."""
+def _with_floor(wish: VariantWish, floor: int, minimum: int) -> VariantWish:
+    """``wish`` with its floor raised to ``floor`` (noted in the reason where it raises the wish),
+    and ``minimum`` (at most ``floor``) the least a budget may cut it to."""
+    least = min(minimum, floor)
     if floor <= wish.floor:
-        return wish
-    note = f"; {LAST_TIER_SERVING}" if wish.wish < floor else ""
-    return replace(wish, floor=floor, wish=max(floor, wish.wish), reason=wish.reason + note)
+        return replace(wish, minimum=least)
+    if wish.wish >= floor:
+        return replace(wish, floor=floor, minimum=least)
+    if wish.held:  # the reason states the replicas kept, not the ones held before the raise
+        problem = f"{wish.problem}; {LAST_TIER_SERVING}"
+        return replace(
+            wish, floor=floor, wish=floor, minimum=least, problem=problem, reason=hold_reason(floor, problem)
+        )
+    reason = f"{wish.reason}; {LAST_TIER_SERVING}"
+    return replace(wish, floor=floor, wish=floor, minimum=least, reason=reason)
 
 
 def _pool_wishes(pool: PoolInput, now: float) -> list[VariantWish]:
-    """Wishes of a pool's variants, within :func:`serving_floors`."""
+    """Wishes of a pool's variants, within :func:`serving_floors`: on their floors, and on the
+    minimums a budget may cut held replicas to (so a cut never leaves the pool without a tier)."""
     for vi in pool.variants:
         vi.settings.validate()
     names = [vi.settings.name for vi in pool.variants]
@@ -60,7 +70,21 @@ def _pool_wishes(pool: PoolInput, now: float) -> list[VariantWish]:
         raise ValueError(f"pool {pool.name!r}: variant names must be unique, got {names}")
     wishes = [_wish(vi, now) for vi in pool.variants]
     floors = serving_floors([w.floor for w in wishes])
-    return [_with_floor(w, f) for w, f in zip(wishes, floors, strict=True)]
+    leasts = _serving_leasts(wishes, floors)
+    return [_with_floor(w, f, m) for w, f, m in zip(wishes, floors, leasts, strict=True)]
+
+
+def _serving_leasts(wishes: Sequence[VariantWish], floors: Sequence[int]) -> list[int]:
+    """What a budget may cut each variant to: its floor, or where a hold raised the floor, the
+    spec's minimum under it. When that leaves every variant at zero, the last one with a floor
+    (one that serves now, or the final tier that ``serving_floors`` raised) keeps one replica:
+    a cut never leaves the pool without a tier, nor swaps the tier that serves for another."""
+    leasts = [f if w.minimum is None else min(w.minimum, f) for w, f in zip(wishes, floors, strict=True)]
+    if all(n <= 0 for n in leasts):
+        serving = [i for i, f in enumerate(floors) if f > 0]
+        if serving:
+            leasts[serving[-1]] = 1
+    return leasts
 
 
 def _claim(pool: PoolInput, wish: VariantWish) -> Claim:
@@ -74,6 +98,7 @@ def _claim(pool: PoolInput, wish: VariantWish) -> Claim:
         cost=s.cost,
         demand_rps=wish.demand_rps,
         servable_rps=wish.servable_rps,
+        minimum=wish.least,
     )
 
 
@@ -82,6 +107,8 @@ def _decision(pool: PoolInput, wish: VariantWish, allocation: Allocation, now: f
     desired = grant.replicas
     verb = "scale up" if desired > wish.current else "scale down" if desired < wish.current else "keep"
     reason = f"{verb} {wish.current}->{desired}: {wish.reason}" if not wish.held else wish.reason
+    if wish.held and desired != wish.wish:  # the budget cut the held replicas: say what is kept
+        reason = hold_reason(desired, wish.problem)
     if grant.cut_reason:
         reason += f"; {grant.cut_reason}"
     state = VariantState(
@@ -91,6 +118,7 @@ def _decision(pool: PoolInput, wish: VariantWish, allocation: Allocation, now: f
         last_demand_rps=wish.demand_rps,
         bursts=wish.bursts,
         capacity_rps=wish.measured_capacity_rps,
+        demand_at=wish.demand_at,
     )
     return VariantDecision(
         name=wish.settings.name,

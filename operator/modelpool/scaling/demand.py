@@ -39,6 +39,31 @@ def _clock_problem(metrics: VariantMetrics, settings: VariantSettings, now: floa
     return None
 
 
+CLOCK_HINT_S = 5.0
+"""The least a caller's clock must be ahead of Prometheus' (``VariantMetrics.prometheus_now``)
+for a stale hold to say so."""
+
+
+def _clock_ahead(metrics: VariantMetrics, limit: float, now: float) -> str:
+    """What a stale hold adds when the caller's clock ``now`` is ahead of Prometheus' own: that
+    clock makes every sample look old (a clock behind is :func:`_clock_problem`'s). Said when the
+    newest sample is fresh by Prometheus' clock, or the clocks alone are more than ``limit`` apart.
+    The distance is rounded to 10 s: the message must not change from one decision to the next."""
+    theirs = metrics.prometheus_now
+    newest = metrics.newest_sample_t
+    if theirs is None or newest is None or not math.isfinite(theirs):
+        return ""
+    ahead = now - theirs
+    fresh_for_them = theirs - newest <= limit
+    if ahead < CLOCK_HINT_S or not (fresh_for_them or ahead > limit):
+        return ""
+    fresh = " (the sample is fresh by Prometheus' clock)" if fresh_for_them else ""
+    return (
+        f"; the operator's clock is ~{max(10, round(ahead / 10) * 10):.0f}s ahead of Prometheus'"
+        f"{fresh}: sync the clocks (NTP)"
+    )
+
+
 def _size_problem(metrics: VariantMetrics, settings: VariantSettings) -> str | None:
     """Finite values too large to size for: a request taking longer than a day, or a backlog
     that would need more than ``max_plausible_rps`` to drain."""
@@ -95,7 +120,8 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
     limit = stale_after_s(metrics, settings)
     if now - metrics.newest_sample_t > limit:
         # No age in the message: it would change at every decision of a lasting outage.
-        return f"metrics stale: newest sample older than staleAfter {limit:.0f}s"
+        stale = f"metrics stale: newest sample older than staleAfter {limit:.0f}s"
+        return stale + _clock_ahead(metrics, limit, now)
     values: dict[str, list[float | None]] = {
         "request rate": [p.rps for p in metrics.rate_series],
         "served rate": [p.rps for p in metrics.served_series],

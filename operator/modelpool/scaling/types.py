@@ -138,6 +138,9 @@ class VariantMetrics:
     ``triton_targets`` is how many scrape targets export the variant's Triton series and
     ``expected_targets`` how many should (its ready replicas); fewer is a partial scrape
     (:func:`modelpool.scaling.demand.metrics_problem`). ``None`` when not counted.
+    ``prometheus_now`` is Prometheus' own clock (its ``time()``) when the metrics were read: the
+    operator asks it only when the newest sample looks stale by its own clock, so that a stale hold
+    can tell a clock ahead of Prometheus'; ``None`` when not asked.
     """
 
     rate_series: tuple[RatePoint, ...] = ()
@@ -154,6 +157,7 @@ class VariantMetrics:
     scrape_interval_s: float | None = None
     triton_targets: int | None = None
     expected_targets: int | None = None
+    prometheus_now: float | None = None
 
     @property
     def latest_rps(self) -> float | None:
@@ -194,7 +198,9 @@ class VariantState:
     stabilisation windows (the same scheme as the Kubernetes HPA behaviour API); ``bursts`` what the
     burst reserve learned (:mod:`modelpool.scaling.reserve`); ``capacity_rps`` the last capacity of
     one replica measured from the compute time, which sizes the variant while no replica of it
-    serves (at zero replicas there is no compute time to measure).
+    serves (at zero replicas there is no compute time to measure). ``demand_at`` is when
+    ``last_demand_rps`` was measured: a hold keeps the demand, and its time, until it is older than
+    the staleness limit (``None``: at ``decided_at``, as for a state restored from the status).
     """
 
     replicas: int
@@ -203,6 +209,7 @@ class VariantState:
     last_demand_rps: float = 0.0
     bursts: BurstHistory = field(default_factory=BurstHistory)
     capacity_rps: float | None = None
+    demand_at: float | None = None
 
 
 @dataclass(frozen=True)

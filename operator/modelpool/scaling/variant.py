@@ -11,6 +11,7 @@ from modelpool.scaling.demand import (
     estimate_demand,
     metrics_problem,
     observed_metrics,
+    stale_after_s,
 )
 from modelpool.scaling.queueing import max_rate_for_replicas, replicas_for_target
 from modelpool.scaling.reserve import MAX_EXTRA, RESERVE_SHARE, record_window, reserve_replicas
@@ -23,7 +24,11 @@ class VariantWish:
     """Replicas wished by one variant, the floor it may never go below, and why.
 
     ``measured_capacity_rps`` is the capacity of one replica to remember for when no replica serves
-    (the latest measured from the compute time, else the one remembered before)."""
+    (the latest measured from the compute time, else the one remembered before).
+
+    A hold (``held``) keeps ``floor`` replicas for ``problem``; ``minimum`` is the spec's floor
+    under it, which a GPU budget too small for the held replicas may cut them to (``None``:
+    ``floor``). ``demand_at`` is when ``demand_rps`` was measured (a hold keeps the last one)."""
 
     settings: VariantSettings
     current: int
@@ -36,6 +41,14 @@ class VariantWish:
     history: History
     bursts: BurstHistory = field(default_factory=BurstHistory)
     measured_capacity_rps: float | None = None
+    minimum: int | None = None
+    problem: str = ""
+    demand_at: float | None = None
+
+    @property
+    def least(self) -> int:
+        """The replicas no budget cuts: ``minimum``, at most ``floor``."""
+        return self.floor if self.minimum is None else min(self.minimum, self.floor)
 
     def servable_rps(self, replicas: int) -> float:
         """Arrival rate ``replicas`` replicas serve within the variant's queue-time target."""
@@ -51,8 +64,30 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
-    """Keep the last decision (never below the current count) because metrics are unusable."""
+def hold_reason(replicas: int, problem: str) -> str:
+    """The reason of a hold that keeps ``replicas``."""
+    return f"holding {replicas} replicas: {problem}"
+
+
+def held_demand(vi: VariantInput, now: float | None) -> tuple[float, float | None]:
+    """``(demand, measured at)`` a hold keeps: the last demand measured, until it is older than
+    the variant's staleness limit (:func:`stale_after_s`) at ``now``; then 0, since an outage
+    tells nothing of the demand. An old demand would go on sizing the variant's shortfall, which
+    routing moves onto the next tier (``expected_overflow``), for the whole outage. A demand of
+    unknown age (a state restored from the status) counts as measured at the last decision."""
+    previous = vi.previous
+    if previous is None:
+        return 0.0, None
+    at = previous.demand_at if previous.demand_at is not None else previous.decided_at
+    if now is not None and now - at > stale_after_s(vi.metrics, vi.settings):
+        return 0.0, at
+    return previous.last_demand_rps, at
+
+
+def hold_wish(vi: VariantInput, problem: str, now: float | None = None) -> VariantWish:
+    """Keep the last decision (never below the current count) because metrics are unusable, with
+    the demand :func:`held_demand` keeps at ``now``. The spec's ``minReplicas`` stays the floor a
+    GPU budget too small for the held replicas may cut them to."""
     s = vi.settings
     last = vi.previous.replicas if vi.previous is not None else vi.current_replicas
     held = _clamp(max(last, vi.current_replicas), s.min_replicas, s.max_replicas)
@@ -60,18 +95,22 @@ def hold_wish(vi: VariantInput, problem: str) -> VariantWish:
     capacity = s.capacity_per_replica_rps
     if capacity_problem(capacity, vi.metrics, s) is not None:
         capacity = None  # an absurd setting is the reason to hold: the budget must not use it either
+    demand, demand_at = held_demand(vi, now)
     return VariantWish(
         settings=s,
         current=vi.current_replicas,
         floor=held,
         wish=held,
-        demand_rps=previous.last_demand_rps if previous is not None else 0.0,
+        demand_rps=demand,
         capacity_rps=capacity,
-        reason=f"holding {held} replicas: {problem}",
+        reason=hold_reason(held, problem),
         held=True,
         history=previous.recommendations if previous is not None else (),
         bursts=previous.bursts if previous is not None else BurstHistory(),
         measured_capacity_rps=previous.capacity_rps if previous is not None else None,
+        minimum=s.min_replicas,
+        problem=problem,
+        demand_at=demand_at,
     )
 
 
@@ -247,11 +286,11 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     s = vi.settings
     problem = metrics_problem(vi.metrics, s, now)
     if problem is not None:
-        return hold_wish(vi, problem)
+        return hold_wish(vi, problem, now)
     capacity = capacity_per_replica(vi.metrics, s)
     problem = capacity_problem(capacity, vi.metrics, s)
     if problem is not None:
-        return hold_wish(vi, problem)
+        return hold_wish(vi, problem, now)
     measured = _measured_capacity(vi, capacity)
     vi = replace(vi, metrics=observed_metrics(vi.metrics, s, now))
     demand = estimate_demand(vi.metrics, s, vi.expected_extra_rps)
@@ -259,7 +298,7 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     capacity, remembered = _sizing_capacity(vi, capacity)
     if capacity is None:
         if demand.total_rps > 0 and _serving(vi) > 0:
-            return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time")
+            return hold_wish(vi, "capacity unknown: set capacityPerReplicaRps or expose compute time", now)
         steady, why = _unmeasured(vi, demand) if demand.total_rps > 0 else (0, "no demand")
         surge = steady
     else:
@@ -307,6 +346,7 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
         history=history,
         bursts=bursts,
         measured_capacity_rps=measured,
+        demand_at=now,
     )
 
 
