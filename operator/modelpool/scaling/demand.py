@@ -89,11 +89,12 @@ def stale_after_s(metrics: VariantMetrics, settings: VariantSettings) -> float:
     return max(settings.stale_after_s, sampled)
 
 
-def _partial_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
+def partial_scrape(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
     """Why Triton's series are partial: fewer of the variant's scrape targets export them than it
     has ready replicas (a target down, or a pod not scraped yet), so their sum undercounts what the
-    variant serves and would scale it down. ``None`` when they are complete or uncounted, or when
-    the decision's rate is the router's (its arrivals do not depend on Triton's targets)."""
+    variant serves. That is a lower bound of the demand: it may still scale the variant up, never
+    down (:func:`modelpool.scaling.variant.wish_for`). ``None`` when they are complete or uncounted,
+    or when the decision's rate is the router's (its arrivals do not depend on Triton's targets)."""
     targets, expected = metrics.triton_targets, metrics.expected_targets
     if targets is None or expected is None or targets >= expected:
         return None
@@ -106,8 +107,8 @@ def _partial_problem(metrics: VariantMetrics, settings: VariantSettings, now: fl
 
 
 def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: float) -> str | None:
-    """Why these metrics must not drive a decision (missing, stale, absurd or partial), or ``None``
-    if usable."""
+    """Why these metrics must not drive a decision (missing, stale or absurd), or ``None`` if usable
+    (partial ones may, upwards only: :func:`partial_scrape`)."""
     if metrics.problem:
         return metrics.problem
     if not metrics.rate_series and not metrics.served_series and metrics.router_rps is None:
@@ -145,7 +146,7 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
             f"metrics absurd: request rate ~{max(rates):.0e} req/s > maxPlausibleRps "
             f"{settings.max_plausible_rps:.0f}"
         )
-    return _size_problem(metrics, settings) or _partial_problem(metrics, settings, now)
+    return _size_problem(metrics, settings)
 
 
 def _fresh(

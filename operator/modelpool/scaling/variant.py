@@ -11,6 +11,7 @@ from modelpool.scaling.demand import (
     estimate_demand,
     metrics_problem,
     observed_metrics,
+    partial_scrape,
     stale_after_s,
 )
 from modelpool.scaling.queueing import max_rate_for_replicas, replicas_for_target
@@ -292,6 +293,7 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     if problem is not None:
         return hold_wish(vi, problem, now)
     measured = _measured_capacity(vi, capacity)
+    partial = partial_scrape(vi.metrics, s, now)
     vi = replace(vi, metrics=observed_metrics(vi.metrics, s, now))
     demand = estimate_demand(vi.metrics, s, vi.expected_extra_rps)
     idle = demand.total_rps <= 0  # a backlog keeps a tier from scaling to zero
@@ -324,6 +326,9 @@ def wish_for(vi: VariantInput, now: float) -> VariantWish:
     if wish < keep and waiting > vi.current_replicas * s.instances_per_replica:
         wish = keep
         why += f"; no scale-down while {waiting:.0f} requests wait"
+    if wish < keep and partial is not None:
+        wish = keep
+        why += f"; no scale-down: {partial}"
     if wish < max(recommendation, surge):
         why += f"; scale-up stabilised at {wish}"
     elif wish > max(recommendation, surge) and wish == stabilized:

@@ -136,10 +136,11 @@ async def test_two_variants_of_one_model_read_their_own_pods_and_unlabelled_ones
     assert _rate(other_pool) == pytest.approx(5.0, abs=1.0)
 
 
-async def test_a_partial_scrape_of_a_variants_pods_holds(setup: Setup) -> None:
+async def test_a_partial_scrape_of_a_variants_pods_does_not_scale_it_down(setup: Setup) -> None:
     """small has two ready replicas; one's scrape target goes down. Triton's sum (the other pod's
     20 req/s) stays fresh: sized on it the variant scaled down; counted against its two ready
-    replicas, it holds. (The unlabelled pod is left out with ``job="small"``: a series without the
+    replicas, it is a lower bound, which keeps the replicas (and could only scale up). (The
+    unlabelled pod is left out with ``job="small"``: a series without the
     labels counts as one of every variant's targets, and would hide the missing one.)"""
     s = VariantSettings(
         name="small",
@@ -169,7 +170,7 @@ async def test_a_partial_scrape_of_a_variants_pods_holds(setup: Setup) -> None:
     uncounted = decided(replace(metrics, triton_targets=None, expected_targets=None))
     print(uncounted.reason)
     assert not uncounted.held and uncounted.desired_replicas < 5, uncounted.reason  # the bug
-    held = decided(metrics)
-    print(held.reason)
-    assert held.held and held.desired_replicas == 5, held.reason
-    assert "metrics partial" in held.reason
+    kept = decided(metrics)
+    print(kept.reason)
+    assert not kept.held and kept.desired_replicas == 5, kept.reason
+    assert "no scale-down: metrics partial" in kept.reason

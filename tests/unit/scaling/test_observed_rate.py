@@ -221,12 +221,12 @@ def test_a_60s_scrape_with_a_240s_window_holds_no_decision() -> None:
 @pytest.mark.parametrize(
     ("router", "served", "partial"),
     [
-        (None, 60.0, True),  # Triton's sum is the rate: a target missing undercounts it
-        (120.0, 60.0, False),  # the router's arrivals are the rate: Triton's targets do not size it
-        (50.0, 60.0, True),  # Triton's partial sum is still larger than the router's: it is used
+        (None, 2.0, True),  # Triton's sum is the rate: a target missing undercounts it
+        (120.0, 2.0, False),  # the router's arrivals are the rate: Triton's targets do not size it
+        (1.5, 2.0, True),  # Triton's partial sum is still larger than the router's: it is used
     ],
 )
-def test_fewer_triton_targets_than_ready_replicas_hold_where_triton_sizes_the_variant(
+def test_fewer_triton_targets_than_ready_replicas_never_scale_down_where_triton_sizes_the_variant(
     router: float | None, served: float, partial: bool
 ) -> None:
     base = (
@@ -237,7 +237,8 @@ def test_fewer_triton_targets_than_ready_replicas_hold_where_triton_sizes_the_va
         )
     )
     m = replace(base, triton_targets=1, expected_targets=2)
-    problem = demand.metrics_problem(m, settings(), NOW)
+    assert demand.metrics_problem(m, settings(), NOW) is None  # a lower bound: it still decides
+    problem = demand.partial_scrape(m, settings(), NOW)
     assert (problem is not None) == partial, problem
     if partial:
         assert problem == (
@@ -245,10 +246,28 @@ def test_fewer_triton_targets_than_ready_replicas_hold_where_triton_sizes_the_va
             "(a target down, or not scraped yet?), so the served rate misses the others' requests"
         )
         d = only(one(m, current=2, previous=VariantState(replicas=2, decided_at=NOW - 10)))
-        assert d.held and d.desired_replicas == 2
+        assert not d.held and d.desired_replicas == 2, d.reason
+        assert f"no scale-down: {problem}" in d.reason
     for complete in (
         replace(m, triton_targets=2),
         replace(m, triton_targets=3),
         replace(m, expected_targets=None),
     ):
-        assert demand.metrics_problem(complete, settings(), NOW) is None
+        assert demand.partial_scrape(complete, settings(), NOW) is None
+
+
+def test_a_partial_triton_scrape_still_scales_up() -> None:
+    """What the targets that are scraped serve is a lower bound of the variant's demand: where it
+    alone needs more replicas, they are ordered (a hold would leave a surge unserved)."""
+    m = VariantMetrics(
+        rate_series=flat(400.0),
+        queue_time_s=0.001,
+        pending_requests=0.0,
+        newest_sample_t=NOW,
+        triton_targets=1,
+        expected_targets=2,
+    )
+    assert demand.partial_scrape(m, settings(), NOW) is not None
+    d = only(one(m, current=2, max_replicas=64, previous=VariantState(replicas=2, decided_at=NOW - 10)))
+    assert not d.held and d.desired_replicas > 2, d.reason
+    assert "no scale-down" not in d.reason
