@@ -9,13 +9,14 @@ cache="${MODELPOOL_CACHE:-$HOME/.cache/modelpool}"
 mkdir -p "$cache"
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-# 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts), wrk.
+# 1. Debian packages: Prometheus (scraping), nginx (reference proxy), iproute2 (test hosts), wrk, curl.
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 "${MODELPOOL_PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)  # Debian splits it off
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v wrk >/dev/null || need_apt+=(wrk)  # load generator of tests/bench/bench_router.py
+command -v curl >/dev/null || need_apt+=(curl)  # the client of tests/unit/routing/test_http_expect.py
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -17,6 +17,7 @@ fails: the cluster is shared by the tests that follow.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,7 @@ def _outage_and_recovery(
     wait_for(lambda: ready(kube, "bank"), 90, "pool Ready")
     kept = {name: kube.get("deployment", name) for name in ("bank-small", "bank-large")}
     assert operator.proc is not None
+    pid = operator.proc.pid
     with healthy_afterwards(cluster):
         log_offset = operator.log_path.stat().st_size
         cpu_before = cpu_seconds(operator.proc.pid)
@@ -119,6 +121,7 @@ def _outage_and_recovery(
             cpu_down = cpu_seconds(operator.proc.pid) - cpu_before
             outage_log = _log_since(operator, log_offset)
         back = time.monotonic()
+        back_offset = operator.log_path.stat().st_size
         # Deleted at once: the operator's watches are still broken (kopf backs off up to 21 s).
         kube.run("delete", "deployment", "bank-large", "--wait=true")
         deleted = time.monotonic()
@@ -145,6 +148,7 @@ def _outage_and_recovery(
         status_s = time.monotonic() - edit_at
         wait_for(lambda: ready(kube, "bank"), 120, "pool Ready again")
         ready_s = time.monotonic() - back
+        recovery_log = _log_since(operator, back_offset)
 
     _report(
         capsys,
@@ -158,10 +162,27 @@ def _outage_and_recovery(
     # Nothing of the pool's was deleted but the Deployment the test deleted (the edited one rolls).
     small = kube.get("deployment", "bank-small")
     assert small is not None and small["metadata"]["uid"] == kept["bank-small"]["metadata"]["uid"]  # type: ignore[index]
-    # Converged within a resync period of the operator (plus the time to notice and write).
-    assert recreated_s < operator.resync_seconds + 5
-    assert edit_s < operator.resync_seconds + 5
-    # No spinning: the operator waited (a busy retry loop would burn a core for the outage)...
+    # The same operator process (its watches resumed, it was not restarted) recreated the deleted
+    # Deployment and applied the edit; the waits above (60 s) only catch one that never does.
+    assert operator.proc.pid == pid
+    ns = kube.namespace
+    assert f"Created {ns}/bank: created Deployment bank-large" in recovery_log, recovery_log[-3000:]
+    assert f"Updated {ns}/bank: updated Deployment bank-small" in recovery_log, recovery_log[-3000:]
+    # While it was down the pool's failed passes (each logged as 'API server unavailable' or as a
+    # ReconcileError) backed off, and never waited longer than a resync period:
+    # the pass after the API server is back comes within one (the convergence times printed above
+    # are figures, not checks; tests/unit/operator/test_resilience.py checks the waits exactly).
+    failed = [
+        (int(m[1]), float(m[2]))
+        for m in re.finditer(rf"{ns}/bank\b.*?; failed passes (\d+), next in (\d+) s", outage_log)
+    ]
+    if component == "kube-apiserver":  # refused at once; with etcd down the API server holds them
+        assert failed, outage_log[-3000:]
+    # Logged at the 1st, 2nd and 4th failed pass: fewer than 8 in the outage, one a resync period.
+    assert [n for n, _ in failed] == [1, 2, 4][: len(failed)], failed
+    assert all(wait == operator.resync_seconds for _, wait in failed), failed
+    # No spinning elsewhere either: a busy retry loop would burn a core for the outage (this bound
+    # catches that, 60 times what the operator uses; it is not a CPU figure, which is printed).
     assert cpu_down < DOWN_S * 0.2
     # ... and an unreachable API server is a line in the log, not a traceback per pool and pass,
     # and no Event: queued while it was down, they would all be posted at once when it is back.

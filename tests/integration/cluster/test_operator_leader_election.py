@@ -202,8 +202,9 @@ def test_one_leader_reconciles_and_the_standby_takes_over_when_it_is_killed(repl
         f"(lease {LEASE_S} s, retry {RETRY_S:g} s)"
     )
     # Not before the lease ran out since the standby last saw it renewed (at most a retry period
-    # before the kill), and soon after.
-    assert LEASE_S - 2 * RETRY_S - 1 <= took_over <= LEASE_S + 2 * RETRY_S + 3, took_over
+    # before the kill). How soon after is a figure (printed above); the wait's limit above only
+    # catches a standby that never takes over.
+    assert took_over >= LEASE_S - 2 * RETRY_S - 1, took_over
     assert (replicas.lease() or {})["leaseTransitions"] == 1
     wait_for(lambda: healthy(standby.healthz), 30, "kopf's liveness endpoint on the new leader")
     assert standby.leading() == 1
@@ -245,9 +246,11 @@ def test_a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_leads_
     )
     assert code == 0, leader.text()[-3000:]
     assert "released the leader lease" in leader.text()
-    # Released: taken at the standby's next look (one retry period), not after the lease duration.
-    assert took_over - exited <= RETRY_S + 1.5, (exited, took_over)
-    assert took_over < LEASE_S - 2, took_over
+    # Released: taken without waiting for the lease to run out. The leader renewed it at most a
+    # retry period before the SIGTERM, so a standby that waited for it to run out would have
+    # taken it LEASE_S - RETRY_S s after the SIGTERM or later. (How soon after the release it took
+    # it is the figure printed above, not a check.)
+    assert took_over < LEASE_S - RETRY_S, (exited, took_over)
     # And it reconciles: a deleted child comes back.
     child = replicas.deployments()[0]
     replicas.cluster.kubectl("delete", "-n", replicas.watch_namespace, child, "--wait=true")

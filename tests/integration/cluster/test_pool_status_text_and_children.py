@@ -4,44 +4,80 @@ corrected, not deleted; ProfilesCurrent goes when no variant references a profil
 
 from __future__ import annotations
 
-import json
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from integration.cluster.kubetools import Kube, wait_for
 from integration.cluster.test_modelpool_operator import pool_manifest, ready
-from unit.scaling.fake_prometheus import FakePrometheus
+from modelpool.devcluster.prometheus import PrometheusProcess
 
 pytestmark = pytest.mark.cluster
 Obj = dict[str, Any]
 
+# The node label of every series: ~600 characters, so a reason quoting two series' labels is
+# well over the CRD's 1024.
+LONG_NODE = "gke-ml-prod-a100-pool-2-" + "x" * 600
+STARTED = time.time()
 
-def _many_series(_query: str) -> tuple[int, bytes]:
-    """Every query answered with three series of long labels: the scaler holds, and its reason
-    quotes the query and the series' labels (well over 1024 characters)."""
-    labels = {"namespace": "ml-serving-production", "node": "gke-ml-prod-a100-pool-2-" + "x" * 600}
-    result = [
-        {"metric": {**labels, "pod": f"p{i}"}, "values": [[1, "1"]], "value": [1, "1"]} for i in range(3)
-    ]
-    return 200, json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+
+class _LongLabelExporter(BaseHTTPRequestHandler):
+    """Triton's request counter of the variant's model (bank-small) on three pods of one long node."""
+
+    def do_GET(self) -> None:
+        elapsed = time.time() - STARTED
+        lines = ["# TYPE nv_inference_request_success counter"]
+        lines += [
+            f'nv_inference_request_success{{model="bank-small",node="{LONG_NODE}",pod="p{i}"}} {elapsed:.3f}'
+            for i in range(3)
+        ]
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
 
 
 @pytest.fixture
-def many_series_prometheus() -> Iterator[str]:
-    with FakePrometheus(_many_series).serving() as fake:
-        yield fake.url
+def long_label_prometheus() -> Iterator[str]:
+    """A real Prometheus (Debian's) scraping the exporter above on 127.0.0.1 every second."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LongLabelExporter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    prom = PrometheusProcess({"pods": [f"127.0.0.1:{server.server_address[1]}"]}, scrape_interval_s=1.0)
+    try:
+        prom.start()
+        yield prom.url
+    finally:
+        prom.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
+@pytest.mark.prometheus
 def test_a_reason_longer_than_the_field_is_cut_and_the_status_written(
-    kube: Kube, many_series_prometheus: str
+    kube: Kube, long_label_prometheus: str
 ) -> None:
     """compute_status used to raise on the 1024-character limit, after the pass had applied its
-    replicas: the status was never written (and the API server would refuse it anyway)."""
-    manifest = pool_manifest(
-        "longreason", scaling={"intervalSeconds": 1, "prometheusURL": many_series_prometheus}
-    )
+    replicas: the status was never written (and the API server would refuse it anyway). The
+    served-rate override has no sum(): Prometheus answers three series, the scaler holds, and its
+    reason quotes the query and two series' labels (each with the long node label)."""
+    scaling = {
+        "intervalSeconds": 1,
+        "rateWindowSeconds": 5,
+        "prometheusURL": long_label_prometheus,
+        "queries": {"servedRate": "rate(nv_inference_request_success{$selector}[$window])"},
+    }
+    manifest = pool_manifest("longreason", scaling=scaling)
     manifest["spec"]["variants"] = manifest["spec"]["variants"][:1]
     kube.apply(manifest)
 
@@ -54,6 +90,8 @@ def test_a_reason_longer_than_the_field_is_cut_and_the_status_written(
     reason = wait_for(cut_reason, 60, "the status with the cut reason")
     assert len(reason) == 1024
     assert reason.startswith("holding ")
+    assert "spec.scaling.queries.servedRate" in reason and "returned 3 series" in reason, reason
+    assert "gke-ml-prod-a100-pool-2-xxxx" in reason, reason  # the labels real Prometheus returned
     metrics = kube.condition("modelpool", "longreason", "MetricsAvailable")
     assert metrics is not None and metrics["reason"] == "MetricsUnavailable"
 

@@ -17,11 +17,12 @@ import itertools
 import json
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from integration.cluster.kubetools import Kube, OperatorProcess, wait_for
@@ -191,11 +192,17 @@ def policy_specs(draw: st.DrawFn, pool: str, variant_names: list[str]) -> Obj:
 
 @dataclass(frozen=True)
 class Case:
-    """Pools (name, spec) applied together, an optional edit of the first, an optional policy."""
+    """Pools (name, spec) applied together, an optional edit of the first, an optional policy.
+
+    A pinned case also says how many of its objects (pools, policy, edit) the API server admits,
+    and may check what the operator made of them (``expect``, run on the live objects before they
+    are deleted: the status or child the pinned bug was about)."""
 
     pools: list[tuple[str, Obj]]
     edit: Obj | None = None
     policy: tuple[str, Obj] | None = None
+    admitted: int | None = None
+    expect: Callable[[Kube, Findings], None] | None = None
 
 
 _TOKENS = (f"f{i:03d}" for i in itertools.count())
@@ -358,6 +365,8 @@ def run_case(kube: Kube, operator: OperatorProcess, case: Case) -> tuple[Finding
                 kept = child_uids(kube, name, spec)
                 findings.check(kept == before, f"{name}: refused edit changed children {before} -> {kept}")
             no_failures(findings, edit_log, kube.namespace, name)
+    if case.expect is not None:
+        case.expect(kube, findings)
     for kind, names in (
         ("modelpool", [n for n, _ in case.pools]),
         ("routingpolicy", [case.policy[0]] if case.policy else []),
@@ -386,20 +395,94 @@ def _weighted(pool: str, **extra: Any) -> Obj:
     return {**spec, **extra}
 
 
+def _policy_conditions(kube: Kube, policy: str) -> dict[str, Obj]:
+    return conditions(kube.get("routingpolicy", policy) or {})
+
+
+def _builds_router_config(policy: str, timeout_ms: int) -> Callable[[Kube, Findings], None]:
+    """The policy's reconciler got past its pool and stored the router config it built (no
+    router pod is selected): every variant's timeoutMs is ``timeout_ms``."""
+
+    def check(kube: Kube, findings: Findings) -> None:
+        conds = _policy_conditions(kube, policy)
+        reasons = {t: (c["status"], c["reason"]) for t, c in conds.items()}
+        findings.check(reasons.get("ResolvedRefs") == ("True", "Resolved"), f"{policy}: {reasons}")
+        findings.check(reasons.get("Programmed") == ("False", "NoRoutersSelected"), f"{policy}: {reasons}")
+        cm = kube.get("configmap", f"{policy}-router-config")
+        if cm is None:
+            findings.problems.append(f"{policy}: no ConfigMap {policy}-router-config")
+            return
+        config = json.loads(cm["data"]["config.json"])
+        timeouts = [v.get("timeoutMs") for v in config["variants"]]
+        findings.check(timeouts == [timeout_ms], f"{policy}: timeoutMs {timeouts}, expected [{timeout_ms}]")
+
+    return check
+
+
+def _refused_for_its_name(policy: str) -> Callable[[Kube, Findings], None]:
+    """Refused (Accepted=False, NameTooLong) though its pool exists, and no ConfigMap written."""
+
+    def check(kube: Kube, findings: Findings) -> None:
+        accepted = _policy_conditions(kube, policy).get("Accepted", {})
+        got = (accepted.get("status"), accepted.get("reason"))
+        findings.check(got == ("False", "NameTooLong"), f"{policy}: Accepted {accepted}")
+        findings.check("metadata.name" in accepted.get("message", ""), f"{policy}: Accepted {accepted}")
+        cm = kube.get("configmap", f"{policy}-router-config")
+        findings.check(cm is None, f"{policy}: a ConfigMap was written: {cm}")
+
+    return check
+
+
+def _refused_for_its_pool(policy: str, field: str) -> Callable[[Kube, Findings], None]:
+    """Its pool was found but cannot be routed to: ResolvedRefs=False, InvalidPool, naming ``field``."""
+
+    def check(kube: Kube, findings: Findings) -> None:
+        refs = _policy_conditions(kube, policy).get("ResolvedRefs", {})
+        got = (refs.get("status"), refs.get("reason"))
+        findings.check(got == ("False", "InvalidPool"), f"{policy}: ResolvedRefs {refs}")
+        findings.check(field in refs.get("message", ""), f"{policy}: ResolvedRefs {refs}")
+
+    return check
+
+
 _SUB_MILLI = sized_name(12)
-_LONG_POOL = sized_name(58)
+_SLO_POOL, _SLO_POLICY = sized_name(12), sized_name(8)
+_NAMED_POOL, _LONG_POLICY = sized_name(12), sized_name(64)
+_LONG_POOL, _LONG_POOL_POLICY = sized_name(58), sized_name(8)
 PINNED = [
     # 'Updated' on every pass: the API server stores 1m and 1500m, and caps 8Ei at 2**63-1.
-    Case([(_SUB_MILLI, _one_variant(resources={"cpu": "0.0001", "memory": "1.5"}))]),
-    Case([(sized_name(12), _one_variant(resources={"cpu": "1.5m", "memory": "999999999999999999999999Ei"}))]),
+    Case([(_SUB_MILLI, _one_variant(resources={"cpu": "0.0001", "memory": "1.5"}))], admitted=1),
+    Case(
+        [(sized_name(12), _one_variant(resources={"cpu": "1.5m", "memory": "999999999999999999999999Ei"}))],
+        admitted=1,
+    ),
     # 'Updated' on every pass: the API server drops an environment variable's empty value.
-    Case([(sized_name(12), _one_variant(triton={"env": [{"name": "A", "value": ""}, {"name": "B"}]}))]),
-    # Failed passes: timeoutMs 10 x 600000 is more than a router takes.
-    Case([], policy=(sized_name(8), _weighted(_SUB_MILLI, objectives={"latencySLOMs": 600_000}))),
+    Case(
+        [(sized_name(12), _one_variant(triton={"env": [{"name": "A", "value": ""}, {"name": "B"}]}))],
+        admitted=1,
+    ),
+    # Failed passes: timeoutMs 10 x 600000 is more than a router takes. (Each case runs in a fresh
+    # namespace: the policy needs its pool in the same case to get past PoolNotFound.)
+    Case(
+        [(_SLO_POOL, _one_variant())],
+        policy=(_SLO_POLICY, _weighted(_SLO_POOL, objectives={"latencySLOMs": 600_000})),
+        admitted=2,
+        expect=_builds_router_config(_SLO_POLICY, 600_000),
+    ),
     # Failed passes: a 64-character policy name is refused as its ConfigMap's label value.
-    Case([], policy=(sized_name(64), _weighted(_SUB_MILLI))),
+    Case(
+        [(_NAMED_POOL, _one_variant())],
+        policy=(_LONG_POLICY, _weighted(_NAMED_POOL)),
+        admitted=2,
+        expect=_refused_for_its_name(_LONG_POLICY),
+    ),
     # Failed passes: the pool's Service name would be 64 characters, RouterConfig refuses it.
-    Case([(_LONG_POOL, _one_variant())], policy=(sized_name(8), _weighted(_LONG_POOL))),
+    Case(
+        [(_LONG_POOL, _one_variant())],
+        policy=(_LONG_POOL_POLICY, _weighted(_LONG_POOL)),
+        admitted=2,
+        expect=_refused_for_its_pool(_LONG_POOL_POLICY, "spec.variants[0].name"),
+    ),
     # Failed passes: the API server reads an apply body as YAML, which refuses C1 controls and DEL
     # unless the JSON escapes them (httpx wrote them raw), folds NEL and U+2028 into spaces (a
     # correction every pass), and refuses escaped surrogate pairs.
@@ -415,14 +498,16 @@ PINNED = [
                     model={"name": "m", "repository": "/\x80"},
                 ),
             )
-        ]
+        ],
+        admitted=1,
     ),
     # The refusal said 'it must start with a letter' of a pool whose name does.
-    Case([(sized_name(8, dotted=True), _one_variant())]),
+    Case([(sized_name(8, dotted=True), _one_variant())], admitted=1),
     # A valid pool edited into one the operator refuses keeps its children.
     Case(
         [(sized_name(20), _one_variant())],
         edit={**_one_variant(), "variants": [{**_one_variant()["variants"][0], "name": "v" * 60}]},
+        admitted=2,
     ),
 ]
 
@@ -492,14 +577,18 @@ def test_what_a_child_cannot_carry_is_refused_by_the_api_server(
     assert field in proc.stderr, proc.stderr
 
 
-def _assert_property(kube: Kube, operator: OperatorProcess, case: Case) -> None:
-    findings, _ = run_case(kube, operator, case)
+def _assert_property(kube: Kube, operator: OperatorProcess, case: Case) -> int:
+    """The property holds for ``case``; how many of its objects the API server admitted."""
+    findings, count = run_case(kube, operator, case)
     assert not findings.problems, f"{case}\n" + "\n".join(findings.problems)
+    return count
 
 
 @pytest.mark.parametrize("case", PINNED, ids=[f"pinned-{i}" for i in range(len(PINNED))])
 def test_pinned_specs_keep_the_property(kube: Kube, operator: OperatorProcess, case: Case) -> None:
-    _assert_property(kube, operator, case)
+    assert case.admitted is not None, "a pinned case says how many of its objects are admitted"
+    # A pinned input the API server starts refusing would otherwise check nothing.
+    assert _assert_property(kube, operator, case) == case.admitted, case
 
 
 @settings(
@@ -516,4 +605,5 @@ def test_pinned_specs_keep_the_property(kube: Kube, operator: OperatorProcess, c
 )
 @given(case=cases())
 def test_admitted_specs_keep_the_property(kube: Kube, operator: OperatorProcess, case: Case) -> None:
-    _assert_property(kube, operator, case)
+    # How many objects each drawn case got admitted (see the statistics of --hypothesis-show-statistics).
+    event(f"objects admitted: {_assert_property(kube, operator, case)}")

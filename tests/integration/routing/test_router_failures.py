@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from modelpool.devcluster.triton import TritonProcess, free_port
+from modelpool.routing.httpserver import DRAIN_SECONDS
 from modelpool.routing.process import RouterProcess
 
 from .conftest import MODELS, router_config, stop_all, text_request
@@ -96,22 +97,35 @@ async def test_timeouts_give_504_and_nothing_reachable_gives_503(
     for v in variants:
         v["timeoutMs"] = 200
     router = await make_router(router_config(tritons, "weighted", variants=variants))
+    assert router.app.router.config.retry.max_attempts == 3
+    assert (await http.get(f"{router.url}/v2/models/intents/ready")).status_code == 200  # all healthy
     started = time.monotonic()
     slow = await http.post(f"{router.url}/v2/models/intents/infer", json=text_request("sleep:600:slow"))
     elapsed = time.monotonic() - started
     assert slow.status_code == 504
-    assert "timed out" in slow.json()["error"]
-    assert elapsed < 3 * 0.2 + 1.0  # bounded by attempts x timeout, never a hang
+    error = slow.json()["error"]
+    assert "timed out" in error
+    # It gave up after retry.maxAttempts attempts, each cut at its 200 ms deadline (the model
+    # sleeps 600 ms): three timeouts, so at least 3 x 0.2 s. The upper bound only catches a hang.
+    assert error.count(": timeout (") == 3, error
+    assert 3 * 0.2 <= elapsed < 10 * 3 * 0.2, elapsed
     await asyncio.sleep(1.0)  # let the sleeping model instances finish
     dead = free_port()
     variants = [{**variants[0], "endpoints": [f"http://127.0.0.1:{dead}"]}]
     down = await make_router(
         router_config(tritons, "weighted", variants=variants, pool="down", cascade=None, tiers=None)
     )
-    resp = await http.post(f"{down.url}/v2/models/intents/infer", json=text_request("hello"))
-    assert resp.status_code == 503
-    assert "cannot connect" in resp.json()["error"]
-    assert (await http.get(f"{down.url}/v2/models/intents/ready")).status_code in (200, 503)
+    ready_url = f"{down.url}/v2/models/intents/ready"
+    # Nothing has failed yet: the endpoint's breaker is closed, so the model counts as ready.
+    assert (await http.get(ready_url)).status_code == 200
+    # failureThreshold is 2: two requests, each failing to connect, open the only breaker.
+    for _ in range(2):
+        resp = await http.post(f"{down.url}/v2/models/intents/infer", json=text_request("hello"))
+        assert resp.status_code == 503
+        assert "cannot connect" in resp.json()["error"]
+    assert {e["breaker"] for v in down.app.router.status()["variants"].values() for e in v} == {"open"}
+    # Every breaker is open (the probes to the dead port keep failing): not ready.
+    assert (await http.get(ready_url)).status_code == 503
 
 
 async def test_metadata_skips_a_replica_that_does_not_serve_the_model(
@@ -171,6 +185,8 @@ async def test_a_stopping_router_answers_every_request_it_has_received(
     outcomes = [r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses]
     assert outcomes == [200] * 6
     assert code == 0
-    assert took < 25  # it exited once they were answered, not at its drain limit
+    # It exited once they were answered, not at its drain limit (answering takes ~3 s here):
+    # the one bound that tells the two apart.
+    assert took < DRAIN_SECONDS, took
     with pytest.raises(httpx.ConnectError):
         await http.post(url, json=text_request("after"))

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+
+import pytest
 
 from modelpool.devcluster.processes import cpu_seconds, stop_process
 
-BURN_THEN_SLEEP = (
-    "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ntime.sleep(60)"
+BURN_SLEEP_REPORT = (
+    "import time\n"
+    "end = time.process_time() + 0.4\n"
+    "while time.process_time() < end: pass\n"
+    "time.sleep(0.3)\n"  # wall time that uses no CPU
+    "print(time.process_time(), flush=True)\n"  # its own CPU clock
+    "time.sleep(60)"
 )
 
 
 def test_cpu_seconds_counts_busy_time_not_sleep() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", BURN_THEN_SLEEP])
+    """cpu_seconds reads what the child's own CPU clock reads (its start and 0.4 s of work), not
+    the time it slept: the two CPU counts agree; counting the sleep would add 0.3 s."""
+    proc = subprocess.Popen([sys.executable, "-c", BURN_SLEEP_REPORT], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        used = 0.0
-        while time.monotonic() < deadline:
-            used = cpu_seconds(proc.pid)
-            if used >= 0.4:
-                break
-            time.sleep(0.05)
-        assert used >= 0.4
-        time.sleep(0.3)  # now it sleeps: almost no more CPU
-        assert cpu_seconds(proc.pid) - used < 0.1
+        assert proc.stdout is not None
+        own = float(proc.stdout.readline())  # from here on it sleeps
+        used = cpu_seconds(proc.pid)
+        assert own >= 0.4
+        assert used == pytest.approx(own, abs=0.05)
     finally:
         assert stop_process(proc, grace=5) is not None
     assert proc.poll() is not None

@@ -11,6 +11,7 @@ Lease store behind httpx.MockTransport that checks resourceVersions as the real 
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -481,33 +482,69 @@ def test_the_renew_deadline_counts_from_the_takeover_not_from_the_start_of_renew
     assert not leadership.check() and len(lost) == 1
 
 
+def _until(probe: Callable[[], object], what: str, limit_s: float = 10.0) -> None:
+    """Wait (real time) for the background threads to do something; the limit only catches a hang."""
+    deadline = time.monotonic() + limit_s
+    while not probe():
+        assert time.monotonic() < deadline, f"not within {limit_s:g} s: {what}"
+        time.sleep(0.01)
+
+
+class _RecordedWaits(threading.Event):
+    """A Leadership's ``_stop``: records each wait's timeout with the thread that waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[str, float | None]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append((threading.current_thread().name, timeout))
+        return super().wait(timeout)
+
+
 def test_the_threads_renew_and_end_leadership_at_the_deadline() -> None:
+    """The threads run on the injected clock, which stands still unless the test moves it: the
+    renew thread renews each retry period, the watchdog ends leadership once the clock reaches the
+    renew deadline after the last renewal, not a moment before."""
     timing = Timing(lease_duration_s=2, renew_deadline_s=0.6, retry_period_s=0.1)
-    fake = FakeLeases()
+    fake, clock = FakeLeases(), Clock()
     cfg = config(timing=timing)
     elector = Elector(cfg)
-    wait_to_lead(api(fake, cfg), elector)
+    wait_to_lead(api(fake, cfg), elector, sleep=clock.sleep, clock=clock, wall=lambda: WALL)
+    taken = clock.now
     lost: list[float] = []
-    leadership = Leadership(api(fake, cfg), elector, on_lost=lambda _: lost.append(time.monotonic()))
+    leadership = Leadership(
+        api(fake, cfg), elector, clock=clock, wall=lambda: WALL, on_lost=lambda _: lost.append(clock())
+    )
+    stop = leadership._stop = _RecordedWaits()
+    looks: list[float] = []
+    check = leadership.check
+
+    def watchdog_check() -> bool:
+        looks.append(clock())
+        return check()
+
+    leadership.check = watchdog_check  # type: ignore[method-assign]
+    writes = len(fake.writes)
     leadership.start()
     try:
-        time.sleep(0.8)
-        writes = len(fake.writes)
-        assert writes >= 5, writes  # about one renewal each 0.1 s
+        _until(lambda: len(fake.writes) >= writes + 5, "five renewals")
+        renew_waits = [t for name, t in stop.waits if name == "leader-renew"][:5]
+        assert renew_waits == [pytest.approx(0.1)] * 5  # one renewal each retry period
         assert lost == []
-        fake.fail = 10**6
-        failing_since = time.monotonic()
-        deadline = time.monotonic() + 5
-        while not lost and time.monotonic() < deadline:
-            time.sleep(0.02)
+        fake.fail = 10**6  # renewals fail from now on
+        _until(lambda: fake.fail <= 10**6 - 2, "a renewal that failed (its PUT and GET)")
+        assert leadership.deadline.renewed_at == taken  # the clock stood still
+        clock.now = taken + 0.59
+        seen = len(looks)
+        _until(lambda: len(looks) >= seen + 2 or lost, "two looks of the watchdog")
+        assert lost == []  # not before the deadline
+        clock.now = taken + 0.6
+        _until(lambda: lost, "leadership lost")
     finally:
         leadership.stop()
-    assert len(lost) == 1
-    # The renew deadline after the last renewal (the watchdog looks every 0.2 s), not before.
-    assert 0.6 <= lost[0] - leadership.deadline.renewed_at <= 0.6 + 0.2 + 0.4, (
-        lost[0] - leadership.deadline.renewed_at
-    )
-    assert lost[0] - failing_since <= 1.5
+    assert lost == [taken + 0.6]  # at the renew deadline after the last renewal
+    assert leadership.lost is not None and leadership.lost.startswith("it was not renewed for 0.6 s")
 
 
 def test_release_hands_the_lease_to_a_standby_at_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -759,21 +796,31 @@ def test_threads_are_daemons_and_stop() -> None:
 
 
 class SlowLeases(FakeLeases):
-    """The Lease store behind an API server that takes ``latency`` seconds (real time) to answer;
-    ``hang`` makes the next PUT of the renew thread wait until it is set."""
+    """The Lease store behind an API server that takes ``latency`` seconds of ``clock`` to answer
+    (the clock moves on by that much while the request is out); ``hang`` makes the next PUT of the
+    renew thread wait until it is set (``hanging`` is set while it waits)."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, clock: Clock | None = None) -> None:
         super().__init__()
         self.latency = latency
+        self.clock = clock
         self.hang: threading.Event | None = None
+        self.hanging = threading.Event()
         self.writers: list[tuple[str, str]] = []
+        self.sent: list[tuple[str, float]] = []
+        self.on_answer: Callable[[], None] | None = None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         hang = self.hang
         if hang is not None and request.method == "PUT" and threading.current_thread().name == "leader-renew":
             self.hang = None
+            self.hanging.set()
             hang.wait(5)
-        time.sleep(self.latency)
+        if self.clock is not None:
+            self.sent.append((request.method, self.clock.now))
+            self.clock.now += self.latency
+        if self.on_answer is not None:
+            self.on_answer()
         response = super().__call__(request)
         if request.method in ("POST", "PUT") and response.status_code < 300:
             holder = self.spec["holderIdentity"] or "<released>"
@@ -791,36 +838,84 @@ def _renewing(fake: FakeLeases, timing: Timing) -> tuple[Leadership, list[str]]:
     return Leadership(api(fake, cfg), elector, on_lost=lost.append).start(), lost
 
 
+class _SteppedWaits(threading.Event):
+    """A Leadership's ``_stop`` for its renew loop run in the test's thread: each wait moves the
+    fake clock on by its timeout and returns at once; the loop stops after ``rounds`` waits."""
+
+    def __init__(self, clock: Clock, rounds: int) -> None:
+        super().__init__()
+        self.clock = clock
+        self.rounds = rounds
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None and timeout >= 0
+        self.clock.now += timeout
+        self.rounds -= 1
+        if self.rounds < 0:
+            self.set()
+        return self.is_set()
+
+
 def test_a_steady_slow_api_server_keeps_the_leader_when_every_renewal_succeeds() -> None:
     # 0.7 s per request, renewals every 0.8 s, deadline 2 s. Paced from when the previous renewal
     # came back (0.7 + 0.8 s between sends), the deadline passed between two successful renewals
     # (2 x 0.7 + 0.8 = 2.2 s); paced from when it was sent, there are 1.5 s at most.
-    fake = SlowLeases(latency=0.7)
-    leadership, lost = _renewing(fake, Timing(6, 2.0, 0.8))
-    time.sleep(5)
-    leadership.stop()
+    # The renew loop runs on the fake clock: the API server's latency and the loop's waits move it.
+    clock = Clock()
+    fake = SlowLeases(clock=clock)
+    leadership, lost = _leading(fake, clock, Timing(6, 2.0, 0.8))
+    fake.latency = 0.7
+    fake.sent.clear()  # the taking's requests
+    looks: list[bool] = []
+    fake.on_answer = lambda: looks.append(leadership.check())  # the watchdog at the worst moment
+    leadership._stop = _SteppedWaits(clock, rounds=8)
+    leadership._renew_loop()
     assert lost == []
-    assert len([w for w in fake.writers if w[0] == "leader-renew"]) >= 5, fake.writers
+    assert looks == [True] * len(fake.sent)  # the deadline never passed before an answer came
+    sends = [t for method, t in fake.sent if method == "PUT"]
+    assert len(sends) >= 6, fake.sent
+    assert [b - a for a, b in itertools.pairwise(sends)] == [pytest.approx(0.8)] * (len(sends) - 1)
+
+
+class _WatchedLock:
+    """A Leadership's ``_write_lock`` that tells when a thread has to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waited = threading.Event()
+
+    def __enter__(self) -> _WatchedLock:
+        if not self._lock.acquire(blocking=False):
+            self.waited.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def test_a_renewal_in_flight_when_the_leader_stops_never_takes_the_released_lease_back() -> None:
     fake = SlowLeases()
     leadership, lost = _renewing(fake, Timing(6, 2.0, 0.2))
-    time.sleep(0.5)
+    lock = leadership._write_lock = _WatchedLock()  # type: ignore[assignment]
+    threads = list(leadership._threads)
+    _until(lambda: any(w[0] == "leader-renew" for w in fake.writers), "a renewal")
     hang = threading.Event()
     fake.hang = hang  # the next renewal's PUT hangs, as on a dead connection
-    time.sleep(0.4)
+    assert fake.hanging.wait(10), "no renewal was sent"
     stopper = threading.Thread(target=leadership.stop)
     stopper.start()
     released: list[bool] = []
     releaser = threading.Thread(target=lambda: released.append(leadership.release()))
     releaser.start()
-    time.sleep(0.3)
-    assert fake.spec["holderIdentity"] == ME  # the release waits for the renewal in flight
+    assert lock.waited.wait(10), "the release did not wait for the renewal in flight"
+    assert fake.spec["holderIdentity"] == ME and released == []
     hang.set()
-    stopper.join(5)
-    releaser.join(5)
-    time.sleep(0.5)
+    stopper.join(10)
+    releaser.join(10)
+    for thread in threads:  # the renew and watchdog threads have ended: nothing writes after this
+        thread.join(10)
+        assert not thread.is_alive(), thread.name
     assert released == [True]
     assert fake.spec["holderIdentity"] == "", fake.writers
     assert fake.writers[-1][1] == "<released>", fake.writers  # no write after the release
