@@ -186,18 +186,15 @@ async def _reconcile_loop(
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
     reconcile: Callable[[EventSink], Awaitable[float | None]],
-    *,
-    absent_ends: bool = True,
 ) -> None:
     """Run ``reconcile`` when poked, when it asks (seconds it returns) or every RESYNC_SECONDS.
 
-    ``reconcile`` returns None when the object is not there (not found, or being deleted). With
-    ``absent_ends`` that ends the loop; without, the loop looks again, backing off as after a
-    failure, until kopf's ``stopped`` flag ends it: kopf stops the daemon of a deleted object, and a
-    404 can also come from the API server not serving the resource's version for a moment (a CRD
-    being updated). A failed pass is retried after ERROR_BACKOFF_SECONDS, doubling while the
-    failures go on, up to one resync period (:mod:`modelpool.controllers.backoff`); a poke still
-    wakes the loop at once.
+    ``reconcile`` returns None when the object is not there (not found, or being deleted): the loop
+    looks again, backing off as after a failure, until kopf's ``stopped`` flag ends it. kopf stops
+    the daemon of a deleted object, and a 404 can also come from the API server not serving the
+    resource's version for a moment (a CRD being updated). A failed pass is retried after
+    ERROR_BACKOFF_SECONDS, doubling while the failures go on, up to one resync period
+    (:mod:`modelpool.controllers.backoff`); a poke still wakes the loop at once.
     """
 
     def emit(type_: str, reason: str, message: str) -> None:
@@ -223,7 +220,7 @@ async def _reconcile_loop(
                     logger.info(
                         "reconcile of %s succeeded again after %d failed passes (%.1f s)", where, *ended
                     )
-                if wanted is None and (absent_ends or stopped):
+                if wanted is None and stopped:
                     return
                 if wanted is None:
                     delay = absences.failed()
@@ -342,7 +339,7 @@ async def run_pool(
 
     try:
         # A pass that finds the pool absent does not end the loop: kopf stops it once the pool is deleted.
-        await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once, absent_ends=False)
+        await _reconcile_loop(TRIGGERS, ns, name, body, logger, stopped, once)
     finally:
         # kopf stops the daemon of a deleted pool, often before a pass sees the pool gone (the pass
         # that does calls forget too): drop its scaler memory and metric series here as well.
@@ -376,6 +373,8 @@ async def run_policy(
         return RESYNC_SECONDS
 
     try:
+        # As a pool's: a pass that finds the policy absent does not end the loop (a 404 while the
+        # CRD's version is not served for a moment); kopf stops it once the policy is deleted.
         await _reconcile_loop(POLICY_TRIGGERS, ns, name, body, logger, stopped, once)
     finally:
         if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason:

@@ -13,8 +13,10 @@ from modelpool.scaling.types import VariantMetrics
 
 
 class _Stopped:
+    set = False
+
     def __bool__(self) -> bool:
-        return False
+        return self.set
 
 
 class _Logger:
@@ -28,11 +30,13 @@ async def test_watch_events_after_an_objects_loop_ended_leave_no_flag_behind() -
     """The loop of a deleted pool ends (its pass finds the pool gone); the watch events of its
     children that the garbage collector deletes afterwards still poke the pool's name."""
     triggers = Triggers()
+    stopped = _Stopped()
 
     async def gone(_emit: object) -> float | None:
+        stopped.set = True  # kopf stops the daemon of the deleted pool
         return None
 
-    await _reconcile_loop(triggers, "ns", "pool", {}, _Logger(), _Stopped(), gone)  # type: ignore[arg-type]
+    await _reconcile_loop(triggers, "ns", "pool", {}, _Logger(), stopped, gone)  # type: ignore[arg-type]
     triggers.poke("ns", "pool")  # the Deployment's DELETED event
     triggers.poke("ns", "never-had-a-loop")
     assert triggers._events == {}

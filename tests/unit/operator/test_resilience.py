@@ -47,9 +47,15 @@ class RecordedWaits(Triggers):
         return False
 
 
-class Never:
+class StoppedOnceDone:
+    """kopf's stop flag for a loop whose object is gone after its last pass: set once every pass of
+    ``outcomes`` has run (a pass that finds the object absent does not end the loop by itself)."""
+
+    def __init__(self, outcomes: list[BaseException | float | None]) -> None:
+        self.left = len(outcomes)
+
     def __bool__(self) -> bool:
-        return False
+        return self.left == 0
 
 
 async def _run_loop(
@@ -62,9 +68,11 @@ async def _run_loop(
     monkeypatch.setattr(handlers, "RESYNC_SECONDS", 30.0)
     monkeypatch.setattr(handlers, "ERROR_BACKOFF_SECONDS", 5.0)
     passes = iter(outcomes)
+    stopped = StoppedOnceDone(outcomes)
 
     async def reconcile(emit: handlers.EventSink) -> float | None:
         outcome = next(passes)
+        stopped.left -= 1
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -76,7 +84,7 @@ async def _run_loop(
         "bank",
         kopf.Body({}),
         logging.getLogger("test.loop"),
-        Never(),  # type: ignore[arg-type]
+        stopped,  # type: ignore[arg-type]
         reconcile,
     )
     return triggers, events

@@ -84,12 +84,16 @@ def test_a_deleted_policy_leaves_no_series_and_the_others_keep_theirs() -> None:
 
 
 class _Stopped:
-    """A daemon's stop flag that never stops (the loop ends when the pass finds the policy gone)."""
+    """A daemon's stop flag that kopf sets once ``passes`` has ``after`` entries (a pass that finds
+    the policy gone does not end the loop by itself: kopf stops the daemon of a deleted policy)."""
 
     reason = None
 
+    def __init__(self, passes: list[int], after: int) -> None:
+        self.passes, self.after = passes, after
+
     def __bool__(self) -> bool:
-        return False
+        return len(self.passes) >= self.after
 
 
 class _Logger:
@@ -139,6 +143,6 @@ async def test_the_policy_daemon_drops_the_cap_when_a_pass_finds_the_policy_gone
         body={"metadata": {"namespace": ns, "name": name}, "spec": {}},
         memo={"kube": None, "http": None},
         logger=_Logger(),
-        stopped=_Stopped(),
+        stopped=_Stopped(passes, after=2),
     )
     assert len(passes) == 2 and _lines(ns) == []
