@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from integration.cluster.kubetools import Kube, OperatorProcess, parse_metrics, wait_for
+from integration.loadgen import echo_body, paced_load
 from modelpool.controllers.pool_status import MEMORY_REFRESH_SECONDS
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
@@ -52,21 +53,12 @@ def pool(prometheus_url: str) -> dict[str, Any]:
 
 async def _paced_load(url: str, rps: float, seconds: float) -> list[int]:
     """Open loop, bounded: int(rps * seconds) requests to 127.0.0.1."""
-    body = {
-        "inputs": [
-            {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [f"sleep:{SERVICE_MS}:hello"]}
-        ]
-    }
-    start = time.monotonic()
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        tasks = []
-        for i in range(int(rps * seconds)):
-            delay = start + i / rps - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(client.post(f"{url}/v2/models/echo_small/infer", json=body)))
-        responses = await asyncio.gather(*tasks)
-    return [r.status_code for r in responses]
+    body = echo_body(f"sleep:{SERVICE_MS}:hello")
+
+    async def send(client: httpx.AsyncClient, i: int) -> int:
+        return (await client.post(f"{url}/v2/models/echo_small/infer", json=body)).status_code
+
+    return await paced_load(rps, seconds, send)
 
 
 def _assert_own_metrics_count_the_scale_up(operator: OperatorProcess, namespace: str) -> None:

@@ -4,16 +4,15 @@ corrected, not deleted; ProfilesCurrent goes when no variant references a profil
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from integration.cluster.kubetools import Kube, wait_for
 from integration.cluster.test_modelpool_operator import pool_manifest, ready
+from integration.scaling.promtools import exporting
 from modelpool.devcluster.prometheus import PrometheusProcess
 
 pytestmark = pytest.mark.cluster
@@ -25,42 +24,25 @@ LONG_NODE = "gke-ml-prod-a100-pool-2-" + "x" * 600
 STARTED = time.time()
 
 
-class _LongLabelExporter(BaseHTTPRequestHandler):
+def _long_label_series() -> list[str]:
     """Triton's request counter of the variant's model (bank-small) on three pods of one long node."""
-
-    def do_GET(self) -> None:
-        elapsed = time.time() - STARTED
-        lines = ["# TYPE nv_inference_request_success counter"]
-        lines += [
-            f'nv_inference_request_success{{model="bank-small",node="{LONG_NODE}",pod="p{i}"}} {elapsed:.3f}'
-            for i in range(3)
-        ]
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+    elapsed = time.time() - STARTED
+    lines = ["# TYPE nv_inference_request_success counter"]
+    lines += [
+        f'nv_inference_request_success{{model="bank-small",node="{LONG_NODE}",pod="p{i}"}} {elapsed:.3f}'
+        for i in range(3)
+    ]
+    return lines
 
 
 @pytest.fixture
 def long_label_prometheus() -> Iterator[str]:
     """A real Prometheus (Debian's) scraping the exporter above on 127.0.0.1 every second."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LongLabelExporter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    prom = PrometheusProcess({"pods": [f"127.0.0.1:{server.server_address[1]}"]}, scrape_interval_s=1.0)
-    try:
-        prom.start()
+    with (
+        exporting(_long_label_series) as target,
+        PrometheusProcess({"pods": [target]}, scrape_interval_s=1.0) as prom,
+    ):
         yield prom.url
-    finally:
-        prom.stop()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.mark.prometheus

@@ -25,6 +25,7 @@ import pytest
 
 from integration.cluster.kubetools import Kube, wait_for
 from integration.cluster.netnshost import NetnsHost
+from integration.loadgen import echo_body, paced_load
 from modelpool.builders.triton import HTTP_PORT, LABEL_POOL, child_name
 from modelpool.devcluster.triton import TritonProcess
 from modelpool.routing.config import parse_config
@@ -92,17 +93,18 @@ def router_urls(router: Any) -> list[str]:
     return sorted(e["url"] for e in router.app.router.status()["variants"]["small"])
 
 
-async def paced_load(url: str, rps: float, seconds: float) -> list[int]:
-    """Open loop, bounded: int(rps * seconds) requests to the router on 127.0.0.1."""
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["sleep:20:hi"]}]}
-    start = time.monotonic()
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        tasks = []
-        for i in range(int(rps * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rps - time.monotonic()))
-            tasks.append(asyncio.create_task(client.post(url, json=body)))
-        responses = await asyncio.gather(*tasks, return_exceptions=True)
-    return [r.status_code if isinstance(r, httpx.Response) else 0 for r in responses]
+async def paced_statuses(url: str, rps: float, seconds: float) -> list[int]:
+    """Open loop, bounded: int(rps * seconds) requests to the router on 127.0.0.1; their status
+    codes, 0 for a request that got no answer."""
+    body = echo_body("sleep:20:hi")
+
+    async def send(client: httpx.AsyncClient, i: int) -> int:
+        try:
+            return (await client.post(url, json=body)).status_code
+        except Exception:
+            return 0
+
+    return await paced_load(rps, seconds, send)
 
 
 async def test_scale_down_loses_no_request_and_the_removed_triton_exits_cleanly(
@@ -135,11 +137,11 @@ async def test_scale_down_loses_no_request_and_the_removed_triton_exits_cleanly(
                 await asyncio.sleep(0.1)
             assert router_urls(router) == listed
             url = f"{router.url}/v2/models/{POOL}/infer"
-            warm = await paced_load(url, 40, 1.0)
+            warm = await paced_statuses(url, 40, 1.0)
             assert Counter(warm) == {200: 40}
             assert all(served(t) > 0 for t in tritons.values())  # the router holds connections to both
 
-            load = asyncio.ensure_future(paced_load(url, 20, 8.0))
+            load = asyncio.ensure_future(paced_statuses(url, 20, 8.0))
             await asyncio.sleep(1.0)
             kube.apply(pool(1))  # the operator scales the Deployment to one replica
             left = await asyncio.to_thread(

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from integration.cluster.kubetools import Kube, parse_metrics, total, wait_for
+from integration.loadgen import echo_body, paced_load
 from modelpool.builders.triton import child_name
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
@@ -150,17 +151,13 @@ def router_counts(router: RouterProcess) -> tuple[float, float]:
 
 async def load_until(url: str, stop: asyncio.Event) -> Counter[tuple[int, str]]:
     """LOAD_RPS requests a second (open loop) until ``stop`` or LOAD_MAX_S: (status, variant) counts."""
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["hello"]}]}
-    start = time.monotonic()
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        tasks = []
-        for i in range(int(LOAD_RPS * LOAD_MAX_S)):
-            if stop.is_set():
-                break
-            await asyncio.sleep(max(0.0, start + i / LOAD_RPS - time.monotonic()))
-            tasks.append(asyncio.create_task(client.post(url, json=body)))
-        responses = await asyncio.gather(*tasks)
-    return Counter((r.status_code, r.headers.get("x-modelpool-variant", "")) for r in responses)
+    body = echo_body("hello")
+
+    async def send(client: httpx.AsyncClient, i: int) -> tuple[int, str]:
+        r = await client.post(url, json=body)
+        return r.status_code, r.headers.get("x-modelpool-variant", "")
+
+    return Counter(await paced_load(LOAD_RPS, LOAD_MAX_S, send, stop))
 
 
 def test_a_tier_at_zero_comes_back_when_traffic_meant_for_it_arrives(

@@ -12,18 +12,16 @@ series carry their namespace, is not read with this pool's (its 100 req/s were a
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
+from integration.scaling.promtools import exporting, read_variant
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, decide
-from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+from modelpool.scaling.prometheus_reader import QueryTemplates, VariantTarget
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
@@ -31,68 +29,40 @@ TARGET = VariantTarget(model="small", variant="small", pool="bank", namespace="t
 STARTED = time.time()
 
 
-class Exporter(BaseHTTPRequestHandler):
+def _series() -> list[str]:
     """Two pods serving 5 and 20 req/s, and one router that sent 2 req/s (counters grow with the
     wall clock)."""
-
-    def do_GET(self) -> None:
-        elapsed = time.time() - STARTED
-        lines = [
-            "# TYPE nv_inference_request_success counter",
-            *(
-                f'nv_inference_request_success{{model="small",pod="{pod}"}} {rps * elapsed:.3f}'
-                for pod, rps in (("a", 5.0), ("b", 20.0))
-            ),
-            # Another tenant's pool of the same name and model, its series labelled with its namespace.
-            f'nv_inference_request_success{{model="small",namespace="team-b",pod="c"}} {100.0 * elapsed:.3f}',
-            "# TYPE nv_inference_pending_request_count gauge",
-            'nv_inference_pending_request_count{model="small",pod="a"} 0',
-            "# TYPE modelpool_router_upstream_requests_total counter",
-            f'modelpool_router_upstream_requests_total{{pool="bank",variant="small"}} {2.0 * elapsed:.3f}',
-            f'modelpool_router_upstream_requests_total{{namespace="team-b",pool="bank",variant="small"}} '
-            f"{50.0 * elapsed:.3f}",
-        ]
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+    elapsed = time.time() - STARTED
+    return [
+        "# TYPE nv_inference_request_success counter",
+        *(
+            f'nv_inference_request_success{{model="small",pod="{pod}"}} {rps * elapsed:.3f}'
+            for pod, rps in (("a", 5.0), ("b", 20.0))
+        ),
+        # Another tenant's pool of the same name and model, its series labelled with its namespace.
+        f'nv_inference_request_success{{model="small",namespace="team-b",pod="c"}} {100.0 * elapsed:.3f}',
+        "# TYPE nv_inference_pending_request_count gauge",
+        'nv_inference_pending_request_count{model="small",pod="a"} 0',
+        "# TYPE modelpool_router_upstream_requests_total counter",
+        f'modelpool_router_upstream_requests_total{{pool="bank",variant="small"}} {2.0 * elapsed:.3f}',
+        f'modelpool_router_upstream_requests_total{{namespace="team-b",pool="bank",variant="small"}} '
+        f"{50.0 * elapsed:.3f}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusProcess]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    prom = PrometheusProcess({"pods": [f"127.0.0.1:{server.server_address[1]}"]}, scrape_interval_s=1.0)
-    try:
-        prom.start()
+    with exporting(_series) as target, PrometheusProcess({"pods": [target]}, scrape_interval_s=1.0) as prom:
         time.sleep(4.0)  # a few scrapes: rate() needs two samples in its window
         yield prom
-    finally:
-        prom.stop()
-        server.shutdown()
-        server.server_close()
-
-
-async def _read(prom: PrometheusProcess, templates: QueryTemplates, target: VariantTarget = TARGET) -> Any:
-    reader = PrometheusReader(prom.url, templates=templates, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
-    try:
-        return await reader.read_variant(target)
-    finally:
-        await reader.aclose()
 
 
 async def test_a_served_rate_without_sum_holds_and_names_the_field(prometheus: PrometheusProcess) -> None:
-    aggregated = await _read(prometheus, QueryTemplates())
+    aggregated = await read_variant(prometheus, TARGET, QueryTemplates())
     assert aggregated.problem is None
     assert aggregated.served_series and aggregated.served_series[-1].rps == pytest.approx(25.0, rel=0.2)
     careless = QueryTemplates(served_rate="rate(nv_inference_request_success{$selector}[$window])")
-    metrics = await _read(prometheus, careless)
+    metrics = await read_variant(prometheus, TARGET, careless)
     print(f"\n{metrics.problem}")
     assert metrics.problem is not None
     assert "spec.scaling.queries.servedRate" in metrics.problem
@@ -100,14 +70,14 @@ async def test_a_served_rate_without_sum_holds_and_names_the_field(prometheus: P
 
 
 async def test_a_scalar_override_is_read_as_its_value(prometheus: PrometheusProcess) -> None:
-    metrics = await _read(prometheus, QueryTemplates(pending="0"))
+    metrics = await read_variant(prometheus, TARGET, QueryTemplates(pending="0"))
     assert metrics.problem is None
     assert metrics.pending_requests == 0.0
 
 
 async def test_a_range_selector_override_names_the_field(prometheus: PrometheusProcess) -> None:
-    metrics = await _read(
-        prometheus, QueryTemplates(pending="nv_inference_pending_request_count{$selector}[5s]")
+    metrics = await read_variant(
+        prometheus, TARGET, QueryTemplates(pending="nv_inference_pending_request_count{$selector}[5s]")
     )
     print(f"\n{metrics.problem}")
     assert metrics.problem is not None
@@ -120,7 +90,7 @@ async def test_triton_serving_more_than_the_scraped_router_sees_sizes_the_pool(
 ) -> None:
     """The router's 2 req/s and Triton's 25 are both read; the pool is sized for 25 (at 10 req/s
     per replica, 4 replicas), where it scaled 4 -> 1 on the router's 2 before."""
-    metrics = await _read(prometheus, QueryTemplates())
+    metrics = await read_variant(prometheus, TARGET, QueryTemplates())
     assert metrics.problem is None
     assert metrics.router_rps == pytest.approx(2.0, rel=0.2)
     s = VariantSettings(
@@ -139,11 +109,11 @@ async def test_a_pool_reads_its_own_namespace_and_unlabelled_series_only(
 ) -> None:
     """team-a's pool reads the unlabelled pods (25 req/s) and router (2), not team-b's 100 and 50;
     team-b's pool reads its own on top of the unlabelled ones; without a namespace, everything."""
-    own = await _read(prometheus, QueryTemplates())
+    own = await read_variant(prometheus, TARGET, QueryTemplates())
     assert own.served_series[-1].rps == pytest.approx(25.0, rel=0.2)
     assert own.router_rps == pytest.approx(2.0, rel=0.2)
-    other = await _read(prometheus, QueryTemplates(), replace(TARGET, namespace="team-b"))
+    other = await read_variant(prometheus, replace(TARGET, namespace="team-b"), QueryTemplates())
     assert other.served_series[-1].rps == pytest.approx(125.0, rel=0.2)
     assert other.router_rps == pytest.approx(52.0, rel=0.2)
-    everything = await _read(prometheus, QueryTemplates(), replace(TARGET, namespace=""))
+    everything = await read_variant(prometheus, replace(TARGET, namespace=""), QueryTemplates())
     assert everything.served_series[-1].rps == pytest.approx(125.0, rel=0.2)

@@ -15,18 +15,17 @@ its data. With its two ready replicas counted, ``decide`` holds and says why.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from integration.scaling.promtools import Exporter, read_variant
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.scaling import PoolInput, ScalingInput, VariantInput, VariantSettings, VariantState, decide
-from modelpool.scaling.prometheus_reader import PrometheusReader, VariantTarget
+from modelpool.scaling.prometheus_reader import VariantTarget
 from modelpool.scaling.types import VariantMetrics
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
@@ -36,43 +35,16 @@ SMALL = VariantTarget(model="llama", variant="small", pool="chat", namespace="pr
 LARGE = replace(SMALL, variant="large")
 
 
-@dataclass
-class Pod:
+def pod(rps: float) -> Exporter:
     """One Triton pod's exporter: ``nv_inference_request_success{model="llama"}`` growing at ``rps``."""
-
-    rps: float
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> str:
-        rps = self.rps
-
-        class Exporter(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                count = rps * (time.time() - STARTED)
-                body = (
-                    "# TYPE nv_inference_request_success counter\n"
-                    f'nv_inference_request_success{{model="llama",version="1"}} {count:.3f}\n'
-                    "# TYPE nv_inference_pending_request_count gauge\n"
-                    'nv_inference_pending_request_count{model="llama",version="1"} 0\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+    return Exporter(
+        lambda: [
+            "# TYPE nv_inference_request_success counter",
+            f'nv_inference_request_success{{model="llama",version="1"}} {rps * (time.time() - STARTED):.3f}',
+            "# TYPE nv_inference_pending_request_count gauge",
+            'nv_inference_pending_request_count{model="llama",version="1"} 0',
+        ]
+    )
 
 
 def own_labels(variant: str) -> dict[str, str]:
@@ -83,12 +55,12 @@ def own_labels(variant: str) -> dict[str, str]:
 @dataclass
 class Setup:
     prometheus: PrometheusProcess
-    small_b: Pod
+    small_b: Exporter
 
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[Setup]:
-    small_a, small_b, large, static = Pod(20.0), Pod(20.0), Pod(2.0), Pod(5.0)
+    small_a, small_b, large, static = pod(20.0), pod(20.0), pod(2.0), pod(5.0)
     jobs = {
         "small": [small_a.start(), small_b.start()],
         "large": [large.start()],
@@ -103,16 +75,8 @@ def setup() -> Iterator[Setup]:
         yield Setup(prom, small_b)
     finally:
         prom.stop()
-        for pod in (small_a, small_b, large, static):
-            pod.stop()
-
-
-async def _read(prom: PrometheusProcess, target: VariantTarget) -> VariantMetrics:
-    reader = PrometheusReader(prom.url, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
-    try:
-        return await reader.read_variant(target)
-    finally:
-        await reader.aclose()
+        for exporter in (small_a, small_b, large, static):
+            exporter.stop()
 
 
 def _rate(metrics: VariantMetrics) -> float:
@@ -125,14 +89,16 @@ async def test_two_variants_of_one_model_read_their_own_pods_and_unlabelled_ones
     """small: its two pods (40) and the unlabelled one (5); large: its pod (2) and the unlabelled
     one. Selected by model and namespace alone (the target as the operator built it before), both
     read all 47 req/s."""
-    small, large = await asyncio.gather(_read(setup.prometheus, SMALL), _read(setup.prometheus, LARGE))
+    small, large = await asyncio.gather(
+        read_variant(setup.prometheus, SMALL), read_variant(setup.prometheus, LARGE)
+    )
     print(f"\nsmall {_rate(small):.1f} req/s, large {_rate(large):.1f} req/s")
     assert _rate(small) == pytest.approx(45.0, abs=1.0)
     assert _rate(large) == pytest.approx(7.0, abs=1.0)
-    model_wide = await _read(setup.prometheus, replace(LARGE, pool=""))
+    model_wide = await read_variant(setup.prometheus, replace(LARGE, pool=""))
     assert _rate(model_wide) == pytest.approx(47.0, abs=1.0)
     # Another pool of the namespace with a variant of the same name reads the unlabelled pod only.
-    other_pool = await _read(setup.prometheus, replace(SMALL, pool="code"))
+    other_pool = await read_variant(setup.prometheus, replace(SMALL, pool="code"))
     assert _rate(other_pool) == pytest.approx(5.0, abs=1.0)
 
 
@@ -150,11 +116,11 @@ async def test_a_partial_scrape_of_a_variants_pods_does_not_scale_it_down(setup:
         burst_reserve=False,
     )
     counted = replace(SMALL, ready_replicas=2, extra_matchers='job="small"')
-    before = await _read(setup.prometheus, counted)
+    before = await read_variant(setup.prometheus, counted)
     assert (before.triton_targets, before.expected_targets) == (2, 2)
     setup.small_b.stop()
     await asyncio.sleep(5.0)  # the failed scrape marks its series stale; the 3 s window forgets it
-    metrics = await _read(setup.prometheus, counted)
+    metrics = await read_variant(setup.prometheus, counted)
     now = time.time()
     print(f"\nafter: {_rate(metrics):.1f} req/s from {metrics.triton_targets} target(s)")
     assert _rate(before) == pytest.approx(40.0, abs=1.0)

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from integration.scaling.promtools import read_variant
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.routing.config import parse_config
 from modelpool.routing.server import RunningRouter, start_router
 from modelpool.scaling import PoolInput, ScalingInput, VariantDecision, VariantInput, VariantSettings, decide
 from modelpool.scaling.demand import metrics_problem
-from modelpool.scaling.prometheus_reader import PrometheusReader, QueryTemplates, VariantTarget
+from modelpool.scaling.prometheus_reader import QueryTemplates, VariantTarget
 from modelpool.scaling.types import VariantMetrics
 from unit.routing.fake_upstream import FakeUpstream
+from unit.routing.routertools import router_config, tier_variant
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
@@ -59,15 +61,12 @@ def _answer(m: bytes, p: bytes, b: bytes) -> tuple[int, bytes]:
 @pytest.fixture
 async def setup() -> AsyncIterator[Setup]:
     large = await FakeUpstream(_answer).start()
-    variants = [
-        {"name": "small", "tier": "small", "tritonModel": "m_small", "cost": 1, "weight": 3,
-         "endpoints": ["http://127.0.0.1:9"], "timeoutMs": 1000},
-        {"name": "quant", "tier": "quantized", "tritonModel": "m_quant", "cost": 3, "weight": 0,
-         "endpoints": ["http://127.0.0.1:10"], "timeoutMs": 1000},
-        {"name": "large", "tier": "large", "tritonModel": "m_large", "cost": 10, "weight": 1,
-         "endpoints": [large.url], "timeoutMs": 1000},
-    ]  # fmt: skip
-    config = {"generation": 1, "pool": "p", "mode": "weighted", "modelName": "m", "variants": variants}
+    config = router_config(
+        "weighted",
+        tier_variant("small", "small", ["http://127.0.0.1:9"], weight=3),
+        tier_variant("quant", "quantized", ["http://127.0.0.1:10"], weight=0),
+        tier_variant("large", "large", [large.url]),
+    )
     router = await start_router(parse_config(config))
     # small's EndpointSlice lists no ready pod: its Deployment is at zero replicas
     router.app.router.table.variants["small"].source.urls = lambda: NO_URLS  # type: ignore[method-assign]
@@ -96,24 +95,14 @@ async def _load(url: str, seconds: float) -> list[str]:
     return answered
 
 
-async def _read(
-    prom: PrometheusProcess, target: VariantTarget, templates: QueryTemplates | None = None
-) -> VariantMetrics:
-    reader = PrometheusReader(prom.url, templates=templates, rate_window_s=3.0, series_span_s=6.0, step_s=1.0)
-    try:
-        return await reader.read_variant(target)
-    finally:
-        await reader.aclose()
-
-
 async def test_the_default_router_query_reads_the_demand_of_a_tier_at_zero(setup: Setup) -> None:
     load = asyncio.create_task(_load(setup.router.url, 9.0))
     await asyncio.sleep(7.0)  # a few scrapes under load: rate() over 3 s needs two samples
     small, large, quant, small_before = await asyncio.gather(
-        _read(setup.prometheus, SMALL),
-        _read(setup.prometheus, LARGE),
-        _read(setup.prometheus, QUANT),
-        _read(setup.prometheus, SMALL, OLD_DEFAULTS),
+        read_variant(setup.prometheus, SMALL),
+        read_variant(setup.prometheus, LARGE),
+        read_variant(setup.prometheus, QUANT),
+        read_variant(setup.prometheus, SMALL, OLD_DEFAULTS),
     )
     now = time.time()
     answered = await load

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from integration.loadgen import echo_body, paced_load
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
 from modelpool.scaling import (
@@ -64,28 +65,14 @@ async def reader(echo_prometheus: PrometheusProcess) -> AsyncIterator[Prometheus
 
 
 async def _send(client: httpx.AsyncClient, url: str, i: int) -> int:
-    body = {
-        "inputs": [
-            {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [f"sleep:{SERVICE_MS}:req {i}"]}
-        ]
-    }
+    body = echo_body(f"sleep:{SERVICE_MS}:req {i}")
     response = await client.post(f"{url}/v2/models/echo_small/infer", json=body)
     return response.status_code
 
 
 async def _paced_load(url: str, rps: float, seconds: float, sent: list[int]) -> None:
     """Open-loop load: one request every 1/rps seconds for ``seconds`` (bounded count), to 127.0.0.1."""
-    count = int(rps * seconds)
-    start = time.monotonic()
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        tasks = []
-        for i in range(count):
-            delay = start + i / rps - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(client, url, i)))
-        codes = await asyncio.gather(*tasks)
-    sent.extend(codes)
+    sent.extend(await paced_load(rps, seconds, lambda client, i: _send(client, url, i)))
 
 
 def _decision(metrics_current: int, metrics: object) -> VariantDecision:

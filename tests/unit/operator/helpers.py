@@ -1,8 +1,11 @@
-"""Manifests shared by the operator's unit and integration tests."""
+"""Manifests shared by the operator's unit and integration tests, and what its unit tests read of
+its log."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 
 def routing_policy(pool: str, slo_ms: int | None = None, name: str = "p") -> dict[str, Any]:
@@ -21,3 +24,8 @@ def routing_policy(pool: str, slo_ms: int | None = None, name: str = "p") -> dic
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+def operator_lines(caplog: pytest.LogCaptureFixture, level: str) -> list[str]:
+    """The messages the operator's logger (``modelpool.operator``) wrote at ``level`` (a level name)."""
+    return [r.getMessage() for r in caplog.records if r.levelname == level and r.name == "modelpool.operator"]

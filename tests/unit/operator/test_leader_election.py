@@ -35,6 +35,7 @@ from modelpool.leadership import Leadership, LeaseApi, wait_to_lead
 from modelpool.permissions import SSAR_PATH, accesses
 from modelpool.scaling.metrics import REGISTRY
 from modelpool.startup import Readiness, config_problems, preflight
+from unit.operator.helpers import operator_lines
 
 Obj = dict[str, Any]
 NS, NAME = "ops", "modelpool-operator"
@@ -151,13 +152,7 @@ def _leader_gauge() -> float | None:
     return REGISTRY.get_sample_value("modelpool_leader", {"lease": f"{NS}/{NAME}"})
 
 
-def _lines(caplog: pytest.LogCaptureFixture, level: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == level and r.name == "modelpool.operator"]
-
-
-@pytest.fixture(autouse=True)
-def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="modelpool.operator")
+pytestmark = pytest.mark.usefixtures("operator_info_logs")
 
 
 # --- the expiry rule (leader.py, a fake clock) -------------------------------------------------
@@ -275,7 +270,7 @@ def test_an_absent_lease_is_created_and_the_replica_leads_at_once(caplog: pytest
     assert fake.spec["holderIdentity"] == ME and clock.sleeps == []
     assert elector.leading and elector.lease == fake.lease
     assert _leader_gauge() == 1
-    (line,) = _lines(caplog, "INFO")
+    (line,) = operator_lines(caplog, "INFO")
     assert line.startswith(f"leading: this replica ({ME}) holds the leader lease {NS}/{NAME}")
 
 
@@ -312,13 +307,13 @@ def test_a_standby_waits_while_the_holder_renews_then_takes_over_after_the_lease
     assert fake.spec["holderIdentity"] == ME and fake.spec["leaseTransitions"] == 1
     assert [method for method, _ in fake.writes] == ["PUT"]
     assert set(said) == {f"the leader lease {NS}/{NAME}, held by {OTHER}"}
-    waiting, leading = _lines(caplog, "INFO")  # one line each, not one per look
+    waiting, leading = operator_lines(caplog, "INFO")  # one line each, not one per look
     assert waiting.startswith(f"waiting for the leader lease {NS}/{NAME}, held by {OTHER}: ")
     assert (
         leading.startswith(f"leading: this replica ({ME}) holds the leader lease")
         and "after waiting" in leading
     )
-    assert _lines(caplog, "WARNING") == []
+    assert operator_lines(caplog, "WARNING") == []
 
 
 def test_a_released_lease_is_taken_at_the_next_look() -> None:
@@ -388,7 +383,7 @@ def test_api_errors_while_waiting_are_one_warning_per_doubling(caplog: pytest.Lo
     fake, clock = FakeLeases(fail=7), Clock()
     wait_to_lead(api(fake), Elector(config()), sleep=clock.sleep, clock=clock, wall=lambda: WALL)
     assert len(clock.sleeps) == 7 and fake.spec["holderIdentity"] == ME
-    warnings = _lines(caplog, "WARNING")
+    warnings = operator_lines(caplog, "WARNING")
     assert len(warnings) == 3  # the 1st, 2nd and 4th failed tries
     assert "HTTP 500" in warnings[0] and "etcdserver: request timed out" in warnings[0]
 
@@ -438,7 +433,7 @@ def test_a_lease_taken_by_another_stops_leading_at_once(caplog: pytest.LogCaptur
     assert lost == [f"the lease is held by {OTHER} now"]
     assert not leadership.check() and not leadership.renew()  # once lost, nothing more
     assert lost == [f"the lease is held by {OTHER} now"]
-    (error,) = _lines(caplog, "ERROR")
+    (error,) = operator_lines(caplog, "ERROR")
     assert f"lost the leader lease {NS}/{NAME}: the lease is held by {OTHER} now" in error
     assert "exits with code 1" in error
     assert _leader_gauge() == 0
@@ -460,7 +455,7 @@ def test_the_leader_stops_once_it_cannot_renew_for_the_renew_deadline(
     assert not leadership.check()
     assert len(lost) == 1 and lost[0].startswith("it was not renewed for 10 s (get lease ops/"), lost
     assert "HTTP 500" in lost[0] and "etcdserver: request timed out" in lost[0]
-    (error,) = _lines(caplog, "ERROR")
+    (error,) = operator_lines(caplog, "ERROR")
     assert "it was not renewed for 10 s" in error
     # The standby may take it 15 s after it last saw it change: the leader stopped 5 s before.
     standby = Elector(config(OTHER))
@@ -554,7 +549,10 @@ def test_release_hands_the_lease_to_a_standby_at_once(caplog: pytest.LogCaptureF
     assert leadership.renew()
     assert leadership.release()
     assert fake.spec["holderIdentity"] == "" and fake.spec["leaseDurationSeconds"] == 1
-    assert _lines(caplog, "INFO")[-1] == f"released the leader lease {NS}/{NAME}: a standby takes over now"
+    assert (
+        operator_lines(caplog, "INFO")[-1]
+        == f"released the leader lease {NS}/{NAME}: a standby takes over now"
+    )
     assert _leader_gauge() == 0
     standby = Elector(config(OTHER))
     standby.observe(fake.lease, now=clock.now)

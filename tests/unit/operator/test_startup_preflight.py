@@ -9,7 +9,6 @@ the chart's RBAC as helm renders it.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import sys
 import threading
@@ -28,6 +27,7 @@ from modelpool.devcluster.triton import free_port
 from modelpool.kubelogin import Credentials
 from modelpool.permissions import RULES, SSAR_PATH, accesses
 from modelpool.startup import Readiness, WaitingLiveness, preflight
+from unit.operator.helpers import operator_lines
 
 CREDENTIALS = Credentials(server="https://k8s.test:6443", verify=False, token="t")
 Obj = dict[str, Any]
@@ -129,13 +129,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _lines(caplog: pytest.LogCaptureFixture, level: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == level and r.name == "modelpool.operator"]
-
-
-@pytest.fixture(autouse=True)
-def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="modelpool.operator")
+pytestmark = pytest.mark.usefixtures("operator_info_logs")
 
 
 # --- the liveness URL while waiting ---------------------------------------------------------------
@@ -289,15 +283,17 @@ def test_a_missing_essential_permission_is_waited_for_with_one_error_per_doublin
     sleep = Sleeper(then={6: api.denied.clear})
     assert _run(api, sleep, namespaces=["team-a", "team-b"]) is None
     assert sleep.delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]  # backs off to 30 s
-    errors = _lines(caplog, "ERROR")
+    errors = operator_lines(caplog, "ERROR")
     assert len(errors) == 3, errors  # checks 1, 2, 4 (of 6 failed)
     for line in errors:
         assert "list pods in namespace team-a" in line
         assert "patch modelpools.modelpool.dev/status in namespace team-b" in line
         assert "grant them in the operator's Role/ClusterRole; the chart's rbac.yaml grants them" in line
     assert "(checks 1, next in 1 s)" in errors[0] and "(checks 4, next in 8 s)" in errors[2]
-    assert _lines(caplog, "INFO") == ["the operator's permissions are granted after 7 checks; starting"]
-    assert _lines(caplog, "WARNING") == []
+    assert operator_lines(caplog, "INFO") == [
+        "the operator's permissions are granted after 7 checks; starting"
+    ]
+    assert operator_lines(caplog, "WARNING") == []
 
 
 def test_a_recheck_asks_only_for_what_was_missing() -> None:
@@ -319,8 +315,8 @@ def test_a_throttled_review_is_asked_again_not_skipped(caplog: pytest.LogCapture
     assert _run(api, sleep) is None
     assert sleep.delays[:2] == [2.0, 2.0]  # its Retry-After, twice
     assert sleep.delays[2:] == [1.0, 2.0]  # then the wait for the missing permission
-    assert not [w for w in _lines(caplog, "WARNING") if "cannot check" in w]
-    assert len(_lines(caplog, "ERROR")) == 2
+    assert not [w for w in operator_lines(caplog, "WARNING") if "cannot check" in w]
+    assert len(operator_lines(caplog, "ERROR")) == 2
 
 
 def test_missing_permissions_the_operator_can_do_without_are_one_warning(
@@ -329,11 +325,11 @@ def test_missing_permissions_the_operator_can_do_without_are_one_warning(
     sleep = Sleeper()
     assert _run(FakeApi(denied={"create events", "delete services"}), sleep) is None
     assert sleep.delays == []
-    (warning,) = _lines(caplog, "WARNING")
+    (warning,) = operator_lines(caplog, "WARNING")
     assert "delete services in all namespaces" in warning and "create events in all namespaces" in warning
     assert "(no Events on pools and policies)" in warning
     assert "the chart's rbac.yaml grants them" in warning
-    assert _lines(caplog, "ERROR") == []
+    assert operator_lines(caplog, "ERROR") == []
 
 
 @pytest.mark.parametrize("status", [403, 404])
@@ -343,9 +339,9 @@ def test_access_reviews_that_cannot_be_made_are_one_warning(
     sleep = Sleeper()
     assert _run(FakeApi(ssar_status=status, denied={"list pods"}), sleep) is None
     assert sleep.delays == []
-    (warning,) = _lines(caplog, "WARNING")
+    (warning,) = operator_lines(caplog, "WARNING")
     assert "cannot check the operator's permissions" in warning and f"HTTP {status}" in warning
-    assert _lines(caplog, "ERROR") == []
+    assert operator_lines(caplog, "ERROR") == []
 
 
 def test_cluster_wide_the_reviews_name_no_namespace() -> None:
@@ -382,7 +378,7 @@ def test_a_namespace_that_does_not_exist_is_one_warning_and_not_reviewed(
 ) -> None:
     api = FakeApi(namespaces={"gone": 404})
     assert _run(api, Sleeper(), namespaces=["team-a", "gone"]) is None
-    assert _lines(caplog, "WARNING") == [
+    assert operator_lines(caplog, "WARNING") == [
         "namespace gone does not exist (yet): "
         "the operator watches it and reconciles its pools once it is created"
     ]
@@ -393,7 +389,7 @@ def test_a_namespace_that_cannot_be_read_is_looked_up_in_the_list(caplog: pytest
     # The chart's namespaced install grants list on namespaces, not get.
     api = FakeApi(namespaces={"team-a": 403, "gone": 403}, listable={"team-a"})
     assert _run(api, Sleeper(), namespaces=["team-a", "gone"]) is None
-    (warning,) = _lines(caplog, "WARNING")
+    (warning,) = operator_lines(caplog, "WARNING")
     assert warning.startswith("namespace gone does not exist (yet)")
 
 

@@ -6,18 +6,15 @@ for the circuit breaker).  Before, the router held the upstream request to its e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from modelpool.routing.breaker import BreakerState
-from modelpool.routing.config import parse_config
-from modelpool.routing.server import RunningRouter, start_router
 from unit.routing.fake_upstream import FakeUpstream
+from unit.routing.routertools import metric_total, router_config, running_router, serving, tier_variant
 
 BODY = json.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]}]})
 UNSURE = json.dumps({"model_name": "d", "outputs": [
@@ -36,40 +33,13 @@ class SlowTriton(FakeUpstream):
         return 200, UNSURE.encode()
 
 
-@contextlib.asynccontextmanager
-async def _tritons(n: int) -> AsyncIterator[list[SlowTriton]]:
-    fakes = [await SlowTriton().start() for _ in range(n)]
-    try:
-        yield fakes
-    finally:
-        for f in fakes:
-            f.close()
-
-
-@contextlib.asynccontextmanager
-async def _router(config: dict[str, Any]) -> AsyncIterator[RunningRouter]:
-    running = await start_router(parse_config(config))
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
 def _config(mode: str, draft: str, verifier: str) -> dict[str, Any]:
-    return {
-        "generation": 1, "pool": "p", "mode": mode, "modelName": "m",
-        "variants": [
-            {"name": "small", "tier": "small", "tritonModel": "m_small", "cost": 1, "weight": 1,
-             "endpoints": [draft], "timeoutMs": 10_000},
-            {"name": "large", "tier": "large", "tritonModel": "m_large", "cost": 10, "weight": 0,
-             "endpoints": [verifier], "timeoutMs": 10_000},
-        ],
-        "cascade": {"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
-    }  # fmt: skip
-
-
-def _metric(text: str, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+    return router_config(
+        mode,
+        tier_variant("small", "small", [draft], timeoutMs=10_000),
+        tier_variant("large", "large", [verifier], weight=0, timeoutMs=10_000),
+        cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
+    )
 
 
 async def _send_and_leave(port: int, after_s: float) -> None:
@@ -104,8 +74,8 @@ async def test_a_client_that_disconnects_cancels_the_upstream_request(mode: str,
     endpoint's breaker is half-open, its one trial request is the one cut off: the slot is free
     again, the breaker neither closed nor opened."""
     async with (
-        _tritons(2) as (draft, verifier),
-        _router(_config(mode, draft.url, verifier.url)) as running,
+        serving(SlowTriton(), SlowTriton()) as (draft, verifier),
+        running_router(_config(mode, draft.url, verifier.url)) as running,
         httpx.AsyncClient(base_url=running.url) as client,
     ):
         if warm:
@@ -127,9 +97,9 @@ async def test_a_client_that_disconnects_cancels_the_upstream_request(mode: str,
     assert cut_after < 1.5  # not the draft's 5 s
     assert len(verifier.log) == asked[1]  # no escalation for a client that has left
     disconnects = 'modelpool_router_client_disconnects_total{pool="p",tier="small",variant="small"}'
-    assert _metric(metrics, disconnects) == 1
-    assert _metric(metrics, "modelpool_router_upstream_errors_total") == 0
-    assert _metric(metrics, "modelpool_router_responses_total") == int(warm)  # the cut one: none
+    assert metric_total(metrics, disconnects) == 1
+    assert metric_total(metrics, "modelpool_router_upstream_errors_total") == 0
+    assert metric_total(metrics, "modelpool_router_responses_total") == int(warm)  # the cut one: none
     assert endpoint.outstanding == 0
     assert endpoint.breaker.state is BreakerState.HALF_OPEN and endpoint.breaker.failures == 0
     assert endpoint.breaker.allows()  # the trial slot is free again
@@ -138,8 +108,8 @@ async def test_a_client_that_disconnects_cancels_the_upstream_request(mode: str,
 async def test_a_client_that_times_out_cancels_the_upstream_request() -> None:
     """The same with a real client giving up (httpx's read timeout closes its connection)."""
     async with (
-        _tritons(2) as (small, large),
-        _router(_config("weighted", small.url, large.url)) as running,
+        serving(SlowTriton(), SlowTriton()) as (small, large),
+        running_router(_config("weighted", small.url, large.url)) as running,
         httpx.AsyncClient(base_url=running.url) as client,
     ):
         await client.post("/v2/models/m/infer", content=BODY)
@@ -152,5 +122,5 @@ async def test_a_client_that_times_out_cancels_the_upstream_request() -> None:
         metrics = (await client.get("/metrics")).text
     assert len(small.abandoned) == 1
     assert after.status_code == 200  # the router goes on as before
-    assert _metric(metrics, "modelpool_router_client_disconnects_total") == 1
-    assert _metric(metrics, "modelpool_router_upstream_errors_total") == 0
+    assert metric_total(metrics, "modelpool_router_client_disconnects_total") == 1
+    assert metric_total(metrics, "modelpool_router_upstream_errors_total") == 0

@@ -4,7 +4,6 @@ deadlines and response order as the task path, against small fake upstream serve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
-from modelpool.routing.server import RunningRouter, start_router
 from unit.routing.fake_upstream import FakeUpstream
+from unit.routing.routertools import router_config, running_router, tier_variant
 
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
 
@@ -47,19 +45,12 @@ async def fakes() -> AsyncIterator[tuple[FakeTriton, FakeTriton]]:
 
 
 def _config(small: FakeTriton, large: FakeTriton, **extra: Any) -> dict[str, Any]:
-    return {
-        "generation": 1,
-        "pool": "p",
-        "mode": "weighted",
-        "modelName": "m",
-        "variants": [
-            {"name": "small", "tier": "small", "tritonModel": "m_small", "cost": 1, "weight": 1,
-             "endpoints": [small.url], "timeoutMs": 300},
-            {"name": "large", "tier": "large", "tritonModel": "m_large", "cost": 10, "weight": 0,
-             "endpoints": [large.url], "timeoutMs": 300},
-        ],
+    return router_config(
+        "weighted",
+        tier_variant("small", "small", [small.url], timeoutMs=300),
+        tier_variant("large", "large", [large.url], weight=0, timeoutMs=300),
         **extra,
-    }  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -82,20 +73,11 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-@contextlib.asynccontextmanager
-async def _router(config: dict[str, Any]) -> AsyncIterator[RunningRouter]:
-    running = await start_router(parse_config(config))
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
 async def test_answers_on_the_spot_once_a_connection_is_warm(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    async with _router(_config(small, large)) as running:
+    async with running_router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:
             for _ in range(5):
                 r = await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
@@ -110,7 +92,7 @@ async def test_failed_first_attempt_goes_on_to_the_next_variant(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    async with _router(_config(small, large)) as running:
+    async with running_router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:
             warm = await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
             assert warm.headers["x-modelpool-variant"] == "small"
@@ -127,7 +109,7 @@ async def test_deadline_on_the_spot_gives_504_naming_the_timeout(
 ) -> None:
     small, large = fakes
     config = _config(small, large, retry={"maxAttempts": 1})
-    async with _router(config) as running:
+    async with running_router(config) as running:
         async with httpx.AsyncClient() as client:
             await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
             small.delay_s = 1.0
@@ -142,7 +124,7 @@ async def test_pipelined_requests_are_answered_in_order(
     fakes: tuple[FakeTriton, FakeTriton], counted: dict[str, int]
 ) -> None:
     small, large = fakes
-    async with _router(_config(small, large)) as running:
+    async with running_router(_config(small, large)) as running:
         async with httpx.AsyncClient() as client:  # warm the upstream connection
             await client.post(f"{running.url}/v2/models/m/infer", json=BODY)
         small.delay_s = 0.2

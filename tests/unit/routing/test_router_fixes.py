@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import pytest
 from modelpool.routing.breaker import BreakerState
 from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
-from modelpool.routing.server import RouterApp, RunningRouter, start_router
+from modelpool.routing.server import RouterApp, RunningRouter
 from unit.routing.fake_upstream import FakeUpstream, Handler
+from unit.routing.routertools import metric_total, router_config, running_router, serving, tier_variant
 
 OK = json.dumps(
     {"model_name": "x", "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
@@ -35,40 +35,18 @@ class Fake(FakeUpstream):
         super().__init__(handler)
 
 
-@contextlib.asynccontextmanager
-async def _fakes(*handlers: Handler) -> AsyncIterator[list[Fake]]:
-    fakes = [await Fake(h).start() for h in handlers]
-    try:
-        yield fakes
-    finally:
-        for f in fakes:
-            f.close()
+def _fakes(*handlers: Handler) -> contextlib.AbstractAsyncContextManager[list[Fake]]:
+    """A fake answering with each of ``handlers``, serving while the block runs."""
+    return serving(*(Fake(h) for h in handlers))
 
 
-@contextlib.asynccontextmanager
-async def _router(config: dict[str, Any], **kwargs: Any) -> AsyncIterator[RunningRouter]:
-    running = await start_router(parse_config(config), admin_token=TOKEN, **kwargs)
-    try:
-        yield running
-    finally:
-        await running.close()
+def _router(config: dict[str, Any], **kwargs: Any) -> contextlib.AbstractAsyncContextManager[RunningRouter]:
+    """A router on ``config`` with the admin token ``TOKEN``, serving while the block runs."""
+    return running_router(config, admin_token=TOKEN, **kwargs)
 
 
 def _ok(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes]:
     return 200, OK.encode()
-
-
-def _variant(name: str, tier: str, urls: list[str], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "tier": tier, "tritonModel": f"m_{name}", "cost": 1 if tier == "small" else 10,
-            "weight": 1, "endpoints": urls, "timeoutMs": 1000, **extra}  # fmt: skip
-
-
-def _config(mode: str, *variants: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"generation": 1, "pool": "p", "mode": mode, "modelName": "m", "variants": list(variants), **extra}
-
-
-def _metric(text: str, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def test_a_breaker_a_push_opens_is_probed_and_closes_again() -> None:
@@ -81,8 +59,12 @@ async def test_a_breaker_a_push_opens_is_probed_and_closes_again() -> None:
         return (200, OK.encode()) if healthy else (503, b'{"error":"down"}')
 
     async with _fakes(handler) as (fake,):
-        config = _config("weighted", _variant("small", "small", [fake.url]), retry={"maxAttempts": 1},
-                         breaker={"failureThreshold": 5, "openSeconds": 0.2})  # fmt: skip
+        config = router_config(
+            "weighted",
+            tier_variant("small", "small", [fake.url]),
+            retry={"maxAttempts": 1},
+            breaker={"failureThreshold": 5, "openSeconds": 0.2},
+        )
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             for _ in range(3):
                 assert (await client.post("/v2/models/m/infer", json=BODY)).status_code == 503
@@ -109,14 +91,14 @@ async def test_a_push_with_an_unusable_endpoint_url_gets_422_and_the_old_config_
     its endpoint then raised after the variant had stored the URLs, so the variant silently had no
     endpoint: a 500, then every request went to the other variant."""
     async with _fakes(_ok) as (fake,):
-        config = _config(
-            "weighted", _variant("small", "small", [fake.url]), _variant("large", "large", [fake.url])
+        config = router_config(
+            "weighted", tier_variant("small", "small", [fake.url]), tier_variant("large", "large", [fake.url])
         )
         async with (
             _router(config) as running,
             httpx.AsyncClient(base_url=running.url, headers={"authorization": f"Bearer {TOKEN}"}) as client,
         ):
-            typo_variant = _variant("small", "small", ["http://127.0.0.1:80000"])
+            typo_variant = tier_variant("small", "small", ["http://127.0.0.1:80000"])
             typo = {**config, "generation": 2, "variants": [typo_variant, config["variants"][1]]}
             resp = await client.put("/admin/config", content=json.dumps(typo))
             assert resp.status_code == 422, resp.text
@@ -131,7 +113,9 @@ async def test_a_push_with_an_unusable_endpoint_url_gets_422_and_the_old_config_
 def test_a_variant_whose_url_cannot_be_built_does_not_lose_its_endpoints_silently() -> None:
     """The endpoints are built before the URLs are stored: a URL the client refuses (one from an
     EndpointSlice, say) fails every time, not once and then leaves the variant empty."""
-    router = Router(parse_config(_config("weighted", _variant("small", "small", ["http://127.0.0.1:9"]))))
+    router = Router(
+        parse_config(router_config("weighted", tier_variant("small", "small", ["http://127.0.0.1:9"])))
+    )
     variant = router.table.variants["small"]
     bad = ["http://127.0.0.1:80000"]
     variant.source.urls = lambda: bad  # type: ignore[method-assign]
@@ -147,8 +131,12 @@ the router caught (the real torch factory raises KeyError for a scorer.json of `
 
 def _tiered(url: str, **extra: Any) -> dict[str, Any]:
     tiers = [{"maxComplexity": 0.5, "target": "small"}, {"maxComplexity": 1.0, "target": "large"}]
-    return _config(
-        "tiered", _variant("small", "small", [url]), _variant("large", "large", [url]), tiers=tiers, **extra
+    return router_config(
+        "tiered",
+        tier_variant("small", "small", [url]),
+        tier_variant("large", "large", [url]),
+        tiers=tiers,
+        **extra,
     )
 
 
@@ -192,7 +180,7 @@ async def test_validate_requests_checks_bodies_on_the_hot_path_too() -> None:
     request went to Triton unchecked (its 400, not the router's naming the field)."""
     bad = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["only one"]}]}
     async with _fakes(_ok) as (fake,):
-        config = _config("weighted", _variant("small", "small", [fake.url]), validateRequests=True)
+        config = router_config("weighted", tier_variant("small", "small", [fake.url]), validateRequests=True)
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             for body in (bad, BODY, bad, bad):  # the first before, the others after a warm connection
                 resp = await client.post("/v2/models/m/infer", json=body)
@@ -217,7 +205,7 @@ async def test_metadata_goes_past_an_endpoint_that_has_not_loaded_the_model() ->
         return 200, meta.encode() if method == b"GET" else OK.encode()
 
     async with _fakes(loading, ready) as fakes:
-        config = _config("weighted", _variant("large", "large", [f.url for f in fakes]))
+        config = router_config("weighted", tier_variant("large", "large", [f.url for f in fakes]))
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             answers = [await client.get("/v2/models/m") for _ in range(4)]
     assert [r.status_code for r in answers] == [200] * 4
@@ -234,10 +222,10 @@ async def test_a_draft_whose_confidence_cannot_be_read_is_escalated() -> None:
         {"name": "PROBABILITIES", "datatype": "FP32", "shape": [1, 2], "data": [0.01, 0.99]}]}  # fmt: skip
     async with _fakes(lambda *_: (200, json.dumps(unreadable).encode()),
                       lambda *_: (200, json.dumps(sure).encode())) as (draft, verifier):  # fmt: skip
-        config = _config(
+        config = router_config(
             "cascade",
-            _variant("small", "small", [draft.url]),
-            _variant("large", "large", [verifier.url]),
+            tier_variant("small", "small", [draft.url]),
+            tier_variant("large", "large", [verifier.url]),
             cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
         )
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
@@ -247,14 +235,16 @@ async def test_a_draft_whose_confidence_cannot_be_read_is_escalated() -> None:
     assert resp.headers["x-modelpool-variant"] == "large"
     assert resp.json()["parameters"]["modelpool_escalated"] is True
     assert len(verifier.log) == 1
-    assert _metric(metrics, 'modelpool_router_cascade_decisions_total{outcome="escalated"') == 1
-    assert _metric(metrics, 'modelpool_router_cascade_decisions_total{outcome="accepted"') == 0
+    assert metric_total(metrics, 'modelpool_router_cascade_decisions_total{outcome="escalated"') == 1
+    assert metric_total(metrics, 'modelpool_router_cascade_decisions_total{outcome="accepted"') == 0
 
 
 async def test_cache_hits_are_counted_in_the_response_metrics() -> None:
     """A cache hit returned before the response metrics: 5 answers, responses_total 1."""
     async with _fakes(_ok) as (fake,):
-        config = _config("weighted", _variant("small", "small", [fake.url]), cache={"enabled": True})
+        config = router_config(
+            "weighted", tier_variant("small", "small", [fake.url]), cache={"enabled": True}
+        )
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             hits = [
                 (await client.post("/v2/models/m/infer", json=BODY)).headers.get("x-modelpool-cache")
@@ -262,8 +252,8 @@ async def test_cache_hits_are_counted_in_the_response_metrics() -> None:
             ]
             metrics = (await client.get("/metrics")).text
     assert hits == [None, "hit", "hit", "hit", "hit"]
-    assert _metric(metrics, 'modelpool_router_responses_total{code="200"') == 5
-    assert _metric(metrics, "modelpool_router_request_latency_seconds_count") == 5
+    assert metric_total(metrics, 'modelpool_router_responses_total{code="200"') == 5
+    assert metric_total(metrics, "modelpool_router_request_latency_seconds_count") == 5
     assert len(fake.log) == 1
 
 
@@ -279,8 +269,9 @@ async def test_the_response_cache_is_bounded_by_bytes() -> None:
         return {"inputs": [{"name": "N", "datatype": "INT32", "shape": [1], "data": [size]}]}
 
     async with _fakes(sized) as (fake,):
-        config = _config("weighted", _variant("small", "small", [fake.url]),
-                         cache={"enabled": True, "maxBytes": 3000})  # fmt: skip
+        config = router_config(
+            "weighted", tier_variant("small", "small", [fake.url]), cache={"enabled": True, "maxBytes": 3000}
+        )
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
 
             async def cached(size: int) -> bool:
@@ -308,9 +299,9 @@ async def test_deeply_nested_json_gets_400_and_is_counted(
         % (b"[" * 600, b"]" * 600),
     ]
     async with _fakes(_ok) as (fake,):
-        config = _config(
+        config = router_config(
             mode,
-            _variant("small", "small", [fake.url]),
+            tier_variant("small", "small", [fake.url]),
             tiers=[{"maxComplexity": 1.0, "target": "small"}],
             **({"validateRequests": True} if mode == "weighted" else {}),
         )
@@ -320,7 +311,7 @@ async def test_deeply_nested_json_gets_400_and_is_counted(
                 assert resp.status_code == 400, resp.text
                 assert "nested too deeply" in resp.json()["error"]
             metrics = (await client.get("/metrics")).text
-    assert _metric(metrics, 'modelpool_router_responses_total{code="400"') == 2
+    assert metric_total(metrics, 'modelpool_router_responses_total{code="400"') == 2
     assert fake.log == []
 
 
@@ -329,10 +320,13 @@ def test_a_variant_without_endpoints_gives_its_share_to_the_others_by_their_weig
     A second pick per request skewed it (6,333 : 2,667 of 9,000 instead of 6,750 : 2,250)."""
     from modelpool.routing.balancing import SmoothWeightedRoundRobin
 
-    config = _config("weighted", *(
-        {**_variant(name, "small", [f"http://127.0.0.1:{port}"]), "weight": weight}
-        for name, port, weight in (("a", 9, 5), ("b", 10, 3), ("c", 11, 1))
-    ))  # fmt: skip
+    config = router_config(
+        "weighted",
+        *(
+            {**tier_variant(name, "small", [f"http://127.0.0.1:{port}"]), "weight": weight}
+            for name, port, weight in (("a", 9, 5), ("b", 10, 3), ("c", 11, 1))
+        ),
+    )
     router = Router(parse_config(config))
     table = router.table
     for ep in table.variants["a"].endpoints():
@@ -356,13 +350,15 @@ def test_escalations_count_only_drafts_the_verifier_answered() -> None:
     too; the acceptance ratio is accepted over every cascade decision (docs/router.md)."""
     from prometheus_client import generate_latest
 
-    router = Router(parse_config(_config("weighted", _variant("small", "small", ["http://127.0.0.1:9"]))))
+    router = Router(
+        parse_config(router_config("weighted", tier_variant("small", "small", ["http://127.0.0.1:9"])))
+    )
     for outcome in ("accepted", "escalated", "escalation_failed", "escalation_failed"):
         router.metrics.cascade(outcome)
     text = generate_latest(router.metrics.registry).decode()
-    assert _metric(text, "modelpool_router_cascade_escalations_total") == 1
-    assert _metric(text, "modelpool_router_cascade_acceptance_ratio") == pytest.approx(0.25)
-    assert _metric(text, 'modelpool_router_cascade_decisions_total{outcome="escalation_failed"') == 2
+    assert metric_total(text, "modelpool_router_cascade_escalations_total") == 1
+    assert metric_total(text, "modelpool_router_cascade_acceptance_ratio") == pytest.approx(0.25)
+    assert metric_total(text, 'modelpool_router_cascade_decisions_total{outcome="escalation_failed"') == 2
 
 
 async def _raw_get(url: str, path: str) -> tuple[int, dict[str, Any]]:
@@ -384,7 +380,7 @@ async def test_model_gets_reach_only_tritons_model_routes_and_versioned_metadata
     metadata of ``/versions/<n>`` kept the variant's Triton model name."""
     meta = json.dumps({"name": "m_large", "versions": ["1"], "platform": "x", "inputs": [], "outputs": []})
     async with _fakes(lambda *_: (200, meta.encode())) as (fake,):
-        config = _config("weighted", _variant("large", "large", [fake.url]))
+        config = router_config("weighted", tier_variant("large", "large", [fake.url]))
         async with _router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             versioned = await client.get("/v2/models/m/versions/1")
             config_get = await client.get("/v2/models/m/versions/1/config")

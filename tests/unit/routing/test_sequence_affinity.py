@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,9 +18,9 @@ from modelpool.routing.balancing import rendezvous_order, stable_hash
 from modelpool.routing.breaker import BreakerState
 from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
-from modelpool.routing.server import RunningRouter, start_router
 from modelpool.routing.v2 import find_sequence, sequence_key
 from unit.routing.fake_upstream import FakeUpstream
+from unit.routing.routertools import router_config, running_router, serving, tier_variant
 
 PROBS = {"model_name": "x", "outputs": [
     {"name": "PROBABILITIES", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 0.5]}]}  # fmt: skip
@@ -37,15 +36,6 @@ def _body(sequence_id: int | str | None, text: str = "hi", **parameters: Any) ->
     if sequence_id is not None:
         body["parameters"] = {"sequence_id": sequence_id, **parameters}
     return body
-
-
-def _variant(name: str, tier: str, urls: list[str], weight: int = 1) -> dict[str, Any]:
-    return {"name": name, "tier": tier, "tritonModel": f"m_{name}", "cost": 1 if tier == "small" else 10,
-            "weight": weight, "endpoints": urls, "timeoutMs": 1000}  # fmt: skip
-
-
-def _config(mode: str, *variants: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"generation": 1, "pool": "p", "mode": mode, "modelName": "m", "variants": list(variants), **extra}
 
 
 def _urls(n: int, start: int = 9000) -> list[str]:
@@ -74,7 +64,7 @@ def test_the_sequence_id_is_read_from_the_request_parameters() -> None:
 
 
 def _router(*variants: dict[str, Any], mode: str = "weighted", **extra: Any) -> Router:
-    return Router(parse_config(_config(mode, *variants, **extra)))
+    return Router(parse_config(router_config(mode, *variants, **extra)))
 
 
 def _pick(router: Router, sequence: bytes) -> tuple[str, str]:
@@ -84,17 +74,18 @@ def _pick(router: Router, sequence: bytes) -> tuple[str, str]:
 
 
 def test_every_request_of_a_sequence_gets_the_same_variant_and_endpoint() -> None:
-    router = _router(_variant("small", "small", _urls(4)), _variant("large", "large", _urls(3, 9001)))
+    router = _router(tier_variant("small", "small", _urls(4)), tier_variant("large", "large", _urls(3, 9001)))
     for seq in (b"i1", b"i2", b"sabc"):
         assert len({_pick(router, seq) for _ in range(20)}) == 1
     # a second router (another process, another pod) agrees: nothing random, nothing per process
-    other = _router(_variant("small", "small", _urls(4)), _variant("large", "large", _urls(3, 9001)))
+    other = _router(tier_variant("small", "small", _urls(4)), tier_variant("large", "large", _urls(3, 9001)))
     assert all(_pick(router, b"i%d" % i) == _pick(other, b"i%d" % i) for i in range(200))
 
 
 def test_sequences_spread_over_variants_by_weight_and_evenly_over_endpoints() -> None:
     router = _router(
-        _variant("small", "small", _urls(4), weight=3), _variant("large", "large", _urls(2, 9001), weight=1)
+        tier_variant("small", "small", _urls(4), weight=3),
+        tier_variant("large", "large", _urls(2, 9001), weight=1),
     )
     picks = [_pick(router, b"i%d" % i) for i in range(1, 8001)]
     variants = Counter(v for v, _ in picks)
@@ -105,7 +96,7 @@ def test_sequences_spread_over_variants_by_weight_and_evenly_over_endpoints() ->
 
 def test_an_endpoint_that_leaves_moves_only_its_own_sequences() -> None:
     urls = _urls(5)
-    router = _router(_variant("small", "small", urls))
+    router = _router(tier_variant("small", "small", urls))
     variant = router.table.variants["small"]
     before = {i: _pick(router, b"i%d" % i)[1] for i in range(1, 2001)}
     gone = urls[2]
@@ -138,7 +129,7 @@ def test_rendezvous_order_is_a_ranking_shared_by_subsets() -> None:
 
 
 def test_a_variant_without_available_endpoints_passes_its_sequences_on() -> None:
-    router = _router(_variant("small", "small", _urls(2)), _variant("large", "large", _urls(2, 9001)))
+    router = _router(tier_variant("small", "small", _urls(2)), tier_variant("large", "large", _urls(2, 9001)))
     on_small = [b"i%d" % i for i in range(1, 200) if _pick(router, b"i%d" % i)[0] == "small"]
     for ep in router.table.variants["small"].endpoints():
         for _ in range(3):
@@ -149,34 +140,20 @@ def test_a_variant_without_available_endpoints_passes_its_sequences_on() -> None
 @pytest.mark.parametrize("mode", ["tiered", "cascade"])
 def test_without_weights_sequences_go_to_the_baseline_variant(mode: str) -> None:
     router = _router(
-        _variant("small", "small", _urls(2), weight=0), _variant("large", "large", _urls(3, 9001), weight=0),
+        tier_variant("small", "small", _urls(2), weight=0),
+        tier_variant("large", "large", _urls(3, 9001), weight=0),
         mode=mode,
         tiers=[{"maxComplexity": 1.0, "target": "small"}],
         cascade={"draft": "small", "verifier": "large"},
-    )  # fmt: skip
+    )
     assert {_pick(router, b"i%d" % i)[0] for i in range(1, 100)} == {"large"}
 
 
 # ------------------------------------------------------------------ over HTTP
 
 
-@contextlib.asynccontextmanager
-async def _fakes(n: int) -> AsyncIterator[list[FakeUpstream]]:
-    fakes = [await FakeUpstream(_ok).start() for _ in range(n)]
-    try:
-        yield fakes
-    finally:
-        for f in fakes:
-            f.close()
-
-
-@contextlib.asynccontextmanager
-async def _running(config: dict[str, Any]) -> AsyncIterator[RunningRouter]:
-    running = await start_router(parse_config(config))
-    try:
-        yield running
-    finally:
-        await running.close()
+def _fakes(n: int) -> contextlib.AbstractAsyncContextManager[list[FakeUpstream]]:
+    return serving(*(FakeUpstream(_ok) for _ in range(n)))
 
 
 def _served(fakes: list[FakeUpstream], sequence_id: int | str) -> list[int]:
@@ -191,13 +168,13 @@ def _served(fakes: list[FakeUpstream], sequence_id: int | str) -> list[int]:
 @pytest.mark.parametrize("validate", [False, True], ids=["bytes-forwarded", "validated"])
 async def test_the_requests_of_a_sequence_land_on_one_upstream_of_several(validate: bool) -> None:
     async with _fakes(6) as fakes:
-        config = _config(
+        config = router_config(
             "weighted",
-            _variant("small", "small", [f.url for f in fakes[:3]]),
-            _variant("large", "large", [f.url for f in fakes[3:]]),
+            tier_variant("small", "small", [f.url for f in fakes[:3]]),
+            tier_variant("large", "large", [f.url for f in fakes[3:]]),
             validateRequests=validate,
         )
-        async with _running(config) as running, httpx.AsyncClient(base_url=running.url) as client:
+        async with running_router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             for sequence_id in (17, 18, "user-7", "user-8"):
                 for step in range(12):
                     edges = {"sequence_start": step == 0, "sequence_end": step == 11}
@@ -215,8 +192,8 @@ async def test_the_requests_of_a_sequence_land_on_one_upstream_of_several(valida
 
 async def test_a_sequence_whose_endpoint_is_down_fails_over_to_one_other() -> None:
     async with _fakes(4) as fakes:
-        config = _config("weighted", _variant("small", "small", [f.url for f in fakes]))
-        async with _running(config) as running, httpx.AsyncClient(base_url=running.url) as client:
+        config = router_config("weighted", tier_variant("small", "small", [f.url for f in fakes]))
+        async with running_router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             for _ in range(3):
                 assert (await client.post("/v2/models/m/infer", json=_body(5))).status_code == 200
             (pinned,) = set(_served(fakes, 5))
@@ -232,14 +209,14 @@ async def test_a_sequence_whose_endpoint_is_down_fails_over_to_one_other() -> No
 
 async def test_sequences_skip_the_cascade_and_the_cache() -> None:
     async with _fakes(3) as (draft, verifier, verifier2):
-        config = _config(
+        config = router_config(
             "cascade",
-            _variant("small", "small", [draft.url], weight=0),
-            _variant("large", "large", [verifier.url, verifier2.url], weight=0),
+            tier_variant("small", "small", [draft.url], weight=0),
+            tier_variant("large", "large", [verifier.url, verifier2.url], weight=0),
             cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
             cache={"enabled": True},
         )
-        async with _running(config) as running, httpx.AsyncClient(base_url=running.url) as client:
+        async with running_router(config) as running, httpx.AsyncClient(base_url=running.url) as client:
             answers = [await client.post("/v2/models/m/infer", json=_body(3)) for _ in range(4)]
             plain = [await client.post("/v2/models/m/infer", json=_body(None)) for _ in range(2)]
     assert [r.status_code for r in answers] == [200] * 4

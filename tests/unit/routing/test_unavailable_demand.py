@@ -20,8 +20,9 @@ from modelpool.routing.balancing import SmoothWeightedRoundRobin
 from modelpool.routing.breaker import BreakerState
 from modelpool.routing.config import parse_config
 from modelpool.routing.router import Router
-from modelpool.routing.server import RunningRouter, start_router
+from modelpool.routing.server import RunningRouter
 from unit.routing.fake_upstream import FakeUpstream
+from unit.routing.routertools import router_config, running_router, serving, tier_variant
 
 BODY = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]}]}
 HARD = ("Summarize, compare and contrast the following extraordinarily complicated statements: "
@@ -48,13 +49,24 @@ def _fake(name: str, probability: float = 0.99) -> FakeUpstream:
     return FakeUpstream(lambda m, p, b: (200, _answer(name, probability)))
 
 
-def _variant(name: str, tier: str, url: str, weight: int = 1) -> dict[str, Any]:
-    return {"name": name, "tier": tier, "tritonModel": f"m_{name}", "cost": {"small": 1, "quantized": 3,
-            "large": 10}[tier], "weight": weight, "endpoints": [url], "timeoutMs": 1000}  # fmt: skip
+def _small_then_large(large_url: str) -> dict[str, Any]:
+    """Weighted: ``small`` (weight 1, where nothing listens), ``large`` (weight 0) at ``large_url``."""
+    return router_config(
+        "weighted",
+        tier_variant("small", "small", ["http://127.0.0.1:9"]),
+        tier_variant("large", "large", [large_url], weight=0),
+    )
 
 
-def _config(mode: str, *variants: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"generation": 1, "pool": "p", "mode": mode, "modelName": "m", "variants": list(variants), **extra}
+def _weighted_smalls(**weights: int) -> dict[str, Any]:
+    """Weighted: a small-tier variant per name in ``weights``, on ports 9, 10, ... of 127.0.0.1."""
+    return router_config(
+        "weighted",
+        *(
+            tier_variant(name, "small", [f"http://127.0.0.1:{port}"], weight=weight)
+            for port, (name, weight) in enumerate(weights.items(), start=9)
+        ),
+    )
 
 
 def _scale_to_zero(router: Router, name: str) -> None:
@@ -85,30 +97,16 @@ def _counts(router: Router) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def _started(*fakes: FakeUpstream) -> AsyncIterator[None]:
-    for fake in fakes:
-        await fake.start()
-    try:
-        yield
-    finally:
-        for fake in fakes:
-            fake.close()
-
-
-@contextlib.asynccontextmanager
 async def _running(
     config: dict[str, Any], zero: str = "", open_breakers: str = ""
 ) -> AsyncIterator[RunningRouter]:
     """A router on ``config``; variant ``zero`` at zero replicas, ``open_breakers``' breakers open."""
-    running = await start_router(parse_config(config))
-    if zero:
-        _scale_to_zero(running.app.router, zero)
-    if open_breakers:
-        _open_breakers(running.app.router, open_breakers)
-    try:
+    async with running_router(config) as running:
+        if zero:
+            _scale_to_zero(running.app.router, zero)
+        if open_breakers:
+            _open_breakers(running.app.router, open_breakers)
         yield running
-    finally:
-        await running.close()
 
 
 async def _send(running: RunningRouter, n: int, text: str = "hi", **parameters: Any) -> list[str]:
@@ -137,12 +135,17 @@ async def _metrics(running: RunningRouter) -> str:
 def test_the_counter_is_zero_for_every_configured_variant_and_follows_pushes() -> None:
     """Exported at 0 before any request (so Prometheus has a rate of 0, not no series), for a variant
     a push adds too; a variant a push removes leaves /metrics."""
-    config = _config("weighted", _variant("small", "small", "http://127.0.0.1:9"),
-                     _variant("large", "large", "http://127.0.0.1:10", weight=0))  # fmt: skip
+    config = _small_then_large("http://127.0.0.1:10")
     router = Router(parse_config(config))
     assert _counts(router) == {"small": 0.0, "large": 0.0}
-    pushed = {**config, "generation": 2, "variants": [
-        config["variants"][0], _variant("quant", "quantized", "http://127.0.0.1:11", weight=0)]}  # fmt: skip
+    pushed = {
+        **config,
+        "generation": 2,
+        "variants": [
+            config["variants"][0],
+            tier_variant("quant", "quantized", ["http://127.0.0.1:11"], weight=0),
+        ],
+    }
     assert router.apply(parse_config(pushed))
     assert _counts(router) == {"small": 0.0, "quant": 0.0}
 
@@ -154,9 +157,8 @@ async def test_weighted_requests_meant_for_a_tier_at_zero_count_as_its_demand() 
     """The reviewer's case: ``small`` (weight 1) at zero replicas, ``large`` (weight 0) answers
     every request by cross-variant retry.  Before, /metrics showed only large's 20 attempts."""
     large = _fake("large")
-    async with _started(large):
-        config = _config("weighted", _variant("small", "small", "http://127.0.0.1:9"),
-                         _variant("large", "large", large.url, weight=0))  # fmt: skip
+    async with serving(large):
+        config = _small_then_large(large.url)
         async with _running(config, zero="small") as running:
             assert await _send(running, 20) == ["large"] * 20  # the hot path (infer_now) and its tasks
             text = await _metrics(running)
@@ -168,10 +170,7 @@ def test_weighted_demand_follows_the_weights_and_the_served_split_stays_among_th
     """Weights 5:3:1 with ``a``'s breakers all open: 5 of every 9 requests were meant for ``a`` and
     count for it; ``b`` and ``c`` serve 3:1 in SWRR's own sequence (the second round for the
     demand does not disturb the served one); nothing counts while every variant is up."""
-    config = _config("weighted", *(
-        _variant(name, "small", f"http://127.0.0.1:{port}", weight=weight)
-        for name, port, weight in (("a", 9, 5), ("b", 10, 3), ("c", 11, 1))
-    ))  # fmt: skip
+    config = _weighted_smalls(a=5, b=3, c=1)
     router = Router(parse_config(config))
     table = router.table
     picks = [router._pick_weighted(table)[0][0].name for _ in range(900)]
@@ -189,10 +188,7 @@ def test_weighted_demand_follows_the_weights_and_the_served_split_stays_among_th
 def test_weighted_demand_of_two_variants_at_zero() -> None:
     """Weights 2:1:1 with ``a`` and ``c`` at zero replicas: ``b`` serves everything, and a and c
     count their shares (2 and 1 of every 4)."""
-    config = _config("weighted", *(
-        _variant(name, "small", f"http://127.0.0.1:{port}", weight=weight)
-        for name, port, weight in (("a", 9, 2), ("b", 10, 1), ("c", 11, 1))
-    ))  # fmt: skip
+    config = _weighted_smalls(a=2, b=1, c=1)
     router = Router(parse_config(config))
     _scale_to_zero(router, "a")
     _scale_to_zero(router, "c")
@@ -205,9 +201,8 @@ async def test_a_sequence_meant_for_a_tier_at_zero_counts_as_its_demand() -> Non
     """A sequence request whose variant (by rendezvous hashing) has no endpoint goes to the next
     choice, and counts for the one it was meant for."""
     large = _fake("large")
-    async with _started(large):
-        config = _config("weighted", _variant("small", "small", "http://127.0.0.1:9"),
-                         _variant("large", "large", large.url, weight=0))  # fmt: skip
+    async with serving(large):
+        config = _small_then_large(large.url)
         async with _running(config, zero="small") as running:
             assert await _send(running, 5, sequence_id=42) == ["large"] * 5
             text = await _metrics(running)
@@ -222,9 +217,13 @@ async def test_tiered_requests_the_score_sends_to_a_tier_at_zero_count_for_it() 
     small); hard ones go to ``large`` and count for nothing."""
     large = _fake("large")
     tiers = [{"maxComplexity": 0.3, "target": "small"}, {"maxComplexity": 1.0, "target": "large"}]
-    async with _started(large):
-        config = _config("tiered", _variant("small", "small", "http://127.0.0.1:9"),
-                         _variant("large", "large", large.url), tiers=tiers)  # fmt: skip
+    async with serving(large):
+        config = router_config(
+            "tiered",
+            tier_variant("small", "small", ["http://127.0.0.1:9"]),
+            tier_variant("large", "large", [large.url]),
+            tiers=tiers,
+        )
         async with _running(config, zero="small") as running:
             assert await _send(running, 6, "hi") == ["large"] * 6
             assert await _send(running, 4, HARD) == ["large"] * 4
@@ -236,9 +235,13 @@ async def test_tiered_requests_the_score_sends_to_a_tier_at_zero_count_for_it() 
 async def test_tiered_requests_for_a_large_tier_whose_breakers_are_open_count_for_it() -> None:
     small = _fake("small")
     tiers = [{"maxComplexity": 0.3, "target": "small"}, {"maxComplexity": 1.0, "target": "large"}]
-    async with _started(small):
-        config = _config("tiered", _variant("small", "small", small.url),
-                         _variant("large", "large", "http://127.0.0.1:10"), tiers=tiers)  # fmt: skip
+    async with serving(small):
+        config = router_config(
+            "tiered",
+            tier_variant("small", "small", [small.url]),
+            tier_variant("large", "large", ["http://127.0.0.1:10"]),
+            tiers=tiers,
+        )
         async with _running(config, open_breakers="large") as running:
             assert await _send(running, 3, HARD) == ["small"] * 3
             assert await _send(running, 2, "hi") == ["small"] * 2
@@ -253,10 +256,13 @@ async def test_cascade_requests_count_for_a_draft_tier_at_zero() -> None:
     """The draft (``small``) at zero replicas: the verifier answers every request (no cascade
     decision), and each counts as the draft's demand."""
     large = _fake("large")
-    async with _started(large):
-        config = _config("cascade", _variant("small", "small", "http://127.0.0.1:9"),
-                         _variant("large", "large", large.url),
-                         cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9})  # fmt: skip
+    async with serving(large):
+        config = router_config(
+            "cascade",
+            tier_variant("small", "small", ["http://127.0.0.1:9"]),
+            tier_variant("large", "large", [large.url]),
+            cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
+        )
         async with _running(config, zero="small") as running:
             assert await _send(running, 7) == ["large"] * 7
             text = await _metrics(running)
@@ -268,10 +274,14 @@ async def test_cascade_escalations_count_for_a_verifier_at_zero() -> None:
     next tier down answers them (``quant``), and each escalation counts as the verifier's demand;
     confident drafts count for nothing."""
     unsure, quant = _fake("small", probability=0.6), _fake("quant")
-    async with _started(unsure, quant):
-        config = _config("cascade", _variant("small", "small", unsure.url),
-                         _variant("quant", "quantized", quant.url), _variant("large", "large", "http://127.0.0.1:10"),
-                         cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9})  # fmt: skip
+    async with serving(unsure, quant):
+        config = router_config(
+            "cascade",
+            tier_variant("small", "small", [unsure.url]),
+            tier_variant("quant", "quantized", [quant.url]),
+            tier_variant("large", "large", ["http://127.0.0.1:10"]),
+            cascade={"draft": "small", "verifier": "large", "acceptThreshold": 0.9},
+        )
         async with _running(config, zero="large") as running:
             assert await _send(running, 4) == ["quant"] * 4
             text = await _metrics(running)

@@ -20,10 +20,12 @@ Answer = Callable[[str], tuple[int, bytes]]
 
 
 class FakePrometheus:
-    """An HTTP server on 127.0.0.1 answering ``/api/v1/query`` with ``answer(query)``; serve it
-    with :meth:`serving`."""
+    """An HTTP server on 127.0.0.1 answering ``/api/v1/query`` (every GET) with ``answer(query)``
+    as ``content_type``; serve it with :meth:`serving`."""
 
-    def __init__(self, answer: Answer = lambda _q: (200, b"{}")) -> None:
+    def __init__(
+        self, answer: Answer = lambda _q: (200, b"{}"), content_type: str = "application/json"
+    ) -> None:
         self.answer = answer
         owner = self
 
@@ -32,7 +34,7 @@ class FakePrometheus:
                 query = parse_qs(urlparse(self.path).query).get("query", [""])[0]
                 status, body = owner.answer(query)
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
