@@ -200,7 +200,8 @@ class VariantTarget:
 
     ``ready_replicas``, when set, is how many of the variant's pods should export Triton's series
     (the Deployment's ready replicas): the reader then counts the Triton targets it sees, and
-    :func:`modelpool.scaling.demand.metrics_problem` holds when some are missing."""
+    :func:`modelpool.scaling.demand.partial_scrape` says when some are missing (the variant then
+    never scales down)."""
 
     model: str
     variant: str

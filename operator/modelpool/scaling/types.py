@@ -137,7 +137,7 @@ class VariantMetrics:
     scrape interval of the series (the newest sample is up to one scrape old); ``None`` for neither.
     ``triton_targets`` is how many scrape targets export the variant's Triton series and
     ``expected_targets`` how many should (its ready replicas); fewer is a partial scrape
-    (:func:`modelpool.scaling.demand.metrics_problem`). ``None`` when not counted.
+    (:func:`modelpool.scaling.demand.partial_scrape`: no scale-down). ``None`` when not counted.
     ``prometheus_now`` is Prometheus' own clock (its ``time()``) when the metrics were read: the
     operator asks it only when the newest sample looks stale by its own clock, so that a stale hold
     can tell a clock ahead of Prometheus'; ``None`` when not asked.
