@@ -155,7 +155,16 @@ class VariantRuntime:
 class RoutingTable:
     """Everything derived from one config generation."""
 
-    def __init__(self, config: RouterConfig, router: Router, sources: dict[str, EndpointSource]) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        router: Router,
+        sources: dict[str, EndpointSource],
+        scorer: ComplexityScorer | None,
+        cache: TTLCache[Response] | None,
+    ) -> None:
+        """``scorer``: the loaded scorer of a tiered config (None in other modes); ``cache``: the
+        response cache (None when the config disables it), see :func:`_new_cache`."""
         self.config = config
         self.variants = {
             v.name: VariantRuntime(v, sources[v.name], router, config.balancing) for v in config.variants
@@ -180,13 +189,9 @@ class RoutingTable:
         self.sequence_variants: list[tuple[VariantRuntime, float]] = [
             (v, float(v.config.weight)) for v in self.weighted
         ] or [(self.variants[config.baseline_variant().name], 1.0)]
-        self.scorer: ComplexityScorer | None = _load_scorer(config) if config.mode == "tiered" else None
-        self.scorer_blocking = self.scorer is not None and is_blocking(self.scorer)
-        self.cache: TTLCache[Response] | None = (
-            TTLCache(config.cache.max_entries, config.cache.ttl_seconds, max_bytes=config.cache.max_bytes)
-            if config.cache.enabled
-            else None
-        )
+        self.scorer = scorer
+        self.scorer_blocking = scorer is not None and is_blocking(scorer)
+        self.cache = cache
         self.fallbacks = {name: self._fallback_order(v) for name, v in self.variants.items()}
         self.parse_requests = config.mode != "weighted" or bool(config.validate_requests)
 
@@ -202,6 +207,36 @@ class RoutingTable:
         return [first, *upward, *downward]
 
 
+def _uses_scorer(config: RouterConfig) -> bool:
+    return config.mode == "tiered"
+
+
+def _new_cache(config: RouterConfig) -> TTLCache[Response] | None:
+    """An empty response cache as ``config`` asks for (None: disabled)."""
+    c = config.cache
+    return TTLCache(c.max_entries, c.ttl_seconds, max_bytes=c.max_bytes) if c.enabled else None
+
+
+_NO_EFFECT_ON_ANSWERS = ("generation", "policy", "balancing", "max_body_bytes", "breaker")
+"""The config fields a cached answer cannot depend on (with ``retry.max_attempts`` and the
+variants' ``timeout_ms`` and ``weight``): which config it was, which endpoint of a variant answers,
+when to give up.  Whatever is not listed (a field added later too) clears the cache when it changes."""
+
+
+def _answer_key(config: RouterConfig) -> dict[str, Any]:
+    """What the answers a response cache holds depend on: the config less
+    :data:`_NO_EFFECT_ON_ANSWERS`, and of the weights only which variants have one (not how much:
+    a cached answer of a variant is as good whatever share of the traffic the variant gets)."""
+    key = config.model_dump()
+    for name in _NO_EFFECT_ON_ANSWERS:
+        del key[name]
+    del key["retry"]["max_attempts"]
+    for variant in key["variants"]:
+        del variant["timeout_ms"]
+        variant["weight"] = variant["weight"] > 0
+    return key
+
+
 def _load_scorer(config: RouterConfig) -> ComplexityScorer:
     """The config's scorer; :class:`ConfigError` (field ``scorer``) when it cannot be loaded, whatever
     the factory raised (a scorer file of ``{}`` gives a KeyError), so a push gets 422 and the file
@@ -211,6 +246,21 @@ def _load_scorer(config: RouterConfig) -> ComplexityScorer:
     except Exception as err:
         logger.warning("config generation %d: cannot load the scorer", config.generation, exc_info=True)
         raise ConfigError([{"field": "scorer", "message": f"{type(err).__name__}: {err}"}]) from None
+
+
+def _policy_conflict(active: str, pushed: str | None) -> str:
+    """Why a config of RoutingPolicy ``pushed`` (None: of no policy) cannot replace ``active``'s."""
+    if pushed is None:
+        return (
+            f"policy: this router is programmed by RoutingPolicy {active!r} and this config names no "
+            f"policy; give it policy {active!r}, or restart the router from a config of its own"
+        )
+    return (
+        f"policy: this router is programmed by RoutingPolicy {active!r}, this config comes from "
+        f"RoutingPolicy {pushed!r}: the routerSelectors of both select this router; make the "
+        "routerSelectors of the two policies disjoint (a router keeps the first policy that "
+        "programs it until it restarts)"
+    )
 
 
 def _upstream_headers(
@@ -342,7 +392,8 @@ class Router:
         self._answering: set[asyncio.Task[Response]] = set()  # hot-path requests that went on in a task
         self._started = False
         self._breaker_config = config.breaker  # for endpoints created from now on
-        self.table = self._build(config)
+        scorer = _load_scorer(config) if _uses_scorer(config) else None
+        self.table = self._build(config, scorer, _new_cache(config))
         self.metrics = RouterMetrics(
             config.pool,
             lambda: self.table.config.generation,
@@ -366,7 +417,9 @@ class Router:
             self._endpoints[key] = ep
         return ep
 
-    def _build(self, config: RouterConfig) -> RoutingTable:
+    def _build(
+        self, config: RouterConfig, scorer: ComplexityScorer | None, cache: TTLCache[Response] | None
+    ) -> RoutingTable:
         sources: dict[str, EndpointSource] = {}
         for v in config.variants:
             if v.endpoint_slice is not None:
@@ -377,26 +430,78 @@ class Router:
                 sources[v.name] = source
             else:
                 sources[v.name] = StaticSource(v.endpoints)
-        return RoutingTable(config, self, sources)
+        return RoutingTable(config, self, sources, scorer, cache)
 
-    def apply(self, config: RouterConfig) -> bool:
-        """Replace the active config; False when it is the same generation and content (no-op).
+    def check_source(self, config: RouterConfig) -> None:
+        """Raise :class:`ConfigRejected` when ``config`` comes from another RoutingPolicy than the
+        active one, or is for another pool (whatever its generation).
 
-        Raises :class:`ConfigRejected` for another pool or an older generation, and
-        :class:`ConfigError` when the config cannot be built (the old one stays).
-        """
+        A router belongs to the first policy that programs it: one started from a config without a
+        policy (a file of its own) takes the first config with one, and from then on a config of
+        another policy, or of none, is refused until the router restarts.  A policy deleted and
+        created again under its name still programs it."""
         active = self.table.config
+        if active.policy is not None and config.policy != active.policy:
+            raise ConfigRejected(_policy_conflict(active.policy, config.policy))
         if config.pool != active.pool:
             raise ConfigRejected(
                 f"pool: this router serves pool {active.pool!r}, the push is for {config.pool!r}"
             )
+
+    def _admit(self, config: RouterConfig) -> bool:
+        """May ``config`` replace the active one?  False when it is the active one (same generation
+        and content); :class:`ConfigRejected` for another policy or pool, or an older generation."""
+        self.check_source(config)
+        active = self.table.config
         if config.generation < active.generation:
             raise ConfigRejected(
                 f"generation: {config.generation} is older than the active generation {active.generation}"
             )
-        if config == active:
+        return config != active
+
+    def _kept_scorer(self, config: RouterConfig) -> ComplexityScorer | None:
+        """The active scorer when ``config`` asks for the same one (no reload), else None."""
+        table = self.table
+        if table.scorer is not None and _uses_scorer(config) and config.scorer == table.config.scorer:
+            return table.scorer
+        return None
+
+    def apply(self, config: RouterConfig) -> bool:
+        """Replace the active config; False when it is the same generation and content (no-op).
+
+        Raises :class:`ConfigRejected` for another policy, another pool or an older generation
+        (:meth:`check_source`), and :class:`ConfigError` when the config cannot be built (the old
+        one stays).  A new scorer loads in the calling thread: on the event loop, use
+        :meth:`apply_async`.
+        """
+        if not self._admit(config):
             return False
-        table = self._build(config)  # raises before anything changes when the config is unusable
+        scorer = self._kept_scorer(config)
+        if scorer is None and _uses_scorer(config):
+            scorer = _load_scorer(config)
+        self._activate(config, scorer)
+        return True
+
+    async def apply_async(self, config: RouterConfig) -> bool:
+        """:meth:`apply`, loading a new scorer (a torch model: seconds) in a worker thread, so the
+        event loop goes on answering on the active config meanwhile.  The checks run again once it
+        is loaded: a config activated meanwhile (a newer push) is not replaced by an older one."""
+        if not self._admit(config):
+            return False
+        scorer = self._kept_scorer(config)
+        if scorer is None and _uses_scorer(config):
+            scorer = await asyncio.to_thread(_load_scorer, config)
+            if not self._admit(config):
+                return False
+        self._activate(config, scorer)
+        return True
+
+    def _activate(self, config: RouterConfig, scorer: ComplexityScorer | None) -> None:
+        """Swap in the table of ``config`` (admitted, its scorer loaded) in one step on the loop.
+        The response cache stays when the answers it holds cannot have changed (:func:`_answer_key`)."""
+        active = self.table.config
+        same_answers = _answer_key(config) == _answer_key(active)
+        table = self._build(config, scorer, self.table.cache if same_answers else _new_cache(config))
         self._breaker_config = config.breaker
         if config.breaker != active.breaker:
             b = config.breaker
@@ -417,7 +522,6 @@ class Router:
             for variant in table.variants.values():
                 asyncio.get_running_loop().create_task(variant.source.start())
         logger.info("config generation %d active (%s mode)", config.generation, config.mode)
-        return True
 
     def _forget_unused(self) -> None:
         """Close and forget the endpoints no variant lists any more, and the unused slice watches.

@@ -75,6 +75,7 @@ class RouterApp:
         self._token = admin_token.encode() if admin_token else None
         self._config_path = config_path
         self._config_mtime = config_path.stat().st_mtime_ns if config_path is not None else 0
+        self._file_refusal: str | None = None  # the last reason logged for skipping the file
         self._model_prefix = b""
         self._infer_path = b""
         self._refresh_prefix()
@@ -151,7 +152,7 @@ class RouterApp:
                     200, generate_latest(self.router.metrics.registry), content_type=_METRICS_TYPE
                 )
         if path == b"/admin/config":
-            return self._admin(req)
+            return await self._admin(req)
         return error_response(404, f"no route for {req.method.decode()} {path.decode('utf-8', 'replace')}")
 
     async def _model_get(self, rest: bytes) -> Response:
@@ -176,7 +177,7 @@ class RouterApp:
             return error_response(401, "admin API: missing or wrong 'Authorization: Bearer <token>'")
         return None
 
-    def _admin(self, req: Request) -> Response:
+    async def _admin(self, req: Request) -> Response:
         denied = self._authorized(req)
         if denied is not None:
             return denied
@@ -186,7 +187,7 @@ class RouterApp:
             return error_response(405, "use GET or PUT on /admin/config")
         try:
             config = parse_config_bytes(req.body)
-            changed = self.apply(config)
+            changed = await self.apply_async(config)
         except ConfigError as err:
             return json_response(
                 422, {"error": f"config rejected, the active one stays: {err}", "problems": err.problems}
@@ -196,32 +197,59 @@ class RouterApp:
         return json_response(200, {"generation": config.generation, "changed": changed})
 
     def apply(self, config: RouterConfig) -> bool:
-        """Activate ``config`` (see :meth:`Router.apply`)."""
+        """Activate ``config`` (see :meth:`Router.apply`: a new scorer loads in this thread)."""
         changed = self.router.apply(config)
         self._refresh_prefix()
         return changed
 
+    async def apply_async(self, config: RouterConfig) -> bool:
+        """Activate ``config`` (see :meth:`Router.apply_async`: a new scorer loads off the loop,
+        which answers on the active config meanwhile)."""
+        changed = await self.router.apply_async(config)
+        self._refresh_prefix()
+        return changed
+
     async def watch_config_file(self, interval: float = 2.0) -> None:
-        """Re-read the mounted config file when it changes (ConfigMap updates); log bad or older ones."""
+        """Re-read the mounted config file when it changes (ConfigMap updates), every ``interval``
+        seconds (see :meth:`reload_config_file`)."""
         if self._config_path is None:
             return
         while True:
             await asyncio.sleep(interval)
-            try:
-                mtime = self._config_path.stat().st_mtime_ns
-            except OSError:
-                continue
-            if mtime == self._config_mtime:
-                continue
-            self._config_mtime = mtime
-            try:
-                config = load_config_file(self._config_path)
-                if config.generation > self.router.config.generation:
-                    self.apply(config)
-            except (ConfigError, ConfigRejected) as err:
-                logger.warning("ignoring config file %s: %s", self._config_path, err)
-            except Exception:  # whatever goes wrong with one version of the file, keep watching
-                logger.exception("ignoring config file %s: applying it failed", self._config_path)
+            await self.reload_config_file()
+
+    async def reload_config_file(self) -> None:
+        """Apply the config file if its mtime changed and its generation is newer than the active
+        one.  A version that cannot be applied, for whatever reason (another policy's or pool's
+        even when older), is logged and skipped; the same reason again is not logged again."""
+        if self._config_path is None:
+            return
+        try:
+            mtime = self._config_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            config = load_config_file(self._config_path)
+            self.router.check_source(config)
+            if config.generation > self.router.config.generation:
+                await self.apply_async(config)
+        except (ConfigError, ConfigRejected) as err:
+            self._file_refused(str(err))
+        except Exception as err:  # whatever goes wrong with one version of the file, keep watching
+            self._file_refused(f"applying it failed: {type(err).__name__}: {err}", logging.ERROR)
+        else:
+            self._file_refusal = None
+
+    def _file_refused(self, reason: str, level: int = logging.WARNING) -> None:
+        """Log why the config file is skipped (with the traceback at ERROR: an unexpected error),
+        unless that was the last reason logged."""
+        if reason != self._file_refusal:
+            exc_info = level >= logging.ERROR
+            logger.log(level, "ignoring config file %s: %s", self._config_path, reason, exc_info=exc_info)
+            self._file_refusal = reason
 
 
 @dataclass
