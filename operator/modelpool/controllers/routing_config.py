@@ -3,20 +3,24 @@
 Weights start from the policy and are then adjusted by what the pool can serve:
 a variant the GPU budget keeps short of capacity hands the share it cannot serve
 to the next tier that meets the policy's quality floor, and the large tier's
-share is capped by ``objectives.maxLargeSharePercent``. Every adjustment is
-recorded with a one-line reason for the policy's status.
+share is capped by ``objectives.maxLargeSharePercent`` (not below the floor: with
+no other variant meeting it the share stays). Every adjustment is recorded with a
+one-line reason for the policy's status. See docs/router.md, *Weights the operator
+programs*.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from modelpool.api.modelpool import TIER_ORDER, ModelPoolSpec, ModelPoolStatus, Variant
 from modelpool.api.routingpolicy import EffectiveTier, EffectiveWeight, RoutingPolicySpec
 from modelpool.builders.triton import child_name
+from modelpool.controllers.routing_capacity import VariantLoad, pool_demand, variant_loads
 from modelpool.models.profile import CapabilityProfile
 from modelpool.routing.config import (
     CascadeConfig,
@@ -52,16 +56,49 @@ def _tier_sorted(variants: list[Variant]) -> list[Variant]:
     return sorted(variants, key=lambda v: (TIER_ORDER[v.tier], v.name))
 
 
+@dataclass(frozen=True)
+class Overflow:
+    """Weight a variant cannot serve: it keeps ``keep`` of its weight."""
+
+    keep: int
+    demand_rps: float
+    """The demand it would get at its weight."""
+    servable_rps: float
+    """What it serves within target with the replicas the GPU budget gives it."""
+
+
+def overflow(
+    weight: int, total_weight: int, load: VariantLoad, total_demand: float | None
+) -> Overflow | None:
+    """The part of ``weight`` the variant cannot serve, None when it serves it all.
+
+    With ``total_demand`` (weighted mode, every variant's demand known) the variant's demand is
+    its weight's share of the pool's demand, which moving weight leaves unchanged, against what the
+    budget can give it (its granted replicas plus unrequested GPUs): the moves do not undo
+    themselves at the next scaler decision. Without it, the scaler's shortfall is taken as the
+    demand its weight brings (no feedback where the routers do not split by weight)."""
+    if load.servable_rps is None or load.reachable_rps is None:
+        return None
+    if total_demand is not None:
+        demand, servable = total_demand * weight / total_weight, load.reachable_rps
+    elif load.shortfall_rps > 0:
+        demand, servable = load.servable_rps + load.shortfall_rps, load.servable_rps
+    else:
+        return None
+    if demand <= servable:
+        return None
+    return Overflow(math.floor(weight * servable / demand + 1e-9), demand, servable)
+
+
+def _meets(name: str, accuracy: Mapping[str, float], floor: float | None) -> bool:
+    return floor is None or accuracy.get(name, UNKNOWN_ACCURACY) >= floor
+
+
 def _receiver(
     donor: Variant, variants: list[Variant], accuracy: Mapping[str, float], floor: float | None
 ) -> Variant | None:
     """The next tier up that meets the floor, else the nearest one down."""
-    ordered = _tier_sorted(variants)
-    ok = [
-        v
-        for v in ordered
-        if v.name != donor.name and (floor is None or accuracy.get(v.name, UNKNOWN_ACCURACY) >= floor)
-    ]
+    ok = [v for v in _tier_sorted(variants) if v.name != donor.name and _meets(v.name, accuracy, floor)]
     above = [v for v in ok if TIER_ORDER[v.tier] > TIER_ORDER[donor.tier]]
     below = [v for v in ok if TIER_ORDER[v.tier] <= TIER_ORDER[donor.tier]]
     if above:
@@ -69,69 +106,123 @@ def _receiver(
     return below[-1] if below else None
 
 
+def _move_overflow(
+    weights: dict[str, int],
+    reasons: dict[str, str],
+    pool: ModelPoolSpec,
+    loads: Mapping[str, VariantLoad],
+    total_demand: float | None,
+    receiver_of: Callable[[Variant], Variant | None],
+) -> None:
+    """Step 1: each variant, in tier order, hands the weight it cannot serve to its receiver."""
+    total_weight = sum(weights.values())
+    for variant in _tier_sorted(pool.variants):
+        name, load = variant.name, loads.get(variant.name)
+        if load is None or weights[name] == 0:
+            continue
+        if load.servable_rps is None:
+            if load.shortfall_rps > 0:
+                reasons[name] = (
+                    f"kept: short {load.shortfall_rps:.0f} req/s under the GPU budget, but its capacity per "
+                    "replica is unknown (no scaling.capacityPerReplicaRps, profile or measurement): "
+                    "nothing moved"
+                )
+            continue
+        over = overflow(weights[name], total_weight, load, total_demand)
+        if over is None or over.keep >= weights[name]:
+            continue
+        target = receiver_of(variant)
+        short = f"short {over.demand_rps - over.servable_rps:.0f} req/s under the GPU budget"
+        if target is None:
+            reasons[name] = f"kept: {short}, but no other variant meets the quality floor: nothing moved"
+            continue
+        moved = weights[name] - over.keep
+        weights[name] = over.keep
+        weights[target.name] += moved
+        reasons[name] = (
+            f"gave {moved} to {target.name}: {short} ({over.demand_rps:.0f} req/s at weight "
+            f"{over.keep + moved}, {over.servable_rps:.0f} servable)"
+        )
+        reasons[target.name] = f"took {moved} from {name} (capacity shortfall)"
+
+
+def largest_remainder(amount: int, shares: Mapping[str, int]) -> dict[str, int]:
+    """``amount`` split in proportion to ``shares`` in whole units that sum to exactly ``amount``
+    (at most ``sum(shares)``): each gets its quota rounded down, and the units left go to the
+    largest remainders (then the larger share, then the name)."""
+    whole = sum(shares.values())
+    if whole <= 0:
+        return {name: 0 for name in shares}
+    parts = {name: amount * share // whole for name, share in shares.items()}
+    left = amount - sum(parts.values())
+    order = sorted(shares, key=lambda n: (-(amount * shares[n] % whole), -shares[n], n))
+    for name in order[:left]:
+        parts[name] += 1
+    return parts
+
+
+def _cap_large_share(
+    weights: dict[str, int],
+    reasons: dict[str, str],
+    pool: ModelPoolSpec,
+    cap: int,
+    floor: float | None,
+    accuracy: Mapping[str, float],
+) -> None:
+    """Step 2: the large tier's share at most ``cap`` percent, its excess to the highest non-large
+    tier that meets the quality floor; with none that does, the share stays (the floor wins)."""
+    total = sum(weights.values())
+    large = [v.name for v in _tier_sorted(pool.variants) if v.tier == "large"]
+    large_total = sum(weights[n] for n in large)
+    allowed = total * cap // 100
+    rest = [v for v in _tier_sorted(pool.variants) if v.tier != "large"]
+    if total <= 0 or large_total <= allowed or not rest:
+        return
+    receiver = next((v for v in reversed(rest) if _meets(v.name, accuracy, floor)), None)
+    if receiver is None:
+        for name in large:
+            if weights[name] > 0:
+                reasons[name] = f"not capped at {cap}%: no other variant meets the {floor:g}% quality floor"
+        return
+    cuts = largest_remainder(large_total - allowed, {n: weights[n] for n in large})
+    for name in large:
+        if weights[name] > 0:
+            weights[name] -= cuts[name]
+            weights[receiver.name] += cuts[name]
+            reasons[name] = f"capped: large tier share at most {cap}%"
+    reasons[receiver.name] = f"took the large tier's excess over {cap}%"
+
+
 def plan_weights(
     spec: RoutingPolicySpec,
     pool: ModelPoolSpec,
     status: ModelPoolStatus | None,
     accuracy: Mapping[str, float] | None = None,
+    capacity: Mapping[str, float] | None = None,
 ) -> WeightPlan:
-    """Effective weights (weighted mode; others get the same map for reporting)."""
+    """Effective weights (weighted mode; others get the same map for reporting).
+
+    ``accuracy`` is each variant's profiled accuracy in percent, ``capacity`` its profile's
+    capacity per replica (``ProfileView.capacity_rps``: what the scaler sizes with where
+    ``scaling.capacityPerReplicaRps`` is unset)."""
     acc = dict(accuracy or {})
-    floor = (
-        float(spec.objectives.quality_floor_percent)
-        if spec.objectives.quality_floor_percent is not None
-        else None
-    )
+    objectives = spec.objectives
+    floor = float(objectives.quality_floor_percent) if objectives.quality_floor_percent is not None else None
     weights = {v.name: 0 for v in pool.variants}
     for w in spec.weights:
         if w.variant in weights:
             weights[w.variant] = w.weight
     reasons = {name: "from spec.weights" for name in weights}
-    by_name = {v.name: v for v in pool.variants}
-    live = {v.name: v for v in (status.variants if status else [])}
 
-    # 1. Capacity the budget cannot give: move the unservable share to the next tier up.
-    for variant in _tier_sorted(pool.variants):
-        observed = live.get(variant.name)
-        if observed is None or observed.capacity_shortfall_rps <= 0 or weights[variant.name] == 0:
-            continue
-        capacity = variant.scaling.capacity_per_replica_rps
-        served = observed.ready_replicas * capacity if capacity else 0
-        fraction = (
-            observed.capacity_shortfall_rps / (observed.capacity_shortfall_rps + served) if served else 0.5
-        )
-        moved = round(weights[variant.name] * fraction)
-        target = _receiver(variant, pool.variants, acc, floor)
-        if moved <= 0 or target is None:
-            continue
-        weights[variant.name] -= moved
-        weights[target.name] += moved
-        reasons[variant.name] = (
-            f"gave {moved} to {target.name}: "
-            f"short {observed.capacity_shortfall_rps} req/s under the GPU budget"
-        )
-        reasons[target.name] = f"took {moved} from {variant.name} (capacity shortfall)"
-
+    # 1. Load the budget cannot serve: to the next tier up that meets the quality floor.
+    loads = variant_loads(pool, status, capacity or {})
+    total_demand = pool_demand(pool, status) if spec.mode == "weighted" else None
+    _move_overflow(
+        weights, reasons, pool, loads, total_demand, lambda v: _receiver(v, pool.variants, acc, floor)
+    )
     # 2. Cap the large tier's share.
-    cap = spec.objectives.max_large_share_percent
-    total = sum(weights.values())
-    if cap is not None and total > 0:
-        large = [n for n, v in by_name.items() if v.tier == "large"]
-        large_total = sum(weights[n] for n in large)
-        allowed = total * cap // 100
-        rest = [v for v in _tier_sorted(pool.variants) if v.tier != "large"]
-        if large_total > allowed and rest:
-            excess = large_total - allowed
-            receiver = next(
-                (v for v in reversed(rest) if floor is None or acc.get(v.name, UNKNOWN_ACCURACY) >= floor),
-                rest[-1],
-            )
-            for name in large:
-                cut = round(excess * weights[name] / large_total) if large_total else 0
-                weights[name] -= cut
-                weights[receiver.name] += cut
-                reasons[name] = f"capped: large tier share at most {cap}%"
-            reasons[receiver.name] = f"took the large tier's excess over {cap}%"
+    if objectives.max_large_share_percent is not None:
+        _cap_large_share(weights, reasons, pool, objectives.max_large_share_percent, floor, acc)
     return WeightPlan(weights, reasons)
 
 

@@ -17,7 +17,7 @@ from modelpool.controllers.routing_config import (
 from modelpool.routing.config import RouterConfig
 
 
-def _pool(capacity: int | None = 10) -> ModelPoolSpec:
+def _pool(capacity: int | None = 100) -> ModelPoolSpec:
     def v(name: str, tier: str, cost: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": name,
@@ -74,17 +74,25 @@ def test_weights_from_spec_unchanged_without_pressure() -> None:
 
 
 def test_shortfall_moves_load_to_the_next_tier_up() -> None:
-    # small serves 10 req/s with 1 replica and lacks 10: half its share moves to int8.
-    plan = plan_weights(_policy(), _pool(), _status(small=10))
+    # small's replica (100 req/s) serves 31.2 req/s within its 50 ms queue-time target, as the
+    # scaler computes it, and lacks 31: half its share moves to int8.
+    plan = plan_weights(_policy(), _pool(), _status(small=31))
     assert plan.weights == {"small": 30, "int8": 60, "large": 10}
-    assert "short 10 req/s" in plan.reasons["small"]
+    assert plan.reasons["small"] == (
+        "gave 30 to int8: short 31 req/s under the GPU budget (62 req/s at weight 60, 31 servable)"
+    )
+    assert plan.reasons["int8"] == "took 30 from small (capacity shortfall)"
     assert sum(plan.weights.values()) == 100
 
 
 def test_quality_floor_skips_a_tier_that_is_not_good_enough() -> None:
     policy = _policy(objectives={"qualityFloorPercent": 90})
-    plan = plan_weights(policy, _pool(), _status(small=10), accuracy={"int8": 85.0, "large": 93.0})
+    plan = plan_weights(policy, _pool(), _status(small=31), accuracy={"int8": 85.0, "large": 93.0})
     assert plan.weights == {"small": 30, "int8": 30, "large": 40}
+    # with no variant meeting the floor nothing moves, and the reason says why
+    plan = plan_weights(policy, _pool(), _status(small=31), accuracy={"int8": 85.0, "large": 89.0})
+    assert plan.weights == {"small": 60, "int8": 30, "large": 10}
+    assert "no other variant meets the quality floor: nothing moved" in plan.reasons["small"]
 
 
 def test_large_share_cap() -> None:
