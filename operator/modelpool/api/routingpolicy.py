@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, JsonValue
 
 from modelpool.api.base import (
     ApiModel,
@@ -21,6 +21,19 @@ from modelpool.api.base import (
 
 Mode = Literal["weighted", "tiered", "cascade"]
 CASCADE_TARGET = "cascade"
+MAX_LISTED_ROUTERS = 50
+"""Routers listed in ``status.routers`` (those not programmed first); the rest are only counted,
+so the status of a policy selecting thousands of pods stays far below the API's object size limit."""
+
+
+POOL_REF_IMMUTABLE: dict[str, JsonValue] = dict(
+    cel(
+        "self == oldSelf",
+        "spec.poolRef is immutable: the routers a policy programs serve one pool for their whole "
+        "life; to route another pool, create a new RoutingPolicy for it and point its "
+        "spec.routerSelector at router pods of that pool (or restart the routers)",
+    )
+)
 
 
 class VariantWeight(ApiModel):
@@ -117,7 +130,14 @@ class Objectives(ApiModel):
         default=None, alias="latencySLOMs", ge=1, le=600_000, description="p95 latency target."
     )
     max_large_share_percent: int | None = Field(
-        default=None, ge=0, le=100, description="Cap on the share of requests the large tier answers."
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "Cap on the share of the weights the large tier gets (weighted mode); the excess moves to"
+            " the other variants. Not applied while no other variant meets qualityFloorPercent (the"
+            " reason says so)."
+        ),
     )
     quality_floor_percent: int | None = Field(
         default=None,
@@ -168,7 +188,11 @@ class RoutingPolicySpec(ApiModel):
         ),
     )
 
-    pool_ref: LocalObjectReference = Field(description="The ModelPool whose variants this policy routes to.")
+    pool_ref: LocalObjectReference = Field(
+        description="The ModelPool whose variants this policy routes to. Immutable: a router serves "
+        "one pool for its whole life.",
+        json_schema_extra={"x-kubernetes-validations": [POOL_REF_IMMUTABLE]},
+    )
     mode: Mode = Field(description="weighted, tiered (by input complexity) or cascade.")
     model_name: str | None = Field(
         default=None,
@@ -233,8 +257,15 @@ class RoutingPolicyStatus(ApiModel):
         default_factory=list, description="Tiered mode's bands after the profiles' per-bucket accuracy."
     )
     routers: list[RouterStatus] = Field(
-        default_factory=list, description="The router pods the policy selects and what each runs."
+        default_factory=list,
+        max_length=MAX_LISTED_ROUTERS,
+        description=f"Up to {MAX_LISTED_ROUTERS} of the router pods the policy selects and what "
+        "each runs: those not programmed first, then by name (routersSelected counts them all).",
     )
+    routers_selected: int = Field(
+        default=0, description="Router pods the policy selects (pods that ended are not counted)."
+    )
+    routers_programmed: int = Field(default=0, description="Of those, how many run weightsGeneration.")
     conditions: Conditions
 
 

@@ -2,9 +2,11 @@
 
 Each pass: resolve the pool and the variants the policy names, compute the
 effective weights from the policy and the pool's live status, render the
-RouterConfig (a new generation only when its content changed), keep it in a
-ConfigMap that router pods mount (so a restarted router never starts empty),
-and push it to every ready router pod the selector matches.
+RouterConfig, ask every router pod the selector matches what it runs, choose the
+generation (a new one only when the content changed or a router runs other content:
+above every generation reported), keep the config in a ConfigMap that router pods
+mount (so a restarted router never starts empty), and push it to every ready router
+pod that does not run it yet.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from modelpool.api.semantics import (
 from modelpool.builders.triton import is_subset
 from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
 from modelpool.controllers.profiles import load_profiles
-from modelpool.controllers.router_push import push_all
+from modelpool.controllers.router_push import (
+    choose_generation,
+    listed_routers,
+    live_router_pods,
+    program_routers,
+    read_routers,
+    router_reports,
+)
 from modelpool.controllers.routing_config import (
     build_router_config,
     config_digest,
@@ -41,6 +50,7 @@ from modelpool.controllers.routing_config import (
 )
 from modelpool.controllers.status_io import parse_stored, write_status
 from modelpool.kube import KubeClient, KubeError, Obj, resource_path
+from modelpool.routing.config import ConfigError, parse_config_bytes
 from modelpool.scaling.metrics import forget_policy_objectives, record_policy_objectives
 
 CONFIG_KEY = "config.json"
@@ -132,6 +142,22 @@ def _status(
     return base.model_copy(update={"observed_generation": generation, "conditions": conds, **fields})
 
 
+def _published(previous: RoutingPolicyStatus | None, live_cm: Obj | None) -> list[tuple[int, str | None]]:
+    """(generation, content digest) of what this policy published before: the stored status, and
+    the ConfigMap (written before the status, so it may be one generation ahead of it)."""
+    found: list[tuple[int, str | None]] = []
+    if previous is not None:
+        found.append((previous.weights_generation, previous.config_digest or None))
+    raw = ((live_cm or {}).get("data") or {}).get(CONFIG_KEY)
+    if isinstance(raw, str):
+        try:
+            config = parse_config_bytes(raw)
+        except ConfigError:  # edited by hand, or another version's: the status and routers decide
+            return found
+        found.append((config.generation, config_digest(config)))
+    return found
+
+
 def _programmed(routers: list[RouterStatus], generation: int, cm: str) -> tuple[bool, str, str]:
     if not routers:
         return (
@@ -166,10 +192,13 @@ async def reconcile_policy(
     previous = parse_stored(RoutingPolicyStatus, raw_status)
     stamp = now()
 
-    async def refuse(failed: str, reason: str, message: str) -> RoutingPolicyStatus:
-        """Report why the policy cannot be acted on (routers keep their last config)."""
+    async def refuse(
+        failed: str, reason: str, message: str, *met: tuple[str, bool, str, str]
+    ) -> RoutingPolicyStatus:
+        """Report why the policy cannot be acted on (routers keep their last config); ``met``: the
+        conditions found true on the way (so none of an earlier pass stays false)."""
         settings = [(c.ACCEPTED, True, "Valid", "spec is valid")] if failed != c.ACCEPTED else []
-        settings += [(failed, False, reason, message), (c.READY, False, reason, message)]
+        settings += [*met, (failed, False, reason, message), (c.READY, False, reason, message)]
         status = _status(previous, generation, stamp, settings)
         if await write_status(kube, policy_path(namespace, name), status, raw_status):
             emit("Warning", reason, message)
@@ -210,7 +239,13 @@ async def reconcile_policy(
     resolved = (c.RESOLVED_REFS, True, "Resolved", f"pool {spec.pool_ref.name} and every variant named exist")
 
     profiles = await load_profiles(kube, namespace, pool)
-    plan = plan_weights(spec, pool, parse_status(pool_obj.get("status")), profiles.accuracy_percent)
+    plan = plan_weights(
+        spec,
+        pool,
+        parse_status(pool_obj.get("status")),
+        profiles.accuracy_percent,
+        profiles.capacity_rps,
+    )
     tiers = plan_tiers(spec, pool, profiles.profiles)
     old_generation = previous.weights_generation if previous else 0
     try:
@@ -219,10 +254,19 @@ async def reconcile_policy(
         )
     except ValidationError as err:  # a combination no check above foresaw: reported, not retried
         message = f"{field_errors(err, 'router config')}; fix the policy or pool {spec.pool_ref.name!r}"
-        return await refuse(c.PROGRAMMED, "InvalidRouterConfig", message)
+        return await refuse(c.PROGRAMMED, "InvalidRouterConfig", message, resolved)
     digest = config_digest(candidate)
-    if previous is None or previous.config_digest != digest:
-        candidate = candidate.model_copy(update={"generation": old_generation + 1})
+
+    cm_path = resource_path("v1", "configmaps", namespace, config_map_name(name))
+    live_cm = await kube.get(cm_path)
+    selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
+    pods = live_router_pods(await kube.list(resource_path("v1", "pods", namespace), selector))
+    admin = await _admin_token(kube, namespace, name, spec) if pods else None
+    token = admin.token if admin is not None else None
+    views = await read_routers(http, pods, spec.router_port, token) if token is not None else []
+    known = _published(previous, live_cm) + router_reports(views, candidate)
+    candidate = candidate.model_copy(update={"generation": choose_generation(digest, known)})
+    if candidate.generation != old_generation:
         emit(
             "Normal",
             "NewGeneration",
@@ -234,8 +278,6 @@ async def reconcile_policy(
         candidate.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True
     )
     cm = build_config_map(namespace, name, uid, config_json)
-    cm_path = resource_path("v1", "configmaps", namespace, cm["metadata"]["name"])
-    live_cm = await kube.get(cm_path)
     if live_cm is None or not is_subset(cm, live_cm):
         try:
             await kube.apply(cm_path, cm)
@@ -244,9 +286,6 @@ async def reconcile_policy(
                 return None  # the policy goes with its namespace: nothing to report or retry
             raise
 
-    selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
-    pods = await kube.list(resource_path("v1", "pods", namespace), selector)
-    admin = await _admin_token(kube, namespace, name, spec) if pods else None
     if admin is not None and admin.token is None:
         if admin.problem is None:
             why = f"admin token Secret {admin.secret} missing"
@@ -267,8 +306,7 @@ async def reconcile_policy(
             )
         routers = [RouterStatus(pod=p["metadata"]["name"], message=why) for p in pods]
     else:
-        token = admin.token if admin is not None else None
-        routers = await push_all(http, pods, spec.router_port, token or "", candidate) if pods else []
+        routers = await program_routers(http, views, spec.router_port, token or "", candidate)
         programmed = _programmed(routers, candidate.generation, cm["metadata"]["name"])
     ok, reason, message = programmed
     status = _status(
@@ -285,7 +323,9 @@ async def reconcile_policy(
         config_digest=digest,
         effective_weights=effective_weights(plan),
         effective_tiers=tiers,
-        routers=routers,
+        routers=listed_routers(routers),
+        routers_selected=len(routers),
+        routers_programmed=sum(r.programmed for r in routers),
     )
     if (
         await write_status(kube, policy_path(namespace, name), status, raw_status)

@@ -9,8 +9,15 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from modelpool.api.routingpolicy import RouterStatus
 from modelpool.controllers import policy_reconciler
-from modelpool.controllers.router_push import push_all, push_one
+from modelpool.controllers.router_push import (
+    PUSH_CONCURRENCY,
+    choose_generation,
+    live_router_pods,
+    push_all,
+    push_one,
+)
 from modelpool.kube import KubeClient, Obj
 from modelpool.routing.config import RouterConfig
 from modelpool.routing.server import start_router
@@ -231,3 +238,103 @@ def test_a_missing_admin_token_is_still_reported_as_missing() -> None:
     programmed = _programmed(status)
     assert (programmed["status"], programmed["reason"]) == ("False", "AdminTokenMissing")
     assert "Secret p-router-token" in programmed["message"] and seen == []
+
+
+# --- content, not just the generation, decides whether a router is programmed ------------------
+
+
+async def test_a_router_on_other_content_under_the_same_generation_is_pushed() -> None:
+    """push_one compared generations only: a router running generation 5 with other weights was
+    reported programmed ("running this generation") and never got the weights."""
+    running = await start_router(_config(5, small=1), admin_token=TOKEN)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            status = await push_one(client, _pod(), running.port, TOKEN, _config(5, small=9))
+        assert status.programmed and status.message == "pushed"
+        assert running.app.router.config.variant("small").weight == 9
+    finally:
+        await running.close()
+
+
+async def test_a_router_of_another_pool_is_told_how_to_fix_it() -> None:
+    running = await start_router(_config(3), admin_token=TOKEN)
+    try:
+        other = _config(4).model_copy(update={"pool": "bank2"})
+        async with httpx.AsyncClient(timeout=5) as client:
+            status = await push_one(client, _pod(), running.port, TOKEN, other)
+        assert not status.programmed and "rejected (409)" in status.message
+        assert "serves pool 'bank'" in status.message
+        assert "create a new RoutingPolicy for pool 'bank2'" in status.message
+        assert running.app.router.config.pool == "bank"
+    finally:
+        await running.close()
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+async def test_ended_pods_are_left_out(phase: str) -> None:
+    ended = _pod(ready=False)
+    ended["status"]["phase"] = phase
+    assert live_router_pods([ended, _pod(ready=False)]) == [_pod(ready=False)]
+    async with httpx.AsyncClient(timeout=1) as client:
+        assert await push_all(client, [ended], 9, TOKEN, _config(1)) == []
+
+
+# --- routers are asked at once, a bounded number at a time --------------------------------------
+
+
+async def _hanging_routers(count: int) -> tuple[list[RouterStatus], int, list[str]]:
+    """push_all against ``count`` pods that never answer (each request times out after a moment):
+    the results, the most requests that were in flight at once, and the methods sent."""
+    in_flight = most = 0
+    methods: list[str] = []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        methods.append(request.method)
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            in_flight -= 1
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    pods = [_router_pod(f"r{i:02d}", f"10.0.0.{i + 1}") for i in reversed(range(count))]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hang)) as client:
+        results = await push_all(client, pods, 8080, TOKEN, _config(1))
+    return results, most, methods
+
+
+async def test_unreachable_routers_are_asked_at_once_in_a_stable_order() -> None:
+    """Pods were pushed one at a time: ten routers that never answer took 10 x (GET + PUT)
+    timeouts, 100 s at the operator's 5 s, while every other router waited its turn."""
+    results, most, methods = await _hanging_routers(10)
+    assert most == 10
+    assert [r.pod for r in results] == [f"r{i:02d}" for i in range(10)]
+    assert all(not r.programmed and r.message.startswith("unreachable: ") for r in results)
+    assert methods == ["GET"] * 10  # a router that did not answer the GET is not sent the PUT
+
+
+async def test_no_more_routers_than_the_bound_are_asked_at_once() -> None:
+    results, most, _ = await _hanging_routers(PUSH_CONCURRENCY + 4)
+    assert most == PUSH_CONCURRENCY == 16
+    assert len(results) == PUSH_CONCURRENCY + 4
+
+
+@pytest.mark.parametrize(
+    ("reports", "chosen"),
+    [
+        ([], 1),  # nothing published yet
+        ([(0, None)], 1),
+        ([(3, "mine")], 3),  # the status and the routers already stand for this content
+        ([(3, "mine"), (3, None)], 3),  # a router that does not say its content: pushed, same generation
+        ([(3, "theirs")], 4),  # the content changed
+        ([(3, "mine"), (3, "theirs")], 4),  # a router runs other content under that generation
+        ([(3, "mine"), (7, "theirs")], 8),  # a router is ahead (a recreated policy, a lost status)
+        ([(5, None)], 6),
+    ],
+)
+def test_the_generation_is_above_every_report_of_other_content(
+    reports: list[tuple[int, str | None]], chosen: int
+) -> None:
+    assert choose_generation("mine", reports) == chosen
