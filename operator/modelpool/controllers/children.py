@@ -13,8 +13,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT, MANAGED_BY, is_subset
+from modelpool.controllers.backoff import forbidden, server_busy
 from modelpool.controllers.pool_status import ChildIssues
-from modelpool.kube import KubeClient, Obj, resource_path
+from modelpool.kube import KubeClient, KubeError, Obj, resource_path
 
 # (type, reason, message) -> posted as a Kubernetes Event on the pool.
 EventSink = Callable[[str, str, str], None]
@@ -25,6 +26,12 @@ class ChildKind:
     api_version: str
     plural: str
     kind: str
+
+    @property
+    def resource(self) -> str:
+        """As RBAC rules and ``kubectl auth can-i`` name it: ``deployments.apps``, ``services``."""
+        group, _, _ = self.api_version.rpartition("/")
+        return f"{self.plural}.{group}" if group else self.plural
 
 
 DEPLOYMENT = ChildKind("apps/v1", "deployments", "Deployment")
@@ -153,6 +160,7 @@ async def prune_children(
     unwanted: Callable[[str | None], str | None],
     emit: EventSink,
     expected: Collection[str] = (),
+    refusals: list[str] | None = None,
 ) -> None:
     """Delete the children of ``kind`` in ``listed`` that this pool owns and the spec no longer
     wants: ``unwanted`` is given a child's variant (its label) and says why it goes, or None.
@@ -161,6 +169,11 @@ async def prune_children(
     never deleted, whatever its labels say: ``listed`` is read before the pass converged the
     children, so a variant label removed or changed by hand, which that pass just restored, would
     otherwise read as a variant that left the spec, and the child would be deleted and recreated.
+
+    A delete the API server refuses raises, unless ``refusals`` is given: then each refusal (a
+    missing ``delete`` permission, an admission webhook) is added to it, in words that name the
+    child and the fix, and the other children are still deleted. The API server away or the
+    namespace going raises all the same (the pass is retried, or ends with the namespace).
     """
     for obj in listed.values():
         name = obj["metadata"]["name"]
@@ -169,5 +182,36 @@ async def prune_children(
         why = unwanted(obj["metadata"].get("labels", {}).get(LABEL_VARIANT))
         if why is None or not owned_by(obj, uid):
             continue
-        await kube.delete(resource_path(kind.api_version, kind.plural, namespace, name))
-        emit("Normal", "Deleted", f"deleted {kind.kind} {name}: {why}")
+        try:
+            await kube.delete(resource_path(kind.api_version, kind.plural, namespace, name))
+        except KubeError as err:
+            if refusals is None or server_busy(err) or err.namespace_terminating:
+                raise
+            refusals.append(_refused_delete(kind, namespace, name, why, err))
+            continue
+        emit("Normal", "Deleted", f"deleted {kind.kind} {name}: {why}{_removal_note(kind, obj)}")
+
+
+def _refused_delete(kind: ChildKind, namespace: str, name: str, why: str, err: KubeError) -> str:
+    message = f"{kind.kind} {name} stays although {why}: the API server refused its deletion: {err.message}"
+    if kind == DEPLOYMENT:
+        message += " (its replicas keep their GPUs, outside the pool's budget)"
+    if forbidden(err):
+        message += (
+            f"; grant the operator `delete {kind.resource}` in namespace {namespace} (the chart's role "
+            f"has it), or delete it by hand: kubectl -n {namespace} delete {kind.resource} {name}"
+        )
+    return message
+
+
+def _removal_note(kind: ChildKind, obj: Obj) -> str:
+    """What a deleted Deployment took with it: its ready replicas, which served until now."""
+    if kind != DEPLOYMENT:
+        return ""
+    ready = int((obj.get("status") or {}).get("readyReplicas", 0) or 0)
+    if ready == 0:
+        return "; it had no ready replica"
+    return (
+        f"; its {ready} ready replica(s) no longer serve (to replace a variant without a gap, add the "
+        "new one, wait for Ready, then remove the old one)"
+    )

@@ -24,6 +24,7 @@ from modelpool.controllers.backoff import server_busy
 from modelpool.controllers.children import (
     DEPLOYMENT,
     SERVICE,
+    ChildKind,
     EventSink,
     converge_child,
     list_children,
@@ -33,6 +34,7 @@ from modelpool.controllers.children import (
 )
 from modelpool.controllers.disruption_budgets import reconcile_budgets
 from modelpool.controllers.pool_status import (
+    WORKLOAD_REASONS,
     ChildIssues,
     ReplicaPlan,
     compute_status,
@@ -40,7 +42,9 @@ from modelpool.controllers.pool_status import (
     hold,
     rejected_status,
     reported_failure,
+    reported_reasons,
     status_write_due,
+    workload_problems,
 )
 from modelpool.controllers.profiles import load_profiles, profile_condition
 from modelpool.controllers.routed_slo import load_routed_latency_slo_s
@@ -195,18 +199,22 @@ async def prune_removed(
     emit: EventSink,
     children: Mapping[str, Mapping[str, Obj]],
     pool: str,
+    refusals: list[str] | None = None,
 ) -> None:
     """Delete the Deployments and Services of variants no longer in the spec (and only ours).
 
     A child named as the child of a variant in ``keep`` is never deleted, whatever its variant
-    label (see :func:`prune_children`)."""
+    label (see :func:`prune_children`). A delete the API server refuses (``delete`` is a permission
+    the operator works without) is added to ``refusals`` when given, and the others go on."""
 
     def unwanted(variant: str | None) -> str | None:
         return None if variant in keep else f"variant {variant} left the spec"
 
     expected = {child_name(pool, variant) for variant in keep}
     for kind in (DEPLOYMENT, SERVICE):
-        await prune_children(kube, kind, namespace, uid, children[kind.kind], unwanted, emit, expected)
+        await prune_children(
+            kube, kind, namespace, uid, children[kind.kind], unwanted, emit, expected, refusals
+        )
 
 
 @dataclass(frozen=True)
@@ -306,7 +314,9 @@ async def reconcile_pool(
             issues,
             children,
         )
-    await prune_removed(kube, namespace, uid, {v.name for v in spec.variants}, emit, children, name)
+    await prune_removed(
+        kube, namespace, uid, {v.name for v in spec.variants}, emit, children, name, issues.prune_refused
+    )
     conditions = await reconcile_budgets(
         kube,
         namespace,
@@ -347,6 +357,7 @@ async def reconcile_pool(
         await write_status(kube, pool_path(namespace, name), status, raw_status)
     _report_rejections(issues, prev_conditions, emit)
     _report_failures(container_problem(spec, pods), prev_conditions, emit)
+    _report_workload(workload_problems(spec, deployments), prev_conditions, emit)
     return PoolPass(status, outcome.next_decision_in)
 
 
@@ -360,15 +371,26 @@ def _report_failures(
         emit("Warning", *failure)
 
 
+def _report_workload(problems: Mapping[str, str], prev_conditions: list[Condition], emit: EventSink) -> None:
+    """A Warning Event when the variants' Deployments start to say that pods cannot be created or
+    a rollout is past its deadline (``problems``, by reason): once per change, not once per pass,
+    whatever reason Degraded leads with."""
+    reported = reported_reasons(prev_conditions, WORKLOAD_REASONS)
+    for reason, message in problems.items():
+        if reason not in reported:
+            emit("Warning", reason, message)
+
+
 def _report_rejections(issues: ChildIssues, prev_conditions: list[Condition], emit: EventSink) -> None:
-    """A Warning Event per refused child the pool's Degraded condition did not already report: a
-    refusal that lasts (a quota, an admission webhook) is one Event and log line, not one per pass
-    (at ``intervalSeconds: 1``, one a second)."""
+    """A Warning Event per refused child write or delete the pool's Degraded condition did not
+    already report: a refusal that lasts (a quota, an admission webhook, a missing permission) is
+    one Event and log line, not one per pass (at ``intervalSeconds: 1``, one a second)."""
     degraded = c.find(prev_conditions, c.DEGRADED)
     reported = degraded.message if degraded is not None and c.is_true(prev_conditions, c.DEGRADED) else ""
-    for conflict, message in issues.rejected:
-        if conflict not in reported:
-            emit("Warning", "ChildRejected", message)
+    for reason, messages in (("ChildRejected", issues.rejected), ("PruneFailed", issues.prune_refused)):
+        for message in messages:
+            if message not in reported:
+                emit("Warning", reason, message)
 
 
 async def _converge_variant(
@@ -383,20 +405,42 @@ async def _converge_variant(
     issues: ChildIssues,
     children: Mapping[str, Mapping[str, Obj]],
 ) -> Obj | None:
+    """Converge the variant's Service, then its Deployment (a refused Service does not keep the
+    Deployment from its scale or spec); the Deployment as it now is, for the status."""
+    service = build_service(pool, namespace, uid, variant)
+    await _converge_reported(kube, SERVICE, service, uid, emit, issues, children[SERVICE.kind], variant)
+    deployment = build_deployment(pool, namespace, uid, spec, variant, replicas)
+    return await _converge_reported(
+        kube, DEPLOYMENT, deployment, uid, emit, issues, children[DEPLOYMENT.kind], variant
+    )
+
+
+async def _converge_reported(
+    kube: KubeClient,
+    kind: ChildKind,
+    manifest: Obj,
+    uid: str,
+    emit: EventSink,
+    issues: ChildIssues,
+    listed: Mapping[str, Obj],
+    variant: Variant,
+) -> Obj | None:
+    """:func:`converge_child`, with a refused write reported in ``issues`` rather than raised.
+
+    After a refusal the child is taken as listed, which is what runs: a write refused once (a
+    500 from a timed-out etcd, which a failing admission webhook answers too) must not make the
+    status say that the replicas serving untouched are gone."""
     try:
-        service = build_service(pool, namespace, uid, variant)
-        await converge_child(kube, SERVICE, service, uid, emit, issues, children[SERVICE.kind])
-        deployment = build_deployment(pool, namespace, uid, spec, variant, replicas)
-        return await converge_child(
-            kube, DEPLOYMENT, deployment, uid, emit, issues, children[DEPLOYMENT.kind]
-        )
+        return await converge_child(kube, kind, manifest, uid, emit, issues, listed)
     except KubeError as err:
         if err.namespace_terminating:
             return None  # the pool goes with its namespace: nothing to report
         if server_busy(err):
             raise  # the API server restarting or overloaded: the whole pass is retried, nothing refused
         # A rejected child (admission, quota, invalid image name...) is reported, not retried in a tight loop.
-        conflict = f"variant {variant.name}: the API server refused a child: {err.message}"
-        issues.conflicts.append(conflict)
-        issues.rejected.append((conflict, f"variant {variant.name}: {err.message}"))
-        return None
+        name = manifest["metadata"]["name"]
+        issues.rejected.append(
+            f"variant {variant.name}: the API server refused {kind.kind} {name} "
+            f"({err.status} {err.reason}): {err.message}"
+        )
+        return listed.get(name)

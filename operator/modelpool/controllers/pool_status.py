@@ -46,8 +46,16 @@ class ChildIssues:
     """Problems met while converging children, reported in conditions."""
 
     conflicts: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    """Children the API server refused: (the conflict as in Degraded, the Event's message)."""
+    """Children of the pool's names that the pool does not own (never taken over)."""
+    rejected: list[str] = field(default_factory=list)
+    """Child writes the API server refused (admission, quota, validation, a failing webhook)."""
+    prune_refused: list[str] = field(default_factory=list)
+    """Children of variants that left the spec that the API server would not delete."""
+
+    @property
+    def unwritten(self) -> bool:
+        """Whether a child the spec wants may not be what it says."""
+        return bool(self.conflicts or self.rejected)
 
 
 def _pod_active(pod: Obj) -> bool:
@@ -77,6 +85,98 @@ def _variant_pods(pods: Sequence[Obj], variant: str) -> list[Obj]:
     return [p for p in pods if p.get("metadata", {}).get("labels", {}).get(LABEL_VARIANT) == variant]
 
 
+REPLICA_FAILURE = "ReplicaFailure"
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+WORKLOAD_REASONS = (REPLICA_FAILURE, PROGRESS_DEADLINE_EXCEEDED)
+"""Degraded's reasons read from the variants' Deployments (each a Warning Event when it shows)."""
+
+
+def _deployment_condition(dep: Obj, type_: str) -> Obj | None:
+    """The Deployment's condition ``type_`` when its status describes its current spec."""
+    status = dep.get("status") or {}
+    generation = int((dep.get("metadata") or {}).get("generation", 0) or 0)
+    if int(status.get("observedGeneration", 0) or 0) < generation:
+        return None  # the Deployment controller has not seen the spec yet: its conditions are older
+    return next((cond for cond in status.get("conditions") or [] if cond.get("type") == type_), None)
+
+
+def replica_failure(dep: Obj) -> str | None:
+    """Why the Deployment's ReplicaSet cannot create pods (the API server's words), else None."""
+    cond = _deployment_condition(dep, "ReplicaFailure")
+    if cond is None or cond.get("status") != "True":
+        return None
+    return str(cond.get("message") or cond.get("reason") or "FailedCreate")
+
+
+def progress_deadline_exceeded(dep: Obj) -> str | None:
+    """The Deployment controller's message when the rollout passed progressDeadlineSeconds, else None."""
+    cond = _deployment_condition(dep, "Progressing")
+    if cond is None or cond.get("status") != "False" or cond.get("reason") != PROGRESS_DEADLINE_EXCEEDED:
+        return None
+    return str(cond.get("message") or PROGRESS_DEADLINE_EXCEEDED)
+
+
+def replica_failure_hint(message: str) -> str:
+    """What to change for a pod the API server refuses to create (``message``: its words)."""
+    if "exceeded quota" in message:
+        return (
+            "a ResourceQuota of the namespace refuses the pods (kubectl describe resourcequota): raise it, "
+            "or lower the pool's gpuBudget/maxReplicas to fit it"
+        )
+    if "violates PodSecurity" in message:
+        return (
+            "the namespace's PodSecurity admission (label pod-security.kubernetes.io/enforce) refuses the "
+            "pod: set the namespace to a level that admits it"
+        )
+    if "per Container" in message or "per Pod" in message or "LimitRange" in message:
+        return (
+            "a LimitRange of the namespace refuses the pod's resources (kubectl describe limitrange): set "
+            "the variant's resources within it, or change the LimitRange"
+        )
+    return "the ReplicaSet's Events say more (kubectl describe replicaset -l modelpool.dev/variant=<variant>)"
+
+
+def workload_problems(spec: ModelPoolSpec, deployments: Mapping[str, Obj | None]) -> dict[str, str]:
+    """Degraded's messages by reason (:data:`WORKLOAD_REASONS`) from the variants' Deployments."""
+    failures: list[str] = []
+    stalled: list[str] = []
+    for variant in spec.variants:
+        dep = deployments.get(variant.name) or {}
+        if (failure := replica_failure(dep)) is not None:
+            failures.append(
+                f"variant {variant.name}: its ReplicaSet cannot create pods: {failure}; "
+                f"{replica_failure_hint(failure)}"
+            )
+        if (deadline := progress_deadline_exceeded(dep)) is not None:
+            stalled.append(
+                f"variant {variant.name}: its rollout made no progress within the Deployment's "
+                f"progressDeadlineSeconds: {deadline} (the rollout goes on; what holds its new pods back "
+                "is named here or in their Events)"
+            )
+    found = {REPLICA_FAILURE: "; ".join(failures), PROGRESS_DEADLINE_EXCEEDED: "; ".join(stalled)}
+    return {reason: message for reason, message in found.items() if message}
+
+
+def surge_hint(variant: Variant, dep: Obj, resource: str) -> str:
+    """For a variant whose pod waits for GPUs: what its rollout needs, while one is in progress
+    (old replicas still counted in the Deployment's), else ""."""
+    status = dep.get("status") or {}
+    if int(status.get("replicas", 0) or 0) <= int(status.get("updatedReplicas", 0) or 0):
+        return ""
+    return (
+        f"; a rollout of variant {variant.name} is in progress: it surges one replica at a time "
+        f"(maxSurge 1, maxUnavailable 0), so its new pod needs {variant.gpus_per_replica} {resource} "
+        "free on one node while the old replicas keep serving; free them for the rollout (add a node, "
+        "or lower maxReplicas of a lower-priority variant or pool)"
+    )
+
+
+def _gpu_short(message: str, resource: str) -> bool:
+    """The scheduler refused a pod for want of GPUs (not for a spread that keeps it off the nodes
+    with free GPUs, which Degraded reports)."""
+    return resource in message and SPREAD_REFUSAL not in message
+
+
 @dataclass(frozen=True)
 class SharedGpuPool:
     """What the other ModelPools on this pool's shared GPU pool (``spec.gpuPool.name``) bring to
@@ -103,6 +203,9 @@ def compute_status(
     not_ready: list[str] = []
     rolling: list[str] = []
     unschedulable: list[str] = []
+    surges: list[str] = []
+    quota_refusals: list[str] = []
+    resource = spec.gpu_pool.resource_name
     for variant in spec.variants:
         plan = plans[variant.name]
         dep = deployments.get(variant.name) or {}
@@ -115,12 +218,16 @@ def compute_status(
         scheduled = [p for p in active if p.get("spec", {}).get("nodeName")]
         gpus = len(scheduled) * variant.gpus_per_replica
         gpus_in_use += gpus
-        for pod in active:
-            msg = unschedulable_message(pod)
-            if msg is not None:
-                unschedulable.append(f"{pod['metadata']['name']}: {msg}")
+        waiting = [(pod, msg) for pod in active if (msg := unschedulable_message(pod)) is not None]
+        unschedulable += [f"{pod['metadata']['name']}: {msg}" for pod, msg in waiting]
+        if any(_gpu_short(msg, resource) for _, msg in waiting):
+            surges.append(surge_hint(variant, dep, resource))
+        failure = replica_failure(dep)
+        if failure is not None and "exceeded quota" in failure and resource in failure:
+            quota_refusals.append(f"variant {variant.name}: {failure}")
         if ready < plan.replicas:
-            not_ready.append(f"{variant.name} {ready}/{plan.replicas}")
+            cannot = " (pods cannot be created: Degraded)" if failure is not None else ""
+            not_ready.append(f"{variant.name} {ready}/{plan.replicas}{cannot}")
         if not dep or observed < dep_generation or updated < plan.replicas or len(active) != plan.replicas:
             rolling.append(variant.name)
         variants.append(
@@ -152,9 +259,7 @@ def compute_status(
         whose = f"all variants of the pools sharing GPU pool {spec.gpu_pool.name!r}"
     requested = sum(plans[v.name].replicas * v.gpus_per_replica for v in spec.variants)
     # A pod the spread keeps off the nodes with free GPUs is not short of GPUs: said in Degraded.
-    gpu_unschedulable = [
-        m for m in unschedulable if spec.gpu_pool.resource_name in m and SPREAD_REFUSAL not in m
-    ]
+    gpu_unschedulable = [m for m in unschedulable if _gpu_short(m, resource)]
     if min_gpus > budget:
         put(
             c.GPU_BUDGET_FITS,
@@ -174,14 +279,23 @@ def compute_status(
             f"(minReplicas of {whose} need {min_gpus}); the next scaling decision cuts them to the budget, "
             "never below minReplicas (while none is made, MetricsAvailable says why, they are kept)",
         )
+    elif quota_refusals:
+        put(
+            c.GPU_BUDGET_FITS,
+            False,
+            "GPUQuotaExceeded",
+            f"a ResourceQuota of the namespace refuses {resource} the budget allows ({requested} of "
+            f"{budget} GPUs requested): {'; '.join(quota_refusals)}; raise the quota to the budget, or lower "
+            "gpuBudget to what the quota leaves (the scaler plans within gpuBudget, not the quota)",
+        )
     elif gpu_unschedulable:
         put(
             c.GPU_BUDGET_FITS,
             False,
             "InsufficientNodeGPUs",
             f"{len(gpu_unschedulable)} replica(s) cannot be scheduled for lack of "
-            f"{spec.gpu_pool.resource_name} on the pool's nodes: {gpu_unschedulable[0]}; add GPU nodes "
-            "or lower gpuBudget/maxReplicas",
+            f"{resource} on the pool's nodes: {gpu_unschedulable[0]}; add GPU nodes "
+            f"or lower gpuBudget/maxReplicas{''.join(surges)}",
         )
     else:
         gpu_pool = spec.gpu_pool.name
@@ -198,6 +312,11 @@ def compute_status(
     problems: list[tuple[str, str]] = []
     if issues.conflicts:
         problems.append(("ChildConflict", "; ".join(issues.conflicts)))
+    if issues.rejected:
+        problems.append(("ChildRejected", "; ".join(issues.rejected)))
+    workload = workload_problems(spec, deployments)
+    if REPLICA_FAILURE in workload:
+        problems.append((REPLICA_FAILURE, workload[REPLICA_FAILURE]))
     failing = container_problem(spec, pods)
     if failing is not None:
         problems.append(failing)
@@ -206,6 +325,10 @@ def compute_status(
         if any(SPREAD_REFUSAL in m for m in unschedulable):
             pending += f"; {SPREAD_HINT}"
         problems.append(("PodsUnschedulable", pending))
+    if PROGRESS_DEADLINE_EXCEEDED in workload:  # after what stalls a rollout, which it follows from
+        problems.append((PROGRESS_DEADLINE_EXCEEDED, workload[PROGRESS_DEADLINE_EXCEEDED]))
+    if issues.prune_refused:
+        problems.append(("PruneFailed", "; ".join(issues.prune_refused)))
     if problems:
         put(c.DEGRADED, True, problems[0][0], degraded_message(problems))
     else:
@@ -216,9 +339,11 @@ def compute_status(
     else:
         put(c.PROGRESSING, False, "Stable", "every variant runs its desired replicas")
 
-    if not_ready or issues.conflicts:
-        detail = ", ".join(not_ready) if not_ready else "child conflicts"
-        put(c.READY, False, "ReplicasNotReady", f"ready/desired: {detail}")
+    if not_ready or issues.unwritten:
+        parts = [f"ready/desired: {', '.join(not_ready)}"] if not_ready else []
+        if issues.unwritten:
+            parts.append("a child the spec wants was not written (Degraded says why)")
+        put(c.READY, False, "ReplicasNotReady", "; ".join(parts))
     else:
         put(c.READY, True, "AllReplicasReady", "all variants have their desired replicas ready")
 
@@ -253,6 +378,14 @@ def degraded_message(problems: Sequence[tuple[str, str]]) -> str:
     ...``), so a later pass can tell which kinds were reported (:func:`reported_failure`)."""
     (_, first), *others = problems
     return "; ".join([first, *(f"{reason}: {message}" for reason, message in others)])
+
+
+def reported_reasons(conditions: Sequence[Condition], reasons: Sequence[str]) -> set[str]:
+    """Those of ``reasons`` a True Degraded condition reports, as its reason or behind another one."""
+    degraded = c.find(conditions, c.DEGRADED)
+    if degraded is None or degraded.status != "True":
+        return set()
+    return {r for r in reasons if r == degraded.reason or f"; {r}: " in degraded.message}
 
 
 def reported_failure(conditions: Sequence[Condition]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import yaml
 from pydantic import ValidationError
 
 from modelpool.api.base import field_errors
@@ -73,12 +74,25 @@ async def load_profiles(kube: KubeClient, namespace: str, spec: ModelPoolSpec) -
         except ValueError as err:
             view.missing.append(f"{variant.name}: {where} is not a profile: {err}")
             continue
+        except yaml.YAMLError as err:
+            view.missing.append(f"{variant.name}: {where} is not a profile: {yaml_problem(err)}")
+            continue
         reason = staleness(variant, profile)
         if reason:
             view.stale.append(f"{variant.name}: {reason}")
             continue
         view.profiles[variant.name] = profile
     return view
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """The YAML error in one line, with where it is (PyYAML's own text spans several lines and
+    quotes the document)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        what = ": ".join(filter(None, (err.context, err.problem)))
+        return f"not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
+    return "not valid YAML: " + " ".join(str(err).split())
 
 
 def profile_condition(view: ProfileView) -> tuple[bool, str, str] | None:

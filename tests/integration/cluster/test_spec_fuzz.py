@@ -311,7 +311,8 @@ def check_pool(kube: Kube, log: LogWindow, name: str, spec: Obj, findings: Findi
             findings.check(kube.get("deployment", child) is not None, f"{name}: no Deployment {child}")
             findings.check(kube.get("service", child) is not None, f"{name}: no Service {child}")
         degraded = conditions(pool).get("Degraded", {})
-        findings.check(degraded.get("reason") != "ChildConflict", f"{name}: {degraded.get('message')}")
+        refused = degraded.get("reason") in ("ChildConflict", "ChildRejected")
+        findings.check(not refused, f"{name}: {degraded.get('reason')}: {degraded.get('message')}")
     else:
         message = accepted["message"]
         findings.check("spec." in message or "metadata.name" in message, f"{name}: no field in {message!r}")

@@ -191,8 +191,8 @@ def _failing_pod(waiting: str, restarts: int) -> Obj:
     }
 
 
-async def test_failing_containers_get_their_event_while_a_child_conflict_leads_degraded() -> None:
-    """A refused child (ChildConflict) is Degraded's reason; crashing containers at the same time
+async def test_failing_containers_get_their_event_while_a_refused_child_leads_degraded() -> None:
+    """A refused child (ChildRejected) is Degraded's reason; crashing containers at the same time
     were only named in its message and got no Event of their own. They get one per change of
     failure, not one per pass, whichever reason leads (and none again when the conflict goes)."""
     kube = RefusingServicesKube({pool_path(NS, POOL): _pool()})
@@ -206,7 +206,7 @@ async def test_failing_containers_get_their_event_while_a_child_conflict_leads_d
     await _pass(kube, events)
     assert failures() == ["ContainersCrashing"]
     degraded = c.find(_conditions(kube), c.DEGRADED)
-    assert degraded is not None and degraded.reason == "ChildConflict"
+    assert degraded is not None and degraded.reason == "ChildRejected"
     assert "; ContainersCrashing: 1 pod(s) failing: small: pod bank-small-0" in degraded.message
     crash = next(e for e in events if e[1] == "ContainersCrashing")
     assert crash[0] == "Warning" and crash[2].startswith("1 pod(s) failing: small: pod bank-small-0")

@@ -223,31 +223,32 @@ async def _converge(kube: BusyKube) -> tuple[ChildIssues, list[tuple[str, str, s
 )
 async def test_a_busy_api_server_is_no_refused_child(status: int, reason: str, message: str) -> None:
     """Right after the API server starts it answers 503 (seen on the real one) or 429: that
-    fails the pass, to be retried, instead of a ChildRejected Warning and Degraded=ChildConflict."""
+    fails the pass, to be retried, instead of a ChildRejected Warning and Degraded=ChildRejected."""
     with pytest.raises(KubeError):
         await _converge(BusyKube(status, reason, message))
 
 
 async def test_a_refused_child_is_still_reported_once_while_the_refusal_lasts() -> None:
-    """A refusal is a conflict in Degraded and one ChildRejected Event; the passes after it, while
+    """A refusal is ChildRejected in Degraded and one ChildRejected Event; the passes after it, while
     Degraded already says so, post none (before: an Event and a log line every pass, one a second
     at ``intervalSeconds: 1``). A new refusal is reported again."""
     from modelpool.controllers.pool_reconciler import _report_rejections
 
     issues, events = await _converge(BusyKube(500, "InternalError", 'failed calling webhook "x"'))
-    assert issues.conflicts and issues.rejected and events == []
+    assert issues.rejected and not issues.conflicts and events == []
     posted: list[tuple[str, ...]] = []
     _report_rejections(issues, [], lambda *event: posted.append(event))
-    assert [e[1] for e in posted] == ["ChildRejected"] and 'webhook "x"' in posted[0][2]
+    # the Service and the Deployment, each refused (a refused Service does not skip the Deployment)
+    assert [e[1] for e in posted] == ["ChildRejected"] * 2 and all('webhook "x"' in e[2] for e in posted)
 
     def degraded(message: str) -> list[Any]:
-        return c.set_condition([], c.DEGRADED, "True", "ChildConflict", message, 1, "2026-11-24T00:00:00Z")
+        return c.set_condition([], c.DEGRADED, "True", "ChildRejected", message, 1, "2026-11-24T00:00:00Z")
 
     posted.clear()
-    _report_rejections(issues, degraded("; ".join(issues.conflicts)), lambda *event: posted.append(event))
+    _report_rejections(issues, degraded("; ".join(issues.rejected)), lambda *event: posted.append(event))
     assert posted == []  # already reported
-    _report_rejections(issues, degraded("variant small: another refusal"), lambda *e: posted.append(e))
-    assert len(posted) == 1
+    _report_rejections(issues, degraded(issues.rejected[0]), lambda *e: posted.append(e))
+    assert len(posted) == 1 and "Deployment" in posted[0][2]  # the one not reported yet
 
 
 def test_a_lasting_failure_is_reported_at_each_doubling() -> None:
