@@ -47,8 +47,64 @@ Quantity = Annotated[
 ]
 
 
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A DNS-1123 subdomain: what the API server takes as the name of a Secret, a ConfigMap or a
+ServiceAccount."""
+DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+ConfigKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="A key of its data: alphanumerics, '-', '_' or '.'.",
+    ),
+]
+
+
+class EnvKeySelector(ApiModel):
+    """Selects a key of a Secret or a ConfigMap in the pool's namespace."""
+
+    name: DnsSubdomain = Field(description="Name of the Secret or ConfigMap, in the pool's namespace.")
+    key: ConfigKey = Field(description="The key whose value the variable takes.")
+    optional: bool | None = Field(
+        default=None,
+        description="true: a missing object or key leaves the variable unset; unset or false: the "
+        "pod does not start until it exists.",
+    )
+
+
+ENV_SOURCE_MESSAGE = "valueFrom must set exactly one of secretKeyRef and configMapKeyRef"
+ENV_VALUE_MESSAGE = (
+    "set value or valueFrom, not both: value is the variable's text, valueFrom takes it from a "
+    "Secret or ConfigMap key"
+)
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from: a key of a Secret (credentials) or of a ConfigMap."""
+
+    model_config = with_rules(cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", ENV_SOURCE_MESSAGE))
+
+    secret_key_ref: EnvKeySelector | None = Field(
+        default=None,
+        description="A key of a Secret, e.g. the AWS_SECRET_ACCESS_KEY of an s3:// model repository.",
+    )
+    config_map_key_ref: EnvKeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError(ENV_SOURCE_MESSAGE)
+        return self
+
+
 class EnvVar(ApiModel):
-    """An environment variable for the Triton container."""
+    """An environment variable for the Triton container: a value, or a key of a Secret or ConfigMap."""
+
+    model_config = with_rules(
+        cel("!has(self.valueFrom) || !has(self.value) || self.value == ''", ENV_VALUE_MESSAGE, ".valueFrom")
+    )
 
     name: str = Field(
         min_length=1,
@@ -56,7 +112,19 @@ class EnvVar(ApiModel):
         pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
         description="Name of the environment variable in the Triton container.",
     )
-    value: str = Field(default="", max_length=4096, description="Its value.")
+    value: str = Field(default="", max_length=4096, description="Its value (not with valueFrom).")
+    value_from: EnvVarSource | None = Field(
+        default=None,
+        description="Its value from a key of a Secret or ConfigMap in the pool's namespace, instead of "
+        "value: how to give a remote model repository its credentials without writing them in the "
+        "pool (e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://).",
+    )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value and self.value_from is not None:
+            raise ValueError(ENV_VALUE_MESSAGE)
+        return self
 
 
 def _unique_env(env: list[EnvVar]) -> list[EnvVar]:
@@ -94,24 +162,101 @@ _RESERVED_ARGS_RULE = (
     "[" + ", ".join(f"'{flag}'" for flag in RESERVED_TRITON_FLAGS) + "]"
     ".exists(f, f.startsWith(a.find('" + _FLAG_NAME + "')))))"
 )
-"""The API server's form of :func:`_no_reserved_args`."""
+"""The API server's form of the reserved-flag check of :func:`_usable_args`."""
 
 
-def _no_reserved_args(args: list[str]) -> list[str]:
-    """Refuse an argument whose option name is a reserved flag or a prefix of one: tritonserver
-    parses its options with getopt_long, which takes ``--http-p=9000`` for ``--http-port=9000``.
+ADDRESS_FLAGS: dict[str, str] = {
+    "--http-address": "the kubelet's probes and the router reach Triton's HTTP port on the pod's IP",
+    "--metrics-address": "the scaler's Prometheus scrapes the metrics port on the pod's IP",
+}
+"""tritonserver flags that may only name an address on every interface (``0.0.0.0``, or ``::`` on
+IPv6): bound to another (``127.0.0.1``), the pod runs but nothing outside it reaches the port."""
+_ALL_INTERFACES = r"=(0\.0\.0\.0|::|\[::\])$"
+ADDRESS_ARGS_MESSAGE = (
+    "triton.args: "
+    + " and ".join(ADDRESS_FLAGS)
+    + " (or an abbreviation) must be an all-interfaces address given after '=' (0.0.0.0, the "
+    "default, or :: on IPv6): the kubelet's probes, the router and the scaler's Prometheus reach "
+    "the pod on its IP; remove the flag"
+)
+_ADDRESS_ARGS_RULE = (
+    "self.all(a, !(a.find('" + _FLAG_NAME + "') != '' && "
+    "[" + ", ".join(f"'{flag}'" for flag in ADDRESS_FLAGS) + "]"
+    ".exists(f, f.startsWith(a.find('" + _FLAG_NAME + "'))) && "
+    "!a.matches(r'" + _FLAG_NAME + _ALL_INTERFACES + "')))"
+)
+"""The API server's form of the address check of :func:`_usable_args`."""
+
+RESTRICTED_API_FLAG = "--http-restricted-api"
+UNRESTRICTABLE_APIS = ("health", "inference")
+"""The HTTP API groups the kubelet's probes (health) and the router (a model's readiness: health;
+inference) call, without any restriction key."""
+_RESTRICTS_NEEDED_API = "=([^:,]*,)*(" + "|".join(UNRESTRICTABLE_APIS) + ")(,|:|$)"
+RESTRICTED_ARGS_MESSAGE = (
+    f"triton.args: {RESTRICTED_API_FLAG} (or an abbreviation) may not restrict health or inference: "
+    "the kubelet's probes and the router call them without the key. Give it with its value in one "
+    f"argument ({RESTRICTED_API_FLAG}=<apis>:<key>=<value>) and list only other APIs (e.g. "
+    "model-repository,statistics)"
+)
+_RESTRICTED_ARGS_RULE = (
+    "self.all(a, !(a.find('" + _FLAG_NAME + "') != '' && "
+    f"'{RESTRICTED_API_FLAG}'.startsWith(a.find('" + _FLAG_NAME + "')) && "
+    "(!a.matches(r'" + _FLAG_NAME + "=') || a.matches(r'" + _FLAG_NAME + _RESTRICTS_NEEDED_API + "'))))"
+)
+"""The API server's form of the restricted-API check of :func:`_usable_args`."""
+_RESTRICTS_NEEDED_API_RE = re.compile(_FLAG_NAME + _RESTRICTS_NEEDED_API.replace("$", r"\Z"))
+"""The same in Python, whose ``$`` also matches before a final newline (RE2's does not)."""
+
+
+def _abbreviated(name: str, flags: list[str]) -> str:
+    """How a message names option ``name``, one of ``flags`` or a prefix of them."""
+    return name if name == flags[0] else f"{name}, an abbreviation of {' or '.join(flags)},"
+
+
+def _usable_args(args: list[str]) -> list[str]:
+    """Refuse an argument that would leave the pods unusable to ModelPool (the CRD's rules in
+    Python): a flag ModelPool sets, or an abbreviation of one (tritonserver parses its options with
+    getopt_long, which takes ``--http-p=9000`` for ``--http-port=9000``); an address flag bound to
+    less than every interface; an HTTP API restriction on what the probes and the router call.
     (An argument that does not start with ``--``, a leading space included, is no option to it.)"""
     for arg in args:
         if not (m := re.match(_FLAG_NAME, arg)):
             continue
-        hit = [flag for flag in RESERVED_TRITON_FLAGS if flag.startswith(m.group())]
+        name = m.group()
+        hit = [flag for flag in RESERVED_TRITON_FLAGS if flag.startswith(name)]
         if hit:
-            named = hit[0] if m.group() == hit[0] else f"{m.group()}, an abbreviation of {' or '.join(hit)},"
             raise ValueError(
-                f"{arg!r}: {named} is set by ModelPool ({RESERVED_TRITON_FLAGS[hit[0]]}); remove it "
-                "from triton.args"
+                f"{arg!r}: {_abbreviated(name, hit)} is set by ModelPool ({RESERVED_TRITON_FLAGS[hit[0]]}); "
+                "remove it from triton.args"
+            )
+        hit = [flag for flag in ADDRESS_FLAGS if flag.startswith(name)]
+        if hit and not re.fullmatch(_FLAG_NAME + _ALL_INTERFACES, arg):
+            raise ValueError(
+                f"{arg!r}: {_abbreviated(name, hit)} must be an all-interfaces address given after '=' "
+                f"(0.0.0.0, the default, or :: on IPv6): {ADDRESS_FLAGS[hit[0]]}; remove it from "
+                "triton.args"
+            )
+        if RESTRICTED_API_FLAG.startswith(name) and (
+            not re.match(_FLAG_NAME + "=", arg) or _RESTRICTS_NEEDED_API_RE.match(arg)
+        ):
+            raise ValueError(
+                f"{arg!r}: {_abbreviated(name, [RESTRICTED_API_FLAG])} may not restrict health or "
+                "inference: the kubelet's probes and the router call them without the key. Give it "
+                f"with its value in one argument ({RESTRICTED_API_FLAG}=<apis>:<key>=<value>) and list "
+                "only other APIs (e.g. model-repository,statistics)"
             )
     return args
+
+
+SHARED_MEMORY_SIZE = "1Gi"
+SHARED_MEMORY_MESSAGE = "sharedMemorySize must be more than 0 (e.g. 1Gi)"
+
+
+def _positive_size(size: str) -> str:
+    """A quantity (already matched by its pattern) with a digit other than 0 is more than 0."""
+    if re.search("[1-9]", size) is None:
+        raise ValueError(SHARED_MEMORY_MESSAGE)
+    return size
 
 
 class TritonSpec(ApiModel):
@@ -124,27 +269,68 @@ class TritonSpec(ApiModel):
         pattern=IMAGE_PATTERN,
         description="Triton server image (no leading or trailing whitespace).",
     )
-    args: Annotated[list[Annotated[str, Field(max_length=1024)]], AfterValidator(_no_reserved_args)] = Field(
+    args: Annotated[list[Annotated[str, Field(max_length=1024)]], AfterValidator(_usable_args)] = Field(
         default_factory=list,
         max_length=32,
-        description="Extra tritonserver arguments, appended after the ones ModelPool sets. The flags "
-        "ModelPool sets itself are refused: " + ", ".join(RESERVED_TRITON_FLAGS) + ".",
+        description="Extra tritonserver arguments, appended after the ones ModelPool sets. Refused: "
+        "the flags ModelPool sets itself ("
+        + ", ".join(RESERVED_TRITON_FLAGS)
+        + "), "
+        + " and ".join(ADDRESS_FLAGS)
+        + " other than 0.0.0.0 or ::, and "
+        + RESTRICTED_API_FLAG
+        + " restricting health or inference (the probes and the router need them), each also "
+        "abbreviated.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                dict[str, JsonValue](
-                    cel(
-                        _RESERVED_ARGS_RULE,
-                        RESERVED_ARGS_MESSAGE,
-                    )
-                )
+                dict[str, JsonValue](cel(_RESERVED_ARGS_RULE, RESERVED_ARGS_MESSAGE)),
+                dict[str, JsonValue](cel(_ADDRESS_ARGS_RULE, ADDRESS_ARGS_MESSAGE)),
+                dict[str, JsonValue](cel(_RESTRICTED_ARGS_RULE, RESTRICTED_ARGS_MESSAGE)),
             ]
         },
     )
     env: Annotated[list[EnvVar], AfterValidator(_unique_env)] = Field(
         default_factory=list,
         max_length=32,
-        description="Extra environment; names are unique.",
+        description="Extra environment; names are unique. A value, or valueFrom a Secret's or "
+        "ConfigMap's key (credentials of an s3://, gs:// or as:// model repository).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    service_account_name: DnsSubdomain | None = Field(
+        default=None,
+        description="ServiceAccount the Triton pods run as, in the pool's namespace (it must exist, "
+        "or no pod is created): with workload identity (EKS IRSA, GKE or AKS Workload Identity), "
+        "the one bound to the cloud role that reads a remote model repository. Unset: the "
+        "namespace's default ServiceAccount.",
+    )
+    shared_memory_size: Annotated[Quantity, AfterValidator(_positive_size)] = Field(
+        default=SHARED_MEMORY_SIZE,
+        description="Size (a quantity, e.g. 1Gi) of the memory-backed emptyDir mounted at /dev/shm "
+        "(the container runtime's own is 64 MiB). The Python backend keeps its tensors in "
+        "shared-memory regions there, and a region that does not fit fails the stub or the request. "
+        "What is written there counts toward the container's memory limit (resources.memory): leave "
+        "room for it. Changing it rolls the variant's pods.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                dict[str, JsonValue](cel("self.matches('[1-9]')", SHARED_MEMORY_MESSAGE))
+            ]
+        },
+    )
+    startup_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=86_400,
+        description="How long a replica may take to start and load its model (the startup probe, "
+        "every 10 s, so rounded up to a multiple of 10) before the kubelet restarts it; a large "
+        "model read from a remote repository may need more than the default 10 minutes.",
+    )
+    probe_timeout_seconds: int = Field(
+        default=2,
+        ge=1,
+        le=60,
+        description="Seconds each probe (startup, readiness every 5 s, liveness every 10 s) waits "
+        "for Triton's health endpoint to answer; raise it when a busy server answers late (three "
+        "late liveness answers in a row restart the container).",
     )
 
 
@@ -160,8 +346,10 @@ class ModelSource(ApiModel):
     repository: str = Field(
         min_length=1,
         max_length=1024,
-        description="Model repository given to --model-repository: a path in the image or a mounted "
-        "volume, or an s3://, gs:// or as:// location Triton reads.",
+        description="Model repository given to --model-repository: a path in the image, or an "
+        "s3://, gs:// or as:// location Triton reads. Its credentials: triton.env with valueFrom a "
+        "Secret's key (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or triton.serviceAccountName "
+        "for workload identity.",
     )
     version: int | None = Field(
         default=None,

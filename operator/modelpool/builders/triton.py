@@ -8,11 +8,12 @@ against the live objects.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any
 
 from modelpool.api.base import API_VERSION
-from modelpool.api.modelpool import GpuPool, ModelPoolSpec, Variant
+from modelpool.api.modelpool import EnvVar, GpuPool, ModelPoolSpec, Toleration, TritonSpec, Variant
 
 Manifest = dict[str, Any]
 
@@ -27,6 +28,10 @@ LABEL_TIER = "modelpool.dev/tier"
 ANNOTATION_MODEL_VERSION = "modelpool.dev/model-version"
 POD_TEMPLATE_HASH = "pod-template-hash"
 """The label the Deployment controller puts on each ReplicaSet's pods (one value per template)."""
+SHM_VOLUME = "dshm"
+"""The memory-backed emptyDir mounted at /dev/shm (Triton's Python backend keeps its tensors there)."""
+STARTUP_PROBE_PERIOD = 10
+"""Seconds between startup probes: ``startupTimeoutSeconds`` is a whole number of them."""
 
 
 def child_name(pool: str, variant: str) -> str:
@@ -85,13 +90,43 @@ def container_resources(gpu_pool: GpuPool, variant: Variant) -> Manifest:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _probe(path: str, *, period: int, failures: int) -> Manifest:
+def _probe(path: str, *, period: int, failures: int, timeout: int) -> Manifest:
     return {
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,
-        "timeoutSeconds": 2,
+        "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
+
+
+def probes(triton: TritonSpec) -> Manifest:
+    """The container's startup, readiness and liveness probes on Triton's health endpoints.
+
+    Model loads can be slow: the startup probe allows ``startupTimeoutSeconds`` (rounded up to its
+    period) before liveness applies; ``probeTimeoutSeconds`` bounds each answer."""
+    timeout = triton.probe_timeout_seconds
+    startup_failures = -(-triton.startup_timeout_seconds // STARTUP_PROBE_PERIOD)
+    return {
+        "startupProbe": _probe(
+            "/v2/health/ready", period=STARTUP_PROBE_PERIOD, failures=startup_failures, timeout=timeout
+        ),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, timeout=timeout),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3, timeout=timeout),
+    }
+
+
+def env_var(var: EnvVar) -> Manifest:
+    """One environment variable as the API server stores it: an empty value is left out
+    (``omitempty``: sent, it would look drifted on every pass), as is an unset ``optional``."""
+    if var.value_from is not None:
+        return {"name": var.name, "valueFrom": var.value_from.to_wire()}
+    return {"name": var.name, **({"value": var.value} if var.value else {})}
+
+
+def toleration(t: Toleration) -> Manifest:
+    """A toleration as the API server stores it: an empty key (every taint, with Exists) or value is
+    left out (``omitempty``: sent, it would look drifted on every pass)."""
+    return {k: v for k, v in t.to_wire().items() if v != ""}
 
 
 def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Manifest:
@@ -113,24 +148,30 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "resources": container_resources(spec.gpu_pool, variant),
-        # Model loads can be slow: the startup probe allows up to 10 minutes before liveness applies.
-        "startupProbe": _probe("/v2/health/ready", period=10, failures=60),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        **probes(variant.triton),
         # A Triton that exits (a model that fails to load) writes no termination message: the
         # kubelet then keeps the tail of its log, which the pool's Degraded condition quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
     }
     if variant.triton.env:
-        # The API server drops an empty value (omitempty): sent, it would look drifted on every pass.
-        container["env"] = [
-            {"name": e.name, **({"value": e.value} if e.value else {})} for e in variant.triton.env
-        ]
-    pod_spec: Manifest = {"containers": [container]}
+        container["env"] = [env_var(e) for e in variant.triton.env]
+    pod_spec: Manifest = {
+        "containers": [container],
+        # The runtime's /dev/shm is 64 MiB, too small for the Python backend's shared memory.
+        "volumes": [
+            {
+                "name": SHM_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": variant.triton.shared_memory_size},
+            }
+        ],
+    }
+    if variant.triton.service_account_name is not None:
+        pod_spec["serviceAccountName"] = variant.triton.service_account_name
     if spec.gpu_pool.node_selector:
         pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
     if spec.gpu_pool.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in spec.gpu_pool.tolerations]
+        pod_spec["tolerations"] = [toleration(t) for t in spec.gpu_pool.tolerations]
     pod_spec["topologySpreadConstraints"] = topology_spread_constraints(pool, spec, variant)
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
@@ -235,23 +276,49 @@ def build_pod_disruption_budget(
     }
 
 
+MAP_LIST_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "containers": (("name",),),
+    "initContainers": (("name",),),
+    "env": (("name",),),
+    "volumes": (("name",),),
+    "volumeMounts": (("mountPath",),),
+    "ports": (("containerPort", "protocol"), ("port", "protocol")),  # a container's, a Service's
+    "ownerReferences": (("uid",),),
+}
+"""The fields of the children that are map-lists (``x-kubernetes-list-type: map``) by the keys of
+their entries: a server-side apply merges these by key and keeps the entries another field manager
+owns (``kubectl set env``, a mutating webhook, a policy engine), so they compare by key."""
+
+
 def is_subset(desired: Any, live: Any) -> bool:
     """True when every field ``desired`` sets has the same value in ``live``.
 
     Fields the API server defaults (imagePullPolicy, terminationMessagePath, ...) are
-    ignored, so an unchanged child never looks drifted; lists must match item by item. An empty
+    ignored, so an unchanged child never looks drifted. Map-lists (:data:`MAP_LIST_KEYS`) match
+    entry by key, in any order, ignoring live entries the manifest does not set (another field
+    manager's, which a server-side apply keeps); other lists must match item by item. An empty
     list matches an absent field (the API server omits empty lists), so a builder that emits ``[]``
     clears what it set before: a live non-empty list then differs.
     """
+    return _is_subset(desired, live, None)
+
+
+def _is_subset(desired: Any, live: Any, name: str | None) -> bool:
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
-            is_subset(v, live[k]) if k in live else v == [] for k, v in desired.items()
+            _is_subset(v, live[k], k) if k in live else v == [] for k, v in desired.items()
         )
     if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(desired) == len(live)
-            and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
+        if not isinstance(live, list):
+            return False
+        keys = _map_keys(name, desired)
+        if keys is not None:
+            by_key = {_key(item, keys): item for item in live if isinstance(item, dict)}
+            return all(
+                (k := _key(item, keys)) in by_key and _is_subset(item, by_key[k], None) for item in desired
+            )
+        return len(desired) == len(live) and all(
+            _is_subset(d, lv, None) for d, lv in zip(desired, live, strict=True)
         )
     if desired == live:
         return True
@@ -259,6 +326,19 @@ def is_subset(desired: Any, live: Any) -> bool:
         want, have = parse_quantity(desired), parse_quantity(live)
         return want is not None and want == have
     return False
+
+
+def _map_keys(name: str | None, desired: Sequence[Any]) -> tuple[str, ...] | None:
+    """The keys the entries of map-list ``name`` are merged by; None for any other list, or one
+    whose entries the manifest does not all key (then compared item by item)."""
+    for keys in MAP_LIST_KEYS.get(name or "", ()):
+        if all(isinstance(item, dict) and all(k in item for k in keys) for item in desired):
+            return keys
+    return None
+
+
+def _key(item: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(item.get(k) for k in keys)
 
 
 _QUANTITY_SUFFIX = {
