@@ -293,8 +293,9 @@ Checks across values that values.schema.json cannot express; each failure names 
 {{- end }}
 {{- $envNames = append $envNames $env.name }}
 {{- end }}
-{{- $requests := .Values.resources.requests | default dict }}
-{{- $limits := .Values.resources.limits | default dict }}
+{{- $resources := .Values.resources | default dict }}
+{{- $requests := $resources.requests | default dict }}
+{{- $limits := $resources.limits | default dict }}
 {{- range $name, $request := $requests }}
 {{- if and (hasKey $limits $name) (not (kindIs "invalid" $request)) (not (kindIs "invalid" (get $limits $name))) }}
 {{- $limit := get $limits $name }}
@@ -309,5 +310,29 @@ Checks across values that values.schema.json cannot express; each failure names 
 {{- fail (printf "metrics.serviceMonitor.scrapeTimeout (%s) is longer than metrics.serviceMonitor.interval (%s): prometheus-operator rejects such a ServiceMonitor" .scrapeTimeout .interval) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator pod's affinity: the user's `affinity`; when it is empty, the user sets no
+`topologySpreadConstraints` either, and there are 2 or more replicas (a leader and standbys), a
+soft pod anti-affinity on kubernetes.io/hostname over this release's pods, so that a standby runs
+on another node than the leader and survives the leader's node (the production overlay's term).
+Soft: on a one-node cluster, or with fewer nodes than replicas, all replicas still schedule.
+Empty when there is none.
+*/}}
+{{- define "modelpool.affinity" -}}
+{{- if .Values.affinity }}
+{{- toYaml .Values.affinity }}
+{{- else if and (ge (int .Values.replicaCount) 2) (not .Values.topologySpreadConstraints) -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    # A standby on another node than the leader: a node that dies takes one of them.
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "modelpool.selectorLabels" . | nindent 12 }}
 {{- end }}
 {{- end }}

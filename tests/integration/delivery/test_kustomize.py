@@ -111,6 +111,17 @@ def test_production_overlay_keeps_a_replica_through_drains_as_the_chart_does() -
     assert by_kind(kustomize(BASE), "PodDisruptionBudget") == []  # one replica: none
 
 
+def test_production_overlay_spreads_its_replicas_as_the_chart_does() -> None:
+    """The chart's default anti-affinity for replicaCount 2 is the overlay's; the overlay adds its
+    nodeAffinity (the chart's users set `affinity` for that, which replaces the default)."""
+    overlay = one(kustomize(OVERLAYS / "production"), "Deployment")["spec"]["template"]["spec"]["affinity"]
+    chart = render(release="modelpool", namespace="modelpool-system", set_json={"replicaCount": "2"})
+    chart_affinity = one(chart, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert chart_affinity == {"podAntiAffinity": overlay["podAntiAffinity"]}
+    base = one(kustomize(BASE), "Deployment")["spec"]["template"]["spec"]
+    assert "affinity" not in base  # one replica: none, as the chart renders it
+
+
 # namespace, 2 CRDs, ServiceAccount, 2 cluster RBAC, 2 leader-election RBAC, Service, Deployment;
 # production also the operator's PodDisruptionBudget (two replicas).
 @pytest.mark.parametrize(
