@@ -379,3 +379,41 @@ def test_a_pushed_config_reads_back_with_the_same_digest(mode: str) -> None:
     answered = RouterConfig.model_validate(json.loads(json.dumps(pushed.to_json())))
     assert config_digest(answered) == config_digest(config)
     assert choose_generation(config_digest(config), [(3, config_digest(answered))]) == 3
+
+
+# --- the pass plans with the profiles' capacity -------------------------------------------------
+
+
+async def test_a_pass_moves_a_shortfall_by_the_capacity_of_the_variants_profile() -> None:
+    """The policy's pass hands the profiles' capacity per replica to the weight planner: without
+    it a variant whose capacity only its profile knows moved nothing ("capacity per replica is
+    unknown") however short it was."""
+    from modelpool.api.modelpool import ModelPoolStatus, VariantStatus
+
+    running = await _router(_config(0, small=1))
+    try:
+        spec = _policy_spec(running.port)
+        spec["weights"] = [{"variant": "small", "weight": 100}, {"variant": "large", "weight": 1}]
+        kube = _world(spec, [_pod()])
+        pool = kube.objects[policy_reconciler.pool_path(NS, "bank")]
+        profile = json.loads(rc._profile("small", [(0.0, 1.0, 10, 0.9)]).to_json())
+        profile["modelName"] = "m_small"  # the model the variant serves: the profile is current
+        pool["spec"]["variants"][0].update(profile={"inline": profile}, maxReplicas=10)
+        short = ModelPoolStatus(
+            variants=[
+                VariantStatus(
+                    name="small",
+                    tier="small",
+                    desired_replicas=10,
+                    ready_replicas=10,
+                    capacity_shortfall_rps=1,
+                ),
+                VariantStatus(name="large", tier="large", desired_replicas=1, ready_replicas=1),
+            ]
+        )
+        pool["status"] = short.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await _pass(kube)
+        live = running.app.router.config
+        assert (live.variant("small").weight, live.variant("large").weight) == (99, 2)
+    finally:
+        await running.close()
