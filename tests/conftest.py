@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from modelpool.devcluster.processes import interrupt_on_sigterm, without_caller_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +45,33 @@ def _record_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
         _skipped.append(f"{report.nodeid}: {reason}")
 
 
+# --- the operators, servers and clusters the tests start --------------------------------------
+# The caller's operator settings (MODELPOOL_PROMETHEUS_URL, MODELPOOL_METRICS_PORT...) would reach
+# every operator a test starts: only the documented inputs of the test command stay, and an
+# operator's metrics listen on loopback unless a test says otherwise. A SIGTERM (a CI timeout,
+# `kill`) ends the run as Ctrl-C does, through the teardown that stops what the fixtures started.
+_restore_sigterm: Callable[[], None] | None = None
+
+
+def _isolate_environment() -> None:
+    kept = without_caller_settings(os.environ)
+    for name in set(os.environ) - set(kept):
+        del os.environ[name]
+    os.environ["MODELPOOL_METRICS_ADDR"] = "127.0.0.1"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    global _restore_sigterm
     _skipped.clear()
+    _isolate_environment()
+    _restore_sigterm = interrupt_on_sigterm()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _restore_sigterm
+    if _restore_sigterm is not None:  # after the session's teardown
+        _restore_sigterm()
+        _restore_sigterm = None
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:

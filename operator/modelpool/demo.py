@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpool.devcluster.cluster import DEFAULT_NAME, DevCluster
-from modelpool.devcluster.processes import stop_process
+from modelpool.devcluster.processes import sigterm_interrupts, stop_process, without_caller_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "modelpool-demo"
@@ -41,15 +41,34 @@ def _wait_ready(cluster: DevCluster, pool: str, timeout: float) -> dict[str, Any
     raise TimeoutError(f"modelpool {pool} not Ready after {timeout:.0f} s: {json.dumps(last.get('status'))}")
 
 
+def operator_env(cluster: DevCluster) -> dict[str, str]:
+    """The demo operator's environment: the cluster's, without the caller's operator settings (a
+    ``MODELPOOL_PROMETHEUS_URL`` or ``MODELPOOL_METRICS_PORT`` meant for another operator), its
+    metrics (if any) on loopback only."""
+    return without_caller_settings(cluster.env()) | {
+        "MODELPOOL_RESYNC_SECONDS": "10",
+        "MODELPOOL_METRICS_ADDR": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def start_operator(cluster: DevCluster, log_path: Path) -> subprocess.Popen[bytes]:
-    env = cluster.env() | {"MODELPOOL_RESYNC_SECONDS": "10", "PYTHONUNBUFFERED": "1"}
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "modelpool", "operator", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelpool", "operator", "run"],
+            env=operator_env(cluster),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_demo(hold_seconds: float | None = None, cluster_name: str = DEFAULT_NAME) -> int:
+    """The demo; a SIGTERM (as Ctrl-C) stops it and the operator it started."""
+    with sigterm_interrupts():
+        return _run_demo(hold_seconds, cluster_name)
+
+
+def _run_demo(hold_seconds: float | None, cluster_name: str) -> int:
     cluster = DevCluster(name=cluster_name)
     _say("starting the local control plane (kwokctl --runtime binary, 2 fake nodes x 8 nvidia.com/gpu)")
     started = time.monotonic()
@@ -77,7 +96,8 @@ def run_demo(hold_seconds: float | None = None, cluster_name: str = DEFAULT_NAME
         print(cluster.kubectl("-n", NAMESPACE, "get", "modelpools,routingpolicies").stdout)
         print(
             cluster.kubectl(
-                "get", "deployments,services,pods", "-l", f"modelpool.dev/pool={pool}", "-o", "wide"
+                *("-n", NAMESPACE, "get", "deployments,services,pods"),
+                *("-l", f"modelpool.dev/pool={pool}", "-o", "wide"),
             ).stdout
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelpool.devcluster import toolchain
-from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.cluster import DevCluster, checkout_name
 from modelpool.devcluster.prometheus import PrometheusProcess
 from modelpool.devcluster.triton import TritonProcess
 
@@ -33,20 +33,25 @@ def cluster() -> Iterator[DevCluster]:
             f"control plane binaries missing ({missing}); "
             "run `modelpool devcluster build` (.ci/setup.sh does)"
         )
-    workdir = toolchain.cache_dir() / "kwok-test"
-    dev = DevCluster(name="modelpool-test", workdir=workdir, kubeconfig_out=workdir / "kubeconfig-test.yaml")
-    dev.create(nodes=NODES, gpus_per_node=GPUS_PER_NODE)
-    dev.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    dev.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelpools.modelpool.dev",
-        "crd/routingpolicies.modelpool.dev",
-    )
-    yield dev
-    if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
-        dev.delete()
+    # Named after this checkout (and in a workdir of its own): another checkout's run, sharing the
+    # cache, neither reuses nor deletes it.
+    name = checkout_name("modelpool-test", REPO_ROOT)
+    workdir = toolchain.cache_dir() / f"kwok-{name}"
+    dev = DevCluster(name=name, workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
+    try:
+        dev.create(nodes=NODES, gpus_per_node=GPUS_PER_NODE)
+        dev.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+        dev.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelpools.modelpool.dev",
+            "crd/routingpolicies.modelpool.dev",
+        )
+        yield dev
+    finally:  # a failed setup too: its control-plane processes would outlive the run
+        if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
+            dev.delete()
 
 
 @pytest.fixture

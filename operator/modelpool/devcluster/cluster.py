@@ -9,12 +9,16 @@ Running by kwok (no container runs, nothing listens on their IPs).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,31 @@ import yaml
 from modelpool.devcluster import toolchain
 
 DEFAULT_NAME = "modelpool"
+
+
+def checkout_name(base: str, root: Path) -> str:
+    """``base`` and a short hash of the checkout ``root``: the test clusters (and their workdirs) of
+    parallel checkouts sharing one cache stay apart (``modelpool-test-1a2b3c``)."""
+    return f"{base}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:6]}"
+
+
+def create_lock_path() -> Path:
+    """The file whose lock ``kwokctl create`` runs under, in the project's cache."""
+    return toolchain.cache_dir() / "kwokctl-create.lock"
+
+
+@contextlib.contextmanager
+def _create_lock() -> Iterator[None]:
+    """One ``kwokctl create`` at a time across processes: each picks its ports by probing
+    (v0.8.0 counts down from 32767), so two at once may pick the same ones before either listens."""
+    path = create_lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def fake_gpu_node(
@@ -91,11 +120,21 @@ class DevCluster:
         return self.kubeconfig_out or self.workdir / "clusters" / self.name / "kubeconfig.yaml"
 
     def env(self) -> dict[str, str]:
+        """The environment of kwokctl, kubectl and helm for this cluster: their caches stay in the
+        project's cache (kubectl's discovery cache per cluster), not in ``~/.kube`` or ``~/.cache``."""
         env = dict(os.environ)
         env["KWOK_WORKDIR"] = str(self.workdir)
         env["PATH"] = f"{toolchain.bin_dir()}{os.pathsep}{env.get('PATH', '')}"
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env["KUBECACHEDIR"] = str(self.kubectl_cache)
+        for kind in ("cache", "config", "data"):
+            env[f"HELM_{kind.upper()}_HOME"] = str(toolchain.cache_dir() / "helm" / kind)
         return env
+
+    @property
+    def kubectl_cache(self) -> Path:
+        """kubectl's discovery cache for this cluster, dropped when the cluster is created."""
+        return self.workdir / "kubectl-cache" / self.name
 
     def _kwokctl(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [str(toolchain.binary("kwokctl")), "--name", self.name, *args]
@@ -117,7 +156,7 @@ class DevCluster:
             str(self.kubeconfig),
             # Discovery cached per cluster, dropped when the cluster is created, so CRD changes show.
             "--cache-dir",
-            str(self.workdir / "kubectl-cache" / self.name),
+            str(self.kubectl_cache),
         ]
         cmd += args
         proc = subprocess.run(
@@ -179,8 +218,9 @@ class DevCluster:
             ]
             if self.kubeconfig_out is not None:
                 args += ["--kubeconfig", str(self.kubeconfig_out)]
-            self._kwokctl(*args, timeout=wait_seconds + 120)
-            shutil.rmtree(self.workdir / "kubectl-cache" / self.name, ignore_errors=True)
+            with _create_lock():  # held from the port pick until every component listens (--wait)
+                self._kwokctl(*args, timeout=wait_seconds + 120)
+            shutil.rmtree(self.kubectl_cache, ignore_errors=True)
         self.ensure_nodes(nodes, gpus_per_node)
 
     def ensure_nodes(

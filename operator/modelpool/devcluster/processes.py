@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
+
+KEPT_SETTINGS = frozenset(
+    {
+        "MODELPOOL_ALLOW_SKIPS",
+        "MODELPOOL_CACHE",
+        "MODELPOOL_KEEP_CLUSTER",
+        "MODELPOOL_PYTHON",
+        "MODELPOOL_SHARED",
+    }
+)
+"""The documented inputs of ``make test``/``make demo`` and .ci/setup.sh (where things are cached,
+where the shared data is, whether skips are allowed or the clusters kept): every other
+``MODELPOOL_*`` variable is an operator setting that :func:`without_caller_settings` drops."""
+
+
+def without_caller_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the caller's operator settings (``MODELPOOL_PROMETHEUS_URL``,
+    ``MODELPOOL_METRICS_PORT``...), which would otherwise reach the operators the demo and the
+    tests start; the documented inputs (:data:`KEPT_SETTINGS`) stay."""
+    return {k: v for k, v in env.items() if not k.startswith("MODELPOOL_") or k in KEPT_SETTINGS}
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def interrupt_on_sigterm() -> Callable[[], None]:
+    """From now on a SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that ``finally`` blocks
+    and teardown still stop the processes this one started (by default SIGTERM ends the
+    interpreter at once). Returns what puts the previous handler back. Only the main thread may
+    set a handler: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    return restore
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """:func:`interrupt_on_sigterm` while inside, the previous handler after."""
+    restore = interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        restore()
 
 
 class LocalProcess:

@@ -148,7 +148,16 @@ class PrometheusProcess(LocalProcess):
         if self._proc is not None:
             raise RuntimeError("Prometheus already started")
         self._dir = Path(tempfile.mkdtemp(prefix="modelpool-prometheus-"))
-        config = self._dir / "prometheus.yml"
+        try:
+            self._launch(self._dir)
+            self._wait_ready()
+        except BaseException:  # a failed start, Ctrl-C: no server (own session) or folder outlives it
+            self.stop()
+            raise
+        return self
+
+    def _launch(self, folder: Path) -> None:
+        config = folder / "prometheus.yml"
         config.write_text(
             yaml.safe_dump(
                 prometheus_config(self.jobs, self.scrape_interval_s, self.metrics_path, self.labels)
@@ -157,13 +166,12 @@ class PrometheusProcess(LocalProcess):
         command = [
             str(self.binary),
             f"--config.file={config}",
-            f"--storage.tsdb.path={self._dir / 'data'}",
+            f"--storage.tsdb.path={folder / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--storage.tsdb.retention.time=1h",
             "--log.level=warn",
         ]
-        log = (self._dir / "prometheus.log").open("wb")
-        try:
+        with (folder / "prometheus.log").open("wb") as log:
             self._proc = subprocess.Popen(
                 command,
                 stdout=log,
@@ -171,21 +179,18 @@ class PrometheusProcess(LocalProcess):
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        finally:
-            log.close()
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"prometheus exited with code {code}:\n{tail}")
+                raise RuntimeError(f"prometheus exited with code {code}:\n{self.log_tail()}")
             if _get_status(self.port, "/-/ready") == 200 and self._targets_scraped():
-                return self
+                return
             time.sleep(0.1)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"prometheus not ready within {self.startup_timeout:.0f}s:\n{tail}")
+        raise RuntimeError(f"prometheus not ready within {self.startup_timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL after ``grace`` seconds; remove the temporary folder."""

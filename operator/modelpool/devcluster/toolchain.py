@@ -47,12 +47,19 @@ def cache_dir() -> Path:
 def bin_dir(root: Path | None = None) -> Path:
     """Folder that holds one consistent set of built binaries."""
     base = root if root is not None else cache_dir()
-    return base / "bin" / f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-kwok-{KWOK_VERSION}"
+    versions = f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-kwok-{KWOK_VERSION}-helm-{HELM_VERSION}"
+    return base / "bin" / versions
+
+
+GO_TARGET_VARIABLES = ("GOOS", "GOARCH", "GOAMD64", "GOARM", "GOARM64", "GO386", "GOEXPERIMENT")
+"""The caller's cross-compile settings, dropped: they would build binaries for another machine."""
 
 
 def go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"})
+    """The Go build's environment: this machine's platform, no workspace (a ``go.work`` in an
+    ancestor folder refuses ``-mod=mod``), the local toolchain, no cgo."""
+    env = {k: v for k, v in os.environ.items() if k not in GO_TARGET_VARIABLES}
+    env.update({"GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOWORK": "off"})
     return env
 
 
@@ -227,8 +234,6 @@ def build_all(root: Path | None = None, only: Iterable[str] | None = None) -> li
     out.mkdir(parents=True, exist_ok=True)
     work = (root if root is not None else cache_dir()) / "src"
     work.mkdir(parents=True, exist_ok=True)
-    if shutil.which("go") is None:
-        raise RuntimeError("Go is not on PATH; install Go >= 1.26 (the k8s v1.36 go.mod needs it)")
     wanted = set(only) if only else set(ALL_TOOLS)
     reports: list[BuildReport] = []
     for tools, builder in _BUILDERS:
@@ -237,6 +242,8 @@ def build_all(root: Path | None = None, only: Iterable[str] | None = None) -> li
         if all(_is_built(out, t) for t in tools):
             reports += [BuildReport(t, 0.0, True) for t in tools]
             continue
+        if shutil.which("go") is None:
+            raise RuntimeError("Go is not on PATH; install Go >= 1.26 (the k8s v1.36 go.mod needs it)")
         started = time.monotonic()
         logger.info("building %s into %s", ", ".join(tools), out)
         builder(out, work)

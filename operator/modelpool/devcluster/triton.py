@@ -95,7 +95,9 @@ def prepare_backends(dest: Path | None = None) -> Path:
     stamp = dest / ".modelpool-ready"
     if stamp.is_file():
         return dest
-    tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=dest.parent if dest.parent.exists() else None))
+    # Copied beside ``dest`` (never in TMPDIR, maybe another filesystem), then renamed into place.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=dest.parent))
     try:
         shutil.rmtree(tmp)
         shutil.copytree(source / "backends", tmp, symlinks=True)
@@ -103,7 +105,6 @@ def prepare_backends(dest: Path | None = None) -> Path:
         shutil.copy2(_stub_source(), target)
         target.chmod(0o755)
         (tmp / ".modelpool-ready").write_text(str(source))
-        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():  # a half-made folder from an interrupted run, or a concurrent winner
             if (dest / ".modelpool-ready").is_file():
                 return dest
@@ -271,7 +272,6 @@ class TritonProcess(LocalProcess):
         """Launch the server and wait until it and every requested model are ready."""
         if self._proc is not None:
             raise RuntimeError("this TritonProcess was already started")
-        cmd = self.command()
         affinity = self.cpu_affinity
 
         def _preexec() -> None:  # runs in the child before exec
@@ -279,55 +279,83 @@ class TritonProcess(LocalProcess):
             if affinity:
                 os.sched_setaffinity(0, affinity)
 
-        logger.info("starting %s", " ".join(cmd))
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=triton_environment(),
-                preexec_fn=_preexec,
-            )
+        try:
+            cmd = self.command()
+            logger.info("starting %s", " ".join(cmd))
+            with self.log_path.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=triton_environment(),
+                    preexec_fn=_preexec,
+                )
+            self._wait_ready()
+        except BaseException:  # a failed start, Ctrl-C: nothing outlives it (own session, own shm)
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code, tail = self._proc.returncode, self.log_tail()
-                self.stop()
+            if self._leader_exited(0):
+                tail = self.log_tail()
+                self._signal_group(signal.SIGKILL)  # its stubs, while the group is still ours
+                code = self._proc.wait()
                 raise RuntimeError(f"tritonserver exited with code {code} while starting:\n{tail}")
             if self._ready():
                 self._note_own_shm()
-                return self
+                return
             time.sleep(0.1)
-        tail = self.log_tail()
-        self.stop()
         raise RuntimeError(
-            f"tritonserver not ready within {self.startup_timeout:.0f}s (models {self.models}):\n{tail}"
+            f"tritonserver not ready within {self.startup_timeout:.0f}s (models {self.models}):\n"
+            f"{self.log_tail()}"
         )
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        if self._proc is None:
+        """Signal the server's process group while it is ours: until the leader is reaped (a
+        zombie at worst), its PID, the group's ID, cannot name another group."""
+        if self._proc is None or self._proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
 
+    def _leader_exited(self, timeout: float) -> bool:
+        """Whether the server exited within ``timeout`` s, without reaping it (its group stays ours)."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.returncode is not None:
+                return True
+            try:
+                if os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    return True
+            except ChildProcessError:  # reaped by someone else
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL (each by PID/process group); then remove leaked shm."""
+        """SIGINT, then SIGTERM, then SIGKILL (each to the process group); then remove leaked shm.
+        Stopping again does nothing more."""
         proc = self._proc
-        self._note_own_shm()
-        if proc is not None and proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, 5.0)):
-                self._signal_group(sig)
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        # The stubs are in the server's process group; make sure none outlives it.
-        self._signal_group(signal.SIGKILL)
         if proc is not None:
+            self._note_own_shm()
+            for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, 5.0)):
+                if self._leader_exited(0):
+                    break
+                self._signal_group(sig)
+                if self._leader_exited(wait):
+                    break
+            # The stubs are in the server's process group; make sure none outlives it.
+            self._signal_group(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5.0)
+            self._proc = None
         self._remove_leaked_shm()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
@@ -348,7 +376,7 @@ class TritonProcess(LocalProcess):
 
     def _note_own_shm(self) -> None:
         """Remember the shm regions this server's process group maps (called while it runs)."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.returncode is None:
             self._own_shm |= _regions_mapped_by_group(self._proc.pid)
 
     def _remove_leaked_shm(self) -> None:

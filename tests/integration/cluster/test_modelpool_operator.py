@@ -99,39 +99,41 @@ def test_every_sample_applies_and_converges(kube: Kube) -> None:
 
 def test_more_gpus_than_nodes_have_shows_pending_pods_and_budget_condition(kube: Kube) -> None:
     # Two nodes of its own (8 GPUs each), so other tests' pods cannot take their GPUs.
-    kube.cluster.ensure_nodes(2, 8, prefix=f"{kube.namespace}-node", labels={"test-pool": kube.namespace})
-    # 3 large replicas x 8 GPUs = 24 GPUs; the two nodes have 16.
-    manifest = pool_manifest(
-        "big",
-        gpuPool={"gpuBudget": 32, "nodeSelector": {"test-pool": kube.namespace}},
-        variants=[
-            {
-                "name": "large",
-                "tier": "large",
-                "model": {"name": "m", "repository": "/models"},
-                "gpusPerReplica": 8,
-                "minReplicas": 3,
-                "maxReplicas": 3,
-            }
-        ],
-    )
-    kube.apply(manifest)
+    try:
+        kube.cluster.ensure_nodes(2, 8, prefix=f"{kube.namespace}-node", labels={"test-pool": kube.namespace})
+        # 3 large replicas x 8 GPUs = 24 GPUs; the two nodes have 16.
+        manifest = pool_manifest(
+            "big",
+            gpuPool={"gpuBudget": 32, "nodeSelector": {"test-pool": kube.namespace}},
+            variants=[
+                {
+                    "name": "large",
+                    "tier": "large",
+                    "model": {"name": "m", "repository": "/models"},
+                    "gpusPerReplica": 8,
+                    "minReplicas": 3,
+                    "maxReplicas": 3,
+                }
+            ],
+        )
+        kube.apply(manifest)
 
-    def budget_false() -> Obj | None:
-        cond = kube.condition("modelpool", "big", "GPUBudgetFits")
-        return cond if cond and cond["status"] == "False" else None
+        def budget_false() -> Obj | None:
+            cond = kube.condition("modelpool", "big", "GPUBudgetFits")
+            return cond if cond and cond["status"] == "False" else None
 
-    cond = wait_for(budget_false, 90, "GPUBudgetFits=False")
-    assert cond["reason"] == "InsufficientNodeGPUs"
-    assert "nvidia.com/gpu" in cond["message"]
-    pods = kube.list("pods", "modelpool.dev/pool=big")
-    pending = [p for p in pods if not p["spec"].get("nodeName")]
-    assert len(pods) == 3 and len(pending) == 1
-    degraded = kube.condition("modelpool", "big", "Degraded")
-    assert degraded is not None and degraded["reason"] == "PodsUnschedulable"
-    pool = kube.get("modelpool", "big")
-    assert pool is not None and pool["status"]["gpusInUse"] == 16
-    kube.cluster.kubectl("delete", "nodes", "-l", f"test-pool={kube.namespace}", "--wait=false")
+        cond = wait_for(budget_false, 90, "GPUBudgetFits=False")
+        assert cond["reason"] == "InsufficientNodeGPUs"
+        assert "nvidia.com/gpu" in cond["message"]
+        pods = kube.list("pods", "modelpool.dev/pool=big")
+        pending = [p for p in pods if not p["spec"].get("nodeName")]
+        assert len(pods) == 3 and len(pending) == 1
+        degraded = kube.condition("modelpool", "big", "Degraded")
+        assert degraded is not None and degraded["reason"] == "PodsUnschedulable"
+        pool = kube.get("modelpool", "big")
+        assert pool is not None and pool["status"]["gpusInUse"] == 16
+    finally:  # the shared cluster keeps no nodes of a test, failed or not
+        kube.cluster.kubectl("delete", "nodes", "-l", f"test-pool={kube.namespace}", "--wait=false")
 
 
 def test_crashing_triton_containers_are_degraded_with_the_field_to_fix(kube: Kube) -> None:

@@ -3,9 +3,10 @@
 The suite's shared cluster has the CRDs before any test (tests/integration/conftest.py applies
 crds/ with kubectl), so it cannot show what a Helm user meets: CRDs that `helm install` created,
 owned by the field manager `helm`. This module starts a small kwok cluster of its own without
-them, installs the chart's first version (from git: CRDs, templates and values as released), and
-then upgrades as documented: the repository's crds/ with the documented command, then `helm
-upgrade --reuse-values` to this chart (which renders its templates with the old chart's values).
+them, installs the chart's first version (checked in as a package: CRDs, templates and values as
+released), and then upgrades as documented: the repository's crds/ with the documented command,
+then `helm upgrade --reuse-values` to this chart (which renders its templates with the old chart's
+values).
 """
 
 from __future__ import annotations
@@ -14,61 +15,52 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import tarfile
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 import pytest
 
 from integration.delivery.deliverytools import CHART, REPO_ROOT, documents, helm, one, operator_container
 from modelpool.devcluster import toolchain
-from modelpool.devcluster.cluster import DevCluster
+from modelpool.devcluster.cluster import DevCluster, checkout_name
 
 pytestmark = pytest.mark.cluster
 
-CLUSTER_NAME = "modelpool-crd-upgrade-test"
+CLUSTER_NAME = checkout_name("modelpool-crd-upgrade-test", REPO_ROOT)  # another checkout's run has its own
 RELEASE, NAMESPACE = "modelpool", "modelpool-system"
 CRDS = ("modelpools.modelpool.dev", "routingpolicies.modelpool.dev")
+# The chart as its first commit (f9fca8b) released it, packaged once, so that the test needs no git
+# history (CI clones one commit deep):
+#   git archive f9fca8b charts/modelpool | tar -x -C /tmp/first
+#   helm package /tmp/first/charts/modelpool   # helm v3.21.4; renamed to carry the commit
+FIRST_CHART = Path(__file__).parent / "fixtures" / "modelpool-0.1.0-f9fca8b.tgz"
 
 
 @pytest.fixture(scope="module")
 def fresh_cluster() -> Iterator[DevCluster]:
     """A kwok control plane of this module's own, with one fake node and no CRDs."""
-    workdir = toolchain.cache_dir() / "kwok-crd-upgrade-test"
+    workdir = toolchain.cache_dir() / f"kwok-{CLUSTER_NAME}"
     dev = DevCluster(name=CLUSTER_NAME, workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
-    if dev.exists():
-        dev.delete()  # left by an earlier run: start without CRDs
-    dev.create(nodes=1, gpus_per_node=1)
     try:
+        if dev.exists():
+            dev.delete()  # left by an earlier run of this checkout: start without CRDs
+        dev.create(nodes=1, gpus_per_node=1)
         yield dev
-    finally:
+    finally:  # a failed create too: its control-plane processes would outlive the run
         if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
             dev.delete()
 
 
-def _first_chart(tmp_path: Path) -> Path:
-    """The chart as its first commit released it (CRDs, templates, values), from git."""
-    log = subprocess.run(
-        ["git", "log", "--reverse", "--format=%H", "--", "charts/modelpool/Chart.yaml"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    first = log.stdout.split()[0]
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", first, "charts/modelpool"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        check=True,
-    )
-    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
-        tar.extractall(tmp_path, filter="data")
-    chart = tmp_path / "charts" / "modelpool"
-    assert (chart / "crds").is_dir() and not (chart / "values.yaml").read_text().count("readiness:")
-    return chart
+def _first_chart() -> Path:
+    """The chart as its first commit released it (CRDs, templates, values), packaged."""
+    with tarfile.open(FIRST_CHART) as tar:
+        names = tar.getnames()
+        values = tar.extractfile("modelpool/values.yaml")
+        assert values is not None
+        text = values.read().decode()
+    assert any(n.startswith("modelpool/crds/") for n in names) and not text.count("readiness:")
+    return FIRST_CHART
 
 
 def _documented_crd_upgrade() -> list[str]:
@@ -95,7 +87,7 @@ def test_crds_created_by_helm_upgrade_with_the_documented_command_then_reuse_val
         assert cluster.kubectl("get", "crd", crd, check=False).returncode != 0, (
             f"{crd} exists before the install"
         )
-    old_chart = _first_chart(tmp_path)
+    old_chart = _first_chart()
     proc = helm("install", RELEASE, str(old_chart), "-n", NAMESPACE, "--create-namespace", cluster=cluster)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for crd in CRDS:
