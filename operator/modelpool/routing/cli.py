@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from modelpool.cli import log_level
-from modelpool.routing.config import ConfigError
-from modelpool.routing.httpserver import DRAIN_SECONDS, IDLE_TIMEOUT_S
+from modelpool.routing.config import BUILTIN_SCORER_FACTORY, ConfigError
+from modelpool.routing.httpserver import DRAIN_SECONDS, IDLE_TIMEOUT_S, MAX_CONNECTIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,6 +44,16 @@ def _add_commands(router: argparse.ArgumentParser) -> None:
         help=f"close a client keep-alive connection with no request for this long (default "
         f"{IDLE_TIMEOUT_S:g}; keep it above the idle timeout of the load balancer or client pool in front)",
     )  # fmt: skip
+    serve.add_argument(
+        "--max-connections", type=_positive_int, default=MAX_CONNECTIONS,
+        help=f"client connections open at once; one more is answered 503 and closed (default "
+        f"{MAX_CONNECTIONS}; keep the open-files limit above it)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--scorer-factory", default=None, metavar="MODULE:CALLABLE",
+        help=f"what loads a torch scorer from its config's path (default {BUILTIN_SCORER_FACTORY}); "
+        "set here only: a config cannot name code to run",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="INFO", type=log_level)
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate a RouterConfig file and print the problems")
@@ -61,16 +71,34 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number above 0")
+    return number
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from modelpool.routing.server import serve
+    from modelpool.routing import server
+    from modelpool.routing.scoring import import_factory
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    scorer_factory = None
+    if args.scorer_factory is not None:
+        try:
+            scorer_factory = import_factory(args.scorer_factory)
+        except Exception as err:  # whatever importing the deployer's module raised: one line
+            print(f"error: --scorer-factory {args.scorer_factory}: {err}", file=sys.stderr)
+            return 2
     try:
-        serve(
+        server.serve(
             args.config, args.host, args.port, args.admin_token_file, args.drain_seconds,
-            args.idle_timeout_seconds,
+            args.idle_timeout_seconds, scorer_factory=scorer_factory, max_connections=args.max_connections,
         )  # fmt: skip
     except ConfigError as err:
         print(f"error: config {args.config} is not usable: {err}", file=sys.stderr)

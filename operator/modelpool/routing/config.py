@@ -117,16 +117,34 @@ class TierRoute(_Model):
     target: str = Field(min_length=1, description="A variant name, or 'cascade'.")
 
 
+BUILTIN_SCORER_FACTORY = "modelpool.models.scorer:load_scorer"
+"""The factory that loads a torch scorer from ``path``, unless the router was started with another
+(``--scorer-factory``).  Operators before the fix rendered it as ``scorer.factory`` in every config."""
+
+
 class ScorerConfig(_Model):
-    """Which complexity scorer tiered mode runs."""
+    """Which complexity scorer tiered mode runs.
+
+    Which code loads a torch scorer is no part of a config: a config arrives over the wire (the admin
+    API, a ConfigMap), and one naming ``module:callable`` had the router import and call it.  Whoever
+    deploys the router chooses the factory (``--scorer-factory``); a config may still name the
+    built-in one (older operators rendered it), which changes nothing."""
 
     kind: Literal["heuristic", "torch"] = "heuristic"
     path: str | None = Field(default=None, description="Scorer file for kind torch.")
-    factory: str = Field(
-        default="modelpool.models.scorer:load_scorer",
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module:callable that takes path and returns a ComplexityScorer (kind torch).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_factory(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "factory" in data:
+            if data["factory"] != BUILTIN_SCORER_FACTORY:
+                raise ValueError(
+                    f"factory: not accepted in a router config (it would name code for the router to run); "
+                    f"leave it out: a torch scorer loads with {BUILTIN_SCORER_FACTORY}, and a custom scorer "
+                    "factory is set where the router is deployed, with its --scorer-factory flag"
+                )
+            data = {k: v for k, v in data.items() if k != "factory"}
+        return data
 
     @model_validator(mode="after")
     def _check_path(self) -> ScorerConfig:

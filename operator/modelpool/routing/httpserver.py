@@ -3,8 +3,11 @@
 It parses requests with keep-alive and pipelining (answered in order), refuses bodies over a
 size limit with 413 as soon as the headers or the body show it, and hands each complete
 request to an async handler.  When the client goes away, the request it waits for is cancelled
-(the handler's task, or what a :data:`NowHandler` returned).  No framework sits between the
-socket and the router, which keeps the added latency low (see docs/router.md for the measurements).
+(the handler's task, or what a :data:`NowHandler` returned).  What one client can make it hold is
+bounded: answers it does not read (:data:`WRITE_BUFFER_HIGH`, :data:`WRITE_TIMEOUT_S`), a request
+trickled in (:data:`HEAD_TIMEOUT_S`, :data:`BODY_TIMEOUT_S`), connections (:data:`MAX_CONNECTIONS`).
+No framework sits between the socket and the router, which keeps the added latency low (see
+docs/router.md for the measurements).
 """
 
 from __future__ import annotations
@@ -34,6 +37,23 @@ and is closed, however slowly they trickle in (nginx's client_header_timeout).""
 IDLE_TIMEOUT_S = 75.0
 """A keep-alive connection with no request for this long is closed (nginx's keepalive_timeout);
 above the 60 s idle timeout of common load balancers and client pools, so they close first."""
+BODY_TIMEOUT_S = 60.0
+"""A request body not complete this long after its headers (or after the ``100 Continue`` it waited
+for) gets 408 and the connection is closed, however slowly it trickles in: the read timeout alone
+starts again with every byte."""
+WRITE_BUFFER_HIGH = 256 * 1024
+"""Bytes of answers a connection holds unsent at most (a client that reads slower than it asks, or
+not at all): above it the server answers none of the connection's requests and reads no more from
+it, until the client has read the buffer down to a quarter of this (asyncio's flow control).  One
+answer being written when the mark is passed still goes into the buffer."""
+WRITE_TIMEOUT_S = 60.0
+"""A connection whose answers cannot be sent for this long (its write buffer stays over
+:data:`WRITE_BUFFER_HIGH`, or it is closing and its last answers stay unsent) is closed at once
+(nginx's send_timeout)."""
+MAX_CONNECTIONS = 4096
+"""Client connections open at once; one more is answered 503 and closed at once, so that clients
+cannot take every file descriptor of the process (its open-files limit must be above this and the
+router's connections to the variants)."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 2.0
 DRAIN_SECONDS = 25.0
@@ -121,6 +141,9 @@ class _Connections:
         read_timeout_s: float,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.open: set[_HttpProtocol] = set()
         self.draining = False
@@ -128,17 +151,24 @@ class _Connections:
         self.read_timeout_s = read_timeout_s
         self.head_timeout_s = head_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.max_connections = max_connections
 
     async def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Refuse the requests whose client stalled mid-way or whose head takes too long, and close
-        the keep-alive connections idle for too long (a timer per request would cost the hot path;
-        a look at every connection a few times per timeout costs nothing per request)."""
-        shortest = min(self.read_timeout_s, self.head_timeout_s, self.idle_timeout_s)
+        """Refuse the requests whose client stalled mid-way or whose head or body takes too long,
+        close the keep-alive connections idle for too long and those whose answers stay unsent (a
+        timer per request would cost the hot path; a look at every connection a few times per
+        timeout costs nothing per request)."""
+        shortest = min(
+            self.read_timeout_s, self.head_timeout_s, self.idle_timeout_s, self.body_timeout_s,
+            self.write_timeout_s,
+        )  # fmt: skip
         while True:
             await asyncio.sleep(min(1.0, shortest / 4))
             now = loop.time()
             for conn in list(self.open):
-                conn.sweep(now, self.read_timeout_s, self.head_timeout_s, self.idle_timeout_s)
+                conn.sweep(now, self)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -178,13 +208,16 @@ class _HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._limit = 0  # max_body() for the message being read
         self._refused = False
-        self._paused = False
+        self._paused = False  # reading paused: too many requests queued, or writing paused
+        self._write_paused = False  # the write buffer is over WRITE_BUFFER_HIGH: answer nothing more
+        self._write_stuck_since: float | None = None  # since when answers cannot be sent
         self._closing = False
         self._in_head = False  # between a message's first byte and the end of its headers
         self._in_message = False  # between a message's first byte and its end
         self._last_read = loop.time()
         self._last_write = self._last_read  # the last response written
         self._head_started = self._last_read  # the first byte of the current head
+        self._body_started = self._last_read  # the end of the current head (or its 100 Continue)
         self._continue_due = False  # an `Expect: 100-continue` waits for the responses before it
         self._head_bytes = 0  # bytes of the current head, counted by whole chunks after its first
         self._head_size = 0  # its request line and headers as parsed
@@ -192,9 +225,16 @@ class _HttpProtocol(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self._parser = httptools.HttpRequestParser(self)
+        self._transport = t = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         connections = self._connections
+        if len(connections.open) >= connections.max_connections:
+            self._refused = True  # data_received reads nothing
+            message = f"the router serves at most {connections.max_connections} connections at once; retry"
+            t.write(encode_response(error_response(503, message), keep_alive=False))
+            t.close()
+            return
+        t.set_write_buffer_limits(WRITE_BUFFER_HIGH)  # pause_writing above it, resume_writing at 1/4
+        self._parser = httptools.HttpRequestParser(self)
         connections.open.add(self)
         connections.last_change = self._loop.time()
         self._draining = connections.draining
@@ -213,6 +253,33 @@ class _HttpProtocol(asyncio.Protocol):
                 in_flight.cancel()
             elif self._worker is not None:
                 self._worker.cancel()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        """The answers not yet sent are over :data:`WRITE_BUFFER_HIGH`: answer no more requests and
+        read no more until the client reads them (:meth:`resume_writing`); closed if that takes
+        over the write timeout (:meth:`sweep`)."""
+        self._write_paused = True
+        self._write_stuck_since = self._loop.time()
+        transport = self._transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            self._paused = True
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client read the answers down: go on answering, and reading unless too many requests
+        are still queued."""
+        self._write_paused = False
+        self._write_stuck_since = None
+        transport = self._transport
+        if (
+            self._paused
+            and len(self._queue) <= _MAX_PIPELINED // 2
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            self._paused = False
+            transport.resume_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -282,6 +349,7 @@ class _HttpProtocol(asyncio.Protocol):
         if self._head_size > MAX_HEAD_BYTES:  # a head that came in one or two chunks (more: data_received)
             self._refuse_head()
             return
+        self._body_started = self._last_read
         self._limit = limit = self._max_body()
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -318,7 +386,7 @@ class _HttpProtocol(asyncio.Protocol):
         request = Request(parser.get_method(), path, query, self._headers, body)
         self._last_keep_alive = keep_alive = parser.should_keep_alive()
         queue = self._queue
-        if self._now is not None and not self._answering and not queue:
+        if self._now is not None and not self._answering and not queue and not self._write_paused:
             self._answering = True
             self._keep_alive_now = keep_alive
             try:
@@ -354,28 +422,42 @@ class _HttpProtocol(asyncio.Protocol):
         requests already pipelined behind it."""
         return keep_alive and (not self._draining or bool(self._queue))
 
-    def sweep(self, now: float, read_timeout: float, head_timeout: float, idle_timeout: float) -> None:
-        """408 for a request its client stopped sending for ``read_timeout`` seconds, or whose
-        head is not complete ``head_timeout`` seconds after it began (not while this side paused
-        reading because too many requests were pipelined); close a keep-alive connection that
-        has had nothing to do for ``idle_timeout`` seconds since its last response (or since it
-        opened)."""
+    def sweep(self, now: float, limits: _Connections) -> None:
+        """Close a connection whose answers could not be sent for the write timeout (its write
+        buffer over the high-water mark, or closing with answers unsent); 408 for a request its
+        client stopped sending for the read timeout, whose head is not complete the head timeout
+        after it began, or whose body is not complete the body timeout after its head (none of
+        them while this side paused reading); close a keep-alive connection that has had nothing
+        to do for the idle timeout since its last response (or since it opened)."""
+        transport = self._transport
+        if transport is None:
+            return
+        stuck = self._write_stuck_since
+        if stuck is None and transport.is_closing():  # close() waits for the buffer to be sent
+            self._write_stuck_since = stuck = now
+        if stuck is not None and now - stuck > limits.write_timeout_s:
+            logger.debug("closing a client connection whose answers stayed unsent for %gs", now - stuck)
+            transport.abort()
+            return
         if self._refused or self._paused:
             return
         if self._in_message:
-            if now - self._last_read > read_timeout:
+            if now - self._last_read > limits.read_timeout_s:
                 self._refuse(
-                    408, f"the client sent nothing for {read_timeout:g}s in the middle of its request"
+                    408,
+                    f"the client sent nothing for {limits.read_timeout_s:g}s in the middle of its request",
                 )
-            elif self._in_head and now - self._head_started > head_timeout:
-                self._refuse(408, f"the request line and headers took over {head_timeout:g}s")
+            elif self._in_head:
+                if now - self._head_started > limits.head_timeout_s:
+                    self._refuse(408, f"the request line and headers took over {limits.head_timeout_s:g}s")
+            elif now - self._body_started > limits.body_timeout_s:
+                self._refuse(408, f"the request body took over {limits.body_timeout_s:g}s")
         elif (
             not self._answering
             and not self._queue
-            and now - max(self._last_read, self._last_write) > idle_timeout
-            and self._transport is not None
+            and now - max(self._last_read, self._last_write) > limits.idle_timeout_s
         ):
-            self._transport.close()  # between requests: nothing to answer, the client reconnects
+            transport.close()  # between requests: nothing to answer, the client reconnects
 
     def _send_continue(self) -> None:
         """``100 Continue`` for the message being read, once every response before it is out (an
@@ -386,6 +468,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._continue_due = False
         if not self._refused and not transport.is_closing():
             transport.write(_CONTINUE)
+            self._body_started = self._loop.time()  # the client sends its body from now on
 
     def _refuse_head(self) -> None:
         self._refuse(431, f"request line and headers are over the limit of {MAX_HEAD_BYTES} bytes")
@@ -442,7 +525,8 @@ class _HttpProtocol(asyncio.Protocol):
         queue = self._queue
         try:
             while not self._closing:
-                if not queue or self._answering:  # nothing to do, or a request taken on the spot
+                # nothing to do, a request taken on the spot, or answers the client has not read
+                if not queue or self._answering or self._write_paused:
                     self._wakeup = wakeup = self._loop.create_future()
                     await wakeup
                     continue
@@ -465,7 +549,7 @@ class _HttpProtocol(asyncio.Protocol):
                     return
                 if self._continue_due and not queue:
                     self._send_continue()
-                if self._paused and len(queue) <= _MAX_PIPELINED // 2:
+                if self._paused and len(queue) <= _MAX_PIPELINED // 2 and not self._write_paused:
                     self._paused = False
                     transport.resume_reading()
         finally:
@@ -527,12 +611,18 @@ async def start_server(
     read_timeout_s: float = READ_TIMEOUT_S,
     head_timeout_s: float = HEAD_TIMEOUT_S,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    write_timeout_s: float = WRITE_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> HttpServer:
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
-    :data:`NowHandler`); the timeouts are those of :data:`READ_TIMEOUT_S`, :data:`HEAD_TIMEOUT_S`
-    and :data:`IDLE_TIMEOUT_S`."""
+    :data:`NowHandler`); the timeouts are those of :data:`READ_TIMEOUT_S`, :data:`HEAD_TIMEOUT_S`,
+    :data:`IDLE_TIMEOUT_S`, :data:`BODY_TIMEOUT_S` and :data:`WRITE_TIMEOUT_S`, and at most
+    ``max_connections`` client connections are open at once (:data:`MAX_CONNECTIONS`)."""
     loop = asyncio.get_running_loop()
-    connections = _Connections(loop, read_timeout_s, head_timeout_s, idle_timeout_s)
+    connections = _Connections(
+        loop, read_timeout_s, head_timeout_s, idle_timeout_s, body_timeout_s, write_timeout_s, max_connections
+    )
     server = await loop.create_server(
         lambda: _HttpProtocol(handler, max_body, loop, connections, now),
         host,

@@ -37,7 +37,7 @@ from modelpool.routing.decisions import keeps_draft, tier_target
 from modelpool.routing.endpoints import Endpoint, EndpointSliceSource, EndpointSource, StaticSource
 from modelpool.routing.httpserver import Cancellable, Response, error_response
 from modelpool.routing.metrics import RouterMetrics
-from modelpool.routing.scoring import ComplexityScorer, is_blocking, load_scorer
+from modelpool.routing.scoring import ComplexityScorer, ScorerFactory, is_blocking, load_scorer
 from modelpool.routing.upstream import UpstreamCall, UpstreamError, UpstreamResponse, UpstreamTimeout
 from modelpool.routing.v2 import (
     PROBABILITIES_OUTPUT,
@@ -237,12 +237,12 @@ def _answer_key(config: RouterConfig) -> dict[str, Any]:
     return key
 
 
-def _load_scorer(config: RouterConfig) -> ComplexityScorer:
-    """The config's scorer; :class:`ConfigError` (field ``scorer``) when it cannot be loaded, whatever
-    the factory raised (a scorer file of ``{}`` gives a KeyError), so a push gets 422 and the file
-    watch goes on."""
+def _load_scorer(config: RouterConfig, factory: ScorerFactory | None) -> ComplexityScorer:
+    """The config's scorer, a torch one loaded by ``factory`` (None: the built-in one);
+    :class:`ConfigError` (field ``scorer``) when it cannot be loaded, whatever the factory raised (a
+    scorer file of ``{}`` gives a KeyError), so a push gets 422 and the file watch goes on."""
     try:
-        return load_scorer(config.scorer)
+        return load_scorer(config.scorer, factory)
     except Exception as err:
         logger.warning("config generation %d: cannot load the scorer", config.generation, exc_info=True)
         raise ConfigError([{"field": "scorer", "message": f"{type(err).__name__}: {err}"}]) from None
@@ -383,7 +383,13 @@ class _OnTheSpot:
 class Router:
     """Routes inference requests for one pool according to the active :class:`RouterConfig`."""
 
-    def __init__(self, config: RouterConfig, metrics_registry: Any = None) -> None:
+    def __init__(
+        self, config: RouterConfig, metrics_registry: Any = None, scorer_factory: ScorerFactory | None = None
+    ) -> None:
+        """``scorer_factory`` loads a torch scorer from its config's ``path`` (None: the built-in
+        :func:`~modelpool.routing.scoring.builtin_factory`); whoever deploys the router chooses it
+        (``--scorer-factory``), a config cannot."""
+        self._scorer_factory = scorer_factory
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._slice_sources: dict[tuple[str, str, str], EndpointSliceSource] = {}
         self._probing: set[tuple[str, str]] = set()
@@ -392,7 +398,7 @@ class Router:
         self._answering: set[asyncio.Task[Response]] = set()  # hot-path requests that went on in a task
         self._started = False
         self._breaker_config = config.breaker  # for endpoints created from now on
-        scorer = _load_scorer(config) if _uses_scorer(config) else None
+        scorer = _load_scorer(config, scorer_factory) if _uses_scorer(config) else None
         self.table = self._build(config, scorer, _new_cache(config))
         self.metrics = RouterMetrics(
             config.pool,
@@ -478,7 +484,7 @@ class Router:
             return False
         scorer = self._kept_scorer(config)
         if scorer is None and _uses_scorer(config):
-            scorer = _load_scorer(config)
+            scorer = _load_scorer(config, self._scorer_factory)
         self._activate(config, scorer)
         return True
 
@@ -490,7 +496,7 @@ class Router:
             return False
         scorer = self._kept_scorer(config)
         if scorer is None and _uses_scorer(config):
-            scorer = await asyncio.to_thread(_load_scorer, config)
+            scorer = await asyncio.to_thread(_load_scorer, config, self._scorer_factory)
             if not self._admit(config):
                 return False
         self._activate(config, scorer)

@@ -3,7 +3,8 @@
 A scorer maps each input text to a complexity in [0, 1]; tiered mode sends a request to the
 tier whose band holds the highest score of its batch.  Any object with
 ``score(texts) -> list[float]`` is a :class:`ComplexityScorer`; the torch scorer from
-``modelpool.models`` is loaded lazily by :func:`load_scorer`.
+``modelpool.models`` is loaded lazily by :func:`load_scorer`, or another factory where the router
+is deployed (``--scorer-factory``; a config cannot name one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from modelpool.routing.config import ScorerConfig
+from modelpool.routing.config import BUILTIN_SCORER_FACTORY, ScorerConfig
 
 _WORD = re.compile(r"\w+")
 
@@ -63,28 +64,44 @@ class HeuristicScorer:
         return [self.score_one(t) for t in texts]
 
 
-def _import_factory(spec: str) -> Callable[[str], ComplexityScorer]:
-    module_name, _, attr = spec.partition(":")
+ScorerFactory = Callable[[str], ComplexityScorer]
+"""Loads a torch scorer from the ``path`` of its config (``modelpool.models.scorer.load_scorer``)."""
+
+
+def import_factory(spec: str) -> ScorerFactory:
+    """The scorer factory ``module:callable`` names, for ``--scorer-factory``: a choice of whoever
+    deploys the router, never of a config (see :class:`~modelpool.routing.config.ScorerConfig`)."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name or not attr:
+        raise ValueError(f"{spec!r} is not module:callable (e.g. {BUILTIN_SCORER_FACTORY})")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"scorer.factory: cannot import {module_name!r}: {err}") from None
+        raise ValueError(f"cannot import {module_name!r}: {err}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"scorer.factory: {module_name!r} has no callable {attr!r}")
+        raise ValueError(f"{module_name!r} has no callable {attr!r}")
     return factory  # type: ignore[no-any-return]
 
 
-def load_scorer(config: ScorerConfig) -> ComplexityScorer:
-    """Build the scorer a config names (imports torch only for kind ``torch``)."""
+def builtin_factory(path: str) -> ComplexityScorer:
+    """:data:`~modelpool.routing.config.BUILTIN_SCORER_FACTORY` (imports torch when first called)."""
+    from modelpool.models.scorer import load_scorer as load_torch_scorer
+
+    return load_torch_scorer(path)
+
+
+def load_scorer(config: ScorerConfig, factory: ScorerFactory | None = None) -> ComplexityScorer:
+    """Build the scorer a config describes: kind ``torch`` with ``factory`` (default
+    :func:`builtin_factory`, which imports torch only then)."""
     if config.kind == "heuristic":
         return HeuristicScorer()
     assert config.path is not None  # the config validator enforces it
-    scorer = _import_factory(config.factory)(config.path)
+    factory = builtin_factory if factory is None else factory
+    scorer = factory(config.path)
     if not isinstance(scorer, ComplexityScorer):
-        raise ValueError(
-            f"scorer.factory: {config.factory} returned {type(scorer).__name__}, which has no score()"
-        )
+        name = getattr(factory, "__qualname__", repr(factory))
+        raise ValueError(f"the scorer factory {name} returned {type(scorer).__name__}, which has no score()")
     return scorer
 
 

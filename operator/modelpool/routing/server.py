@@ -32,6 +32,7 @@ from modelpool.routing.config import ConfigError, RouterConfig, load_config_file
 from modelpool.routing.httpserver import (
     DRAIN_SECONDS,
     IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
     Cancellable,
     HttpServer,
     Request,
@@ -42,6 +43,7 @@ from modelpool.routing.httpserver import (
     start_server,
 )
 from modelpool.routing.router import ConfigRejected, Router
+from modelpool.routing.scoring import ScorerFactory
 from modelpool.routing.v2 import BadRequest, decode_content
 
 logger = logging.getLogger(__name__)
@@ -284,15 +286,20 @@ async def start_router(
     admin_token: str | None = None,
     config_path: Path | None = None,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    scorer_factory: ScorerFactory | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> RunningRouter:
     """Build a router for ``config`` and serve it on ``host:port`` (0 picks a free port); a client
-    connection with no request for ``idle_timeout_s`` seconds is closed."""
-    router = Router(config)
+    connection with no request for ``idle_timeout_s`` seconds is closed, and at most
+    ``max_connections`` are open at once.  ``scorer_factory`` loads torch scorers (None: the
+    built-in one; never a config's choice)."""
+    router = Router(config, scorer_factory=scorer_factory)
     await router.start()
     app = RouterApp(router, admin_token, config_path)
     server = await start_server(
-        app.handle, host, port, app.max_body, now=app.handle_now, idle_timeout_s=idle_timeout_s
-    )
+        app.handle, host, port, app.max_body, now=app.handle_now, idle_timeout_s=idle_timeout_s,
+        max_connections=max_connections,
+    )  # fmt: skip
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
     logger.info(
         "router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, server.port
@@ -307,18 +314,24 @@ def serve(
     admin_token_file: Path | None,
     drain_seconds: float = DRAIN_SECONDS,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    *,
+    scorer_factory: ScorerFactory | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Run the router until SIGINT/SIGTERM, then drain: answer every request already received
     (and any that arrive meanwhile, one per connection) before exiting, for at most
-    ``drain_seconds``; idle client connections are closed after ``idle_timeout_s`` (uses uvloop
-    when installed)."""
+    ``drain_seconds``; idle client connections are closed after ``idle_timeout_s``, at most
+    ``max_connections`` are open at once; torch scorers load with ``scorer_factory`` (None: the
+    built-in one).  Uses uvloop when installed."""
     import signal
 
     config = load_config_file(config_path)  # never start empty: a bad file is an error
     token = read_admin_token(admin_token_file)
 
     async def main() -> None:
-        running = await start_router(config, host, port, token, config_path, idle_timeout_s)
+        running = await start_router(
+            config, host, port, token, config_path, idle_timeout_s, scorer_factory, max_connections
+        )
         # Fewer, later cyclic-GC passes over long-lived objects: steadier tail latency.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)

@@ -1,10 +1,12 @@
-"""A scorer factory for the router's config tests, named in a config as ``scorer: {kind: torch,
-factory: "unit.routing.gated_scorer:load", path: <name>}``: it counts its loads by path, and a
-load of a path with a :class:`Gate` waits until the test opens the gate (in whatever thread the
-router loads it), so a test sees what the router does while a slow scorer (a torch model) loads.
+"""A scorer factory for the router's config tests: a router started with ``scorer_factory=load``
+(what ``--scorer-factory unit.routing.gated_scorer:load`` sets) loads the torch scorer of a config
+``scorer: {kind: torch, path: <name>}`` with it.  It counts its loads by path, and a load of a path
+with a :class:`Gate` waits until the test opens the gate (in whatever thread the router loads it),
+so a test sees what the router does while a slow scorer (a torch model) loads.
 
-A module of its own: the router imports the factory by name, and pytest imports test modules
-under other names, so a factory in a test module would be a second copy with its own counts."""
+A module of its own: ``--scorer-factory`` imports it by name, and pytest imports test modules
+under other names, so a factory in a test module would be a second copy with its own counts.
+:data:`FACTORY` is also what the tests of configs naming a factory (refused) name."""
 
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ def gate(path: str) -> Gate:
 
 
 def scorer(path: str) -> dict[str, str]:
-    """The ``scorer`` section of a config that loads ``path`` with :func:`load`."""
-    return {"kind": "torch", "path": path, "factory": FACTORY}
+    """The ``scorer`` section of a config that loads ``path`` with :func:`load` (on a router
+    started with ``scorer_factory=load``)."""
+    return {"kind": "torch", "path": path}
 
 
 def load(path: str) -> HeuristicScorer:

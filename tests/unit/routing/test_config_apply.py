@@ -141,7 +141,9 @@ async def test_a_config_file_of_another_policy_is_refused_and_logged_once(
 async def test_a_push_with_an_unchanged_scorer_does_not_load_it_again() -> None:
     """Every new generation loaded the scorer again (a torch model), however little changed."""
     async with (
-        running_router(_tiered(URL, 1, "kept"), admin_token=TOKEN) as running,
+        running_router(
+            _tiered(URL, 1, "kept"), admin_token=TOKEN, scorer_factory=gated_scorer.load
+        ) as running,
         httpx.AsyncClient(base_url=running.url, headers=ADMIN) as admin,
     ):
         assert gated_scorer.LOADS.count("kept") == 1
@@ -164,7 +166,7 @@ async def test_a_slow_scorer_load_does_not_hold_up_inference() -> None:
     gate = gated_scorer.gate("slow")
     async with (
         serving(FakeUpstream(_ok)) as (fake,),
-        running_router(_weighted(fake.url), admin_token=TOKEN) as running,
+        running_router(_weighted(fake.url), admin_token=TOKEN, scorer_factory=gated_scorer.load) as running,
         httpx.AsyncClient(base_url=running.url, headers=ADMIN) as admin,
         httpx.AsyncClient(base_url=running.url) as client,
     ):
@@ -186,7 +188,7 @@ async def test_a_push_during_a_slow_scorer_load_is_not_undone_by_it() -> None:
     loaded, is refused as older instead of replacing 3."""
     gate = gated_scorer.gate("slow-2")
     async with (
-        running_router(_weighted(), admin_token=TOKEN) as running,
+        running_router(_weighted(), admin_token=TOKEN, scorer_factory=gated_scorer.load) as running,
         httpx.AsyncClient(base_url=running.url, headers=ADMIN) as admin,
     ):
         slow = asyncio.create_task(admin.put("/admin/config", json=_tiered(URL, 2, "slow-2")))

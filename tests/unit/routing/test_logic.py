@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,7 +13,13 @@ from modelpool.routing.breaker import BreakerState, CircuitBreaker
 from modelpool.routing.cache import TTLCache
 from modelpool.routing.config import ScorerConfig
 from modelpool.routing.endpoints import ready_urls_from_slices
-from modelpool.routing.scoring import ComplexityScorer, HeuristicScorer, is_blocking, load_scorer
+from modelpool.routing.scoring import (
+    ComplexityScorer,
+    HeuristicScorer,
+    import_factory,
+    is_blocking,
+    load_scorer,
+)
 
 
 def test_swrr_is_nginx_smooth_and_deterministic() -> None:
@@ -160,11 +167,17 @@ def test_heuristic_scorer_orders_texts() -> None:
     assert HeuristicScorer().score([""]) == [0.0]
 
 
-def test_torch_scorer_factory_errors_name_the_field() -> None:
-    with pytest.raises(ValueError, match=r"scorer\.factory"):
-        load_scorer(ScorerConfig(kind="torch", path="/x", factory="no_such_module_xyz:load"))
-    with pytest.raises(ValueError, match=r"scorer\.factory"):
-        load_scorer(ScorerConfig(kind="torch", path="/x", factory="json:no_such_callable"))
+def test_scorer_factory_errors_say_what_is_wrong() -> None:
+    """``--scorer-factory`` names one (a config cannot: tests/unit/routing/test_scorer_factory_wire.py)."""
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
+        import_factory("no_such_module_xyz:load")
+    with pytest.raises(ValueError, match="'json' has no callable 'no_such_callable'"):
+        import_factory("json:no_such_callable")
+    with pytest.raises(ValueError, match="is not module:callable"):
+        import_factory("json")
+    assert import_factory("json:loads") is json.loads
+    with pytest.raises(ValueError, match=r"returned str, which has no score\(\)"):
+        load_scorer(ScorerConfig(kind="torch", path="/x"), str)
 
 
 def test_ready_urls_from_slices() -> None:
@@ -203,14 +216,9 @@ def test_unloadable_scorer_is_a_config_error_and_keeps_the_old_config() -> None:
                       "endpoints": ["http://127.0.0.1:9"]}],
         "tiers": [{"maxComplexity": 1.0, "target": "s"}],
     }  # fmt: skip
-    router = Router(parse_config(base))
+    router = Router(parse_config(base), scorer_factory=json.loads)
     pushed = parse_config(
-        {
-            **base,
-            "generation": 2,
-            "mode": "tiered",
-            "scorer": {"kind": "torch", "path": "/x", "factory": "json:loads"},
-        }
+        {**base, "generation": 2, "mode": "tiered", "scorer": {"kind": "torch", "path": "/x"}}
     )
     with pytest.raises(ConfigError) as info:
         router.apply(pushed)

@@ -36,7 +36,7 @@ def test_the_idle_timeout_flag_reaches_the_server(
     from modelpool.routing import server
 
     got: list[tuple[object, ...]] = []
-    monkeypatch.setattr(server, "serve", lambda *args: got.append(args))
+    monkeypatch.setattr(server, "serve", lambda *args, **kwargs: got.append(args))
     assert main(["serve", "--config", "router.yaml", "--idle-timeout-seconds", "120"]) == 0
     assert got[0][-1] == 120.0
     assert main(["serve", "--config", "router.yaml"]) == 0

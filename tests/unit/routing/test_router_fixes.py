@@ -4,6 +4,7 @@ fake upstreams on 127.0.0.1 and routers started in the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -124,9 +125,10 @@ def test_a_variant_whose_url_cannot_be_built_does_not_lose_its_endpoints_silentl
             variant.endpoints()
 
 
-_LOOKUP_ERROR_SCORER = {"kind": "torch", "path": "no-such-codec", "factory": "codecs:lookup"}
-"""A scorer factory that raises LookupError, none of the ValueError/OSError/ImportError/RuntimeError
-the router caught (the real torch factory raises KeyError for a scorer.json of ``{}``)."""
+_LOOKUP_ERROR_SCORER = {"kind": "torch", "path": "no-such-codec"}
+"""A torch scorer that :func:`codecs.lookup`, the factory of these routers, fails to load with a
+LookupError, none of the ValueError/OSError/ImportError/RuntimeError the router caught (the real
+torch factory raises KeyError for a scorer.json of ``{}``)."""
 
 
 def _tiered(url: str, **extra: Any) -> dict[str, Any]:
@@ -149,7 +151,7 @@ async def test_a_scorer_that_fails_with_any_error_gets_422_and_the_file_watch_go
         base = _tiered(fake.url)
         bad = {**base, "generation": 2, "scorer": _LOOKUP_ERROR_SCORER}
         async with (
-            _router(base) as running,
+            _router(base, scorer_factory=codecs.lookup) as running,
             httpx.AsyncClient(base_url=running.url, headers={"authorization": f"Bearer {TOKEN}"}) as client,
         ):
             resp = await client.put("/admin/config", content=json.dumps(bad))
@@ -160,7 +162,7 @@ async def test_a_scorer_that_fails_with_any_error_gets_422_and_the_file_watch_go
 
         path = tmp_path / "config.json"
         path.write_text(json.dumps(base))
-        app = RouterApp(Router(parse_config(base)), None, path)
+        app = RouterApp(Router(parse_config(base), scorer_factory=codecs.lookup), None, path)
         watch = asyncio.get_running_loop().create_task(app.watch_config_file(interval=0.02))
         try:
             for generation, config in ((2, bad), (3, {**base, "generation": 3})):
