@@ -212,7 +212,10 @@ class RoutingPolicySpec(ApiModel):
     router_selector: LabelSelector = Field(description="Router pods this policy programs.")
     router_port: int = Field(default=8080, ge=1, le=65535, description="Router pods' HTTP port.")
     admin_token_secret_ref: SecretKeyReference | None = Field(
-        default=None, description="Secret with the routers' admin token; unset uses <policy>-router-token."
+        default=None,
+        description="Secret with the routers' admin token; unset uses <policy>-router-token. The token "
+        "is sent only to selected pods that mount or reference this Secret (a secret or projected "
+        "volume, an env secretKeyRef or an envFrom secretRef).",
     )
 
 

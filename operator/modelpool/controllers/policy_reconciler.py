@@ -7,6 +7,11 @@ generation (a new one only when the content changed or a router runs other conte
 above every generation reported), keep the config in a ConfigMap that router pods
 mount (so a restarted router never starts empty), and push it to every ready router
 pod that does not run it yet.
+
+The spec's author chooses the pods, the port and the token's Secret, and the operator may read
+every Secret: the token goes only to pods that reference its Secret (see
+:func:`~modelpool.controllers.router_push.references_secret`), and the ConfigMap is written only
+while it is this policy's own (its controller owner reference), never taken over.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from modelpool.api.semantics import (
     routing_reference_problems,
 )
 from modelpool.builders.triton import is_subset
+from modelpool.controllers.children import owned_by
 from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
 from modelpool.controllers.profiles import load_profiles
 from modelpool.controllers.router_push import (
@@ -259,11 +265,23 @@ async def reconcile_policy(
 
     cm_path = resource_path("v1", "configmaps", namespace, config_map_name(name))
     live_cm = await kube.get(cm_path)
+    if live_cm is not None and not owned_by(live_cm, uid):
+        # Applying would overwrite someone else's ConfigMap, and its owner reference would then
+        # have the garbage collector delete it with the policy.
+        message = (
+            f"ConfigMap {config_map_name(name)} exists and is not controlled by this RoutingPolicy "
+            f"(uid {uid}); delete or rename it, or rename the policy (a ConfigMap of a deleted "
+            "RoutingPolicy of this name goes once the garbage collector removes it)"
+        )
+        return await refuse(c.PROGRAMMED, "ConfigMapConflict", message, resolved)
     selector = ",".join(f"{k}={v}" for k, v in sorted(spec.router_selector.match_labels.items()))
     pods = live_router_pods(await kube.list(resource_path("v1", "pods", namespace), selector))
     admin = await _admin_token(kube, namespace, name, spec) if pods else None
     token = admin.token if admin is not None else None
-    views = await read_routers(http, pods, spec.router_port, token) if token is not None else []
+    secret = admin.secret if admin is not None else ""
+    views = (
+        await read_routers(http, pods, spec.router_port, token, secret=secret) if token is not None else []
+    )
     known = _published(previous, live_cm) + router_reports(views, candidate)
     candidate = candidate.model_copy(update={"generation": choose_generation(digest, known)})
     if candidate.generation != old_generation:
@@ -306,7 +324,7 @@ async def reconcile_policy(
             )
         routers = [RouterStatus(pod=p["metadata"]["name"], message=why) for p in pods]
     else:
-        routers = await program_routers(http, views, spec.router_port, token or "", candidate)
+        routers = await program_routers(http, views, spec.router_port, token or "", candidate, secret=secret)
         programmed = _programmed(routers, candidate.generation, cm["metadata"]["name"])
     ok, reason, message = programmed
     status = _status(

@@ -5,6 +5,11 @@ its whole active config), so that the generation the policy publishes is above e
 router of it reports whenever some router runs other content (:func:`choose_generation`); then it
 pushes (``PUT``) to each router that does not run exactly that config. Routers are asked and
 pushed concurrently, at most :data:`PUSH_CONCURRENCY` at a time, and reported in pod name order.
+
+What a policy's author chooses (the selector, the port, the token's Secret) decides where the
+operator sends the token and whose answers it reads, so: the token goes only to pods whose spec
+references its Secret (:func:`references_secret`: they hold its value already), and each exchange
+is bounded in time (:data:`PUSH_TIMEOUT_SECONDS` in all) and in bytes (:data:`MAX_ANSWER_BYTES`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 PUSH_TIMEOUT_SECONDS = 5.0
+"""The most one exchange with a router may take in all: connecting, sending and reading the whole
+answer (the HTTP client's own timeouts are per read, which a pod sending a byte now and then never
+trips)."""
+MAX_ANSWER_BYTES = 2 << 20
+"""The most of a router's answer that is read (2 MiB); a longer one is that pod's error. The
+largest answer a router gives is its GET: its whole config and its live endpoints. For a pool's
+most (8 variants of 1,000 replicas each, IPv6 addresses, the longest names) it is about 0.6 MB with
+EndpointSlice sources, as the operator renders them, and 1.0 MB with the same endpoints listed
+statically as well. At most :data:`PUSH_CONCURRENCY` answers are read at once per policy."""
+MAX_GENERATION = 2**53
+"""Generations at or above this that a router or the ConfigMap report are not followed: the policy
+would publish one above them, past what the status (int64) or a JSON number (2^53) holds."""
 PUSH_CONCURRENCY = 16
 """Routers asked or pushed at once: a pass with unreachable routers takes about
 ``ceil(n / PUSH_CONCURRENCY)`` timeouts, not ``n``."""
@@ -48,6 +65,42 @@ def pod_is_ready(pod: Obj) -> bool:
     return bool(status.get("podIP")) and ready and not pod["metadata"].get("deletionTimestamp")
 
 
+def references_secret(pod: Obj, secret: str) -> bool:
+    """Whether the pod's spec references Secret ``secret`` (in its own namespace): a secret or
+    projected volume, or a container's (init containers too) env ``secretKeyRef`` or ``envFrom``
+    ``secretRef``. Such a pod holds the Secret's value already, so the admin token from it may be
+    sent to that pod; to any other pod it would give away a Secret its owner may not read."""
+    spec = pod.get("spec") or {}
+    for volume in spec.get("volumes") or []:
+        if (volume.get("secret") or {}).get("secretName") == secret:
+            return True
+        sources = (volume.get("projected") or {}).get("sources") or []
+        if any((source.get("secret") or {}).get("name") == secret for source in sources):
+            return True
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for env in container.get("env") or []:
+            if ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name") == secret:
+                return True
+        if any(
+            (source.get("secretRef") or {}).get("name") == secret for source in container.get("envFrom") or []
+        ):
+            return True
+    return False
+
+
+def token_not_sent(pod: Obj, secret: str) -> RouterStatus:
+    return RouterStatus(
+        pod=pod["metadata"]["name"],
+        programmed=False,
+        message=(
+            f"admin token not sent: it goes only to pods that mount or reference its Secret; the "
+            f"router pod must mount or reference Secret {secret} (a secret volume for "
+            "--admin-token-file, or an env secretKeyRef or envFrom secretRef), or spec.routerSelector "
+            "must not select this pod"
+        ),
+    )
+
+
 def admin_url(pod: Obj, port: int) -> str:
     ip = pod["status"]["podIP"]
     host = f"[{ip}]" if ":" in ip else ip
@@ -57,6 +110,67 @@ def admin_url(pod: Obj, port: int) -> str:
 class NotARouter(ValueError):
     """A pod answered the admin API's GET with 200 but not as a router does (a JSON object with
     its ``generation``): most likely a pod ``spec.routerSelector`` selects by mistake."""
+
+
+class Unanswered(Exception):
+    """No whole answer within :data:`PUSH_TIMEOUT_SECONDS` and :data:`MAX_ANSWER_BYTES`, or one
+    encoded for transfer (a router sends none): the message says which."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A router's whole answer, read within the deadline and the byte cap."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not JSON (or not UTF-8)."""
+        return json.loads(self.content)
+
+
+def _too_large() -> Unanswered:
+    return Unanswered(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+
+
+async def _body(response: httpx.Response) -> bytes:
+    """The answer's body as sent, at most MAX_ANSWER_BYTES of it (a compressed body would be
+    inflated past any cap, so none is read)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Unanswered(
+            f"answered with Content-Encoding {encoding!r}, which is not read (a router sends none)"
+        )
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in response.aiter_bytes():  # as sent: the encoding is identity
+        if len(body) + len(chunk) > MAX_ANSWER_BYTES:
+            raise _too_large()
+        body += chunk
+    return bytes(body)
+
+
+async def _exchange(
+    client: httpx.AsyncClient, method: str, url: str, token: str, content: str | None = None
+) -> Answer:
+    """One request with the admin token, its answer read whole within the bounds; Unanswered or
+    httpx.HTTPError otherwise."""
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    if content is not None:
+        headers["Content-Type"] = "application/json"
+    deadline = PUSH_TIMEOUT_SECONDS
+    try:
+        async with asyncio.timeout(deadline):
+            async with client.stream(method, url, headers=headers, content=content) as response:
+                return Answer(response.status_code, await _body(response))
+    except TimeoutError as err:
+        raise Unanswered(f"no complete answer within {deadline:g} s") from err
 
 
 def _excerpt(text: str, most: int = 120) -> str:
@@ -87,6 +201,14 @@ def _router_view(pod: Obj, body: Any, url: str, text: str) -> RouterView:
         raise NotARouter(f"answered GET {url} with 200 but no JSON object: {_excerpt(text)!r}")
     raw = body.get("generation")
     generation = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    if generation is not None and generation >= MAX_GENERATION:
+        message = (
+            f"reports generation {generation}, not below {MAX_GENERATION}: ignored when choosing the "
+            "generation, and not pushed (it would refuse any lower one as older); restart the router "
+            "pod so that it starts from the policy's ConfigMap"
+        )
+        name = pod["metadata"]["name"]
+        return RouterView(pod, outcome=RouterStatus(pod=name, programmed=False, message=message))
     config = None
     if isinstance(body.get("config"), dict):
         try:
@@ -97,16 +219,23 @@ def _router_view(pod: Obj, body: Any, url: str, text: str) -> RouterView:
     return RouterView(pod, generation, config, pool if isinstance(pool, str) else None)
 
 
-async def read_router(client: httpx.AsyncClient, pod: Obj, port: int, token: str) -> RouterView:
-    """Ask one pod what it runs; whatever goes wrong is said in the view's ``outcome``."""
+async def read_router(
+    client: httpx.AsyncClient, pod: Obj, port: int, token: str, *, secret: str
+) -> RouterView:
+    """Ask one pod what it runs; whatever goes wrong is said in the view's ``outcome``. ``secret``:
+    the Secret the token comes from; a pod that does not reference it is not asked."""
     name = pod["metadata"]["name"]
+    if not references_secret(pod, secret):
+        return RouterView(pod, outcome=token_not_sent(pod, secret))
     if not pod_is_ready(pod):
         return RouterView(pod, outcome=RouterStatus(pod=name, programmed=False, message=WAITING))
     url = admin_url(pod, port)
     try:
-        response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        response = await _exchange(client, "GET", url, token)
     except httpx.HTTPError as err:
         return RouterView(pod, outcome=RouterStatus(pod=name, message=f"unreachable: {err!r}"))
+    except Unanswered as err:
+        return RouterView(pod, outcome=RouterStatus(pod=name, message=f"GET {url}: {err}"))
     if response.status_code != 200:
         return RouterView(pod)
     try:
@@ -146,8 +275,9 @@ def choose_generation(digest: str, reports: Iterable[tuple[int, str | None]]) ->
     The highest generation reported is kept while it already stands for this content (some report
     at it has this digest and none another); otherwise the content gets one above it. So a router
     never runs other content under the generation the status holds, and never refuses a push as
-    older than what it runs (a recreated policy, a lost status write)."""
-    known = list(reports)
+    older than what it runs (a recreated policy, a lost status write). Generations at or above
+    :data:`MAX_GENERATION` are ignored: the result is at most MAX_GENERATION."""
+    known = [(g, d) for g, d in reports if g < MAX_GENERATION]
     top = max((g for g, _ in known), default=0)
     at_top = {d for g, d in known if g == top and d is not None}
     return top if top > 0 and at_top == {digest} else top + 1
@@ -167,7 +297,7 @@ def _refusal_hint(view: RouterView, config: RouterConfig, status: int) -> str:
     )
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Answer) -> str:
     """What a refused PUT says: the router's ``error``, else the body as it came."""
     try:
         body = response.json()
@@ -186,25 +316,27 @@ def runs(view: RouterView, config: RouterConfig) -> bool:
 
 
 async def program(
-    client: httpx.AsyncClient, view: RouterView, port: int, token: str, config: RouterConfig
+    client: httpx.AsyncClient, view: RouterView, port: int, token: str, config: RouterConfig, *, secret: str
 ) -> RouterStatus:
     """Make one router run ``config``; skip the PUT when it already does (same generation and
-    content). Whatever goes wrong with this pod is said in its RouterStatus."""
+    content). Whatever goes wrong with this pod is said in its RouterStatus. ``secret``: the
+    Secret the token comes from; a pod that does not reference it is not pushed."""
     name = view.name
     if view.outcome is not None:
         return view.outcome
+    if not references_secret(view.pod, secret):
+        return token_not_sent(view.pod, secret)
     current = view.generation or 0
     if runs(view, config):
         return RouterStatus(pod=name, generation=current, programmed=True, message="running this generation")
     body = json.dumps(config.model_dump(mode="json", by_alias=True, exclude_none=True))
+    url = admin_url(view.pod, port)
     try:
-        response = await client.put(
-            admin_url(view.pod, port),
-            content=body,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
+        response = await _exchange(client, "PUT", url, token, body)
     except httpx.HTTPError as err:
         return RouterStatus(pod=name, generation=current, programmed=False, message=f"unreachable: {err!r}")
+    except Unanswered as err:
+        return RouterStatus(pod=name, generation=current, programmed=False, message=f"PUT {url}: {err}")
     if response.status_code == 200:
         return RouterStatus(pod=name, generation=config.generation, programmed=True, message="pushed")
     hint = _refusal_hint(view, config, response.status_code)
@@ -217,10 +349,11 @@ async def program(
 
 
 async def push_one(
-    client: httpx.AsyncClient, pod: Obj, port: int, token: str, config: RouterConfig
+    client: httpx.AsyncClient, pod: Obj, port: int, token: str, config: RouterConfig, *, secret: str
 ) -> RouterStatus:
-    """Ask one router what it runs and make it run ``config``."""
-    return await program(client, await read_router(client, pod, port, token), port, token, config)
+    """Ask one router what it runs and make it run ``config`` (``secret``: the token's Secret)."""
+    view = await read_router(client, pod, port, token, secret=secret)
+    return await program(client, view, port, token, config, secret=secret)
 
 
 async def _each(items: Sequence[T], act: Callable[[T], Awaitable[R]]) -> list[R]:
@@ -235,13 +368,14 @@ async def _each(items: Sequence[T], act: Callable[[T], Awaitable[R]]) -> list[R]
 
 
 async def read_routers(
-    client: httpx.AsyncClient, pods: Sequence[Obj], port: int, token: str
+    client: httpx.AsyncClient, pods: Sequence[Obj], port: int, token: str, *, secret: str
 ) -> list[RouterView]:
-    """What each live pod runs, in pod name order (ended pods are left out)."""
+    """What each live pod runs, in pod name order (ended pods are left out); ``secret``: the
+    Secret the token comes from (see :func:`read_router`)."""
 
     async def read(pod: Obj) -> RouterView:
         try:
-            return await read_router(client, pod, port, token)
+            return await read_router(client, pod, port, token, secret=secret)
         except ValueError as err:  # one pod's answer or address the client cannot handle: that pod only
             failed = RouterStatus(
                 pod=pod["metadata"]["name"], programmed=False, message=f"push failed: {err!r}"
@@ -253,13 +387,20 @@ async def read_routers(
 
 
 async def program_routers(
-    client: httpx.AsyncClient, views: Sequence[RouterView], port: int, token: str, config: RouterConfig
+    client: httpx.AsyncClient,
+    views: Sequence[RouterView],
+    port: int,
+    token: str,
+    config: RouterConfig,
+    *,
+    secret: str,
 ) -> list[RouterStatus]:
-    """Push ``config`` to every router that does not run it yet; one status per view, same order."""
+    """Push ``config`` to every router that does not run it yet; one status per view, same order
+    (``secret``: the token's Secret, see :func:`program`)."""
 
     async def push(view: RouterView) -> RouterStatus:
         try:
-            return await program(client, view, port, token, config)
+            return await program(client, view, port, token, config, secret=secret)
         except ValueError as err:  # one pod's address the client cannot handle: that pod only
             return RouterStatus(pod=view.name, programmed=False, message=f"push failed: {err!r}")
 
@@ -267,10 +408,18 @@ async def program_routers(
 
 
 async def push_all(
-    client: httpx.AsyncClient, pods: Sequence[Obj], port: int, token: str, config: RouterConfig
+    client: httpx.AsyncClient,
+    pods: Sequence[Obj],
+    port: int,
+    token: str,
+    config: RouterConfig,
+    *,
+    secret: str,
 ) -> list[RouterStatus]:
-    """Push to every ready router pod; pods not ready yet are listed as waiting, ended ones not."""
-    return await program_routers(client, await read_routers(client, pods, port, token), port, token, config)
+    """Push to every ready router pod that references ``secret`` (the token's Secret); pods not
+    ready yet are listed as waiting, ended ones not."""
+    views = await read_routers(client, pods, port, token, secret=secret)
+    return await program_routers(client, views, port, token, config, secret=secret)
 
 
 def listed_routers(routers: Sequence[RouterStatus]) -> list[RouterStatus]:

@@ -110,8 +110,16 @@ def _router_pod() -> Obj:
         "spec": {
             "nodeSelector": {"type": "kwok"},
             "containers": [
-                {"name": "router", "image": "modelpool/router:dev", "ports": [{"containerPort": ROUTER_PORT}]}
+                {
+                    "name": "router",
+                    "image": "modelpool/router:dev",
+                    "ports": [{"containerPort": ROUTER_PORT}],
+                    "volumeMounts": [
+                        {"name": "token", "mountPath": "/etc/modelpool/token", "readOnly": True}
+                    ],
+                }
             ],
+            "volumes": [{"name": "token", "secret": {"secretName": "route-router-token"}}],
         },
     }
 

@@ -68,8 +68,13 @@ def _config(generation: int, small: int, pool: str = "bank", policy: str | None 
 
 
 def _pod(name: str = "router-0", ready: bool = True, phase: str = "Running", ip: str = "127.0.0.1") -> Obj:
+    """A router pod that mounts the policy's token Secret (the token is sent to no other pod)."""
     return {
         "metadata": {"name": name, "labels": {"app": "router"}},
+        "spec": {
+            "containers": [{"name": "router"}],
+            "volumes": [{"name": "token", "secret": {"secretName": "p-router-token"}}],
+        },
         "status": {
             "phase": phase,
             "podIP": ip,

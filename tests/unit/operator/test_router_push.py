@@ -25,6 +25,7 @@ from unit.operator import test_spec_edge_cases as edge
 from unit.operator.test_spec_edge_cases import API
 
 TOKEN = "s3cret-token"
+SECRET = "p-router-token"
 
 
 def _config(generation: int, small: int = 1) -> RouterConfig:
@@ -56,8 +57,13 @@ def _config(generation: int, small: int = 1) -> RouterConfig:
 
 
 def _pod(port_ip: str = "127.0.0.1", ready: bool = True) -> dict[str, Any]:
+    """A router pod that mounts the token's Secret (the token is sent to no other pod)."""
     return {
         "metadata": {"name": "router-0"},
+        "spec": {
+            "containers": [{"name": "router"}],
+            "volumes": [{"name": "token", "secret": {"secretName": SECRET}}],
+        },
         "status": {
             "podIP": port_ip,
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
@@ -69,10 +75,10 @@ async def test_push_programs_and_is_idempotent() -> None:
     running = await start_router(_config(1), admin_token=TOKEN)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            status = await push_one(client, _pod(), running.port, TOKEN, _config(2, small=9))
+            status = await push_one(client, _pod(), running.port, TOKEN, _config(2, small=9), secret=SECRET)
             assert status.programmed and status.generation == 2 and status.message == "pushed"
             assert running.app.router.config.variant("small").weight == 9
-            again = await push_one(client, _pod(), running.port, TOKEN, _config(2, small=9))
+            again = await push_one(client, _pod(), running.port, TOKEN, _config(2, small=9), secret=SECRET)
             assert again.programmed and again.message == "running this generation"
     finally:
         await running.close()
@@ -82,7 +88,7 @@ async def test_wrong_token_is_reported_and_old_config_stays() -> None:
     running = await start_router(_config(1), admin_token=TOKEN)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            status = await push_one(client, _pod(), running.port, "wrong", _config(2))
+            status = await push_one(client, _pod(), running.port, "wrong", _config(2), secret=SECRET)
             assert not status.programmed
             assert "401" in status.message
             assert running.app.router.config.generation == 1
@@ -92,7 +98,7 @@ async def test_wrong_token_is_reported_and_old_config_stays() -> None:
 
 async def test_unready_pods_are_not_contacted() -> None:
     async with httpx.AsyncClient(timeout=1) as client:
-        results = await push_all(client, [_pod(ready=False)], 9, TOKEN, _config(1))
+        results = await push_all(client, [_pod(ready=False)], 9, TOKEN, _config(1), secret=SECRET)
     assert len(results) == 1 and not results[0].programmed
     assert "waiting" in results[0].message
 
@@ -145,7 +151,7 @@ async def test_a_pod_answering_unlike_a_router_is_reported_and_the_others_are_pu
         }
     )
     async with client:
-        results = await push_all(client, pods, 8080, TOKEN, _config(1))
+        results = await push_all(client, pods, 8080, TOKEN, _config(1), secret=SECRET)
     by_pod = {r.pod: r for r in results}
     assert by_pod["c-router"].programmed and by_pod["c-router"].message == "pushed"
     for name in ("a-web", "b-list", "d-latin1"):
@@ -249,7 +255,7 @@ async def test_a_router_on_other_content_under_the_same_generation_is_pushed() -
     running = await start_router(_config(5, small=1), admin_token=TOKEN)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            status = await push_one(client, _pod(), running.port, TOKEN, _config(5, small=9))
+            status = await push_one(client, _pod(), running.port, TOKEN, _config(5, small=9), secret=SECRET)
         assert status.programmed and status.message == "pushed"
         assert running.app.router.config.variant("small").weight == 9
     finally:
@@ -261,7 +267,7 @@ async def test_a_router_of_another_pool_is_told_how_to_fix_it() -> None:
     try:
         other = _config(4).model_copy(update={"pool": "bank2"})
         async with httpx.AsyncClient(timeout=5) as client:
-            status = await push_one(client, _pod(), running.port, TOKEN, other)
+            status = await push_one(client, _pod(), running.port, TOKEN, other, secret=SECRET)
         assert not status.programmed and "rejected (409)" in status.message
         assert "serves pool 'bank'" in status.message
         assert "create a new RoutingPolicy for pool 'bank2'" in status.message
@@ -276,7 +282,7 @@ async def test_ended_pods_are_left_out(phase: str) -> None:
     ended["status"]["phase"] = phase
     assert live_router_pods([ended, _pod(ready=False)]) == [_pod(ready=False)]
     async with httpx.AsyncClient(timeout=1) as client:
-        assert await push_all(client, [ended], 9, TOKEN, _config(1)) == []
+        assert await push_all(client, [ended], 9, TOKEN, _config(1), secret=SECRET) == []
 
 
 # --- routers are asked at once, a bounded number at a time --------------------------------------
@@ -301,7 +307,7 @@ async def _hanging_routers(count: int) -> tuple[list[RouterStatus], int, list[st
 
     pods = [_router_pod(f"r{i:02d}", f"10.0.0.{i + 1}") for i in reversed(range(count))]
     async with httpx.AsyncClient(transport=httpx.MockTransport(hang)) as client:
-        results = await push_all(client, pods, 8080, TOKEN, _config(1))
+        results = await push_all(client, pods, 8080, TOKEN, _config(1), secret=SECRET)
     return results, most, methods
 
 
