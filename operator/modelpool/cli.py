@@ -141,6 +141,14 @@ def _run_kopf(args: argparse.Namespace, credentials: Credentials, readiness: Rea
 
     if args.prometheus_url:
         os.environ["MODELPOOL_PROMETHEUS_URL"] = args.prometheus_url
+    # -- Prometheus allowlist (--prometheus-allowed-urls): read by the ScalingPlanner --
+    if args.prometheus_allowed_urls:
+        os.environ["MODELPOOL_PROMETHEUS_ALLOWED_URLS"] = ",".join(args.prometheus_allowed_urls)
+    # -- end of Prometheus allowlist --
+    # -- GPU pool sharing (--gpu-pool-sharing): read by the ScalingPlanner the handlers create --
+    if args.gpu_pool_sharing:
+        os.environ["MODELPOOL_GPU_POOL_SHARING"] = args.gpu_pool_sharing
+    # -- end of GPU pool sharing --
     importlib.import_module("modelpool.controllers.handlers")
     use_kopf_logging(args.verbose)
     started = threading.Event()  # set by kopf once its startup handlers ran: "ready: running"
@@ -239,12 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Prometheus for pools that do not name one (live-metrics scaling)",
     )
+    # -- Prometheus allowlist --
+    op.add_argument(
+        "--prometheus-allowed-urls",
+        action="append",
+        default=None,
+        metavar="URLS",
+        help="the Prometheus URLs a pool's spec.scaling.prometheusURL may name, at or below one of "
+        "them (repeatable, or comma-separated; else $MODELPOOL_PROMETHEUS_ALLOWED_URLS): a pool "
+        "naming another is not asked and holds; --prometheus-url is always allowed; default: any "
+        "(recommended on shared clusters: docs/install.md, Hardening)",
+    )
+    # -- end of Prometheus allowlist --
     op.add_argument(
         "--metrics-port",
         type=port_number,
         default=None,
         help="serve the operator's own /metrics on this port",
     )
+    # -- GPU pool sharing --
+    op.add_argument(
+        "--gpu-pool-sharing",
+        choices=["namespace", "cluster"],
+        default=None,
+        help="who shares a GPU pool that ModelPools name in spec.gpuPool.name: 'namespace' (the "
+        "default; else $MODELPOOL_GPU_POOL_SHARING) only the pools of one namespace, 'cluster' the "
+        "pools of every watched namespace (each namespace's authors can then lower the others' "
+        "budget: docs/install.md, Hardening)",
+    )
+    # -- end of GPU pool sharing --
     election = op.add_argument_group(
         "leader election",
         "run two or more replicas: the one holding a coordination.k8s.io Lease reconciles, the "

@@ -22,10 +22,17 @@ import prometheus_client
 from modelpool import leader, permissions
 from modelpool.cli import port_number
 from modelpool.controllers.backoff import report_due
-from modelpool.controllers.scaling_planner import EXTRA_MATCHERS_ENV, PROMETHEUS_URL_ENV
+from modelpool.controllers.scaling_planner import (
+    EXTRA_MATCHERS_ENV,
+    GPU_POOL_SHARING_ENV,
+    GPU_POOL_SHARING_MODES,
+    PROMETHEUS_ALLOWED_URLS_ENV,
+    PROMETHEUS_URL_ENV,
+)
 from modelpool.kubelogin import Credentials
 from modelpool.leadership import LeaseApi, wait_to_lead
 from modelpool.scaling.metrics import REGISTRY
+from modelpool.scaling.prometheus_reader import allowed_urls_from, base_url_problem
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A namespace name (DNS-1123 label)."""
@@ -105,12 +112,31 @@ def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = N
                 f"{source}={url!r} is not a Prometheus URL ({why}): "
                 "give http(s)://host[:port][/path], e.g. http://prometheus.monitoring:9090"
             )
+    # -- Prometheus allowlist --
+    flag_urls = getattr(args, "prometheus_allowed_urls", None)
+    allowed_source = "--prometheus-allowed-urls" if flag_urls else f"${PROMETHEUS_ALLOWED_URLS_ENV}"
+    for allowed in allowed_urls_from(flag_urls or env.get(PROMETHEUS_ALLOWED_URLS_ENV, "")):
+        if (why := base_url_problem(allowed)) is not None:
+            problems.append(
+                f"{allowed_source}: {allowed!r} is not a Prometheus base URL ({why}): give "
+                "http(s)://host[:port][/path] entries separated by commas, e.g. "
+                "http://prometheus.monitoring:9090 (prometheus.allowedURLs in the chart)"
+            )
+    # -- end of Prometheus allowlist --
     matchers = env.get(EXTRA_MATCHERS_ENV, "")
     if matchers and not MATCHERS.fullmatch(matchers):
         problems.append(
             f"${EXTRA_MATCHERS_ENV}={matchers!r} is not a list of PromQL label matchers: "
             'give label="value" pairs separated by commas, without braces, e.g. namespace="prod"'
         )
+    # -- GPU pool sharing: the flag is checked by argparse, the variable here --
+    sharing = env.get(GPU_POOL_SHARING_ENV)
+    if not getattr(args, "gpu_pool_sharing", None) and sharing and sharing not in GPU_POOL_SHARING_MODES:
+        problems.append(
+            f"${GPU_POOL_SHARING_ENV}={sharing!r} is neither namespace nor cluster: give namespace (pools "
+            "share a named GPU pool only within their namespace) or cluster (across namespaces)"
+        )
+    # -- end of GPU pool sharing --
     for namespace in args.namespace or ():
         if not NAMESPACE_NAME.fullmatch(namespace):
             problems.append(

@@ -259,6 +259,59 @@ def _positive_size(size: str) -> str:
     return size
 
 
+ROOT_WITH_NON_ROOT_MESSAGE = (
+    "securityContext: runAsNonRoot: true with runAsUser: 0 never starts (the kubelet refuses a "
+    "container that would run as root): give a non-root uid, e.g. runAsUser: 1000 (the Triton "
+    "image's triton-server user)"
+)
+MAX_ID = 2**31 - 1
+"""The largest uid or gid the API server takes (an int64 field validated within int32)."""
+
+
+class TritonSecurityContext(ApiModel):
+    """Who the Triton pods run as: the pod's securityContext user, group and fsGroup. Unset fields
+    leave the image's own (the stock Triton image runs as root); the pods always drop every
+    capability, refuse privilege escalation and use the RuntimeDefault seccomp profile.
+    PodSecurity ``restricted`` also needs ``runAsNonRoot: true`` with a non-root ``runAsUser``."""
+
+    model_config = with_rules(
+        cel(
+            "!has(self.runAsNonRoot) || !self.runAsNonRoot || !has(self.runAsUser) || self.runAsUser != 0",
+            ROOT_WITH_NON_ROOT_MESSAGE,
+            ".runAsUser",
+        )
+    )
+
+    run_as_user: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ID,
+        description="uid the Triton container runs as; the stock images have the user triton-server, "
+        "uid 1000. Unset: the image's (root for the stock images).",
+    )
+    run_as_group: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="gid the Triton container runs as; unset: the image's."
+    )
+    run_as_non_root: bool | None = Field(
+        default=None,
+        description="true: the kubelet refuses to start a container that would run as root "
+        "(PodSecurity restricted requires it); give runAsUser with it for an image that runs as root.",
+    )
+    fs_group: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ID,
+        description="Supplementary group of the pod; volumes that support it (the /dev/shm emptyDir "
+        "among them) are owned by it.",
+    )
+
+    @model_validator(mode="after")
+    def _not_root_and_non_root(self) -> TritonSecurityContext:
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise ValueError(ROOT_WITH_NON_ROOT_MESSAGE)
+        return self
+
+
 class TritonSpec(ApiModel):
     """How to run Triton Inference Server for a variant."""
 
@@ -301,7 +354,18 @@ class TritonSpec(ApiModel):
         description="ServiceAccount the Triton pods run as, in the pool's namespace (it must exist, "
         "or no pod is created): with workload identity (EKS IRSA, GKE or AKS Workload Identity), "
         "the one bound to the cloud role that reads a remote model repository. Unset: the "
-        "namespace's default ServiceAccount.",
+        "namespace's default ServiceAccount. Only with it is the ServiceAccount token mounted "
+        "(as that ServiceAccount's automountServiceAccountToken says; workload identity reads it): "
+        "unset, the pods run without a token.",
+    )
+    security_context: TritonSecurityContext | None = Field(
+        default=None,
+        description="The user, group and fsGroup the Triton pods run as (pod securityContext). "
+        "Whatever is set here, the container drops every capability and may not escalate "
+        "privileges, and the pod uses the RuntimeDefault seccomp profile. For namespaces that "
+        "enforce PodSecurity restricted: runAsNonRoot: true, runAsUser: 1000 (the Triton image's "
+        "triton-server user; the model repository must be readable by it). Changing it rolls the "
+        "variant's pods.",
     )
     shared_memory_size: Annotated[Quantity, AfterValidator(_positive_size)] = Field(
         default=SHARED_MEMORY_SIZE,
@@ -726,9 +790,10 @@ class GpuPool(ApiModel):
         default=None,
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Name of a GPU pool shared with other ModelPools: pools that name the same one "
-        "(in any namespace the operator watches) share one gpuBudget, the smallest they declare, "
-        "allocated by value per GPU across all their variants. Unset: the budget is this pool's alone.",
+        description="Name of a GPU pool shared with other ModelPools: pools of this namespace that "
+        "name the same one share one gpuBudget, the smallest they declare, allocated by value per GPU "
+        "across all their variants. Pools of other namespaces share it only where the operator runs "
+        "with --gpu-pool-sharing=cluster (chart gpuPoolSharing). Unset: the budget is this pool's alone.",
     )
     gpu_budget: int = Field(
         ge=0,
@@ -788,6 +853,23 @@ class MetricQueries(ApiModel):
     newest_sample: PromQL | None = Field(default=None, description="Timestamp of the newest sample.")
 
 
+PROMETHEUS_URL_PATTERN = r"^https?://[^/?#@]+(/[^?#]*)?$"
+"""A base URL the operator appends ``/api/v1/query`` to: a ``?`` or ``#`` would make that the query
+string or the fragment (the request path the spec's author's), a ``user:password@`` would put
+credentials in the spec."""
+PROMETHEUS_URL_MESSAGE = (
+    "scaling.prometheusURL must be a base URL http(s)://host[:port][/path]: no '?' or '#' (the "
+    "operator appends /api/v1/query to it) and no user:password@ (no credentials in the spec)"
+)
+
+
+def _base_url(url: str) -> str:
+    """The API's check (also the CRD's pattern) of ``prometheusURL``."""
+    if re.search(PROMETHEUS_URL_PATTERN, url) is None:
+        raise ValueError(PROMETHEUS_URL_MESSAGE)
+    return url
+
+
 class PoolScaling(ApiModel):
     """How the operator reads metrics and paces decisions for the pool."""
 
@@ -801,12 +883,13 @@ class PoolScaling(ApiModel):
         le=3600,
         description="Window of the PromQL rate() over Triton's counters; at least twice the scrape interval.",
     )
-    prometheus_url: str | None = Field(
+    prometheus_url: Annotated[str, Field(max_length=1024), AfterValidator(_base_url)] | None = Field(
         default=None,
         alias="prometheusURL",
-        max_length=1024,
-        pattern=r"^https?://",
-        description="Prometheus HTTP API base URL; unset uses the operator's --prometheus-url.",
+        description="Prometheus HTTP API base URL, http(s)://host[:port][/path]: the operator "
+        "appends /api/v1/query to it, so no '?' or '#', and no user:password@ (no credentials in "
+        "the spec). Unset uses the operator's --prometheus-url.",
+        json_schema_extra={"pattern": PROMETHEUS_URL_PATTERN},
     )
     queries: MetricQueries = Field(default_factory=MetricQueries)
 

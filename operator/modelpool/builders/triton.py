@@ -129,6 +129,20 @@ def toleration(t: Toleration) -> Manifest:
     return {k: v for k, v in t.to_wire().items() if v != ""}
 
 
+def container_security_context() -> Manifest:
+    """What every Triton container gets (a new dict each time: manifests are edited by callers):
+    tritonserver needs no capability and no setuid. The user is left to the image (root for the
+    stock images) unless ``triton.securityContext`` sets it (:func:`pod_security_context`)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security_context(triton: TritonSpec) -> Manifest:
+    """The pod's securityContext: the RuntimeDefault seccomp profile, and the user, group and
+    fsGroup ``triton.securityContext`` sets (only those: an unset one is the image's)."""
+    chosen = triton.security_context.to_wire() if triton.security_context is not None else {}
+    return {"seccompProfile": {"type": "RuntimeDefault"}, **chosen}
+
+
 def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Manifest:
     labels = child_labels(pool, variant)
     annotations = {
@@ -153,6 +167,7 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
         # kubelet then keeps the tail of its log, which the pool's Degraded condition quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        "securityContext": container_security_context(),
     }
     if variant.triton.env:
         container["env"] = [env_var(e) for e in variant.triton.env]
@@ -168,6 +183,11 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
     }
     if variant.triton.service_account_name is not None:
         pod_spec["serviceAccountName"] = variant.triton.service_account_name
+    else:
+        # Triton never calls the API server; only a named ServiceAccount (workload identity reads
+        # its projected token) gets the token, as that ServiceAccount says.
+        pod_spec["automountServiceAccountToken"] = False
+    pod_spec["securityContext"] = pod_security_context(variant.triton)
     if spec.gpu_pool.node_selector:
         pod_spec["nodeSelector"] = dict(spec.gpu_pool.node_selector)
     if spec.gpu_pool.tolerations:

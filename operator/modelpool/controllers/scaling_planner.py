@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import httpx
 
@@ -39,6 +39,8 @@ from modelpool.scaling.prometheus_reader import (
     PrometheusReader,
     QueryTemplates,
     VariantTarget,
+    allowed_urls_from,
+    url_allowed,
 )
 from modelpool.scaling.stabilization import compact
 from modelpool.scaling.types import (
@@ -57,8 +59,13 @@ logger = logging.getLogger(__name__)
 
 PROMETHEUS_URL_ENV = "MODELPOOL_PROMETHEUS_URL"
 EXTRA_MATCHERS_ENV = "MODELPOOL_PROMETHEUS_MATCHERS"
+PROMETHEUS_ALLOWED_URLS_ENV = "MODELPOOL_PROMETHEUS_ALLOWED_URLS"
+"""The Prometheus URLs a pool's ``spec.scaling.prometheusURL`` may name (at or below one of them;
+commas or whitespace between; ``--prometheus-allowed-urls``, chart ``prometheus.allowedURLs``);
+unset or empty, any. The operator's own ``--prometheus-url`` is always allowed."""
 PROMETHEUS_TIMEOUT_S = 5.0
-"""Per request to Prometheus (a slower answer holds the pool's last decision)."""
+"""Per query to Prometheus, the whole answer (not each read): a slower answer holds the pool's last
+decision."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,21 @@ class ScalingOutcome:
     metrics: MetricsNote | None  # None: keep the condition as it is (no decision this pass)
     scaled: list[str] = field(default_factory=list)  # one line per scaling action, for Events
     next_decision_in: float | None = None
+
+
+GpuPoolSharing = Literal["namespace", "cluster"]
+GPU_POOL_SHARING_MODES: tuple[GpuPoolSharing, ...] = ("namespace", "cluster")
+GPU_POOL_SHARING_ENV = "MODELPOOL_GPU_POOL_SHARING"
+"""Who shares a named GPU pool (``spec.gpuPool.name``): ``namespace`` (the default) only the pools
+of one namespace; ``cluster`` the pools of every watched namespace, which trusts every namespace's
+authors with the others' budget (``--gpu-pool-sharing``, chart ``gpuPoolSharing``)."""
+
+
+def gpu_pool_sharing_from_env(environ: Mapping[str, str] | None = None) -> GpuPoolSharing:
+    """The operator's ``$MODELPOOL_GPU_POOL_SHARING``; anything but ``cluster`` is ``namespace``
+    (the operator refuses to start with a value that is neither: ``startup.config_problems``)."""
+    value = (os.environ if environ is None else environ).get(GPU_POOL_SHARING_ENV)
+    return "cluster" if value == "cluster" else "namespace"
 
 
 @dataclass(frozen=True)
@@ -340,6 +362,11 @@ class ScalingPlanner:
 
     default_prometheus_url: str | None = field(default_factory=lambda: os.environ.get(PROMETHEUS_URL_ENV))
     extra_matchers: str = field(default_factory=lambda: os.environ.get(EXTRA_MATCHERS_ENV, ""))
+    allowed_prometheus_urls: tuple[str, ...] = field(
+        default_factory=lambda: allowed_urls_from(os.environ.get(PROMETHEUS_ALLOWED_URLS_ENV, ""))
+    )
+    """Where a pool's ``spec.scaling.prometheusURL`` may point (see :meth:`prometheus_url_allowed`);
+    empty, anywhere."""
     _states: dict[tuple[str, str], dict[str, VariantState]] = field(default_factory=dict)
     _readers: dict[tuple[str, int, float, QueryTemplates], PrometheusReader] = field(default_factory=dict)
     _reader_of: dict[tuple[str, str], tuple[str, int, float, QueryTemplates]] = field(default_factory=dict)
@@ -351,6 +378,9 @@ class ScalingPlanner:
     with a client of its own kept sockets open for every configuration ever seen."""
     members: Callable[[str], Iterable[GpuPoolMember]] = lambda _gpu_pool: ()
     """The ModelPools on a shared GPU pool (the operator sets it to read its index of pools)."""
+    gpu_pool_sharing: GpuPoolSharing = field(default_factory=gpu_pool_sharing_from_env)
+    """``namespace``: a pool shares its named GPU pool only with the members of its own namespace
+    (the others are neither counted nor named); ``cluster``: with every member."""
     monotonic: Callable[[], float] = time.monotonic
     """The pacing clock (see ``LastDecision.paced_at``)."""
     _claims: dict[str, dict[str, tuple[Claim, ...]]] = field(default_factory=dict)
@@ -400,17 +430,28 @@ class ScalingPlanner:
             self._reader_of[pool] = key
         if key not in self._readers:
             if self._http is None:
-                self._http = httpx.AsyncClient(timeout=PROMETHEUS_TIMEOUT_S)
+                # No redirects: a redirect would lead past the allowlist of Prometheus URLs.
+                self._http = httpx.AsyncClient(timeout=PROMETHEUS_TIMEOUT_S, follow_redirects=False)
             self._readers[key] = PrometheusReader(
                 url,
                 templates=templates,
                 rate_window_s=rate_window_s,
                 series_span_s=span_s,
                 step_s=step_s,
+                timeout_s=PROMETHEUS_TIMEOUT_S,  # the whole query; the client's is per read
                 client=self._http,
                 scrape_interval_s=rate_window_s / 2,
             )
         return self._readers[key]
+
+    def prometheus_url_allowed(self, url: str) -> bool:
+        """Whether the operator may ask ``url`` (a pool's ``spec.scaling.prometheusURL``): with no
+        allowlist, any URL; else one at or below an entry of it or of the operator's own
+        ``--prometheus-url`` (:func:`modelpool.scaling.prometheus_reader.url_allowed`)."""
+        if not self.allowed_prometheus_urls:
+            return True
+        own = (self.default_prometheus_url,) if self.default_prometheus_url else ()
+        return url_allowed(url, (*self.allowed_prometheus_urls, *own))
 
     def _release_reader(self, pool: tuple[str, str]) -> None:
         """The pool no longer reads with its reader: drop the reader unless another pool does."""
@@ -471,12 +512,23 @@ class ScalingPlanner:
         return 0.0 if since < 0 else interval - since
 
     def _other_members(self, namespace: str, name: str, gpu_pool: str) -> list[GpuPoolMember]:
+        """The other members of the pool's shared GPU pool: with :attr:`gpu_pool_sharing`
+        ``namespace``, only those of its namespace (the GPU pool is ``namespace/gpuPool.name``),
+        so that no other namespace lowers its budget, holds its GPUs or is named in its status."""
         key = f"{namespace}/{name}"
-        return sorted((m for m in self.members(gpu_pool) if m.pool != key), key=lambda m: m.pool)
+        same_namespace = f"{namespace}/"
+        return sorted(
+            (
+                m
+                for m in self.members(gpu_pool)
+                if m.pool != key and (self.gpu_pool_sharing == "cluster" or m.pool.startswith(same_namespace))
+            ),
+            key=lambda m: m.pool,
+        )
 
     def shared_gpu_pool(self, namespace: str, name: str, spec: ModelPoolSpec) -> SharedGpuPool | None:
-        """What the other members of the pool's shared GPU pool bring to its budget: the smallest
-        budget any member declares, and their minimums' GPUs."""
+        """What the other members of the pool's shared GPU pool (:meth:`_other_members`) bring to
+        its budget: the smallest budget any member declares, and their minimums' GPUs."""
         if not spec.gpu_pool.name:
             return None
         others = self._other_members(namespace, name, spec.gpu_pool.name)
@@ -488,8 +540,9 @@ class ScalingPlanner:
     ) -> tuple[ScalingInput, str]:
         """The scaler's input for this pool, and the pool's name in it.
 
-        On a shared GPU pool the pool is named ``namespace/name`` (pools of several namespaces
-        share it) and brings the latest claims of the other members (from their own passes) and
+        On a shared GPU pool the pool is named ``namespace/name`` (with ``cluster`` sharing, pools
+        of several namespaces share it) and brings the latest claims of the other members
+        (:meth:`_other_members`, from their own passes) and
         the GPUs they hold: the larger of what the index of pools shows (so also right after a
         restart) and what their latest decision in this operator granted (which the index may not
         show yet). The budget is the smallest any member declares.
@@ -565,6 +618,8 @@ class ScalingPlanner:
         due_in = self._due_in(key, paced, interval)
         if due_in > 0:
             return ScalingOutcome(self._held(key, spec, previous, held), None, next_decision_in=due_in)
+        if spec.scaling.prometheus_url and not self.prometheus_url_allowed(spec.scaling.prometheus_url):
+            return self._not_allowed(key, spec, previous, held, spec.scaling.prometheus_url, interval)
 
         reader = self.reader(url, spec, key)
         needs_routed_slo = any(v.scaling.target_latency_ms is None for v in spec.variants)
@@ -645,6 +700,31 @@ class ScalingPlanner:
                 True, "MetricsFresh", f"decided from {url}{routed}; {pool_decision.budget_message}"
             )
         return ScalingOutcome(plans, note, scaled, next_decision_in=interval)
+
+    def _not_allowed(
+        self,
+        key: tuple[str, str],
+        spec: ModelPoolSpec,
+        previous: ModelPoolStatus | None,
+        held: dict[str, ReplicaPlan],
+        url: str,
+        interval: float,
+    ) -> ScalingOutcome:
+        """A pass whose ``spec.scaling.prometheusURL`` is outside the operator's allowlist: it is
+        not asked (no request leaves for it), no decision, the replicas hold, and the
+        MetricsAvailable condition names the field and the setting (checked again at every
+        interval: a fixed URL is picked up)."""
+        self._release_reader(key)
+        logger.debug("pool %s/%s: prometheusURL %s is not allowed", *key, url)
+        note = MetricsNote(
+            False,
+            "MetricsUnavailable",
+            f"metrics unavailable: spec.scaling.prometheusURL {url} is not among the Prometheus URLs "
+            "the operator may ask (--prometheus-allowed-urls, chart value prometheus.allowedURLs): "
+            "name one of them, or unset the field to read the operator's Prometheus; replicas hold "
+            "their last decision",
+        )
+        return ScalingOutcome(self._held(key, spec, previous, held), note, next_decision_in=interval)
 
     def _refused(
         self,

@@ -12,14 +12,25 @@ Query failures never raise out of :meth:`PrometheusReader.read_variant`: they co
 So does an answer of the wrong shape (a range vector, several series where one is expected, a
 sample that is not a number): the reader never guesses which series was meant.
 Timestamps are Prometheus' (Unix epoch seconds): call ``decide`` with ``now=time.time()``.
+
+The URL is a pool author's (``spec.scaling.prometheusURL``), so the server may be anything: an
+answer is read up to :data:`MAX_ANSWER_BYTES` and for at most ``timeout_s`` in all, uncompressed,
+and what of it reaches the pool's status (which its author reads) is limited: the text of a
+Prometheus-shaped error, truncated; of anything else the HTTP status; of a failed connection the
+exception's class and a short reason; of several series their count, not their labels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import math
 import re
-from collections.abc import Awaitable, Callable
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from string import Template
 from typing import Any, TypeVar
@@ -31,6 +42,23 @@ from modelpool.builders.triton import LABEL_POOL, LABEL_VARIANT
 from modelpool.scaling.types import RatePoint, VariantMetrics
 
 _T = TypeVar("_T")
+
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+"""The most bytes of one answer the reader reads (4 MiB); a longer one is refused unread.
+
+The largest answer the reader asks for is a rate series: one series of ``span / step + 1``
+points. The CRD's extremes (``rateWindowSeconds: 2``, so a 0.5 s step, and a 3600 s trend window
+or look-ahead) make that about 7,200 points of at most ~45 bytes
+(``[1712345678.5,"1.2345678901234567e+308"],``): about 330 KB. 4 MiB is 12 times that, room
+for labels and for a custom query's answer, and bounded against a server (a pool's
+``prometheusURL`` is its author's choice) that streams without end: before the cap, one grew the
+operator by 900 MB in 4 s. Not more: parsed, JSON grows up to ~20 times (4 MiB of ``[],`` is
+~90 MiB of Python lists; one answer is parsed at a time, the raw bodies of the queries in flight
+are held together), and the chart's memory limit is 512Mi."""
+MAX_ERROR_CHARS = 200
+"""How much of a Prometheus error text (``"error"``) reaches the pool's status."""
+_ERROR_TYPE = re.compile(r"[a-z_]{1,32}")
+"""What Prometheus' ``errorType`` looks like (``bad_data``, ``execution``, ``timeout``, ...)."""
 
 
 class PrometheusError(RuntimeError):
@@ -105,18 +133,139 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    """The response's JSON object (raises :class:`PrometheusError` for anything else)."""
+def _json_object(status: int, raw: bytes | bytearray) -> dict[str, Any]:
+    """The answer's JSON object (raises :class:`PrometheusError` for anything else)."""
     try:
-        body = response.json()
+        body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser
-        raise PrometheusError(f"Prometheus answered HTTP {response.status_code} without JSON") from exc
+        raise PrometheusError(f"Prometheus answered HTTP {status} without JSON") from exc
     if not isinstance(body, dict):
         raise PrometheusError(
-            f"Prometheus answered HTTP {response.status_code} with JSON {type(body).__name__}, "
-            "not an API response object"
+            f"Prometheus answered HTTP {status} with JSON {type(body).__name__}, not an API response object"
         )
     return body
+
+
+def _failure(status: int, body: dict[str, Any]) -> str:
+    """What a failed answer says: ``HTTP <status> <errorType> <error>`` when it is shaped as
+    Prometheus' errors (``{"status": "error", "errorType": "bad_data", "error": "..."}``), the
+    error truncated to :data:`MAX_ERROR_CHARS`; else ``HTTP <status>`` alone: another server's
+    text (whatever the URL reached) is not echoed into the pool's status."""
+    error_type, error = body.get("errorType"), body.get("error", "")
+    if (
+        body.get("status") != "error"
+        or not isinstance(error_type, str)
+        or not _ERROR_TYPE.fullmatch(error_type)
+        or not isinstance(error, str)
+    ):
+        return f"HTTP {status}"
+    text = "".join(c if c.isprintable() else " " for c in error[: MAX_ERROR_CHARS + 1])
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "..."
+    return f"HTTP {status} {error_type} {text}".strip()
+
+
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (ssl.SSLCertVerificationError, "certificate not trusted"),
+    (ssl.SSLError, "TLS failed"),
+    (socket.gaierror, "host name not resolved"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (ConnectionAbortedError, "connection aborted"),
+    (TimeoutError, "timed out"),
+    (httpx.TimeoutException, "timed out"),
+    (httpx.RemoteProtocolError, "not an HTTP answer"),
+    (httpx.UnsupportedProtocol, "not http:// or https://"),
+    (OverflowError, "port out of range"),
+)
+_ERRNO_REASONS = {
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNREFUSED: "connection refused",
+    errno.ETIMEDOUT: "timed out",
+}
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """``exc``, what caused it, and the exceptions of the groups among them (depth first)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        yield one
+        if isinstance(one, BaseExceptionGroup):
+            todo.extend(reversed(one.exceptions))
+        todo.extend(e for e in (one.__context__, one.__cause__) if e is not None)
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """``<exception class> (<short reason>)`` of a failed request: "connection refused", "timed
+    out", ...; not the exception's text, which names addresses and the transport's internals
+    (in a pool's status, a port-scan oracle for its author)."""
+    for cause in _causes(exc):
+        for kind, reason in _REASONS:
+            if isinstance(cause, kind):
+                return f"{type(exc).__name__} ({reason})"
+        if isinstance(cause, OSError) and cause.errno in _ERRNO_REASONS:
+            return f"{type(exc).__name__} ({_ERRNO_REASONS[cause.errno]})"
+    return type(exc).__name__
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` is no Prometheus base URL the reader can append ``/api/v1/query`` to (not
+    parsed, not http(s), no host, a query or a fragment, which would swallow the suffix), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return str(exc)
+    if parsed.scheme not in ("http", "https"):
+        return "it needs http:// or https://"
+    if not parsed.host:
+        return "it has no host"
+    if parsed.query or parsed.fragment or "?" in url or "#" in url:
+        return "it has a query (?) or fragment (#): give http(s)://host[:port][/path]"
+    return None
+
+
+def allowed_urls_from(text: str | Iterable[str]) -> tuple[str, ...]:
+    """The entries of the operator's Prometheus allowlist: ``text`` (or each string of it) split
+    at commas and whitespace, empty entries dropped."""
+    parts = [text] if isinstance(text, str) else list(text)
+    return tuple(url for part in parts for url in re.split(r"[\s,]+", part) if url)
+
+
+def _parts(url: str) -> tuple[str, str, int, bytes, tuple[str, ...]] | None:
+    """``(scheme, host, port, userinfo, path segments)`` of a base URL, the port filled in and the
+    path percent-decoded; None for a URL that is none (or whose path could leave where it looks:
+    ``.``/``..`` segments, an encoded ``/`` or ``\\``)."""
+    if base_url_problem(url) is not None:
+        return None
+    parsed = httpx.URL(url)
+    if re.search(r"%(2f|5c)|\\", parsed.raw_path.decode("ascii", "replace"), re.IGNORECASE):
+        return None
+    segments = tuple(s for s in urllib.parse.unquote(parsed.path).split("/") if s)
+    if any(s in (".", "..") for s in segments):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed.scheme, parsed.host, port, parsed.userinfo, segments
+
+
+def url_allowed(url: str, allowed: Iterable[str]) -> bool:
+    """Whether ``url`` is at or below one of the ``allowed`` base URLs: the same scheme, host,
+    port and user info, and a path that is the entry's or goes on below it (``/prom`` allows
+    ``/prom/x``, not ``/prometheus``). Compared parsed, never as strings: as a string,
+    ``http://prom:9090`` is also the start of ``http://prom:9090@vault:8200/`` (host ``vault``)."""
+    mine = _parts(url)
+    if mine is None:
+        return False
+    for entry in allowed:
+        theirs = _parts(entry)
+        if theirs is not None and mine[:4] == theirs[:4] and mine[4][: len(theirs[4])] == theirs[4]:
+            return True
+    return False
 
 
 _RESULT_TYPES = ("matrix", "vector", "scalar", "string")
@@ -132,13 +281,14 @@ def _one_series(result_type: str, result: list[Any], expected: str, promql: str)
         want = "an instant vector" if expected == "vector" else "a range vector"
         raise UnexpectedResult(f"query {promql!r} returned {got}, expected {want} with one series")
     if len(result) > 1:
-        labels = ", ".join(str(s.get("metric") if isinstance(s, dict) else s) for s in result[:2])
+        # Their count only: the labels would carry the series (of any namespace: a custom query
+        # runs with the operator's access) into the pool's status.
         raise UnexpectedResult(
-            f"query {promql!r} returned {len(result)} series ({labels}, ...), expected one: "
+            f"query {promql!r} returned {len(result)} series, expected one: "
             "aggregate them, e.g. sum(...) or max(...)"
         )
     if not isinstance(result[0], dict):
-        raise UnexpectedResult(f"query {promql!r}: a series that is not an object: {result[0]!r:.80}")
+        raise UnexpectedResult(f"query {promql!r}: a series that is not an object")
     series: dict[str, Any] = result[0]
     return series
 
@@ -247,12 +397,20 @@ class PrometheusReader:
         timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
         scrape_interval_s: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         """``scrape_interval_s``: the longest scrape interval of the series read; unset, half the
         rate window (``rate()`` needs two samples in its window, so a pool's window is at least two
         scrapes). With ``step_s`` it tells :func:`modelpool.scaling.demand.stale_after_s` how old a
-        healthy series' newest sample may be."""
+        healthy series' newest sample may be.
+
+        ``timeout_s`` bounds each query as a whole (connecting, sending, every read of the
+        answer), whatever ``client``'s own timeouts (per read) are; ``max_answer_bytes`` bounds the
+        answer's size."""
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_answer_bytes = max_answer_bytes
+        self._url_problem = base_url_problem(base_url)
         self.templates = templates or QueryTemplates()
         self.rate_window_s = rate_window_s
         self.series_span_s = series_span_s
@@ -276,23 +434,60 @@ class PrometheusReader:
         params: dict[str, str] = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
+        if self._url_problem is not None:
+            raise PrometheusError(f"Prometheus URL {self.base_url!r} is invalid: {self._url_problem}")
         try:
-            response = await self._client.get(f"{self.base_url}/api/v1/query", params=params)
-        except httpx.InvalidURL as exc:
-            raise PrometheusError(f"Prometheus URL {self.base_url!r} is invalid: {exc}") from exc
-        except Exception as exc:  # httpx errors, and what its transport lets through (a bad port)
-            raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc!r}") from exc
-        body = _json_object(response)
-        if response.status_code != 200 or body.get("status") != "success":
+            async with asyncio.timeout(self.timeout_s):
+                status, raw = await self._get(params, promql)
+        except TimeoutError as exc:  # the deadline (the reads' own timeouts raise httpx's)
             raise PrometheusError(
-                f"query {promql!r} failed: HTTP {response.status_code} {body.get('errorType', '')} "
-                f"{body.get('error', '')}".strip(),
-                rejected=response.status_code in (400, 422),  # bad_data, execution
+                f"Prometheus at {self.base_url} did not answer within {self.timeout_s:g}s (timed out)"
+            ) from exc
+        body = _json_object(status, raw)
+        if status != 200 or body.get("status") != "success":
+            raise PrometheusError(
+                f"query {promql!r} failed: {_failure(status, body)}",
+                rejected=status in (400, 422),  # bad_data, execution
             )
         data = body.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("result"), list):
             raise PrometheusError(f"query {promql!r}: Prometheus answered without a data.result list")
         return str(data.get("resultType", "")), data["result"]
+
+    async def _get(self, params: dict[str, str], promql: str) -> tuple[int, bytearray]:
+        """``(HTTP status, body)`` of one GET of ``/api/v1/query``, the body read up to
+        ``max_answer_bytes`` (raises :class:`PrometheusError` beyond, and when it fails)."""
+        too_large = f"query {promql!r}: answer larger than {self.max_answer_bytes} bytes"
+        try:
+            async with self._client.stream(
+                "GET",
+                f"{self.base_url}/api/v1/query",
+                params=params,
+                headers={"Accept-Encoding": "identity"},  # httpx inflates a body whole, uncounted
+            ) as response:
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise PrometheusError(
+                        f"Prometheus at {self.base_url} answered HTTP {response.status_code} with a "
+                        "compressed body (Content-Encoding), which the operator did not ask for"
+                    )
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_answer_bytes:
+                    raise PrometheusError(f"{too_large} (Content-Length {int(declared)})")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():  # as sent: no Content-Encoding
+                    body += chunk
+                    if len(body) > self.max_answer_bytes:
+                        raise PrometheusError(too_large)
+                return response.status_code, body
+        except PrometheusError:
+            raise
+        except httpx.InvalidURL as exc:
+            raise PrometheusError(f"Prometheus URL {self.base_url!r} is invalid: {exc}") from exc
+        except Exception as exc:  # httpx errors, and what its transport lets through (a bad port)
+            raise PrometheusError(
+                f"Prometheus at {self.base_url} unreachable: {unreachable_reason(exc)}"
+            ) from exc
 
     async def scalar(self, promql: str, at: float | None = None) -> float | None:
         """The single value of an instant-vector (or scalar) query, or ``None`` when it has no

@@ -1,12 +1,15 @@
 """Two ModelPools in two namespaces share one GPU pool's budget, on the real parts: a real
 tritonserver under a bounded load that both pools' variants read through a real Prometheus, and
-the operator (as users run it) deciding each pool in its own reconcile pass."""
+the operator (as users run it) deciding each pool in its own reconcile pass. By default
+(``--gpu-pool-sharing=namespace``) pools of two namespaces do not share; an operator run with
+``cluster`` shares between them."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,22 +42,44 @@ def _replicas(kube: Kube, pool: str) -> int:
     return int(dep["spec"]["replicas"]) if dep else 0
 
 
+def _condition_message(kube: Kube, pool: str, type_: str) -> str:
+    status = (kube.get("modelpool", pool) or {}).get("status") or {}
+    found = [c for c in status.get("conditions", []) if c["type"] == type_]
+    return str(found[0]["message"]) if found else ""
+
+
 def test_two_pools_share_a_gpu_pool_by_value_and_never_over_commit_it(
     cluster: DevCluster,
     kube: Kube,
     operator: OperatorProcess,
     echo_triton: TritonProcess,
     echo_prometheus: PrometheusProcess,
+    tmp_path: Path,
 ) -> None:
     other_ns = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", other_ns)
     other = Kube(cluster, other_ns)
     gpu_pool = f"shared-{uuid.uuid4().hex[:6]}"
+    sharing: OperatorProcess | None = None
     try:
         kube.apply(shared_pool("chat", gpu_pool, 0, echo_prometheus.url))
         other.apply(shared_pool("code", gpu_pool, 5, echo_prometheus.url))  # worth more per GPU
         for k, name in ((kube, "chat"), (other, "code")):
             wait_for(lambda k=k, name=name: k.condition("modelpool", name, "MetricsAvailable"), 60, name)
+        # The session's operator runs with the default, namespace: neither pool sees the other.
+        for type_ in ("MetricsAvailable", "GPUBudgetFits"):
+            alone = _condition_message(kube, "chat", type_)
+            assert other_ns not in alone, alone
+
+        operator.stop()  # one operator at a time: this one shares between namespaces
+        sharing = OperatorProcess(
+            cluster,
+            tmp_path / "operator-cluster-sharing.log",
+            env_extra={"MODELPOOL_GPU_POOL_SHARING": "cluster", "MODELPOOL_METRICS_ADDR": "127.0.0.1"},
+        )
+        sharing.start()
+        shared = f"shared with {other_ns}/code"
+        wait_for(lambda: shared in _condition_message(kube, "chat", "MetricsAvailable"), 60, shared)
 
         seen: list[tuple[int, int]] = []
 
@@ -90,4 +115,8 @@ def test_two_pools_share_a_gpu_pool_by_value_and_never_over_commit_it(
         assert fits["status"] == "True" and f"shared in GPU pool '{gpu_pool}'" in fits["message"]
         assert code_status["variants"][0]["desiredReplicas"] == 3
     finally:
+        if sharing is not None:
+            sharing.stop()
+        if not operator.alive():
+            operator.start()
         cluster.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)

@@ -10,6 +10,7 @@ from modelpool.scaling.types import VariantMetrics
 from unit.operator.test_scaling_planner import (
     HELD,
     FakeReader,
+    _cluster_planner,
     _index_of,
     _metrics,
     _planned_gpus,
@@ -56,7 +57,7 @@ async def test_a_pool_that_moves_to_another_gpu_pool_leaves_no_claim_behind() ->
     reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
     specs = _shared_specs({"team-a/chat": 0, "team-b/code": 0})
     minimums = {pool: {"small": 1, "large": 1} for pool in specs}
-    planner = _planner(reader)
+    planner = _cluster_planner(reader)
     planner.members = _index_of({"team-b/code": specs["team-b/code"]}, minimums)  # chat not in yet
     chat = await _planned_gpus(planner, specs, minimums, "team-a/chat", now)
     assert sum(p.replicas for p in chat.values()) == 6  # code holds its 2 minimums

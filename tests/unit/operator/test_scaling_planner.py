@@ -83,6 +83,14 @@ def _planner(reader: FakeReader) -> ScalingPlanner:
     return planner
 
 
+def _cluster_planner(reader: FakeReader) -> ScalingPlanner:
+    """A planner of an operator run with ``--gpu-pool-sharing=cluster``: pools of several namespaces
+    share a named GPU pool (by default only the pools of one namespace do)."""
+    planner = _planner(reader)
+    planner.gpu_pool_sharing = "cluster"
+    return planner
+
+
 def test_settings_mapping_and_order() -> None:
     spec = _spec()
     assert [v.name for v in tier_order(spec)] == ["small", "large"]
@@ -392,12 +400,12 @@ async def test_pools_on_a_shared_gpu_pool_share_its_budget_by_value_without_over
     specs = _shared_specs({"team-a/chat": 0, "team-b/code": 5})
     held = {"team-a/chat": {"small": 5, "large": 3}, "team-b/code": {"small": 1, "large": 1}}
     index = _index_of(specs, held)
-    planner = _planner(reader)
+    planner = _cluster_planner(reader)
     planner.members = index
     for turn in range(6):
         pool = ("team-a/chat", "team-b/code")[turn % 2]
         if turn == 4:  # an operator restart: memory gone, the index (statuses) still there
-            planner = _planner(reader)
+            planner = _cluster_planner(reader)
             planner.members = index
         namespace, name = pool.split("/")
         t = now + 10 * turn
@@ -424,7 +432,7 @@ async def test_pools_deciding_before_the_index_shows_the_other_ones_grant_never_
     reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
     specs = _shared_specs({"team-a/chat": 0, "team-b/code": 5})  # the second is worth more
     minimums = {pool: {"small": 1, "large": 1} for pool in specs}  # no status written yet
-    planner = _planner(reader)
+    planner = _cluster_planner(reader)
     planner.members = _index_of(specs, minimums)
     granted = {}
     for pool in specs:  # the second pass runs before the first one's status is written
@@ -458,7 +466,7 @@ async def test_a_pool_grows_into_gpus_another_gives_up_only_once_the_index_shows
     specs = _shared_specs({"team-a/chat": 1, "team-b/code": 1})
     held = {"team-a/chat": {"small": 5, "large": 1}, "team-b/code": {"small": 1, "large": 1}}
     reader = FakeReader({"m-small": _metrics(0.5, now), "m-large": _metrics(0.5, now)})  # chat idles
-    planner = _planner(reader)
+    planner = _cluster_planner(reader)
     planner.members = _index_of(specs, held)
     chat = await _planned_gpus(planner, specs, held, "team-a/chat", now)
     shrunk = sum(p.replicas for p in chat.values())
@@ -517,7 +525,7 @@ async def test_a_cut_reason_names_a_few_of_the_pools_sharing_the_gpu_pool_and_co
     failed. It names three and counts the rest, and the MetricsAvailable report does the same."""
     now = 1_000.0
     reader = FakeReader({"m-small": _metrics(80.0, now), "m-large": _metrics(40.0, now)})
-    planner = _planner(reader)
+    planner = _cluster_planner(reader)
     others = [f"team-{i:02d}-inference/customer-support-classifier" for i in range(17)]
     holder = GpuPoolMember("zz/holder", 8, 6)  # holds 6 of the 8 GPUs: the pool must wait for them
     planner.members = lambda _gpu_pool: [*(GpuPoolMember(pool, 8, 0) for pool in others), holder]
