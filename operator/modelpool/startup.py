@@ -62,19 +62,6 @@ def _bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _url_problem(url: str) -> str | None:
-    """Why ``url`` is not an http(s) URL the operator can call, or None."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as err:
-        return str(err)
-    if parsed.scheme not in ("http", "https"):
-        return "it needs http:// or https://"
-    if not parsed.host:
-        return "it has no host"
-    return None
-
-
 def _endpoint_problem(
     flag: str, url: str, example: str, chart_value: str, taken: dict[str, int | None]
 ) -> tuple[int | None, str | None]:
@@ -107,7 +94,7 @@ def config_problems(args: argparse.Namespace, environ: dict[str, str] | None = N
     url = args.prometheus_url or env.get(PROMETHEUS_URL_ENV)
     if url:
         source = "--prometheus-url" if args.prometheus_url else f"${PROMETHEUS_URL_ENV}"
-        if (why := _url_problem(url)) is not None:
+        if (why := base_url_problem(url)) is not None:
             problems.append(
                 f"{source}={url!r} is not a Prometheus URL ({why}): "
                 "give http(s)://host[:port][/path], e.g. http://prometheus.monitoring:9090"
