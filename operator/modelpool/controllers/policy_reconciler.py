@@ -40,11 +40,13 @@ from modelpool.controllers.children import owned_by
 from modelpool.controllers.pool_reconciler import EventSink, parse_status, pool_path
 from modelpool.controllers.profiles import load_profiles
 from modelpool.controllers.router_push import (
+    Published,
     choose_generation,
     listed_routers,
     live_router_pods,
     program_routers,
     read_routers,
+    refused_for_policy,
     router_reports,
 )
 from modelpool.controllers.routing_config import (
@@ -282,7 +284,11 @@ async def reconcile_policy(
     views = (
         await read_routers(http, pods, spec.router_port, token, secret=secret) if token is not None else []
     )
-    known = _published(previous, live_cm) + router_reports(views, candidate)
+    # A pod that refused the last push as another policy's router is not this policy's to rise
+    # above, even when its GET names no policy (an older router).
+    refused = {r.pod for r in previous.routers if refused_for_policy(r)} if previous else set()
+    published = Published(_published(previous, live_cm), refused)
+    known = [*published.reports, *router_reports(views, candidate, refused)]
     candidate = candidate.model_copy(update={"generation": choose_generation(digest, known)})
     if candidate.generation != old_generation:
         emit(
@@ -324,7 +330,9 @@ async def reconcile_policy(
             )
         routers = [RouterStatus(pod=p["metadata"]["name"], message=why) for p in pods]
     else:
-        routers = await program_routers(http, views, spec.router_port, token or "", candidate, secret=secret)
+        routers = await program_routers(
+            http, views, spec.router_port, token or "", candidate, secret=secret, published=published
+        )
         programmed = _programmed(routers, candidate.generation, cm["metadata"]["name"])
     ok, reason, message = programmed
     status = _status(

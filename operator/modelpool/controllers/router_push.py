@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -188,6 +188,9 @@ class RouterView:
     config: RouterConfig | None = None
     """Its active config, when the answer carries one this operator can read."""
     pool: str | None = None
+    policy: str | None = None
+    """The RoutingPolicy that programs it, as its config names it: read from the raw config even
+    when this operator cannot read that config (another version's), else None."""
     outcome: RouterStatus | None = None
     """Set when the pod is not to be pushed: not Ready, unreachable, not a router."""
 
@@ -210,13 +213,24 @@ def _router_view(pod: Obj, body: Any, url: str, text: str) -> RouterView:
         name = pod["metadata"]["name"]
         return RouterView(pod, outcome=RouterStatus(pod=name, programmed=False, message=message))
     config = None
-    if isinstance(body.get("config"), dict):
+    raw_config = body.get("config")
+    if isinstance(raw_config, dict):
         try:
-            config = RouterConfig.model_validate(body["config"])
-        except ValidationError:  # another version's config: the generation is still known
+            config = RouterConfig.model_validate(raw_config)
+        except ValidationError:  # another version's config: its generation, pool and policy are known
             config = None
-    pool = config.pool if config is not None else body.get("pool")
-    return RouterView(pod, generation, config, pool if isinstance(pool, str) else None)
+    else:
+        raw_config = {}
+    pool = config.pool if config is not None else raw_config.get("pool")
+    pool = pool if isinstance(pool, str) else body.get("pool")
+    policy = config.policy if config is not None else raw_config.get("policy")
+    return RouterView(
+        pod,
+        generation,
+        config,
+        pool if isinstance(pool, str) else None,
+        policy if isinstance(policy, str) else None,
+    )
 
 
 async def read_router(
@@ -254,15 +268,34 @@ async def read_router(
         return RouterView(pod, outcome=RouterStatus(pod=name, programmed=False, message=message))
 
 
-def router_reports(views: Iterable[RouterView], config: RouterConfig) -> list[tuple[int, str | None]]:
+POLICY_REFUSAL = "policy: this router is programmed by RoutingPolicy"
+"""How a router's 409 for a push of another RoutingPolicy (or of none) begins its reason."""
+
+
+def refused_for_policy(router: RouterStatus) -> bool:
+    """Whether ``router`` (a status this operator wrote) says its router refused the push because
+    another RoutingPolicy programs it (its 409), which a router whose GET names no policy (an older
+    router, or a config this operator cannot read) shows only when pushed."""
+    return router.message.startswith("rejected (409): ") and POLICY_REFUSAL in router.message
+
+
+def _other_policy(view: RouterView, config: RouterConfig) -> bool:
+    return view.policy is not None and config.policy is not None and view.policy != config.policy
+
+
+def router_reports(
+    views: Iterable[RouterView], config: RouterConfig, refused: Collection[str] = ()
+) -> list[tuple[int, str | None]]:
     """(generation, content digest or None) of each router that runs ``config``'s pool and policy
-    (or no policy): routers of another pool or policy refuse the push whatever its generation."""
+    (or no policy): routers of another pool or policy refuse the push whatever its generation, so
+    their generations are not this policy's to rise above (two policies whose selectors overlap
+    would otherwise publish one above the other's on every pass). ``refused``: pods that refused
+    the last push as another policy's router (see :func:`refused_for_policy`), left out too."""
     reports: list[tuple[int, str | None]] = []
     for view in views:
         if view.generation is None or (view.pool is not None and view.pool != config.pool):
             continue
-        theirs = view.config.policy if view.config is not None else None
-        if theirs is not None and config.policy is not None and theirs != config.policy:
+        if _other_policy(view, config) or view.name in refused:
             continue
         reports.append((view.generation, config_digest(view.config) if view.config is not None else None))
     return reports
@@ -286,9 +319,7 @@ def choose_generation(digest: str, reports: Iterable[tuple[int, str | None]]) ->
 def _refusal_hint(view: RouterView, config: RouterConfig, status: int) -> str:
     """The fix for a router bound to another pool (the router's own message names the fix for a
     router of another policy)."""
-    theirs = view.config.policy if view.config is not None else None
-    other_policy = theirs is not None and config.policy is not None and theirs != config.policy
-    if status != 409 or other_policy or view.pool is None or view.pool == config.pool:
+    if status != 409 or _other_policy(view, config) or view.pool is None or view.pool == config.pool:
         return ""
     return (
         f"; a router serves one pool for its whole life: to route pool {config.pool!r}, create a "
@@ -306,28 +337,56 @@ def _detail(response: Answer) -> str:
     return str(body.get("error", response.text)) if isinstance(body, dict) else response.text
 
 
-def runs(view: RouterView, config: RouterConfig) -> bool:
-    """Whether the router runs exactly ``config``: its generation and its content."""
+@dataclass(frozen=True)
+class Published:
+    """What the policy published before this pass, for routers whose config cannot be read."""
+
+    reports: Collection[tuple[int, str | None]] = ()
+    """(generation, content digest) the stored status and the ConfigMap report."""
+    refused: Collection[str] = ()
+    """Pods that refused the last push as another policy's router (see :func:`refused_for_policy`)."""
+
+
+def runs(view: RouterView, config: RouterConfig, published: Published | None = None) -> bool:
+    """Whether the router runs exactly ``config``: its generation and its content. A router whose
+    config cannot be read (an older router's GET carries none, a newer one's has fields this
+    operator does not know) runs it when it reports ``config``'s generation, names no other pool or
+    policy, did not refuse the last push as another policy's, and the policy published this content
+    under that generation before (``published``: the stored status or the ConfigMap say so)."""
+    if view.generation != config.generation:
+        return False
+    if view.config is not None:
+        return config_digest(view.config) == config_digest(config)
     return (
-        view.generation == config.generation
-        and view.config is not None
-        and config_digest(view.config) == config_digest(config)
+        published is not None
+        and (config.generation, config_digest(config)) in published.reports
+        and view.name not in published.refused
+        and (view.pool is None or view.pool == config.pool)
+        and not _other_policy(view, config)
     )
 
 
 async def program(
-    client: httpx.AsyncClient, view: RouterView, port: int, token: str, config: RouterConfig, *, secret: str
+    client: httpx.AsyncClient,
+    view: RouterView,
+    port: int,
+    token: str,
+    config: RouterConfig,
+    *,
+    secret: str,
+    published: Published | None = None,
 ) -> RouterStatus:
     """Make one router run ``config``; skip the PUT when it already does (same generation and
-    content). Whatever goes wrong with this pod is said in its RouterStatus. ``secret``: the
-    Secret the token comes from; a pod that does not reference it is not pushed."""
+    content, see :func:`runs` for ``published``). Whatever goes wrong with this pod is said in its
+    RouterStatus. ``secret``: the Secret the token comes from; a pod that does not reference it is
+    not pushed."""
     name = view.name
     if view.outcome is not None:
         return view.outcome
     if not references_secret(view.pod, secret):
         return token_not_sent(view.pod, secret)
     current = view.generation or 0
-    if runs(view, config):
+    if runs(view, config, published):
         return RouterStatus(pod=name, generation=current, programmed=True, message="running this generation")
     body = json.dumps(config.model_dump(mode="json", by_alias=True, exclude_none=True))
     url = admin_url(view.pod, port)
@@ -394,13 +453,15 @@ async def program_routers(
     config: RouterConfig,
     *,
     secret: str,
+    published: Published | None = None,
 ) -> list[RouterStatus]:
     """Push ``config`` to every router that does not run it yet; one status per view, same order
-    (``secret``: the token's Secret, see :func:`program`)."""
+    (``secret``: the token's Secret, ``published``: what the policy published before, see
+    :func:`program`)."""
 
     async def push(view: RouterView) -> RouterStatus:
         try:
-            return await program(client, view, port, token, config, secret=secret)
+            return await program(client, view, port, token, config, secret=secret, published=published)
         except ValueError as err:  # one pod's address the client cannot handle: that pod only
             return RouterStatus(pod=view.name, programmed=False, message=f"push failed: {err!r}")
 

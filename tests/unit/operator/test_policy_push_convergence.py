@@ -422,3 +422,119 @@ async def test_a_pass_moves_a_shortfall_by_the_capacity_of_the_variants_profile(
         assert (live.variant("small").weight, live.variant("large").weight) == (99, 2)
     finally:
         await running.close()
+
+
+# --- routers whose config this operator cannot read: no ping-pong, no PUT every pass ---------------
+
+
+class _OtherVersionRouter:
+    """A router of another version behind a mock transport, by pod IP: a newer one answers GET with
+    a config that has a field this operator does not know (RouterConfig forbids extra fields), an
+    older one with its generation and pool only. It refuses pushes as the real router does: of
+    another policy than the one that programmed it, or older than what it runs (409)."""
+
+    def __init__(self, configs: dict[str, Obj], newer: bool) -> None:
+        self.configs, self.newer = configs, newer
+        self.puts = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        active = self.configs[request.url.host]
+        if request.method == "GET":
+            body: Obj = {"generation": active["generation"], "pool": active["pool"]}
+            if self.newer:
+                body["config"] = {**active, "futureField": True}
+            return httpx.Response(200, json=body)
+        self.puts += 1
+        pushed = json.loads(request.content)
+        if active.get("policy") is not None and pushed.get("policy") != active["policy"]:
+            error = (
+                "config rejected, the active one stays: policy: this router is programmed by "
+                f"RoutingPolicy {active['policy']!r}, this config comes from another RoutingPolicy"
+            )
+            return httpx.Response(409, json={"error": error})
+        if pushed["generation"] < active["generation"]:
+            return httpx.Response(409, json={"error": "config rejected, the active one stays: generation"})
+        self.configs[request.url.host] = pushed
+        return httpx.Response(200, json={"generation": pushed["generation"], "changed": True})
+
+
+def _pod_of_both(name: str, ip: str) -> Obj:
+    pod = _pod(name, ip=ip)
+    pod["spec"]["volumes"] = [
+        {"name": f"token-{p}", "secret": {"secretName": f"{p}-router-token"}} for p in ("p1", "p2")
+    ]
+    return pod
+
+
+@pytest.mark.parametrize("newer", [True, False], ids=["newer-router", "older-router"])
+async def test_two_policies_selecting_each_others_router_do_not_raise_each_others_generation(
+    newer: bool,
+) -> None:
+    """Two policies of one pool whose routerSelectors overlap, each with a router it programmed:
+    when this operator could not read those routers' configs it could not tell the other policy's
+    router from its own, counted its generation, and each pass published one above the other's
+    (a NewGeneration Event, a ConfigMap write and a PUT each pass, for ever)."""
+    token = base64.b64encode(TOKEN.encode()).decode()
+    kube = Kube(
+        {
+            policy_reconciler.pool_path(NS, "bank"): {
+                "apiVersion": API,
+                "kind": "ModelPool",
+                "metadata": {"name": "bank", "uid": "u1"},
+                "spec": _pool_spec(),
+            },
+        },
+        [_pod_of_both("router-a", "10.0.0.1"), _pod_of_both("router-b", "10.0.0.2")],
+    )
+    for i, name in enumerate(("p1", "p2")):
+        spec = _policy_spec(8080)
+        spec["weights"][0]["weight"] = 3 + i  # each policy its own content
+        kube.objects[policy_reconciler.policy_path(NS, name)] = {
+            "metadata": {"name": name, "uid": f"u-{name}", "generation": 1},
+            "spec": spec,
+        }
+        kube.objects[f"/api/v1/namespaces/{NS}/secrets/{name}-router-token"] = {"data": {"token": token}}
+    router = _OtherVersionRouter(
+        {
+            "10.0.0.1": {"generation": 1, "pool": "bank", "policy": "p1"},
+            "10.0.0.2": {"generation": 1, "pool": "bank", "policy": "p2"},
+        },
+        newer,
+    )
+    events: list[str] = []
+    generations: list[list[int]] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.handle)) as client:
+        for _ in range(5):
+            generations.append([])
+            for name in ("p1", "p2"):
+                status = await policy_reconciler.reconcile_policy(
+                    cast(KubeClient, kube), client, NS, name, lambda _t, reason, _m: events.append(reason)
+                )
+                assert status is not None
+                generations[-1].append(status.weights_generation)
+    assert generations[-1] == generations[-2] == generations[-3], generations
+    # One first generation each: a newer router names its policy, an older one shows it by refusing
+    # the push (409), after which it no longer counts.
+    assert events.count("NewGeneration") == 2, events
+    for name in ("p1", "p2"):
+        status = kube.objects[policy_reconciler.policy_path(NS, name)]["status"]
+        other = next(r for r in status["routers"] if not r["programmed"])
+        assert "409" in other["message"] and "programmed by RoutingPolicy" in other["message"]
+
+
+@pytest.mark.parametrize("newer", [True, False], ids=["newer-router", "older-router"])
+async def test_a_router_whose_config_cannot_be_read_is_pushed_once(newer: bool) -> None:
+    """A router whose GET config this operator cannot read (an older router's has none, a newer
+    one's has fields it does not know) was PUT on every pass: whether it ran the content was
+    unknown. It runs it when it reports the generation under which the status or the ConfigMap say
+    this content was published."""
+    router = _OtherVersionRouter({"127.0.0.1": {"generation": 0, "pool": "bank"}}, newer)
+    kube = _world(_policy_spec(8080), [_pod()])
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.handle)) as client:
+        statuses = [await _pass(kube, client) for _ in range(4)]
+        assert [s["weightsGeneration"] for s in statuses] == [1, 1, 1, 1]
+        assert router.puts == 1, f"{router.puts} PUTs in 4 passes with nothing changed"
+        assert statuses[-1]["routers"][0]["message"] == "running this generation"
+        assert _cond(statuses[-1], "Programmed")["status"] == "True"
+        del kube.objects[POLICY]["status"]  # lost: the ConfigMap still says so
+        assert (await _pass(kube, client))["weightsGeneration"] == 1 and router.puts == 1
