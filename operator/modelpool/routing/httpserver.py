@@ -47,9 +47,10 @@ not at all): above it the server answers none of the connection's requests and r
 it, until the client has read the buffer down to a quarter of this (asyncio's flow control).  One
 answer being written when the mark is passed still goes into the buffer."""
 WRITE_TIMEOUT_S = 60.0
-"""A connection whose answers cannot be sent for this long (its write buffer stays over
-:data:`WRITE_BUFFER_HIGH`, or it is closing and its last answers stay unsent) is closed at once
-(nginx's send_timeout)."""
+"""A connection whose unsent answers make no progress for this long (its write buffer over
+:data:`WRITE_BUFFER_HIGH`, or it is closing with answers unsent, and not a byte of them goes out)
+is closed at once; a client that keeps reading gets the whole answer however long it takes, as
+with nginx's send_timeout (between two successive writes, not for the whole transfer)."""
 MAX_CONNECTIONS = 4096
 """Client connections open at once; one more is answered 503 and closed at once, so that clients
 cannot take every file descriptor of the process (its open-files limit must be above this and the
@@ -210,7 +211,8 @@ class _HttpProtocol(asyncio.Protocol):
         self._refused = False
         self._paused = False  # reading paused: too many requests queued, or writing paused
         self._write_paused = False  # the write buffer is over WRITE_BUFFER_HIGH: answer nothing more
-        self._write_stuck_since: float | None = None  # since when answers cannot be sent
+        self._write_stuck_since: float | None = None  # since when unsent answers made no progress
+        self._unsent_seen = 0  # the write buffer's size at the last look (pause_writing, sweep)
         self._closing = False
         self._in_head = False  # between a message's first byte and the end of its headers
         self._in_message = False  # between a message's first byte and its end
@@ -258,10 +260,12 @@ class _HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The answers not yet sent are over :data:`WRITE_BUFFER_HIGH`: answer no more requests and
         read no more until the client reads them (:meth:`resume_writing`); closed if that takes
-        over the write timeout (:meth:`sweep`)."""
+        long with no progress (:meth:`sweep`)."""
         self._write_paused = True
         self._write_stuck_since = self._loop.time()
         transport = self._transport
+        if transport is not None:
+            self._unsent_seen = transport.get_write_buffer_size()
         if not self._paused and transport is not None and not transport.is_closing():
             self._paused = True
             transport.pause_reading()
@@ -423,9 +427,10 @@ class _HttpProtocol(asyncio.Protocol):
         return keep_alive and (not self._draining or bool(self._queue))
 
     def sweep(self, now: float, limits: _Connections) -> None:
-        """Close a connection whose answers could not be sent for the write timeout (its write
-        buffer over the high-water mark, or closing with answers unsent); 408 for a request its
-        client stopped sending for the read timeout, whose head is not complete the head timeout
+        """Close a connection whose unsent answers made no progress for the write timeout (its
+        write buffer over the high-water mark, or closing with answers unsent, and not shrunk since
+        the last look: a client that keeps reading, however slowly, is not cut off); 408 for a
+        request its client stopped sending for the read timeout, whose head is not complete the head timeout
         after it began, or whose body is not complete the body timeout after its head (none of
         them while this side paused reading); close a keep-alive connection that has had nothing
         to do for the idle timeout since its last response (or since it opened)."""
@@ -433,10 +438,17 @@ class _HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         stuck = self._write_stuck_since
-        if stuck is None and transport.is_closing():  # close() waits for the buffer to be sent
-            self._write_stuck_since = stuck = now
+        if stuck is None:
+            if transport.is_closing():  # close() waits for the buffer to be sent
+                self._write_stuck_since = stuck = now
+                self._unsent_seen = transport.get_write_buffer_size()
+        else:
+            unsent = transport.get_write_buffer_size()
+            if unsent < self._unsent_seen:  # the client read some since the last look: not stuck
+                self._write_stuck_since = stuck = now
+            self._unsent_seen = unsent
         if stuck is not None and now - stuck > limits.write_timeout_s:
-            logger.debug("closing a client connection whose answers stayed unsent for %gs", now - stuck)
+            logger.debug("closing a client connection whose answers made no progress for %gs", now - stuck)
             transport.abort()
             return
         if self._refused or self._paused:

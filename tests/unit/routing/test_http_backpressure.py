@@ -173,6 +173,58 @@ async def test_a_connection_whose_writes_stay_stuck_is_closed() -> None:
         server.close()
 
 
+async def _steady_reader_gets(close: bool) -> int:
+    """Bytes of its body a client gets of an 8 MiB answer that it reads steadily but slowly (32 KiB at most
+    every 10 ms: over 2.5 s in all, never 10 ms without reading) from a server whose write
+    timeout is 1 s."""
+    size = 8 * 1024 * 1024
+
+    answer = Response(200, b"x" * size, [], b"text/plain")
+
+    async def huge(request: Request) -> Response:
+        return answer
+
+    server = await start_server(huge, "127.0.0.1", 0, lambda: 1 << 20, write_timeout_s=1.0)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.setblocking(False)
+    got = 0
+    try:
+        sock.sendall(GET.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") if close else GET)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STATE_WAIT_S
+        whole = len(httpserver.encode_response(answer, keep_alive=not close))
+        while got < whole and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            try:
+                chunk = sock.recv(32 * 1024)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += len(chunk)
+        return got - (whole - size)
+    finally:
+        sock.close()
+        server.close()
+
+
+async def test_a_client_reading_a_long_answer_steadily_is_not_cut_off() -> None:
+    """The write timeout ran from the moment the buffer passed the high-water mark until the
+    client read it down, even while the client read all the time: an answer that took longer than
+    the timeout to send was cut (6.5 of 8 MiB here).  Now only a connection whose unsent answers
+    make no progress for the timeout is closed (the test above)."""
+    assert await _steady_reader_gets(close=False) == 8 * 1024 * 1024
+
+
+async def test_a_client_reading_a_long_last_answer_steadily_is_not_cut_off() -> None:
+    """The same for a closing connection (``Connection: close``; a drain or an idle close alike):
+    its unsent answers were given the write timeout in all."""
+    assert await _steady_reader_gets(close=True) == 8 * 1024 * 1024
+
+
 async def _answer_ok(request: Request) -> Response:
     return Response(200, b"{}")
 
