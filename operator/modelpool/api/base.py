@@ -100,6 +100,14 @@ def shorten(text: str, limit: int) -> str:
     return text[:kept] + marker if kept + len(marker) <= limit else text[:limit]
 
 
+_SHORTENED_END = re.compile(r" \u2026 \(\d+ more characters\)$")
+
+
+def was_shortened(text: str) -> bool:
+    """Whether ``text`` ends with :func:`shorten`'s marker: what followed the cut is not in it."""
+    return _SHORTENED_END.search(text) is not None
+
+
 def shortened(limit: int) -> BeforeValidator:
     """The validator of a status text field: text longer than ``limit`` is cut by :func:`shorten`
     instead of refused (a status is built from the operator's observations and must always be

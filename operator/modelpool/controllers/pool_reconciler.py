@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from modelpool.api import conditions as c
-from modelpool.api.base import API_VERSION, Condition, field_errors
+from modelpool.api.base import API_VERSION, Condition, field_errors, was_shortened
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, Variant
 from modelpool.api.semantics import child_name_problems
 from modelpool.builders.triton import build_deployment, build_service, child_name
@@ -387,9 +387,17 @@ def _report_rejections(issues: ChildIssues, prev_conditions: list[Condition], em
     one Event and log line, not one per pass (at ``intervalSeconds: 1``, one a second)."""
     degraded = c.find(prev_conditions, c.DEGRADED)
     reported = degraded.message if degraded is not None and c.is_true(prev_conditions, c.DEGRADED) else ""
+    # A message cut at the condition's maximum length (shorten's marker at its end) lost the
+    # refusals past the cut: those of a kind it reports count as reported, or each would be
+    # posted again at every pass.
+    kinds = (
+        reported_reasons(prev_conditions, ("ChildRejected", "PruneFailed"))
+        if was_shortened(reported)
+        else set()
+    )
     for reason, messages in (("ChildRejected", issues.rejected), ("PruneFailed", issues.prune_refused)):
         for message in messages:
-            if message not in reported:
+            if message not in reported and reason not in kinds:
                 emit("Warning", reason, message)
 
 
