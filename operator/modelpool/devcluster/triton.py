@@ -120,6 +120,15 @@ def prepare_backends(dest: Path | None = None) -> Path:
     return dest
 
 
+PORT_RETRIES = 3
+"""How many more times :meth:`TritonProcess.start` tries when a port it picked was taken."""
+_PORT_TAKEN = "already in use"  # tritonserver's words for a port it cannot bind (HTTP, GRPC, metrics)
+
+
+class PortTaken(RuntimeError):
+    """tritonserver exited while starting because a port it was given was taken."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, then release)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -205,6 +214,7 @@ class TritonProcess(LocalProcess):
             p.name for p in self.model_repository.iterdir() if (p / "config.pbtxt").is_file()
         )
         self.host = host
+        self._picked_ports = not (http_port or grpc_port or metrics_port)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -269,7 +279,23 @@ class TritonProcess(LocalProcess):
             return False
 
     def start(self) -> TritonProcess:
-        """Launch the server and wait until it and every requested model are ready."""
+        """Launch the server and wait until it and every requested model are ready.
+
+        Ports this object picked itself (:func:`free_port`: free a moment before, not reserved)
+        can be taken by another process before tritonserver binds them; such a start is tried
+        again on newly picked ports, at most :data:`PORT_RETRIES` times. Ports the caller gave
+        are never changed."""
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                return self._start_once()
+            except PortTaken:
+                if not self._picked_ports or attempt == PORT_RETRIES:
+                    raise
+                logger.info("tritonserver's port was taken before it bound it: trying new ports")
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> TritonProcess:
         if self._proc is not None:
             raise RuntimeError("this TritonProcess was already started")
         affinity = self.cpu_affinity
@@ -305,7 +331,8 @@ class TritonProcess(LocalProcess):
                 tail = self.log_tail()
                 self._signal_group(signal.SIGKILL)  # its stubs, while the group is still ours
                 code = self._proc.wait()
-                raise RuntimeError(f"tritonserver exited with code {code} while starting:\n{tail}")
+                kind = PortTaken if _PORT_TAKEN in tail else RuntimeError
+                raise kind(f"tritonserver exited with code {code} while starting:\n{tail}")
             if self._ready():
                 self._note_own_shm()
                 return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -129,3 +130,56 @@ def test_backends_are_copied_beside_their_folder_even_when_tmp_is_another_filesy
         assert prepare_backends(dest) == dest  # cached
     finally:
         subprocess.run(["rm", "-rf", str(shm)], check=False)
+
+
+def _binding_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in server that, like tritonserver, binds its three ports and exits 1 saying a port
+    is "already in use" when one of them is taken (then ready once it holds all three)."""
+    script = (
+        "import socket, sys, time\n"
+        "socks = []\n"
+        "for port in map(int, sys.argv[1:]):\n"
+        "    s = socket.socket()\n"
+        "    try:\n"
+        "        s.bind(('127.0.0.1', port))\n"
+        "    except OSError:\n"
+        "        print(f\"Socket '127.0.0.1:{port}' already in use\", flush=True)\n"
+        "        sys.exit(1)\n"
+        "    socks.append(s)\n"
+        "time.sleep(60)\n"
+    )
+
+    def command(self: TritonProcess) -> list[str]:
+        return [sys.executable, "-c", script, *map(str, (self.http_port, self.grpc_port, self.metrics_port))]
+
+    monkeypatch.setattr(TritonProcess, "command", command)
+    monkeypatch.setattr(triton, "triton_environment", lambda: dict(os.environ))
+    monkeypatch.setattr(TritonProcess, "_ready", lambda self: self._leader_exited(0.5) is False)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_tried_again_on_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """free_port() only says a port was free a moment ago: another process took the GRPC port
+    before tritonserver bound it, and the start failed (a CI run lost nine tests that way)."""
+    _binding_server(monkeypatch)
+    server = TritonProcess(tmp_path, ["m"], startup_timeout=30)
+    taken = server.grpc_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        try:
+            server.start()
+            assert server.running and server.grpc_port != taken
+        finally:
+            server.stop()
+
+
+def test_ports_the_caller_chose_are_never_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _binding_server(monkeypatch)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        taken = squatter.getsockname()[1]
+        server = TritonProcess(tmp_path, ["m"], startup_timeout=30, grpc_port=taken)
+        with pytest.raises(triton.PortTaken, match="already in use"):
+            server.start()
+        assert server.grpc_port == taken and not server.running
