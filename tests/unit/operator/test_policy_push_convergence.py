@@ -24,6 +24,7 @@ from modelpool.kube import KubeClient, Obj
 from modelpool.routing.config import RouterConfig, parse_config_bytes
 from modelpool.routing.server import RunningRouter, start_router
 from unit.operator import test_routing_config as rc
+from unit.operator import test_routing_weights as rw
 from unit.operator.test_spec_edge_cases import API
 
 TOKEN = "s3cret"
@@ -393,8 +394,6 @@ async def test_a_pass_moves_a_shortfall_by_the_capacity_of_the_variants_profile(
     """The policy's pass hands the profiles' capacity per replica to the weight planner: without
     it a variant whose capacity only its profile knows moved nothing ("capacity per replica is
     unknown") however short it was."""
-    from modelpool.api.modelpool import ModelPoolStatus, VariantStatus
-
     running = await _router(_config(0, small=1))
     try:
         spec = _policy_spec(running.port)
@@ -404,18 +403,7 @@ async def test_a_pass_moves_a_shortfall_by_the_capacity_of_the_variants_profile(
         profile = json.loads(rc._profile("small", [(0.0, 1.0, 10, 0.9)]).to_json())
         profile["modelName"] = "m_small"  # the model the variant serves: the profile is current
         pool["spec"]["variants"][0].update(profile={"inline": profile}, maxReplicas=10)
-        short = ModelPoolStatus(
-            variants=[
-                VariantStatus(
-                    name="small",
-                    tier="small",
-                    desired_replicas=10,
-                    ready_replicas=10,
-                    capacity_shortfall_rps=1,
-                ),
-                VariantStatus(name="large", tier="large", desired_replicas=1, ready_replicas=1),
-            ]
-        )
+        short = rw._one_short()  # small: 10 replicas, 1 req/s short
         pool["status"] = short.model_dump(mode="json", by_alias=True, exclude_none=True)
         await _pass(kube)
         live = running.app.router.config

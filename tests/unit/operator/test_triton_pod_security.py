@@ -8,35 +8,21 @@ every one had the namespace's default ServiceAccount token mounted."""
 from __future__ import annotations
 
 import copy
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
 
 from modelpool.api.crdgen import KINDS, build_crd
-from modelpool.api.modelpool import ModelPoolSpec
 from modelpool.builders.triton import build_deployment, is_subset
 from modelpool.controllers.children import stamped
 from modelpool.controllers.pool_reconciler import pool_path, reconcile_pool
 from modelpool.kube import KubeClient, Obj
 from unit.operator.test_disruption_budgets import DEPLOYMENTS, NS, POOL, UID, FakeKube, _variant
+from unit.operator.test_triton_pod_spec import _pod, _spec
 
 CONTAINER_DEFAULTS: Obj = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 RESTRICTED: Obj = {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True, "fsGroup": 1000}
-
-
-def _spec(**triton: Any) -> ModelPoolSpec:
-    variant: Obj = {"name": "small", "tier": "small", "model": {"name": "m", "repository": "/m"}}
-    if triton:
-        variant["triton"] = triton
-    return ModelPoolSpec.model_validate({"gpuPool": {"gpuBudget": 4}, "variants": [variant]})
-
-
-def _pod(**triton: Any) -> Obj:
-    spec = _spec(**triton)
-    deployment = build_deployment("bank", "ns", "u", spec, spec.variants[0], replicas=1)
-    pod: Obj = deployment["spec"]["template"]["spec"]
-    return pod
 
 
 def test_defaults_drop_privileges_without_changing_the_user() -> None:
