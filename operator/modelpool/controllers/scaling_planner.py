@@ -33,7 +33,7 @@ from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import LAST_TIER_SERVING, decide, serving_floors
-from modelpool.scaling.demand import stale_after_s
+from modelpool.scaling.demand import partial_scrape, stale_after_s
 from modelpool.scaling.prometheus_reader import (
     PrometheusError,
     PrometheusReader,
@@ -277,15 +277,25 @@ def expected_overflow(spec: ModelPoolSpec, previous: ModelPoolStatus | None) -> 
 
 def serving_plans(spec: ModelPoolSpec, plans: Mapping[str, ReplicaPlan]) -> dict[str, ReplicaPlan]:
     """``plans`` within the floor every decision keeps (``decide.serving_floors``): when every
-    variant's minReplicas is 0, the last tier (the final fallback) runs at least one replica."""
+    variant's minReplicas is 0, the last tier (the final fallback) runs at least one replica. A
+    ``scaleToZero`` variant planned at 0 (a decision scaled the idle tier to zero) has the floor 0
+    a decision gives it, so that its minReplicas does not put it back up between decisions."""
     ordered = tier_order(spec)
-    floors = serving_floors([v.min_replicas for v in ordered])
     kept = dict(plans)
+    floors = serving_floors([_plan_floor(v, kept.get(v.name)) for v in ordered])
     for variant, floor in zip(ordered, floors, strict=True):
         plan = kept.get(variant.name)
         if plan is not None and plan.replicas < floor:
             kept[variant.name] = replace(plan, replicas=floor, reason=f"{plan.reason}; {LAST_TIER_SERVING}")
     return kept
+
+
+def _plan_floor(variant: Variant, plan: ReplicaPlan | None) -> int:
+    """The floor of ``variant`` under ``plan``: its minReplicas, or 0 for a ``scaleToZero`` variant
+    planned at 0 (as ``decide`` floors an idle one)."""
+    if plan is not None and plan.replicas == 0 and variant.scaling.scale_to_zero:
+        return 0
+    return variant.min_replicas
 
 
 def minimum_plans(spec: ModelPoolSpec, reason: str) -> dict[str, ReplicaPlan]:
@@ -354,6 +364,21 @@ async def prometheus_time(reader: PrometheusReader) -> float | None:
         return await reader.scalar("time()")
     except (PrometheusError, ValueError):
         return None
+
+
+def partial_note(inputs: Iterable[VariantInput], now: float) -> str:
+    """What the MetricsAvailable condition says of the variants decided on a partial Triton scrape
+    (:func:`modelpool.scaling.demand.partial_scrape`: never scaled down meanwhile), ending in
+    ``"; "``; empty when there are none. No hold: their metrics still scale them up."""
+    partial = [
+        f"{vi.settings.name}: {problem}"
+        for vi in inputs
+        if (problem := partial_scrape(vi.metrics, vi.settings, now)) is not None
+    ]
+    if not partial:
+        return ""
+    which = "it until its targets are" if len(partial) == 1 else "them until their targets are"
+    return f"{'; '.join(partial)}; no scale-down for {which} all scraped; "
 
 
 @dataclass
@@ -696,8 +721,11 @@ class ScalingPlanner:
                 if routed_latency_slo_s is not None
                 else ""
             )
+            partial = partial_note(inputs, clock)
             note = MetricsNote(
-                True, "MetricsFresh", f"decided from {url}{routed}; {pool_decision.budget_message}"
+                True,
+                "MetricsPartial" if partial else "MetricsFresh",
+                f"decided from {url}{routed}; {partial}{pool_decision.budget_message}",
             )
         return ScalingOutcome(plans, note, scaled, next_decision_in=interval)
 

@@ -123,6 +123,14 @@ def metrics_problem(metrics: VariantMetrics, settings: VariantSettings, now: flo
         # No age in the message: it would change at every decision of a lasting outage.
         stale = f"metrics stale: newest sample older than staleAfter {limit:.0f}s"
         return stale + _clock_ahead(metrics, limit, now)
+    used = observed_metrics(metrics, settings, now).rate_series
+    if used and not _fresh(used, metrics, settings, now):
+        # The newest sample is another series' (a counter still scraped, a rate window without two
+        # samples): the rate series the decision would use ended long ago.
+        return (
+            f"metrics stale: the newest point of the rate series is older than staleAfter {limit:.0f}s "
+            "plus a step"
+        )
     values: dict[str, list[float | None]] = {
         "request rate": [p.rps for p in metrics.rate_series],
         "served rate": [p.rps for p in metrics.served_series],
@@ -168,7 +176,8 @@ def observed_metrics(metrics: VariantMetrics, settings: VariantSettings, now: fl
     whose newest rate is larger is used, the router's on a tie. The router counts arrivals, so it
     is normally the larger; when it is not, part of the router is unscraped or traffic bypasses
     it, and its rate would size the variant for a fraction of what it serves. With neither fresh
-    the router's is kept (the stale check on ``newest_sample_t`` is :func:`metrics_problem`'s)."""
+    the router's is kept; :func:`metrics_problem` holds on a series returned here that is not
+    fresh (a lone one included), whatever the newest sample of the other counters."""
     if not metrics.served_series:
         return metrics
     router = replace(metrics, served_series=(), served_window_s=None)
@@ -239,6 +248,38 @@ def _spacing(xs: list[float]) -> float:
     return gaps[len(gaps) // 2]
 
 
+def overlap_sum(weights: list[float], xs: list[float], window: float) -> float:
+    """``sum(wi * wj * max(0, window - |xi - xj|))`` over every pair of points, the double loop's
+    float exactly, in O(n x points per window) for ``xs`` in time order.
+
+    Only pairs less than ``window`` apart add anything; the others' terms are zeros, and adding a
+    zero leaves a float sum as it is, so summing the rest in the double loop's order (row by row,
+    each row's band left to right) gives the same number to the bit. A row's band is where
+    ``window - abs(xi - xj) > 0``: with rounding monotone, a contiguous run of ``j`` around ``i``
+    whose ends only move forward with ``i``. The double loop took O(n^2): at the CRD's extremes (a
+    0.5 s step over a 3600 s trend window, 7,200 points) 8.6 s per variant on the event loop. Points
+    out of time order (which :func:`metrics_problem` refuses) are summed over every pair."""
+    n = len(xs)
+    if any(b < a for a, b in itertools.pairwise(xs)):
+        return sum(
+            wi * wj * max(0.0, window - abs(xi - xj))
+            for wi, xi in zip(weights, xs, strict=True)
+            for wj, xj in zip(weights, xs, strict=True)
+        )
+    total = 0.0
+    lo = hi = 0
+    for i in range(n):
+        wi, xi = weights[i], xs[i]
+        while lo < i and window - abs(xi - xs[lo]) <= 0:
+            lo += 1
+        hi = max(hi, i)
+        while hi < n and window - abs(xi - xs[hi]) > 0:
+            hi += 1
+        for j in range(lo, hi):
+            total += wi * weights[j] * max(0.0, window - abs(xi - xs[j]))
+    return total
+
+
 def trend_slope(
     series: tuple[RatePoint, ...],
     window_s: float,
@@ -278,11 +319,7 @@ def trend_slope(
     window = rate_window_s if rate_window_s is not None and rate_window_s > 0 else _spacing(xs)
     rate = max(mean_y, 1.0 / window)  # at least one request per window: a rise from idle is tested too
     weights = [(x - mean_x) / spread for x in xs]
-    shared = sum(
-        wi * wj * max(0.0, window - abs(xi - xj))
-        for wi, xi in zip(weights, xs, strict=True)
-        for wj, xj in zip(weights, xs, strict=True)
-    )
+    shared = overlap_sum(weights, xs, window)
     burstiness = dispersion_index(series) if dispersion is None else dispersion
     variance = burstiness * rate * shared / window**2
     return slope if slope >= Z95 * math.sqrt(max(variance, 0.0)) else 0.0

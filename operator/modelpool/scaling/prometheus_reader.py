@@ -119,9 +119,11 @@ class QueryTemplates:
             ) from exc
 
 
-TRITON_TARGETS = "count(count by (instance) (nv_inference_request_success{$selector}))"
-"""How many scrape targets export a variant's Triton series now: not a pool's to override (it is
-read only with the default ``served_rate``, to tell a partial scrape; see :class:`VariantTarget`)."""
+TRITON_TARGETS = "count(count by (instance) (rate(nv_inference_request_success{$selector}[$window])))"
+"""How many scrape targets add to a variant's served rate now: those with two samples in the rate
+window, as ``rate()`` needs (an instant vector also counted a target scraped once, a pod that has
+just become ready, which adds nothing to the rate yet). Not a pool's to override (it is read only
+with the default ``served_rate``, to tell a partial scrape; see :class:`VariantTarget`)."""
 
 
 def series_query(instant: str, span: str, step: str) -> str:
@@ -585,7 +587,7 @@ class PrometheusReader:
     async def _triton_targets(
         self, target: VariantTarget, values: dict[str, str], at: float | None
     ) -> int | None:
-        """How many scrape targets export the variant's Triton series, where it can tell a partial
+        """How many scrape targets add to the variant's served rate, where it can tell a partial
         scrape: with the default served rate (an override may read other series) and two ready
         replicas or more (with one, a target that is down leaves no Triton series at all, which the
         other checks see). ``None`` when not counted, or when no Triton series is there."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from modelpool.scaling.demand import (
@@ -52,9 +53,13 @@ class VariantWish:
         return self.floor if self.minimum is None else min(self.minimum, self.floor)
 
     def servable_rps(self, replicas: int) -> float:
-        """Arrival rate ``replicas`` replicas serve within the variant's queue-time target."""
+        """Arrival rate ``replicas`` replicas serve within the variant's queue-time target.
+
+        Without a capacity, none; but a hold without one (never measured) tells nothing of what
+        its replicas serve, so it claims no shortfall: unbounded, which the budget, taking the
+        least of it and the demand, still ranks as headroom."""
         if self.capacity_rps is None:
-            return 0.0
+            return math.inf if self.held else 0.0
         s = self.settings
         return max_rate_for_replicas(
             replicas, self.capacity_rps, s.instances_per_replica, s.target_queue_time_s, s.slo_attainment
@@ -88,14 +93,24 @@ def held_demand(vi: VariantInput, now: float | None) -> tuple[float, float | Non
 def hold_wish(vi: VariantInput, problem: str, now: float | None = None) -> VariantWish:
     """Keep the last decision (never below the current count) because metrics are unusable, with
     the demand :func:`held_demand` keeps at ``now``. The spec's ``minReplicas`` stays the floor a
-    GPU budget too small for the held replicas may cut them to."""
+    GPU budget too small for the held replicas may cut them to; a scale-to-zero variant at zero
+    (decided so, and none running) stays at zero, as the decision left it.
+
+    The capacity offered to the budget (and so the shortfall the demand leaves) is the decision's:
+    the setting or the profile, else the one last measured from the compute time
+    (:func:`_remembered_capacity`). Without it the held replicas served nothing as far as the
+    budget knows, and the variant's whole demand was reported short and moved onto the next
+    tier, although those replicas served it a moment ago."""
     s = vi.settings
     last = vi.previous.replicas if vi.previous is not None else vi.current_replicas
-    held = _clamp(max(last, vi.current_replicas), s.min_replicas, s.max_replicas)
+    kept = max(last, vi.current_replicas)
+    held = _clamp(kept, 0 if s.scale_to_zero and kept == 0 else s.min_replicas, s.max_replicas)
     previous = vi.previous
     capacity = s.capacity_per_replica_rps
     if capacity_problem(capacity, vi.metrics, s) is not None:
         capacity = None  # an absurd setting is the reason to hold: the budget must not use it either
+    if capacity is None:
+        capacity = _remembered_capacity(vi)
     demand, demand_at = held_demand(vi, now)
     return VariantWish(
         settings=s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from modelpool.api.modelpool import ModelPoolSpec, ModelPoolStatus, VariantStatus
@@ -262,6 +263,31 @@ async def test_missing_metrics_hold_and_never_scale_down() -> None:
     assert outcome.plans["large"].replicas == 2
     assert outcome.metrics is not None and not outcome.metrics.ok
     assert outcome.metrics.reason == "MetricsUnavailable"
+
+
+async def test_a_partial_scrape_is_said_in_the_metrics_condition() -> None:
+    """Fewer Triton scrape targets than ready replicas block the small tier's scale-down, but the
+    condition said MetricsFresh and nothing of the missing targets."""
+    now = 1_000.0
+    partial = replace(_metrics(5.0, now), triton_targets=1, expected_targets=4)
+    reader = FakeReader({"m-small": partial, "m-large": _metrics(1.0, now)})
+    outcome = await _planner(reader).plan(
+        "ns", "p", _spec(), None, {"small": 4, "large": 1}, HELD, now=now, ready={"small": 4}
+    )
+    assert outcome.plans["small"].replicas == 4
+    assert "no scale-down: metrics partial" in outcome.plans["small"].reason
+    assert outcome.metrics is not None
+    assert (outcome.metrics.ok, outcome.metrics.reason) == (True, "MetricsPartial")
+    assert outcome.metrics.message.startswith(
+        f"decided from {URL}; small: metrics partial: Triton's series come from 1 scrape target(s) "
+        "for 4 ready replicas (a target down, or not scraped yet?), so the served rate misses the "
+        "others' requests; no scale-down for it until its targets are all scraped; "
+    )
+    reader.by_model["m-small"] = replace(partial, triton_targets=4)
+    complete = await _planner(reader).plan(
+        "ns", "p", _spec(), None, {"small": 4, "large": 1}, HELD, now=now, ready={"small": 4}
+    )
+    assert complete.metrics is not None and complete.metrics.reason == "MetricsFresh"
 
 
 async def test_disabled_and_unconfigured() -> None:

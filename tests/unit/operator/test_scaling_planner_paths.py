@@ -226,3 +226,70 @@ def test_the_measured_capacity_survives_a_restart_in_the_status() -> None:
     assert memory is not None and state_from_memory(memory, 0).capacity_rps == 12.5
     unmeasured = memory_from_state(VariantState(replicas=1, decided_at=NOW))
     assert state_from_memory(unmeasured, 1).capacity_rps is None
+
+
+def _small_to_zero() -> ModelPoolSpec:
+    """The small tier with scaleToZero and the default minReplicas 1."""
+    wire = _spec().to_wire()
+    wire["variants"][1]["scaling"]["scaleToZero"] = True  # small
+    return ModelPoolSpec.model_validate(wire)
+
+
+def _stored(outcome: ScalingOutcome) -> ModelPoolStatus:
+    """The status a decision pass writes: each variant's desired replicas, reason and memory."""
+    return ModelPoolStatus.model_validate(
+        {
+            "variants": [
+                {
+                    "name": name,
+                    "tier": name,
+                    "desiredReplicas": plan.replicas,
+                    "reason": plan.reason,
+                    "scaler": plan.memory.to_wire() if plan.memory else None,
+                }
+                for name, plan in outcome.plans.items()
+            ]
+        }
+    )
+
+
+async def test_an_idle_scale_to_zero_tier_stays_at_zero_between_decisions() -> None:
+    """A decision scales the idle small tier (scaleToZero, minReplicas 1) to 0; the passes between
+    decisions clamped the held plan to [minReplicas, maxReplicas] and put it back at 1, from the
+    stored status as from the planner's own latest decision: 0 -> 1 -> 0 at every decision."""
+    spec = _small_to_zero()
+    reader = FakeReader({"m-small": _metrics(0.0, NOW), "m-large": _metrics(5.0, NOW)})
+    planner = _planner(reader)
+    decided = await planner.plan("ns", "p", spec, None, ONE_EACH, hold_or_minimum(spec, None), now=NOW)
+    assert decided.plans["small"].replicas == 0, decided.plans["small"].reason
+    stored = _stored(decided)
+    scaled = {"small": 0, "large": 1}
+    between = await planner.plan("ns", "p", spec, stored, scaled, hold_or_minimum(spec, stored), now=NOW + 1)
+    assert between.metrics is None  # no decision due
+    assert _replicas(between) == {"small": 0, "large": 1}, between.plans["small"].reason
+    unwritten = await planner.plan("ns", "p", spec, None, scaled, hold_or_minimum(spec, None), now=NOW + 2)
+    assert unwritten.metrics is None  # the status write failed: the planner's own decision holds
+    assert _replicas(unwritten) == {"small": 0, "large": 1}, unwritten.plans["small"].reason
+    # A decision above 0 is still clamped up to a minReplicas the spec raised since.
+    raised = _spec().to_wire()
+    raised["variants"][1]["scaling"]["scaleToZero"] = True
+    raised["variants"][1]["minReplicas"] = 2
+    one = stored.model_copy(
+        update={"variants": [v.model_copy(update={"desired_replicas": 1}) for v in stored.variants]}
+    )
+    assert hold_or_minimum(ModelPoolSpec.model_validate(raised), stored)["small"].replicas == 0
+    assert hold_or_minimum(ModelPoolSpec.model_validate(raised), one)["small"].replicas == 2
+
+
+async def test_a_scale_to_zero_tier_is_reported_scaled_once() -> None:
+    """With the pass between decisions back at 1, the next decision scaled 1 -> 0 again and
+    posted another Scaled Event, at every decision while the tier was idle."""
+    spec = _small_to_zero()
+    reader = FakeReader({"m-small": _metrics(0.0, NOW), "m-large": _metrics(5.0, NOW)})
+    planner = _planner(reader)
+    decided = await planner.plan("ns", "p", spec, None, ONE_EACH, hold_or_minimum(spec, None), now=NOW)
+    assert [line.split(":")[0] for line in decided.scaled] == ["small 1->0"]
+    reader.by_model = {"m-small": _metrics(0.0, NOW + 10), "m-large": _metrics(5.0, NOW + 10)}
+    again = await planner.plan("ns", "p", spec, None, ONE_EACH, hold_or_minimum(spec, None), now=NOW + 10)
+    assert again.plans["small"].replicas == 0
+    assert again.scaled == []

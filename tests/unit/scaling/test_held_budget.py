@@ -4,6 +4,8 @@ clock ahead of Prometheus'."""
 
 from __future__ import annotations
 
+from modelpool.api.modelpool import ModelPoolStatus, VariantStatus
+from modelpool.controllers.scaling_planner import expected_overflow
 from modelpool.scaling import (
     PoolInput,
     ScalingInput,
@@ -13,6 +15,7 @@ from modelpool.scaling import (
     VariantState,
     decide,
 )
+from unit.operator.test_scaling_planner import _spec
 from unit.scaling.helpers import NOW, settings, steady
 
 DOWN = VariantMetrics(problem="metrics missing: Prometheus unreachable")
@@ -126,3 +129,69 @@ def test_a_stale_hold_says_the_operators_clock_is_ahead_of_prometheus() -> None:
         .variant("small")
     )
     assert v.held and "clock" not in v.reason
+
+
+def test_a_metrics_outage_holds_a_tier_scaled_to_zero_at_zero() -> None:
+    """The last decision scaled the idle small tier (scaleToZero, minReplicas 1) to zero; the hold
+    clamped to [minReplicas, maxReplicas] and started a GPU replica of it during an outage of its
+    metrics (the large tier serves), instead of holding that decision."""
+    previous = VariantState(replicas=0, decided_at=NOW - 10, recommendations=((NOW - 10, 0),))
+    small = VariantInput(settings("small", scale_to_zero=True), DOWN, 0, previous)
+    large = VariantInput(settings("large"), steady(5.0, queue_time_s=0.001, pending_requests=0.0), 1)
+    v = decide(ScalingInput.single(PoolInput("p", (small, large))), NOW).pools["p"].variant("small")
+    assert v.held
+    assert v.desired_replicas == 0, v.reason
+    assert v.reason == "holding 0 replicas: metrics missing: Prometheus unreachable"
+    # A decision above zero is held within minReplicas as before.
+    one = VariantInput(settings("small", scale_to_zero=True, min_replicas=2), DOWN, 1, previous)
+    v = decide(ScalingInput.single(PoolInput("p", (one, large))), NOW).pools["p"].variant("small")
+    assert v.held and v.desired_replicas == 2
+
+
+def _measured_and_held() -> VariantInput:
+    """8 replicas served 50 req/s at the last decision, 5 s ago, with a capacity measured from the
+    compute time (the CRD default: no capacityPerReplicaRps); now one query failed."""
+    previous = VariantState(
+        replicas=8,
+        decided_at=NOW - 5,
+        recommendations=((NOW - 5, 8),),
+        last_demand_rps=50.0,
+        capacity_rps=10.0,
+        demand_at=NOW - 5,
+    )
+    problem = VariantMetrics(problem="metrics missing: Prometheus at http://prom did not answer within 5s")
+    return VariantInput(settings("small", capacity_per_replica_rps=None), problem, 8, previous)
+
+
+def test_a_held_variant_measured_before_reports_no_shortfall_its_replicas_served() -> None:
+    """The hold offered only capacityPerReplicaRps (unset), so the variant's whole last demand was
+    its shortfall, which the operator moves onto the next tier (``expected_overflow``) and the
+    RoutingPolicy off it, although its 8 replicas of 10 req/s served the 50 req/s a moment ago.
+    It now counts the capacity last measured, as a decision does."""
+    pool = PoolInput("p", (_measured_and_held(),))
+    v = decide(ScalingInput.single(pool), NOW).pools["p"].variant("small")
+    assert v.held and v.desired_replicas == 8
+    assert v.capacity_per_replica_rps == 10.0
+    assert v.shortfall_rps == 0.0, (v.shortfall_rps, v.reason)
+    assert v.state is not None and v.state.capacity_rps == 10.0  # still remembered
+    status = ModelPoolStatus(
+        variants=[VariantStatus(name="small", tier="small", capacity_shortfall_rps=round(v.shortfall_rps))]
+    )
+    assert expected_overflow(_spec(), status)["large"] == 0.0
+    # Cut to 2 replicas by a budget lowered meanwhile, the held variant is short again.
+    cut = decide(ScalingInput.single(pool, 2), NOW).pools["p"].variant("small")
+    assert cut.desired_replicas == 2 and cut.shortfall_rps > 25.0
+
+
+def test_a_held_variant_with_no_capacity_known_reports_no_shortfall() -> None:
+    """Never measured (no compute time yet, no setting, no profile): the hold knows nothing of
+    what its replicas serve, so it cannot tell a shortfall either. It reported its whole demand;
+    it now reports none, and the budget ranks its held replicas as before (as headroom)."""
+    unknown = _held("small", 4, demand=40.0, capacity_per_replica_rps=None)
+    v = decide(ScalingInput.single(PoolInput("p", (unknown,))), NOW).pools["p"].variant("small")
+    assert v.held and v.desired_replicas == 4 and v.capacity_per_replica_rps is None
+    assert v.shortfall_rps == 0.0 and v.demand_rps == 40.0
+    worth = _held("worth", 4, demand=40.0)
+    d = decide(ScalingInput.single(PoolInput("p", (unknown, worth)), 6), NOW).pools["p"]
+    assert (d.variant("small").desired_replicas, d.variant("worth").desired_replicas) == (2, 4)
+    assert d.variant("small").shortfall_rps == 0.0

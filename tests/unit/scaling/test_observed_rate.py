@@ -106,6 +106,35 @@ def test_a_stale_series_does_not_count(router_end: float, served_end: float, exp
     assert m.served_series == ()
 
 
+def test_a_lone_stale_rate_series_holds() -> None:
+    """Triton's series alone (no router): its newest point 200 s old (the rate window no longer
+    holds two samples) while another counter's newest sample is fresh. The freshness of each
+    series was checked only with two series, so this one was used and scaled 10 -> 1."""
+    old = flat(1.0, end=NOW - 200)
+    m = VariantMetrics(
+        rate_series=old,
+        newest_sample_t=NOW,
+        queue_time_s=0.001,
+        pending_requests=0.0,
+        step_s=4.0,
+        scrape_interval_s=8.0,
+    )
+    previous = VariantState(replicas=10, decided_at=NOW - 400, recommendations=((NOW - 400, 10),))
+    d = only(one(m, current=10, previous=previous, burst_reserve=False))
+    assert d.held and d.desired_replicas == 10, d.reason
+    assert d.reason == (
+        "holding 10 replicas: metrics stale: the newest point of the rate series is older than "
+        "staleAfter 30s plus a step"
+    )
+    # The router's and Triton's series both that old: the router's was used as well.
+    both_old = replace(both(1.0, 1.0, NOW - 200, NOW - 200), step_s=4.0, scrape_interval_s=8.0)
+    d = only(one(both_old, current=10, previous=previous, burst_reserve=False))
+    assert d.held and d.desired_replicas == 10, d.reason
+    # A step old, the series still counts (Prometheus aligns a subquery's points to the step).
+    recent = replace(m, rate_series=flat(1.0, end=NOW - 30 - 4.0))
+    assert demand.metrics_problem(recent, settings(), NOW) is None
+
+
 def test_absurd_values_in_the_served_series_hold() -> None:
     previous = VariantState(replicas=7, decided_at=NOW - 10)
     m = replace(both(router=5.0, served=1.0), served_series=(RatePoint(NOW - 4, 1.0), RatePoint(NOW, -2.0)))

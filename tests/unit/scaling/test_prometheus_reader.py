@@ -103,8 +103,8 @@ async def test_the_reader_counts_the_triton_targets_of_two_ready_replicas_or_mor
     m = await reader.read_variant(target)
     assert (m.triton_targets, m.expected_targets) == (targets, 3 if targets is not None else None)
     assert (
-        'count(count by (instance) (nv_inference_request_success{model="llama",'
-        'modelpool_dev_pool=~"chat|",modelpool_dev_variant=~"small|"}))'
+        'count(count by (instance) (rate(nv_inference_request_success{model="llama",'
+        'modelpool_dev_pool=~"chat|",modelpool_dev_variant=~"small|"}[6000ms])))'
     ) in queries
 
 
