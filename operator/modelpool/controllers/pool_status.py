@@ -119,8 +119,9 @@ def progress_deadline_exceeded(dep: Obj) -> str | None:
     return str(cond.get("message") or PROGRESS_DEADLINE_EXCEEDED)
 
 
-def replica_failure_hint(message: str) -> str:
-    """What to change for a pod the API server refuses to create (``message``: its words)."""
+def replica_failure_hint(message: str, variant: str) -> str:
+    """What to change for a pod of ``variant`` the API server refuses to create (``message``: its
+    words)."""
     if "exceeded quota" in message:
         return (
             "a ResourceQuota of the namespace refuses the pods (kubectl describe resourcequota): raise it, "
@@ -129,7 +130,9 @@ def replica_failure_hint(message: str) -> str:
     if "violates PodSecurity" in message:
         return (
             "the namespace's PodSecurity admission (label pod-security.kubernetes.io/enforce) refuses the "
-            "pod: set the namespace to a level that admits it"
+            f"pod: set spec.variants[].triton.securityContext of variant {variant} to what the level "
+            "requires (restricted: runAsNonRoot: true with a non-root runAsUser, e.g. 1000, the Triton "
+            "image's user), or set the namespace to a level that admits it"
         )
     if "per Container" in message or "per Pod" in message or "LimitRange" in message:
         return (
@@ -148,7 +151,7 @@ def workload_problems(spec: ModelPoolSpec, deployments: Mapping[str, Obj | None]
         if (failure := replica_failure(dep)) is not None:
             failures.append(
                 f"variant {variant.name}: its ReplicaSet cannot create pods: {failure}; "
-                f"{replica_failure_hint(failure)}"
+                f"{replica_failure_hint(failure, variant.name)}"
             )
         if (deadline := progress_deadline_exceeded(dep)) is not None:
             stalled.append(

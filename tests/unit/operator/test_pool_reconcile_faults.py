@@ -179,6 +179,22 @@ async def test_a_pod_security_refusal_points_at_the_namespace_level() -> None:
     assert conds["GPUBudgetFits"]["reason"] == "Fits"
 
 
+async def test_a_pod_security_refusal_names_the_variants_security_context() -> None:
+    """The fix the README and the runbook give for a namespace that enforces ``restricted`` is the
+    variant's ``triton.securityContext``: the message named only the namespace's level, which the
+    pool's owner may not be the one to change."""
+    kube = FakeKube({pool_path(NS, POOL): _pool()})
+    await _pass(kube, [])
+    refusal = (
+        'pods "bank-small-x" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true'
+    )
+    _failing(kube, {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal})
+    await _pass(kube, [])
+    message = _conditions(kube)["Degraded"]["message"]
+    assert "set spec.variants[].triton.securityContext of variant small" in message, message
+    assert "runAsNonRoot: true with a non-root runAsUser, e.g. 1000" in message, message
+
+
 async def test_a_rollout_past_its_progress_deadline_is_degraded() -> None:
     kube = FakeKube({pool_path(NS, POOL): _pool()})
     events: list[Event] = []
