@@ -30,6 +30,8 @@ POD_TEMPLATE_HASH = "pod-template-hash"
 """The label the Deployment controller puts on each ReplicaSet's pods (one value per template)."""
 SHM_VOLUME = "dshm"
 """The memory-backed emptyDir mounted at /dev/shm (Triton's Python backend keeps its tensors there)."""
+TMP_VOLUME = "tmp"
+"""The emptyDir mounted at /tmp: the pod's own, whatever the image's /tmp is (see :func:`pod_volumes`)."""
 STARTUP_PROBE_PERIOD = 10
 """Seconds between startup probes: ``startupTimeoutSeconds`` is a whole number of them."""
 
@@ -143,6 +145,28 @@ def pod_security_context(triton: TritonSpec) -> Manifest:
     return {"seccompProfile": {"type": "RuntimeDefault"}, **chosen}
 
 
+def pod_volumes(triton: TritonSpec) -> list[Manifest]:
+    """The Triton pod's volumes, both emptyDirs that the container mounts.
+
+    * ``/dev/shm``, memory-backed, ``sharedMemorySize``: the runtime's own is 64 MiB, too small
+      for the Python backend's shared memory.
+    * ``/tmp``, on the node's disk, without a sizeLimit: the Python backend aborts the server as
+      it loads a model when it cannot make ``/tmp/python_env_XXXXXX`` (a fixed path: ``TMPDIR`` is
+      not read), so the pod brings a ``/tmp`` its user may write instead of relying on the image's
+      (world-writable in the stock images, not in every custom one, and read-only under
+      ``readOnlyRootFilesystem``). Triton also downloads an ``s3://``, ``gs://`` or ``as://``
+      model repository there and the Python backend unpacks an ``EXECUTION_ENV_PATH`` archive
+      there, each as large as it is: a fixed limit would evict the pods of a large model. Before
+      this volume the same files went to the container's writable layer, the node's disk without
+      a limit either; a LimitRange's ephemeral-storage limit and the kubelet's eviction under
+      disk pressure count both alike.
+    """
+    return [
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": triton.shared_memory_size}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+
+
 def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Manifest:
     labels = child_labels(pool, variant)
     annotations = {
@@ -166,21 +190,15 @@ def build_pod_template(pool: str, spec: ModelPoolSpec, variant: Variant) -> Mani
         # A Triton that exits (a model that fails to load) writes no termination message: the
         # kubelet then keeps the tail of its log, which the pool's Degraded condition quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        "volumeMounts": [
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
         "securityContext": container_security_context(),
     }
     if variant.triton.env:
         container["env"] = [env_var(e) for e in variant.triton.env]
-    pod_spec: Manifest = {
-        "containers": [container],
-        # The runtime's /dev/shm is 64 MiB, too small for the Python backend's shared memory.
-        "volumes": [
-            {
-                "name": SHM_VOLUME,
-                "emptyDir": {"medium": "Memory", "sizeLimit": variant.triton.shared_memory_size},
-            }
-        ],
-    }
+    pod_spec: Manifest = {"containers": [container], "volumes": pod_volumes(variant.triton)}
     if variant.triton.service_account_name is not None:
         pod_spec["serviceAccountName"] = variant.triton.service_account_name
     else:

@@ -1,20 +1,29 @@
-"""What a variant's Triton pods get beyond the model: shared memory for the Python backend, probe
-budgets, credentials for a remote model repository, and the refusal of arguments that would
-leave the pods unreachable to their probes, the router or the scaler."""
+"""What a variant's Triton pods get beyond the model: shared memory and a writable /tmp for the
+Python backend, probe budgets, credentials for a remote model repository, and the refusal of
+arguments that would leave the pods unreachable to their probes, the router or the scaler."""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
 
 from modelpool.api.crdgen import KINDS, build_crd
 from modelpool.api.modelpool import ModelPoolSpec
-from modelpool.builders.triton import build_deployment
+from modelpool.builders.triton import build_deployment, is_subset
 from modelpool.controllers.children import stamped
+from modelpool.controllers.pool_reconciler import pool_path
+from unit.operator.test_builder_drift import FOREIGN_MOUNT, FOREIGN_VOLUME, Events, _passes, _pool
+from unit.operator.test_disruption_budgets import DEPLOYMENTS, POOL, FakeKube, _variant
 
 Obj = dict[str, Any]
+
+SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
+TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 
 
 def _spec(**triton: Any) -> ModelPoolSpec:
@@ -50,8 +59,8 @@ def test_the_python_backend_gets_a_memory_backed_dev_shm_of_1gi_by_default() -> 
     """The container runtime's /dev/shm is 64 MiB: the Python backend's shared-memory regions
     outgrow it with a few large tensors, and its stubs then fail to start or to answer."""
     pod = _pod()
-    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
-    assert pod["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert pod["volumes"] == [SHM_VOLUME, TMP_VOLUME]
+    assert pod["containers"][0]["volumeMounts"] == [SHM_MOUNT, TMP_MOUNT]
     assert _pod(sharedMemorySize="8Gi")["volumes"][0]["emptyDir"]["sizeLimit"] == "8Gi"
     described = _triton_schema()["properties"]["sharedMemorySize"]
     assert described["default"] == "1Gi" and "memory limit" in described["description"]
@@ -60,6 +69,75 @@ def test_the_python_backend_gets_a_memory_backed_dev_shm_of_1gi_by_default() -> 
 @pytest.mark.parametrize("size", ["0", "0.0", "00Mi", "lots", "-1Gi"])
 def test_a_shared_memory_size_that_is_no_positive_quantity_is_refused(size: str) -> None:
     assert "triton.sharedMemorySize" in _refused(sharedMemorySize=size)
+
+
+# --- S1b: /tmp -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "triton",
+    [{}, {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000}}, {"sharedMemorySize": "8Gi"}],
+    ids=["image-user", "non-root", "shm"],
+)
+def test_the_pod_brings_its_own_tmp_on_the_nodes_disk(triton: Obj) -> None:
+    """Triton's Python backend makes /tmp/python_env_XXXXXX as it loads a model (a fixed path:
+    TMPDIR is not read) and aborts the server where it cannot: the pod mounts an emptyDir there
+    instead of relying on the image's /tmp (world-writable in the stock images only, and read-only
+    under readOnlyRootFilesystem). On the node's disk and without a sizeLimit: a remote model
+    repository is downloaded there, as large as the model (a memory-backed one would count
+    against resources.memory, a fixed limit would evict the pods of a large model)."""
+    pod = _pod(**triton)
+    assert TMP_VOLUME in pod["volumes"]
+    assert TMP_MOUNT in pod["containers"][0]["volumeMounts"]
+    mounted = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert mounted == [TMP_MOUNT], "one mount at /tmp, read-write"
+
+
+def _deployment_path() -> str:
+    return f"{DEPLOYMENTS}/{POOL}-small"
+
+
+async def _applied(kube: FakeKube) -> Obj:
+    await _passes(kube, [], 1)
+    return kube.objects[_deployment_path()]
+
+
+def _template(deployment: Obj) -> Obj:
+    return cast(Obj, deployment["spec"]["template"]["spec"])
+
+
+async def test_a_deployment_that_lost_the_tmp_volume_is_corrected_like_dev_shm() -> None:
+    """A hand edit (``kubectl edit``, which keeps the spec-hash annotation) that removes the /tmp
+    volume or its mount, repoints the mount or swaps the volume's source is drift: the next pass
+    applies the Deployment again and the volume is back. The mount is matched by its path, the
+    volume by its name, as for /dev/shm; another field manager's volume beside them is no drift."""
+    kube = FakeKube(
+        {pool_path("ns", POOL): _pool({"gpuPool": {"gpuBudget": 8}, "variants": [_variant("small")]})}
+    )
+    built = copy.deepcopy(await _applied(kube))
+
+    edits = {
+        "volume removed": lambda pod: pod.update(volumes=[v for v in pod["volumes"] if v["name"] != "tmp"]),
+        "mount removed": lambda pod: pod["containers"][0].update(
+            volumeMounts=[m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp"]
+        ),
+        "mount repointed": lambda pod: pod["containers"][0]["volumeMounts"][1].update(name="scratch"),
+        "another source": lambda pod: pod["volumes"].__setitem__(
+            1, {"name": "tmp", "hostPath": {"path": "/t"}}
+        ),
+    }
+    for edit in edits.values():
+        edit(_template(kube.objects[_deployment_path()]))
+        assert not is_subset(built, kube.objects[_deployment_path()])
+        events: Events = []
+        await _passes(kube, events, 1)
+        assert [e[1] for e in events] == ["Updated"]
+        assert kube.objects[_deployment_path()] == built
+
+    pod = _template(kube.objects[_deployment_path()])
+    pod["volumes"].append(FOREIGN_VOLUME)
+    pod["containers"][0]["volumeMounts"].insert(0, FOREIGN_MOUNT)
+    assert is_subset(built, kube.objects[_deployment_path()])
 
 
 # --- S2: probe budgets ---------------------------------------------------------------------------
