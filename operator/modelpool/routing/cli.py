@@ -47,7 +47,8 @@ def _add_commands(router: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-connections", type=_positive_int, default=MAX_CONNECTIONS,
         help=f"client connections open at once; one more is answered 503 and closed (default "
-        f"{MAX_CONNECTIONS}; keep the open-files limit above it)",
+        f"{MAX_CONNECTIONS}; the open-files soft limit is raised to fit, and the cap lowered to what "
+        "the hard limit holds, with a warning)",
     )  # fmt: skip
     serve.add_argument(
         "--scorer-factory", default=None, metavar="MODULE:CALLABLE",

@@ -6,15 +6,20 @@ request to an async handler.  When the client goes away, the request it waits fo
 (the handler's task, or what a :data:`NowHandler` returned).  What one client can make it hold is
 bounded: answers it does not read (:data:`WRITE_BUFFER_HIGH`, :data:`WRITE_TIMEOUT_S`), a request
 trickled in (:data:`HEAD_TIMEOUT_S`, :data:`BODY_TIMEOUT_S`), connections (:data:`MAX_CONNECTIONS`).
-No framework sits between the socket and the router, which keeps the added latency low (see
-docs/router.md for the measurements).
+The server accepts connections itself (:class:`_Acceptor`), so that one it cannot serve, over the
+connection cap or with the process out of file descriptors, is answered 503 on the spot instead of
+being closed unanswered.  No framework sits between the socket and the router, which keeps the
+added latency low (see docs/router.md for the measurements).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,9 +59,19 @@ with nginx's send_timeout (between two successive writes, not for the whole tran
 MAX_CONNECTIONS = 4096
 """Client connections open at once; one more is answered 503 and closed at once, so that clients
 cannot take every file descriptor of the process (its open-files limit must be above this and the
-router's connections to the variants)."""
+router's connections to the variants: see :mod:`modelpool.routing.fdlimit`)."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 2.0
+_ACCEPT_BATCH = 128
+"""Connections accepted per wake-up of the listening socket before the loop runs other work."""
+_ACCEPT_PAUSE_S = 0.5
+"""How long accepting stops after an error that accepting again at once would only repeat."""
+MAX_LINGERING_REFUSALS = 8
+"""Refused connections kept open (up to ``_LINGER_SECONDS``) for their client to read the 503 and
+close: each holds a file descriptor, so the rest are closed as soon as their 503 is written."""
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+_OUT_OF_FILES_LOG_S = 60.0
+"""A process out of file descriptors says so in its log at most this often."""
 DRAIN_SECONDS = 25.0
 """How long a stopping server answers what it has received: under a pod's default 30 s grace."""
 
@@ -155,6 +170,12 @@ class _Connections:
         self.body_timeout_s = body_timeout_s
         self.write_timeout_s = write_timeout_s
         self.max_connections = max_connections
+        self.opening = 0  # accepted, their transport not yet made
+        self.refused: dict[str, int] = {}  # connections answered 503 at once, by reason
+
+    def full(self) -> bool:
+        """Whether one more connection is over :attr:`max_connections`."""
+        return len(self.open) + self.opening >= self.max_connections
 
     async def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Refuse the requests whose client stalled mid-way or whose head or body takes too long,
@@ -227,14 +248,9 @@ class _HttpProtocol(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A connection the :class:`_Acceptor` took (one over the cap never gets a protocol)."""
         self._transport = t = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         connections = self._connections
-        if len(connections.open) >= connections.max_connections:
-            self._refused = True  # data_received reads nothing
-            message = f"the router serves at most {connections.max_connections} connections at once; retry"
-            t.write(encode_response(error_response(503, message), keep_alive=False))
-            t.close()
-            return
         t.set_write_buffer_limits(WRITE_BUFFER_HIGH)  # pause_writing above it, resume_writing at 1/4
         self._parser = httptools.HttpRequestParser(self)
         connections.open.add(self)
@@ -569,25 +585,298 @@ class _HttpProtocol(asyncio.Protocol):
             self._wakeup = None
 
 
+def _reserve_fd() -> int | None:
+    """A file descriptor held in reserve, freed to answer connections when the process has none."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _discard_received(sock: socket.socket) -> bool:
+    """Read and drop what the client has sent so far (at most 1 MiB at a time); whether it has
+    closed its side, or the connection is gone."""
+    for _ in range(16):
+        try:
+            if not sock.recv(65536):
+                return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def _files_limit() -> str:
+    """The process's open-files limit (its soft RLIMIT_NOFILE), for a message."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
+# accept() errors the next accept() does not repeat (accept(2): errors of the pending connection)
+_RETRY_AT_ONCE = frozenset(
+    {
+        errno.ECONNABORTED, errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+        errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EPERM,
+    }
+)  # fmt: skip
+
+
+class _Acceptor:
+    """Accepts the listening sockets' connections itself (not the loop's server), so that each one
+    gets an answer:
+
+    * under the cap (:meth:`_Connections.full`), a transport and an :class:`_HttpProtocol`; it
+      counts against the cap from its accept on;
+    * over the cap, 503 on the spot, with no transport and no protocol: the answer is written, the
+      sending side shut after it, what the client has sent read and dropped (a socket closed with
+      unread data sends a reset instead of the end, and the client may then lose the answer) and
+      the socket closed once the client closes, or after ``_LINGER_SECONDS``
+      (:data:`MAX_LINGERING_REFUSALS` at most; the others at once).  The loop's own server made a
+      transport and a protocol for it first, and answered in a later turn of the loop, so a burst
+      of connections (a router stalled a moment finds hundreds waiting) held a descriptor each
+      until then, and reset every client whose request had arrived;
+    * with the process out of file descriptors (``accept()`` fails with EMFILE), 503 naming the
+      open-files limit: a descriptor kept in reserve is freed, the waiting connections are taken
+      and answered one at a time, and the reserve is taken back.  The loop's own server closed
+      them unanswered (uvloop: libuv's reserve does the same, with no answer) or stopped
+      accepting for a second (asyncio's loop).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listeners: list[socket.socket],
+        connections: _Connections,
+        protocol_factory: Callable[[], _HttpProtocol],
+    ) -> None:
+        self._loop = loop
+        self.listeners = listeners
+        self._connections = connections
+        self._factory = protocol_factory
+        self._reserve = _reserve_fd()
+        self._lingering: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self._cap_answer = (0, b"")  # the cap and its 503, made again when the cap changes
+        self._out_of_files_logged: float | None = None
+        self._out_of_files_answered = 0  # since the last log line
+        self._closed = False
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (and the refusals still lingering)."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self.listeners:
+            self._loop.remove_reader(listener.fileno())
+            listener.close()
+        for fd in list(self._lingering):
+            self._end_linger(fd)
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        connections = self._connections
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in _RETRY_AT_ONCE:
+                    continue
+                if err.errno in _OUT_OF_FILES:
+                    self._out_of_files(listener, err)
+                else:
+                    logger.error(
+                        "accepting a connection failed (%s): trying again in %gs", err, _ACCEPT_PAUSE_S
+                    )
+                    self._pause(listener)
+                return
+            if connections.full():
+                self._refuse(sock, self._over_cap_answer(), "max_connections", linger=True)
+            else:
+                self._open(sock)
+
+    def _open(self, sock: socket.socket) -> None:
+        try:
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        protocol = self._factory()
+        self._connections.opening += 1
+        connecting = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, sock))
+        connecting.add_done_callback(lambda task: self._connected(task, sock))
+
+    def _connected(self, task: asyncio.Task[object], sock: socket.socket) -> None:
+        """The transport of an accepted connection is made (``connection_made`` has run), or the
+        client was gone already or the loop is closing. (A task per connection costs no more than
+        driving the coroutine by hand: 88-94 against 90-100 us of CPU per short connection.)"""
+        self._connections.opening -= 1
+        if task.cancelled() or task.exception() is not None:
+            logger.debug(
+                "dropping an accepted connection: %s", "cancelled" if task.cancelled() else task.exception()
+            )
+            sock.close()
+
+    def _over_cap_answer(self) -> bytes:
+        cap = self._connections.max_connections
+        if self._cap_answer[0] != cap:
+            message = f"the router serves at most {cap} connections at once; retry"
+            self._cap_answer = (cap, encode_response(error_response(503, message), keep_alive=False))
+        return self._cap_answer[1]
+
+    def _refuse(self, sock: socket.socket, answer: bytes, reason: str, linger: bool) -> None:
+        """Answer ``answer`` and close (see the class)."""
+        refused = self._connections.refused
+        refused[reason] = refused.get(reason, 0) + 1
+        try:
+            sock.setblocking(False)
+            sock.send(answer)  # a new connection's empty send buffer takes it whole
+            sock.shutdown(socket.SHUT_WR)
+            ended = _discard_received(sock)
+        except OSError:  # the client is gone already
+            ended = True
+        if ended or not linger or self._closed or len(self._lingering) >= MAX_LINGERING_REFUSALS:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self._loop.add_reader(fd, self._linger_read, fd)
+        self._lingering[fd] = (sock, self._loop.call_later(_LINGER_SECONDS, self._end_linger, fd))
+
+    def _linger_read(self, fd: int) -> None:
+        entry = self._lingering.get(fd)
+        if entry is not None and _discard_received(entry[0]):
+            self._end_linger(fd)
+
+    def _end_linger(self, fd: int) -> None:
+        entry = self._lingering.pop(fd, None)
+        if entry is not None:
+            sock, timer = entry
+            timer.cancel()
+            self._loop.remove_reader(fd)
+            sock.close()
+
+    def _out_of_files(self, listener: socket.socket, err: OSError) -> None:
+        """Answer the waiting connections 503 with the reserve descriptor, one at a time; without
+        one (it could not be taken back), stop accepting a moment (the waiting connections stay
+        in the listen queue)."""
+        answered = 0
+        reserve, self._reserve = self._reserve, None
+        if reserve is not None:
+            os.close(reserve)
+            limit = _files_limit()
+            message = (
+                f"the router is out of file descriptors (open-files limit {limit}) and cannot serve "
+                "another connection now; retry"
+            )
+            answer = encode_response(error_response(503, message), keep_alive=False)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    sock, _ = listener.accept()
+                except OSError:  # none waits any more, or the descriptor went elsewhere
+                    break
+                self._refuse(sock, answer, "out_of_files", linger=False)
+                answered += 1
+            self._reserve = _reserve_fd()
+        self._log_out_of_files(err, answered)
+        if self._reserve is None:
+            self._pause(listener)
+
+    def _log_out_of_files(self, err: OSError, answered: int) -> None:
+        self._out_of_files_answered += answered
+        now = self._loop.time()
+        if self._out_of_files_logged is not None and now - self._out_of_files_logged < _OUT_OF_FILES_LOG_S:
+            return
+        self._out_of_files_logged = now
+        logger.warning(
+            "out of file descriptors accepting client connections (%s; open-files limit %s, %d client "
+            "connections open): %d connection(s) answered 503 since the last report; raise the limit "
+            "(ulimit -n, or the container runtime's nofile setting) or lower --max-connections",
+            err.strerror or err, _files_limit(), len(self._connections.open) + self._connections.opening,
+            self._out_of_files_answered,
+        )  # fmt: skip
+        self._out_of_files_answered = 0
+
+    def _pause(self, listener: socket.socket) -> None:
+        """Stop accepting on ``listener`` for ``_ACCEPT_PAUSE_S`` (its readiness would only repeat
+        the error)."""
+        self._loop.remove_reader(listener.fileno())
+        self._loop.call_later(_ACCEPT_PAUSE_S, self._resume, listener)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if self._closed:
+            return
+        if self._reserve is None:
+            self._reserve = _reserve_fd()
+        self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop, host: str | None, port: int, backlog: int
+) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (all interfaces for None or "")
+    with ``SO_REUSEADDR``, as the loop's ``create_server`` binds them."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(
+                    err.errno, f"error while attempting to bind on address {address!r}: {err.strerror}"
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
 @dataclass
 class HttpServer:
     """A listening socket and the connections it accepted."""
 
-    server: asyncio.Server
+    _acceptor: _Acceptor
     _connections: _Connections
     _sweeper: asyncio.Task[None]
 
     @property
     def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
+        return int(self._acceptor.listeners[0].getsockname()[1])
 
     @property
     def open_connections(self) -> int:
         return len(self._connections.open)
 
+    @property
+    def max_connections(self) -> int:
+        """The connection cap: one more connection is answered 503."""
+        return self._connections.max_connections
+
+    def refused_connections(self) -> dict[str, int]:
+        """Connections answered 503 at once, by reason: ``max_connections`` (over the cap) and
+        ``out_of_files`` (the process had no file descriptor for them)."""
+        return dict(self._connections.refused)
+
     def close(self) -> None:
         """Stop listening (open connections stay until their clients or the loop end them)."""
-        self.server.close()
+        self._acceptor.close()
         self._sweeper.cancel()
 
     async def drain(self, limit_s: float, quiet_s: float = 1.0) -> int:
@@ -606,7 +895,8 @@ class HttpServer:
             conn.drain()
         deadline = loop.time() + limit_s
         while loop.time() < deadline:
-            if not connections.open and loop.time() - connections.last_change >= quiet_s:
+            idle = not connections.open and not connections.opening
+            if idle and loop.time() - connections.last_change >= quiet_s:
                 break
             await asyncio.sleep(0.05)
         self.close()
@@ -630,16 +920,15 @@ async def start_server(
     """Listen on ``host:port`` (port 0 picks one) and serve ``handler`` (and ``now``, see
     :data:`NowHandler`); the timeouts are those of :data:`READ_TIMEOUT_S`, :data:`HEAD_TIMEOUT_S`,
     :data:`IDLE_TIMEOUT_S`, :data:`BODY_TIMEOUT_S` and :data:`WRITE_TIMEOUT_S`, and at most
-    ``max_connections`` client connections are open at once (:data:`MAX_CONNECTIONS`)."""
+    ``max_connections`` client connections are open at once (:data:`MAX_CONNECTIONS`; one more, or
+    one the process has no file descriptor for, is answered 503 at once: see :class:`_Acceptor`)."""
     loop = asyncio.get_running_loop()
     connections = _Connections(
         loop, read_timeout_s, head_timeout_s, idle_timeout_s, body_timeout_s, write_timeout_s, max_connections
     )
-    server = await loop.create_server(
-        lambda: _HttpProtocol(handler, max_body, loop, connections, now),
-        host,
-        port,
-        backlog=backlog,
-        reuse_address=True,
+    listeners = await _listen(loop, host, port, backlog)
+    acceptor = _Acceptor(
+        loop, listeners, connections, lambda: _HttpProtocol(handler, max_body, loop, connections, now)
     )
-    return HttpServer(server, connections, loop.create_task(connections.sweep(loop)))
+    acceptor.start()
+    return HttpServer(acceptor, connections, loop.create_task(connections.sweep(loop)))

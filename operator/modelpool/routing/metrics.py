@@ -31,7 +31,13 @@ that programs the router; ``policy`` is absent while no policy has pushed a conf
 * ``large_tier_share``: share of answered requests the large tier answered (collaboration ratio);
 * ``cost_spent_total``, ``cost_all_large_total``, ``cost_saved``: cost actually spent, cost had
   everything gone to the large variant, and their difference;
-* ``cache_total{result}`` (hit|miss), ``config_generation``, ``endpoint_available{variant,endpoint}``.
+* ``cache_total{result}`` (hit|miss), ``config_generation``, ``endpoint_available{variant,endpoint}``;
+* ``client_connections`` (open now), ``client_connections_max`` (the cap: ``--max-connections``, or
+  lower when the open-files limit cannot hold it) and ``client_connections_refused_total{reason}``
+  (answered 503 at once: ``max_connections``, over the cap; ``out_of_files``, the process had no
+  file descriptor for them), once the router serves;
+* ``open_files_limit``: the soft ``RLIMIT_NOFILE`` the router runs under (``router serve`` only;
+  absent when unlimited).
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ class RouterMetrics:
         self.cascade_decided = 0  # every cascade decision (accepted, escalated, escalation_failed)
         self.cost_spent = 0.0
         self.cost_baseline = 0.0
+        self.connections: Callable[[], ConnectionCounts] | None = None  # set once the router serves
+        self.open_files_limit: int | None = None  # set by ``router serve`` (None: unlimited or unknown)
         self.registry.register(_Exporter(self))
 
     def forget_variants(self, keep: Collection[str]) -> None:
@@ -179,6 +187,9 @@ class RouterMetrics:
 
 
 Identity = dict[str, str]  # the labels every series carries: pool, and policy once known
+ConnectionCounts = tuple[int, int, dict[str, int]]
+"""The HTTP server's client connections: open now, the cap, and those refused by reason."""
+REFUSAL_REASONS = ("max_connections", "out_of_files")
 
 
 def _counter(
@@ -268,3 +279,17 @@ class _Exporter(Collector):
         for variant, url, up in m.endpoint_states():
             endpoints.add_metric([*pool.values(), variant, url], 1.0 if up else 0.0)
         yield endpoints
+        if m.connections is not None:
+            open_now, cap, refused = m.connections()
+            yield _gauge("client_connections", "Client connections open", open_now, pool)
+            yield _gauge("client_connections_max",
+                         "Client connections served at once (more are answered 503): --max-connections, "
+                         "or less when the open-files limit cannot hold it", cap, pool)  # fmt: skip
+            yield _counter(
+                "client_connections_refused",
+                "Client connections answered 503 at once: over the cap, or with no file descriptor left",
+                ["reason"], {**dict.fromkeys(REFUSAL_REASONS, 0), **refused}, pool,
+            )  # fmt: skip
+        if m.open_files_limit is not None:
+            yield _gauge("open_files_limit", "The open-files soft limit the router runs under",
+                         m.open_files_limit, pool)  # fmt: skip

@@ -29,6 +29,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from modelpool.routing.config import ConfigError, RouterConfig, load_config_file, parse_config_bytes
+from modelpool.routing.fdlimit import fit_connections
 from modelpool.routing.httpserver import (
     DRAIN_SECONDS,
     IDLE_TIMEOUT_S,
@@ -300,10 +301,14 @@ async def start_router(
         app.handle, host, port, app.max_body, now=app.handle_now, idle_timeout_s=idle_timeout_s,
         max_connections=max_connections,
     )  # fmt: skip
+    router.metrics.connections = lambda: (
+        server.open_connections, server.max_connections, server.refused_connections(),
+    )  # fmt: skip
     watch = asyncio.get_running_loop().create_task(app.watch_config_file())
     logger.info(
-        "router for pool %s (generation %d) on %s:%d", config.pool, config.generation, host, server.port
-    )
+        "router for pool %s (generation %d) on %s:%d, at most %d client connections at once",
+        config.pool, config.generation, host, server.port, max_connections,
+    )  # fmt: skip
     return RunningRouter(app, server, server.port, watch)
 
 
@@ -321,17 +326,20 @@ def serve(
     """Run the router until SIGINT/SIGTERM, then drain: answer every request already received
     (and any that arrive meanwhile, one per connection) before exiting, for at most
     ``drain_seconds``; idle client connections are closed after ``idle_timeout_s``, at most
-    ``max_connections`` are open at once; torch scorers load with ``scorer_factory`` (None: the
-    built-in one).  Uses uvloop when installed."""
+    ``max_connections`` are open at once (fewer when the open-files limit cannot hold them even
+    once raised: see :func:`~modelpool.routing.fdlimit.fit_connections`); torch scorers load with
+    ``scorer_factory`` (None: the built-in one).  Uses uvloop when installed."""
     import signal
 
     config = load_config_file(config_path)  # never start empty: a bad file is an error
     token = read_admin_token(admin_token_file)
 
     async def main() -> None:
+        files = fit_connections(max_connections)  # in the loop: its own descriptors are counted
         running = await start_router(
-            config, host, port, token, config_path, idle_timeout_s, scorer_factory, max_connections
+            config, host, port, token, config_path, idle_timeout_s, scorer_factory, files.max_connections
         )
+        running.app.router.metrics.open_files_limit = files.soft
         # Fewer, later cyclic-GC passes over long-lived objects: steadier tail latency.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
