@@ -15,6 +15,7 @@ no cluster.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -26,6 +27,10 @@ import pytest
 import yaml
 
 from integration.delivery.deliverytools import CHART, KUBE_VERSION, REPO_ROOT, Obj, documents, helm, set_args
+from integration.delivery.test_chart_old_release_upgrade import (
+    OLD_MONITOR,
+    documented_triton_monitor_migration,
+)
 
 HISTORY = Path(__file__).resolve().parent / "values_history"
 FIXTURES = sorted(HISTORY.glob("*.yaml"))
@@ -172,6 +177,48 @@ def test_the_old_triton_pod_monitor_value_turned_on_beside_the_new_one_is_refuse
     assert "tritonPodMonitor" in proc.stderr and "podMonitors.triton" in proc.stderr, proc.stderr
     # Turned off, as in the old chart's defaults, it is ignored.
     assert _template(CHART, {"tritonPodMonitor.enabled": "false"}).returncode == 0
+
+
+def _documented_sets() -> list[str]:
+    """The `--set` arguments of docs/install.md's move from tritonPodMonitor to podMonitors.triton."""
+    args = documented_triton_monitor_migration()
+    sets = [a for flag, a in itertools.pairwise(args) if flag == "--set"]
+    assert sets and args.count("--set") == len(sets), args
+    return sets
+
+
+def test_the_refusal_names_the_documented_move_to_pod_monitors_triton() -> None:
+    proc = _template(CHART, {"tritonPodMonitor.enabled": "true"})
+    assert proc.returncode != 0
+    # Under --reuse-values a null cannot remove the old release's key (the integration test
+    # tests/integration/delivery/test_chart_old_release_upgrade.py shows it): the message names
+    # what the docs give, the old key turned off, and the settings to carry over.
+    named = " ".join(f"--set {s}" for s in _documented_sets()[:2])
+    assert named == "--set tritonPodMonitor.enabled=false --set podMonitors.triton.enabled=true"
+    assert named in proc.stderr, proc.stderr
+    assert "tritonPodMonitor=null" not in proc.stderr
+    carried = proc.stderr.split(named, 1)[1]
+    assert [s for s in OLD_MONITOR if s not in carried] == [], proc.stderr
+
+
+def test_the_documented_move_to_pod_monitors_triton_renders_the_old_pod_monitor(tmp_path: Path) -> None:
+    # `helm upgrade --reuse-values` renders with the old release's coalesced values as the
+    # chart's defaults: here the old chart's values.yaml with the old PodMonitor turned on and
+    # set as docs/install.md's example says, then the documented --set arguments.
+    [name] = [n for n in FIXTURE_IDS if "tritonPodMonitor" in _old_values(n)]
+    values = _old_values(name)
+    values["tritonPodMonitor"] = {"enabled": True, **OLD_MONITOR}
+    chart = tmp_path / "modelpool"
+    shutil.copytree(CHART, chart)
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    args = ["template", RELEASE, str(chart), "-n", NAMESPACE, "--kube-version", KUBE_VERSION]
+    proc = helm(*args, *(a for s in _documented_sets() for a in ("--set", s)))
+    assert proc.returncode == 0, proc.stderr
+    current = _render(CHART, {"podMonitors.triton": json.dumps({"enabled": True, **OLD_MONITOR})})
+    monitors = [o for o in documents(proc.stdout) if o["kind"] == "PodMonitor"]
+    assert monitors == [o for o in current if o["kind"] == "PodMonitor"]
+    [monitor] = monitors
+    assert monitor["spec"]["podMetricsEndpoints"][0]["interval"] == OLD_MONITOR["interval"]
 
 
 @pytest.mark.parametrize(
