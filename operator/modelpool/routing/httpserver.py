@@ -230,6 +230,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._limit = 0  # max_body() for the message being read
         self._refused = False
+        self.opening = False  # counted in _Connections.opening (accepted, connection_made not yet run)
         self._paused = False  # reading paused: too many requests queued, or writing paused
         self._write_paused = False  # the write buffer is over WRITE_BUFFER_HIGH: answer nothing more
         self._write_stuck_since: float | None = None  # since when unsent answers made no progress
@@ -253,6 +254,9 @@ class _HttpProtocol(asyncio.Protocol):
         connections = self._connections
         t.set_write_buffer_limits(WRITE_BUFFER_HIGH)  # pause_writing above it, resume_writing at 1/4
         self._parser = httptools.HttpRequestParser(self)
+        if self.opening:  # counted in ``open`` from now on, not twice until the accept task ends
+            self.opening = False
+            connections.opening -= 1
         connections.open.add(self)
         connections.last_change = self._loop.time()
         self._draining = connections.draining
@@ -711,15 +715,21 @@ class _Acceptor:
             sock.close()
             return
         protocol = self._factory()
+        protocol.opening = True
         self._connections.opening += 1
         connecting = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, sock))
-        connecting.add_done_callback(lambda task: self._connected(task, sock))
+        connecting.add_done_callback(lambda task: self._connected(task, protocol, sock))
 
-    def _connected(self, task: asyncio.Task[object], sock: socket.socket) -> None:
-        """The transport of an accepted connection is made (``connection_made`` has run), or the
-        client was gone already or the loop is closing. (A task per connection costs no more than
-        driving the coroutine by hand: 88-94 against 90-100 us of CPU per short connection.)"""
-        self._connections.opening -= 1
+    def _connected(self, task: asyncio.Task[object], protocol: _HttpProtocol, sock: socket.socket) -> None:
+        """The transport of an accepted connection is made, or the client was gone already or the
+        loop is closing. The connection counts in ``opening`` until its ``connection_made`` (which
+        may run, and answer a request, before this task's end: counted until here, a connection
+        opened meanwhile found it counted twice and the cap one lower), or until here when it never
+        runs. (A task per connection costs no more than driving the coroutine by hand: 88-94
+        against 90-100 us of CPU per short connection.)"""
+        if protocol.opening:
+            protocol.opening = False
+            self._connections.opening -= 1
         if task.cancelled() or task.exception() is not None:
             logger.debug(
                 "dropping an accepted connection: %s", "cancelled" if task.cancelled() else task.exception()
@@ -823,12 +833,19 @@ async def _listen(
     loop: asyncio.AbstractEventLoop, host: str | None, port: int, backlog: int
 ) -> list[socket.socket]:
     """Listening sockets on every address ``host`` resolves to (all interfaces for None or "")
-    with ``SO_REUSEADDR``, as the loop's ``create_server`` binds them."""
+    with ``SO_REUSEADDR``, as the loop's ``create_server`` binds them: an address whose family the
+    kernel cannot make sockets for (IPv6 on a node booted with ``ipv6.disable=1``, where
+    ``localhost`` or all interfaces also resolve to ``::``) is skipped, as there."""
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listeners: list[socket.socket] = []
+    unsupported: list[str] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as err:
+                unsupported.append(f"{address[0]}: {err.strerror or err}")
+                continue
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -845,6 +862,12 @@ async def _listen(
         for sock in listeners:
             sock.close()
         raise
+    if not listeners:
+        raise OSError(
+            f"no address of {host!r} can be listened on ({'; '.join(unsupported) or 'none resolved'})"
+        )
+    if unsupported:
+        logger.info("not listening on %s", "; ".join(unsupported))
     return listeners
 
 

@@ -14,6 +14,7 @@ The real process under a low limit: tests/integration/routing/test_router_fd_lim
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 import socket
@@ -244,3 +245,85 @@ async def test_the_cap_and_the_refusals_are_in_the_metrics() -> None:
     over_cap = 'modelpool_router_client_connections_refused_total{pool="p",reason="max_connections"}'
     assert metric_total(after, over_cap) == 1
     assert "modelpool_router_open_files_limit" not in after  # only ``router serve`` sets it
+
+
+class _Transport(asyncio.Transport):
+    """Just enough of a transport for ``connection_made``."""
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+async def test_a_connection_counts_once_from_connection_made_on() -> None:
+    """An accepted connection counted in ``opening`` until its accept task ended, and in ``open``
+    from ``connection_made`` on, which may run (and answer a request) first: a connection opened
+    in between found the first counted twice and was refused one below the cap (2 of 6 trials with
+    a cap of 3 and one kept-alive connection)."""
+    from modelpool.routing import httpserver
+
+    loop = asyncio.get_running_loop()
+    connections = httpserver._Connections(loop, 1.0, 1.0, 1.0, 1.0, 1.0, max_connections=2)
+    protocol = httpserver._HttpProtocol(_ok, lambda: 1024, loop, connections)
+    protocol.opening = True  # as the acceptor counts it
+    connections.opening += 1
+    protocol.connection_made(_Transport())
+    assert (len(connections.open), connections.opening) == (1, 0)
+    assert not connections.full()  # one more fits under a cap of 2
+    sock = socket.socket()
+    try:
+        done: asyncio.Future[object] = loop.create_future()
+        done.set_result(None)
+        acceptor = httpserver._Acceptor(loop, [], connections, lambda: protocol)
+        acceptor._connected(cast_task(done), protocol, sock)  # the accept task ends after it
+        assert connections.opening == 0  # not counted down twice
+    finally:
+        sock.close()
+        protocol.connection_lost(None)
+        acceptor.close()
+
+
+def cast_task(future: asyncio.Future[object]) -> asyncio.Task[object]:
+    """A finished future where ``_connected`` takes the finished accept task (it only asks whether
+    it was cancelled or failed)."""
+    return future  # type: ignore[return-value]
+
+
+_SOCKET = socket.socket
+
+
+def _no_ipv6(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
+    """``socket.socket`` on a kernel booted with ``ipv6.disable=1``."""
+    if family == socket.AF_INET6:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+    return _SOCKET(family, *args, **kwargs)
+
+
+async def test_a_host_with_an_address_family_the_kernel_lacks_listens_on_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``localhost`` (or all interfaces) resolving to ``::1`` and 127.0.0.1 on a node without IPv6:
+    the loop's ``create_server`` skipped the family it cannot make sockets for; the server's own
+    listening failed the router's start with EAFNOSUPPORT."""
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "socket", _no_ipv6)
+    srv = await start_server(_ok, "localhost", 0, lambda: 1 << 20)
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{srv.port}/")).status_code == 200
+    finally:
+        srv.close()
+    monkeypatch.setattr(loop, "getaddrinfo", lambda *a, **k: _only_v6())
+    with pytest.raises(OSError, match="no address of 'localhost' can be listened on"):
+        await start_server(_ok, "localhost", 0, lambda: 1 << 20)
+
+
+async def _only_v6() -> list[Any]:
+    return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))]
