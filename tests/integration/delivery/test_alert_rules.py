@@ -115,9 +115,71 @@ def router_requests(
     """A router's answers as a PodMonitor scrape labels them: ``namespace`` is the router pod's
     (Prometheus' target label; the router exports none), ``pool`` and ``policy`` the router's own
     labels (no ``policy`` before a policy has programmed it)."""
+    return router_series(
+        "modelpool_router_requests_total",
+        namespace,
+        pool,
+        {"variant": variant, "tier": tier},
+        values,
+        pod,
+        policy,
+    )
+
+
+def router_series(
+    metric: str,
+    namespace: str,
+    pool: str,
+    own: dict[str, str],
+    values: str,
+    pod: str = "router-0",
+    policy: str | None = "policy",
+) -> tuple[str, str]:
+    """One series of a router's ``metric`` as a PodMonitor scrape labels it (as
+    :func:`router_requests`), with the router's own labels ``own`` after ``pool`` and ``policy``."""
     labels = {**ROUTER_SCRAPE, "instance": f"{pod}:8080", "namespace": namespace, "pod": pod}
-    own = {"pool": pool, **({"policy": policy} if policy else {}), "variant": variant, "tier": tier}
-    return series("modelpool_router_requests_total", {**labels, **own}, values)
+    mine = {"pool": pool, **({"policy": policy} if policy else {}), **own}
+    return series(metric, {**labels, **mine}, values)
+
+
+def refusals(
+    namespace: str,
+    pool: str,
+    max_connections: str,
+    out_of_files: str,
+    pod: str = "router-0",
+    policy: str | None = "policy",
+) -> list[tuple[str, str]]:
+    """One router's ``client_connections_refused_total``, both reasons (exported from 0)."""
+    metric = "modelpool_router_client_connections_refused_total"
+    return [
+        router_series(metric, namespace, pool, {"reason": "max_connections"}, max_connections, pod, policy),
+        router_series(metric, namespace, pool, {"reason": "out_of_files"}, out_of_files, pod, policy),
+    ]
+
+
+def connections(
+    namespace: str, pool: str, open_now: str, cap: str, pod: str = "router-0", policy: str | None = "policy"
+) -> list[tuple[str, str]]:
+    """One router's ``client_connections`` (open now) and ``client_connections_max`` (its cap)."""
+    return [
+        router_series("modelpool_router_client_connections", namespace, pool, {}, open_now, pod, policy),
+        router_series("modelpool_router_client_connections_max", namespace, pool, {}, cap, pod, policy),
+    ]
+
+
+def router_alert(
+    namespace: str, pod: str, pool: str, policy: str | None = "policy", **more: str
+) -> dict[str, str]:
+    """The labels of a router's connection alert (``more``: ``reason``)."""
+    return {
+        "namespace": namespace,
+        "pod": pod,
+        "instance": f"{pod}:8080",
+        "pool": pool,
+        **({"policy": policy} if policy else {}),
+        **more,
+    }
 
 
 def router_answers(
@@ -334,6 +396,66 @@ CASES = [
         {"17m": [], "30m": []},
     ),
     Case(
+        "ModelPoolRouterRefusingConnections",
+        "a router refusing connections over its cap for 5m fires, with the reason; one out of file "
+        "descriptors fires with that reason, also before a policy has programmed it (no policy "
+        "label); a router of the same pool that refuses none, and a burst of refusals over within "
+        "5m, do not; two routers of one pool refusing alert apart",
+        [
+            *refusals("team-a", "intents", max_connections="0+5x40", out_of_files="0x40"),
+            *refusals("team-a", "intents", max_connections="0x40", out_of_files="0x40", pod="router-1"),
+            *refusals("team-a", "intents", max_connections="0+1x40", out_of_files="0x40", pod="router-2"),
+            *refusals("team-b", "intents", max_connections="0x40", out_of_files="0+2x40", policy=None),
+            # One burst: 0 until 5m, 8 from 6m on: refusals in the last 5m from 6m to 10m only.
+            *refusals("team-c", "intents", max_connections="0x5 8x35", out_of_files="0x40"),
+        ],
+        {
+            "5m": [],
+            "10m": [
+                (router_alert("team-a", "router-0", "intents", reason="max_connections"), 0),
+                (router_alert("team-a", "router-2", "intents", reason="max_connections"), 0),
+                (router_alert("team-b", "router-0", "intents", None, reason="out_of_files"), 0),
+            ],
+            "12m": [
+                (router_alert("team-a", "router-0", "intents", reason="max_connections"), 0),
+                (router_alert("team-a", "router-2", "intents", reason="max_connections"), 0),
+                (router_alert("team-b", "router-0", "intents", None, reason="out_of_files"), 0),
+            ],
+        },
+    ),
+    Case(
+        "ModelPoolRouterRefusingConnections",
+        "a router that refused connections long ago and none since does not fire, whether its "
+        "counter stayed or it was restarted (its counters from 0 again)",
+        [
+            *refusals("team-a", "intents", max_connections="40x40", out_of_files="3x40"),
+            *refusals(
+                "team-a", "intents", max_connections="0+5x10 0x30", out_of_files="0x40", pod="router-1"
+            ),
+        ],
+        {"20m": [], "30m": []},
+    ),
+    Case(
+        "ModelPoolRouterConnectionsNearCap",
+        "a router with over 90% of its cap open for 10m fires, with the share, also where the "
+        "open-files limit lowered the cap (17 of 18); one at half its cap, one at its cap for 5m "
+        "only, and one at exactly 90%, do not",
+        [
+            *connections("team-a", "intents", open_now="3700x20", cap="4096x20"),
+            *connections("team-a", "intents", open_now="2048x20", cap="4096x20", pod="router-1"),
+            *connections("team-a", "intents", open_now="4096x5 100x15", cap="4096x20", pod="router-2"),
+            *connections("team-b", "intents", open_now="17x20", cap="18x20", policy=None),
+            *connections("team-c", "intents", open_now="9x20", cap="10x20"),
+        ],
+        {
+            "9m": [],
+            "11m": [
+                (router_alert("team-a", "router-0", "intents"), 3700 / 4096),
+                (router_alert("team-b", "router-0", "intents", None), 17 / 18),
+            ],
+        },
+    ),
+    Case(
         "ModelPoolReconcileErrors",
         "errors that go on for 15m fire; errors that stopped, and a counter that stays, do not",
         [
@@ -485,6 +607,11 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         ("ModelPoolLargeShareAboveCap", "[2m]", "[10s]"),  # the failover would restart the for: clock
         ("ModelPoolLargeShareAboveCap", "group_right", "group_left"),  # the policy's name is lost
         ("ModelPoolLargeShareAboveCap", "by (namespace, pool, policy)", "by (namespace, pool)"),  # pool-wide
+        ("ModelPoolRouterRefusingConnections", "for: 5m", "for: 3m"),  # the burst would fire
+        ("ModelPoolRouterRefusingConnections", "pod, instance, ", ""),  # one pool's routers as one
+        ("ModelPoolRouterRefusingConnections", ", reason)", ")"),  # the reason is lost
+        ("ModelPoolRouterConnectionsNearCap", "for: 10m", "for: 5m"),  # too soon: the 9m case fires
+        ("ModelPoolRouterConnectionsNearCap", "> 0.9", ">= 0.9"),  # exactly 90% would fire
     ],
 )
 def test_the_promtool_tests_catch_a_changed_rule(alert: str, old: str, new: str, tmp_path: Path) -> None:
@@ -536,9 +663,17 @@ def _exported_names(registry: CollectorRegistry) -> set[str]:
     }
 
 
+def _serving(metrics: RouterMetrics) -> RouterMetrics:
+    """``metrics`` as ``router serve`` sets them up once it serves: its client connections (none
+    open, the cap, none refused) and its open-files limit."""
+    metrics.connections = lambda: (0, 4096, {})
+    metrics.open_files_limit = 8460
+    return metrics
+
+
 def _router_names() -> set[str]:
-    """The series names a router exports (its registry, before any request)."""
-    metrics = RouterMetrics("pool", generation=lambda: 0, endpoint_states=lambda: [])
+    """The series names a serving router exports (its registry, before any request)."""
+    metrics = _serving(RouterMetrics("pool", generation=lambda: 0, endpoint_states=lambda: []))
     return _exported_names(metrics.registry)
 
 
@@ -547,6 +682,8 @@ def test_the_alerts_read_only_series_the_operator_or_the_router_exports() -> Non
     assert "modelpool_status_condition" in operator and "modelpool_leader" in operator
     assert "modelpool_routingpolicy_max_large_share_ratio" in operator
     assert "modelpool_router_requests_total" in router
+    assert "modelpool_router_client_connections_refused_total" in router
+    assert {"modelpool_router_client_connections", "modelpool_router_client_connections_max"} <= router
     used = {
         name for rule in alerting_rules() for name in re.findall(r"\b(modelpool_[a-z_]+)\b", rule["expr"])
     }
@@ -559,10 +696,12 @@ def test_the_router_series_the_alerts_read_carry_the_labels_they_join_on() -> No
     """ModelPoolLargeShareAboveCap sums the routers' answers by (namespace, pool, policy) and
     filters on tier: the router exports pool, policy and tier (namespace is the scrape's target
     label, so the router must not export one of its own, which the PodMonitor would rename to
-    exported_namespace)."""
+    exported_namespace). ModelPoolRouterRefusingConnections and ModelPoolRouterConnectionsNearCap
+    group a router's connection series by pool, policy and (the refusals) reason, and divide the
+    open connections by the cap on every label: both carry the same ones."""
     policy: list[str | None] = [None]
-    metrics = RouterMetrics(
-        "intents", generation=lambda: 0, endpoint_states=lambda: [], policy=lambda: policy[0]
+    metrics = _serving(
+        RouterMetrics("intents", generation=lambda: 0, endpoint_states=lambda: [], policy=lambda: policy[0])
     )
     metrics.answered("large", "large", cost=20.0, baseline_cost=20.0)
 
@@ -578,6 +717,17 @@ def test_the_router_series_the_alerts_read_carry_the_labels_they_join_on() -> No
         for sample in family.samples:
             assert "namespace" not in sample.labels, family.name
             assert sample.labels["policy"] == "strict", family.name
+    samples = {s.name: s.labels for f in metrics.registry.collect() for s in f.samples}
+    identity = {"pool": "intents", "policy": "strict"}
+    assert samples["modelpool_router_client_connections"] == identity
+    assert samples["modelpool_router_client_connections_max"] == identity
+    refused = [
+        s.labels
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == "modelpool_router_client_connections_refused_total"
+    ]
+    assert refused == [{**identity, "reason": r} for r in ("max_connections", "out_of_files")]
 
 
 def test_the_chart_scrapes_the_routers_with_the_labels_the_large_share_rule_joins_on() -> None:
