@@ -266,3 +266,21 @@ def crds_where_missing(cluster: DevCluster, crds: Sequence[Obj]) -> Iterator[Non
     finally:
         for _, name in missing:
             cluster.kubectl("delete", name, "--wait=false", check=False)
+
+
+@contextmanager
+def own_cluster(name: str) -> Iterator[DevCluster]:
+    """A kwok control plane named ``name`` of the calling module's own, with one fake node and no
+    CRDs (one left by an earlier run of this checkout is deleted first), deleted afterwards unless
+    ``MODELPOOL_KEEP_CLUSTER`` is set; a failed create too, since its control-plane processes would
+    outlive the run."""
+    workdir = toolchain.cache_dir() / f"kwok-{name}"
+    dev = DevCluster(name=name, workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
+    try:
+        if dev.exists():
+            dev.delete()
+        dev.create(nodes=1, gpus_per_node=1)
+        yield dev
+    finally:
+        if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
+            dev.delete()

@@ -12,7 +12,6 @@ values).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import tarfile
@@ -21,8 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from integration.delivery.deliverytools import CHART, REPO_ROOT, documents, helm, one, operator_container
-from modelpool.devcluster import toolchain
+from integration.delivery.deliverytools import (
+    CHART,
+    REPO_ROOT,
+    documents,
+    helm,
+    one,
+    operator_container,
+    own_cluster,
+)
 from modelpool.devcluster.cluster import DevCluster, checkout_name
 
 pytestmark = pytest.mark.cluster
@@ -40,16 +46,8 @@ FIRST_CHART = Path(__file__).parent / "fixtures" / "modelpool-0.1.0-f9fca8b.tgz"
 @pytest.fixture(scope="module")
 def fresh_cluster() -> Iterator[DevCluster]:
     """A kwok control plane of this module's own, with one fake node and no CRDs."""
-    workdir = toolchain.cache_dir() / f"kwok-{CLUSTER_NAME}"
-    dev = DevCluster(name=CLUSTER_NAME, workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
-    try:
-        if dev.exists():
-            dev.delete()  # left by an earlier run of this checkout: start without CRDs
-        dev.create(nodes=1, gpus_per_node=1)
+    with own_cluster(CLUSTER_NAME) as dev:
         yield dev
-    finally:  # a failed create too: its control-plane processes would outlive the run
-        if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
-            dev.delete()
 
 
 def _first_chart() -> Path:

@@ -21,7 +21,6 @@ commit deep):
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -32,10 +31,17 @@ import pytest
 
 from integration.cluster.kubetools import wait_for
 from integration.cluster.test_modelpool_operator import pool_manifest
-from integration.delivery.deliverytools import CHART, REPO_ROOT, Obj, crds_where_missing, documents, helm
+from integration.delivery.deliverytools import (
+    CHART,
+    REPO_ROOT,
+    Obj,
+    crds_where_missing,
+    documents,
+    helm,
+    own_cluster,
+)
 from integration.delivery.test_chart_crd_upgrade import _documented_crd_upgrade
 from integration.delivery.test_chart_values_fuzz import _monitor_crd
-from modelpool.devcluster import toolchain
 from modelpool.devcluster.cluster import DevCluster, checkout_name
 
 pytestmark = pytest.mark.cluster
@@ -80,20 +86,14 @@ def documented_triton_monitor_migration() -> list[str]:
 def old_release() -> Iterator[DevCluster]:
     """A kwok control plane of this module's own, a stand-in of prometheus-operator's PodMonitor
     CRD, and the chart of 3e06f5b installed (its CRDs too) with the old PodMonitor turned on."""
-    workdir = toolchain.cache_dir() / f"kwok-{CLUSTER_NAME}"
-    dev = DevCluster(name=CLUSTER_NAME, workdir=workdir, kubeconfig_out=workdir / "kubeconfig.yaml")
-    try:
-        if dev.exists():
-            dev.delete()  # left by an earlier run of this checkout: start without CRDs
-        dev.create(nodes=1, gpus_per_node=1)
-        with crds_where_missing(dev, [_monitor_crd("PodMonitor", "podmonitors", "podMetricsEndpoints")]):
-            args = ["install", RELEASE, str(OLD_CHART), "-n", NAMESPACE, "--create-namespace", *OLD_SETS]
-            proc = helm(*args, cluster=dev)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            yield dev
-    finally:  # a failed create too: its control-plane processes would outlive the run
-        if not os.environ.get("MODELPOOL_KEEP_CLUSTER"):
-            dev.delete()
+    with (
+        own_cluster(CLUSTER_NAME) as dev,
+        crds_where_missing(dev, [_monitor_crd("PodMonitor", "podmonitors", "podMetricsEndpoints")]),
+    ):
+        args = ["install", RELEASE, str(OLD_CHART), "-n", NAMESPACE, "--create-namespace", *OLD_SETS]
+        proc = helm(*args, cluster=dev)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield dev
 
 
 def _pod_monitors(cluster: DevCluster) -> list[Obj]:
