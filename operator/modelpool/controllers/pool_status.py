@@ -30,13 +30,18 @@ class ReplicaPlan:
     memory: ScalerMemory | None = None
 
 
+def plan_floor(variant: Variant, replicas: int) -> int:
+    """The floor of ``variant`` planned at ``replicas``: its minReplicas, or 0 for a
+    ``scaleToZero`` variant planned at 0 (as ``decide`` floors an idle one)."""
+    return 0 if replicas == 0 and variant.scaling.scale_to_zero else variant.min_replicas
+
+
 def hold(variant: Variant, before: ReplicaPlan) -> ReplicaPlan:
     """``before`` kept for ``variant`` between decisions, clamped to its [minReplicas, maxReplicas]
     (which the spec may have changed since). A decision of 0 for a ``scaleToZero`` variant (an idle
     tier scaled to zero) stays 0: clamped up to minReplicas, the tier went 0 -> 1 -> 0 at every
     decision. The last tier serving is kept by the caller (``scaling_planner.serving_plans``)."""
-    low = 0 if variant.scaling.scale_to_zero and before.replicas == 0 else variant.min_replicas
-    replicas = min(max(before.replicas, low), variant.max_replicas)
+    replicas = min(max(before.replicas, plan_floor(variant, before.replicas)), variant.max_replicas)
     if replicas != before.replicas:
         return replace(
             before, replicas=replicas, reason=f"clamped to [{variant.min_replicas}, {variant.max_replicas}]"

@@ -29,7 +29,7 @@ from modelpool.api.modelpool import (
     ScalerRecommendation,
     Variant,
 )
-from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold
+from modelpool.controllers.pool_status import ReplicaPlan, SharedGpuPool, hold, plan_floor
 from modelpool.scaling import metrics as scaling_metrics
 from modelpool.scaling.budget import Claim, SharedBudget
 from modelpool.scaling.decide import LAST_TIER_SERVING, decide, serving_floors
@@ -282,7 +282,7 @@ def serving_plans(spec: ModelPoolSpec, plans: Mapping[str, ReplicaPlan]) -> dict
     a decision gives it, so that its minReplicas does not put it back up between decisions."""
     ordered = tier_order(spec)
     kept = dict(plans)
-    floors = serving_floors([_plan_floor(v, kept.get(v.name)) for v in ordered])
+    floors = serving_floors([_floor(v, kept.get(v.name)) for v in ordered])
     for variant, floor in zip(ordered, floors, strict=True):
         plan = kept.get(variant.name)
         if plan is not None and plan.replicas < floor:
@@ -290,12 +290,8 @@ def serving_plans(spec: ModelPoolSpec, plans: Mapping[str, ReplicaPlan]) -> dict
     return kept
 
 
-def _plan_floor(variant: Variant, plan: ReplicaPlan | None) -> int:
-    """The floor of ``variant`` under ``plan``: its minReplicas, or 0 for a ``scaleToZero`` variant
-    planned at 0 (as ``decide`` floors an idle one)."""
-    if plan is not None and plan.replicas == 0 and variant.scaling.scale_to_zero:
-        return 0
-    return variant.min_replicas
+def _floor(variant: Variant, plan: ReplicaPlan | None) -> int:
+    return variant.min_replicas if plan is None else plan_floor(variant, plan.replicas)
 
 
 def minimum_plans(spec: ModelPoolSpec, reason: str) -> dict[str, ReplicaPlan]:
