@@ -83,6 +83,11 @@ def _finite(value: int) -> int | None:
     return None if value == resource.RLIM_INFINITY or value < 0 else value
 
 
+def soft_limit() -> int | None:
+    """The process's open-files limit now (its soft ``RLIMIT_NOFILE``; None: unlimited)."""
+    return _finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def open_fds() -> int:
     """File descriptors this process has open now (0 when the system does not list them)."""
     for folder in ("/proc/self/fd", "/dev/fd"):

@@ -28,6 +28,8 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from modelpool.routing.fdlimit import soft_limit
+
 logger = logging.getLogger(__name__)
 
 _MAX_PIPELINED = 32
@@ -613,10 +615,8 @@ def _discard_received(sock: socket.socket) -> bool:
 
 def _files_limit() -> str:
     """The process's open-files limit (its soft RLIMIT_NOFILE), for a message."""
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    soft = soft_limit()
+    return "unlimited" if soft is None else str(soft)
 
 
 # accept() errors the next accept() does not repeat (accept(2): errors of the pending connection)
